@@ -1,0 +1,165 @@
+"""Saving and loading policies and training state: safetensors for tensors, JSON for the rest.
+
+No pickle anywhere: loading a file from a stranger runs no code. Every write is atomic (temporary
+file, fsync, rename), so a kill at any moment leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from proximo.errors import ProximoError
+
+FORMAT_VERSION = 1
+POLICY_TENSORS = "policy.safetensors"
+POLICY_META = "policy.json"
+
+
+class CheckpointError(ProximoError):
+    """A checkpoint is missing, corrupt, or does not fit the env/policy it is loaded into."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path via a temporary file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Atomically write data as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Atomically write a safetensors file of contiguous CPU tensors."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning a missing or corrupt file into a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no file {path}; is this a proximo run or checkpoint directory?")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated ({exc}); use an earlier checkpoint") from exc
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    """Load a JSON file, turning a missing or corrupt file into a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no file {path}; is this a proximo run or checkpoint directory?")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt ({exc}); use an earlier checkpoint") from exc
+
+
+def atomic_write_dir(final: Path, files: dict[str, dict[str, torch.Tensor] | dict[str, Any]]) -> None:
+    """Write a folder of files (name -> tensors for .safetensors, JSON data otherwise) atomically:
+    all files go into a hidden temporary folder, which is renamed into place at the end."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        for name, content in files.items():
+            if name.endswith(".safetensors"):
+                atomic_save_tensors(tmp / name, content)  # type: ignore[arg-type]
+            else:
+                atomic_write_json(tmp / name, content)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (per-parameter state) and JSON (param groups)."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           meta: dict[str, Any]) -> None:
+    """Restore an optimizer saved by optimizer_to_tensors."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for index, values in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"optimizer state does not fit this policy ({exc})") from exc
+
+
+def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys prefixed with 'prefix.'."""
+    return {f"{prefix}.{key}": value for key, value in tensors.items()}
+
+
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries under 'prefix.', with the prefix removed."""
+    start = len(prefix) + 1
+    return {key[start:]: value for key, value in tensors.items() if key.startswith(prefix + ".")}

@@ -1,0 +1,193 @@
+"""The `proximo` command line: train, eval, and the commands other modules register."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from proximo.config import PRESETS, PPOConfig, field_types
+from proximo.errors import ConfigError, ProximoError
+
+# Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
+COMMAND_MODULES: list[str] = []
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line and exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"proximo: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _optional(parse):
+    def parse_optional(text: str):
+        return None if text.lower() in ("none", "null", "off") else parse(text)
+    parse_optional.__name__ = parse.__name__
+    return parse_optional
+
+
+def _parse_int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,64, got {text!r}") from None
+
+
+def _parser_for(hint: Any):
+    args = typing.get_args(hint)
+    if type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        return _optional(_parser_for(inner))
+    if hint is bool:
+        return _parse_bool
+    if typing.get_origin(hint) is list:
+        return _parse_int_list
+    named = {int: "int", float: "float", str: "str"}
+    parse = hint
+
+    def typed(text: str):
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {named.get(hint, hint)}, got {text!r}") from None
+    typed.__name__ = named.get(hint, "value")
+    return typed
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One --dashed-flag per PPOConfig field (default: unset, so presets apply)."""
+    group = parser.add_argument_group("config fields (override the preset)")
+    defaults = PPOConfig()
+    for field in dataclasses.fields(PPOConfig):
+        if field.name in skip:
+            continue
+        hint = field_types()[field.name]
+        group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}",
+                           type=_parser_for(hint), default=None, metavar="V",
+                           help=f"default {getattr(defaults, field.name)}")
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line."""
+    return {key[4:]: value for key, value in vars(args).items() if key.startswith("cfg_") and value is not None}
+
+
+def build_parser() -> ArgumentParser:
+    """The full `proximo` parser with every registered subcommand."""
+    parser = ArgumentParser(prog="proximo", description="Proximal Policy Optimization for gymnasium and LMs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    train = sub.add_parser("train", help="train a PPO agent on a gymnasium env")
+    train.add_argument("env_id", nargs="?", help="gymnasium id, e.g. CartPole-v1 (omit with --resume)")
+    train.add_argument("--preset", choices=None, help=f"one of {', '.join(PRESETS)}")
+    train.add_argument("--run-dir", type=Path, help="where to write the run (default runs/<env>-<time>)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    add_config_flags(train)
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a trained policy deterministically")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--episodes", type=int, default=10)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def default_run_dir(env_id: str, preset: str | None, seed: int) -> Path:
+    """runs/<env>[-<preset>]-s<seed>-<YYYYmmdd-HHMMSS>."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    label = env_id.replace("/", "_") + (f"-{preset}" if preset else "")
+    return Path("runs") / f"{label}-s{seed}-{stamp}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, write the run directory, print the summary."""
+    from proximo.config import make_config
+    from proximo.train import Trainer, list_checkpoints, read_run_config
+
+    overrides = config_overrides(args)
+    if args.resume is not None:
+        env_id, env_kwargs, saved = read_run_config(args.resume)
+        checkpoints = list_checkpoints(args.resume)
+        if not checkpoints:
+            raise ProximoError(f"{args.resume} has no checkpoint to resume from (checkpoints/step_*)")
+        total = overrides.pop("total_steps", saved.total_steps)
+        if overrides:
+            raise ConfigError(f"--resume keeps the run's config; only --total-steps may change, got {sorted(overrides)}")
+        config = saved.replace(total_steps=total)
+        trainer = Trainer(env_id, config, args.resume, env_kwargs, verbose=not args.quiet,
+                          tensorboard=not args.no_tensorboard)
+        trainer.load_training_state(checkpoints[-1])
+        run_dir = args.resume
+    else:
+        if not args.env_id:
+            raise ProximoError("train needs an env id (e.g. `proximo train CartPole-v1`) or --resume RUN_DIR")
+        config = make_config(args.preset, **overrides)
+        run_dir = args.run_dir or default_run_dir(args.env_id, args.preset, config.seed)
+        trainer = Trainer(args.env_id, config, run_dir, verbose=not args.quiet,
+                          tensorboard=not args.no_tensorboard)
+    if not args.quiet:
+        print(f"proximo: training {trainer.env} for {config.total_steps:,} steps -> {run_dir}", file=sys.stderr)
+    summary = trainer.train(config.total_steps)
+    print(f"run: {run_dir}")
+    print(f"steps: {summary['global_step']:,}  time: {summary['wall_time_s']:.1f} s  steps/s: {summary['sps']:,.0f}")
+    print(f"eval return ({summary['eval_episodes']} episodes, deterministic): "
+          f"{summary['eval_return_mean']:.1f} +- {summary['eval_return_std']:.1f}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate the policy of a run directory (or a saved policy folder)."""
+    import numpy as np
+
+    from proximo.evaluate import evaluate_policy
+    from proximo.train import load_policy
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
+    policy, meta = load_policy(args.run_dir)
+    if not meta.get("env_id"):
+        raise ProximoError(f"{args.run_dir} was trained on an env factory; evaluate it from Python")
+    returns, lengths = evaluate_policy(policy, meta["env_id"], args.episodes, seed=args.seed,
+                                       deterministic=not args.stochastic, env_kwargs=meta.get("env_kwargs"))
+    print(f"{meta['env_id']}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes "
+          f"(length {np.mean(lengths):.0f}, {'stochastic' if args.stochastic else 'deterministic'})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, dispatch, and turn user errors into one line and exit status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ProximoError as exc:
+        print(f"proximo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("proximo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

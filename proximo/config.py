@@ -1,0 +1,221 @@
+"""One typed config for a PPO run, its validation and the named presets."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from proximo.core.objectives import OBJECTIVES
+from proximo.core.schedules import SCHEDULES
+from proximo.errors import ConfigError
+
+ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
+ENV_BACKENDS = ("sync", "async")
+
+
+@dataclass
+class PPOConfig:
+    """Every hyperparameter of a run. Defaults are the PPO paper's MuJoCo settings where it has one.
+
+    Field names follow Stable-Baselines3 where it has the same concept.
+    """
+
+    # rollout
+    num_envs: int = 1                      # N parallel actors
+    n_steps: int = 2048                    # T steps per actor per rollout
+    total_steps: int = 1_000_000           # env steps over all actors
+    seed: int = 1
+    # optimization
+    learning_rate: float = 3e-4
+    lr_schedule: str = "constant"          # constant | linear | cosine (to 0 at the end)
+    batch_size: int = 64                   # minibatch size
+    n_epochs: int = 10                     # K epochs over each rollout
+    adam_eps: float = 1e-5
+    max_grad_norm: float | None = 0.5      # None disables gradient clipping
+    # advantages
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    normalize_advantage: bool = True       # per minibatch
+    # objective
+    objective: str = "clip"                # clip | adaptive_kl | fixed_kl | none
+    clip_range: float = 0.2
+    clip_schedule: str = "constant"
+    clip_range_vf: float | None = None     # None: unclipped value loss
+    kl_coef: float = 1.0                   # beta of the KL-penalty objectives (its start, if adaptive)
+    kl_target: float = 0.01                # d_targ of adaptive_kl
+    ent_coef: float = 0.0
+    ent_schedule: str = "constant"
+    vf_coef: float = 0.5
+    target_kl: float | None = None         # stop an update's epochs early past 1.5 x this KL
+    # normalization
+    normalize_obs: bool = False
+    normalize_reward: bool = False         # divide rewards by the std of the discounted return
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+    # network
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    shared_network: bool = False           # one trunk for actor and critic
+    ortho_init: bool = True
+    log_std_init: float = 0.0
+    # machinery
+    env_backend: str = "sync"              # sync | async (gymnasium vector envs)
+    torch_threads: int = 0                 # 0: proximo picks (1 for small MLPs)
+    device: str = "cpu"
+    eval_episodes: int = 10
+    save_every: int = 0                    # env steps between checkpoints; 0: only at the end
+    keep_checkpoints: int = 3
+    log_every: int = 1                     # updates between metric rows
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def rollout_size(self) -> int:
+        """Samples per rollout: num_envs x n_steps."""
+        return self.num_envs * self.n_steps
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value and the fix."""
+        _check_types(self)
+        positive_ints = ("num_envs", "n_steps", "total_steps", "batch_size", "n_epochs",
+                         "eval_episodes", "keep_checkpoints", "log_every")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "adam_eps", "clip_obs", "clip_reward"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive finite number, got {value}")
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {value}")
+        if not 0.0 < self.clip_range < 1.0:
+            raise ConfigError(f"clip_range must lie in (0, 1), got {self.clip_range}")
+        for name in ("clip_range_vf", "target_kl", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be positive or None, got {value}")
+        for name in ("kl_coef", "kl_target", "ent_coef", "vf_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.objective == "adaptive_kl" and self.kl_target <= 0:
+            raise ConfigError(f"kl_target must be positive for adaptive_kl, got {self.kl_target}")
+        _check_choice("objective", self.objective, OBJECTIVES)
+        for name in ("lr_schedule", "clip_schedule", "ent_schedule"):
+            _check_choice(name, getattr(self, name), SCHEDULES)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("env_backend", self.env_backend, ENV_BACKENDS)
+        if not self.net_arch or any(width < 1 for width in self.net_arch):
+            raise ConfigError(f"net_arch must be a non-empty list of positive widths, got {self.net_arch}")
+        if self.rollout_size % self.batch_size != 0:
+            divisors = [d for d in range(1, self.rollout_size + 1) if self.rollout_size % d == 0]
+            near = min(divisors, key=lambda d: abs(d - self.batch_size))
+            raise ConfigError(
+                f"batch_size {self.batch_size} does not divide num_envs x n_steps = "
+                f"{self.num_envs} x {self.n_steps} = {self.rollout_size}; use a divisor such as {near}")
+        if self.torch_threads < 0 or self.save_every < 0:
+            raise ConfigError("torch_threads and save_every must not be negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The config as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PPOConfig":
+        """Build from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; see `proximo train --help`")
+        return cls(**data)
+
+    def replace(self, **overrides: Any) -> "PPOConfig":
+        """A validated copy with some fields changed."""
+        return PPOConfig.from_dict({**self.to_dict(), **overrides})
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def field_types() -> dict[str, Any]:
+    """Resolved type hints of PPOConfig's fields."""
+    return typing.get_type_hints(PPOConfig)
+
+
+def _check_types(config: PPOConfig) -> None:
+    for name, hint in field_types().items():
+        value = getattr(config, name)
+        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+        ok = False
+        for kind in allowed:
+            if kind is type(None) and value is None:
+                ok = True
+            elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(config, name, float(value))
+                ok = True
+            elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            elif kind is bool and isinstance(value, bool):
+                ok = True
+            elif kind is str and isinstance(value, str):
+                ok = True
+            elif typing.get_origin(kind) is list and isinstance(value, (list, tuple)) \
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                setattr(config, name, list(value))
+                ok = True
+            if ok:
+                break
+        if not ok:
+            raise ConfigError(f"{name} must be of type {_type_name(hint)}, got {value!r}")
+
+
+_UnionType = type(int | None)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Schulman et al. 2017, MuJoCo table: 1 actor, horizon 2048, Adam 3e-4, 10 epochs, minibatch 64.
+    "paper-mujoco": dict(num_envs=1, n_steps=2048, learning_rate=3e-4, n_epochs=10, batch_size=64,
+                         gamma=0.99, gae_lambda=0.95, clip_range=0.2, net_arch=[64, 64],
+                         activation="tanh", ent_coef=0.0, vf_coef=0.5, total_steps=1_000_000),
+    # Paper Atari table: 8 actors, horizon 128, lr 2.5e-4 x alpha, 3 epochs, minibatch 32 x 8,
+    # clip 0.1 x alpha, c1 = 1, c2 = 0.01, 10M frames (alpha annealed 1 -> 0).
+    "paper-atari": dict(num_envs=8, n_steps=128, learning_rate=2.5e-4, lr_schedule="linear",
+                        n_epochs=3, batch_size=256, gamma=0.99, gae_lambda=0.95, clip_range=0.1,
+                        clip_schedule="linear", vf_coef=1.0, ent_coef=0.01,
+                        total_steps=10_000_000),
+    # rl-zoo's tuned CartPole-v1 settings.
+    "cartpole": dict(num_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
+                     n_epochs=20, learning_rate=1e-3, lr_schedule="linear", clip_range=0.2,
+                     clip_schedule="linear", ent_coef=0.0, total_steps=100_000),
+    # proximo's own MuJoCo settings: more actors, normalization, annealing (see README for results).
+    "mujoco": dict(num_envs=8, n_steps=256, batch_size=64, n_epochs=10, learning_rate=3e-4,
+                   lr_schedule="linear", gamma=0.99, gae_lambda=0.95, clip_range=0.2,
+                   normalize_obs=True, normalize_reward=True, ent_coef=0.0, vf_coef=0.5,
+                   max_grad_norm=0.5, total_steps=1_000_000),
+}
+
+
+def make_config(preset: str | None = None, **overrides: Any) -> PPOConfig:
+    """A validated config: the preset's values (if any), then the overrides."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update(overrides)
+    return PPOConfig.from_dict(values)

@@ -1,0 +1,70 @@
+"""Generalized Advantage Estimation with terminations and truncations kept apart."""
+from __future__ import annotations
+
+import torch
+
+
+def _check_same_shape(**tensors: torch.Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"expected tensors of one shape [T, N], got {shapes}")
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over a [T, N] rollout; returns (advantages [T, N], returns [T, N] = advantages + values).
+
+    next_values[t] is V of the observation that followed step t: V(s_{t+1}) inside an episode and
+    V(final observation) when step t was a time-limit truncation. A true termination ignores it
+    (no bootstrap); both terminations and truncations stop the lambda-chain, because the next row
+    of the buffer belongs to a new episode.
+    """
+    _check_same_shape(rewards=rewards, values=values, next_values=next_values,
+                      terminated=terminated, truncated=truncated)
+    if rewards.dim() != 2:
+        raise ValueError(f"expected [T, N] tensors, got shape {tuple(rewards.shape)}")
+    if terminated.dtype != torch.bool or truncated.dtype != torch.bool:
+        raise TypeError("terminated and truncated must be bool tensors")
+    not_terminal = (~terminated).to(values.dtype)
+    not_end = (~(terminated | truncated)).to(values.dtype)
+    deltas = rewards + gamma * next_values * not_terminal - values
+    chain = gamma * gae_lambda * not_end
+    advantages = torch.empty_like(values)
+    running = torch.zeros_like(values[0])
+    # The recursion runs backwards in time; T is small (32..2048) and N is vectorized.
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = deltas[t] + chain[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def discounted_returns(
+    rewards: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
+    bootstrap: torch.Tensor, gamma: float,
+) -> torch.Tensor:
+    """Discounted returns [T, N]; bootstrap[t] (e.g. V of the final observation) is added where
+    the episode is truncated at t or where the rollout ends (t = T-1) and it was not terminated."""
+    _check_same_shape(rewards=rewards, terminated=terminated, truncated=truncated, bootstrap=bootstrap)
+    returns = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    last = rewards.shape[0] - 1
+    for t in range(last, -1, -1):
+        cut = truncated[t] | terminated[t] if t < last else torch.ones_like(terminated[t])
+        tail = torch.where(cut, bootstrap[t] * (~terminated[t]).to(rewards.dtype), running)
+        running = rewards[t] + gamma * tail
+        returns[t] = running
+    return returns
+
+
+def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / (std + eps) over all elements; a single element is only centred."""
+    if x.numel() < 2:
+        return x - x.mean()
+    return (x - x.mean()) / (x.std() + eps)

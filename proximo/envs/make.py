@@ -1,0 +1,93 @@
+"""Vector envs with same-step autoreset, from an env id or a factory."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+import gymnasium as gym
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+from proximo.errors import ProximoError
+
+EnvFactory = Callable[[], gym.Env]
+EnvLike = Union[str, EnvFactory]
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What proximo needs to rebuild an env: an id (with kwargs) or a factory callable."""
+
+    env: EnvLike
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """A printable name: the id, or the factory's qualified name."""
+        if isinstance(self.env, str):
+            return self.env
+        return getattr(self.env, "__qualname__", repr(self.env))
+
+
+def _register_optional_families(env_id: str) -> None:
+    if env_id.startswith("ALE/"):
+        try:
+            import ale_py
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ProximoError(f"{env_id} needs ale-py: pip install 'proximo[atari]'") from exc
+        gym.register_envs(ale_py)
+
+
+def _unknown_env_message(env_id: str) -> str:
+    close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `python -m gymnasium` lists none, see gym.registry"
+    return f"unknown env id {env_id!r}{hint}"
+
+
+def make_single_env(env: EnvLike, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+    """One env from an id or a factory, with proximo's standard wrappers (Atari preprocessing)."""
+    if callable(env) and not isinstance(env, str):
+        made = env()
+        if not isinstance(made, gym.Env):
+            raise ProximoError(f"env factory {env!r} returned {type(made).__name__}, not a gymnasium.Env")
+        return made
+    if not isinstance(env, str):
+        raise ProximoError(f"env must be a gymnasium id or a callable returning an env, got {env!r}")
+    _register_optional_families(env)
+    if env not in gym.registry:
+        raise ProximoError(_unknown_env_message(env))
+    try:
+        if env.startswith("ALE/"):
+            made = gym.make(env, render_mode=render_mode, frameskip=1, **kwargs)
+            made = gym.wrappers.AtariPreprocessing(made, frame_skip=4, screen_size=84, noop_max=30,
+                                                   terminal_on_life_loss=False)
+            return gym.wrappers.FrameStackObservation(made, 4)
+        return gym.make(env, render_mode=render_mode, **kwargs)
+    except gym.error.Error as exc:
+        raise ProximoError(f"could not make env {env!r}: {exc}") from exc
+    except ImportError as exc:
+        raise ProximoError(f"env {env!r} needs a package that is not installed: {exc}") from exc
+
+
+def make_vector_env(env: EnvLike, num_envs: int, backend: str = "sync", **kwargs: Any) -> gym.vector.VectorEnv:
+    """num_envs copies in a gymnasium vector env with SAME_STEP autoreset.
+
+    SAME_STEP means a step that ends an episode already returns the next episode's first
+    observation, with the final one in info["final_obs"]; no step mixes two episodes.
+    """
+    make_one = _Maker(env, kwargs)
+    make_one().close()  # fail here, in the caller's process, with a clear message
+    fns = [make_one] * num_envs
+    if backend == "async":
+        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+class _Maker:
+    """A picklable thunk for vector env workers."""
+
+    def __init__(self, env: EnvLike, kwargs: dict[str, Any]) -> None:
+        self.env, self.kwargs = env, kwargs
+
+    def __call__(self) -> gym.Env:
+        return make_single_env(self.env, **self.kwargs)

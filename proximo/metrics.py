@@ -1,0 +1,95 @@
+"""Per-update metrics: metrics.csv, updates.jsonl (with ratio histograms), TensorBoard, progress."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CSV_COLUMNS = [
+    "global_step", "update", "time_s", "sps", "episode_return_mean", "episode_length_mean", "episodes",
+    "approx_kl", "approx_kl_k1", "clip_fraction", "entropy", "policy_loss", "value_loss",
+    "explained_variance", "grad_norm", "advantage_std", "learning_rate", "clip_range", "ent_coef",
+    "kl_coef", "epochs",
+]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Appends one row per update to metrics.csv and updates.jsonl and logs scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        csv_path = self.run_dir / "metrics.csv"
+        new_file = not csv_path.exists()
+        self._csv_handle = open(csv_path, "a", newline="")
+        self._csv = csv.DictWriter(self._csv_handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        if new_file:
+            self._csv.writeheader()
+        self._jsonl = open(self.run_dir / "updates.jsonl", "a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Record one update's statistics (scalars go everywhere, lists only to updates.jsonl)."""
+        self._csv.writerow({k: ("" if _clean(row.get(k)) is None else row.get(k)) for k in CSV_COLUMNS})
+        self._csv_handle.flush()
+        self._jsonl.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            step = int(row["global_step"])
+            for key in CSV_COLUMNS[3:]:
+                value = row.get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        """Flush and close every writer."""
+        self._csv_handle.close()
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A rich progress bar on a terminal; plain periodic lines otherwise (CI, pipes)."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, every_s: float = 10.0) -> None:
+        self.total, self.enabled, self.every_s = total, enabled, every_s
+        self.interactive = enabled and sys.stderr.isatty()
+        self._last_line = time.monotonic()
+        self._bar = None
+        if self.interactive:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
+                TimeRemainingColumn
+            self._bar = RichProgress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self._task = self._bar.add_task("train", total=total, completed=start, info="")
+            self._bar.start()
+
+    def update(self, step: int, sps: float, mean_return: float) -> None:
+        """Show the step count, steps/s and the recent mean return."""
+        if not self.enabled:
+            return
+        info = f"{sps:,.0f} steps/s  return {mean_return:.1f}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, info=info)
+        elif time.monotonic() - self._last_line >= self.every_s or step >= self.total:
+            self._last_line = time.monotonic()
+            print(f"step {step:>10,}/{self.total:,}  {info}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Stop the bar."""
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,149 @@
+"""Action distributions for Discrete, Box, MultiDiscrete and MultiBinary spaces.
+
+Each head maps features [B, F] to a distribution object with sample(), mode(), log_prob(a) [B]
+and entropy() [B]. They are written out (not torch.distributions) to keep the inner loop lean.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from proximo.errors import ProximoError
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class CategoricalDist:
+    """Categorical over n actions from logits [B, n]; actions are int64 [B]."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.log_probs = torch.log_softmax(logits, dim=-1)
+
+    def sample(self) -> torch.Tensor:
+        return torch.multinomial(self.log_probs.exp(), 1).squeeze(-1)
+
+    def mode(self) -> torch.Tensor:
+        return self.log_probs.argmax(-1)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.log_probs.exp() * self.log_probs).sum(-1)
+
+
+class DiagGaussianDist:
+    """Diagonal Gaussian with mean [B, d] and a log-std [d] shared by all states."""
+
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor) -> None:
+        self.mean = mean
+        self.log_std = torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX).expand_as(mean)
+
+    def sample(self) -> torch.Tensor:
+        return self.mean + self.log_std.exp() * torch.randn_like(self.mean)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - self.mean) * torch.exp(-self.log_std)
+        return (-0.5 * z.square() - self.log_std - _HALF_LOG_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (0.5 + _HALF_LOG_2PI + self.log_std).sum(-1)
+
+
+class MultiCategoricalDist:
+    """Independent categoricals, one per MultiDiscrete dimension; actions int64 [B, k]."""
+
+    def __init__(self, logits: torch.Tensor, nvec: list[int]) -> None:
+        self.parts = [CategoricalDist(chunk) for chunk in torch.split(logits, nvec, dim=-1)]
+
+    def sample(self) -> torch.Tensor:
+        return torch.stack([p.sample() for p in self.parts], dim=-1)
+
+    def mode(self) -> torch.Tensor:
+        return torch.stack([p.mode() for p in self.parts], dim=-1)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        return sum(p.log_prob(actions[..., i]) for i, p in enumerate(self.parts))
+
+    def entropy(self) -> torch.Tensor:
+        return sum(p.entropy() for p in self.parts)
+
+
+class BernoulliDist:
+    """Independent Bernoullis from logits [B, n]; actions float {0, 1} [B, n]."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+    def sample(self) -> torch.Tensor:
+        return torch.bernoulli(torch.sigmoid(self.logits))
+
+    def mode(self) -> torch.Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        return -F.binary_cross_entropy_with_logits(self.logits, actions, reduction="none").sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        p = torch.sigmoid(self.logits)
+        return F.binary_cross_entropy_with_logits(self.logits, p, reduction="none").sum(-1)
+
+
+class ActionHead(nn.Module):
+    """Maps features [B, F] to a distribution over one action space."""
+
+    def __init__(self, space: spaces.Space, features: int, log_std_init: float = 0.0) -> None:
+        super().__init__()
+        self.space = space
+        if isinstance(space, spaces.Discrete):
+            self.kind, out = "discrete", int(space.n)
+        elif isinstance(space, spaces.Box):
+            self.kind, out = "box", int(np.prod(space.shape))
+            self.log_std = nn.Parameter(torch.full((out,), float(log_std_init)))
+        elif isinstance(space, spaces.MultiDiscrete):
+            self.kind, self.nvec = "multidiscrete", [int(n) for n in np.asarray(space.nvec).ravel()]
+            out = sum(self.nvec)
+        elif isinstance(space, spaces.MultiBinary):
+            self.kind, out = "multibinary", int(np.prod(space.shape))
+        else:
+            raise ProximoError(
+                f"action space {space} is not supported; proximo handles Discrete, Box, "
+                "MultiDiscrete and MultiBinary actions (wrap the env to use one of them)")
+        self.linear = nn.Linear(features, out)
+
+    def forward(self, features: torch.Tensor):
+        """The action distribution for features [B, F]."""
+        out = self.linear(features)
+        if self.kind == "discrete":
+            return CategoricalDist(out)
+        if self.kind == "box":
+            return DiagGaussianDist(out, self.log_std)
+        if self.kind == "multidiscrete":
+            return MultiCategoricalDist(out, self.nvec)
+        return BernoulliDist(out)
+
+    def action_shape(self) -> tuple[int, ...]:
+        """Per-env shape of a stored action: () for Discrete, (d,) otherwise."""
+        if self.kind == "discrete":
+            return ()
+        if self.kind == "multidiscrete":
+            return (len(self.nvec),)
+        return (self.linear.out_features,)
+
+    def action_dtype(self) -> torch.dtype:
+        """Storage dtype of actions: int64 for categorical kinds, float32 otherwise."""
+        return torch.int64 if self.kind in ("discrete", "multidiscrete") else torch.float32
+
+
+def make_action_head(space: spaces.Space, features: int, log_std_init: float = 0.0) -> ActionHead:
+    """An ActionHead for space, or a ProximoError naming an unsupported space."""
+    return ActionHead(space, features, log_std_init)

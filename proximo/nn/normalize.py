@@ -1,0 +1,36 @@
+"""Running mean and variance kept as module buffers, so they are saved with the policy."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RunningMeanStd(nn.Module):
+    """Mean/variance of a stream of [B, *shape] batches (parallel-merge update, float64)."""
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, batch: torch.Tensor) -> None:
+        """Merge the statistics of batch [B, *shape] into the running ones."""
+        batch = batch.to(torch.float64)
+        batch_count = batch.shape[0]
+        batch_mean = batch.mean(0)
+        batch_var = batch.var(0, unbiased=False) if batch_count > 1 else torch.zeros_like(batch_mean)
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        new_mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta.square() * self.count * batch_count / total
+        self.mean.copy_(new_mean)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def normalize(self, x: torch.Tensor, clip: float, eps: float = 1e-8) -> torch.Tensor:
+        """(x - mean) / sqrt(var + eps), clipped to [-clip, clip], in x's dtype."""
+        mean = self.mean.to(x.dtype)
+        std = torch.sqrt(self.var + eps).to(x.dtype)
+        return torch.clamp((x - mean) / std, -clip, clip)

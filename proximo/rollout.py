@@ -1,0 +1,168 @@
+"""The fixed-shape [T, N] rollout buffer and the collector that fills it from vector envs."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from proximo.core.advantages import gae
+from proximo.errors import ProximoError
+from proximo.nn.normalize import RunningMeanStd
+from proximo.nn.policy import ActorCritic
+
+
+@dataclass
+class RolloutBuffer:
+    """Preallocated tensors for T steps of N envs. Observations are stored normalized, as acted on."""
+
+    obs: torch.Tensor           # [T, N, *obs_shape]
+    actions: torch.Tensor       # [T, N, *action_shape]
+    log_probs: torch.Tensor     # [T, N] log pi_old(a|s) of the raw (unclipped) action
+    values: torch.Tensor        # [T, N] V_old(s)
+    rewards: torch.Tensor       # [T, N] rewards as trained on (scaled if normalize_reward)
+    terminated: torch.Tensor    # [T, N] bool: true terminal, no bootstrap
+    truncated: torch.Tensor     # [T, N] bool: time limit, bootstrap from V(final obs)
+    next_values: torch.Tensor   # [T, N] V of the observation after step t (final obs at truncation)
+    advantages: torch.Tensor    # [T, N]
+    returns: torch.Tensor       # [T, N] advantages + values: the value target
+
+    @classmethod
+    def allocate(cls, n_steps: int, num_envs: int, policy: ActorCritic) -> "RolloutBuffer":
+        """Zeroed tensors shaped for the policy's observation and action spaces."""
+        t_n = (n_steps, num_envs)
+        head = policy.action_head
+        floats = lambda: torch.zeros(t_n, dtype=torch.float32)  # noqa: E731
+        return cls(
+            obs=torch.zeros(t_n + policy.obs_shape, dtype=policy.obs_dtype),
+            actions=torch.zeros(t_n + head.action_shape(), dtype=head.action_dtype()),
+            log_probs=floats(), values=floats(), rewards=floats(),
+            terminated=torch.zeros(t_n, dtype=torch.bool), truncated=torch.zeros(t_n, dtype=torch.bool),
+            next_values=floats(), advantages=floats(), returns=floats())
+
+    def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
+        """Fill advantages and returns by GAE."""
+        self.advantages, self.returns = gae(self.rewards, self.values, self.next_values,
+                                            self.terminated, self.truncated, gamma, gae_lambda)
+
+
+class RewardScaler(nn.Module):
+    """Divides rewards by the running std of the discounted return (per-env running sums)."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float) -> None:
+        super().__init__()
+        self.gamma, self.clip = gamma, clip
+        self.return_rms = RunningMeanStd(())
+        self.register_buffer("running_return", torch.zeros(num_envs, dtype=torch.float64))
+
+    @torch.no_grad()
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        """Scaled rewards [N] for raw rewards [N]; dones reset the running returns after use."""
+        running = self.running_return.numpy()
+        running[:] = running * self.gamma + rewards
+        self.return_rms.update(torch.from_numpy(running.copy()))
+        std = float(torch.sqrt(self.return_rms.var + 1e-8))
+        running[dones] = 0.0
+        return np.clip(rewards / std, -self.clip, self.clip)
+
+
+class EpisodeTracker:
+    """True (unscaled) returns and lengths of finished episodes, per env."""
+
+    def __init__(self, num_envs: int, history: int = 100) -> None:
+        self.current_return = np.zeros(num_envs, dtype=np.float64)
+        self.current_length = np.zeros(num_envs, dtype=np.int64)
+        self.returns: deque[float] = deque(maxlen=history)
+        self.lengths: deque[int] = deque(maxlen=history)
+        self.finished = 0
+
+    def step(self, rewards: np.ndarray, dones: np.ndarray) -> None:
+        """Add one step's raw rewards [N]; close the episodes where dones [N] is true."""
+        self.current_return += rewards
+        self.current_length += 1
+        if dones.any():
+            for i in np.flatnonzero(dones):
+                self.returns.append(float(self.current_return[i]))
+                self.lengths.append(int(self.current_length[i]))
+            self.finished += int(dones.sum())
+            self.current_return[dones] = 0.0
+            self.current_length[dones] = 0
+
+    def mean_return(self) -> float:
+        """Mean return of the last finished episodes (NaN before the first)."""
+        return float(np.mean(self.returns)) if self.returns else float("nan")
+
+    def mean_length(self) -> float:
+        """Mean length of the last finished episodes (NaN before the first)."""
+        return float(np.mean(self.lengths)) if self.lengths else float("nan")
+
+
+class NonFiniteError(ProximoError):
+    """An observation, reward or loss became NaN or infinite."""
+
+
+class RolloutCollector:
+    """Steps N envs for T steps with the current policy and fills a RolloutBuffer."""
+
+    def __init__(self, envs, policy: ActorCritic, n_steps: int, gamma: float,
+                 normalize_obs: bool, reward_scaler: RewardScaler | None, seed: int) -> None:
+        self.envs, self.policy = envs, policy
+        self.num_envs = envs.num_envs
+        self.n_steps = n_steps
+        self.gamma = gamma
+        self.update_obs_stats = normalize_obs
+        self.reward_scaler = reward_scaler
+        self.buffer = RolloutBuffer.allocate(n_steps, self.num_envs, policy)
+        self.episodes = EpisodeTracker(self.num_envs)
+        obs, _ = envs.reset(seed=seed)
+        self.next_obs = policy.encode(obs, self.num_envs)
+
+    def collect(self) -> RolloutBuffer:
+        """Run T steps; returns the filled buffer with advantages not yet computed."""
+        buf, policy, n = self.buffer, self.policy, self.num_envs
+        truncation_fixes: list[tuple[int, np.ndarray, torch.Tensor]] = []
+        with torch.inference_mode():
+            for t in range(self.n_steps):
+                x = policy.normalize(self.next_obs, update=self.update_obs_stats)
+                actions, log_probs, values = policy.act(x)
+                obs, rewards, terminated, truncated, infos = self.envs.step(policy.to_env_actions(actions))
+                rewards = np.asarray(rewards, dtype=np.float64)
+                if not np.isfinite(rewards).all():
+                    raise NonFiniteError(f"env returned a non-finite reward {rewards.tolist()} at rollout step {t}")
+                dones = terminated | truncated
+                self.episodes.step(rewards, dones)
+                if self.reward_scaler is not None:
+                    rewards = self.reward_scaler(rewards, dones)
+                buf.obs[t] = x
+                buf.actions[t] = actions
+                buf.log_probs[t] = log_probs
+                buf.values[t] = values
+                buf.rewards[t] = torch.from_numpy(rewards)
+                buf.terminated[t] = torch.from_numpy(terminated)
+                buf.truncated[t] = torch.from_numpy(truncated)
+                bootstrap = truncated & ~terminated
+                if bootstrap.any():
+                    envs_idx = np.flatnonzero(bootstrap)
+                    final = infos["final_obs"]
+                    final_x = policy.encode(_stack_obs([final[i] for i in envs_idx]), len(envs_idx))
+                    final_values = policy.value(policy.normalize(final_x))
+                    truncation_fixes.append((t, envs_idx, final_values))
+                self.next_obs = policy.encode(obs, n)
+                if not self.next_obs.is_floating_point() or torch.isfinite(self.next_obs).all():
+                    continue
+                raise NonFiniteError(f"env returned a non-finite observation at rollout step {t}")
+            last_values = policy.value(policy.normalize(self.next_obs))
+        buf.next_values[:-1] = buf.values[1:]
+        buf.next_values[-1] = last_values
+        for t, envs_idx, final_values in truncation_fixes:
+            buf.next_values[t, torch.from_numpy(envs_idx)] = final_values
+        return buf
+
+
+def _stack_obs(observations: list):
+    """Stack single-env observations (arrays or dicts of arrays) into one batch."""
+    if isinstance(observations[0], dict):
+        return {key: np.stack([o[key] for o in observations]) for key in observations[0]}
+    return np.stack(observations)

@@ -1,0 +1,325 @@
+"""The training loop: collect -> advantages -> update -> log -> checkpoint."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from proximo import __version__
+from proximo.checkpoint import (
+    CheckpointError, atomic_write_dir, atomic_write_json, load_json, load_tensors, optimizer_from_tensors,
+    optimizer_to_tensors, prefixed, unprefixed,
+)
+from proximo.config import PPOConfig
+from proximo.core.kl import AdaptiveKLController, FixedKLController
+from proximo.core.schedules import Schedule
+from proximo.envs.make import EnvLike, make_vector_env
+from proximo.evaluate import evaluate_policy
+from proximo.metrics import MetricsWriter, Progress
+from proximo.nn.policy import ActorCritic
+from proximo.ppo import UpdateSettings, ppo_update
+from proximo.rollout import RewardScaler, RolloutCollector
+from proximo.spaces_json import space_from_json, space_to_json
+
+STATE_TENSORS = "state.safetensors"
+STATE_META = "state.json"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def pick_threads(config: PPOConfig) -> int:
+    """Torch threads: the configured count, else 1 (small MLP batches lose time to thread hand-offs)."""
+    return config.torch_threads if config.torch_threads > 0 else 1
+
+
+def build_policy(observation_space, action_space, config: PPOConfig) -> ActorCritic:
+    """The actor-critic a config asks for."""
+    return ActorCritic(observation_space, action_space, net_arch=config.net_arch,
+                       activation=config.activation, shared_network=config.shared_network,
+                       ortho_init=config.ortho_init, log_std_init=config.log_std_init,
+                       normalize_obs=config.normalize_obs, clip_obs=config.clip_obs)
+
+
+def make_adam(policy: ActorCritic, config: PPOConfig) -> torch.optim.Optimizer:
+    """Adam over the policy parameters (foreach kernels: one launch per step, not per tensor)."""
+    return torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, foreach=True)
+
+
+def env_name(env: EnvLike) -> str | None:
+    """The env id, or None for a factory (which cannot be saved)."""
+    return env if isinstance(env, str) else None
+
+
+def policy_metadata(policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
+                    env_kwargs: dict | None) -> dict[str, Any]:
+    """The JSON that rebuilds a policy: format, version, env, spaces and config."""
+    return {"format_version": 1, "proximo_version": __version__, "env_id": env_name(env) if env else None,
+            "env_kwargs": env_kwargs or {}, "observation_space": space_to_json(policy.observation_space),
+            "action_space": space_to_json(policy.action_space), "config": config.to_dict()}
+
+
+def save_policy(directory: Path, policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
+                env_kwargs: dict | None = None) -> None:
+    """Write policy.safetensors (weights and normalization statistics) and policy.json atomically."""
+    atomic_write_dir(Path(directory), {
+        "policy.safetensors": policy.state_dict(),
+        "policy.json": policy_metadata(policy, config, env, env_kwargs)})
+
+
+def load_policy(directory: Path) -> tuple[ActorCritic, dict[str, Any]]:
+    """Rebuild a policy saved by save_policy; returns (policy, metadata). No code is run from the file."""
+    directory = Path(directory)
+    if (directory / "policy" / "policy.json").is_file():
+        directory = directory / "policy"
+    if not (directory / "policy.json").is_file():
+        raise CheckpointError(f"no saved policy in {directory}: expected policy.json and policy.safetensors "
+                              "(train a run first, or point at its run directory)")
+    meta = load_json(directory / "policy.json")
+    tensors = load_tensors(directory / "policy.safetensors")
+    try:
+        config = PPOConfig.from_dict(meta["config"])
+        policy = build_policy(space_from_json(meta["observation_space"]), space_from_json(meta["action_space"]),
+                              config)
+    except KeyError as exc:
+        raise CheckpointError(f"{directory / 'policy.json'} lacks {exc}; the file is corrupt") from exc
+    _load_state_strict(policy, tensors, directory / "policy.safetensors")
+    policy.eval()
+    return policy, meta
+
+
+def _load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit this policy: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]} (saved with other normalization or network settings?)")
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, this policy needs "
+                                  f"{tuple(expected[key].shape)} (a checkpoint from another env?)")
+    module.load_state_dict(tensors)
+
+
+class Trainer:
+    """Owns the envs, policy, optimizer and run directory of one PPO run."""
+
+    def __init__(self, env: EnvLike, config: PPOConfig, run_dir: str | Path | None = None,
+                 env_kwargs: dict | None = None, verbose: bool = True, tensorboard: bool = True) -> None:
+        self.env, self.config, self.env_kwargs = env, config, dict(env_kwargs or {})
+        self.verbose = verbose
+        seed_everything(config.seed)
+        torch.set_num_threads(pick_threads(config))
+        self.envs = make_vector_env(env, config.num_envs, config.env_backend, **self.env_kwargs)
+        self.policy = build_policy(self.envs.single_observation_space, self.envs.single_action_space, config)
+        self.optimizer = make_adam(self.policy, config)
+        self.reward_scaler = (RewardScaler(config.num_envs, config.gamma, config.clip_reward)
+                              if config.normalize_reward else None)
+        self.collector = RolloutCollector(self.envs, self.policy, config.n_steps, config.gamma,
+                                          config.normalize_obs, self.reward_scaler, config.seed)
+        self.lr_schedule = Schedule(config.lr_schedule, config.learning_rate)
+        self.clip_schedule = Schedule(config.clip_schedule, config.clip_range)
+        self.ent_schedule = Schedule(config.ent_schedule, config.ent_coef)
+        self.kl_controller = (AdaptiveKLController(config.kl_coef, config.kl_target)
+                              if config.objective == "adaptive_kl" else FixedKLController(config.kl_coef))
+        self.global_step = 0
+        self.update_index = 0
+        self.wall_time_s = 0.0
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.tensorboard = tensorboard
+        self.last_stats: dict[str, Any] = {}
+
+    # the loop -------------------------------------------------------------------------------
+    def train(self, total_steps: int | None = None) -> dict[str, Any]:
+        """Train until total_steps env steps (default: config.total_steps); returns the summary."""
+        total = total_steps if total_steps is not None else self.config.total_steps
+        config = self.config
+        writer = self._open_run_dir()
+        progress = Progress(total, self.global_step, enabled=self.verbose)
+        start_time, start_step = time.perf_counter(), self.global_step
+        next_save = (self.global_step // config.save_every + 1) * config.save_every if config.save_every else None
+        try:
+            while self.global_step < total:
+                fraction = self.global_step / total
+                learning_rate = self.lr_schedule(fraction)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate
+                settings = UpdateSettings(
+                    n_epochs=config.n_epochs, batch_size=config.batch_size, objective=config.objective,
+                    clip_range=self.clip_schedule(fraction), clip_range_vf=config.clip_range_vf,
+                    kl_coef=self.kl_controller.value, ent_coef=self.ent_schedule(fraction),
+                    vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm, target_kl=config.target_kl,
+                    normalize_advantage=config.normalize_advantage)
+                buffer = self.collector.collect()
+                buffer.compute_advantages(config.gamma, config.gae_lambda)
+                stats = ppo_update(self.policy, self.optimizer, buffer, settings)
+                self.kl_controller.update(stats["kl_last_epoch"])
+                self.global_step += config.rollout_size
+                self.update_index += 1
+                elapsed = time.perf_counter() - start_time
+                sps = (self.global_step - start_step) / max(elapsed, 1e-9)
+                episodes = self.collector.episodes
+                row = dict(stats, global_step=self.global_step, update=self.update_index,
+                           time_s=self.wall_time_s + elapsed, sps=sps,
+                           episode_return_mean=episodes.mean_return(),
+                           episode_length_mean=episodes.mean_length(), episodes=episodes.finished,
+                           learning_rate=learning_rate, clip_range=settings.clip_range,
+                           ent_coef=settings.ent_coef, kl_coef=settings.kl_coef)
+                self.last_stats = row
+                if writer is not None and self.update_index % config.log_every == 0:
+                    writer.write(row)
+                progress.update(self.global_step, sps, episodes.mean_return())
+                if next_save is not None and self.global_step >= next_save and self.run_dir is not None:
+                    self.save_checkpoint()
+                    next_save += config.save_every
+        finally:
+            self.wall_time_s += time.perf_counter() - start_time
+            progress.close()
+            if writer is not None:
+                writer.close()
+        return self._finish(start_step)
+
+    def _finish(self, start_step: int) -> dict[str, Any]:
+        config = self.config
+        eval_returns, eval_lengths = evaluate_policy(self.policy, self.env, config.eval_episodes,
+                                                     seed=config.seed + 10_000, env_kwargs=self.env_kwargs)
+        episodes = self.collector.episodes
+        summary = {
+            "env_id": env_name(self.env), "global_step": self.global_step, "updates": self.update_index,
+            "wall_time_s": self.wall_time_s, "sps": self.global_step / max(self.wall_time_s, 1e-9),
+            "eval_return_mean": float(np.mean(eval_returns)), "eval_return_std": float(np.std(eval_returns)),
+            "eval_episodes": len(eval_returns), "eval_length_mean": float(np.mean(eval_lengths)),
+            "train_return_last100_mean": episodes.mean_return(),
+            "train_return_last100_std": float(np.std(episodes.returns)) if episodes.returns else float("nan"),
+            "episodes": episodes.finished, "proximo_version": __version__,
+            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+        }
+        if self.run_dir is not None:
+            save_policy(self.run_dir / "policy", self.policy, config, self.env, self.env_kwargs)
+            self.save_checkpoint()
+            atomic_write_json(self.run_dir / "summary.json",
+                              {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                               for k, v in summary.items()})
+        return summary
+
+    def _open_run_dir(self) -> MetricsWriter | None:
+        if self.run_dir is None:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run_dir / "config.json",
+                          {"env_id": env_name(self.env), "env_kwargs": self.env_kwargs, **self.config.to_dict()})
+        return MetricsWriter(self.run_dir, tensorboard=self.tensorboard)
+
+    # checkpoints --------------------------------------------------------------------------------
+    def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything needed to continue this run: (tensors, JSON metadata)."""
+        optimizer_tensors, optimizer_meta = optimizer_to_tensors(self.optimizer)
+        tensors = {**prefixed("policy", self.policy.state_dict()), **optimizer_tensors,
+                   "rng.torch": torch.get_rng_state()}
+        if self.reward_scaler is not None:
+            tensors.update(prefixed("reward_scaler", self.reward_scaler.state_dict()))
+        tensors["collector.next_obs"] = self.collector.next_obs
+        episodes = self.collector.episodes
+        meta = {
+            "format_version": 1, "proximo_version": __version__, "env_id": env_name(self.env),
+            "env_kwargs": self.env_kwargs, "config": self.config.to_dict(),
+            "observation_space": space_to_json(self.policy.observation_space),
+            "action_space": space_to_json(self.policy.action_space),
+            "global_step": self.global_step, "update_index": self.update_index, "wall_time_s": self.wall_time_s,
+            "kl_coef": self.kl_controller.value, "optimizer": optimizer_meta,
+            "episodes": {"returns": list(episodes.returns), "lengths": list(episodes.lengths),
+                         "finished": episodes.finished,
+                         "current_return": episodes.current_return.tolist(),
+                         "current_length": episodes.current_length.tolist()},
+            "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
+        }
+        return tensors, meta
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step_<global_step>/ atomically and keep the newest keep_checkpoints."""
+        assert self.run_dir is not None
+        tensors, meta = self.training_state()
+        folder = self.run_dir / "checkpoints" / f"step_{self.global_step:012d}"
+        atomic_write_dir(folder, {STATE_TENSORS: tensors, STATE_META: meta})
+        for old in list_checkpoints(self.run_dir)[:-self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def load_training_state(self, folder: Path) -> None:
+        """Restore a checkpoint written by save_checkpoint into this trainer."""
+        meta = load_json(Path(folder) / STATE_META)
+        tensors = load_tensors(Path(folder) / STATE_TENSORS)
+        for key in ("observation_space", "action_space"):
+            mine = space_to_json(getattr(self.policy, key))
+            if meta.get(key) != mine:
+                raise CheckpointError(f"checkpoint {folder} was made for {key} {meta.get(key)}, but this env "
+                                      f"has {mine}; resume it with the env it was trained on")
+        _load_state_strict(self.policy, unprefixed("policy", tensors), Path(folder) / STATE_TENSORS)
+        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        if self.reward_scaler is not None:
+            self.reward_scaler.load_state_dict(unprefixed("reward_scaler", tensors))
+        torch.set_rng_state(tensors["rng.torch"])
+        random.setstate(_to_python_rng(meta["rng"]["python"]))
+        np.random.set_state(_to_numpy_rng(meta["rng"]["numpy"]))
+        self.global_step = int(meta["global_step"])
+        self.update_index = int(meta["update_index"])
+        self.wall_time_s = float(meta["wall_time_s"])
+        self.kl_controller.value = float(meta["kl_coef"])
+        episodes = self.collector.episodes
+        episodes.returns.extend(meta["episodes"]["returns"])
+        episodes.lengths.extend(meta["episodes"]["lengths"])
+        episodes.finished = int(meta["episodes"]["finished"])
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and p.name.startswith("step_") and (p / STATE_META).is_file())
+
+
+def read_run_config(run_dir: Path) -> tuple[str | None, dict, PPOConfig]:
+    """(env_id, env_kwargs, config) from a run directory's config.json."""
+    data = load_json(Path(run_dir) / "config.json")
+    env_id = data.pop("env_id", None)
+    env_kwargs = data.pop("env_kwargs", {})
+    return env_id, env_kwargs, PPOConfig.from_dict(data)
+
+
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _to_python_rng(state: list) -> tuple:
+    return (state[0], tuple(state[1]), state[2])
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached": float(cached)}
+
+
+def _to_numpy_rng(state: dict[str, Any]) -> tuple:
+    return (state["name"], np.array(state["keys"], dtype=np.uint32), state["pos"], state["has_gauss"],
+            state["cached"])
+
+
+def dump_json(data: Any) -> str:
+    """Compact JSON for printing."""
+    return json.dumps(data, indent=2, default=str)

@@ -1,0 +1,97 @@
+"""`proximo plot`: learning curves of one or several runs, mean and band over seeds of one config."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from proximo.errors import ProximoError
+
+# Fields that differ between seeds of one experiment, or only change bookkeeping.
+_NOT_GROUPING = {"seed", "eval_episodes", "save_every", "keep_checkpoints", "log_every", "torch_threads"}
+
+
+def read_curve(run_dir: Path, y: str = "episode_return_mean") -> tuple[np.ndarray, np.ndarray]:
+    """(global_step [K], y [K]) from a run's metrics.csv, skipping rows where y is empty."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise ProximoError(f"{run_dir} has no metrics.csv; is it a proximo run directory?")
+    steps, values = [], []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get(y) not in (None, ""):
+                steps.append(float(row["global_step"]))
+                values.append(float(row[y]))
+    return np.asarray(steps), np.asarray(values)
+
+
+def _group_key(run_dir: Path) -> str:
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        return str(run_dir)
+    config = json.loads(config_path.read_text())
+    return json.dumps({k: v for k, v in config.items() if k not in _NOT_GROUPING}, sort_keys=True)
+
+
+def _label(run_dirs: list[Path]) -> str:
+    config_path = run_dirs[0] / "config.json"
+    env = json.loads(config_path.read_text()).get("env_id") if config_path.is_file() else None
+    name = env or run_dirs[0].name
+    return f"{name} ({len(run_dirs)} seeds)" if len(run_dirs) > 1 else f"{name}: {run_dirs[0].name}"
+
+
+def plot_runs(run_dirs: list[Path], output: Path, y: str = "episode_return_mean", title: str | None = None) -> Path:
+    """Draw y against env steps; runs sharing a config (seeds aside) become one mean line with a min-max band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for run_dir in run_dirs:
+        groups[_group_key(Path(run_dir))].append(Path(run_dir))
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for members in groups.values():
+        curves = [read_curve(member, y) for member in members]
+        curves = [(s, v) for s, v in curves if len(s)]
+        if not curves:
+            continue
+        if len(curves) == 1:
+            axes.plot(curves[0][0], curves[0][1], label=_label(members), linewidth=1.6)
+            continue
+        grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), 200)
+        stacked = np.stack([np.interp(grid, s, v) for s, v in curves])
+        line, = axes.plot(grid, stacked.mean(0), label=_label(members), linewidth=1.6)
+        axes.fill_between(grid, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=0.2)
+    if not axes.lines:
+        raise ProximoError(f"no finished episodes to plot in {', '.join(map(str, run_dirs))} (column {y!r} is empty)")
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel("episode return (mean of last 100)" if y == "episode_return_mean" else y.replace("_", " "))
+    axes.set_title(title or "proximo learning curve")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output)
+    plt.close(figure)
+    return output
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `proximo plot RUN_DIR [RUN_DIR ...] -o curve.png`."""
+    parser = subparsers.add_parser("plot", help="draw learning curves of runs (mean and band over seeds)")
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("-o", "--output", type=Path, default=Path("curve.png"))
+    parser.add_argument("--y", default="episode_return_mean", help="metrics.csv column to draw")
+    parser.add_argument("--title")
+    parser.set_defaults(handler=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    path = plot_runs(args.run_dirs, args.output, args.y, args.title)
+    print(f"wrote {path}")
+    return 0

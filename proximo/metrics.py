@@ -26,13 +26,15 @@ def _clean(value: Any) -> Any:
 class MetricsWriter:
     """Appends one row per update to metrics.csv and updates.jsonl and logs scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, columns: list[str] | None = None) -> None:
+        # columns: metrics.csv header (default CSV_COLUMNS); the first three are step/update/time.
+        self.columns = list(CSV_COLUMNS if columns is None else columns)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         csv_path = self.run_dir / "metrics.csv"
         new_file = not csv_path.exists()
         self._csv_handle = open(csv_path, "a", newline="")
-        self._csv = csv.DictWriter(self._csv_handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        self._csv = csv.DictWriter(self._csv_handle, fieldnames=self.columns, extrasaction="ignore")
         if new_file:
             self._csv.writeheader()
         self._jsonl = open(self.run_dir / "updates.jsonl", "a")
@@ -43,13 +45,13 @@ class MetricsWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         """Record one update's statistics (scalars go everywhere, lists only to updates.jsonl)."""
-        self._csv.writerow({k: ("" if _clean(row.get(k)) is None else row.get(k)) for k in CSV_COLUMNS})
+        self._csv.writerow({k: ("" if _clean(row.get(k)) is None else row.get(k)) for k in self.columns})
         self._csv_handle.flush()
         self._jsonl.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             step = int(row["global_step"])
-            for key in CSV_COLUMNS[3:]:
+            for key in self.columns[3:]:
                 value = row.get(key)
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"train/{key}", value, step)

@@ -53,3 +53,24 @@ class TextObsEnv(gym.Env):
 
     def step(self, action):
         return "hello", 0.0, True, False, {}
+
+
+class MixedSpacesEnv(gym.Env):
+    """Dict observation (Box + Discrete) and a configurable action space; reward for action agreement."""
+
+    def __init__(self, action_space=None) -> None:
+        self.observation_space = spaces.Dict({"position": spaces.Box(-1, 1, (3,), np.float32),
+                                              "mode": spaces.Discrete(4)})
+        self.action_space = action_space if action_space is not None else spaces.MultiDiscrete([3, 2])
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        assert self.action_space.contains(np.asarray(action, dtype=self.action_space.dtype)), action
+        reward = float(np.sum(np.asarray(action, dtype=np.float64) == 0))
+        return self.observation_space.sample(), reward, False, self.t >= 20, {}

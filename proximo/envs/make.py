@@ -56,14 +56,16 @@ def make_single_env(env: EnvLike, render_mode: str | None = None, **kwargs: Any)
     _register_optional_families(env)
     if env not in gym.registry:
         raise ProximoError(_unknown_env_message(env))
+    if render_mode is not None:
+        kwargs = {**kwargs, "render_mode": render_mode}
     try:
         if env.startswith("ALE/"):
-            made = gym.make(env, render_mode=render_mode, frameskip=1, **kwargs)
+            made = gym.make(env, frameskip=1, **kwargs)
             made = gym.wrappers.AtariPreprocessing(made, frame_skip=4, screen_size=84, noop_max=30,
                                                    terminal_on_life_loss=False)
             return gym.wrappers.FrameStackObservation(made, 4)
-        return gym.make(env, render_mode=render_mode, **kwargs)
-    except gym.error.Error as exc:
+        return gym.make(env, **kwargs)
+    except (gym.error.Error, TypeError) as exc:
         raise ProximoError(f"could not make env {env!r}: {exc}") from exc
     except ImportError as exc:
         raise ProximoError(f"env {env!r} needs a package that is not installed: {exc}") from exc

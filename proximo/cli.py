@@ -14,7 +14,7 @@ from proximo.config import PRESETS, PPOConfig, field_types
 from proximo.errors import ConfigError, ProximoError
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
-COMMAND_MODULES: list[str] = ["proximo.plot"]
+COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check"]
 
 
 class ArgumentParser(argparse.ArgumentParser):

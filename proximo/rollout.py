@@ -1,6 +1,7 @@
 """The fixed-shape [T, N] rollout buffer and the collector that fills it from vector envs."""
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from proximo.core.advantages import gae
+from proximo.envs.guard import FAULT_KEY, EnvFaultError
 from proximo.errors import ProximoError
 from proximo.nn.normalize import RunningMeanStd
 from proximo.nn.policy import ActorCritic
@@ -90,6 +92,11 @@ class EpisodeTracker:
             self.current_return[dones] = 0.0
             self.current_length[dones] = 0
 
+    def discard(self, mask: np.ndarray) -> None:
+        """Forget the in-progress episodes where mask [N] is true (their env was restarted)."""
+        self.current_return[mask] = 0.0
+        self.current_length[mask] = 0
+
     def mean_return(self) -> float:
         """Mean return of the last finished episodes (NaN before the first)."""
         return float(np.mean(self.returns)) if self.returns else float("nan")
@@ -101,6 +108,13 @@ class EpisodeTracker:
 
 class NonFiniteError(ProximoError):
     """An observation, reward or loss became NaN or infinite."""
+
+
+class EnvFaultWarning(UserWarning):
+    """An env raised in step() and was restarted."""
+
+
+MAX_ENV_RESTARTS = 3  # env faults tolerated per run before it stops with a checkpoint
 
 
 class RolloutCollector:
@@ -116,6 +130,8 @@ class RolloutCollector:
         self.reward_scaler = reward_scaler
         self.buffer = RolloutBuffer.allocate(n_steps, self.num_envs, policy)
         self.episodes = EpisodeTracker(self.num_envs)
+        self.env_faults = 0  # steps that raised inside an env, over the whole run (restored on resume)
+        self.max_env_restarts = MAX_ENV_RESTARTS
         obs, _ = envs.reset(seed=seed)
         self.next_obs = policy.encode(obs, self.num_envs)
 
@@ -130,9 +146,17 @@ class RolloutCollector:
                 obs, rewards, terminated, truncated, infos = self.envs.step(policy.to_env_actions(actions))
                 rewards = np.asarray(rewards, dtype=np.float64)
                 if not np.isfinite(rewards).all():
-                    raise NonFiniteError(f"env returned a non-finite reward {rewards.tolist()} at rollout step {t}")
+                    bad = np.flatnonzero(~np.isfinite(rewards)).tolist()
+                    raise NonFiniteError(f"env {bad[0]} returned a non-finite reward {rewards[bad[0]]} at rollout "
+                                         f"step {t} (envs {bad}); fix the env or wrap it to clip its rewards")
+                faulted = self._env_faults(infos) if "final_info" in infos else None
+                if faulted is not None:
+                    # A crashed step ends its episode with no bootstrap and no recorded return.
+                    terminated, truncated = terminated | faulted, truncated & ~faulted
                 dones = terminated | truncated
-                self.episodes.step(rewards, dones)
+                self.episodes.step(rewards, dones if faulted is None else dones & ~faulted)
+                if faulted is not None:
+                    self.episodes.discard(faulted)
                 if self.reward_scaler is not None:
                     rewards = self.reward_scaler(rewards, dones)
                 buf.obs[t] = x
@@ -152,13 +176,32 @@ class RolloutCollector:
                 self.next_obs = policy.encode(obs, n)
                 if not self.next_obs.is_floating_point() or torch.isfinite(self.next_obs).all():
                     continue
-                raise NonFiniteError(f"env returned a non-finite observation at rollout step {t}")
+                bad = torch.flatnonzero(~torch.isfinite(self.next_obs.flatten(1)).all(1)).tolist()
+                raise NonFiniteError(f"env {bad[0]} returned a non-finite observation at rollout step {t} "
+                                     f"(envs {bad}); fix the env or wrap it to clip its observations")
             last_values = policy.value(policy.normalize(self.next_obs))
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_values
         for t, envs_idx, final_values in truncation_fixes:
             buf.next_values[t, torch.from_numpy(envs_idx)] = final_values
         return buf
+
+    def _env_faults(self, infos: dict) -> np.ndarray | None:
+        """Mask [N] of envs whose step() raised (EnvGuard restarted them); warns, raises past the budget."""
+        final_info = infos["final_info"]
+        if FAULT_KEY not in final_info:
+            return None
+        faulted = np.asarray(final_info[f"_{FAULT_KEY}"], dtype=bool)
+        for i in np.flatnonzero(faulted):
+            self.env_faults += 1
+            detail = final_info[FAULT_KEY][i]
+            if self.env_faults > self.max_env_restarts:
+                raise EnvFaultError(f"env {i} raised in step() again ({detail}): {self.env_faults} env faults, "
+                                    f"more than the {self.max_env_restarts} restarts allowed; fix the env")
+            warnings.warn(f"proximo: env {i} raised in step() ({detail}); re-made and reset it (restart "
+                          f"{self.env_faults} of {self.max_env_restarts}); that step ends its episode with no "
+                          "bootstrap", EnvFaultWarning, stacklevel=2)
+        return faulted
 
 
 def _stack_obs(observations: list):

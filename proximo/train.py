@@ -5,7 +5,11 @@ import json
 import math
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +24,35 @@ from proximo.checkpoint import (
 from proximo.config import PPOConfig
 from proximo.core.kl import AdaptiveKLController, FixedKLController
 from proximo.core.schedules import Schedule
+from proximo.diagnostics import HealthMonitor
+from proximo.envs.check import require_env_ok
+from proximo.envs.guard import EnvFaultError, GuardedMaker
 from proximo.envs.make import EnvLike, make_vector_env
+from proximo.envs.snapshot import restore_vector_env, snapshot_vector_env, vector_env_obstacle
 from proximo.evaluate import evaluate_policy
 from proximo.metrics import MetricsWriter, Progress
 from proximo.nn.policy import ActorCritic
 from proximo.ppo import UpdateSettings, ppo_update
-from proximo.rollout import RewardScaler, RolloutCollector
+from proximo.rollout import NonFiniteError, RewardScaler, RolloutCollector
 from proximo.spaces_json import space_from_json, space_to_json
 
 STATE_TENSORS = "state.safetensors"
 STATE_META = "state.json"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after finishing an update and saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path | None) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        saved = (f"checkpoint saved to {checkpoint}; continue with `proximo train --resume {run_dir}`"
+                 if checkpoint is not None else "no run directory, so nothing was saved")
+        super().__init__(f"stopped by {name} at step {step:,}; {saved}")
+
+
+class ResumeWarning(UserWarning):
+    """A resume could not restore everything exactly (the env state, typically)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -120,9 +143,11 @@ class Trainer:
                  env_kwargs: dict | None = None, verbose: bool = True, tensorboard: bool = True) -> None:
         self.env, self.config, self.env_kwargs = env, config, dict(env_kwargs or {})
         self.verbose = verbose
+        require_env_ok(env, self.env_kwargs)  # a few random steps: stop on a broken env before training
         seed_everything(config.seed)
         torch.set_num_threads(pick_threads(config))
-        self.envs = make_vector_env(env, config.num_envs, config.env_backend, **self.env_kwargs)
+        # EnvGuard restarts a sub-env whose step() raises; the collector bounds how often.
+        self.envs = make_vector_env(GuardedMaker(env, self.env_kwargs), config.num_envs, config.env_backend)
         self.policy = build_policy(self.envs.single_observation_space, self.envs.single_action_space, config)
         self.optimizer = make_adam(self.policy, config)
         self.reward_scaler = (RewardScaler(config.num_envs, config.gamma, config.clip_reward)
@@ -140,6 +165,9 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tensorboard = tensorboard
         self.last_stats: dict[str, Any] = {}
+        # names PPO's failure modes as they happen (see proximo/diagnostics.py)
+        self.monitor = HealthMonitor.from_config(config) if config.diagnostics else None
+        self._stop_signal: int | None = None
 
     # the loop -------------------------------------------------------------------------------
     def train(self, total_steps: int | None = None) -> dict[str, Any]:
@@ -150,8 +178,12 @@ class Trainer:
         progress = Progress(total, self.global_step, enabled=self.verbose)
         start_time, start_step = time.perf_counter(), self.global_step
         next_save = (self.global_step // config.save_every + 1) * config.save_every if config.save_every else None
+        last_good: tuple | None = None
+        restore_signals = self._catch_stop_signals()
         try:
             while self.global_step < total:
+                if self.run_dir is not None:
+                    last_good = self._capture_state()  # what a NaN or env crash in this update falls back to
                 fraction = self.global_step / total
                 learning_rate = self.lr_schedule(fraction)
                 for group in self.optimizer.param_groups:
@@ -180,11 +212,26 @@ class Trainer:
                 self.last_stats = row
                 if writer is not None and self.update_index % config.log_every == 0:
                     writer.write(row)
+                if self.monitor is not None:
+                    self.monitor.context.total_updates = total // config.rollout_size
+                    self.monitor.observe_and_report(row, self.run_dir, echo=self.verbose)
                 progress.update(self.global_step, sps, episodes.mean_return())
+                saved = False
                 if next_save is not None and self.global_step >= next_save and self.run_dir is not None:
                     self.save_checkpoint()
+                    saved = True
                     next_save += config.save_every
+                if self._stop_signal is not None:
+                    folder = self._checkpoint_path() if saved else self.save_checkpoint()
+                    raise TrainingInterrupted(self._stop_signal, self.global_step, folder, self.run_dir)
+        except (NonFiniteError, EnvFaultError) as exc:
+            if last_good is not None:
+                folder = self._write_state(*last_good)
+                exc.args = (f"{exc}. Stopped; the last good checkpoint (step {last_good[2]:,}, before this "
+                            f"update) is in {folder}",)
+            raise
         finally:
+            restore_signals()
             self.wall_time_s += time.perf_counter() - start_time
             progress.close()
             if writer is not None:
@@ -193,6 +240,8 @@ class Trainer:
 
     def _finish(self, start_step: int) -> dict[str, Any]:
         config = self.config
+        if self.run_dir is not None:
+            self.save_checkpoint()  # first, so a crash in evaluation still leaves the final state
         eval_returns, eval_lengths = evaluate_policy(self.policy, self.env, config.eval_episodes,
                                                      seed=config.seed + 10_000, env_kwargs=self.env_kwargs)
         episodes = self.collector.episodes
@@ -208,7 +257,6 @@ class Trainer:
         }
         if self.run_dir is not None:
             save_policy(self.run_dir / "policy", self.policy, config, self.env, self.env_kwargs)
-            self.save_checkpoint()
             atomic_write_json(self.run_dir / "summary.json",
                               {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                for k, v in summary.items()})
@@ -243,33 +291,93 @@ class Trainer:
                          "finished": episodes.finished,
                          "current_return": episodes.current_return.tolist(),
                          "current_length": episodes.current_length.tolist()},
+            "env_faults": self.collector.env_faults,
+            # Sub-env states (RNG, time limit, simulator); None when proximo cannot save this env family.
+            "envs": snapshot_vector_env(self.envs),
             "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
         }
         return tensors, meta
 
-    def save_checkpoint(self) -> Path:
-        """Write checkpoints/step_<global_step>/ atomically and keep the newest keep_checkpoints."""
-        assert self.run_dir is not None
+    def _capture_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+        """A private copy of training_state() (tensors cloned), to write later if this update fails."""
         tensors, meta = self.training_state()
-        folder = self.run_dir / "checkpoints" / f"step_{self.global_step:012d}"
+        return {key: value.detach().clone() for key, value in tensors.items()}, meta, self.global_step
+
+    def _checkpoint_path(self, step: int | None = None) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / "checkpoints" / f"step_{self.global_step if step is None else step:012d}"
+
+    def _write_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], step: int) -> Path:
+        folder = self._checkpoint_path(step)
         atomic_write_dir(folder, {STATE_TENSORS: tensors, STATE_META: meta})
         for old in list_checkpoints(self.run_dir)[:-self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         return folder
 
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step_<global_step>/ atomically and keep the newest keep_checkpoints."""
+        assert self.run_dir is not None
+        tensors, meta = self.training_state()
+        return self._write_state(tensors, meta, self.global_step)
+
+    def _catch_stop_signals(self):
+        """Route SIGINT/SIGTERM to a stop-after-this-update flag; returns the function that undoes it."""
+        if self.run_dir is None or threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._stop_signal = None
+        for sig in previous:
+            signal.signal(sig, self._on_stop_signal)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return restore
+
+    def _on_stop_signal(self, signum: int, frame) -> None:
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt  # a second signal: give up on this update, save nothing
+        self._stop_signal = signum
+        print(f"\nproximo: {signal.Signals(signum).name} received; finishing this update, then saving a "
+              "checkpoint (send it again to stop at once without saving)", file=sys.stderr, flush=True)
+
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop after the current update with a checkpoint, as SIGINT/SIGTERM do."""
+        self._stop_signal = signum
+
     def load_training_state(self, folder: Path) -> None:
         """Restore a checkpoint written by save_checkpoint into this trainer."""
-        meta = load_json(Path(folder) / STATE_META)
-        tensors = load_tensors(Path(folder) / STATE_TENSORS)
+        folder = Path(folder)
+        meta = load_json(folder / STATE_META)
+        tensors = load_tensors(folder / STATE_TENSORS)
+        try:
+            self._check_fits(folder, meta)
+            self._restore(folder, meta, tensors)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"checkpoint {folder} is incomplete or damaged ({type(exc).__name__}: {exc}); "
+                                  "resume from an earlier checkpoint") from exc
+
+    def _check_fits(self, folder: Path, meta: dict[str, Any]) -> None:
+        mine_env, saved_env = env_name(self.env), meta.get("env_id")
+        if mine_env is not None and saved_env is not None and mine_env != saved_env:
+            raise CheckpointError(f"checkpoint {folder} was made on {saved_env}, not {mine_env}; resume it with "
+                                  f"the env it was trained on")
         for key in ("observation_space", "action_space"):
             mine = space_to_json(getattr(self.policy, key))
-            if meta.get(key) != mine:
-                raise CheckpointError(f"checkpoint {folder} was made for {key} {meta.get(key)}, but this env "
-                                      f"has {mine}; resume it with the env it was trained on")
-        _load_state_strict(self.policy, unprefixed("policy", tensors), Path(folder) / STATE_TENSORS)
+            if meta[key] != mine:
+                raise CheckpointError(
+                    f"checkpoint {folder} was made for {key.replace('_', ' ')} {_describe_space(meta[key])}, but "
+                    f"this env has {_describe_space(mine)}; resume it with the env it was trained on")
+        saved_envs = int(meta["config"]["num_envs"])
+        if saved_envs != self.config.num_envs:
+            raise CheckpointError(f"checkpoint {folder} was made with num_envs={saved_envs}, this run has "
+                                  f"{self.config.num_envs}; resume with the same num_envs")
+
+    def _restore(self, folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        _load_state_strict(self.policy, unprefixed("policy", tensors), folder / STATE_TENSORS)
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
         if self.reward_scaler is not None:
-            self.reward_scaler.load_state_dict(unprefixed("reward_scaler", tensors))
+            _load_state_strict(self.reward_scaler, unprefixed("reward_scaler", tensors), folder / STATE_TENSORS)
         torch.set_rng_state(tensors["rng.torch"])
         random.setstate(_to_python_rng(meta["rng"]["python"]))
         np.random.set_state(_to_numpy_rng(meta["rng"]["numpy"]))
@@ -277,10 +385,32 @@ class Trainer:
         self.update_index = int(meta["update_index"])
         self.wall_time_s = float(meta["wall_time_s"])
         self.kl_controller.value = float(meta["kl_coef"])
-        episodes = self.collector.episodes
-        episodes.returns.extend(meta["episodes"]["returns"])
-        episodes.lengths.extend(meta["episodes"]["lengths"])
-        episodes.finished = int(meta["episodes"]["finished"])
+        collector, saved = self.collector, meta["episodes"]
+        episodes = collector.episodes
+        episodes.returns.clear()
+        episodes.lengths.clear()
+        episodes.returns.extend(saved["returns"])
+        episodes.lengths.extend(saved["lengths"])
+        episodes.finished = int(saved["finished"])
+        collector.env_faults = int(meta.get("env_faults", 0))
+        obstacle = vector_env_obstacle(self.envs) if meta.get("envs") is None else None
+        if meta.get("envs") is not None:
+            restore_vector_env(self.envs, meta["envs"])
+            next_obs = tensors["collector.next_obs"]
+            if next_obs.shape != collector.next_obs.shape or next_obs.dtype != collector.next_obs.dtype:
+                raise CheckpointError(f"{folder / STATE_TENSORS}: collector.next_obs is {tuple(next_obs.shape)} "
+                                      f"{next_obs.dtype}, this run needs {tuple(collector.next_obs.shape)} "
+                                      f"{collector.next_obs.dtype}")
+            collector.next_obs = next_obs.clone()
+            episodes.current_return[:] = np.asarray(saved["current_return"], dtype=np.float64)
+            episodes.current_length[:] = np.asarray(saved["current_length"], dtype=np.int64)
+        else:
+            # The envs restart from reset, so the running sums of their old episodes no longer apply.
+            if self.reward_scaler is not None:
+                self.reward_scaler.running_return.zero_()
+            warnings.warn(f"proximo: cannot save the state of this env ({obstacle or 'unknown'}), so on resume the "
+                          "in-progress episodes restart from reset; the resumed run is not bitwise identical to an "
+                          "uninterrupted one", ResumeWarning, stacklevel=3)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -298,6 +428,16 @@ def read_run_config(run_dir: Path) -> tuple[str | None, dict, PPOConfig]:
     env_id = data.pop("env_id", None)
     env_kwargs = data.pop("env_kwargs", {})
     return env_id, env_kwargs, PPOConfig.from_dict(data)
+
+
+def _describe_space(data: dict[str, Any]) -> str:
+    """Short text of a space saved by space_to_json (Box bounds left out: they can be huge)."""
+    kind = data.get("type")
+    if kind == "Box":
+        return f"Box(shape {tuple(data['shape'])}, {data['dtype']})"
+    if kind == "Dict":
+        return "Dict(" + ", ".join(f"{k}: {_describe_space(v)}" for k, v in data["spaces"].items()) + ")"
+    return f"{kind}({', '.join(f'{k}={v}' for k, v in data.items() if k != 'type')})"
 
 
 def _python_rng_state() -> list:

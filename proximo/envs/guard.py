@@ -1,0 +1,79 @@
+"""A wrapper that survives an env whose step() raises: it re-makes and resets the env.
+
+The failed transition comes back as an episode end (reward 0, truncated) with the error text in
+info[FAULT_KEY]; the rollout collector counts these faults, stores the step as terminal (no
+bootstrap), warns, and stops the run once more than its restart budget have happened.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+
+from proximo.envs.snapshot import restore_env, snapshot_env
+from proximo.errors import ProximoError
+
+FAULT_KEY = "proximo_env_fault"
+
+
+class EnvFaultError(ProximoError):
+    """An env kept raising in step() (or could not be restarted)."""
+
+
+class EnvGuard(gym.Wrapper):
+    """Turns an exception in step() into a restart of the wrapped env (see module docstring)."""
+
+    proximo_stateless_wrapper = True
+    proximo_pending_snapshot: dict[str, Any] | None = None
+
+    def __init__(self, env: gym.Env, make: Callable[[], gym.Env]) -> None:
+        super().__init__(env)
+        self._make = make
+
+    def step(self, action):
+        """The wrapped env's step; on an exception a fresh env's reset obs with truncated=True."""
+        try:
+            return self.env.step(action)
+        except Exception as exc:  # noqa: BLE001 - any env bug is what this wrapper is for
+            detail = f"{type(exc).__name__}: {exc}"
+            obs, info = self._restart(detail)
+            return obs, 0.0, False, True, {**info, FAULT_KEY: detail}
+
+    def _restart(self, detail: str) -> tuple[Any, dict]:
+        # Seed the new env from the old one's generator so a restarted run stays reproducible.
+        seed = int(self.env.np_random.integers(2**31 - 1))
+        try:
+            self.env.close()
+        except Exception:  # noqa: BLE001 - the env is already broken; closing it is best effort
+            pass
+        try:
+            self.env = self._make()
+            return self.env.reset(seed=seed)
+        except Exception as exc:  # noqa: BLE001
+            raise EnvFaultError(f"the env raised in step() ({detail}) and could not be restarted: "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+    def proximo_snapshot(self) -> dict[str, Any] | None:
+        """snapshot_env() of the wrapped env (AsyncVectorEnv workers call this by name)."""
+        return snapshot_env(self.env)
+
+    def proximo_apply_snapshot(self) -> None:
+        """Restore the snapshot set in proximo_pending_snapshot (AsyncVectorEnv workers)."""
+        if self.proximo_pending_snapshot is not None:
+            restore_env(self.env, self.proximo_pending_snapshot)
+            self.proximo_pending_snapshot = None
+
+
+class GuardedMaker:
+    """A picklable env factory: make_single_env(env, **kwargs) inside an EnvGuard."""
+
+    def __init__(self, env, kwargs: dict[str, Any]) -> None:
+        self.env, self.kwargs = env, dict(kwargs)
+        self.__qualname__ = getattr(env, "__qualname__", str(env))
+
+    def _make_inner(self) -> gym.Env:
+        from proximo.envs.make import make_single_env
+        return make_single_env(self.env, **self.kwargs)
+
+    def __call__(self) -> gym.Env:
+        return EnvGuard(self._make_inner(), self._make_inner)

@@ -10,6 +10,7 @@ from typing import Any
 
 from proximo.core.objectives import OBJECTIVES
 from proximo.core.schedules import SCHEDULES
+from proximo.diagnostics import DIAG_DEFAULTS as _DIAG, DiagnosticsConfig
 from proximo.errors import ConfigError
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
@@ -69,6 +70,24 @@ class PPOConfig:
     save_every: int = 0                    # env steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 3
     log_every: int = 1                     # updates between metric rows
+    # health rules (proximo/diagnostics.py DiagnosticsConfig documents why each default has its value)
+    diagnostics: bool = True               # warn during training when a rule fires
+    diag_warmup: int = _DIAG.warmup        # updates that only set baselines
+    diag_window: int = _DIAG.window        # updates in a baseline window
+    diag_recent: int = _DIAG.recent        # updates whose median is the current level
+    diag_cooldown: int = _DIAG.cooldown    # quiet updates before a rule may warn again
+    diag_kl_max: float = _DIAG.kl_max
+    diag_kl_spike_factor: float = _DIAG.kl_spike_factor
+    diag_entropy_collapse: float = _DIAG.entropy_collapse
+    diag_entropy_early: float = _DIAG.entropy_early
+    diag_value_loss_factor: float = _DIAG.value_loss_factor
+    diag_ev_min: float = _DIAG.ev_min
+    diag_clip_low: float = _DIAG.clip_low
+    diag_clip_high: float = _DIAG.clip_high
+    diag_adv_std_min: float = _DIAG.adv_std_min
+    diag_grad_norm_factor: float = _DIAG.grad_norm_factor
+    diag_kl_ref_max: float = _DIAG.kl_ref_max
+    diag_length_drift: float = _DIAG.length_drift
 
     def __post_init__(self) -> None:
         self.validate()
@@ -120,6 +139,7 @@ class PPOConfig:
                 f"{self.num_envs} x {self.n_steps} = {self.rollout_size}; use a divisor such as {near}")
         if self.torch_threads < 0 or self.save_every < 0:
             raise ConfigError("torch_threads and save_every must not be negative")
+        DiagnosticsConfig.from_object(self)  # validates the diag_* thresholds
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""

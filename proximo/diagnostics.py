@@ -1,0 +1,546 @@
+"""Health rules over per-update training statistics: PPO's known failure modes, named while a run trains.
+
+Each rule reads the history of update rows (the dicts the trainers log: approx_kl, entropy, value_loss, ...;
+for language-model runs reward_mean, kl_ref, response_length) and either stays silent or returns Evidence:
+which updates, which values, against which threshold. A rule only looks at rows up to the update it judges,
+so the live monitor during training and `proximo doctor` afterwards reach the same verdicts.
+
+Statistics are robust on purpose: levels are medians over a few updates and baselines are medians over a
+longer window before them, so one noisy minibatch neither fires a rule nor hides a trend.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
+
+from proximo.errors import ConfigError
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Thresholds of the health rules. PPOConfig exposes each as a `diag_<name>` field (and CLI flag)."""
+
+    # Updates whose statistics only set baselines: the first updates of a run are dominated by the random
+    # initial policy and an untrained critic, so comparisons against them would fire on every healthy run.
+    warmup: int = 10
+    # Updates in the baseline window (value loss, gradient norm, explained variance): long enough that its
+    # median ignores a few outliers, short enough to follow a schedule that changes the scale over a run.
+    window: int = 20
+    # Updates whose median is the "current level": 5 smooths single-minibatch noise yet reacts in a few updates.
+    recent: int = 5
+    # Healthy updates in a row before a rule that fired may warn again: one warning per episode of trouble.
+    cooldown: int = 10
+    # Mean KL(old || new) per update (nats, k3 estimator). Healthy clipped PPO moves about 0.001-0.03 per
+    # update (cartpole preset: at most 0.012); a median above 0.05 means the policy leaves the region its
+    # samples describe.
+    kl_max: float = 0.05
+    # One update whose KL exceeds this multiple of the run's median KL (and 2 x kl_max) is a collapse-sized jump.
+    kl_spike_factor: float = 10.0
+    # Entropy below this fraction of its starting value (a drop of 90% of the starting nats) early in a run
+    # means the policy turned nearly deterministic before it explored.
+    entropy_collapse: float = 0.1
+    # "Early": the first quarter of the planned updates; later, a low entropy is usually convergence.
+    entropy_early: float = 0.25
+    # Value loss above this multiple of its baseline median in every recent update has blown up (critic
+    # diverging, returns changing scale). Healthy critics are spiky: on the cartpole preset (seeds 1-3) the
+    # value loss stayed up to 38x its baseline for 5 updates in a row while returns rose, hence 100x.
+    value_loss_factor: float = 100.0
+    # Median explained variance below this after the warm-up: the critic predicts returns no better than
+    # their mean, so the advantages are mostly noise (healthy critics reach 0.5-0.9 within tens of updates).
+    ev_min: float = 0.1
+    # Median clip fraction below this: almost no sample reaches the clip band, the step size is too small
+    # for clipping to matter (healthy runs clip 2-20% of samples).
+    clip_low: float = 0.001
+    # Median clip fraction above this: most of the batch gives no gradient; the step size does the clip's job.
+    clip_high: float = 0.3
+    # Advantage spread (std, reward units) below this is at the level of float32 rounding of values of ~100
+    # (about 1e-5), so per-minibatch normalization would amplify noise into "signal".
+    adv_std_min: float = 1e-4
+    # Gradient norm (measured before clipping) above this multiple of its baseline median in every recent
+    # update; healthy cartpole-preset runs stayed within 2.5x, a diverging network grows by orders of magnitude.
+    grad_norm_factor: float = 10.0
+    # KL to the reference model (nats per response, summed over tokens) past which a rising reward is more
+    # likely exploitation of the reward model than better answers: e^10 is a 22000x likelihood ratio.
+    kl_ref_max: float = 10.0
+    # Relative drift of the mean response length from its start (0.5 = +-50%) that, with a rising reward,
+    # points at the policy gaming length rather than content.
+    length_drift: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first threshold out of range."""
+        for name in ("warmup", "cooldown"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"diag_{name} must not be negative, got {getattr(self, name)}")
+        for name in ("window", "recent"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"diag_{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("kl_max", "kl_spike_factor", "value_loss_factor", "grad_norm_factor", "adv_std_min",
+                     "kl_ref_max", "length_drift", "clip_high"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"diag_{name} must be a positive finite number, got {value}")
+        for name in ("entropy_collapse", "entropy_early", "clip_low"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"diag_{name} must lie in [0, 1], got {value}")
+        if self.clip_low >= self.clip_high:
+            raise ConfigError(f"diag_clip_low ({self.clip_low}) must be below diag_clip_high ({self.clip_high})")
+        if not -1.0 <= self.ev_min <= 1.0:
+            raise ConfigError(f"diag_ev_min must lie in [-1, 1], got {self.ev_min}")
+
+    @classmethod
+    def from_object(cls, source: Any) -> "DiagnosticsConfig":
+        """Thresholds from any config object or dict with `diag_<name>` entries (missing ones keep defaults)."""
+        data = source if isinstance(source, dict) else getattr(source, "__dict__", {})
+        values = {f.name: data[f"diag_{f.name}"] for f in dataclasses.fields(cls) if f"diag_{f.name}" in data}
+        return cls(**values)
+
+
+DIAG_DEFAULTS = DiagnosticsConfig()
+
+
+# history -----------------------------------------------------------------------------------------
+
+class History:
+    """Per-update scalar series, keyed by statistic name; a missing or non-finite value is NaN."""
+
+    def __init__(self) -> None:
+        self.updates: list[int] = []
+        self.series: dict[str, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self.updates)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add one update's row (non-numeric entries such as ratio_hist are ignored)."""
+        n = len(self.updates)
+        self.updates.append(int(row.get("update", n + 1)))
+        for key, value in row.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) and value is not None:
+                continue
+            column = self.series.get(key)
+            if column is None:
+                column = self.series[key] = [math.nan] * n
+            column.append(math.nan if value is None else float(value))
+        for column in self.series.values():
+            if len(column) == n:
+                column.append(math.nan)
+
+    def has(self, key: str) -> bool:
+        """True when the key has at least one finite value."""
+        return any(math.isfinite(v) for v in self.series.get(key, ()))
+
+    def values(self, key: str, start: int, stop: int) -> list[tuple[int, float]]:
+        """(update, value) pairs of rows [start, stop) with finite values."""
+        column = self.series.get(key, [])
+        start = max(start, 0)
+        return [(self.updates[i], column[i]) for i in range(start, min(stop, len(column)))
+                if math.isfinite(column[i])]
+
+    def last(self, key: str) -> float:
+        """The newest value (NaN when missing)."""
+        column = self.series.get(key)
+        return column[-1] if column else math.nan
+
+
+def median(values: Iterable[float]) -> float:
+    """Median of the finite values; NaN when there are none."""
+    data = sorted(v for v in values if math.isfinite(v))
+    if not data:
+        return math.nan
+    mid = len(data) // 2
+    return data[mid] if len(data) % 2 else 0.5 * (data[mid - 1] + data[mid])
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else str(value)
+
+
+def _span(pairs: list[tuple[int, float]]) -> str:
+    if not pairs:
+        return "no updates"
+    first, last = pairs[0][0], pairs[-1][0]
+    return f"update {first}" if first == last else f"updates {first}-{last}"
+
+
+@dataclass
+class Evidence:
+    """Why a rule fired at one update: the statistic, its value, the threshold and the values behind it."""
+
+    update: int
+    statistic: str
+    value: float
+    threshold: float
+    updates: list[int]
+    values: list[float]
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (non-finite floats as strings)."""
+        clean = lambda v: v if math.isfinite(v) else str(v)  # noqa: E731
+        return {"update": self.update, "statistic": self.statistic, "value": clean(self.value),
+                "threshold": clean(self.threshold), "updates": self.updates,
+                "values": [clean(v) for v in self.values], "detail": self.detail}
+
+
+def _evidence(history: History, statistic: str, value: float, threshold: float,
+              pairs: list[tuple[int, float]], detail: str) -> Evidence:
+    return Evidence(history.updates[-1], statistic, value, threshold, [u for u, _ in pairs],
+                    [round(v, 6) for _, v in pairs], detail)
+
+
+@dataclass
+class Context:
+    """What a rule may know beyond the rows: the planned number of updates of the run (None if unknown)."""
+
+    total_updates: int | None = None
+
+
+# rules -------------------------------------------------------------------------------------------
+
+@dataclass
+class Rule:
+    """One failure mode: how to detect it, the threshold field and why that value, and the fix."""
+
+    name: str
+    title: str
+    metric: str                 # the statistic whose panel marks this rule
+    threshold_fields: tuple[str, ...]
+    fix: str
+    check: Callable[[History, DiagnosticsConfig, Context], Evidence | None]
+
+    def reason(self) -> str:
+        """The documented reasons of this rule's threshold fields."""
+        return " ".join(FIELD_REASONS.get(name, "") for name in self.threshold_fields).strip()
+
+
+def _kl_spike(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "approx_kl"
+    n = len(h)
+    if not h.has(key):
+        return None
+    recent = h.values(key, n - cfg.recent, n)
+    level = median(v for _, v in recent)
+    if len(recent) >= min(cfg.recent, 3) and level > cfg.kl_max:
+        return _evidence(h, f"median {key}", level, cfg.kl_max, recent,
+                         f"median {key} {_fmt(level)} over {_span(recent)} > diag_kl_max {cfg.kl_max}")
+    latest = h.last(key)
+    baseline = h.values(key, n - 1 - cfg.window, n - 1)
+    if len(baseline) >= cfg.recent and math.isfinite(latest):
+        base = median(v for _, v in baseline)
+        limit = max(2 * cfg.kl_max, cfg.kl_spike_factor * base)
+        if latest > limit:
+            return _evidence(h, key, latest, limit, baseline[-cfg.recent:] + [(h.updates[-1], latest)],
+                             f"{key} {_fmt(latest)} at update {h.updates[-1]} > max(2 x diag_kl_max, "
+                             f"{cfg.kl_spike_factor:g} x median {_fmt(base)} of {_span(baseline)})")
+    return None
+
+
+def _entropy_collapse(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "entropy"
+    n = len(h)
+    if not h.has(key):
+        return None
+    if ctx.total_updates and n > cfg.entropy_early * ctx.total_updates:
+        return None  # late in a run a low entropy is convergence, not collapse
+    start_pairs = h.values(key, 0, 3)
+    recent = h.values(key, n - cfg.recent, n)
+    if len(start_pairs) < 3 or len(recent) < cfg.recent or n <= 3:
+        return None
+    start = median(v for _, v in start_pairs)
+    # a drop of (1 - ratio) of the starting nats; also meaningful for Gaussian entropies that turn negative
+    limit = start - (1.0 - cfg.entropy_collapse) * abs(start)
+    level = median(v for _, v in recent)
+    if level < limit:
+        return _evidence(h, f"median {key}", level, limit, recent,
+                         f"median {key} {_fmt(level)} over {_span(recent)} fell below {_fmt(limit)} "
+                         f"({cfg.entropy_collapse:g} of its start {_fmt(start)}) within the first "
+                         f"{cfg.entropy_early:.0%} of the run")
+    return None
+
+
+def _growth_rule(key: str, factor_field: str) -> Callable[[History, DiagnosticsConfig, Context], Evidence | None]:
+    def check(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+        n = len(h)
+        if not h.has(key):
+            return None
+        latest = h.last(key)
+        if math.isinf(latest):  # NaN means "not logged"; an infinite value is a blow-up by itself
+            return Evidence(h.updates[-1], key, latest, math.inf, [h.updates[-1]], [latest],
+                            f"{key} is {latest} at update {h.updates[-1]}")
+        if n < cfg.warmup + cfg.recent:
+            return None
+        factor = getattr(cfg, factor_field)
+        recent = h.values(key, n - cfg.recent, n)
+        baseline = h.values(key, max(cfg.warmup, n - cfg.recent - cfg.window), n - cfg.recent)
+        if len(recent) < cfg.recent or len(baseline) < cfg.recent:
+            return None
+        # sustained: every recent update must exceed the limit, so one heavy-tailed update never fires
+        level, base = min(v for _, v in recent), median(v for _, v in baseline)
+        if base > 0 and level > factor * base:
+            return _evidence(h, f"min {key}", level, factor * base, recent,
+                             f"{key} stayed above {_fmt(factor * base)} ({factor:g} x its median {_fmt(base)} "
+                             f"over {_span(baseline)}) in every one of {_span(recent)} (lowest {_fmt(level)})")
+        return None
+    return check
+
+
+def _ev_stuck(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "explained_variance"
+    n = len(h)
+    if not h.has(key) or n < cfg.warmup + cfg.window:
+        return None  # a critic needs its warm-up plus a full window before "stuck" means anything
+    pairs = h.values(key, n - cfg.window, n)
+    if len(pairs) < cfg.recent:
+        return None
+    level = median(v for _, v in pairs)
+    if not level < cfg.ev_min:
+        return None
+    # When the critic's error already fell to 1% of where it started, a low EV only says the returns
+    # barely vary (a solved task), not that the critic fails.
+    if h.has("value_loss"):
+        start = median(v for _, v in h.values("value_loss", 0, 3))
+        now = median(v for _, v in h.values("value_loss", max(cfg.warmup, n - cfg.window), n))
+        if math.isfinite(start) and math.isfinite(now) and now < 0.01 * start:
+            return None
+    return _evidence(h, f"median {key}", level, cfg.ev_min, pairs,
+                     f"median {key} {_fmt(level)} over {_span(pairs)} < diag_ev_min {cfg.ev_min}")
+
+
+def _lr_annealed(h: History) -> bool:
+    if not h.has("learning_rate"):
+        return False
+    first = next(v for _, v in h.values("learning_rate", 0, len(h)))
+    return h.last("learning_rate") < 0.1 * first
+
+
+def _clip_low(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "clip_fraction"
+    n = len(h)
+    if not h.has(key) or n < cfg.warmup + cfg.window or _lr_annealed(h):
+        return None  # an annealed learning rate is meant to stop moving the policy
+    pairs = h.values(key, n - cfg.window, n)
+    level = median(v for _, v in pairs)
+    if len(pairs) >= cfg.recent and level < cfg.clip_low:
+        return _evidence(h, f"median {key}", level, cfg.clip_low, pairs,
+                         f"median {key} {_fmt(level)} over {_span(pairs)} < diag_clip_low {cfg.clip_low}")
+    return None
+
+
+def _clip_high(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "clip_fraction"
+    n = len(h)
+    if not h.has(key):
+        return None
+    pairs = h.values(key, n - cfg.recent, n)
+    level = median(v for _, v in pairs)
+    if len(pairs) >= cfg.recent and level > cfg.clip_high:
+        return _evidence(h, f"median {key}", level, cfg.clip_high, pairs,
+                         f"median {key} {_fmt(level)} over {_span(pairs)} > diag_clip_high {cfg.clip_high}")
+    return None
+
+
+def _dead_advantages(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "advantage_std"
+    n = len(h)
+    if not h.has(key):
+        return None
+    pairs = h.values(key, n - cfg.recent, n)
+    level = median(v for _, v in pairs)
+    if len(pairs) >= cfg.recent and level < cfg.adv_std_min:
+        return _evidence(h, f"median {key}", level, cfg.adv_std_min, pairs,
+                         f"median {key} {_fmt(level)} over {_span(pairs)} < diag_adv_std_min {cfg.adv_std_min}")
+    return None
+
+
+def _reward_hacking(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    n = len(h)
+    if not h.has("reward_mean") or n < cfg.warmup + cfg.recent:
+        return None
+    first = h.values("reward_mean", 0, cfg.recent)
+    recent = h.values("reward_mean", n - cfg.recent, n)
+    reward_start, reward_now = median(v for _, v in first), median(v for _, v in recent)
+    if not reward_now > reward_start:
+        return None
+    reasons, pairs = [], list(recent)
+    value, threshold, statistic = math.nan, math.nan, ""
+    if h.has("kl_ref"):
+        kl_pairs = h.values("kl_ref", n - cfg.recent, n)
+        kl_now = median(v for _, v in kl_pairs)
+        if kl_now > cfg.kl_ref_max:
+            reasons.append(f"median kl_ref {_fmt(kl_now)} > diag_kl_ref_max {cfg.kl_ref_max}")
+            value, threshold, statistic, pairs = kl_now, cfg.kl_ref_max, "median kl_ref", kl_pairs
+    if h.has("response_length"):
+        len_start = median(v for _, v in h.values("response_length", 0, cfg.recent))
+        len_pairs = h.values("response_length", n - cfg.recent, n)
+        len_now = median(v for _, v in len_pairs)
+        if len_start > 0 and abs(len_now / len_start - 1.0) > cfg.length_drift:
+            reasons.append(f"median response_length {_fmt(len_now)} drifted {len_now / len_start - 1:+.0%} "
+                           f"from {_fmt(len_start)} (limit +-{cfg.length_drift:.0%})")
+            if not statistic:
+                value, threshold, statistic, pairs = (abs(len_now / len_start - 1.0), cfg.length_drift,
+                                                      "response_length drift", len_pairs)
+    if not reasons:
+        return None
+    return _evidence(h, statistic, value, threshold, pairs,
+                     f"reward_mean rose from {_fmt(reward_start)} ({_span(first)}) to {_fmt(reward_now)} "
+                     f"({_span(recent)}) while " + " and ".join(reasons))
+
+
+RULES: list[Rule] = [
+    Rule("kl_spike", "KL spike / policy collapse", "approx_kl", ("kl_max", "kl_spike_factor"),
+         "Lower learning_rate (e.g. 3x smaller) or n_epochs, or set target_kl (e.g. 0.02) to stop an update's "
+         "epochs early.", _kl_spike),
+    Rule("entropy_collapse", "entropy collapsing early", "entropy", ("entropy_collapse", "entropy_early"),
+         "Add an entropy bonus (ent_coef 0.001-0.01) or lower learning_rate so the policy keeps exploring.",
+         _entropy_collapse),
+    Rule("value_loss_blowup", "value loss blow-up", "value_loss", ("value_loss_factor",),
+         "Normalize rewards (normalize_reward true) or clip the value loss (clip_range_vf), and check the "
+         "reward scale.", _growth_rule("value_loss", "value_loss_factor")),
+    Rule("explained_variance_low", "explained variance stuck near 0", "explained_variance", ("ev_min",),
+         "Help the critic: normalize_obs / normalize_reward true, a larger vf_coef, or a separate critic "
+         "network (shared_network false).", _ev_stuck),
+    Rule("clip_fraction_low", "clip fraction near 0 (learning rate too small)", "clip_fraction", ("clip_low",),
+         "Raise learning_rate (e.g. 3x) or n_epochs: the policy barely moves within each update.", _clip_low),
+    Rule("clip_fraction_high", "clip fraction very high (learning rate too large)", "clip_fraction",
+         ("clip_high",),
+         "Lower learning_rate or n_epochs (or use larger batches) so fewer samples leave the clip band.",
+         _clip_high),
+    Rule("dead_advantages", "advantages with near-zero spread", "advantage_std", ("adv_std_min",),
+         "Check the reward signal: rewards that are constant or tiny give no advantage; rescale them or enable "
+         "normalize_reward.", _dead_advantages),
+    Rule("grad_norm_explosion", "exploding gradient norm", "grad_norm", ("grad_norm_factor",),
+         "Set max_grad_norm (0.5) and lower learning_rate; normalize observations (normalize_obs) if their "
+         "scale is large.", _growth_rule("grad_norm", "grad_norm_factor")),
+    Rule("reward_hacking", "reward hacking (reward up, policy drifting from the reference)", "reward_mean",
+         ("kl_ref_max", "length_drift"),
+         "Raise the KL penalty to the reference (kl_coef), stop earlier, or fix the reward model's weakness "
+         "(e.g. a length bias).", _reward_hacking),
+]
+RULES_BY_NAME = {rule.name: rule for rule in RULES}
+
+
+def _field_reasons() -> dict[str, str]:
+    """The comment above each DiagnosticsConfig field, read from this file's source (one source of truth)."""
+    import inspect
+
+    reasons: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(DiagnosticsConfig).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("# "))
+        elif ":" in text and "=" in text and not text.startswith(("def", "@", "\"")):
+            reasons[text.split(":")[0]] = " ".join(pending)
+            pending = []
+        else:
+            pending = []
+    return reasons
+
+
+FIELD_REASONS = _field_reasons()
+
+
+# episodes and the live monitor --------------------------------------------------------------------
+
+@dataclass
+class Episode:
+    """One stretch of trouble for one rule: from the update it fired until it stayed quiet for `cooldown`."""
+
+    rule: str
+    start_update: int
+    start_step: int | None
+    evidence: Evidence
+    last_update: int
+    fired_updates: list[int] = field(default_factory=list)
+    closed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"rule": self.rule, "start_update": self.start_update, "start_step": self.start_step,
+                "last_update": self.last_update, "fired_updates": len(self.fired_updates),
+                "closed": self.closed, "evidence": self.evidence.to_dict()}
+
+
+class HealthMonitor:
+    """Feeds update rows through the rules; opens an episode (and warns once) when a rule starts firing."""
+
+    def __init__(self, config: DiagnosticsConfig | None = None, total_updates: int | None = None,
+                 rules: list[Rule] | None = None) -> None:
+        self.config = config or DiagnosticsConfig()
+        self.context = Context(total_updates)
+        self.rules = list(rules if rules is not None else RULES)
+        self.history = History()
+        self.episodes: list[Episode] = []
+        self._open: dict[str, Episode] = {}
+        self._quiet: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, config: Any, total_updates: int | None = None) -> "HealthMonitor":
+        """A monitor with the `diag_*` thresholds of a run config."""
+        return cls(DiagnosticsConfig.from_object(config), total_updates)
+
+    def observe(self, row: dict[str, Any]) -> list[Episode]:
+        """Judge one update's row; returns the episodes that start at this update (usually none)."""
+        self.history.append(row)
+        update = self.history.updates[-1]
+        started = []
+        for rule in self.rules:
+            evidence = rule.check(self.history, self.config, self.context)
+            episode = self._open.get(rule.name)
+            if evidence is not None:
+                self._quiet[rule.name] = 0
+                if episode is None:
+                    step = row.get("global_step")
+                    episode = Episode(rule.name, update, int(step) if step is not None else None, evidence,
+                                      update)
+                    self._open[rule.name] = episode
+                    self.episodes.append(episode)
+                    started.append(episode)
+                episode.last_update = update
+                episode.fired_updates.append(update)
+            elif episode is not None:
+                self._quiet[rule.name] = self._quiet.get(rule.name, 0) + 1
+                if self._quiet[rule.name] >= self.config.cooldown:
+                    episode.closed = True
+                    del self._open[rule.name]
+        return started
+
+    def observe_and_report(self, row: dict[str, Any], run_dir: Path | None = None, echo: bool = True,
+                           stream: TextIO | None = None) -> list[Episode]:
+        """observe(), then print one warning line per new episode (to stderr unless echo is False) and
+        append it to run_dir/diagnostics.jsonl."""
+        started = self.observe(row)
+        for episode in started:
+            if echo:
+                print(warning_line(episode), file=stream or sys.stderr, flush=True)
+            if run_dir is not None:
+                record = {"event": "start", **episode.to_dict(), "title": RULES_BY_NAME[episode.rule].title,
+                          "fix": RULES_BY_NAME[episode.rule].fix}
+                with open(Path(run_dir) / "diagnostics.jsonl", "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+        return started
+
+
+def warning_line(episode: Episode) -> str:
+    """The one-line warning printed when an episode of trouble starts."""
+    rule = RULES_BY_NAME[episode.rule]
+    return (f"proximo: warning: update {episode.start_update}: {rule.title} [{rule.name}]: "
+            f"{episode.evidence.detail}. Fix: {rule.fix}")
+
+
+def diagnose(rows: Iterable[dict[str, Any]], config: DiagnosticsConfig | None = None,
+             total_updates: int | None = None) -> HealthMonitor:
+    """Replay a run's rows through a fresh monitor (what `proximo doctor` does); returns the monitor."""
+    monitor = HealthMonitor(config, total_updates)
+    for row in rows:
+        monitor.observe(row)
+    return monitor

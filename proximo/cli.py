@@ -14,7 +14,7 @@ from proximo.config import PRESETS, PPOConfig, field_types
 from proximo.errors import ConfigError, ProximoError
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
-COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check"]
+COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -106,6 +106,8 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=10)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    evaluate.add_argument("--video", type=Path, metavar="DIR", help="also record episodes as mp4 files into DIR")
+    evaluate.add_argument("--video-episodes", type=int, default=1, help="how many episodes to record")
     evaluate.set_defaults(handler=cmd_eval)
 
     for name in COMMAND_MODULES:
@@ -123,22 +125,32 @@ def default_run_dir(env_id: str, preset: str | None, seed: int) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, write the run directory, print the summary."""
     from proximo.config import make_config
-    from proximo.train import Trainer, list_checkpoints, read_run_config
+    from proximo.checkpoint import CheckpointError
+    from proximo.train import Trainer, TrainingInterrupted, read_run_config, resume_target
 
     overrides = config_overrides(args)
     if args.resume is not None:
-        env_id, env_kwargs, saved = read_run_config(args.resume)
-        checkpoints = list_checkpoints(args.resume)
-        if not checkpoints:
-            raise ProximoError(f"{args.resume} has no checkpoint to resume from (checkpoints/step_*)")
-        total = overrides.pop("total_steps", saved.total_steps)
+        run_dir, checkpoint, earlier = resume_target(args.resume)
+        env_id, env_kwargs, saved = read_run_config(run_dir)
+        if not env_id:
+            raise ProximoError(f"{run_dir} was trained on an env factory; resume it from Python with Trainer")
+        # Settings that do not change the training math may differ on resume.
+        changeable = {key: overrides.pop(key) for key in ("total_steps", "save_every", "keep_checkpoints")
+                      if key in overrides}
         if overrides:
-            raise ConfigError(f"--resume keeps the run's config; only --total-steps may change, got {sorted(overrides)}")
-        config = saved.replace(total_steps=total)
-        trainer = Trainer(env_id, config, args.resume, env_kwargs, verbose=not args.quiet,
+            raise ConfigError(f"--resume keeps the run's config; only --total-steps, --save-every and "
+                              f"--keep-checkpoints may change, got {sorted(overrides)}")
+        config = saved.replace(**changeable)
+        trainer = Trainer(env_id, config, run_dir, env_kwargs, verbose=not args.quiet,
                           tensorboard=not args.no_tensorboard)
-        trainer.load_training_state(checkpoints[-1])
-        run_dir = args.resume
+        try:
+            trainer.load_training_state(checkpoint)
+        except CheckpointError as exc:
+            if earlier is None:
+                raise
+            raise CheckpointError(f"{exc} (the previous checkpoint: --resume {earlier})") from exc
+        if not args.quiet:
+            print(f"proximo: resuming {run_dir} from step {trainer.global_step:,}", file=sys.stderr)
     else:
         if not args.env_id:
             raise ProximoError("train needs an env id (e.g. `proximo train CartPole-v1`) or --resume RUN_DIR")
@@ -148,7 +160,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                           tensorboard=not args.no_tensorboard)
     if not args.quiet:
         print(f"proximo: training {trainer.env} for {config.total_steps:,} steps -> {run_dir}", file=sys.stderr)
-    summary = trainer.train(config.total_steps)
+    try:
+        summary = trainer.train(config.total_steps)
+    except TrainingInterrupted as stop:
+        print(f"proximo: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     print(f"run: {run_dir}")
     print(f"steps: {summary['global_step']:,}  time: {summary['wall_time_s']:.1f} s  steps/s: {summary['sps']:,.0f}")
     print(f"eval return ({summary['eval_episodes']} episodes, deterministic): "
@@ -172,6 +188,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                        deterministic=not args.stochastic, env_kwargs=meta.get("env_kwargs"))
     print(f"{meta['env_id']}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes "
           f"(length {np.mean(lengths):.0f}, {'stochastic' if args.stochastic else 'deterministic'})")
+    if args.video is not None:
+        from proximo.video import record_episodes
+
+        for path, episode_return in record_episodes(policy, meta["env_id"], args.video, args.video_episodes,
+                                                    seed=args.seed, deterministic=not args.stochastic,
+                                                    env_kwargs=meta.get("env_kwargs")):
+            print(f"video: {path} (return {episode_return:.1f})")
     return 0
 
 

@@ -1,0 +1,35 @@
+"""Helpers shared by the benchmark scripts: machine description and result files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+
+def machine() -> dict:
+    """Cores, CPU model, Python and torch versions of this machine."""
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "proximo_commit": commit}
+
+
+def write_results(stem: Path, data: dict, markdown: str) -> None:
+    """Write stem.json and stem.md."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown)

@@ -1,0 +1,65 @@
+"""Recording evaluation episodes as mp4 files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from proximo.envs.make import EnvLike, make_single_env
+from proximo.errors import ProximoError
+from proximo.evaluate import _batch_of_one
+from proximo.nn.policy import ActorCritic
+
+
+def record_episodes(policy: ActorCritic, env: EnvLike, out_dir: Path, episodes: int = 1, seed: int = 0,
+                    deterministic: bool = True, env_kwargs: dict | None = None, fps: int | None = None
+                    ) -> list[tuple[Path, float]]:
+    """Play `episodes` episodes with rgb_array rendering and write out_dir/episode-NNN.mp4; returns (path, return)."""
+    # MuJoCo renders headless through EGL on these machines; osmesa and glfw do not work without a display.
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        import imageio.v2 as imageio
+    except ImportError as exc:
+        raise ProximoError("recording videos needs imageio: pip install 'proximo[video]'") from exc
+    try:
+        single = make_single_env(env, render_mode="rgb_array", **(env_kwargs or {}))
+    except ProximoError as exc:
+        raise ProximoError(f"{exc} (this env may not support render_mode='rgb_array')") from exc
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rate = fps or int(single.metadata.get("render_fps", 30))
+    written = []
+    try:
+        for episode in range(episodes):
+            obs, _ = single.reset(seed=seed + episode)
+            path = out_dir / f"episode-{episode:03d}.mp4"
+            total, done = 0.0, False
+            with imageio.get_writer(path, fps=rate, macro_block_size=1) as writer:
+                writer.append_data(_frame(single))
+                while not done:
+                    with torch.inference_mode():
+                        x = policy.normalize(policy.encode(_batch_of_one(obs), 1))
+                        action, _, _ = policy.act(x, deterministic=deterministic)
+                    obs, reward, terminated, truncated, _ = single.step(policy.to_env_actions(action)[0])
+                    total += float(reward)
+                    done = terminated or truncated
+                    writer.append_data(_frame(single))
+            written.append((path, total))
+    except Exception as exc:
+        if isinstance(exc, ProximoError):
+            raise
+        if type(exc).__name__ == "DependencyNotInstalled":
+            raise ProximoError(f"rendering needs a package that is missing: {exc}") from exc
+        raise
+    finally:
+        single.close()
+    return written
+
+
+def _frame(env) -> np.ndarray:
+    frame = env.render()
+    if frame is None:
+        raise ProximoError("the env returned no frame from render(); it does not support rgb_array rendering")
+    return np.asarray(frame, dtype=np.uint8)

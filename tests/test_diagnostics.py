@@ -140,6 +140,14 @@ def test_clip_fraction_low_ignored_when_lr_annealed():
     assert "clip_fraction_low" not in fired(annealed)
 
 
+def test_clip_fraction_low_blamed_on_collapse_not_step_size():
+    # a collapsed (deterministic) policy has ratios of exactly 1: entropy_collapse speaks, clip_fraction_low not
+    rows = with_series(healthy_rows(), "clip_fraction", lambda i, v: 0.0 if i >= 20 else v)
+    rows = with_series(rows, "entropy", lambda i, v: v if i < 10 else 1e-4)
+    result = fired(rows)
+    assert "entropy_collapse" in result and "clip_fraction_low" not in result
+
+
 def test_infinite_value_loss_fires_at_once():
     rows = healthy_rows()
     rows[3] = dict(rows[3], value_loss=math.inf)

@@ -1,0 +1,509 @@
+"""`proximo doctor RUN_DIR`: a health report of a finished (or running) run, as text and as one HTML page.
+
+The report replays the run's logged update rows through the rules of proximo/diagnostics.py with the run's own
+thresholds, so it names the same episodes of trouble the trainer warned about. The HTML page is a single
+self-contained file: inline SVG panels and a small inline script, nothing fetched from the network.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proximo.diagnostics import (
+    RULES, RULES_BY_NAME, DiagnosticsConfig, Episode, HealthMonitor, diagnose,
+)
+from proximo.errors import ProximoError
+
+RATIO_RANGE = (0.0, 2.0)  # the range of the ratio histograms proximo/ppo.py records
+
+# metric key -> (panel title, log scale)
+PANELS: list[tuple[str, str, bool]] = [
+    ("approx_kl", "KL(old || new) per update, k3 estimator (nats)", True),
+    ("clip_fraction", "clip fraction: share of samples outside [1-eps, 1+eps]", False),
+    ("entropy", "policy entropy (nats)", False),
+    ("explained_variance", "explained variance of the value function", False),
+    ("value_loss", "value loss", True),
+    ("grad_norm", "gradient norm (before clipping)", True),
+    ("advantage_std", "advantage spread (std, before normalization)", True),
+    ("kl_ref", "KL to the reference model", False),
+    ("response_length", "response length (tokens)", False),
+]
+RULE_COLORS = {
+    "kl_spike": "#d62728", "entropy_collapse": "#9467bd", "value_loss_blowup": "#8c564b",
+    "explained_variance_low": "#e377c2", "clip_fraction_low": "#17becf", "clip_fraction_high": "#ff7f0e",
+    "dead_advantages": "#7f7f7f", "grad_norm_explosion": "#bcbd22", "reward_hacking": "#2ca02c",
+}
+
+
+@dataclass
+class RunRecord:
+    """What doctor reads from a run directory: the update rows, the config and any live warnings."""
+
+    run_dir: Path
+    rows: list[dict[str, Any]]
+    config: dict[str, Any] = field(default_factory=dict)
+    live_warnings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total_updates(self) -> int | None:
+        """Planned updates of the run, from its config (None when unknown)."""
+        try:
+            return int(self.config["total_steps"]) // (int(self.config["num_envs"]) * int(self.config["n_steps"]))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return None
+
+    @property
+    def rollout_size(self) -> int | None:
+        """Samples per rollout (num_envs x n_steps), if the config says."""
+        try:
+            return int(self.config["num_envs"]) * int(self.config["n_steps"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _number(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """Read updates.jsonl (or metrics.csv), config.json and diagnostics.jsonl of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ProximoError(f"run directory {run_dir} does not exist; pass the folder `proximo train` wrote")
+    rows: list[dict[str, Any]] = []
+    jsonl, metrics = run_dir / "updates.jsonl", run_dir / "metrics.csv"
+    if jsonl.is_file():
+        with open(jsonl) as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if number > 1 and not line.endswith("\n"):
+                        break  # a run still writing its last line
+                    raise ProximoError(f"{jsonl} line {number} is not JSON; the file is corrupt") from None
+    elif metrics.is_file():
+        with open(metrics, newline="") as handle:
+            rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    if not rows:
+        raise ProximoError(f"{run_dir} has no metrics (updates.jsonl or metrics.csv with at least one update); "
+                           "point doctor at a run directory written by `proximo train`")
+    config: dict[str, Any] = {}
+    if (run_dir / "config.json").is_file():
+        try:
+            config = json.loads((run_dir / "config.json").read_text())
+        except json.JSONDecodeError:
+            raise ProximoError(f"{run_dir / 'config.json'} is not valid JSON; fix or delete it") from None
+    live: list[dict[str, Any]] = []
+    if (run_dir / "diagnostics.jsonl").is_file():
+        for line in (run_dir / "diagnostics.jsonl").read_text().splitlines():
+            try:
+                live.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return RunRecord(run_dir, rows, config, live)
+
+
+@dataclass
+class Report:
+    """The verdict on one run: the monitor that replayed it and what the text/HTML views need."""
+
+    record: RunRecord
+    thresholds: DiagnosticsConfig
+    monitor: HealthMonitor
+
+    @property
+    def episodes(self) -> list[Episode]:
+        """Every episode of trouble, in the order they started."""
+        return self.monitor.episodes
+
+    @property
+    def healthy(self) -> bool:
+        """True when no rule fired."""
+        return not self.monitor.episodes
+
+    def applicable_rules(self) -> list[str]:
+        """Rules whose statistic the run logged."""
+        history = self.monitor.history
+        keys = {"reward_hacking": "reward_mean"}
+        return [r.name for r in RULES if history.has(keys.get(r.name, r.metric))]
+
+
+def examine(run_dir: str | Path) -> Report:
+    """Load a run and replay its rows through the health rules with the run's thresholds."""
+    record = load_run(run_dir)
+    try:
+        thresholds = DiagnosticsConfig.from_object(record.config)
+    except ProximoError as exc:
+        raise ProximoError(f"{record.run_dir / 'config.json'}: {exc}") from None
+    monitor = diagnose(record.rows, thresholds, record.total_updates)
+    return Report(record, thresholds, monitor)
+
+
+# text --------------------------------------------------------------------------------------------
+
+def _threshold_text(rule_name: str, thresholds: DiagnosticsConfig) -> str:
+    rule = RULES_BY_NAME[rule_name]
+    return ", ".join(f"diag_{name}={getattr(thresholds, name):g}" for name in rule.threshold_fields)
+
+
+def _return_key(report: Report) -> str | None:
+    for key in ("episode_return_mean", "reward_mean"):
+        if report.monitor.history.has(key):
+            return key
+    return None
+
+
+def text_report(report: Report) -> str:
+    """The plain-text health report printed by `proximo doctor`."""
+    record, history = report.record, report.monitor.history
+    env = record.config.get("env_id") or "?"
+    last = record.rows[-1]
+    lines = [f"proximo doctor: {record.run_dir} ({env}, {len(record.rows)} updates, "
+             f"{int(last.get('global_step') or 0):,} env steps)"]
+    key = _return_key(report)
+    if key is not None:
+        values = [v for _, v in history.values(key, 0, len(history))]
+        lines.append(f"{key}: first {values[0]:.4g}, best {max(values):.4g}, last {values[-1]:.4g}")
+    lines.append("")
+    if report.healthy:
+        lines.append(f"healthy: none of the {len(report.applicable_rules())} applicable rules fired over "
+                     f"{len(record.rows)} updates ({', '.join(report.applicable_rules())}).")
+    else:
+        by_rule: dict[str, list[Episode]] = {}
+        for episode in report.episodes:
+            by_rule.setdefault(episode.rule, []).append(episode)
+        lines.append(f"{len(by_rule)} rule{'s' if len(by_rule) != 1 else ''} fired:")
+        for name, episodes in by_rule.items():
+            rule = RULES_BY_NAME[name]
+            fired = sum(len(e.fired_updates) for e in episodes)
+            spans = ", ".join(f"{e.start_update}-{e.last_update}" if e.last_update != e.start_update
+                              else f"{e.start_update}" for e in episodes)
+            lines += ["", f"{rule.title} [{name}]",
+                      f"  when:      updates {spans} ({len(episodes)} episode{'s' if len(episodes) != 1 else ''};"
+                      f" fired in {fired} of {len(record.rows)} updates)",
+                      f"  evidence:  update {episodes[0].start_update}: {episodes[0].evidence.detail}",
+                      f"  threshold: {_threshold_text(name, report.thresholds)}: {rule.reason()}",
+                      f"  fix:       {rule.fix}"]
+    silent = [r.name for r in RULES if r.name not in report.applicable_rules()]
+    if silent:
+        lines += ["", f"not checked (statistic not logged): {', '.join(silent)}"]
+    if record.live_warnings:
+        lines.append(f"warnings printed during training: {len(record.live_warnings)} (diagnostics.jsonl)")
+    return "\n".join(lines)
+
+
+# html --------------------------------------------------------------------------------------------
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo] if math.isfinite(lo) else []
+    raw = (hi - lo) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def svg_chart(xs: list[float], ys: list[float], title: str, log: bool = False,
+              hlines: list[tuple[float, str]] = (), bands: list[tuple[float, float, str, str]] = (),
+              width: int = 660, height: int = 230, y_limits: tuple[float, float] | None = None) -> str:
+    """An inline SVG line chart of ys over xs with horizontal threshold lines and shaded, labelled x-bands."""
+    left, right, top, bottom = 62, 12, 26, 30
+    pw, ph = width - left - right, height - top - bottom
+    points = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y) and (y > 0 or not log)]
+    tf = (lambda v: math.log10(v)) if log else (lambda v: v)  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+           f'<text x="{left}" y="16" class="ct">{html.escape(title)}</text>']
+    if not points:
+        out.append(f'<text x="{left + 10}" y="{top + ph / 2}" class="na">no data logged</text></svg>')
+        return "".join(out)
+    x0, x1 = min(xs), max(xs)
+    x1 = x1 if x1 > x0 else x0 + 1
+    values = [tf(y) for _, y in points] + [tf(v) for v, _ in hlines if (v > 0 or not log) and math.isfinite(v)]
+    y0, y1 = (min(values), max(values)) if y_limits is None else (tf(y_limits[0]), tf(y_limits[1]))
+    if y1 - y0 < 1e-12:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+    px = lambda x: left + (x - x0) / (x1 - x0) * pw  # noqa: E731
+    py = lambda v: top + (1 - (min(max(v, y0), y1) - y0) / (y1 - y0)) * ph  # noqa: E731
+    for start, stop, label, color in bands:
+        a, b = px(start - 0.5), px(stop + 0.5)
+        out.append(f'<rect x="{max(a, left):.1f}" y="{top}" width="{max(min(b, left + pw) - max(a, left), 2):.1f}" '
+                   f'height="{ph}" fill="{color}" fill-opacity="0.16" class="mark" data-rule="{label}">'
+                   f'<title>{html.escape(label)}: updates {start:g}-{stop:g}</title></rect>')
+        out.append(f'<path d="M{a:.1f},{top} l-4,-6 h8 z" fill="{color}"/>')
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#bbb"/>')
+    if log:
+        ticks = [float(d) for d in range(math.ceil(y0), math.floor(y1) + 1)]
+        if len(ticks) > 7:
+            ticks = ticks[::math.ceil(len(ticks) / 7)]
+        labels = [f"1e{int(t)}" if abs(t) > 2 else f"{10 ** t:g}" for t in ticks]
+    else:
+        ticks = _nice_ticks(y0, y1)
+        labels = [f"{t:.3g}" for t in ticks]
+    for tick, label in zip(ticks, labels):
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" class="grid"/>'
+                   f'<text x="{left - 5}" y="{py(tick) + 4:.1f}" class="yl">{label}</text>')
+    for tick in _nice_ticks(x0, x1, 6):
+        out.append(f'<text x="{px(tick):.1f}" y="{top + ph + 16}" class="xl">{tick:g}</text>')
+    out.append(f'<text x="{left + pw}" y="{height - 2}" class="xl" text-anchor="end">update</text>')
+    for value, label in hlines:
+        if math.isfinite(value) and (value > 0 or not log):
+            y = py(tf(value))
+            out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="thr"/>'
+                       f'<text x="{left + pw - 4}" y="{y - 3:.1f}" class="tl">{html.escape(label)}</text>')
+    segments: list[list[str]] = [[]]
+    for x, y in zip(xs, ys):
+        ok = y is not None and math.isfinite(y) and (y > 0 or not log)
+        if not ok:
+            if segments[-1]:
+                segments.append([])
+            continue
+        segments[-1].append(f"{px(x):.1f},{py(tf(y)):.1f}")
+    for seg in segments:
+        if len(seg) > 1:
+            out.append(f'<polyline points="{" ".join(seg)}" class="ln"/>')
+        elif seg:
+            x, y = seg[0].split(",")
+            out.append(f'<circle cx="{x}" cy="{y}" r="2" class="dot"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _series(report: Report, key: str) -> tuple[list[float], list[float]]:
+    history = report.monitor.history
+    return [float(u) for u in history.updates], list(history.series.get(key, [math.nan] * len(history)))
+
+
+def _bands_for(report: Report, metric: str) -> list[tuple[float, float, str, str]]:
+    return [(e.start_update, e.last_update, e.rule, RULE_COLORS.get(e.rule, "#d62728"))
+            for e in report.episodes if RULES_BY_NAME[e.rule].metric == metric]
+
+
+def _hlines_for(metric: str, t: DiagnosticsConfig) -> list[tuple[float, str]]:
+    return {"approx_kl": [(t.kl_max, f"diag_kl_max {t.kl_max:g}")],
+            "clip_fraction": [(t.clip_high, f"diag_clip_high {t.clip_high:g}"),
+                              (t.clip_low, f"diag_clip_low {t.clip_low:g}")],
+            "explained_variance": [(t.ev_min, f"diag_ev_min {t.ev_min:g}")],
+            "advantage_std": [(t.adv_std_min, f"diag_adv_std_min {t.adv_std_min:g}")],
+            "kl_ref": [(t.kl_ref_max, f"diag_kl_ref_max {t.kl_ref_max:g}")]}.get(metric, [])
+
+
+def outside_share(counts: list[float], eps: float, lo: float = RATIO_RANGE[0], hi: float = RATIO_RANGE[1]) -> float:
+    """Share of a ratio histogram's mass outside [1-eps, 1+eps] (uniform within each bin), in [0, 1]."""
+    total = sum(counts)
+    if total <= 0:
+        return math.nan
+    width = (hi - lo) / len(counts)
+    outside = 0.0
+    for i, count in enumerate(counts):
+        a, b = lo + i * width, lo + (i + 1) * width
+        share = (max(0.0, min(b, 1 - eps) - a) + max(0.0, b - max(a, 1 + eps))) / width
+        outside += count * min(share, 1.0)
+    return outside / total
+
+
+def ratio_frames(report: Report) -> list[dict[str, Any]]:
+    """Per update with a ratio histogram: counts, clip band, share outside it and the ratio range."""
+    frames = []
+    rollout = report.record.rollout_size
+    for row in report.record.rows:
+        counts = row.get("ratio_hist")
+        if not isinstance(counts, list) or not counts:
+            continue
+        eps = float(row.get("clip_range") or 0.2)
+        inside_range = sum(counts)
+        # ratios above 2 fall outside the histogram; a full last epoch saw every sample of the rollout
+        beyond = (max(rollout - inside_range, 0.0) if rollout and not row.get("early_stopped") else 0.0)
+        total = inside_range + beyond
+        share = (outside_share(counts, eps) * inside_range + beyond) / total if total > 0 else math.nan
+        clean = lambda v: round(v, 5) if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731
+        frames.append({"update": row.get("update"), "step": row.get("global_step"), "eps": eps,
+                       "counts": [int(c) for c in counts], "beyond": int(beyond), "outside": clean(share),
+                       "clip_fraction": clean(row.get("clip_fraction")), "rmin": clean(row.get("ratio_min")),
+                       "rmax": clean(row.get("ratio_max")), "kl": clean(row.get("approx_kl")),
+                       "epochs": clean(row.get("epochs"))})
+    return frames
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:22px 0 8px}
+.sub{color:#666;margin-bottom:14px}.ok{background:#e8f6ea;border-left:5px solid #2ca02c;padding:10px 14px}
+.finding{background:#fff;border-left:5px solid #d62728;padding:8px 14px;margin:8px 0}
+.finding b{font-size:15px}.finding div{margin:3px 0;font-size:13px}.k{color:#777;display:inline-block;width:80px}
+.grid-panels{display:grid;grid-template-columns:repeat(2,660px);gap:10px}
+.panel{background:#fff;border:1px solid #ddd;padding:4px}
+svg text{font-size:11px;fill:#444}.ct{font-size:13px!important;font-weight:600;fill:#222!important}
+.yl{text-anchor:end}.xl{text-anchor:middle}.tl{text-anchor:end;fill:#c33!important}
+.grid{stroke:#eee}.thr{stroke:#c33;stroke-dasharray:5 4}.ln{fill:none;stroke:#1f77b4;stroke-width:1.4}
+.dot{fill:#1f77b4}.na{fill:#999!important}
+#ratio{background:#fff;border:1px solid #ddd;padding:10px;width:1320px}
+#ratio button{font-size:14px;padding:3px 10px}#ratio input{width:700px;vertical-align:middle}
+#ratio-info{font-size:13px;margin-top:6px}.legend span{display:inline-block;margin-right:14px;font-size:12px}
+"""
+
+_JS = """
+(function(){
+var frames=JSON.parse(document.getElementById('ratio-data').textContent);
+var slider=document.getElementById('ratio-slider'),svg=document.getElementById('ratio-svg'),
+    info=document.getElementById('ratio-info');
+if(!frames.length){info.textContent='This run logged no ratio histograms.';slider.disabled=true;return;}
+slider.max=frames.length-1;
+var W=1300,H=300,L=60,R=10,T=12,B=34,pw=W-L-R,ph=H-T-B,lo=0,hi=2;
+function X(r){return L+(r-lo)/(hi-lo)*pw;}
+function pct(v){return v==null?'n/a':(100*v).toFixed(1)+'%';}
+function draw(i){
+  var f=frames[i],c=f.counts,n=c.length,tot=0,mx=1;
+  for(var k=0;k<n;k++){tot+=c[k];if(c[k]>mx)mx=c[k];}
+  var s='<rect x="'+X(1-f.eps)+'" y="'+T+'" width="'+(X(1+f.eps)-X(1-f.eps))+'" height="'+ph+
+        '" fill="#2ca02c" fill-opacity="0.12"/>';
+  var bw=pw/n;
+  for(var k=0;k<n;k++){
+    var a=lo+k*(hi-lo)/n,b=a+(hi-lo)/n,h=c[k]/mx*ph,mid=(a+b)/2;
+    var out=(b<=1-f.eps+1e-9)||(a>=1+f.eps-1e-9);
+    s+='<rect x="'+(L+k*bw+0.5)+'" y="'+(T+ph-h)+'" width="'+(bw-1)+'" height="'+h+'" fill="'+
+       (out?'#d62728':'#1f77b4')+'"><title>r in ['+a.toFixed(2)+', '+b.toFixed(2)+'): '+c[k]+'</title></rect>';
+  }
+  [1-f.eps,1,1+f.eps].forEach(function(r,j){
+    s+='<line x1="'+X(r)+'" x2="'+X(r)+'" y1="'+T+'" y2="'+(T+ph)+'" stroke="'+(j==1?'#333':'#2ca02c')+
+       '" stroke-dasharray="'+(j==1?'2 3':'6 3')+'"/>';
+    s+='<text x="'+X(r)+'" y="'+(T+ph+28)+'" text-anchor="middle" font-size="12">'+
+       (j==1?'r = 1':(j==0?'1 - eps = ':'1 + eps = ')+r.toFixed(3))+'</text>';
+  });
+  for(var t=0;t<=2.0001;t+=0.25){s+='<text x="'+X(t)+'" y="'+(T+ph+14)+'" text-anchor="middle">'+t.toFixed(2)+'</text>';}
+  s+='<text x="'+(L-6)+'" y="'+(T+10)+'" text-anchor="end">'+mx+'</text><text x="'+(L-6)+'" y="'+(T+ph)+
+     '" text-anchor="end">0</text><rect x="'+L+'" y="'+T+'" width="'+pw+'" height="'+ph+'" fill="none" stroke="#bbb"/>';
+  svg.innerHTML=s;
+  info.innerHTML='<b>update '+f.update+'</b> (step '+(f.step==null?'?':f.step.toLocaleString())+
+    ', '+(i+1)+' of '+frames.length+'): clip band ['+(1-f.eps).toFixed(3)+', '+(1+f.eps).toFixed(3)+
+    '], <b>'+pct(f.outside)+'</b> of the last epoch\\'s samples lie outside it'+
+    (f.beyond?(' ('+f.beyond+' beyond r = 2, off the chart)'):'')+
+    '; clip fraction averaged over all '+(f.epochs==null?'?':f.epochs)+' epochs: '+pct(f.clip_fraction)+
+    '; r ranged '+(f.rmin==null?'?':f.rmin.toFixed(3))+' to '+(f.rmax==null?'?':f.rmax.toFixed(3))+
+    '; KL '+(f.kl==null?'?':f.kl.toPrecision(3))+'.';
+  slider.value=i;
+}
+document.getElementById('ratio-prev').onclick=function(){draw(Math.max(0,+slider.value-1));};
+document.getElementById('ratio-next').onclick=function(){draw(Math.min(frames.length-1,+slider.value+1));};
+slider.oninput=function(){draw(+slider.value);};
+document.addEventListener('keydown',function(e){
+  if(e.key=='ArrowLeft')document.getElementById('ratio-prev').onclick();
+  if(e.key=='ArrowRight')document.getElementById('ratio-next').onclick();});
+var start=0,best=-1;
+frames.forEach(function(f,i){if(f.outside!=null&&f.outside>best){best=f.outside;start=i;}});
+draw(start);
+})();
+"""
+
+
+def html_report(report: Report) -> str:
+    """One self-contained HTML page: verdict, learning curve, diagnostic panels, and the ratio-band view."""
+    record, t = report.record, report.thresholds
+    esc = html.escape
+    env = record.config.get("env_id") or "?"
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+             f"<title>proximo doctor: {esc(str(record.run_dir))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>proximo doctor</h1><div class='sub'>{esc(str(record.run_dir))} &middot; {esc(str(env))} "
+             f"&middot; {len(record.rows)} updates &middot; "
+             f"{int(record.rows[-1].get('global_step') or 0):,} env steps</div>"]
+    if report.healthy:
+        parts.append(f"<div class='ok' id='verdict-healthy'><b>Healthy.</b> None of the "
+                     f"{len(report.applicable_rules())} applicable rules fired "
+                     f"({esc(', '.join(report.applicable_rules()))}).</div>")
+    else:
+        seen: dict[str, list[Episode]] = {}
+        for episode in report.episodes:
+            seen.setdefault(episode.rule, []).append(episode)
+        parts.append(f"<h2 id='verdict-findings'>{len(seen)} rule{'s' if len(seen) != 1 else ''} fired</h2>")
+        for name, episodes in seen.items():
+            rule = RULES_BY_NAME[name]
+            spans = ", ".join(f"{e.start_update}-{e.last_update}" for e in episodes)
+            parts.append(
+                f"<div class='finding' style='border-color:{RULE_COLORS.get(name, '#d62728')}' data-rule='{name}'>"
+                f"<b>{esc(rule.title)}</b> <code>{name}</code>"
+                f"<div><span class='k'>when</span>updates {spans} "
+                f"(fired in {sum(len(e.fired_updates) for e in episodes)} of {len(record.rows)} updates)</div>"
+                f"<div><span class='k'>evidence</span>update {episodes[0].start_update}: "
+                f"{esc(episodes[0].evidence.detail)}</div>"
+                f"<div><span class='k'>threshold</span>{esc(_threshold_text(name, t))}: {esc(rule.reason())}</div>"
+                f"<div><span class='k'>fix</span>{esc(rule.fix)}</div></div>")
+    parts.append("<h2>Learning curve and diagnostics</h2><div class='legend'>")
+    for rule in RULES:
+        parts.append(f"<span><svg width='12' height='10'><rect width='12' height='10' "
+                     f"fill='{RULE_COLORS[rule.name]}' fill-opacity='0.5'/></svg> {rule.name}</span>")
+    parts.append("</div><div class='grid-panels'>")
+    key = _return_key(report)
+    if key is not None:
+        xs, ys = _series(report, key)
+        parts.append(f"<div class='panel' id='panel-learning-curve'>"
+                     f"{svg_chart(xs, ys, f'learning curve: {key}', bands=_bands_for(report, 'reward_mean'))}</div>")
+    history = report.monitor.history
+    for metric, title, log in PANELS:
+        if metric in ("kl_ref", "response_length") and not history.has(metric):
+            continue
+        xs, ys = _series(report, metric)
+        limits = (-1.0, 1.0) if metric == "explained_variance" else None
+        chart = svg_chart(xs, ys, title, log=log, hlines=_hlines_for(metric, t), bands=_bands_for(report, metric),
+                          y_limits=limits)
+        parts.append(f"<div class='panel' id='panel-{metric}'>{chart}</div>")
+    parts.append("</div>")
+    frames = ratio_frames(report)
+    parts.append(
+        "<h2>Probability ratios against the clip band</h2>"
+        "<div id='ratio'><div class='sub'>Per update: the histogram of r = pi_new(a|s) / pi_old(a|s) over the "
+        "samples of the update's last epoch, the clip band [1-eps, 1+eps] shaded green (eps is that update's "
+        "clip_range), bins outside it red. Samples outside the band are where the clipped objective can stop "
+        "the gradient (it does when the advantage's sign pushes r further out). Opens at the update with the "
+        "largest share outside; use the slider, the buttons or the arrow keys.</div>"
+        "<button id='ratio-prev'>&larr; prev</button> <input type='range' id='ratio-slider' min='0' max='0' "
+        "value='0'> <button id='ratio-next'>next &rarr;</button>"
+        "<svg id='ratio-svg' xmlns='http://www.w3.org/2000/svg' width='1300' height='300'></svg>"
+        "<div id='ratio-info'></div></div>")
+    data = json.dumps(frames, separators=(",", ":")).replace("</", "<\\/")
+    parts.append(f"<script type='application/json' id='ratio-data'>{data}</script><script>{_JS}</script>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+# command line ------------------------------------------------------------------------------------
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Print the health report of a run directory; with --html also write the page."""
+    report = examine(args.run_dir)
+    print(text_report(report))
+    if args.html is not None:
+        target = Path(args.html)
+        if target.is_dir():
+            raise ProximoError(f"--html {target} is a directory; give a file name such as {target / 'report.html'}")
+        if not target.parent.is_dir():
+            raise ProximoError(f"--html {target}: folder {target.parent} does not exist; create it first")
+        target.write_text(html_report(report), encoding="utf-8")
+        print(f"\nhtml report: {target}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `proximo doctor RUN_DIR [--html FILE]`."""
+    parser = subparsers.add_parser("doctor", help="diagnose a run: which PPO failure modes showed, and fixes")
+    parser.add_argument("run_dir", type=Path, help="a run directory written by `proximo train`")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report")
+    parser.set_defaults(handler=cmd_doctor)
+
+
+__all__ = ["examine", "load_run", "text_report", "html_report", "ratio_frames", "outside_share", "register"]

@@ -1,0 +1,108 @@
+"""`proximo doctor`: the text report and the self-contained HTML page on real (short) run directories."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from proximo.cli import main
+from proximo.doctor import examine, html_report, outside_share, ratio_frames, text_report
+
+COMMON = ["--num-envs", "8", "--n-steps", "32", "--batch-size", "256", "--eval-episodes", "2", "--quiet",
+          "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two short CartPole runs: one with a 50x learning rate and 30 epochs, one on the cartpole preset."""
+    root = tmp_path_factory.mktemp("doctor")
+    broken, healthy = root / "broken", root / "healthy"
+    assert main(["train", "CartPole-v1", "--run-dir", str(broken), "--learning-rate", "0.05", "--n-epochs", "30",
+                 "--total-steps", "8000", *COMMON]) == 0
+    assert main(["train", "CartPole-v1", "--preset", "cartpole", "--run-dir", str(healthy),
+                 "--total-steps", "30000", *COMMON]) == 0
+    return broken, healthy
+
+
+def test_doctor_names_the_kl_failure_and_writes_html(runs, tmp_path, capsys):
+    broken, _ = runs
+    capsys.readouterr()
+    page = tmp_path / "report.html"
+    assert main(["doctor", str(broken), "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "[kl_spike]" in out and "evidence:" in out and "fix:" in out and "diag_kl_max=0.05" in out
+    assert "healthy" not in out.split("\n\n")[1]
+    text = page.read_text()
+    for marker in ("panel-learning-curve", "panel-approx_kl", "panel-clip_fraction", "panel-entropy",
+                   "panel-explained_variance", "panel-value_loss", "panel-grad_norm", "ratio-slider",
+                   "ratio-prev", "ratio-next", "ratio-data", "verdict-findings"):
+        assert f"id='{marker}'" in text, marker
+    # the fired rule is marked on its panel
+    kl_panel = text.split("id='panel-approx_kl'>")[1].split("</svg>")[0]
+    assert 'data-rule="kl_spike"' in kl_panel
+    # self-contained: nothing loaded from elsewhere (the SVG namespace URI is a name, not a fetch)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert "@import" not in text and "<link" not in text
+    frames = json.loads(text.split("id='ratio-data'>")[1].split("</script>")[0])
+    assert len(frames) == len(examine(broken).record.rows) and len(frames[0]["counts"]) == 40
+
+
+def test_doctor_reports_a_healthy_run(runs, capsys):
+    _, healthy = runs
+    capsys.readouterr()
+    assert main(["doctor", str(healthy)]) == 0
+    out = capsys.readouterr().out
+    assert "healthy: none of the 8 applicable rules fired" in out
+    assert "not checked (statistic not logged): reward_hacking" in out
+    assert "verdict-healthy" in html_report(examine(healthy))
+
+
+def test_doctor_agrees_with_the_live_warnings(runs):
+    broken, _ = runs
+    report = examine(broken)
+    live = [(r["rule"], r["start_update"]) for r in report.record.live_warnings]
+    assert live and live == [(e.rule, e.start_update) for e in report.episodes]
+
+
+def test_ratio_share_outside_band():
+    counts = [0] * 40
+    counts[19] = 10  # r in [0.95, 1.00): inside the band
+    assert outside_share(counts, 0.2) == 0.0
+    counts[30] = 10  # r in [1.50, 1.55): outside
+    assert outside_share(counts, 0.2) == pytest.approx(0.5)
+    edge = [0] * 40
+    edge[24] = 10  # r in [1.20, 1.25) with eps 0.22: the top 3/5 of the bin lies outside
+    assert outside_share(edge, 0.22) == pytest.approx(0.6)
+
+
+def test_ratio_frames_count_ratios_beyond_the_histogram(runs):
+    broken, _ = runs
+    report = examine(broken)
+    rollout = 8 * 32
+    for frame, row in zip(ratio_frames(report), report.record.rows):
+        assert sum(frame["counts"]) + frame["beyond"] == rollout
+        assert 0.0 <= frame["outside"] <= 1.0 and frame["eps"] == row["clip_range"]
+        if row["ratio_max"] > 2.0:
+            assert frame["beyond"] > 0
+
+
+def test_doctor_user_errors(tmp_path, capsys):
+    assert main(["doctor", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["doctor", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no metrics" in err
+
+
+def test_doctor_reads_metrics_csv_when_jsonl_missing(runs, tmp_path):
+    broken, _ = runs
+    copy = tmp_path / "csv_only"
+    copy.mkdir()
+    (copy / "metrics.csv").write_text((broken / "metrics.csv").read_text())
+    (copy / "config.json").write_text((broken / "config.json").read_text())
+    report = examine(copy)
+    assert "kl_spike" in {e.rule for e in report.episodes}
+    assert ratio_frames(report) == [] and "[kl_spike]" in text_report(report)

@@ -176,7 +176,7 @@ class RolloutCollector:
                 self.next_obs = policy.encode(obs, n)
                 if not self.next_obs.is_floating_point() or torch.isfinite(self.next_obs).all():
                     continue
-                bad = torch.flatnonzero(~torch.isfinite(self.next_obs.flatten(1)).all(1)).tolist()
+                bad = torch.nonzero(~torch.isfinite(self.next_obs.flatten(1)).all(1)).flatten().tolist()
                 raise NonFiniteError(f"env {bad[0]} returned a non-finite observation at rollout step {t} "
                                      f"(envs {bad}); fix the env or wrap it to clip its observations")
             last_values = policy.value(policy.normalize(self.next_obs))

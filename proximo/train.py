@@ -422,6 +422,23 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
                   if p.is_dir() and p.name.startswith("step_") and (p / STATE_META).is_file())
 
 
+def resume_target(path: Path) -> tuple[Path, Path, Path | None]:
+    """(run_dir, checkpoint, the one before it or None) for a run directory or one checkpoint folder."""
+    path = Path(path)
+    if (path / STATE_META).is_file():
+        run_dir = path.parent.parent
+        checkpoints = list_checkpoints(run_dir)
+        before = [c for c in checkpoints if c.name < path.name]
+        return run_dir, path, before[-1] if before else None
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a proximo run directory (no config.json) nor a checkpoint folder "
+                              "(no state.json)")
+    checkpoints = list_checkpoints(path)
+    if not checkpoints:
+        raise CheckpointError(f"{path} has no checkpoint to resume from (checkpoints/step_*/state.json)")
+    return path, checkpoints[-1], checkpoints[-2] if len(checkpoints) > 1 else None
+
+
 def read_run_config(run_dir: Path) -> tuple[str | None, dict, PPOConfig]:
     """(env_id, env_kwargs, config) from a run directory's config.json."""
     data = load_json(Path(run_dir) / "config.json")

@@ -528,6 +528,8 @@ class HealthMonitor:
                            stream: TextIO | None = None) -> list[Episode]:
         """observe(), then print one warning line per new episode (to stderr unless echo is False) and
         append it to run_dir/diagnostics.jsonl."""
+        if not self.history and run_dir is not None and int(row.get("update", 1)) > 1:
+            self.replay_logged(Path(run_dir) / "updates.jsonl", before_update=int(row["update"]))
         started = self.observe(row)
         for episode in started:
             if echo:
@@ -538,6 +540,32 @@ class HealthMonitor:
                 with open(Path(run_dir) / "diagnostics.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
         return started
+
+
+    def replay_logged(self, path: Path, before_update: int) -> int:
+        """Silently feed the rows a resumed run logged before `before_update` (its episodes were already
+        reported); the last row logged for an update wins. Returns how many rows were replayed."""
+        if not Path(path).is_file():
+            return 0
+        rows = {row["update"]: row for row in read_jsonl(path)
+                if isinstance(row.get("update"), (int, float)) and row["update"] < before_update}
+        for update in sorted(rows):
+            self.observe(rows[update])
+        return len(rows)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, skipping a torn last line (a run killed mid-write)."""
+    rows = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                rows.append(value)
+    return rows
 
 
 def warning_line(episode: Episode) -> str:

@@ -97,6 +97,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
     elif metrics.is_file():
         with open(metrics, newline="") as handle:
             rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    if rows and all(isinstance(row.get("update"), (int, float)) for row in rows):
+        # a run resumed from an older checkpoint logs some updates twice: the later row is the one that counts
+        rows = sorted({row["update"]: row for row in rows}.values(), key=lambda row: row["update"])
     if not rows:
         raise ProximoError(f"{run_dir} has no metrics (updates.jsonl or metrics.csv with at least one update); "
                            "point doctor at a run directory written by `proximo train`")
@@ -261,7 +264,7 @@ def svg_chart(xs: list[float], ys: list[float], title: str, log: bool = False,
                    f'<text x="{left - 5}" y="{py(tick) + 4:.1f}" class="yl">{label}</text>')
     for tick in _nice_ticks(x0, x1, 6):
         out.append(f'<text x="{px(tick):.1f}" y="{top + ph + 16}" class="xl">{tick:g}</text>')
-    out.append(f'<text x="{left + pw}" y="{height - 2}" class="xl" text-anchor="end">update</text>')
+    out.append(f'<text x="{left + pw}" y="{height - 2}" class="xe">update</text>')
     for value, label in hlines:
         if math.isfinite(value) and (value > 0 or not log):
             y = py(tf(value))
@@ -304,16 +307,25 @@ def _hlines_for(metric: str, t: DiagnosticsConfig) -> list[tuple[float, str]]:
             "kl_ref": [(t.kl_ref_max, f"diag_kl_ref_max {t.kl_ref_max:g}")]}.get(metric, [])
 
 
-def outside_share(counts: list[float], eps: float, lo: float = RATIO_RANGE[0], hi: float = RATIO_RANGE[1]) -> float:
-    """Share of a ratio histogram's mass outside [1-eps, 1+eps] (uniform within each bin), in [0, 1]."""
+def outside_share(counts: list[float], eps: float, lo: float = RATIO_RANGE[0], hi: float = RATIO_RANGE[1],
+                  r_min: float | None = None, r_max: float | None = None) -> float:
+    """Share of a ratio histogram's mass outside [1-eps, 1+eps], in [0, 1].
+
+    Within a bin the mass is taken as uniform over the part of the bin inside [r_min, r_max] (the observed
+    ratio range, when known).
+    """
     total = sum(counts)
     if total <= 0:
         return math.nan
     width = (hi - lo) / len(counts)
     outside = 0.0
     for i, count in enumerate(counts):
+        if not count:
+            continue
         a, b = lo + i * width, lo + (i + 1) * width
-        share = (max(0.0, min(b, 1 - eps) - a) + max(0.0, b - max(a, 1 + eps))) / width
+        if r_min is not None and r_max is not None and max(a, r_min) < min(b, r_max):
+            a, b = max(a, r_min), min(b, r_max)
+        share = (max(0.0, min(b, 1 - eps) - a) + max(0.0, b - max(a, 1 + eps))) / (b - a)
         outside += count * min(share, 1.0)
     return outside / total
 
@@ -331,10 +343,18 @@ def ratio_frames(report: Report) -> list[dict[str, Any]]:
         # ratios above 2 fall outside the histogram; a full last epoch saw every sample of the rollout
         beyond = (max(rollout - inside_range, 0.0) if rollout and not row.get("early_stopped") else 0.0)
         total = inside_range + beyond
-        share = (outside_share(counts, eps) * inside_range + beyond) / total if total > 0 else math.nan
+        r_min, r_max = row.get("ratio_min"), row.get("ratio_max")
+        known = isinstance(r_min, (int, float)) and isinstance(r_max, (int, float))
+        share = ((outside_share(counts, eps, r_min=r_min if known else None, r_max=r_max if known else None)
+                  * inside_range + beyond) / total if total > 0 else math.nan)
+        # a band narrower than one bin cannot be resolved from the histogram (annealed clip ranges end there)
+        bin_width = (RATIO_RANGE[1] - RATIO_RANGE[0]) / len(counts)
+        resolvable = 2 * eps >= bin_width or (known and (r_max < 1 - eps or r_min > 1 + eps or
+                                                          1 - eps <= r_min <= r_max <= 1 + eps))
         clean = lambda v: round(v, 5) if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731
         frames.append({"update": row.get("update"), "step": row.get("global_step"), "eps": eps,
-                       "counts": [int(c) for c in counts], "beyond": int(beyond), "outside": clean(share),
+                       "counts": [int(c) for c in counts], "beyond": int(beyond),
+                       "outside": clean(share) if resolvable else None,
                        "clip_fraction": clean(row.get("clip_fraction")), "rmin": clean(row.get("ratio_min")),
                        "rmax": clean(row.get("ratio_max")), "kl": clean(row.get("approx_kl")),
                        "epochs": clean(row.get("epochs"))})
@@ -350,7 +370,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:22px 0 8px}
 .grid-panels{display:grid;grid-template-columns:repeat(2,660px);gap:10px}
 .panel{background:#fff;border:1px solid #ddd;padding:4px}
 svg text{font-size:11px;fill:#444}.ct{font-size:13px!important;font-weight:600;fill:#222!important}
-.yl{text-anchor:end}.xl{text-anchor:middle}.tl{text-anchor:end;fill:#c33!important}
+.yl{text-anchor:end}.xl{text-anchor:middle}.xe{text-anchor:end}.tl{text-anchor:end;fill:#c33!important}
 .grid{stroke:#eee}.thr{stroke:#c33;stroke-dasharray:5 4}.ln{fill:none;stroke:#1f77b4;stroke-width:1.4}
 .dot{fill:#1f77b4}.na{fill:#999!important}
 #ratio{background:#fff;border:1px solid #ddd;padding:10px;width:1320px}
@@ -383,8 +403,8 @@ function draw(i){
   [1-f.eps,1,1+f.eps].forEach(function(r,j){
     s+='<line x1="'+X(r)+'" x2="'+X(r)+'" y1="'+T+'" y2="'+(T+ph)+'" stroke="'+(j==1?'#333':'#2ca02c')+
        '" stroke-dasharray="'+(j==1?'2 3':'6 3')+'"/>';
-    s+='<text x="'+X(r)+'" y="'+(T+ph+28)+'" text-anchor="middle" font-size="12">'+
-       (j==1?'r = 1':(j==0?'1 - eps = ':'1 + eps = ')+r.toFixed(3))+'</text>';
+    if(j!=1)s+='<text x="'+(X(r)+(j==0?-4:4))+'" y="'+(T+ph+28)+'" text-anchor="'+(j==0?'end':'start')+
+       '" font-size="12" fill="#2ca02c">'+(j==0?'1 - eps = ':'1 + eps = ')+r.toFixed(3)+'</text>';
   });
   for(var t=0;t<=2.0001;t+=0.25){s+='<text x="'+X(t)+'" y="'+(T+ph+14)+'" text-anchor="middle">'+t.toFixed(2)+'</text>';}
   s+='<text x="'+(L-6)+'" y="'+(T+10)+'" text-anchor="end">'+mx+'</text><text x="'+(L-6)+'" y="'+(T+ph)+
@@ -392,7 +412,8 @@ function draw(i){
   svg.innerHTML=s;
   info.innerHTML='<b>update '+f.update+'</b> (step '+(f.step==null?'?':f.step.toLocaleString())+
     ', '+(i+1)+' of '+frames.length+'): clip band ['+(1-f.eps).toFixed(3)+', '+(1+f.eps).toFixed(3)+
-    '], <b>'+pct(f.outside)+'</b> of the last epoch\\'s samples lie outside it'+
+    '], '+(f.outside==null?'a band narrower than one histogram bin: the share outside it cannot be read from the histogram':
+    '<b>'+pct(f.outside)+'</b> of the last epoch\\'s samples lie outside it')+
     (f.beyond?(' ('+f.beyond+' beyond r = 2, off the chart)'):'')+
     '; clip fraction averaged over all '+(f.epochs==null?'?':f.epochs)+' epochs: '+pct(f.clip_fraction)+
     '; r ranged '+(f.rmin==null?'?':f.rmin.toFixed(3))+' to '+(f.rmax==null?'?':f.rmax.toFixed(3))+
@@ -406,7 +427,7 @@ document.addEventListener('keydown',function(e){
   if(e.key=='ArrowLeft')document.getElementById('ratio-prev').onclick();
   if(e.key=='ArrowRight')document.getElementById('ratio-next').onclick();});
 var start=0,best=-1;
-frames.forEach(function(f,i){if(f.outside!=null&&f.outside>best){best=f.outside;start=i;}});
+frames.forEach(function(f,i){if(f.clip_fraction!=null&&f.clip_fraction>best){best=f.clip_fraction;start=i;}});
 draw(start);
 })();
 """
@@ -470,7 +491,7 @@ def html_report(report: Report) -> str:
         "samples of the update's last epoch, the clip band [1-eps, 1+eps] shaded green (eps is that update's "
         "clip_range), bins outside it red. Samples outside the band are where the clipped objective can stop "
         "the gradient (it does when the advantage's sign pushes r further out). Opens at the update with the "
-        "largest share outside; use the slider, the buttons or the arrow keys.</div>"
+        "largest clip fraction; use the slider, the buttons or the arrow keys.</div>"
         "<button id='ratio-prev'>&larr; prev</button> <input type='range' id='ratio-slider' min='0' max='0' "
         "value='0'> <button id='ratio-next'>next &rarr;</button>"
         "<svg id='ratio-svg' xmlns='http://www.w3.org/2000/svg' width='1300' height='300'></svg>"

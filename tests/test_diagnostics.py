@@ -271,3 +271,20 @@ def test_healthy_cartpole_preset_triggers_nothing(tmp_path, capsys):
 def test_full_cartpole_preset_run_is_healthy(tmp_path, seed):
     trainer = _train(tmp_path, f"healthy{seed}", preset="cartpole", eval_episodes=5, seed=seed)
     assert [e.rule for e in trainer.monitor.episodes] == []
+
+
+def test_resumed_monitor_replays_the_logged_rows_without_warning_again(tmp_path):
+    rows = with_series(healthy_rows(), "approx_kl", lambda i, v: 0.3 if i >= 40 else v)
+    first = HealthMonitor(total_updates=N)
+    stream = io.StringIO()
+    with open(tmp_path / "updates.jsonl", "w") as handle:
+        for row in rows[:60]:
+            handle.write(json.dumps(row) + "\n")
+            first.observe_and_report(row, tmp_path, stream=stream)
+        handle.write(json.dumps(rows[60]) + "\n")  # the trainer logs a row before the monitor sees it
+    assert stream.getvalue().count("[kl_spike]") == 1
+    resumed = HealthMonitor(total_updates=N)  # a new process after --resume
+    resumed.observe_and_report(rows[60], tmp_path, stream=stream)
+    assert len(resumed.history) == 61 and resumed.history.updates[:3] == [1, 2, 3]
+    assert stream.getvalue().count("[kl_spike]") == 1  # the open episode continues, no second warning
+    assert [e.start_update for e in resumed.episodes] == [e.start_update for e in first.episodes]

@@ -74,6 +74,10 @@ def test_ratio_share_outside_band():
     edge = [0] * 40
     edge[24] = 10  # r in [1.20, 1.25) with eps 0.22: the top 3/5 of the bin lies outside
     assert outside_share(edge, 0.22) == pytest.approx(0.6)
+    # the observed ratio range narrows where in a bin the mass can lie: [0.97, 0.995] with band [0.99, 1.01]
+    narrow = [0] * 40
+    narrow[19] = 10
+    assert outside_share(narrow, 0.01, r_min=0.97, r_max=0.995) == pytest.approx(0.8)
 
 
 def test_ratio_frames_count_ratios_beyond_the_histogram(runs):
@@ -82,7 +86,7 @@ def test_ratio_frames_count_ratios_beyond_the_histogram(runs):
     rollout = 8 * 32
     for frame, row in zip(ratio_frames(report), report.record.rows):
         assert sum(frame["counts"]) + frame["beyond"] == rollout
-        assert 0.0 <= frame["outside"] <= 1.0 and frame["eps"] == row["clip_range"]
+        assert 0.0 <= frame["outside"] <= 1.0 and frame["eps"] == row["clip_range"]  # eps 0.2 > one bin
         if row["ratio_max"] > 2.0:
             assert frame["beyond"] > 0
 
@@ -106,3 +110,14 @@ def test_doctor_reads_metrics_csv_when_jsonl_missing(runs, tmp_path):
     report = examine(copy)
     assert "kl_spike" in {e.rule for e in report.episodes}
     assert ratio_frames(report) == [] and "[kl_spike]" in text_report(report)
+
+
+def test_doctor_keeps_the_last_row_of_an_update_logged_twice(tmp_path):
+    # a run resumed from an older checkpoint logs updates 21-30 again; the second run's rows count
+    rows = [{"update": u, "approx_kl": 0.005, "entropy": 0.6} for u in range(1, 31)]
+    rows += [{"update": u, "approx_kl": 0.3, "entropy": 0.6} for u in range(21, 41)]
+    (tmp_path / "updates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = examine(tmp_path)
+    assert [r["update"] for r in report.record.rows] == list(range(1, 41))
+    assert report.record.rows[25]["approx_kl"] == 0.3
+    assert [(e.rule, e.start_update) for e in report.episodes] == [("kl_spike", 21)]  # 0.3 > 5 x diag_kl_max: a spike at once

@@ -103,6 +103,7 @@ def atomic_write_dir(final: Path, files: dict[str, dict[str, torch.Tensor] | dic
     all files go into a hidden temporary folder, which is renamed into place at the end."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         for name, content in files.items():
@@ -122,6 +123,18 @@ def atomic_write_dir(final: Path, files: dict[str, dict[str, torch.Tensor] | dic
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover_dir(final: Path) -> None:
+    """Undo what a kill between atomic_write_dir's two renames left: bring back the previous folder."""
+    final = Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if not old.is_dir():
+        return
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)  # the new folder made it into place
+    else:
+        os.replace(old, final)
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import sys
 import time
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -122,6 +124,24 @@ def default_run_dir(env_id: str, preset: str | None, seed: int) -> Path:
     return Path("runs") / f"{label}-s{seed}-{stamp}"
 
 
+def plain_warnings(command):
+    """Decorate a command so warnings whose text starts with 'proximo:' print as one stderr line each."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if str(message).startswith("proximo:"):
+                print(str(message), file=sys.stderr, flush=True)
+            else:
+                default(message, category, filename, lineno, file, line)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return command(args)
+    return run
+
+
+@plain_warnings
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, write the run directory, print the summary."""
     from proximo.config import make_config

@@ -198,7 +198,7 @@ class RolloutCollector:
             if self.env_faults > self.max_env_restarts:
                 raise EnvFaultError(f"env {i} raised in step() again ({detail}): {self.env_faults} env faults, "
                                     f"more than the {self.max_env_restarts} restarts allowed; fix the env")
-            warnings.warn(f"proximo: env {i} raised in step() ({detail}); re-made and reset it (restart "
+            warnings.warn(f"proximo: warning: env {i} raised in step() ({detail}); re-made and reset it (restart "
                           f"{self.env_faults} of {self.max_env_restarts}); that step ends its episode with no "
                           "bootstrap", EnvFaultWarning, stacklevel=2)
         return faulted

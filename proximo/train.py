@@ -19,7 +19,7 @@ import torch
 from proximo import __version__
 from proximo.checkpoint import (
     CheckpointError, atomic_write_dir, atomic_write_json, load_json, load_tensors, optimizer_from_tensors,
-    optimizer_to_tensors, prefixed, unprefixed,
+    optimizer_to_tensors, prefixed, recover_dir, unprefixed,
 )
 from proximo.config import PPOConfig
 from proximo.core.kl import AdaptiveKLController, FixedKLController
@@ -104,6 +104,8 @@ def save_policy(directory: Path, policy: ActorCritic, config: PPOConfig, env: En
 def load_policy(directory: Path) -> tuple[ActorCritic, dict[str, Any]]:
     """Rebuild a policy saved by save_policy; returns (policy, metadata). No code is run from the file."""
     directory = Path(directory)
+    recover_dir(directory)
+    recover_dir(directory / "policy")
     if (directory / "policy" / "policy.json").is_file():
         directory = directory / "policy"
     if not (directory / "policy.json").is_file():
@@ -197,6 +199,7 @@ class Trainer:
                 buffer = self.collector.collect()
                 buffer.compute_advantages(config.gamma, config.gae_lambda)
                 stats = ppo_update(self.policy, self.optimizer, buffer, settings)
+                self._check_finite_parameters()
                 self.kl_controller.update(stats["kl_last_epoch"])
                 self.global_step += config.rollout_size
                 self.update_index += 1
@@ -227,8 +230,8 @@ class Trainer:
         except (NonFiniteError, EnvFaultError) as exc:
             if last_good is not None:
                 folder = self._write_state(*last_good)
-                exc.args = (f"{exc}. Stopped; the last good checkpoint (step {last_good[2]:,}, before this "
-                            f"update) is in {folder}",)
+                exc.args = (f"{exc}. Stopped; the last good checkpoint (step {last_good[2]:,}, from before the "
+                            f"failing update) is in {folder}",)
             raise
         finally:
             restore_signals()
@@ -237,6 +240,13 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return self._finish(start_step)
+
+    def _check_finite_parameters(self) -> None:
+        """Raise NonFiniteError if the update just made left NaN/inf in a parameter (a non-finite gradient)."""
+        bad = [name for name, param in self.policy.named_parameters() if not bool(torch.isfinite(param).all())]
+        if bad:
+            raise NonFiniteError(f"update {self.update_index + 1} left non-finite values in the parameters "
+                                 f"{bad[:3]} (a non-finite gradient); lower learning_rate or set max_grad_norm")
 
     def _finish(self, start_step: int) -> dict[str, Any]:
         config = self.config
@@ -408,9 +418,9 @@ class Trainer:
             # The envs restart from reset, so the running sums of their old episodes no longer apply.
             if self.reward_scaler is not None:
                 self.reward_scaler.running_return.zero_()
-            warnings.warn(f"proximo: cannot save the state of this env ({obstacle or 'unknown'}), so on resume the "
-                          "in-progress episodes restart from reset; the resumed run is not bitwise identical to an "
-                          "uninterrupted one", ResumeWarning, stacklevel=3)
+            warnings.warn(f"proximo: warning: cannot save the state of this env ({obstacle or 'unknown'}), so on "
+                          "resume the in-progress episodes restart from reset; the resumed run is not bitwise "
+                          "identical to an uninterrupted one", ResumeWarning, stacklevel=3)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -418,6 +428,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
+    for leftover in folder.glob(".step_*.old"):
+        recover_dir(leftover.with_name(leftover.name[1:-len(".old")]))
     return sorted(p for p in folder.iterdir()
                   if p.is_dir() and p.name.startswith("step_") and (p / STATE_META).is_file())
 

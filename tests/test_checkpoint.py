@@ -138,6 +138,19 @@ def test_truncated_policy_file_is_one_line_in_eval(tmp_path, capsys):
     assert len(err) == 1 and "policy.safetensors is corrupt or truncated" in err[0]
 
 
+def test_kill_between_the_renames_of_a_folder_rewrite_is_recovered(tmp_path, capsys):
+    # atomic_write_dir replaces an existing folder by two renames (old aside, new in); a kill between them
+    # leaves only .<name>.old and the temporary folder. Loading must bring the old folder back.
+    checkpoints = _run_with_checkpoints(tmp_path, capsys)
+    for folder in (tmp_path / "policy", checkpoints[-1]):
+        os.replace(folder, folder.with_name(f".{folder.name}.old"))
+        (folder.parent / f".{folder.name}.abc.tmp").mkdir()
+    policy, meta = load_policy(tmp_path)
+    assert meta["env_id"] == "CartPole-v1"
+    assert list_checkpoints(tmp_path)[-1].name == "step_000000000096"
+    _trainer("CartPole-v1", None).load_training_state(list_checkpoints(tmp_path)[-1])
+
+
 def test_checkpoint_from_another_env_names_the_mismatch(tmp_path):
     source = _trainer("CartPole-v1", tmp_path, total_steps=32)
     source.train()

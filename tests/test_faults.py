@@ -17,8 +17,12 @@ from tests.fault_envs import BrokenEnv, CrashOnceEnv
 # 2 envs x 16 steps = 32 env steps per update; faults start after env step 40 of each env (update 3).
 SMALL = dict(num_envs=2, n_steps=16, batch_size=16, n_epochs=2, eval_episodes=1, total_steps=320, seed=5)
 NAN_ID = "ProximoTest/NaNReward-v0"
+CRASH_ID = "ProximoTest/Crash-v0"
 if NAN_ID not in gym.registry:
     gym.register(NAN_ID, entry_point=lambda: BrokenEnv("nan_reward", after=40), max_episode_steps=20)
+    gym.register(CRASH_ID, entry_point=lambda: BrokenEnv("raise", after=40), max_episode_steps=20)
+CLI_SMALL = ["--quiet", "--no-tensorboard", "--num-envs", "2", "--n-steps", "16", "--batch-size", "16",
+             "--total-steps", "320"]
 
 
 def _trainer(env, run_dir, **overrides):
@@ -51,7 +55,7 @@ def test_non_finite_stops_with_the_last_good_checkpoint(tmp_path, fault, where):
     message = str(caught.value)
     assert where in message
     # Updates 1 and 2 (64 steps) were fine; the third rollout hit the fault at its step 8 (env step 41).
-    assert "the last good checkpoint (step 64, before this update)" in message
+    assert "the last good checkpoint (step 64, from before the failing update)" in message
     folders = list_checkpoints(tmp_path)
     assert [f.name for f in folders] == ["step_000000000064"]
     saved = _policy_from(folders[0])
@@ -63,8 +67,7 @@ def test_non_finite_stops_with_the_last_good_checkpoint(tmp_path, fault, where):
 
 
 def test_cli_nan_env_is_one_line(tmp_path, capsys):
-    code = cli.main(["train", NAN_ID, "--run-dir", str(tmp_path), "--quiet", "--no-tensorboard",
-                     "--num-envs", "2", "--n-steps", "16", "--batch-size", "16", "--total-steps", "320"])
+    code = cli.main(["train", NAN_ID, "--run-dir", str(tmp_path), *CLI_SMALL])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -85,6 +88,14 @@ def test_crashing_env_is_restarted_then_the_run_stops(tmp_path):
     assert "4 env faults, more than the 3 restarts allowed" in str(stopped.value)
     assert "last good checkpoint" in str(stopped.value)
     assert list_checkpoints(tmp_path), "the run must leave a checkpoint"
+
+
+def test_cli_crashing_env_gives_one_line_per_restart_and_one_error(tmp_path, capsys):
+    assert cli.main(["train", CRASH_ID, "--run-dir", str(tmp_path), *CLI_SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(" raised")[0] for line in err] == [
+        "proximo: warning: env 0", "proximo: warning: env 1", "proximo: warning: env 0", "proximo: error: env 1"]
+    assert err[-1].endswith("is in " + str(list_checkpoints(tmp_path)[-1]))
 
 
 def test_one_crash_is_survived_without_polluting_episode_stats(tmp_path):
@@ -111,3 +122,27 @@ def test_sigterm_in_process_stops_after_the_update_with_a_checkpoint(tmp_path):
     assert stopped.value.signum == signal.SIGTERM and stopped.value.step == 96
     assert [f.name for f in list_checkpoints(tmp_path)] == ["step_000000000096"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+def test_non_finite_parameters_stop_the_run_before_they_are_saved(tmp_path, monkeypatch):
+    import proximo.train
+    real_update = proximo.train.ppo_update
+    calls = []
+
+    def update_that_breaks_on_the_third_call(policy, optimizer, buffer, settings, *args, **kwargs):
+        stats = real_update(policy, optimizer, buffer, settings, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                next(policy.parameters()).view(-1)[0] = float("inf")  # as a non-finite gradient step would
+        return stats
+    monkeypatch.setattr(proximo.train, "ppo_update", update_that_breaks_on_the_third_call)
+    trainer = _trainer(lambda: BrokenEnv(None), tmp_path, save_every=32)
+    with pytest.raises(NonFiniteError, match=r"update 3 left non-finite values in the parameters \['pi_net.0.weight'\]"
+                                             r".*last good checkpoint \(step 64, from before the failing update\)"):
+        trainer.train()
+    # The periodic checkpoints before the bad update stay; nothing with the inf parameter was written.
+    assert [f.name for f in list_checkpoints(tmp_path)] == ["step_000000000032", "step_000000000064"]
+    for folder in list_checkpoints(tmp_path):
+        assert all(torch.isfinite(v).all() for v in _policy_from(folder).values())
+    assert not (tmp_path / "policy").exists()

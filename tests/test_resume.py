@@ -59,11 +59,13 @@ def test_cartpole_resume_is_bitwise_exact(tmp_path):
     assert list(whole.collector.episodes.returns) == list(resumed.collector.episodes.returns)
 
 
-def test_pendulum_with_normalization_resume_is_bitwise_exact(tmp_path):
-    # 200-step episodes and 2 x 128-step rollouts: the stop falls mid-episode; obs and reward stats move.
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "Hopper-v5"])
+def test_continuous_with_normalization_resume_is_bitwise_exact(tmp_path, env_id):
+    # Pendulum: 200-step episodes, 2 x 128-step rollouts, so the stop falls mid-episode. Hopper: the MuJoCo
+    # simulator state is restored too. Observation and reward statistics move in every step.
     config = make_config(None, num_envs=2, n_steps=128, batch_size=64, n_epochs=2, eval_episodes=1, seed=4,
                          normalize_obs=True, normalize_reward=True)
-    whole, resumed = _one_go_vs_resumed("Pendulum-v1", config, tmp_path, updates=2)
+    whole, resumed = _one_go_vs_resumed(env_id, config, tmp_path, updates=2)
     _assert_same_state(whole, resumed)
     assert torch.equal(whole.policy.obs_rms.mean, resumed.policy.obs_rms.mean)
     assert torch.equal(whole.reward_scaler.running_return, resumed.reward_scaler.running_return)

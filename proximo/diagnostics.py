@@ -371,12 +371,21 @@ def _dead_advantages(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Eviden
     return None
 
 
+REWARD_KEYS = ("reward_mean", "reward")  # the mean reward per update, as LLM trainers name it
+
+
+def reward_key(h: History) -> str | None:
+    """The key under which the rows log the mean reward (None for classic runs)."""
+    return next((key for key in REWARD_KEYS if h.has(key)), None)
+
+
 def _reward_hacking(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
     n = len(h)
-    if not h.has("reward_mean") or n < cfg.warmup + cfg.recent:
+    key = reward_key(h)
+    if key is None or n < cfg.warmup + cfg.recent:
         return None
-    first = h.values("reward_mean", 0, cfg.recent)
-    recent = h.values("reward_mean", n - cfg.recent, n)
+    first = h.values(key, 0, cfg.recent)
+    recent = h.values(key, n - cfg.recent, n)
     reward_start, reward_now = median(v for _, v in first), median(v for _, v in recent)
     if not reward_now > reward_start:
         return None
@@ -401,7 +410,7 @@ def _reward_hacking(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidenc
     if not reasons:
         return None
     return _evidence(h, statistic, value, threshold, pairs,
-                     f"reward_mean rose from {_fmt(reward_start)} ({_span(first)}) to {_fmt(reward_now)} "
+                     f"{key} rose from {_fmt(reward_start)} ({_span(first)}) to {_fmt(reward_now)} "
                      f"({_span(recent)}) while " + " and ".join(reasons))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from proximo.diagnostics import (
-    RULES, RULES_BY_NAME, DiagnosticsConfig, Episode, HealthMonitor, diagnose,
+    REWARD_KEYS, RULES, RULES_BY_NAME, DiagnosticsConfig, Episode, HealthMonitor, diagnose, reward_key,
 )
 from proximo.errors import ProximoError
 
@@ -140,8 +140,8 @@ class Report:
     def applicable_rules(self) -> list[str]:
         """Rules whose statistic the run logged."""
         history = self.monitor.history
-        keys = {"reward_hacking": "reward_mean"}
-        return [r.name for r in RULES if history.has(keys.get(r.name, r.metric))]
+        return [r.name for r in RULES
+                if (reward_key(history) is not None if r.name == "reward_hacking" else history.has(r.metric))]
 
 
 def examine(run_dir: str | Path) -> Report:
@@ -163,7 +163,7 @@ def _threshold_text(rule_name: str, thresholds: DiagnosticsConfig) -> str:
 
 
 def _return_key(report: Report) -> str | None:
-    for key in ("episode_return_mean", "reward_mean"):
+    for key in ("episode_return_mean", *REWARD_KEYS):
         if report.monitor.history.has(key):
             return key
     return None
@@ -175,7 +175,7 @@ def text_report(report: Report) -> str:
     env = record.config.get("env_id") or "?"
     last = record.rows[-1]
     lines = [f"proximo doctor: {record.run_dir} ({env}, {len(record.rows)} updates, "
-             f"{int(last.get('global_step') or 0):,} env steps)"]
+             f"{int(last.get('global_step') or 0):,} steps)"]
     key = _return_key(report)
     if key is not None:
         values = [v for _, v in history.values(key, 0, len(history))]
@@ -255,7 +255,11 @@ def svg_chart(xs: list[float], ys: list[float], title: str, log: bool = False,
         ticks = [float(d) for d in range(math.ceil(y0), math.floor(y1) + 1)]
         if len(ticks) > 7:
             ticks = ticks[::math.ceil(len(ticks) / 7)]
-        labels = [f"1e{int(t)}" if abs(t) > 2 else f"{10 ** t:g}" for t in ticks]
+        if len(ticks) < 3:  # less than two decades: add the 2x and 5x lines
+            ticks = sorted(t for d in range(math.floor(y0), math.ceil(y1) + 1)
+                           for t in (d, d + math.log10(2), d + math.log10(5)) if y0 <= t <= y1)
+        labels = [f"{10 ** t:.0e}".replace("e-0", "e-").replace("e+0", "e") if abs(t) > 2.5 else f"{10 ** t:.3g}"
+                  for t in ticks]
     else:
         ticks = _nice_ticks(y0, y1)
         labels = [f"{t:.3g}" for t in ticks]
@@ -293,9 +297,14 @@ def _series(report: Report, key: str) -> tuple[list[float], list[float]]:
     return [float(u) for u in history.updates], list(history.series.get(key, [math.nan] * len(history)))
 
 
+# panels beyond a rule's own metric that show its evidence
+EXTRA_PANELS = {"reward_hacking": ("kl_ref", "response_length")}
+
+
 def _bands_for(report: Report, metric: str) -> list[tuple[float, float, str, str]]:
     return [(e.start_update, e.last_update, e.rule, RULE_COLORS.get(e.rule, "#d62728"))
-            for e in report.episodes if RULES_BY_NAME[e.rule].metric == metric]
+            for e in report.episodes
+            if RULES_BY_NAME[e.rule].metric == metric or metric in EXTRA_PANELS.get(e.rule, ())]
 
 
 def _hlines_for(metric: str, t: DiagnosticsConfig) -> list[tuple[float, str]]:
@@ -442,7 +451,7 @@ def html_report(report: Report) -> str:
              f"<title>proximo doctor: {esc(str(record.run_dir))}</title><style>{_CSS}</style></head><body>",
              f"<h1>proximo doctor</h1><div class='sub'>{esc(str(record.run_dir))} &middot; {esc(str(env))} "
              f"&middot; {len(record.rows)} updates &middot; "
-             f"{int(record.rows[-1].get('global_step') or 0):,} env steps</div>"]
+             f"{int(record.rows[-1].get('global_step') or 0):,} steps</div>"]
     if report.healthy:
         parts.append(f"<div class='ok' id='verdict-healthy'><b>Healthy.</b> None of the "
                      f"{len(report.applicable_rules())} applicable rules fired "
@@ -475,8 +484,10 @@ def html_report(report: Report) -> str:
         parts.append(f"<div class='panel' id='panel-learning-curve'>"
                      f"{svg_chart(xs, ys, f'learning curve: {key}', bands=_bands_for(report, 'reward_mean'))}</div>")
     history = report.monitor.history
+    missing = []
     for metric, title, log in PANELS:
-        if metric in ("kl_ref", "response_length") and not history.has(metric):
+        if not history.has(metric):
+            missing.append(metric)
             continue
         xs, ys = _series(report, metric)
         limits = (-1.0, 1.0) if metric == "explained_variance" else None
@@ -484,6 +495,8 @@ def html_report(report: Report) -> str:
                           y_limits=limits)
         parts.append(f"<div class='panel' id='panel-{metric}'>{chart}</div>")
     parts.append("</div>")
+    if missing:
+        parts.append(f"<div class='sub'>Not logged by this run: {esc(', '.join(missing))}.</div>")
     frames = ratio_frames(report)
     parts.append(
         "<h2>Probability ratios against the clip band</h2>"

@@ -177,6 +177,9 @@ def test_reward_hacking_rule():
     assert "reward_mean rose" in evidence.detail
     drift = fired(llm_rows(length=True), total=60)
     assert "response_length" in drift["reward_hacking"][0].evidence.detail
+    # proximo's LLM trainers log the mean reward as "reward"
+    renamed = [{("reward" if k == "reward_mean" else k): v for k, v in row.items()} for row in llm_rows(hacking=True)]
+    assert "reward rose" in fired(renamed, total=60)["reward_hacking"][0].evidence.detail
     # reward falling: drift alone is not hacking
     falling = with_series(llm_rows(hacking=True), "reward_mean", lambda i, v: 1.0 - 0.01 * i)
     assert "reward_hacking" not in fired(falling, total=60)

@@ -121,3 +121,20 @@ def test_doctor_keeps_the_last_row_of_an_update_logged_twice(tmp_path):
     assert [r["update"] for r in report.record.rows] == list(range(1, 41))
     assert report.record.rows[25]["approx_kl"] == 0.3
     assert [(e.rule, e.start_update) for e in report.episodes] == [("kl_spike", 21)]  # 0.3 > 5 x diag_kl_max: a spike at once
+
+
+def test_doctor_on_an_llm_run_names_reward_hacking(tmp_path, capsys):
+    # rows as proximo/llm logs them: reward, kl_ref (nats per response), response_length
+    rows = [{"update": u, "global_step": 64 * u, "reward": 0.1 + 0.01 * u, "kl_ref": 0.5 * u,
+             "response_length": 20.0, "entropy": 1.5, "clip_fraction": 0.05, "approx_kl": 0.01}
+            for u in range(1, 61)]
+    (tmp_path / "updates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = tmp_path / "llm.html"
+    assert main(["doctor", str(tmp_path), "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "[reward_hacking]" in out and "reward rose" in out and "kl_ref" in out
+    text = page.read_text()
+    assert "id='panel-kl_ref'" in text and "id='panel-response_length'" in text
+    kl_panel = text.split("id='panel-kl_ref'>")[1].split("</svg>")[0]
+    assert 'data-rule="reward_hacking"' in kl_panel
+    assert text.split("id='ratio-data'>")[1].startswith("[]<")  # no ratio histograms: the view says so

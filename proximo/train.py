@@ -170,11 +170,14 @@ class Trainer:
         # names PPO's failure modes as they happen (see proximo/diagnostics.py)
         self.monitor = HealthMonitor.from_config(config) if config.diagnostics else None
         self._stop_signal: int | None = None
+        self._horizon: int | None = None  # the step count the schedules anneal over (train()'s total)
+        self._horizon_before_resume: int | None = None
 
     # the loop -------------------------------------------------------------------------------
     def train(self, total_steps: int | None = None) -> dict[str, Any]:
         """Train until total_steps env steps (default: config.total_steps); returns the summary."""
         total = total_steps if total_steps is not None else self.config.total_steps
+        self._warn_if_horizon_moved(total)
         config = self.config
         writer = self._open_run_dir()
         progress = Progress(total, self.global_step, enabled=self.verbose)
@@ -241,6 +244,16 @@ class Trainer:
                 writer.close()
         return self._finish(start_step)
 
+    def _warn_if_horizon_moved(self, total: int) -> None:
+        annealed = any(schedule.kind != "constant"
+                       for schedule in (self.lr_schedule, self.clip_schedule, self.ent_schedule))
+        before, self._horizon_before_resume = self._horizon_before_resume, None
+        if annealed and before is not None and before != total:
+            warnings.warn(f"proximo: warning: the schedules annealed over {before:,} steps before this resume and "
+                          f"now anneal over {total:,}, so the annealed values jump at step {self.global_step:,}; "
+                          f"resume with --total-steps {before} to keep them", ResumeWarning, stacklevel=3)
+        self._horizon = total
+
     def _check_finite_parameters(self) -> None:
         """Raise NonFiniteError if the update just made left NaN/inf in a parameter (a non-finite gradient)."""
         bad = [name for name, param in self.policy.named_parameters() if not bool(torch.isfinite(param).all())]
@@ -297,6 +310,9 @@ class Trainer:
             "action_space": space_to_json(self.policy.action_space),
             "global_step": self.global_step, "update_index": self.update_index, "wall_time_s": self.wall_time_s,
             "kl_coef": self.kl_controller.value, "optimizer": optimizer_meta,
+            # Schedules are functions of global_step / horizon; kept so a resume can tell if the horizon moved.
+            "schedules": {"horizon": self._horizon, "lr": self.lr_schedule.kind, "clip": self.clip_schedule.kind,
+                          "ent": self.ent_schedule.kind},
             "episodes": {"returns": list(episodes.returns), "lengths": list(episodes.lengths),
                          "finished": episodes.finished,
                          "current_return": episodes.current_return.tolist(),
@@ -395,6 +411,7 @@ class Trainer:
         self.update_index = int(meta["update_index"])
         self.wall_time_s = float(meta["wall_time_s"])
         self.kl_controller.value = float(meta["kl_coef"])
+        self._horizon_before_resume = meta.get("schedules", {}).get("horizon")
         collector, saved = self.collector, meta["episodes"]
         episodes = collector.episodes
         episodes.returns.clear()

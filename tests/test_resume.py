@@ -155,3 +155,18 @@ def test_sigint_to_proximo_train_saves_a_checkpoint_that_resumes(tmp_path, capsy
                      "--no-tensorboard"])
     assert code == 0
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == step + 64
+
+
+def test_resume_with_a_new_horizon_warns_that_annealed_schedules_jump(tmp_path):
+    config = make_config(None, num_envs=2, n_steps=16, batch_size=16, n_epochs=1, eval_episodes=1,
+                         lr_schedule="linear", total_steps=64)
+    _trainer("CartPole-v1", config, tmp_path).train()
+    same = _trainer("CartPole-v1", config.replace(total_steps=64), tmp_path)
+    same.load_training_state(list_checkpoints(tmp_path)[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResumeWarning)
+        same.train()  # the same horizon: no warning
+    longer = _trainer("CartPole-v1", config.replace(total_steps=128), tmp_path)
+    longer.load_training_state(list_checkpoints(tmp_path)[-1])
+    with pytest.warns(ResumeWarning, match="annealed over 64 steps before this resume and now anneal over 128"):
+        longer.train()

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +61,11 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         if not rows:
             continue
         evals = np.array([r["eval_return_mean"] for r in rows])
+        seeds = ",".join(str(r["seed"]) for r in rows)
         last = np.array([r["train_return_last100_mean"] for r in rows])
         sps = np.median([r["sps"] for r in rows])
         anchor = ANCHORS.get(env_id, {})
-        lines.append(f"| {env_id} | {evals.mean():.0f} +- {evals.std():.0f} | {last.mean():.0f} +- {last.std():.0f} | "
+        lines.append(f"| {env_id} (seeds {seeds}) | {evals.mean():.0f} +- {evals.std():.0f} | {last.mean():.0f} +- {last.std():.0f} | "
                      f"{sps:,.0f} | {anchor.get('sb3_zoo', '')} | {anchor.get('cleanrl', '')} | "
                      f"{anchor.get('baselines', '')} |")
     info = machine()
@@ -89,13 +90,20 @@ def main() -> None:
     args = parser.parse_args()
     args.env_list = args.envs.split(",")
     args.seed_list = list(range(1, args.seeds + 1))
-    jobs = [(env_id, seed) for env_id in args.env_list for seed in args.seed_list]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run_one(job[0], job[1], args), jobs))
+    # Seed-major order, so that a benchmark cut short still covers every env.
+    jobs = [(env_id, seed) for seed in args.seed_list for env_id in args.env_list]
     stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mujoco-{args.preset}"
-    markdown = table(results, args)
-    write_results(stem, {"preset": args.preset, "steps": args.steps, "seeds": args.seed_list,
-                         "overrides": args.set, "machine": machine(), "runs": results, "anchors": ANCHORS}, markdown)
+    results: list[dict] = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_one, env_id, seed, args) for env_id, seed in jobs]
+        for future in as_completed(futures):
+            results.append(future.result())
+            # Rewrite after every finished run: the files always hold what has been measured so far.
+            results.sort(key=lambda r: (args.env_list.index(r["env_id"]), r["seed"]))
+            markdown = table(results, args)
+            write_results(stem, {"preset": args.preset, "steps": args.steps, "seeds": args.seed_list,
+                                 "overrides": args.set, "complete": len(results) == len(jobs),
+                                 "machine": machine(), "runs": results, "anchors": ANCHORS}, markdown)
     print(markdown)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from proximo import cli
 from proximo.config import make_config
-from proximo.envs.check import EnvCheckError, check_env
+from proximo.envs.check import EnvCheckError, EnvCheckWarning, check_env
 from proximo.train import Trainer
 from tests.fault_envs import (
     ArrayRewardEnv, BrokenEnv, ObsOnlyResetEnv, OldApiEnv, TextObsEnv, TupleActionEnv, WrongDtypeEnv,
@@ -88,3 +88,10 @@ def test_training_refuses_a_broken_env_with_one_line(capsys, tmp_path):
     assert cli.main(["train", TEXT_ID, "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("proximo: error: env ")
+
+
+def test_training_warns_about_env_quirks_and_goes_on():
+    with pytest.warns(EnvCheckWarning, match="dtype float64, the space declares float32"):
+        trainer = Trainer(WrongDtypeEnv, make_config(None, num_envs=1, n_steps=8, batch_size=8, total_steps=8,
+                                                     eval_episodes=1), verbose=False)
+    assert trainer.train()["global_step"] == 8

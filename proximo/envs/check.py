@@ -26,6 +26,10 @@ class EnvCheckError(ProximoError):
     """The env breaks something proximo relies on (see `proximo check`)."""
 
 
+class EnvCheckWarning(UserWarning):
+    """The env has a quirk proximo copes with (a dtype its space does not declare, for instance)."""
+
+
 @dataclass
 class CheckReport:
     """What check_env found: errors (proximo cannot train), warnings and plain notes."""
@@ -253,9 +257,13 @@ def _run_checks(env: gym.Env, steps: int, seed: int, report: CheckReport) -> Non
 
 
 def require_env_ok(env: EnvLike, env_kwargs: dict | None = None, steps: int = 5, seed: int = 0) -> CheckReport:
-    """The quick check a training run starts with: raises EnvCheckError on the first hard error."""
+    """The quick check a training run starts with: raises EnvCheckError on the first hard error, warns the rest."""
+    import warnings
+
     report = check_env(env, env_kwargs, steps=steps, seed=seed)
     report.raise_first()
+    for line in report.warnings:
+        warnings.warn(f"proximo: warning: env {report.env}: {line}", EnvCheckWarning, stacklevel=3)
     return report
 
 

@@ -27,6 +27,8 @@ CLASSIC_FIELDS: dict[str, tuple[str, ...]] = {
     "AcrobotEnv": ("state",),
 }
 
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
 
 class Unsnapshottable(Exception):
     """Raised inside this module when a layer's state is unknown; callers see None."""
@@ -119,6 +121,8 @@ def _set_base_state(env: gym.Env, state: dict[str, Any]) -> None:
         _set_mujoco_state(env, state["sim"])
     if state["np_random"] is not None:
         generator_name = state["np_random"]["bit_generator"]
+        if generator_name not in BIT_GENERATORS:  # never let a file pick an arbitrary attribute to call
+            raise CheckpointError(f"saved env RNG {generator_name!r} is not one of {sorted(BIT_GENERATORS)}")
         bit_generator = getattr(np.random, generator_name)()
         bit_generator.state = state["np_random"]
         env._np_random = np.random.Generator(bit_generator)

@@ -251,8 +251,6 @@ def _entropy_collapse(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evide
     n = len(h)
     if not h.has(key):
         return None
-    if ctx.total_updates and n > cfg.entropy_early * ctx.total_updates:
-        return None  # late in a run a low entropy is convergence, not collapse
     start_pairs = h.values(key, 0, 3)
     recent = h.values(key, n - cfg.recent, n)
     if len(start_pairs) < 3 or len(recent) < cfg.recent or n <= 3:
@@ -261,12 +259,24 @@ def _entropy_collapse(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evide
     # a drop of (1 - ratio) of the starting nats; also meaningful for Gaussian entropies that turn negative
     limit = start - (1.0 - cfg.entropy_collapse) * abs(start)
     level = median(v for _, v in recent)
-    if level < limit:
+    if not level < limit:
+        return None
+    detail = (f"median {key} {_fmt(level)} over {_span(recent)} fell below {_fmt(limit)} "
+              f"({cfg.entropy_collapse:g} of its start {_fmt(start)})")
+    if not ctx.total_updates or n <= cfg.entropy_early * ctx.total_updates:
         return _evidence(h, f"median {key}", level, limit, recent,
-                         f"median {key} {_fmt(level)} over {_span(recent)} fell below {_fmt(limit)} "
-                         f"({cfg.entropy_collapse:g} of its start {_fmt(start)}) within the first "
-                         f"{cfg.entropy_early:.0%} of the run")
+                         detail + f" within the first {cfg.entropy_early:.0%} of the run")
+    # Late in a run a low entropy is usually convergence, unless the policy stopped moving altogether while
+    # its learning rate is still on: a deterministic policy has ratios of exactly 1 and cannot learn again.
+    kl = median(v for _, v in h.values("approx_kl", n - cfg.recent, n))
+    if kl < FROZEN_KL and not _lr_annealed(h):
+        return _evidence(h, f"median {key}", level, limit, recent,
+                         detail + f", and the policy no longer moves (median approx_kl {_fmt(kl)}): it collapsed "
+                         "to a deterministic policy")
     return None
+
+
+FROZEN_KL = 1e-7  # nats per update: float32 rounding of log-probs, i.e. the policy did not change
 
 
 def _growth_rule(key: str, factor_field: str) -> Callable[[History, DiagnosticsConfig, Context], Evidence | None]:
@@ -418,7 +428,7 @@ RULES: list[Rule] = [
     Rule("kl_spike", "KL spike / policy collapse", "approx_kl", ("kl_max", "kl_spike_factor"),
          "Lower learning_rate (e.g. 3x smaller) or n_epochs, or set target_kl (e.g. 0.02) to stop an update's "
          "epochs early.", _kl_spike),
-    Rule("entropy_collapse", "entropy collapsing early", "entropy", ("entropy_collapse", "entropy_early"),
+    Rule("entropy_collapse", "entropy collapsing early (or to a frozen policy)", "entropy", ("entropy_collapse", "entropy_early"),
          "Add an entropy bonus (ent_coef 0.001-0.01) or lower learning_rate so the policy keeps exploring.",
          _entropy_collapse),
     Rule("value_loss_blowup", "value loss blow-up", "value_loss", ("value_loss_factor",),

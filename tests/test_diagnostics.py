@@ -120,6 +120,17 @@ def test_entropy_drop_late_in_run_is_not_collapse():
     assert "entropy_collapse" in fired(rows, total=None)
 
 
+def test_late_entropy_collapse_fires_when_the_policy_froze():
+    # deterministic from update 61 on: KL exactly 0 while the learning rate is unchanged
+    frozen = with_series(healthy_rows(), "entropy", lambda i, v: v if i < 60 else 5e-7)
+    frozen = with_series(frozen, "approx_kl", lambda i, v: v if i < 60 else 0.0)
+    result = fired(frozen)
+    assert list(result) == ["entropy_collapse"] and "collapsed to a deterministic policy" in \
+        result["entropy_collapse"][0].evidence.detail
+    annealed = with_series(frozen, "learning_rate", lambda i, v: 1e-3 * max(0.0, 1 - i / 60))
+    assert fired(annealed) == {}  # the schedule stopped the policy on purpose
+
+
 def test_entropy_collapse_for_gaussian_entropies_below_zero():
     rows = with_series(healthy_rows(), "entropy", lambda i, v: 2.8 if i < 5 else -1.5)  # std shrinks ~e^-2
     assert "entropy_collapse" in fired(rows)

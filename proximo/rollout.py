@@ -184,6 +184,10 @@ class RolloutCollector:
         buf.next_values[-1] = last_values
         for t, envs_idx, final_values in truncation_fixes:
             buf.next_values[t, torch.from_numpy(envs_idx)] = final_values
+        if not torch.isfinite(buf.rewards).all():  # finite in float64, yet past float32's range
+            t, i = torch.nonzero(~torch.isfinite(buf.rewards))[0].tolist()
+            raise NonFiniteError(f"env {i} returned a reward beyond float32's range (3.4e38) at rollout step {t}; "
+                                 "scale the env's rewards down")
         return buf
 
     def _env_faults(self, infos: dict) -> np.ndarray | None:

@@ -125,13 +125,14 @@ def test_unknown_env_resumes_with_one_warning(tmp_path):
 
 
 def test_sigint_to_proximo_train_saves_a_checkpoint_that_resumes(tmp_path, capsys):
+    # Ctrl-C in a terminal signals the whole process group: here the trainer and its two async env workers.
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's proximo, whatever is installed
     proc = subprocess.Popen(
         [sys.executable, "-m", "proximo.cli", "train", "CartPole-v1", "--run-dir", str(run_dir),
          "--no-tensorboard", "--num-envs", "2", "--n-steps", "16", "--batch-size", "16", "--n-epochs", "1",
-         "--eval-episodes", "1", "--total-steps", "100000000"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--eval-episodes", "1", "--total-steps", "100000000", "--env-backend", "async"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         metrics = run_dir / "metrics.csv"
         deadline = time.monotonic() + 60
@@ -139,7 +140,7 @@ def test_sigint_to_proximo_train_saves_a_checkpoint_that_resumes(tmp_path, capsy
             if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header + 2 updates
                 break
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()

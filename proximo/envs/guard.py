@@ -6,6 +6,8 @@ bootstrap), warns, and stops the run once more than its restart budget have happ
 """
 from __future__ import annotations
 
+import multiprocessing
+import signal
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -76,4 +78,8 @@ class GuardedMaker:
         return make_single_env(self.env, **self.kwargs)
 
     def __call__(self) -> gym.Env:
+        if multiprocessing.parent_process() is not None:
+            # An AsyncVectorEnv worker: a terminal's Ctrl-C reaches the whole process group, and the
+            # trainer in the parent finishes its update, which needs these workers alive.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return EnvGuard(self._make_inner(), self._make_inner)

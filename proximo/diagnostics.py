@@ -51,8 +51,9 @@ class DiagnosticsConfig:
     # diverging, returns changing scale). Healthy critics are spiky: on the cartpole preset (seeds 1-3) the
     # value loss stayed up to 38x its baseline for 5 updates in a row while returns rose, hence 100x.
     value_loss_factor: float = 100.0
-    # Median explained variance below this after the warm-up: the critic predicts returns no better than
-    # their mean, so the advantages are mostly noise (healthy critics reach 0.5-0.9 within tens of updates).
+    # Median explained variance below this in two consecutive windows after the warm-up: the critic predicts
+    # returns no better than their mean, so the advantages are mostly noise (healthy critics reach 0.5-0.9
+    # within tens of updates).
     ev_min: float = 0.1
     # Median clip fraction below this: almost no sample reaches the clip band, the step size is too small
     # for clipping to matter (healthy runs clip 2-20% of samples).
@@ -308,13 +309,17 @@ def _growth_rule(key: str, factor_field: str) -> Callable[[History, DiagnosticsC
 def _ev_stuck(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
     key = "explained_variance"
     n = len(h)
-    if not h.has(key) or n < cfg.warmup + cfg.window:
-        return None  # a critic needs its warm-up plus a full window before "stuck" means anything
-    pairs = h.values(key, n - cfg.window, n)
-    if len(pairs) < cfg.recent:
+    if not h.has(key) or n < cfg.warmup + 2 * cfg.window:
         return None
-    level = median(v for _, v in pairs)
-    if not level < cfg.ev_min:
+    # "Stuck" means low in two consecutive windows after the warm-up: healthy cartpole-preset critics
+    # sometimes explain nothing for ~20 updates before they lock on (median EV -0.004 over updates 11-30,
+    # then 0.97 over 31-50), so one window of low EV is a slow start, two are a critic that fails.
+    earlier = h.values(key, n - 2 * cfg.window, n - cfg.window)
+    pairs = h.values(key, n - cfg.window, n)
+    if len(pairs) < cfg.recent or len(earlier) < cfg.recent:
+        return None
+    level, before = median(v for _, v in pairs), median(v for _, v in earlier)
+    if not (level < cfg.ev_min and before < cfg.ev_min):
         return None
     # When the critic's error already fell to 1% of where it started, a low EV only says the returns
     # barely vary (a solved task), not that the critic fails.
@@ -324,7 +329,8 @@ def _ev_stuck(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | No
         if math.isfinite(start) and math.isfinite(now) and now < 0.01 * start:
             return None
     return _evidence(h, f"median {key}", level, cfg.ev_min, pairs,
-                     f"median {key} {_fmt(level)} over {_span(pairs)} < diag_ev_min {cfg.ev_min}")
+                     f"median {key} {_fmt(level)} over {_span(pairs)} and {_fmt(before)} over {_span(earlier)} "
+                     f"< diag_ev_min {cfg.ev_min}")
 
 
 def _lr_annealed(h: History) -> bool:

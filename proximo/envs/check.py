@@ -68,7 +68,7 @@ def _short(space: spaces.Space) -> str:
         bounds = f"[{low[0]}, {high[0]}]" if low.size == 1 and high.size == 1 else "per-dimension bounds"
         return f"Box(shape {space.shape}, {space.dtype}, {bounds})"
     text = str(space)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= 40 else f"{type(space).__name__}(...)"
 
 
 def unsupported_obs_space(space: spaces.Space) -> str | None:
@@ -84,7 +84,7 @@ def unsupported_obs_space(space: spaces.Space) -> str | None:
         return None
     if isinstance(space, OBS_SPACES):
         return None
-    return (f"observation space {type(space).__name__} ({_short(space)}) is not supported; proximo trains on "
+    return (f"observation space {_short(space)} is not supported; proximo trains on "
             "Box, Discrete, MultiDiscrete, MultiBinary and Dict of those (wrap the env to encode it as one)")
 
 
@@ -92,7 +92,7 @@ def unsupported_action_space(space: spaces.Space) -> str | None:
     """Why proximo cannot act in space (None when it can)."""
     if isinstance(space, ACTION_SPACES):
         return None
-    return (f"action space {type(space).__name__} ({_short(space)}) is not supported; proximo acts in "
+    return (f"action space {_short(space)} is not supported; proximo acts in "
             "Discrete, Box, MultiDiscrete and MultiBinary spaces (wrap the env to use one of them)")
 
 

@@ -228,7 +228,8 @@ class Trainer:
                     saved = True
                     next_save += config.save_every
                 if self._stop_signal is not None:
-                    folder = self._checkpoint_path() if saved else self.save_checkpoint()
+                    folder = None if self.run_dir is None else (
+                        self._checkpoint_path() if saved else self.save_checkpoint())
                     raise TrainingInterrupted(self._stop_signal, self.global_step, folder, self.run_dir)
         except (NonFiniteError, EnvFaultError) as exc:
             if last_good is not None:
@@ -348,10 +349,10 @@ class Trainer:
 
     def _catch_stop_signals(self):
         """Route SIGINT/SIGTERM to a stop-after-this-update flag; returns the function that undoes it."""
+        self._stop_signal = None
         if self.run_dir is None or threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        self._stop_signal = None
         for sig in previous:
             signal.signal(sig, self._on_stop_signal)
 

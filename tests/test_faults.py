@@ -164,3 +164,18 @@ def test_a_second_signal_abandons_the_update_without_saving(tmp_path):
     assert not isinstance(stopped.value, TrainingInterrupted)
     assert [f.name for f in list_checkpoints(tmp_path)] == ["step_000000000032", "step_000000000064"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_stop_request_without_a_run_directory_stops_without_saving():
+    trainer = _trainer(lambda: BrokenEnv(None), None)
+    original = trainer.collector.collect
+
+    def collect():
+        trainer.request_stop()
+        return original()
+    trainer.collector.collect = collect
+    with pytest.raises(TrainingInterrupted, match="at step 32; no run directory, so nothing was saved") as stopped:
+        trainer.train()
+    assert stopped.value.checkpoint is None
+    trainer.collector.collect = original
+    assert trainer.train(64)["global_step"] == 64  # the old request does not stop the next train()

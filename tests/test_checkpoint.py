@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,22 @@ from tests.fault_envs import BrokenEnv
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(num_envs=2, n_steps=16, batch_size=16, n_epochs=1, eval_episodes=1)
 
-# Saves checkpoints in a loop; each tensor file is first written half, then (after a pause) whole,
-# so a kill during the pause leaves a truncated file in the temporary folder.
+# Saves checkpoints in a loop; the fourth tensor file (step 96) is written half, then the saver
+# says so and waits to be killed: the kill lands mid-write, whatever the machine's load.
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     import proximo.checkpoint as checkpoint
     real_save = checkpoint.save_file
+    calls = []
 
     def slow_save(tensors, path, *args, **kwargs):
         real_save(tensors, path, *args, **kwargs)
-        data = open(path, "rb").read()
-        open(path, "wb").write(data[: len(data) // 2])
-        time.sleep(0.4)
-        open(path, "wb").write(data)
+        calls.append(path)
+        if len(calls) == 4:
+            data = open(path, "rb").read()
+            open(path, "wb").write(data[: len(data) // 2])
+            print("half-written", flush=True)
+            time.sleep(60)
 
     checkpoint.save_file = slow_save
     from proximo.config import make_config
@@ -58,10 +60,12 @@ def test_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        lines = []
         for line in proc.stdout:
-            if line.strip() == "saving 96":  # steps 0, 32, 64 are done; 96 is being written
+            lines.append(line.strip())
+            if lines[-1] == "half-written":
                 break
-        time.sleep(0.2)  # inside slow_save's pause: the new tensor file is half written
+        assert lines == ["saving 0", "saving 32", "saving 64", "saving 96", "half-written"]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -1,5 +1,4 @@
 """NaN guards and crashing envs: the run stops with a message saying where, and the last good checkpoint."""
-import os
 import signal
 import warnings
 
@@ -115,7 +114,7 @@ def test_sigterm_in_process_stops_after_the_update_with_a_checkpoint(tmp_path):
 
     def collect():
         if trainer.global_step == 64:
-            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-update; the update must still finish
+            signal.raise_signal(signal.SIGTERM)  # arrives mid-update; the update must still finish
         return original()
     trainer.collector.collect = collect
     with pytest.raises(TrainingInterrupted) as stopped:
@@ -155,8 +154,8 @@ def test_a_second_signal_abandons_the_update_without_saving(tmp_path):
 
     def collect():
         if trainer.global_step == 64:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)  # impatient: stop now
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # impatient: stop now
         return original()
     trainer.collector.collect = collect
     with pytest.raises(KeyboardInterrupt) as stopped:

@@ -106,6 +106,16 @@ def test_single_outlier_does_not_fire():
     assert fired(rows) == {}
 
 
+def test_value_loss_back_to_normal_after_a_solved_stretch_is_not_a_blowup():
+    # a solved CartPole: returns constant, value loss 1e-4; then failed episodes bring it back to ~the run's start
+    rows = with_series(healthy_rows(), "value_loss", lambda i, v: 1e-4 if 50 <= i < 75 else (8.0 if i >= 75 else v))
+    rows = with_series(rows, "grad_norm", lambda i, v: 0.05 if 50 <= i < 75 else v)
+    assert fired(rows) == {}
+    # the same jump to 100x the run's normal scale is a blow-up
+    worse = with_series(rows, "value_loss", lambda i, v: 2000.0 if i >= 75 else v)
+    assert "value_loss_blowup" in fired(worse)
+
+
 def test_kl_single_collapse_sized_jump_fires():
     rows = healthy_rows()
     rows[70] = dict(rows[70], approx_kl=3.0)  # a 3-nat step: 375x the run's median KL

@@ -1,17 +1,20 @@
 """One PPO update: K epochs of shuffled minibatches of Adam on the rollout."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from proximo.core.advantages import normalize
 from proximo.core.objectives import entropy_bonus, policy_loss, value_loss
+from proximo.nn.flat import is_flat_intact, realias_parameters
 from proximo.nn.policy import ActorCritic
 from proximo.rollout import NonFiniteError, RolloutBuffer
 
 RATIO_BINS = 40
 RATIO_RANGE = (0.0, 2.0)
+STAT_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "approx_kl_k1", "clip_fraction")
 
 
 @dataclass
@@ -39,6 +42,11 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     return float(1.0 - (target - predicted).var() / var_target)
 
 
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors the optimizer steps (one flat tensor when the policy was flattened)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: RolloutBuffer,
                settings: UpdateSettings, generator: torch.Generator | None = None) -> dict[str, float]:
     """Optimize the policy on one rollout; returns mean statistics of the update.
@@ -55,66 +63,91 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
     advantages = buffer.advantages.flatten()
     returns = buffer.returns.flatten()
     total = obs.shape[0]
-    sums = dict(policy_loss=0.0, value_loss=0.0, entropy=0.0, approx_kl=0.0, approx_kl_k1=0.0,
-                clip_fraction=0.0, grad_norm=0.0)
-    n_minibatches = 0
-    epochs_run = 0
+    batch_size = settings.batch_size
+    params = optimizer_params(optimizer)
+    flat = getattr(policy, "_proximo_flat", None)
+    if flat is not None and any(p is flat for p in params) and not is_flat_intact(policy, flat):
+        realias_parameters(policy, flat)
+    # Per-minibatch statistics stay tensors until the end: one host read per update, not ~10 per step.
+    rows: list[torch.Tensor] = []
+    grad_norms: list[torch.Tensor] = []
+    epoch_rows: list[int] = []          # minibatches that ran in each epoch
+    last_ratios: list[torch.Tensor] = []
     stop = False
-    ratio_hist = torch.zeros(RATIO_BINS)
-    ratio_min, ratio_max = float("inf"), float("-inf")
-    kl_last_epoch = 0.0
-    params = [p for p in policy.parameters() if p.requires_grad]
+    # One minibatch holding the whole rollout is the same every epoch (a mean does not depend on
+    # the order), so shuffling and advantage normalization are done once, not once per epoch.
+    whole = batch_size >= total
+    whole_adv = normalize(advantages) if whole and settings.normalize_advantage else advantages
+    columns = (obs, actions, old_log_probs, old_values, advantages, returns)
     for epoch in range(settings.n_epochs):
-        permutation = torch.randperm(total, generator=generator)
-        epoch_kl, epoch_batches = 0.0, 0
-        epoch_hist = torch.zeros(RATIO_BINS)
-        epoch_min, epoch_max = float("inf"), float("-inf")
-        for start in range(0, total, settings.batch_size):
-            idx = permutation[start:start + settings.batch_size]
-            mb_adv = advantages[idx]
-            if settings.normalize_advantage:
-                mb_adv = normalize(mb_adv)
-            log_probs, entropy, values = policy.evaluate(obs[idx], actions[idx])
-            pg = policy_loss(log_probs, old_log_probs[idx], mb_adv, settings.objective,
+        if whole:
+            shuffled = columns
+        else:
+            # Gather once per epoch, then take contiguous slices: the same minibatches as indexing
+            # each one with its slice of the permutation, for 6 gathers per epoch instead of per batch.
+            permutation = torch.randperm(total, generator=generator)
+            shuffled = tuple(column[permutation] for column in columns)
+        epoch_ratios: list[torch.Tensor] = []
+        for start in range(0, total, batch_size):
+            if whole:
+                mb_obs, mb_actions, mb_old_logp, mb_old_values, _, mb_returns = shuffled
+                mb_adv = whole_adv
+            else:
+                end = start + batch_size
+                mb_obs, mb_actions, mb_old_logp, mb_old_values, mb_adv, mb_returns = (
+                    column[start:end] for column in shuffled)
+                if settings.normalize_advantage:
+                    mb_adv = normalize(mb_adv)
+            log_probs, entropy, values = policy.evaluate(mb_obs, mb_actions)
+            pg = policy_loss(log_probs, mb_old_logp, mb_adv, settings.objective,
                              settings.clip_range, kl_coef=settings.kl_coef)
             if settings.target_kl is not None and pg.approx_kl_k3.item() > 1.5 * settings.target_kl:
                 stop = True
                 break
-            vf = value_loss(values, old_values[idx], returns[idx], settings.clip_range_vf)
-            ent = entropy_bonus(entropy)
-            loss = pg.loss + settings.vf_coef * vf - settings.ent_coef * ent
-            if not torch.isfinite(loss):
+            vf = value_loss(values, mb_old_values, mb_returns, settings.clip_range_vf)
+            loss = pg.loss + settings.vf_coef * vf
+            if settings.ent_coef != 0.0:
+                ent = entropy_bonus(entropy)
+                loss = loss - settings.ent_coef * ent
+            else:
+                # A zero coefficient adds nothing to the gradient; keep entropy out of the graph.
+                ent = entropy_bonus(entropy.detach())
+            if not math.isfinite(loss.item()):
                 raise NonFiniteError(
                     f"the loss became {loss.item()} (policy {pg.loss.item()}, value {vf.item()}, "
                     f"entropy {ent.item()}) in epoch {epoch}; lower learning_rate or enable normalize_obs")
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=flat is None)
             loss.backward()
             if settings.max_grad_norm is not None:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             else:
-                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                grad_norm = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]))
             optimizer.step()
-            n_minibatches += 1
-            sums["policy_loss"] += pg.loss.item()
-            sums["value_loss"] += vf.item()
-            sums["entropy"] += ent.item()
-            sums["approx_kl"] += pg.approx_kl_k3.item()
-            sums["approx_kl_k1"] += pg.approx_kl_k1.item()
-            sums["clip_fraction"] += pg.clip_fraction.item()
-            sums["grad_norm"] += float(grad_norm)
-            epoch_kl += pg.approx_kl_k3.item()
-            epoch_batches += 1
-            epoch_hist += torch.histc(pg.ratio, RATIO_BINS, *RATIO_RANGE)
-            epoch_min = min(epoch_min, pg.ratio.min().item())
-            epoch_max = max(epoch_max, pg.ratio.max().item())
-        if epoch_batches:
-            epochs_run += 1
-            kl_last_epoch = epoch_kl / epoch_batches
-            ratio_hist, ratio_min, ratio_max = epoch_hist, epoch_min, epoch_max
+            rows.append(torch.stack([pg.loss.detach(), vf.detach(), ent.detach(), pg.approx_kl_k3,
+                                     pg.approx_kl_k1, pg.clip_fraction]))
+            grad_norms.append(grad_norm)
+            epoch_ratios.append(pg.ratio)
+        if epoch_ratios:
+            epoch_rows.append(len(epoch_ratios))
+            last_ratios = epoch_ratios
         if stop:
             break
-    stats = {key: value / max(n_minibatches, 1) for key, value in sums.items()}
-    stats.update(epochs=float(epochs_run), minibatches=float(n_minibatches),
+    n_minibatches = len(rows)
+    stats = dict.fromkeys(STAT_KEYS, 0.0)
+    kl_last_epoch = 0.0
+    ratio_hist = torch.zeros(RATIO_BINS)
+    ratio_min, ratio_max = float("inf"), float("-inf")
+    if n_minibatches:
+        table = torch.stack(rows)
+        means = table.mean(0).tolist()
+        stats.update(zip(STAT_KEYS, means))
+        stats["grad_norm"] = float(torch.stack(grad_norms).float().mean())
+        kl_last_epoch = float(table[-epoch_rows[-1]:, STAT_KEYS.index("approx_kl")].mean())
+        ratios = torch.cat(last_ratios)
+        ratio_hist = torch.histc(ratios, RATIO_BINS, *RATIO_RANGE)
+        ratio_min, ratio_max = float(ratios.min()), float(ratios.max())
+    stats.update(epochs=float(len(epoch_rows)), minibatches=float(n_minibatches),
                  explained_variance=explained_variance(buffer.values.flatten(), returns),
                  advantage_std=float(advantages.std()) if total > 1 else 0.0,
                  ratio_min=ratio_min, ratio_max=ratio_max, kl_last_epoch=kl_last_epoch,

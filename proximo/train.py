@@ -31,6 +31,7 @@ from proximo.envs.make import EnvLike, make_vector_env
 from proximo.envs.snapshot import restore_vector_env, snapshot_vector_env, vector_env_obstacle
 from proximo.evaluate import evaluate_policy
 from proximo.metrics import MetricsWriter, Progress
+from proximo.nn.flat import flatten_parameters
 from proximo.nn.policy import ActorCritic
 from proximo.ppo import UpdateSettings, ppo_update
 from proximo.rollout import NonFiniteError, RewardScaler, RolloutCollector
@@ -76,8 +77,14 @@ def build_policy(observation_space, action_space, config: PPOConfig) -> ActorCri
 
 
 def make_adam(policy: ActorCritic, config: PPOConfig) -> torch.optim.Optimizer:
-    """Adam over the policy parameters (foreach kernels: one launch per step, not per tensor)."""
-    return torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, foreach=True)
+    """Adam over the policy parameters, kept in one flat tensor (proximo/nn/flat.py) with the fused kernel.
+
+    Small MLPs have ~14 tiny tensors; one flat tensor makes Adam and grad clipping ~5x cheaper.
+    """
+    flat = flatten_parameters(policy)
+    if flat is None:
+        return torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, foreach=True)
+    return torch.optim.Adam([flat], lr=config.learning_rate, eps=config.adam_eps, fused=True)
 
 
 def env_name(env: EnvLike) -> str | None:

@@ -53,7 +53,11 @@ def policy_loss(
     eps_low = clip_range
     eps_high = clip_range if clip_range_high is None else clip_range_high
     surrogate = ratio * advantages
-    kl_k3 = kl_estimate(logp_old, logp_new, "k3")
+    if objective in ("adaptive_kl", "fixed_kl"):
+        kl_k3 = kl_estimate(logp_old, logp_new, "k3")
+    else:
+        with torch.no_grad():  # only a statistic here; keeping it out of the graph saves backward work
+            kl_k3 = kl_estimate(logp_old, logp_new, "k3")
     if objective == "clip":
         clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
         per_sample = -torch.minimum(surrogate, clipped)

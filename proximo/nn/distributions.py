@@ -28,6 +28,11 @@ class CategoricalDist:
     def sample(self) -> torch.Tensor:
         return torch.multinomial(self.log_probs.exp(), 1).squeeze(-1)
 
+    def sample_with_log_prob(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actions, their log-probs), sharing the gather index."""
+        index = torch.multinomial(self.log_probs.exp(), 1)
+        return index.squeeze(-1), self.log_probs.gather(-1, index).squeeze(-1)
+
     def mode(self) -> torch.Tensor:
         return self.log_probs.argmax(-1)
 
@@ -47,6 +52,12 @@ class DiagGaussianDist:
 
     def sample(self) -> torch.Tensor:
         return self.mean + self.log_std.exp() * torch.randn_like(self.mean)
+
+    def sample_with_log_prob(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actions, their log-probs); the standardized sample z is the noise itself, so no division."""
+        noise = torch.randn_like(self.mean)
+        actions = self.mean + self.log_std.exp() * noise
+        return actions, (-0.5 * noise.square() - self.log_std).sum(-1) - _HALF_LOG_2PI * noise.shape[-1]
 
     def mode(self) -> torch.Tensor:
         return self.mean
@@ -68,6 +79,11 @@ class MultiCategoricalDist:
     def sample(self) -> torch.Tensor:
         return torch.stack([p.sample() for p in self.parts], dim=-1)
 
+    def sample_with_log_prob(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actions [B, k], summed log-probs [B])."""
+        actions = self.sample()
+        return actions, self.log_prob(actions)
+
     def mode(self) -> torch.Tensor:
         return torch.stack([p.mode() for p in self.parts], dim=-1)
 
@@ -86,6 +102,11 @@ class BernoulliDist:
 
     def sample(self) -> torch.Tensor:
         return torch.bernoulli(torch.sigmoid(self.logits))
+
+    def sample_with_log_prob(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actions [B, n], summed log-probs [B])."""
+        actions = self.sample()
+        return actions, self.log_prob(actions)
 
     def mode(self) -> torch.Tensor:
         return (self.logits > 0).to(self.logits.dtype)
@@ -122,7 +143,7 @@ class ActionHead(nn.Module):
 
     def forward(self, features: torch.Tensor):
         """The action distribution for features [B, F]."""
-        out = self.linear(features)
+        out = F.linear(features, self.linear.weight, self.linear.bias)
         if self.kind == "discrete":
             return CategoricalDist(out)
         if self.kind == "box":

@@ -5,14 +5,18 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from proximo.nn.distributions import make_action_head
+from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, make_action_head
 from proximo.nn.encoders import NatureCNN, encode_flat, flat_dim, is_image_space
+from proximo.nn.fast import fast_tanh
 from proximo.nn.normalize import RunningMeanStd
 
 ACTIVATION_LAYERS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+# The same activations as plain functions, for the module-free forward pass (see ActorCritic._mlp).
+ACTIVATION_FUNCTIONS = {"tanh": fast_tanh, "relu": torch.relu, "elu": F.elu, "gelu": F.gelu, "silu": F.silu}
 
 
 def mlp(in_features: int, widths: list[int], activation: str) -> nn.Sequential:
@@ -68,6 +72,7 @@ class ActorCritic(nn.Module):
         features = net_arch[-1]
         self.action_head = make_action_head(action_space, features, log_std_init)
         self.value_head = nn.Linear(features, 1)
+        self._activation = ACTIVATION_FUNCTIONS[activation]
         if ortho_init:
             orthogonal_init(self.torso, math.sqrt(2))
             orthogonal_init(self.pi_net, math.sqrt(2))
@@ -93,36 +98,54 @@ class ActorCritic(nn.Module):
         return self.obs_rms.normalize(x, self.clip_obs)
 
     # networks ----------------------------------------------------------------------------------
+    def _mlp(self, net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        # Same math as net(x), without a Module call per layer: with 64-wide layers the calls,
+        # not the matmuls, are most of the cost. Plain Linear/activation stacks only (see mlp()).
+        activation = self._activation
+        for layer in net:
+            if isinstance(layer, nn.Linear):
+                x = activation(F.linear(x, layer.weight, layer.bias))
+        return x
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.torso(x) if self.image else x
+
     def _latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.torso(x)
-        latent_pi = self.pi_net(features)
-        latent_vf = latent_pi if self.shared_network else self.vf_net(features)
+        features = self._features(x)
+        latent_pi = self._mlp(self.pi_net, features)
+        latent_vf = latent_pi if self.shared_network else self._mlp(self.vf_net, features)
         return latent_pi, latent_vf
+
+    def _value_of(self, latent_vf: torch.Tensor) -> torch.Tensor:
+        return F.linear(latent_vf, self.value_head.weight, self.value_head.bias).squeeze(-1)
 
     def distribution(self, x: torch.Tensor):
         """The action distribution for normalized observations x [B, *obs_shape]."""
-        return self.action_head(self.pi_net(self.torso(x)))
+        return self.action_head(self._mlp(self.pi_net, self._features(x)))
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """V(x) [B] for normalized observations."""
-        features = self.torso(x)
-        latent = self.pi_net(features) if self.shared_network else self.vf_net(features)
-        return self.value_head(latent).squeeze(-1)
+        features = self._features(x)
+        return self._value_of(self._mlp(self.pi_net if self.shared_network else self.vf_net, features))
 
     def act(self, x: torch.Tensor, deterministic: bool = False
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample (or take the mode of) actions; returns (actions, log_probs [B], values [B])."""
         latent_pi, latent_vf = self._latents(x)
         dist = self.action_head(latent_pi)
-        actions = dist.mode() if deterministic else dist.sample()
-        return actions, dist.log_prob(actions), self.value_head(latent_vf).squeeze(-1)
+        if deterministic:
+            actions = dist.mode()
+            log_probs = dist.log_prob(actions)
+        else:
+            actions, log_probs = dist.sample_with_log_prob()
+        return actions, log_probs, self._value_of(latent_vf)
 
     def evaluate(self, x: torch.Tensor, actions: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log_probs [B], entropy [B], values [B]) of stored actions under the current networks."""
         latent_pi, latent_vf = self._latents(x)
         dist = self.action_head(latent_pi)
-        return dist.log_prob(actions), dist.entropy(), self.value_head(latent_vf).squeeze(-1)
+        return dist.log_prob(actions), dist.entropy(), self._value_of(latent_vf)
 
     def to_env_actions(self, actions: torch.Tensor) -> np.ndarray:
         """Actions as the env wants them: Box actions clipped to bounds (log-probs keep the raw sample)."""
@@ -137,3 +160,61 @@ class ActorCritic(nn.Module):
     def space_signature(self) -> dict[str, str]:
         """Text of the observation and action spaces, to detect a policy loaded for another env."""
         return {"observation_space": repr(self.observation_space), "action_space": repr(self.action_space)}
+
+
+class RolloutActor:
+    """A frozen copy of an MLP actor-critic for one rollout: actor and critic fused into one network.
+
+    Layer k of the fused net is block_diag(actor layer k, critic layer k), the last layer stacks
+    the action head and the value head, so one step of inference is L matmuls and L-1 activations
+    on [B, 2W] instead of 2L + 2 small matmuls. Built from the current weights; rebuild it after
+    every update. Sampling uses torch's RNG exactly as the distribution heads do.
+    """
+
+    def __init__(self, policy: ActorCritic) -> None:
+        head = policy.action_head
+        self.kind = head.kind
+        self.activation = policy._activation
+        with torch.no_grad():
+            pi = [m for m in policy.pi_net if isinstance(m, nn.Linear)]
+            vf = [m for m in policy.vf_net if isinstance(m, nn.Linear)]
+            self.weights: list[torch.Tensor] = []
+            self.biases: list[torch.Tensor] = []
+            for k, (a, c) in enumerate(zip(pi, vf)):
+                # The first layer reads the same input for both nets: stack, do not block-diagonalize.
+                weight = torch.cat([a.weight, c.weight]) if k == 0 else torch.block_diag(a.weight, c.weight)
+                self.weights.append(weight.t().contiguous())
+                self.biases.append(torch.cat([a.bias, c.bias]))
+            self.weights.append(torch.block_diag(head.linear.weight, policy.value_head.weight).t().contiguous())
+            self.biases.append(torch.cat([head.linear.bias, policy.value_head.bias]))
+            self.n_out = head.linear.out_features
+            if self.kind == "box":
+                log_std = torch.clamp(head.log_std, LOG_STD_MIN, LOG_STD_MAX)
+                self.std = log_std.exp()
+                # log N(mean + std z | mean, std) = -|z|^2 / 2 - sum(log_std) - d log(2 pi) / 2
+                self.log_prob_const = -(log_std.sum() + _HALF_LOG_2PI * self.n_out)
+
+    @staticmethod
+    def supports(policy: ActorCritic) -> bool:
+        """True for flat observations, separate actor and critic of equal widths, Discrete or Box actions."""
+        if policy.image or policy.shared_network or policy.action_head.kind not in ("discrete", "box"):
+            return False
+        pi = [m.out_features for m in policy.pi_net if isinstance(m, nn.Linear)]
+        vf = [m.out_features for m in policy.vf_net if isinstance(m, nn.Linear)]
+        return len(pi) == len(vf) > 0
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sampled actions, their log-probs [B], values [B]) for normalized observations [B, D]."""
+        activation = self.activation
+        last = len(self.weights) - 1
+        for k in range(last):
+            x = activation(torch.addmm(self.biases[k], x, self.weights[k]))
+        out = torch.addmm(self.biases[last], x, self.weights[last])
+        head, values = out[:, :self.n_out], out[:, self.n_out]
+        if self.kind == "discrete":
+            log_probs = torch.log_softmax(head, dim=-1)
+            index = torch.multinomial(log_probs.exp(), 1)  # the same draw as CategoricalDist
+            return index.squeeze(-1), log_probs.gather(-1, index).squeeze(-1), values
+        noise = torch.randn_like(head)
+        actions = torch.addcmul(head, self.std, noise)
+        return actions, torch.add(self.log_prob_const, noise.square().sum(-1), alpha=-0.5), values

@@ -97,7 +97,11 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_one, env_id, seed, args) for env_id, seed in jobs]
         for future in as_completed(futures):
-            results.append(future.result())
+            try:
+                results.append(future.result())
+            except RuntimeError as exc:  # one failed run must not throw away the others
+                print(exc, file=sys.stderr, flush=True)
+                continue
             # Rewrite after every finished run: the files always hold what has been measured so far.
             results.sort(key=lambda r: (args.env_list.index(r["env_id"]), r["seed"]))
             markdown = table(results, args)

@@ -16,7 +16,7 @@ from proximo.config import PRESETS, PPOConfig, field_types
 from proximo.errors import ConfigError, ProximoError
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
-COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor"]
+COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli"]
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,0 +1,168 @@
+"""`proximo llm sft | rm | rlhf | grpo | eval`: the language-model commands."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from proximo.errors import ProximoError
+from proximo.llm.config import GRPOConfig, RewardModelConfig, RLHFConfig, SFTConfig
+
+
+def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One --dashed-flag per config field, unset by default so the dataclass defaults apply."""
+    from proximo.cli import _parser_for
+
+    group = parser.add_argument_group(f"{config_cls.__name__} fields")
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        default = field.default
+        group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}",
+                           type=_parser_for(hints[field.name]), default=None, metavar="V",
+                           help=f"default {default}")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {key[4:]: value for key, value in vars(args).items() if key.startswith("cfg_") and value is not None}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", type=Path, help="where to write the run (default runs/llm-<kind>-...)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+
+
+def register(subparsers) -> None:
+    """Add the `llm` command and its subcommands."""
+    llm = subparsers.add_parser("llm", help="language models: sft, reward model, PPO-RLHF, GRPO, eval")
+    sub = llm.add_subparsers(dest="llm_command", required=True, parser_class=type(llm))
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning on a built-in task to a weak starting accuracy")
+    sft.add_argument("--model", default="tiny", help="built-in model name (tiny, tiny-llama, small) or a directory")
+    _common(sft)
+    _add_fields(sft, SFTConfig)
+    sft.set_defaults(handler=cmd_sft)
+
+    rm = sub.add_parser("rm", help="train a reward model on a task's synthetic preference pairs")
+    rm.add_argument("--init", default="tiny", help="backbone: built-in name, model directory or run directory")
+    _common(rm)
+    _add_fields(rm, RewardModelConfig)
+    rm.set_defaults(handler=cmd_rm)
+
+    rlhf = sub.add_parser("rlhf", help="PPO-RLHF against a reward model")
+    rlhf.add_argument("--init", required=True, help="policy: run directory (e.g. of `llm sft`) or model directory")
+    rlhf.add_argument("--reward-model", required=True, type=Path, help="run directory of `proximo llm rm`")
+    _common(rlhf)
+    _add_fields(rlhf, RLHFConfig)
+    rlhf.set_defaults(handler=cmd_rlhf)
+
+    grpo = sub.add_parser("grpo", help="GRPO with the task's verifiable reward")
+    grpo.add_argument("--init", required=True, help="policy: run directory (e.g. of `llm sft`), model directory "
+                                                    "or built-in name")
+    _common(grpo)
+    _add_fields(grpo, GRPOConfig)
+    grpo.set_defaults(handler=cmd_grpo)
+
+    ev = sub.add_parser("eval", help="held-out accuracy of a model on a built-in task (sampled and greedy)")
+    ev.add_argument("run_dir", help="run directory or model directory")
+    ev.add_argument("--task", default=None, help="task (default: the run's task)")
+    ev.add_argument("--digits", type=int, default=None)
+    ev.add_argument("--prompts", type=int, default=500, help="held-out prompts")
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.set_defaults(handler=cmd_eval)
+
+
+def _init_source(text: str) -> str | Path:
+    from proximo.llm.models import BUILTIN_MODELS
+    return text if text in BUILTIN_MODELS else Path(text)
+
+
+def _run_task(init: str | Path) -> dict[str, Any]:
+    """The task/digits of the run that produced init, if it is a proximo run directory."""
+    path = Path(init) / "config.json"
+    if isinstance(init, Path) and path.is_file():
+        from proximo.checkpoint import load_json
+        data = load_json(path)
+        if "kind" in data and "config" in data:
+            return {k: data["config"][k] for k in ("task", "digits") if k in data["config"]}
+    return {}
+
+
+def _print_eval(summary: dict[str, Any]) -> None:
+    before, after = summary["before"], summary["after"]
+    print(f"held-out sampled accuracy: {before['eval_sampled_accuracy']:.3f} -> {after['eval_sampled_accuracy']:.3f}")
+    print(f"held-out greedy accuracy:  {before['eval_greedy_accuracy']:.3f} -> {after['eval_greedy_accuracy']:.3f}")
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    """Train from scratch (or a directory) on a task; print the held-out accuracy it stopped at."""
+    from proximo.llm.sft import SFT
+    trainer = SFT(_init_source(args.model), run_dir=args.run_dir, verbose=not args.quiet,
+                  tensorboard=not args.no_tensorboard, **_overrides(args))
+    summary = trainer.train()
+    print(f"run: {summary['run_dir']}")
+    print(f"steps: {summary['steps']}  stop: {summary['stop_reason']}  time: {summary['wall_time_s']:.1f} s")
+    print(f"held-out accuracy: sampled {summary['eval_sampled_accuracy']:.3f}  greedy {summary['eval_greedy_accuracy']:.3f}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    """Train a reward model; print its held-out pairwise accuracy."""
+    from proximo.llm.reward_model import train_reward_model
+    init = _init_source(args.init)
+    overrides = {**_run_task(init), **_overrides(args)}
+    summary = train_reward_model(init, run_dir=args.run_dir, verbose=not args.quiet,
+                                 tensorboard=not args.no_tensorboard, **overrides)
+    print(f"run: {summary['run_dir']}")
+    print(f"held-out pairwise accuracy: {summary['pairwise_accuracy_before']:.3f} -> {summary['pairwise_accuracy']:.3f}")
+    return 0
+
+
+def cmd_rlhf(args: argparse.Namespace) -> int:
+    """PPO-RLHF from --init against --reward-model."""
+    from proximo.llm.rlhf import RLHF
+    init = _init_source(args.init)
+    trainer = RLHF(init, reward_model=args.reward_model, run_dir=args.run_dir, verbose=not args.quiet,
+                   tensorboard=not args.no_tensorboard, **{**_run_task(init), **_overrides(args)})
+    summary = trainer.train()
+    print(f"run: {summary['run_dir']}")
+    first, last = trainer.history[0], trainer.history[-1]
+    print(f"reward-model score: {first['score']:.3f} -> {last['score']:.3f}  "
+          f"KL to reference (per token, last 10 steps): {summary['kl_ref_last10']:.4f}")
+    _print_eval(summary)
+    return 0
+
+
+def cmd_grpo(args: argparse.Namespace) -> int:
+    """GRPO from --init on the task's reward."""
+    from proximo.llm.grpo import GRPO
+    init = _init_source(args.init)
+    trainer = GRPO(init, run_dir=args.run_dir, verbose=not args.quiet, tensorboard=not args.no_tensorboard,
+                   **{**_run_task(init), **_overrides(args)})
+    summary = trainer.train()
+    print(f"run: {summary['run_dir']}")
+    print(f"steps: {summary['steps']}  time: {summary['wall_time_s']:.1f} s  "
+          f"generated tokens/s: {summary['gen_tokens_per_s']:,.0f}")
+    _print_eval(summary)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Print held-out sampled and greedy accuracy of a model on a task."""
+    from proximo.llm.models import load_model
+    from proximo.llm.run import evaluate
+    from proximo.llm.tasks import get_task
+    if args.prompts < 1:
+        raise ProximoError(f"--prompts must be at least 1, got {args.prompts}")
+    saved = _run_task(Path(args.run_dir))
+    task = get_task(args.task or saved.get("task") or "add", args.digits or saved.get("digits"))
+    model, tokenizer, _ = load_model(Path(args.run_dir))
+    prompts = task.held_out_prompts(args.prompts)
+    sampled = evaluate(model, tokenizer, prompts, task.reward, task.max_new_tokens, args.temperature)
+    greedy = evaluate(model, tokenizer, prompts, task.reward, task.max_new_tokens, greedy=True)
+    print(f"{task.name} (digits {task.digits}), {len(prompts)} held-out prompts: "
+          f"sampled accuracy {sampled['reward']:.3f} (temperature {args.temperature})  greedy {greedy['reward']:.3f}")
+    return 0

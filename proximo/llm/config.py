@@ -1,0 +1,244 @@
+"""Typed, validated configs for the LLM commands: sft, rm (reward model), grpo and rlhf."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from proximo.core.kl import KL_ESTIMATORS
+from proximo.errors import ConfigError
+
+LOSS_AGGREGATIONS = ("seq-mean", "token-mean", "constant")
+KL_CONTROLLERS = ("adaptive", "fixed")
+
+
+@dataclass
+class _LLMConfig:
+    """Fields every LLM run has."""
+
+    task: str = "add"                       # built-in task giving prompts, rewards and held-out prompts
+    digits: int | None = None               # task size (add: operand digits, default 3; sort: length, 5)
+    seed: int = 1
+    learning_rate: float = 1e-4
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    max_new_tokens: int | None = None       # None: the task's answer length + 1 (for <eos>)
+    temperature: float = 1.0                # sampling temperature of rollouts and of sampled evaluation
+    eval_every: int = 20                    # steps between held-out evaluations (0: only start and end)
+    eval_prompts: int = 500                 # held-out prompts per evaluation
+    save_every: int = 0                     # steps between checkpoints; 0: only the final model
+    torch_threads: int = 1                  # 0: torch's default; 1 is fastest for tiny models on shared CPUs
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value and the fix."""
+        _check_types(self)
+        for name in ("learning_rate", "adam_eps", "temperature"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive finite number, got {value}")
+        for name in ("eval_every", "save_every", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.eval_prompts < 1:
+            raise ConfigError(f"eval_prompts must be at least 1, got {self.eval_prompts}")
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 48:
+            raise ConfigError(f"max_new_tokens must lie in 1..48 (or None for the task's), got {self.max_new_tokens}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
+        if self.digits is not None and not 1 <= self.digits <= 12:
+            raise ConfigError(f"digits must lie in 1..12, got {self.digits}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Build from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **overrides: Any):
+        """A validated copy with some fields changed."""
+        return type(self).from_dict({**self.to_dict(), **overrides})
+
+
+@dataclass
+class SFTConfig(_LLMConfig):
+    """Supervised fine-tuning on a task's exact answers, stopped at a target held-out accuracy."""
+
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    max_steps: int = 20_000
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    eval_every: int = 50
+    target_accuracy: float | None = 0.4     # stop once held-out sampled accuracy reaches this (None: never)
+    max_time_s: float | None = None         # stop after this much wall time
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value and the fix."""
+        super().validate()
+        for name in ("batch_size", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ConfigError("warmup_steps and weight_decay must not be negative")
+        if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 1.0:
+            raise ConfigError(f"target_accuracy must lie in (0, 1] or be None, got {self.target_accuracy}")
+
+
+@dataclass
+class RewardModelConfig(_LLMConfig):
+    """A scalar reward head on a causal LM, trained with the Bradley-Terry loss on preference pairs."""
+
+    learning_rate: float = 3e-4
+    batch_size: int = 64
+    max_steps: int = 600
+    train_pairs: int = 20_000
+    eval_pairs: int = 500
+    eval_every: int = 100
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value and the fix."""
+        super().validate()
+        for name in ("batch_size", "max_steps", "train_pairs", "eval_pairs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class _RLConfig(_LLMConfig):
+    """Fields shared by GRPO and PPO-RLHF."""
+
+    steps: int = 200                        # rollout + update rounds
+    prompts_per_step: int = 32
+    n_epochs: int = 1                       # K passes over each rollout
+    num_minibatches: int = 2                # minibatches per epoch
+    clip_range: float = 0.2
+    clip_range_high: float | None = None    # separate upper clip ("clip-higher"); None: same as clip_range
+    kl_coef: float = 0.0                    # beta on the KL to the frozen reference (its start if adaptive)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value and the fix."""
+        super().validate()
+        for name in ("steps", "prompts_per_step", "n_epochs", "num_minibatches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.clip_range < 1.0:
+            raise ConfigError(f"clip_range must lie in (0, 1), got {self.clip_range}")
+        if self.clip_range_high is not None and not 0.0 < self.clip_range_high < 10.0:
+            raise ConfigError(f"clip_range_high must lie in (0, 10) or be None, got {self.clip_range_high}")
+        if self.kl_coef < 0:
+            raise ConfigError(f"kl_coef must not be negative, got {self.kl_coef}")
+
+    @property
+    def rollout_size(self) -> int:
+        """Completions per step."""
+        return self.prompts_per_step
+
+    def _check_minibatches(self) -> None:
+        if self.rollout_size % self.num_minibatches != 0:
+            raise ConfigError(f"num_minibatches {self.num_minibatches} does not divide the {self.rollout_size} "
+                              f"completions per step; choose a divisor of {self.rollout_size}")
+
+
+@dataclass
+class GRPOConfig(_RLConfig):
+    """GRPO: G completions per prompt, group-relative advantages, no critic, k3 KL as a loss term."""
+
+    learning_rate: float = 2e-4
+    group_size: int = 8                     # G completions per prompt
+    scale_rewards: bool = True              # divide group-centred rewards by the group std
+    loss_aggregation: str = "token-mean"    # seq-mean | token-mean | constant
+    loss_constant: float | None = None      # normalizer of "constant" (None: max_new_tokens)
+    ent_coef: float = 0.0
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value and the fix."""
+        super().validate()
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be at least 2 (advantages are relative within a group), "
+                              f"got {self.group_size}")
+        if self.loss_aggregation not in LOSS_AGGREGATIONS:
+            raise ConfigError(f"loss_aggregation must be one of {', '.join(LOSS_AGGREGATIONS)}; "
+                              f"got {self.loss_aggregation!r}")
+        if self.loss_constant is not None and not self.loss_constant > 0:
+            raise ConfigError(f"loss_constant must be positive or None, got {self.loss_constant}")
+        if self.ent_coef < 0:
+            raise ConfigError(f"ent_coef must not be negative, got {self.ent_coef}")
+        self._check_minibatches()
+
+    @property
+    def rollout_size(self) -> int:
+        """Completions per step: prompts_per_step x group_size."""
+        return self.prompts_per_step * self.group_size
+
+
+@dataclass
+class RLHFConfig(_RLConfig):
+    """PPO-RLHF: reward-model score at the last token, per-token KL penalty, value head, GAE over tokens."""
+
+    learning_rate: float = 1e-4
+    prompts_per_step: int = 128
+    n_epochs: int = 2
+    num_minibatches: int = 4
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"                # estimator of the per-token KL penalty in the reward
+    kl_controller: str = "adaptive"         # adaptive | fixed
+    kl_target: float = 0.5                  # target KL per sequence (nats) of the adaptive controller
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    vf_coef: float = 0.1
+    clip_range_vf: float | None = 0.2
+    ent_coef: float = 0.0
+    whiten_advantages: bool = True
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value and the fix."""
+        super().validate()
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ConfigError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; got {self.kl_estimator!r}")
+        if self.kl_controller not in KL_CONTROLLERS:
+            raise ConfigError(f"kl_controller must be one of {', '.join(KL_CONTROLLERS)}; got {self.kl_controller!r}")
+        if self.kl_controller == "adaptive" and not self.kl_target > 0:
+            raise ConfigError(f"kl_target must be positive for the adaptive controller, got {self.kl_target}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.vf_coef < 0 or self.ent_coef < 0:
+            raise ConfigError("vf_coef and ent_coef must not be negative")
+        if self.clip_range_vf is not None and not self.clip_range_vf > 0:
+            raise ConfigError(f"clip_range_vf must be positive or None, got {self.clip_range_vf}")
+        self._check_minibatches()
+
+
+_UnionType = type(int | None)
+
+
+def _check_types(config: _LLMConfig) -> None:
+    for name, hint in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+        ok = False
+        for kind in allowed:
+            if kind is type(None) and value is None:
+                ok = True
+            elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(config, name, float(value))
+                ok = True
+            elif kind in (int, str, bool) and type(value) is kind:
+                ok = True
+            if ok:
+                break
+        if not ok:
+            names = " or ".join("None" if k is type(None) else k.__name__ for k in allowed)
+            raise ConfigError(f"{name} must be of type {names}, got {value!r}")

@@ -1,0 +1,104 @@
+"""GRPO: G completions per prompt, advantages relative to the group, no critic; the clipped objective
+is proximo.core.policy_loss (the same function the CartPole trainer calls), the KL to the frozen
+reference is a k3 loss term, and the per-token loss is aggregated by seq-mean, token-mean or constant."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from proximo.core import kl_estimate, masked_mean, policy_loss
+from proximo.llm.config import GRPOConfig
+from proximo.llm.generation import response_logprobs
+from proximo.llm.losses import aggregate_loss, group_advantages
+from proximo.llm.rl import RLTrainer
+from proximo.llm.run import RewardFn, call_reward
+
+
+def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                    advantages: torch.Tensor, mask: torch.Tensor, clip_range: float,
+                    clip_range_high: float | None, kl_coef: float, aggregation: str,
+                    constant: float | None = None):
+    """GRPO loss (scalar) on [B, R] log-probs and per-sequence advantages [B]; returns (loss,
+    PolicyLossOutput, mean k3 KL to the reference)."""
+    adv = advantages[:, None].expand_as(logp)
+    out = policy_loss(logp, old_logp, adv, "clip", clip_range, clip_range_high, mask=mask)
+    per_token = out.per_sample
+    kl_ref = torch.zeros(())
+    if ref_logp is not None:
+        kl_tokens = kl_estimate(logp, ref_logp, "k3")
+        kl_ref = masked_mean(kl_tokens.detach(), mask)
+        if kl_coef > 0:
+            per_token = per_token + kl_coef * kl_tokens
+    return aggregate_loss(per_token, mask, aggregation, constant), out, kl_ref
+
+
+class GRPO(RLTrainer):
+    """GRPO on a built-in task or your own reward: GRPO("tiny" | model_dir | run_dir, reward_fn=...,
+    prompts=[...], **GRPOConfig fields).train(steps) -> summary dict."""
+
+    kind = "grpo"
+
+    def __init__(self, model: str | Path = "tiny", reward_fn: RewardFn | None = None,
+                 prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
+                 run_dir: str | Path | None = None, verbose: bool = False, tensorboard: bool = True,
+                 **config: Any) -> None:
+        if reward_fn is not None and "task" not in config:
+            config["task"] = ""
+        super().__init__(model, GRPOConfig(**config), reward_fn, prompts, eval_prompts, run_dir, verbose,
+                         tensorboard)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Sample G completions for each of prompts_per_step prompts, then K epochs of minibatch updates."""
+        cfg: GRPOConfig = self.config
+        started = time.perf_counter()
+        prompts = [p for p in self.sample_prompts(cfg.prompts_per_step) for _ in range(cfg.group_size)]
+        rollout, completions, gen_s = self.rollout(prompts)
+        rewards = call_reward(self.reward_fn, prompts, completions)
+        advantages = group_advantages(rewards, cfg.group_size, cfg.scale_rewards)
+        input_ids, attention, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        width = rollout.prompt_ids.shape[1]
+        with torch.inference_mode():
+            # Recomputed (not the sampler's) so that the first ratio is exactly 1 in training numerics.
+            old_logp, _, _ = response_logprobs(self.model, input_ids, attention, width, cfg.temperature)
+            ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature)
+        constant = cfg.loss_constant or float(self.max_new_tokens)
+        batch = len(prompts)
+        size = batch // cfg.num_minibatches
+        stats = {"policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0}
+        count = 0
+        for _ in range(cfg.n_epochs):
+            order = torch.randperm(batch)
+            for start in range(0, batch, size):
+                idx = order[start:start + size]
+                logp, entropy, _ = response_logprobs(self.model, input_ids[idx], attention[idx], width,
+                                                     cfg.temperature, with_entropy=True)
+                loss, out, kl_ref = grpo_token_loss(
+                    logp, old_logp[idx], ref_logp[idx], advantages[idx], mask[idx], cfg.clip_range,
+                    cfg.clip_range_high, cfg.kl_coef, cfg.loss_aggregation, constant)
+                mean_entropy = masked_mean(entropy, mask[idx])
+                if cfg.ent_coef > 0:
+                    loss = loss - cfg.ent_coef * mean_entropy
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                count += 1
+                stats["policy_loss"] += float(loss.detach())
+                stats["clip_fraction"] += float(out.clip_fraction)
+                stats["approx_kl"] += float(out.approx_kl_k3)
+                stats["entropy"] += float(mean_entropy)
+                stats["kl_ref"] += float(kl_ref)
+        tokens = float(mask.sum())
+        seconds = time.perf_counter() - started
+        row = {key: value / count for key, value in stats.items()}
+        row.update({
+            "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "accuracy": float(rewards.mean()) if self.task is not None and self.reward_fn == self.task.reward else None,
+            "response_length": tokens / batch, "kl_coef": cfg.kl_coef, "learning_rate": cfg.learning_rate,
+            "gen_tokens_per_s": tokens / max(gen_s, 1e-9), "tokens_per_s": tokens / seconds,
+        })
+        return row

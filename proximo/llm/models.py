@@ -1,0 +1,141 @@
+"""Causal LMs for proximo.llm: a built-in tiny GPT-2/Llama built from a config (no downloads), any
+transformers causal LM in a local directory, and the small linear heads (value, reward) on top.
+
+A model directory is transformers' save_pretrained layout (config.json + model.safetensors) plus the
+tokenizer files; heads live next to it as <name>_head.safetensors. Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from proximo.checkpoint import atomic_save_tensors, load_tensors
+from proximo.errors import ProximoError
+from proximo.llm.tokenizer import CharTokenizer, load_tokenizer
+
+# Built-in shapes: about 0.6M (tiny), 0.6M Llama-style (tiny-llama) and 2.4M (small) parameters.
+BUILTIN_MODELS = {
+    "tiny": dict(kind="gpt2", n_layer=3, n_embd=128, n_head=4),
+    "tiny-llama": dict(kind="llama", n_layer=3, n_embd=128, n_head=4),
+    "small": dict(kind="gpt2", n_layer=6, n_embd=192, n_head=6),
+}
+MAX_POSITIONS = 64
+
+
+def build_builtin(name: str, vocab_size: int, seed: int | None = None) -> nn.Module:
+    """A freshly initialized built-in causal LM ('tiny', 'tiny-llama' or 'small') for vocab_size ids."""
+    if name not in BUILTIN_MODELS:
+        raise ProximoError(f"unknown built-in model {name!r}; choose one of {', '.join(BUILTIN_MODELS)} "
+                           f"or give a model directory")
+    spec = BUILTIN_MODELS[name]
+    if seed is not None:
+        torch.manual_seed(seed)
+    if spec["kind"] == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+        config = GPT2Config(vocab_size=vocab_size, n_positions=MAX_POSITIONS, n_embd=spec["n_embd"],
+                            n_layer=spec["n_layer"], n_head=spec["n_head"], bos_token_id=1, eos_token_id=2,
+                            pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = GPT2LMHeadModel(config)
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+        config = LlamaConfig(vocab_size=vocab_size, hidden_size=spec["n_embd"], intermediate_size=4 * spec["n_embd"],
+                             num_hidden_layers=spec["n_layer"], num_attention_heads=spec["n_head"],
+                             num_key_value_heads=spec["n_head"], max_position_embeddings=MAX_POSITIONS,
+                             bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+        model = LlamaForCausalLM(config)
+    return model
+
+
+def is_model_dir(path: Path) -> bool:
+    """True if path holds a saved causal LM (config.json with a model_type)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The model directory for a model directory or a proximo run directory (its model/ folder)."""
+    path = Path(path)
+    if is_model_dir(path):
+        return path
+    if is_model_dir(path / "model"):
+        return path / "model"
+    raise ProximoError(f"{path} is neither a model directory (config.json + model.safetensors) nor a "
+                       f"proximo run directory with a model/ folder; pass one of those or a built-in "
+                       f"name ({', '.join(BUILTIN_MODELS)})")
+
+
+def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str | None = None):
+    """(model, tokenizer, model_dir or None) for a built-in name or a local directory (no downloads)."""
+    if isinstance(source, str) and source in BUILTIN_MODELS:
+        tokenizer = CharTokenizer() if tokenizer_chars is None else CharTokenizer(tokenizer_chars)
+        return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None
+    directory = resolve_model_dir(source)
+    from transformers import AutoModelForCausalLM
+    if not (directory / "model.safetensors").is_file():
+        raise ProximoError(f"{directory} has no model.safetensors; proximo loads only safetensors weights "
+                           f"(re-save with save_pretrained(safe_serialization=True))")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ProximoError(f"cannot load a causal LM from {directory}: {exc}") from None
+    return model, load_tokenizer(directory), directory
+
+
+def save_model(model: nn.Module, tokenizer, directory: Path, heads: dict[str, nn.Module] | None = None) -> None:
+    """Write model (safetensors + config.json), tokenizer and heads into directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save(directory)
+    for name, head in (heads or {}).items():
+        atomic_save_tensors(directory / f"{name}_head.safetensors", head.state_dict())
+
+
+def hidden_size(model: nn.Module) -> int:
+    """Width of the model's last hidden state."""
+    config = model.config
+    return int(getattr(config, "hidden_size", None) or config.n_embd)
+
+
+def load_head(directory: Path, name: str, width: int) -> "ScalarHead":
+    """A scalar head saved by save_model, or a CheckpointError naming the missing file."""
+    head = ScalarHead(width)
+    head.load_state_dict(load_tensors(Path(directory) / f"{name}_head.safetensors"))
+    return head
+
+
+class ScalarHead(nn.Module):
+    """A linear map from the last hidden state [B, L, H] to one scalar per position [B, L]."""
+
+    def __init__(self, width: int, init_std: float = 0.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, 1)
+        nn.init.normal_(self.linear.weight, std=init_std) if init_std > 0 else nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scalars [B, L] from hidden states [B, L, H]."""
+        return self.linear(hidden).squeeze(-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counting only real tokens, so left padding does not shift them: [B, L] -> [B, L]."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   with_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(logits [B, L, V] or None, last hidden state [B, L, H]) for padded ids [B, L]."""
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    hidden = out.last_hidden_state
+    logits = model.get_output_embeddings()(hidden) if with_logits else None
+    return logits, hidden

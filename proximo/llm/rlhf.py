@@ -1,0 +1,128 @@
+"""PPO-RLHF: the policy samples, a frozen reward model scores the whole completion (the reward at
+the last token), a per-token KL penalty to the frozen reference is added to the reward, GAE runs
+over tokens with a value head, and the update uses proximo.core's clipped policy and value losses
+with an adaptive or fixed KL coefficient (proximo.core.kl controllers)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from proximo.core import AdaptiveKLController, FixedKLController, masked_mean, masked_whiten, policy_loss, value_loss
+from proximo.errors import ProximoError
+from proximo.llm.config import RLHFConfig
+from proximo.llm.generation import response_logprobs
+from proximo.llm.losses import rlhf_token_rewards, token_gae
+from proximo.llm.models import ScalarHead, hidden_size
+from proximo.llm.reward_model import RewardModel
+from proximo.llm.rl import RLTrainer
+from proximo.llm.run import RewardFn
+
+VALUE_HEAD = "value"
+
+
+class RLHF(RLTrainer):
+    """PPO-RLHF against a reward model: RLHF("tiny" | model_dir | run_dir, reward_model=RM_DIR,
+    prompts=[...], **RLHFConfig fields).train(steps) -> summary dict. Held-out evaluation uses the
+    task's exact-match reward when there is a task, else eval_reward_fn, else the reward model."""
+
+    kind = "rlhf"
+
+    def __init__(self, model: str | Path = "tiny", reward_model: str | Path | RewardModel | None = None,
+                 prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
+                 eval_reward_fn: RewardFn | None = None, run_dir: str | Path | None = None,
+                 verbose: bool = False, tensorboard: bool = True, **config: Any) -> None:
+        if reward_model is None:
+            raise ProximoError("RLHF needs reward_model=DIR (train one with `proximo llm rm`)")
+        self.reward_model = reward_model if isinstance(reward_model, RewardModel) else RewardModel.load(reward_model)
+        self.reward_model.eval()
+        for p in self.reward_model.parameters():
+            p.requires_grad_(False)
+        if prompts is not None and "task" not in config:
+            config["task"] = ""
+        if eval_reward_fn is None and prompts is not None and not config.get("task"):
+            eval_reward_fn = self._score_fn
+        super().__init__(model, RLHFConfig(**config), eval_reward_fn, prompts, eval_prompts, run_dir, verbose,
+                         tensorboard, extra={"reward_model": str(reward_model)})
+        if self.reward_model.tokenizer.vocab_size != self.tokenizer.vocab_size:
+            raise ProximoError("the reward model and the policy use different tokenizers; train the reward model "
+                               "from the same model family (e.g. `proximo llm rm --init` the SFT run)")
+        self.value_head = ScalarHead(hidden_size(self.model))
+        cfg = self.config
+        self.kl_controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target) if cfg.kl_controller == "adaptive"
+                              else FixedKLController(cfg.kl_coef))
+
+    def _score_fn(self, prompts: list[str], completions: list[str]) -> list[float]:
+        with torch.inference_mode():
+            return self.reward_model.score_texts(prompts, completions).tolist()
+
+    def trainable_parameters(self):
+        """The policy and its value head."""
+        return list(self.model.parameters()) + list(self.value_head.parameters())
+
+    def heads(self) -> dict:
+        """The value head, saved as value_head.safetensors."""
+        return {VALUE_HEAD: self.value_head}
+
+    def step(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One PPO round: sample, score, per-token rewards, GAE, K epochs of clipped updates."""
+        cfg: RLHFConfig = self.config
+        started = time.perf_counter()
+        prompts = self.sample_prompts(cfg.prompts_per_step)
+        rollout, completions, gen_s = self.rollout(prompts)
+        input_ids, attention, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        width = rollout.prompt_ids.shape[1]
+        beta = self.kl_controller.value
+        with torch.inference_mode():
+            scores = self.reward_model.score(input_ids, attention)
+            old_logp, _, old_values = response_logprobs(self.model, input_ids, attention, width, cfg.temperature,
+                                                        head=self.value_head)
+            ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature)
+        scores, old_logp, old_values, ref_logp = (t.clone() for t in (scores, old_logp, old_values, ref_logp))
+        rewards, kl_tokens = rlhf_token_rewards(scores, old_logp, ref_logp, mask, beta, cfg.kl_estimator)
+        advantages, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        batch = len(prompts)
+        size = batch // cfg.num_minibatches
+        stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0}
+        count = 0
+        for _ in range(cfg.n_epochs):
+            order = torch.randperm(batch)
+            for start in range(0, batch, size):
+                idx = order[start:start + size]
+                logp, entropy, values = response_logprobs(self.model, input_ids[idx], attention[idx], width,
+                                                          cfg.temperature, with_entropy=True, head=self.value_head)
+                m = mask[idx]
+                out = policy_loss(logp, old_logp[idx], advantages[idx], "clip", cfg.clip_range,
+                                  cfg.clip_range_high, mask=m)
+                v_loss = value_loss(values, old_values[idx], returns[idx], cfg.clip_range_vf, mask=m)
+                mean_entropy = masked_mean(entropy, m)
+                loss = out.loss + cfg.vf_coef * v_loss - cfg.ent_coef * mean_entropy
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                count += 1
+                stats["policy_loss"] += float(out.loss.detach())
+                stats["value_loss"] += float(v_loss.detach())
+                stats["clip_fraction"] += float(out.clip_fraction)
+                stats["approx_kl"] += float(out.approx_kl_k3)
+                stats["entropy"] += float(mean_entropy.detach())
+        # KL per sequence (sum over its tokens), the quantity the adaptive controller targets.
+        sequence_kl = float(kl_tokens.sum(1).mean())
+        self.kl_controller.update(sequence_kl)
+        tokens = float(mask.sum())
+        row = {key: value / count for key, value in stats.items()}
+        task_reward = self.task.reward(prompts, completions) if self.task is not None else None
+        row.update({
+            "score": float(scores.mean()), "reward": float(scores.mean()), "reward_std": float(scores.std()),
+            "accuracy": sum(task_reward) / len(task_reward) if task_reward is not None else None,
+            "kl_ref": float(masked_mean(kl_tokens, mask)), "kl_ref_sequence": sequence_kl, "kl_coef": beta, "response_length": tokens / batch,
+            "learning_rate": cfg.learning_rate, "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
+            "tokens_per_s": tokens / (time.perf_counter() - started),
+        })
+        return row

@@ -1,0 +1,163 @@
+"""What every LLM run shares: the run directory (config.json, metrics.csv, TensorBoard, summary.json,
+safetensors checkpoints), held-out evaluation, seeding and the optimizer."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from proximo import __version__
+from proximo.checkpoint import atomic_write_json, load_json
+from proximo.errors import ProximoError
+from proximo.llm.generation import generate, pad_prompts
+from proximo.llm.models import save_model
+from proximo.metrics import MetricsWriter, Progress
+
+LLM_COLUMNS = [
+    "global_step", "update", "time_s", "reward", "reward_std", "accuracy", "eval_sampled_accuracy",
+    "eval_greedy_accuracy", "kl_ref", "entropy", "clip_fraction", "approx_kl", "policy_loss", "value_loss",
+    "loss", "response_length", "kl_coef", "learning_rate", "tokens_per_s", "gen_tokens_per_s", "score",
+]
+RewardFn = Callable[[list[str], list[str]], list[float]]
+
+
+def seed_all(seed: int) -> random.Random:
+    """Seed torch and Python; returns a private random.Random for prompt sampling."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return random.Random(seed)
+
+
+def set_threads(count: int) -> None:
+    """Use count torch threads (0 keeps torch's default)."""
+    if count > 0:
+        torch.set_num_threads(count)
+
+
+def make_optimizer(params, config) -> torch.optim.Optimizer:
+    """AdamW over params with the config's learning rate, eps and (if any) weight decay."""
+    return torch.optim.AdamW(list(params), lr=config.learning_rate, eps=config.adam_eps,
+                             weight_decay=getattr(config, "weight_decay", 0.0), foreach=True)
+
+
+def call_reward(reward_fn: RewardFn, prompts: list[str], completions: list[str]) -> torch.Tensor:
+    """reward_fn's rewards as a float tensor [B], checked for length and finiteness."""
+    try:
+        values = [float(v) for v in reward_fn(prompts, completions)]
+    except (TypeError, ValueError) as exc:
+        raise ProximoError(f"reward_fn must return a list of numbers, one per completion ({exc})") from None
+    if len(values) != len(completions):
+        raise ProximoError(f"reward_fn returned {len(values)} rewards for {len(completions)} completions; "
+                           f"return one per completion")
+    rewards = torch.tensor(values, dtype=torch.float32)
+    if not torch.isfinite(rewards).all():
+        raise ProximoError("reward_fn returned a NaN or infinite reward; return finite numbers")
+    return rewards
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (ids [B, P], mask [B, P]) of prompts, each starting with <bos> when there is one."""
+    return pad_prompts([tokenizer.encode(p, add_bos=True) for p in prompts], tokenizer.pad_id)
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Completion texts of right-padded responses [B, R] (up to <eos>)."""
+    lengths = response_mask.sum(1).tolist()
+    rows = response_ids.tolist()
+    return [tokenizer.decode(row[:n]) for row, n in zip(rows, lengths)]
+
+
+def evaluate(model, tokenizer, prompts: list[str], reward_fn: RewardFn, max_new_tokens: int,
+             temperature: float = 1.0, greedy: bool = False, batch_size: int = 512) -> dict[str, float]:
+    """Mean reward (the accuracy for exact-match tasks) and mean response length on prompts."""
+    was_training = model.training
+    model.eval()
+    total, length = 0.0, 0.0
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        ids, mask = encode_prompts(tokenizer, chunk)
+        rollout = generate(model, ids, mask, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id,
+                           temperature=temperature, greedy=greedy)
+        completions = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
+        total += float(call_reward(reward_fn, chunk, completions).sum())
+        length += float(rollout.response_mask.sum())
+    model.train(was_training)
+    return {"reward": total / len(prompts), "response_length": length / len(prompts)}
+
+
+def save_model_atomic(directory: Path, model, tokenizer, heads: dict | None = None) -> None:
+    """save_model into a temporary sibling folder, then rename it into place."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        save_model(model, tokenizer, tmp, heads)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def default_run_dir(kind: str, task: str, seed: int) -> Path:
+    """runs/llm-<kind>-<task>-s<seed>-<YYYYmmdd-HHMMSS>."""
+    return Path("runs") / f"llm-{kind}-{task}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    """A run directory: config.json at start, a metrics row per step, checkpoints, summary.json."""
+
+    def __init__(self, kind: str, config, run_dir: str | Path | None, extra: dict[str, Any],
+                 tensorboard: bool = True, verbose: bool = False, total: int = 0) -> None:
+        self.path = Path(run_dir) if run_dir is not None else default_run_dir(kind, config.task, config.seed)
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / "config.json", {"kind": kind, "proximo_version": __version__,
+                                                      "config": config.to_dict(), **extra})
+        self.metrics = MetricsWriter(self.path, tensorboard=tensorboard, columns=LLM_COLUMNS)
+        self.progress = Progress(total, enabled=verbose)
+        self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
+
+    def elapsed(self) -> float:
+        """Wall seconds since the run started."""
+        return time.perf_counter() - self.start
+
+    def log(self, step: int, row: dict[str, Any], speed: float = 0.0, headline: float = 0.0) -> None:
+        """Write one metrics row and advance the progress display."""
+        self.metrics.write({"global_step": step, "update": step, "time_s": round(self.elapsed(), 3), **row})
+        self.progress.update(step, speed, headline)
+
+    def checkpoint(self, step: int, model, tokenizer, heads: dict | None = None, keep: int = 3) -> Path:
+        """Save checkpoints/step_<step>/ (safetensors + JSON) and drop all but the newest keep."""
+        path = self.path / "checkpoints" / f"step_{step:07d}"
+        save_model_atomic(path, model, tokenizer, heads)
+        for old in sorted((self.path / "checkpoints").glob("step_*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def finish(self, model, tokenizer, summary: dict[str, Any], heads: dict | None = None) -> dict[str, Any]:
+        """Save the final model into model/, write summary.json, close the writers."""
+        save_model_atomic(self.path / "model", model, tokenizer, heads)
+        summary = {**summary, "wall_time_s": round(self.elapsed(), 2),
+                   "cpu_time_s": round(time.process_time() - self.cpu_start, 2), "run_dir": str(self.path)}
+        atomic_write_json(self.path / "summary.json", summary)
+        self.metrics.close()
+        self.progress.close()
+        return summary
+
+
+def read_run(path: str | Path) -> dict[str, Any]:
+    """The config.json of a proximo LLM run directory."""
+    return load_json(Path(path) / "config.json")

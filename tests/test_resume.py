@@ -171,3 +171,23 @@ def test_resume_with_a_new_horizon_warns_that_annealed_schedules_jump(tmp_path):
     longer.load_training_state(list_checkpoints(tmp_path)[-1])
     with pytest.warns(ResumeWarning, match="annealed over 64 steps before this resume and now anneal over 128"):
         longer.train()
+
+
+def test_atari_snapshot_round_trips_without_sticky_actions_and_explains_why_not_with_them():
+    from proximo.envs.make import make_single_env
+    from proximo.envs.snapshot import why_unsnapshottable
+
+    source = make_single_env("ALE/Breakout-v5", repeat_action_probability=0.0)
+    source.reset(seed=3)
+    source.action_space.seed(0)
+    actions = [source.action_space.sample() for _ in range(160)]
+    for action in actions[:60]:
+        source.step(action)
+    snapshot = json.loads(json.dumps(snapshot_env(source)))
+    copy = make_single_env("ALE/Breakout-v5", repeat_action_probability=0.0)
+    copy.reset(seed=99)
+    restore_env(copy, snapshot)
+    for action in actions[60:]:
+        a, b = source.step(action), copy.step(action)
+        assert np.array_equal(a[0], b[0]) and a[1:4] == b[1:4]
+    assert "sticky actions" in why_unsnapshottable(make_single_env("ALE/Breakout-v5"))

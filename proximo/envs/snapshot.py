@@ -2,16 +2,20 @@
 
 A snapshot is plain JSON: for each wrapper layer the few counters it keeps (TimeLimit's elapsed
 steps, ...), for the base env its NumPy bit-generator state and its simulator state. Only env
-families whose state proximo knows are covered (classic control, MuJoCo); for any other env
+families whose state proximo knows are covered (classic control, MuJoCo, and Atari without sticky
+actions through proximo's AtariPreprocessing + FrameStackObservation); for any other env
 snapshot_env() returns None and a resume restarts that env's episode from reset instead.
 """
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
+from gymnasium.wrappers import (
+    AtariPreprocessing, FrameStackObservation, OrderEnforcing, PassiveEnvChecker, TimeLimit,
+)
 
 from proximo.checkpoint import CheckpointError
 
@@ -28,6 +32,7 @@ CLASSIC_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+NUMERIC_KINDS = "biuf"  # bool, int, uint, float: nothing that could carry objects
 
 
 class Unsnapshottable(Exception):
@@ -41,7 +46,10 @@ def encode_value(value: Any) -> Any:
         return value
     if isinstance(value, np.generic):
         return {"ndarray": str(value.dtype), "shape": None, "data": value.item()}
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray) and value.dtype.kind in NUMERIC_KINDS:
+        if value.size > 64:  # frames and buffers: raw bytes, base64, far smaller and faster than a list
+            return {"ndarray": value.dtype.str, "shape": list(value.shape),
+                    "base64": base64.b64encode(np.ascontiguousarray(value).tobytes()).decode("ascii")}
         return {"ndarray": str(value.dtype), "shape": list(value.shape), "data": value.ravel().tolist()}
     raise Unsnapshottable(f"a value of type {type(value).__name__}")
 
@@ -50,8 +58,13 @@ def decode_value(data: Any) -> Any:
     """Invert encode_value."""
     if isinstance(data, dict) and "ndarray" in data:
         dtype = np.dtype(data["ndarray"])
+        if dtype.kind not in NUMERIC_KINDS:
+            raise CheckpointError(f"saved env state has an array of dtype {dtype}; only numbers are allowed")
         if data["shape"] is None:
             return dtype.type(data["data"])
+        if "base64" in data:
+            raw = base64.b64decode(data["base64"])
+            return np.frombuffer(raw, dtype=dtype).reshape(data["shape"]).copy()
         return np.array(data["data"], dtype=dtype).reshape(data["shape"])
     return data
 
@@ -64,6 +77,15 @@ def _wrapper_state(layer: gym.Env) -> dict[str, Any]:
         return {"has_reset": layer._has_reset}
     if isinstance(layer, PassiveEnvChecker) or getattr(layer, "proximo_stateless_wrapper", False):
         return {}
+    if isinstance(layer, AtariPreprocessing):
+        # The two last screens (max-pooled into the next obs) and the life counter.
+        return {"obs_buffer": [encode_value(b) for b in layer.obs_buffer], "lives": int(layer.lives),
+                "game_over": bool(layer.game_over)}
+    if isinstance(layer, FrameStackObservation):
+        state = {"frames": [encode_value(np.asarray(frame)) for frame in layer.obs_queue]}
+        if layer.padding_type == "reset":
+            state["padding"] = encode_value(np.asarray(layer.padding_value))
+        return state
     raise Unsnapshottable(f"wrapper {type(layer).__name__}")
 
 
@@ -72,6 +94,18 @@ def _set_wrapper_state(layer: gym.Env, state: dict[str, Any]) -> None:
         layer._elapsed_steps = state["elapsed_steps"]
     elif isinstance(layer, OrderEnforcing):
         layer._has_reset = state["has_reset"]
+    elif isinstance(layer, AtariPreprocessing):
+        for buffer, saved in zip(layer.obs_buffer, state["obs_buffer"]):
+            buffer[...] = decode_value(saved)  # in place: ALE writes screens into these arrays
+        layer.lives, layer.game_over = state["lives"], state["game_over"]
+    elif isinstance(layer, FrameStackObservation):
+        frames = [decode_value(frame) for frame in state["frames"]]
+        if len(frames) != layer.stack_size:
+            raise CheckpointError(f"saved frame stack has {len(frames)} frames, this env stacks {layer.stack_size}")
+        layer.obs_queue.clear()
+        layer.obs_queue.extend(frames)
+        if "padding" in state:
+            layer.padding_value = decode_value(state["padding"])
 
 
 def _is_mujoco(env: gym.Env) -> bool:
@@ -105,6 +139,14 @@ def _base_state(env: gym.Env) -> dict[str, Any]:
         sim = {field: encode_value(getattr(env, field)) for field in CLASSIC_FIELDS[name]}
     elif _is_mujoco(env):
         sim = _mujoco_state(env)
+    elif name == "AtariEnv":
+        if env.ale.getFloat("repeat_action_probability") > 0:
+            # A sticky action repeats the emulator's last action, which ALE keeps outside its saved state.
+            raise Unsnapshottable("Atari with sticky actions (repeat_action_probability > 0: ALE does not save "
+                                  "the last action; pass repeat_action_probability=0.0 for exact resumes)")
+        # The emulator's RAM, CPU and its own RNG, in ALE's binary format.
+        ale_state = env.ale.cloneState(include_rng=True).serialize()
+        sim = {"ale": base64.b64encode(ale_state).decode("ascii")}
     else:
         raise Unsnapshottable(f"env class {name}")
     rng = env._np_random
@@ -119,6 +161,9 @@ def _set_base_state(env: gym.Env, state: dict[str, Any]) -> None:
             setattr(env, field, decode_value(state["sim"][field]))
     elif _is_mujoco(env):
         _set_mujoco_state(env, state["sim"])
+    elif name == "AtariEnv":
+        from ale_py import ALEState
+        env.ale.restoreState(ALEState(base64.b64decode(state["sim"]["ale"])))
     if state["np_random"] is not None:
         generator_name = state["np_random"]["bit_generator"]
         if generator_name not in BIT_GENERATORS:  # never let a file pick an arbitrary attribute to call

@@ -27,7 +27,7 @@ class _LLMConfig:
     max_new_tokens: int | None = None       # None: the task's answer length + 1 (for <eos>)
     temperature: float = 1.0                # sampling temperature of rollouts and of sampled evaluation
     eval_every: int = 20                    # steps between held-out evaluations (0: only start and end)
-    eval_prompts: int = 500                 # held-out prompts per evaluation
+    num_eval_prompts: int = 500             # held-out prompts per evaluation
     save_every: int = 0                     # steps between checkpoints; 0: only the final model
     torch_threads: int = 1                  # 0: torch's default; 1 is fastest for tiny models on shared CPUs
 
@@ -44,8 +44,8 @@ class _LLMConfig:
         for name in ("eval_every", "save_every", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.eval_prompts < 1:
-            raise ConfigError(f"eval_prompts must be at least 1, got {self.eval_prompts}")
+        if self.num_eval_prompts < 1:
+            raise ConfigError(f"num_eval_prompts must be at least 1, got {self.num_eval_prompts}")
         if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 48:
             raise ConfigError(f"max_new_tokens must lie in 1..48 (or None for the task's), got {self.max_new_tokens}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

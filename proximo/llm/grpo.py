@@ -90,7 +90,7 @@ class GRPO(RLTrainer):
                 stats["policy_loss"] += float(loss.detach())
                 stats["clip_fraction"] += float(out.clip_fraction)
                 stats["approx_kl"] += float(out.approx_kl_k3)
-                stats["entropy"] += float(mean_entropy)
+                stats["entropy"] += float(mean_entropy.detach())
                 stats["kl_ref"] += float(kl_ref)
         tokens = float(mask.sum())
         seconds = time.perf_counter() - started

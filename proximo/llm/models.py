@@ -46,7 +46,7 @@ def build_builtin(name: str, vocab_size: int, seed: int | None = None) -> nn.Mod
                              num_key_value_heads=spec["n_head"], max_position_embeddings=MAX_POSITIONS,
                              bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
         model = LlamaForCausalLM(config)
-    return model
+    return model.eval()
 
 
 def is_model_dir(path: Path) -> bool:
@@ -86,7 +86,8 @@ def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str
         model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ProximoError(f"cannot load a causal LM from {directory}: {exc}") from None
-    return model, load_tokenizer(directory), directory
+    # Dropout stays off: PPO ratios and KL terms assume the sampler and the learner are one function.
+    return model.eval(), load_tokenizer(directory), directory
 
 
 def save_model(model: nn.Module, tokenizer, directory: Path, heads: dict[str, nn.Module] | None = None) -> None:

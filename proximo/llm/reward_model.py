@@ -81,7 +81,7 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
     before = pairwise_accuracy(rm, eval_pairs)
     run.log(0, {"eval_sampled_accuracy": before}, 0.0, before)
     started, accuracy = time.perf_counter(), before
-    rm.train()
+    rm.eval()  # dropout off, as for every proximo LM
     for step in range(1, cfg.max_steps + 1):
         batch = [train_pairs[rng.randrange(len(train_pairs))] for _ in range(cfg.batch_size)]
         prompts = [p for p, _, _ in batch]

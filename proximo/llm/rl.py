@@ -46,9 +46,9 @@ class RLTrainer:
         if eval_prompts is not None:
             self.eval_prompts = list(eval_prompts)
         elif self.task is not None:
-            self.eval_prompts = self.task.held_out_prompts(config.eval_prompts)
+            self.eval_prompts = self.task.held_out_prompts(config.num_eval_prompts)
         else:
-            self.eval_prompts = self.prompts[:config.eval_prompts]
+            self.eval_prompts = self.prompts[:config.num_eval_prompts]
         self.model, self.tokenizer, self.model_dir = load_model(model, seed=config.seed)
         self.max_new_tokens = config.max_new_tokens or (self.task.max_new_tokens if self.task else 16)
         self.reference = copy.deepcopy(self.model).eval()
@@ -77,11 +77,9 @@ class RLTrainer:
         """Sample one completion per prompt; returns (rollout, completion texts, generation seconds)."""
         ids, mask = encode_prompts(self.tokenizer, prompts)
         started = time.perf_counter()
-        self.model.eval()
         rollout = generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id, self.tokenizer.pad_id,
                            temperature=self.config.temperature)
         seconds = time.perf_counter() - started
-        self.model.train()
         return rollout, decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask), seconds
 
     def evaluate(self) -> dict[str, float]:
@@ -137,8 +135,6 @@ class RLTrainer:
     def generate(self, prompts: list[str], greedy: bool = False) -> list[str]:
         """Completions of prompts by the current policy."""
         ids, mask = encode_prompts(self.tokenizer, prompts)
-        self.model.eval()
         rollout = generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id, self.tokenizer.pad_id,
                            temperature=self.config.temperature, greedy=greedy)
-        self.model.train()
         return decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)

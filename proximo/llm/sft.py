@@ -36,7 +36,7 @@ class SFT:
         self.task = get_task(self.config.task, self.config.digits)
         self.model, self.tokenizer, _ = load_model(model, seed=self.config.seed)
         self.max_new_tokens = self.config.max_new_tokens or self.task.max_new_tokens
-        self.held_out = self.task.held_out_prompts(self.config.eval_prompts)
+        self.held_out = self.task.held_out_prompts(self.config.num_eval_prompts)
         self.run = RunDir("sft", self.config, run_dir, {"model": str(model)}, tensorboard, verbose,
                           total=self.config.max_steps)
 
@@ -55,7 +55,6 @@ class SFT:
         """Run until the target accuracy, max_steps or max_time_s; save model/ and summary.json."""
         cfg = self.config
         optimizer = make_optimizer(self.model.parameters(), cfg)
-        self.model.train()
         last_eval: dict[str, float] = {}
         step, tokens, started = 0, 0, time.perf_counter()
         stop_reason = "max_steps"

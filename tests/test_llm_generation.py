@@ -1,0 +1,125 @@
+"""Generation with a KV cache: padding never changes a log-prob, EOS stops a row, the sampler's
+log-probs equal a full forward pass; models load from a local transformers directory."""
+import pytest
+import torch
+
+from proximo.errors import ProximoError
+from proximo.llm.generation import generate, pad_prompts, response_logprobs
+from proximo.llm.models import load_model
+from proximo.llm.tokenizer import CharTokenizer, HFTokenizer
+
+
+def _prompts(tok):
+    return [tok.encode(t, add_bos=True) for t in ("7+5=", "123+456=", "99+1=", "4+4=")]
+
+
+@pytest.mark.parametrize("builtin", ["tiny", "tiny-llama"])
+def test_padding_does_not_change_logprobs(builtin):
+    torch.manual_seed(0)
+    model, tok, _ = load_model(builtin, seed=0)
+    model.eval()
+    prompts = _prompts(tok)
+    ids, mask = pad_prompts(prompts, tok.pad_id)
+    assert (mask == 0).any(), "the batch must contain left padding for this test to mean anything"
+    rollout = generate(model, ids, mask, 6, tok.eos_id, tok.pad_id, temperature=1.0)
+    width = ids.shape[1]
+    with torch.inference_mode():
+        full, _, _ = response_logprobs(model, rollout.input_ids, rollout.attention_mask, width)
+    rm = rollout.response_mask.bool()
+    # the sampler's cached log-probs equal those of one full forward pass
+    assert torch.allclose(full[rm], rollout.logprobs[rm], atol=1e-5)
+    for row, prompt in enumerate(prompts):
+        alone_ids, alone_mask = pad_prompts([prompt], tok.pad_id)
+        n = int(rollout.response_mask[row].sum())
+        seq = torch.cat([alone_ids, rollout.response_ids[row:row + 1, :n]], 1)
+        seq_mask = torch.cat([alone_mask, rollout.response_mask[row:row + 1, :n]], 1)
+        with torch.inference_mode():
+            alone, _, _ = response_logprobs(model, seq, seq_mask, alone_ids.shape[1])
+        assert torch.allclose(alone[0], full[row, :n], atol=1e-5)
+        # greedy decoding of the prompt alone gives the same tokens as inside the padded batch
+    greedy_batch = generate(model, ids, mask, 6, tok.eos_id, tok.pad_id, greedy=True)
+    for row, prompt in enumerate(prompts):
+        alone_ids, alone_mask = pad_prompts([prompt], tok.pad_id)
+        greedy_alone = generate(model, alone_ids, alone_mask, 6, tok.eos_id, tok.pad_id, greedy=True)
+        n = int(greedy_alone.response_mask.sum())
+        assert torch.equal(greedy_alone.response_ids[0, :n], greedy_batch.response_ids[row, :n])
+        assert torch.allclose(greedy_alone.logprobs[0, :n], greedy_batch.logprobs[row, :n], atol=1e-5)
+
+
+def test_generation_stops_after_eos_and_masks_the_rest():
+    model, tok, _ = load_model("tiny", seed=1)
+    # Make <eos> overwhelmingly likely so every row stops at its first token.
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.transformer.wte.weight[tok.eos_id] = 0.0
+        model.lm_head.weight[tok.eos_id] = 0.0
+    bias_model = model
+    ids, mask = pad_prompts(_prompts(tok), tok.pad_id)
+    with torch.no_grad():
+        bias_model.lm_head.weight.copy_(torch.zeros_like(bias_model.lm_head.weight))
+    # all logits equal: sampling is uniform; check the invariant on many samples instead
+    rollout = generate(model, ids, mask, 8, tok.eos_id, tok.pad_id)
+    for row in range(rollout.response_ids.shape[0]):
+        tokens = rollout.response_ids[row].tolist()
+        real = rollout.response_mask[row].tolist()
+        if tok.eos_id in tokens:
+            stop = tokens.index(tok.eos_id)
+            assert real[:stop + 1] == [1] * (stop + 1)
+            assert all(v == 0 for v in real[stop + 1:])
+            assert all(t == tok.pad_id for t in tokens[stop + 1:])
+        else:
+            assert all(real)
+    assert rollout.logprobs[rollout.response_mask == 0].abs().sum() == 0
+
+
+def test_char_tokenizer_round_trip_and_bad_characters():
+    tok = CharTokenizer()
+    ids = tok.encode("12+34=", add_bos=True)
+    assert ids[0] == tok.bos_id
+    assert tok.decode(ids[1:] + [tok.eos_id] + ids[1:]) == "12+34="
+    with pytest.raises(ProximoError, match="not in the tokenizer"):
+        tok.encode("12*3")
+
+
+def _hf_char_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    for char in "0123456789+=":
+        vocab[char] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", unk_token="<unk>")
+
+
+def test_load_local_transformers_directory(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    hf_tok = _hf_char_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                                       bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    model.eval()  # GPT2Config's default dropout is 0.1
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    hf_tok.save_pretrained(tmp_path)
+    loaded, tok, directory = load_model(tmp_path)
+    assert isinstance(tok, HFTokenizer) and directory == tmp_path
+    assert tok.encode("12+3=") == [vocab_id for vocab_id in hf_tok.encode("12+3=", add_special_tokens=False)]
+    ids, mask = pad_prompts([tok.encode("1+2=", add_bos=True)], tok.pad_id)
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
+    # one GRPO step on the loaded directory with a user reward
+    from proximo.llm import GRPO
+    trainer = GRPO(tmp_path, reward_fn=lambda p, c: [float(len(x)) for x in c], prompts=["1+2=", "3+4="],
+                   run_dir=tmp_path / "run", tensorboard=False, group_size=2, prompts_per_step=2,
+                   max_new_tokens=4, num_eval_prompts=2)
+    summary = trainer.train(1)
+    assert summary["steps"] == 1
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ProximoError, match="unknown built-in model|neither a model directory"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(ProximoError, match="neither a model directory"):
+        load_model(tmp_path)

@@ -314,8 +314,7 @@ class Trainer:
         meta = {
             "format_version": 1, "proximo_version": __version__, "env_id": env_name(self.env),
             "env_kwargs": self.env_kwargs, "config": self.config.to_dict(),
-            "observation_space": space_to_json(self.policy.observation_space),
-            "action_space": space_to_json(self.policy.action_space),
+            **self._spaces_json(),
             "global_step": self.global_step, "update_index": self.update_index, "wall_time_s": self.wall_time_s,
             "kl_coef": self.kl_controller.value, "optimizer": optimizer_meta,
             # Schedules are functions of global_step / horizon; kept so a resume can tell if the horizon moved.
@@ -331,6 +330,13 @@ class Trainer:
             "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
         }
         return tensors, meta
+
+    def _spaces_json(self) -> dict[str, Any]:
+        """The spaces as JSON, computed once (an Atari Box lists 28,224 bounds twice)."""
+        if getattr(self, "_spaces_json_cache", None) is None:
+            self._spaces_json_cache = {key: space_to_json(getattr(self.policy, key))
+                                       for key in ("observation_space", "action_space")}
+        return self._spaces_json_cache
 
     def _capture_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
         """A private copy of training_state() (tensors cloned), to write later if this update fails."""

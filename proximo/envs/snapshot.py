@@ -186,8 +186,9 @@ def snapshot_env(env: gym.Env) -> dict[str, Any] | None:
     """The JSON state of one env (all wrapper layers and the base env), or None if proximo can't save it."""
     try:
         layers = _layers(env)
+        base = {"type": type(layers[-1]).__name__, **_base_state(layers[-1])}  # first: the likeliest refusal
         return {"layers": [{"type": type(layer).__name__, **_wrapper_state(layer)} for layer in layers[:-1]],
-                "base": {"type": type(layers[-1]).__name__, **_base_state(layers[-1])}}
+                "base": base}
     except Unsnapshottable:
         return None
 

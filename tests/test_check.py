@@ -95,3 +95,9 @@ def test_training_warns_about_env_quirks_and_goes_on():
         trainer = Trainer(WrongDtypeEnv, make_config(None, num_envs=1, n_steps=8, batch_size=8, total_steps=8,
                                                      eval_episodes=1), verbose=False)
     assert trainer.train()["global_step"] == 8
+
+
+def test_time_limit_of_a_factory_is_read_from_its_wrapper():
+    report = check_env(lambda: gym.wrappers.TimeLimit(BrokenEnv(), max_episode_steps=7), steps=10)
+    assert "time limit: 7 steps" in report.notes
+    assert "time limit: none (episodes end only when the env terminates them)" in check_env(BrokenEnv, steps=1).notes

@@ -218,6 +218,16 @@ def check_env(env: EnvLike | gym.Env, env_kwargs: dict | None = None, steps: int
     return report
 
 
+def _time_limit(env: gym.Env) -> int | None:
+    """max_episode_steps of the first TimeLimit wrapper (factories have no spec), else the spec's."""
+    layer = env
+    while isinstance(layer, gym.Wrapper):
+        if isinstance(layer, gym.wrappers.TimeLimit):
+            return layer._max_episode_steps
+        layer = layer.env
+    return getattr(getattr(env, "spec", None), "max_episode_steps", None)
+
+
 def _run_checks(env: gym.Env, steps: int, seed: int, report: CheckReport) -> None:
     obs_space, action_space = env.observation_space, env.action_space
     for problem in (unsupported_obs_space(obs_space), unsupported_action_space(action_space)):
@@ -231,7 +241,7 @@ def _run_checks(env: gym.Env, steps: int, seed: int, report: CheckReport) -> Non
                                                      and np.isfinite(action_space.high).all()):
         report.warn("the Box action space has infinite bounds, so actions are not clipped; give it finite "
                     "bounds if the env expects a range")
-    limit = getattr(getattr(env, "spec", None), "max_episode_steps", None)
+    limit = _time_limit(env)
     report.notes.append(f"time limit: {limit} steps" if limit else
                         "time limit: none (episodes end only when the env terminates them)")
     if not _check_reset(env, seed, obs_space, report):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from proximo.core.advantages import normalize
+from proximo.core.kl import kl_estimate
 from proximo.core.objectives import entropy_bonus, policy_loss, value_loss
 from proximo.nn.flat import is_flat_intact, realias_parameters
 from proximo.nn.policy import ActorCritic
@@ -66,19 +67,22 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
     batch_size = settings.batch_size
     params = optimizer_params(optimizer)
     flat = getattr(policy, "_proximo_flat", None)
-    if flat is not None and any(p is flat for p in params) and not is_flat_intact(policy, flat):
+    if flat is None or not any(p is flat for p in params):
+        flat = None
+    elif not is_flat_intact(policy, flat):
         realias_parameters(policy, flat)
-    # Per-minibatch statistics stay tensors until the end: one host read per update, not ~10 per step.
-    rows: list[torch.Tensor] = []
+    # Statistics stay tensors until the end: one host read per update, not ~10 per minibatch. The
+    # KL estimates and clip fraction come from the stored log-ratios in one pass after the loop.
+    losses: list[torch.Tensor] = []
     grad_norms: list[torch.Tensor] = []
-    epoch_rows: list[int] = []          # minibatches that ran in each epoch
-    last_ratios: list[torch.Tensor] = []
+    epoch_log_ratios: list[list[torch.Tensor]] = []   # per epoch that ran, per minibatch
     stop = False
     # One minibatch holding the whole rollout is the same every epoch (a mean does not depend on
     # the order), so shuffling and advantage normalization are done once, not once per epoch.
     whole = batch_size >= total
     whole_adv = normalize(advantages) if whole and settings.normalize_advantage else advantages
     columns = (obs, actions, old_log_probs, old_values, advantages, returns)
+    n_batches = -(-total // batch_size)
     for epoch in range(settings.n_epochs):
         if whole:
             shuffled = columns
@@ -87,7 +91,11 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
             # each one with its slice of the permutation, for 6 gathers per epoch instead of per batch.
             permutation = torch.randperm(total, generator=generator)
             shuffled = tuple(column[permutation] for column in columns)
-        epoch_ratios: list[torch.Tensor] = []
+            if settings.normalize_advantage and total % batch_size == 0:
+                # Every minibatch normalized on its own, all in one batched call.
+                shuffled = shuffled[:4] + (normalize(shuffled[4].view(n_batches, batch_size), dim=1).view(-1),
+                                           shuffled[5])
+        log_ratios: list[torch.Tensor] = []
         for start in range(0, total, batch_size):
             if whole:
                 mb_obs, mb_actions, mb_old_logp, mb_old_values, _, mb_returns = shuffled
@@ -96,14 +104,15 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
                 end = start + batch_size
                 mb_obs, mb_actions, mb_old_logp, mb_old_values, mb_adv, mb_returns = (
                     column[start:end] for column in shuffled)
-                if settings.normalize_advantage:
+                if settings.normalize_advantage and total % batch_size != 0:
                     mb_adv = normalize(mb_adv)
             log_probs, entropy, values = policy.evaluate(mb_obs, mb_actions)
-            pg = policy_loss(log_probs, mb_old_logp, mb_adv, settings.objective,
-                             settings.clip_range, kl_coef=settings.kl_coef)
-            if settings.target_kl is not None and pg.approx_kl_k3.item() > 1.5 * settings.target_kl:
+            log_ratio = log_probs.detach() - mb_old_logp
+            if settings.target_kl is not None and _k3(log_ratio).mean().item() > 1.5 * settings.target_kl:
                 stop = True
                 break
+            pg = policy_loss(log_probs, mb_old_logp, mb_adv, settings.objective, settings.clip_range,
+                             kl_coef=settings.kl_coef, stats=False)
             vf = value_loss(values, mb_old_values, mb_returns, settings.clip_range_vf)
             loss = pg.loss + settings.vf_coef * vf
             if settings.ent_coef != 0.0:
@@ -116,41 +125,68 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
                 raise NonFiniteError(
                     f"the loss became {loss.item()} (policy {pg.loss.item()}, value {vf.item()}, "
                     f"entropy {ent.item()}) in epoch {epoch}; lower learning_rate or enable normalize_obs")
-            optimizer.zero_grad(set_to_none=flat is None)
-            loss.backward()
-            if settings.max_grad_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            if flat is not None:
+                flat.grad.zero_()
+                loss.backward()
+                # clip_grad_norm_ on one tensor, without its per-call bookkeeping
+                grad_norm = torch.linalg.vector_norm(flat.grad)
+                if settings.max_grad_norm is not None:
+                    flat.grad.mul_(torch.clamp(settings.max_grad_norm / (grad_norm + 1e-6), max=1.0))
             else:
-                grad_norm = torch.linalg.vector_norm(
-                    torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if settings.max_grad_norm is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+                else:
+                    grad_norm = torch.linalg.vector_norm(
+                        torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]))
             optimizer.step()
-            rows.append(torch.stack([pg.loss.detach(), vf.detach(), ent.detach(), pg.approx_kl_k3,
-                                     pg.approx_kl_k1, pg.clip_fraction]))
+            losses += (pg.loss.detach(), vf.detach(), ent.detach())
             grad_norms.append(grad_norm)
-            epoch_ratios.append(pg.ratio)
-        if epoch_ratios:
-            epoch_rows.append(len(epoch_ratios))
-            last_ratios = epoch_ratios
+            log_ratios.append(log_ratio)
+        if log_ratios:
+            epoch_log_ratios.append(log_ratios)
         if stop:
             break
-    n_minibatches = len(rows)
+    n_minibatches = len(grad_norms)
     stats = dict.fromkeys(STAT_KEYS, 0.0)
     kl_last_epoch = 0.0
     ratio_hist = torch.zeros(RATIO_BINS)
     ratio_min, ratio_max = float("inf"), float("-inf")
     if n_minibatches:
-        table = torch.stack(rows)
-        means = table.mean(0).tolist()
-        stats.update(zip(STAT_KEYS, means))
+        loss_means = torch.stack(losses).view(n_minibatches, 3).mean(0).tolist()
+        stats.update(policy_loss=loss_means[0], value_loss=loss_means[1], entropy=loss_means[2])
+        chunks = [chunk for epoch_chunks in epoch_log_ratios for chunk in epoch_chunks]
+        low, high = 1.0 - settings.clip_range, 1.0 + settings.clip_range
+
+        def outside(lr: torch.Tensor) -> torch.Tensor:
+            ratio = lr.exp()
+            return ((ratio < low) | (ratio > high)).to(lr.dtype)
+        # Means over minibatches of per-minibatch means, as if each minibatch had reported its own.
+        stats["approx_kl"] = _mean_of_means(chunks, _k3)
+        stats["approx_kl_k1"] = _mean_of_means(chunks, torch.neg)
+        stats["clip_fraction"] = _mean_of_means(chunks, outside)
         stats["grad_norm"] = float(torch.stack(grad_norms).float().mean())
-        kl_last_epoch = float(table[-epoch_rows[-1]:, STAT_KEYS.index("approx_kl")].mean())
-        ratios = torch.cat(last_ratios)
+        kl_last_epoch = _mean_of_means(epoch_log_ratios[-1], _k3)
+        ratios = torch.cat(epoch_log_ratios[-1]).exp()
         ratio_hist = torch.histc(ratios, RATIO_BINS, *RATIO_RANGE)
         ratio_min, ratio_max = float(ratios.min()), float(ratios.max())
-    stats.update(epochs=float(len(epoch_rows)), minibatches=float(n_minibatches),
+    stats.update(epochs=float(len(epoch_log_ratios)), minibatches=float(n_minibatches),
                  explained_variance=explained_variance(buffer.values.flatten(), returns),
                  advantage_std=float(advantages.std()) if total > 1 else 0.0,
                  ratio_min=ratio_min, ratio_max=ratio_max, kl_last_epoch=kl_last_epoch,
                  early_stopped=float(stop))
     stats["ratio_hist"] = ratio_hist.tolist()  # type: ignore[assignment]
     return stats
+
+
+def _k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Per-sample k3 KL estimate from log(pi_new / pi_old) (see proximo.core.kl)."""
+    return kl_estimate(torch.zeros_like(log_ratio), log_ratio, "k3")
+
+
+def _mean_of_means(chunks: list[torch.Tensor], per_sample) -> float:
+    """Mean over chunks of the mean of per_sample(chunk); one reduction when the chunks are equal."""
+    if len({chunk.numel() for chunk in chunks}) == 1:
+        return float(per_sample(torch.cat(chunks)).mean())
+    return float(torch.stack([per_sample(chunk).mean() for chunk in chunks]).mean())

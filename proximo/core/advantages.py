@@ -63,8 +63,13 @@ def discounted_returns(
     return returns
 
 
-def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / (std + eps) over all elements; a single element is only centred."""
-    if x.numel() < 2:
-        return x - x.mean()
-    return (x - x.mean()) / (x.std() + eps)
+def normalize(x: torch.Tensor, eps: float = 1e-8, dim: int | None = None) -> torch.Tensor:
+    """(x - mean) / (std + eps) over all elements, or along dim (each slice on its own);
+    a single element (or slices of one) is only centred."""
+    if dim is None:
+        if x.numel() < 2:
+            return x - x.mean()
+        return (x - x.mean()) / (x.std() + eps)
+    if x.shape[dim] < 2:
+        return x - x.mean(dim, keepdim=True)
+    return (x - x.mean(dim, keepdim=True)) / (x.std(dim, keepdim=True) + eps)

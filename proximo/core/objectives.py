@@ -34,6 +34,7 @@ def policy_loss(
     clip_range_high: float | None = None,
     kl_coef: float = 0.0,
     mask: torch.Tensor | None = None,
+    stats: bool = True,
 ) -> PolicyLossOutput:
     """PPO policy loss on per-sample log-probs of shape [*] (any shape, same for all inputs).
 
@@ -41,6 +42,8 @@ def policy_loss(
     adaptive_kl / fixed_kl: -(r A - beta KL(old || new))          (PPO-Penalty, KL by the k3 estimator)
     none:        -r A                                             (the paper's no-clip ablation)
     with r = exp(logp_new - logp_old). The scalar loss is the (masked) mean over samples.
+    stats=False skips the statistics (approx_kl_k1, approx_kl_k3, clip_fraction come back as None),
+    for callers that derive them later from the ratios in one pass.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
@@ -55,7 +58,7 @@ def policy_loss(
     surrogate = ratio * advantages
     if objective in ("adaptive_kl", "fixed_kl"):
         kl_k3 = kl_estimate(logp_old, logp_new, "k3")
-    else:
+    elif stats:
         with torch.no_grad():  # only a statistic here; keeping it out of the graph saves backward work
             kl_k3 = kl_estimate(logp_old, logp_new, "k3")
     if objective == "clip":
@@ -65,6 +68,8 @@ def policy_loss(
         per_sample = -surrogate
     else:
         per_sample = -(surrogate - kl_coef * kl_k3)
+    if not stats:
+        return PolicyLossOutput(masked_mean(per_sample, mask), per_sample, None, None, None, ratio.detach())
     with torch.no_grad():
         outside = (ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)
         approx_kl_k1 = masked_mean(-log_ratio, mask)

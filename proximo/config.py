@@ -65,7 +65,6 @@ class PPOConfig:
     # machinery
     env_backend: str = "sync"              # sync | async (gymnasium vector envs)
     torch_threads: int = 0                 # 0: proximo picks (1 for small MLPs)
-    device: str = "cpu"
     eval_episodes: int = 10
     save_every: int = 0                    # env steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 3

@@ -9,7 +9,7 @@ alternating proximo / SB3 / raw env so that drifts in machine load hit every sid
 steps/s = env steps trained / training wall time (setup and the final evaluation excluded; the
 whole-process time is recorded as well). The raw-env side steps the same vector env with random
 actions and no policy at all: the ceiling a trainer can approach. Results go to
-benchmarks/results/throughput.json and throughput.md (or --out).
+benchmarks/results/throughput.json and throughput.md (throughput-t2.* for --threads 2; or --out).
 """
 from __future__ import annotations
 
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{summary.get('proximo_over_raw', float('nan')):.2f}", flush=True)
     report["load_avg_end"] = list(os.getloadavg())
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "throughput" + (f"-{args.tag}" if args.tag else "")
+    stem = "throughput" + (f"-t{args.threads}" if args.threads != 1 else "") + (f"-{args.tag}" if args.tag else "")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))

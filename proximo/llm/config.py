@@ -155,7 +155,7 @@ class _RLConfig(_LLMConfig):
 class GRPOConfig(_RLConfig):
     """GRPO: G completions per prompt, group-relative advantages, no critic, k3 KL as a loss term."""
 
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-5
     group_size: int = 8                     # G completions per prompt
     scale_rewards: bool = True              # divide group-centred rewards by the group std
     loss_aggregation: str = "token-mean"    # seq-mean | token-mean | constant
@@ -187,13 +187,13 @@ class GRPOConfig(_RLConfig):
 class RLHFConfig(_RLConfig):
     """PPO-RLHF: reward-model score at the last token, per-token KL penalty, value head, GAE over tokens."""
 
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-5
     prompts_per_step: int = 128
     n_epochs: int = 2
     num_minibatches: int = 4
     kl_coef: float = 0.05
     kl_estimator: str = "k1"                # estimator of the per-token KL penalty in the reward
-    kl_controller: str = "adaptive"         # adaptive | fixed
+    kl_controller: str = "fixed"            # fixed | adaptive (the PPO paper's halve/double rule)
     kl_target: float = 0.5                  # target KL per sequence (nats) of the adaptive controller
     gamma: float = 1.0
     gae_lambda: float = 0.95
@@ -201,6 +201,7 @@ class RLHFConfig(_RLConfig):
     clip_range_vf: float | None = 0.2
     ent_coef: float = 0.0
     whiten_advantages: bool = True
+    normalize_scores: bool = True           # standardize reward-model scores by their running mean/std
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""

@@ -49,17 +49,17 @@ class RewardModel(nn.Module):
 
 
 def pairwise_accuracy(model: RewardModel, pairs: list[tuple[str, str, str]], batch_size: int = 512) -> float:
-    """Fraction of (prompt, chosen, rejected) pairs where chosen scores strictly higher."""
+    """Fraction of (prompt, chosen, rejected) pairs where chosen scores higher (a tie counts half)."""
     was_training = model.training
     model.eval()
-    wins = 0
+    wins = 0.0
     with torch.inference_mode():
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             prompts = [p for p, _, _ in chunk]
             chosen = model.score_texts(prompts, [c for _, c, _ in chunk])
             rejected = model.score_texts(prompts, [r for _, _, r in chunk])
-            wins += int((chosen > rejected).sum())
+            wins += float((chosen > rejected).sum()) + 0.5 * float((chosen == rejected).sum())
     model.train(was_training)
     return wins / len(pairs)
 

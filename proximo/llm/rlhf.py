@@ -23,6 +23,31 @@ from proximo.llm.run import RewardFn
 VALUE_HEAD = "value"
 
 
+class RunningMeanStd:
+    """Mean and std of every value seen so far (parallel-variance merge of batches)."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.var = 0, 0.0, 1.0
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of all values seen."""
+        return self.var ** 0.5
+
+    def update(self, values: torch.Tensor) -> None:
+        """Merge a batch of values [B]."""
+        n = values.numel()
+        mean, var = float(values.mean()), float(values.var(unbiased=False)) if n > 1 else 0.0
+        if self.count == 0:
+            self.count, self.mean, self.var = n, mean, var
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + var * n + delta ** 2 * self.count * n / total) / total
+        self.count = total
+
+
 class RLHF(RLTrainer):
     """PPO-RLHF against a reward model: RLHF("tiny" | model_dir | run_dir, reward_model=RM_DIR,
     prompts=[...], **RLHFConfig fields).train(steps) -> summary dict. Held-out evaluation uses the
@@ -51,6 +76,7 @@ class RLHF(RLTrainer):
                                "from the same model family (e.g. `proximo llm rm --init` the SFT run)")
         self.value_head = ScalarHead(hidden_size(self.model))
         cfg = self.config
+        self.score_stats = RunningMeanStd()
         self.kl_controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target) if cfg.kl_controller == "adaptive"
                               else FixedKLController(cfg.kl_coef))
 
@@ -81,7 +107,12 @@ class RLHF(RLTrainer):
                                                         head=self.value_head)
             ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature)
         scores, old_logp, old_values, ref_logp = (t.clone() for t in (scores, old_logp, old_values, ref_logp))
-        rewards, kl_tokens = rlhf_token_rewards(scores, old_logp, ref_logp, mask, beta, cfg.kl_estimator)
+        rewards_seq = scores
+        if cfg.normalize_scores:
+            # Running (not per-batch) statistics: a batch that is better on the whole still earns more.
+            self.score_stats.update(scores)
+            rewards_seq = (scores - self.score_stats.mean) / (self.score_stats.std + 1e-6)
+        rewards, kl_tokens = rlhf_token_rewards(rewards_seq, old_logp, ref_logp, mask, beta, cfg.kl_estimator)
         advantages, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)

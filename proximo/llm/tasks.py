@@ -65,8 +65,16 @@ class Task:
         return [1.0 if c.strip() == self.answer(p) else 0.0 for p, c in zip(prompts, completions)]
 
     def corrupt(self, answer: str, rng: random.Random) -> str:
-        """A wrong but plausible answer: one digit changed, dropped, added or two digits swapped."""
+        """A wrong but plausible answer: half the time a digit off by one (a carry slip, the error a
+        half-trained model makes most), else a digit changed, dropped, added or two digits swapped."""
         while True:
+            if rng.random() < 0.5:
+                i = rng.randrange(len(answer))
+                digit = (int(answer[i]) + rng.choice((-1, 1))) % 10
+                wrong = (answer[:i] + str(digit) + answer[i + 1:]).lstrip("0") or "0"
+                if wrong != answer:
+                    return wrong
+                continue
             kind = rng.randrange(4)
             chars = list(answer)
             i = rng.randrange(len(chars))

@@ -106,6 +106,8 @@ class RewardModelConfig(_LLMConfig):
     train_pairs: int = 20_000
     eval_pairs: int = 500
     eval_every: int = 100
+    pair_source: str = "corrupt"            # corrupt: rule-made wrong answers; samples: the init model's own
+                                            # wrong samples (needs a model that already half-solves the task)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
@@ -113,6 +115,8 @@ class RewardModelConfig(_LLMConfig):
         for name in ("batch_size", "max_steps", "train_pairs", "eval_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.pair_source not in ("corrupt", "samples"):
+            raise ConfigError(f"pair_source must be corrupt or samples; got {self.pair_source!r}")
 
 
 @dataclass

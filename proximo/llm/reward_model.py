@@ -64,6 +64,26 @@ def pairwise_accuracy(model: RewardModel, pairs: list[tuple[str, str, str]], bat
     return wins / len(pairs)
 
 
+def sampled_pairs(model, tokenizer, task, prompts: list[str], rng, per_prompt: int = 4,
+                  temperature: float = 1.0) -> list[tuple[str, str, str]]:
+    """(prompt, exact answer, one of the model's own wrong samples) per prompt; a rule-made
+    corruption where all per_prompt samples were right."""
+    from proximo.llm.run import decode_responses
+    from proximo.llm.generation import generate
+    pairs = []
+    for start in range(0, len(prompts), 256):
+        chunk = prompts[start:start + 256]
+        expanded = [p for p in chunk for _ in range(per_prompt)]
+        ids, mask = encode_prompts(tokenizer, expanded)
+        rollout = generate(model, ids, mask, task.max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, temperature)
+        completions = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
+        for i, prompt in enumerate(chunk):
+            answer = task.answer(prompt)
+            wrong = [c for c in completions[i * per_prompt:(i + 1) * per_prompt] if c.strip() != answer]
+            pairs.append((prompt, answer, rng.choice(wrong) if wrong else task.corrupt(answer, rng)))
+    return pairs
+
+
 def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = None, verbose: bool = False,
                        tensorboard: bool = True, **config: Any) -> dict[str, Any]:
     """Train a reward model on the task's synthetic preference pairs; returns the summary (held-out
@@ -75,8 +95,15 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
     backbone, tokenizer, _ = load_model(model, seed=cfg.seed)
     rm = RewardModel(backbone, tokenizer)
     run = RunDir("rm", cfg, run_dir, {"model": str(model)}, tensorboard, verbose, total=cfg.max_steps)
-    train_pairs = task.preference_pairs(rng, cfg.train_pairs)
-    eval_pairs = task.preference_pairs(rng, cfg.eval_pairs, held_out=True)
+    if cfg.pair_source == "samples":
+        # Labelled samples of the model being improved: the errors the policy will actually make.
+        train_pairs = sampled_pairs(backbone, tokenizer, task, task.sample_prompts(rng, cfg.train_pairs), rng,
+                                    temperature=cfg.temperature)
+        eval_pairs = sampled_pairs(backbone, tokenizer, task, task.held_out_prompts(cfg.eval_pairs), rng,
+                                   temperature=cfg.temperature)
+    else:
+        train_pairs = task.preference_pairs(rng, cfg.train_pairs)
+        eval_pairs = task.preference_pairs(rng, cfg.eval_pairs, held_out=True)
     optimizer = make_optimizer(rm.parameters(), cfg)
     before = pairwise_accuracy(rm, eval_pairs)
     run.log(0, {"eval_sampled_accuracy": before}, 0.0, before)

@@ -18,6 +18,10 @@ from proximo.llm.run import (
 from proximo.llm.tasks import get_task
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 class RLTrainer:
     """Shared machinery of the LLM RL trainers; see GRPO and RLHF."""
 
@@ -125,7 +129,7 @@ class RLTrainer:
             "kind": self.kind, "steps": self.step_count,
             "before": before, "after": evaluation,
             "train_reward_last10": sum(r["reward"] for r in last) / len(last),
-            "kl_ref_last10": sum(r["kl_ref"] for r in last) / len(last),
+            "kl_ref_last10": _mean([r["kl_ref"] for r in self.history[-20:] if r.get("kl_ref") is not None][-10:]),
             "gen_tokens_per_s": sum(r["gen_tokens_per_s"] for r in self.history) / len(self.history),
             "step_tokens_per_s": sum(r["tokens_per_s"] for r in self.history) / len(self.history),
         }

@@ -1,0 +1,153 @@
+"""Speed of one GRPO step, proximo vs TRL's GRPOTrainer, on the same tiny character GPT-2, the same
+prompts, reward, group size, completion length and thread count, side by side in one run.
+
+    .venv/bin/python benchmarks/llm.py --steps 10 --repeats 3
+
+The figure is completion tokens per second of wall time over whole steps (generation + update),
+counted by one shared reward wrapper; the ratio proximo / TRL is what counts (BENCHMARKS.md).
+Writes benchmarks/results/llm_grpo_speed.json and .md. Needs `pip install trl` (optional extra).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def hf_char_tokenizer():
+    """A transformers tokenizer with exactly proximo's CharTokenizer ids (pad 0, bos 1, eos 2, chars)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from proximo.llm.tokenizer import CharTokenizer
+    char = CharTokenizer()
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
+    for c in char.chars:
+        vocab[c] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", padding_side="left")
+
+
+class CountingReward:
+    """Exact-match reward for 'a+b=' prompts that also counts completion tokens (characters + <eos>)."""
+
+    __name__ = "exact_sum"
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def __call__(self, prompts, completions, **_):
+        """1.0 where the completion is the sum, else 0.0."""
+        out = []
+        for prompt, completion in zip(prompts, completions):
+            self.tokens += len(completion) + 1
+            left, right = prompt.rstrip("=").split("+")
+            out.append(1.0 if completion.strip() == str(int(left) + int(right)) else 0.0)
+        return out
+
+
+def run_proximo(model_dir: Path, prompts: list[str], args) -> float:
+    """Completion tokens/s of proximo's GRPO over args.steps steps (after one warm-up step)."""
+    from proximo.llm import GRPO
+    reward = CountingReward()
+    trainer = GRPO(model_dir, reward_fn=reward, prompts=prompts, run_dir=Path(tempfile.mkdtemp()) / "p",
+                   tensorboard=False, group_size=args.group_size, prompts_per_step=args.prompts_per_step,
+                   num_minibatches=1, n_epochs=1, max_new_tokens=args.max_new_tokens, kl_coef=0.0,
+                   learning_rate=1e-5, torch_threads=args.threads, num_eval_prompts=1, eval_every=0)
+    optimizer = trainer.make_optimizer()
+    trainer.step(optimizer)
+    reward.tokens = 0
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.step(optimizer)
+    return reward.tokens / (time.perf_counter() - started)
+
+
+def run_trl(model_dir: Path, prompts: list[str], args) -> float:
+    """Completion tokens/s of TRL's GRPOTrainer over args.steps steps (after one warm-up step)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    reward = CountingReward()
+    batch = args.prompts_per_step * args.group_size
+    marks: dict[str, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, _args, state, control, **kwargs):
+            if state.global_step == 1:
+                reward.tokens = 0
+                marks["start"] = time.perf_counter()
+            marks["end"] = time.perf_counter()
+
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, num_generations=args.group_size,
+        max_completion_length=args.max_new_tokens, max_steps=args.steps + 1, learning_rate=1e-5, beta=0.0,
+        num_iterations=1, gradient_accumulation_steps=1, temperature=1.0, logging_steps=1000,
+        save_strategy="no", report_to="none", use_cpu=True, disable_dropout=True, seed=1,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0, bf16=False, fp16=False)
+    dataset = Dataset.from_dict({"prompt": prompts * 64})
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=config, train_dataset=dataset,
+                          processing_class=hf_char_tokenizer(), callbacks=[Clock()])
+    trainer.train()
+    return reward.tokens / (marks["end"] - marks["start"])
+
+
+def main() -> None:
+    """Alternate proximo and TRL runs, report the median tokens/s of each and their ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompts-per-step", type=int, default=16)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from proximo.llm.models import build_builtin
+    model_dir = Path(tempfile.mkdtemp()) / "tiny"
+    tokenizer = hf_char_tokenizer()
+    model = build_builtin("tiny", len(tokenizer), seed=0)
+    model.save_pretrained(str(model_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(model_dir))
+    rng = random.Random(0)
+    prompts = [f"{rng.randrange(1000)}+{rng.randrange(1000)}=" for _ in range(256)]
+    figures: dict[str, list[float]] = {"proximo": [], "trl": []}
+    for _ in range(args.repeats):
+        figures["proximo"].append(run_proximo(model_dir, prompts, args))
+        figures["trl"].append(run_trl(model_dir, prompts, args))
+        print(json.dumps(figures), flush=True)
+    medians = {k: statistics.median(v) for k, v in figures.items()}
+    import trl
+    result = {"machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
+                         f"trl {trl.__version__}",
+              "settings": vars(args), "tokens_per_s": figures, "median_tokens_per_s": medians,
+              "ratio_proximo_over_trl": medians["proximo"] / medians["trl"]}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "llm_grpo_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = ["# GRPO step speed: proximo vs TRL GRPOTrainer (same tiny char GPT-2, same settings)", "",
+          f"Machine: {result['machine']}. Settings: {json.dumps(vars(args))}", "",
+          "| side | completion tokens/s (median of runs) | runs |", "|---|---|---|"]
+    for side in ("proximo", "trl"):
+        md.append(f"| {side} | {medians[side]:,.0f} | {', '.join(f'{v:,.0f}' for v in figures[side])} |")
+    md += ["", f"Ratio proximo / TRL: {result['ratio_proximo_over_trl']:.1f}x"]
+    (RESULTS / "llm_grpo_speed.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

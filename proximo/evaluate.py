@@ -21,10 +21,7 @@ def evaluate_policy(policy: ActorCritic, env: EnvLike, episodes: int = 10, seed:
             obs, _ = single.reset(seed=seed + episode)
             total, length, done = 0.0, 0, False
             while not done:
-                with torch.inference_mode():
-                    x = policy.normalize(policy.encode(_batch_of_one(obs), 1))
-                    action, _, _ = policy.act(x, deterministic=deterministic)
-                obs, reward, terminated, truncated, _ = single.step(policy.to_env_actions(action)[0])
+                obs, reward, terminated, truncated, _ = single.step(act_once(policy, obs, deterministic))
                 total += float(reward)
                 length += 1
                 done = terminated or truncated
@@ -33,6 +30,14 @@ def evaluate_policy(policy: ActorCritic, env: EnvLike, episodes: int = 10, seed:
     finally:
         single.close()
     return returns, lengths
+
+
+def act_once(policy: ActorCritic, obs, deterministic: bool = True):
+    """The env action for one unbatched observation (normalization frozen, Box actions clipped)."""
+    with torch.inference_mode():
+        x = policy.normalize(policy.encode(_batch_of_one(obs), 1))
+        action, _, _ = policy.act(x, deterministic=deterministic)
+    return policy.to_env_actions(action)[0]
 
 
 def _batch_of_one(obs):

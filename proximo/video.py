@@ -5,11 +5,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from proximo.envs.make import EnvLike, make_single_env
 from proximo.errors import ProximoError
-from proximo.evaluate import _batch_of_one
+from proximo.evaluate import act_once
 from proximo.nn.policy import ActorCritic
 
 
@@ -39,10 +38,7 @@ def record_episodes(policy: ActorCritic, env: EnvLike, out_dir: Path, episodes: 
             with imageio.get_writer(path, fps=rate, macro_block_size=1) as writer:
                 writer.append_data(_frame(single))
                 while not done:
-                    with torch.inference_mode():
-                        x = policy.normalize(policy.encode(_batch_of_one(obs), 1))
-                        action, _, _ = policy.act(x, deterministic=deterministic)
-                    obs, reward, terminated, truncated, _ = single.step(policy.to_env_actions(action)[0])
+                    obs, reward, terminated, truncated, _ = single.step(act_once(policy, obs, deterministic))
                     total += float(reward)
                     done = terminated or truncated
                     writer.append_data(_frame(single))

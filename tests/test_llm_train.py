@@ -65,13 +65,25 @@ def test_sft_then_grpo_cli_and_rlhf_end_to_end(tmp_path, capsys):
     assert (rm_dir / "model" / "reward_head.safetensors").is_file()
     trainer = RLHF(sft_dir, reward_model=rm_dir, run_dir=tmp_path / "rlhf", steps=2, prompts_per_step=8,
                    num_minibatches=2, digits=2, **FAST)
+    # the critic starts as a copy of the reward model: same score for the same text
+    with torch.no_grad():
+        texts = (["1+2=", "10+20="], ["3", "31"])
+        assert torch.allclose(trainer.critic.score_texts(*texts), trainer.reward_model.score_texts(*texts))
     rlhf_summary = trainer.train()
     rows, _ = _check_run_dir(tmp_path / "rlhf", "rlhf")
-    assert (tmp_path / "rlhf" / "model" / "value_head.safetensors").is_file()
     assert rows[1]["score"] != "" and rows[1]["value_loss"] != ""
     assert rlhf_summary["steps"] == 2
     # the first step's KL to the reference is 0: the policy is the reference when it samples
     assert trainer.history[0]["kl_ref"] == pytest.approx(0.0, abs=1e-6)
+    # training moves the critic, never the frozen reward model
+    with torch.no_grad():
+        assert not torch.allclose(trainer.critic.score_texts(*texts), trainer.reward_model.score_texts(*texts))
+    # the other critic: a value head on the policy trunk, saved next to the policy
+    head_run = RLHF(sft_dir, reward_model=rm_dir, run_dir=tmp_path / "rlhf-head", steps=1, prompts_per_step=8,
+                    num_minibatches=2, digits=2, critic="head", normalize_scores=True,
+                    kl_controller="adaptive", **FAST)
+    head_run.train()
+    assert (tmp_path / "rlhf-head" / "model" / "value_head.safetensors").is_file()
 
 
 def test_grpo_python_api_with_a_custom_reward(tmp_path):
@@ -104,6 +116,7 @@ def test_reward_model_scores_and_round_trips(tmp_path):
     (lambda: GRPOConfig(clip_range=1.5), "clip_range must lie in"),
     (lambda: GRPOConfig(learning_rate="fast"), "learning_rate must be of type float"),
     (lambda: RLHFConfig(kl_estimator="k4"), "kl_estimator must be one of"),
+    (lambda: RLHFConfig(critic="none"), "critic must be"),
     (lambda: get_task("multiply"), "unknown task 'multiply'"),
     (lambda: GRPO("huge"), "unknown built-in model|neither a model directory"),
     (lambda: GRPO("tiny", task="", prompts=["a"]), "pass both prompts"),

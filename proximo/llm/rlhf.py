@@ -4,6 +4,7 @@ over tokens with a value head, and the update uses proximo.core's clipped policy
 with an adaptive or fixed KL coefficient (proximo.core.kl controllers)."""
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from proximo.errors import ProximoError
 from proximo.llm.config import RLHFConfig
 from proximo.llm.generation import response_logprobs
 from proximo.llm.losses import rlhf_token_rewards, token_gae
-from proximo.llm.models import ScalarHead, hidden_size
+from proximo.llm.models import ScalarHead, forward_hidden, hidden_size
 from proximo.llm.reward_model import RewardModel
 from proximo.llm.rl import RLTrainer
 from proximo.llm.run import RewardFn
@@ -75,6 +76,12 @@ class RLHF(RLTrainer):
             raise ProximoError("the reward model and the policy use different tokenizers; train the reward model "
                                "from the same model family (e.g. `proximo llm rm --init` the SFT run)")
         self.value_head = ScalarHead(hidden_size(self.model))
+        self.critic: RewardModel | None = None
+        if self.config.critic == "reward_model":
+            # A critic that starts out knowing the reward: its early advantages are signal, not noise.
+            self.critic = copy.deepcopy(self.reward_model)
+            for p in self.critic.parameters():
+                p.requires_grad_(True)
         cfg = self.config
         self.score_stats = RunningMeanStd()
         self.kl_controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target) if cfg.kl_controller == "adaptive"
@@ -85,12 +92,26 @@ class RLHF(RLTrainer):
             return self.reward_model.score_texts(prompts, completions).tolist()
 
     def trainable_parameters(self):
-        """The policy and its value head."""
-        return list(self.model.parameters()) + list(self.value_head.parameters())
+        """The policy and its critic (value head or separate value model)."""
+        critic = self.critic if self.critic is not None else self.value_head
+        return list(self.model.parameters()) + list(critic.parameters())
 
     def heads(self) -> dict:
-        """The value head, saved as value_head.safetensors."""
-        return {VALUE_HEAD: self.value_head}
+        """The value head, saved as value_head.safetensors (none with a separate critic model)."""
+        return {VALUE_HEAD: self.value_head} if self.critic is None else {}
+
+    def _values(self, input_ids: torch.Tensor, attention: torch.Tensor, width: int) -> torch.Tensor:
+        """Values [B, R] of the states before each response token, from the separate critic."""
+        _, hidden = forward_hidden(self.critic.backbone, input_ids, attention, with_logits=False)
+        return self.critic.head(hidden[:, width - 1:-1, :]).float()
+
+    def _forward(self, input_ids, attention, width, with_entropy=False):
+        head = self.value_head if self.critic is None else None
+        logp, entropy, values = response_logprobs(self.model, input_ids, attention, width, self.config.temperature,
+                                                  with_entropy=with_entropy, head=head)
+        if self.critic is not None:
+            values = self._values(input_ids, attention, width)
+        return logp, entropy, values
 
     def step(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """One PPO round: sample, score, per-token rewards, GAE, K epochs of clipped updates."""
@@ -103,8 +124,7 @@ class RLHF(RLTrainer):
         beta = self.kl_controller.value
         with torch.inference_mode():
             scores = self.reward_model.score(input_ids, attention)
-            old_logp, _, old_values = response_logprobs(self.model, input_ids, attention, width, cfg.temperature,
-                                                        head=self.value_head)
+            old_logp, _, old_values = self._forward(input_ids, attention, width)
             ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature)
         scores, old_logp, old_values, ref_logp = (t.clone() for t in (scores, old_logp, old_values, ref_logp))
         rewards_seq = scores
@@ -124,8 +144,7 @@ class RLHF(RLTrainer):
             order = torch.randperm(batch)
             for start in range(0, batch, size):
                 idx = order[start:start + size]
-                logp, entropy, values = response_logprobs(self.model, input_ids[idx], attention[idx], width,
-                                                          cfg.temperature, with_entropy=True, head=self.value_head)
+                logp, entropy, values = self._forward(input_ids[idx], attention[idx], width, with_entropy=True)
                 m = mask[idx]
                 out = policy_loss(logp, old_logp[idx], advantages[idx], "clip", cfg.clip_range,
                                   cfg.clip_range_high, mask=m)

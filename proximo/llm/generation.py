@@ -112,7 +112,8 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temp
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
                       temperature: float = 1.0, with_entropy: bool = False, head=None):
     """Log-probs [B, R] of the response tokens input_ids[:, P:] under model (P = prompt_width), with
-    the mean-free per-token entropy [B, R] and head values [B, R] when asked (else None)."""
+    the per-token entropy (nats) of the full next-token distribution [B, R] and head values [B, R] when
+    asked (else None)."""
     logits, hidden = forward_hidden(model, input_ids, attention_mask)
     # The logit at position t predicts token t + 1: responses start at P, so use P-1 .. L-2.
     logits = logits[:, prompt_width - 1:-1, :].float()

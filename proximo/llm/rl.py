@@ -113,11 +113,11 @@ class RLTrainer:
         before = self.evaluate()
         self.run.log(self.step_count, before, 0.0, before["eval_sampled_accuracy"])
         evaluation = before
-        for _ in range(steps):
+        for index in range(steps):
             self.step_count += 1
             row = self.step(optimizer)
             every = self.config.eval_every
-            if (every and self.step_count % every == 0) or _ == steps - 1:
+            if (every and self.step_count % every == 0) or index == steps - 1:
                 evaluation = self.evaluate()
                 row.update(evaluation)
             self.history.append(row)

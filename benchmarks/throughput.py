@@ -182,6 +182,8 @@ def machine_info(threads: int) -> dict:
     return dict(cpu_model=model, logical_cores=os.cpu_count(), python=platform.python_version(),
                 torch=torch.__version__, gymnasium=gymnasium.__version__, sb3=stable_baselines3.__version__,
                 torch_threads=threads, load_avg_start=list(os.getloadavg()),
+                thread_env={k: v for k, v in os.environ.items() if k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS",
+                                                                        "MKL_NUM_THREADS", "KMP_BLOCKTIME")},
                 date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
@@ -214,7 +216,8 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`", "",
         f"Machine: {m['cpu_model']}, {m['logical_cores']} logical cores, load average at start "
         f"{m['load_avg_start'][0]:.2f} / end {report['load_avg_end'][0]:.2f}; Python {m['python']}, "
-        f"torch {m['torch']}, gymnasium {m['gymnasium']}, SB3 {m['sb3']}; torch threads {m['torch_threads']}; "
+        f"torch {m['torch']}, gymnasium {m['gymnasium']}, SB3 {m['sb3']}; torch threads {m['torch_threads']}"
+        f"{''.join(f', {k}={v}' for k, v in m.get('thread_env', {}).items())}; "
         f"proximo env backend `{report['backend']}`; {m['date']}.", "",
         "steps/s = env steps / training wall time (setup and final evaluation excluded), median of "
         f"{report['repeats']} runs per side, run alternately in fresh processes. Eval = deterministic "

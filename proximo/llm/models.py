@@ -37,7 +37,8 @@ def build_builtin(name: str, vocab_size: int, seed: int | None = None) -> nn.Mod
         from transformers import GPT2Config, GPT2LMHeadModel
         config = GPT2Config(vocab_size=vocab_size, n_positions=MAX_POSITIONS, n_embd=spec["n_embd"],
                             n_layer=spec["n_layer"], n_head=spec["n_head"], bos_token_id=1, eos_token_id=2,
-                            pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                            pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            activation_function="gelu_pytorch_tanh")  # same function as gelu_new, one fused op
         model = GPT2LMHeadModel(config)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM

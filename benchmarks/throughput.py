@@ -24,9 +24,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Python puts this folder first on sys.path; a sibling script such as benchmarks/mujoco.py would
-# then shadow the real package of that name, so the folder is dropped from the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 # Each case: the env, the proximo preset, and the SB3 keyword arguments that mean the same thing.
 CASES = {

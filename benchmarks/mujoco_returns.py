@@ -1,6 +1,6 @@
 """MuJoCo quality benchmark: several envs x seeds for 1M steps, beside the published anchors.
 
-    python benchmarks/mujoco.py --preset mujoco --seeds 3 --steps 1000000 --jobs 2
+    python benchmarks/mujoco_returns.py --preset mujoco --seeds 3 --steps 1000000 --jobs 2
 
 Each run is a `proximo train` subprocess; results go to benchmarks/results/mujoco-<preset>.{json,md}.
 """
@@ -52,7 +52,7 @@ def run_one(env_id: str, seed: int, args: argparse.Namespace) -> dict:
 def table(results: list[dict], args: argparse.Namespace) -> str:
     """Markdown: per env, mean +- std over seeds of eval and last-100 returns, beside the anchors."""
     lines = [f"# proximo on MuJoCo (preset `{args.preset}`, {args.steps:,} steps, seeds {args.seed_list})", "",
-             f"Command: `python benchmarks/mujoco.py --preset {args.preset} --steps {args.steps} "
+             f"Command: `python benchmarks/mujoco_returns.py --preset {args.preset} --steps {args.steps} "
              f"--seeds {len(args.seed_list)}{''.join(' --set ' + s for s in args.set)}`", "",
              "| env | proximo eval (deterministic, 10 ep) | proximo last-100 train episodes | steps/s | "
              "SB3 zoo (tuned) | CleanRL | baselines ppo2 |", "|---|---|---|---|---|---|---|"]

@@ -404,6 +404,19 @@ def reward_key(h: History) -> str | None:
     return next((key for key in REWARD_KEYS if h.has(key)), None)
 
 
+def _kl_per_response(h: History, start: int, stop: int) -> list[tuple[int, float]]:
+    """KL to the reference in nats per response: kl_ref_sequence when logged, else the per-token
+    kl_ref (how the LLM trainers log it) times the mean response length."""
+    if h.has("kl_ref_sequence"):
+        return h.values("kl_ref_sequence", start, stop)
+    if not h.has("kl_ref"):
+        return []
+    if not h.has("response_length"):
+        return h.values("kl_ref", start, stop)
+    lengths = dict(h.values("response_length", start, stop))
+    return [(update, kl * lengths[update]) for update, kl in h.values("kl_ref", start, stop) if update in lengths]
+
+
 def _reward_hacking(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
     n = len(h)
     key = reward_key(h)
@@ -416,12 +429,13 @@ def _reward_hacking(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidenc
         return None
     reasons, pairs = [], list(recent)
     value, threshold, statistic = math.nan, math.nan, ""
-    if h.has("kl_ref"):
-        kl_pairs = h.values("kl_ref", n - cfg.recent, n)
+    kl_pairs = _kl_per_response(h, n - cfg.recent, n)
+    if kl_pairs:
         kl_now = median(v for _, v in kl_pairs)
         if kl_now > cfg.kl_ref_max:
-            reasons.append(f"median kl_ref {_fmt(kl_now)} > diag_kl_ref_max {cfg.kl_ref_max}")
-            value, threshold, statistic, pairs = kl_now, cfg.kl_ref_max, "median kl_ref", kl_pairs
+            reasons.append(f"median KL to the reference {_fmt(kl_now)} nats per response > diag_kl_ref_max "
+                           f"{cfg.kl_ref_max}")
+            value, threshold, statistic, pairs = kl_now, cfg.kl_ref_max, "median KL per response", kl_pairs
     if h.has("response_length"):
         len_start = median(v for _, v in h.values("response_length", 0, cfg.recent))
         len_pairs = h.values("response_length", n - cfg.recent, n)

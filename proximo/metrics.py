@@ -67,8 +67,10 @@ class MetricsWriter:
 class Progress:
     """A rich progress bar on a terminal; plain periodic lines otherwise (CI, pipes)."""
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, every_s: float = 10.0) -> None:
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, every_s: float = 10.0,
+                 headline: str = "return", unit: str = "steps") -> None:
         self.total, self.enabled, self.every_s = total, enabled, every_s
+        self.headline, self.unit = headline, unit
         self.interactive = enabled and sys.stderr.isatty()
         self._last_line = time.monotonic()
         self._bar = None
@@ -81,10 +83,10 @@ class Progress:
             self._bar.start()
 
     def update(self, step: int, sps: float, mean_return: float) -> None:
-        """Show the step count, steps/s and the recent mean return."""
+        """Show the step count, the speed and the headline figure (the recent mean return by default)."""
         if not self.enabled:
             return
-        info = f"{sps:,.0f} steps/s  return {mean_return:.1f}"
+        info = f"{sps:,.0f} {self.unit}/s  {self.headline} {mean_return:.3g}"
         if self._bar is not None:
             self._bar.update(self._task, completed=step, info=info)
         elif time.monotonic() - self._last_line >= self.every_s or step >= self.total:

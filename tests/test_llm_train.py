@@ -97,6 +97,8 @@ def test_grpo_python_api_with_a_custom_reward(tmp_path):
     assert summary["steps"] == 1 and len(trainer.generate(["ab"])) == 1
     assert all(not p.requires_grad for p in trainer.reference.parameters())
     assert trainer.history[0]["reward"] >= 0.0
+    # the health rules saw the update (the evaluation row before training is not an update)
+    assert trainer.run.monitor.history.updates == [1]
 
 
 def test_reward_model_scores_and_round_trips(tmp_path):

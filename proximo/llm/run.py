@@ -14,6 +14,7 @@ import torch
 
 from proximo import __version__
 from proximo.checkpoint import atomic_write_json, load_json
+from proximo.diagnostics import HealthMonitor
 from proximo.errors import ProximoError
 from proximo.llm.generation import generate, pad_prompts
 from proximo.llm.models import save_model
@@ -126,7 +127,11 @@ class RunDir:
         atomic_write_json(self.path / "config.json", {"kind": kind, "proximo_version": __version__,
                                                       "config": config.to_dict(), **extra})
         self.metrics = MetricsWriter(self.path, tensorboard=tensorboard, columns=LLM_COLUMNS)
-        self.progress = Progress(total, enabled=verbose)
+        self.progress = Progress(total, enabled=verbose, headline="reward", unit="tokens")
+        # The same health rules as classic runs; they judge whichever statistics an LLM row has
+        # (reward, kl_ref, response_length, entropy, clip_fraction, ...), reward hacking included.
+        self.monitor = HealthMonitor.from_config(config, total_updates=total or None)
+        self.verbose = verbose
         self.start = time.perf_counter()
         self.cpu_start = time.process_time()
 
@@ -136,7 +141,10 @@ class RunDir:
 
     def log(self, step: int, row: dict[str, Any], speed: float = 0.0, headline: float = 0.0) -> None:
         """Write one metrics row and advance the progress display."""
-        self.metrics.write({"global_step": step, "update": step, "time_s": round(self.elapsed(), 3), **row})
+        full_row = {"global_step": step, "update": step, "time_s": round(self.elapsed(), 3), **row}
+        self.metrics.write(full_row)
+        if step > 0:  # step 0 is the evaluation before training, not an update
+            self.monitor.observe_and_report(full_row, self.path, echo=self.verbose)
         self.progress.update(step, speed, headline)
 
     def checkpoint(self, step: int, model, tokenizer, heads: dict | None = None, keep: int = 3) -> Path:

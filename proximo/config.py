@@ -98,7 +98,7 @@ class PPOConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
-        _check_types(self)
+        check_field_types(self)
         positive_ints = ("num_envs", "n_steps", "total_steps", "batch_size", "n_epochs",
                          "eval_episodes", "keep_checkpoints", "log_every")
         for name in positive_ints:
@@ -172,38 +172,34 @@ def field_types() -> dict[str, Any]:
     return typing.get_type_hints(PPOConfig)
 
 
-def _check_types(config: PPOConfig) -> None:
-    for name, hint in field_types().items():
-        value = getattr(config, name)
-        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
-        ok = False
-        for kind in allowed:
-            if kind is type(None) and value is None:
-                ok = True
-            elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(config, name, float(value))
-                ok = True
-            elif kind is int and isinstance(value, int) and not isinstance(value, bool):
-                ok = True
-            elif kind is bool and isinstance(value, bool):
-                ok = True
-            elif kind is str and isinstance(value, str):
-                ok = True
-            elif typing.get_origin(kind) is list and isinstance(value, (list, tuple)) \
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                setattr(config, name, list(value))
-                ok = True
-            if ok:
-                break
-        if not ok:
-            raise ConfigError(f"{name} must be of type {_type_name(hint)}, got {value!r}")
-
-
 _UnionType = type(int | None)
 
 
+def check_field_types(config: Any) -> None:
+    """Check every field of a config dataclass against its type hint (ints widen to float, None where
+    Optional, lists of ints), raising ConfigError that names the field; normalizes floats and lists."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+        for kind in allowed:
+            if kind is type(None) and value is None:
+                break
+            if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(config, name, float(value))
+                break
+            if kind in (int, str, bool) and type(value) is kind:
+                break
+            if typing.get_origin(kind) is list and isinstance(value, (list, tuple)) \
+                    and all(type(v) is int for v in value):
+                setattr(config, name, list(value))
+                break
+        else:
+            names = " or ".join("None" if k is type(None) else _type_name(k) for k in allowed)
+            raise ConfigError(f"{name} must be of type {names}, got {value!r}")
+
+
 def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

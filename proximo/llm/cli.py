@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import typing
 from pathlib import Path
 from typing import Any

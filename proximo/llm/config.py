@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass
 from typing import Any
 
+from proximo.config import check_field_types
 from proximo.core.kl import KL_ESTIMATORS
 from proximo.errors import ConfigError
 
@@ -36,7 +36,7 @@ class _LLMConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
-        _check_types(self)
+        check_field_types(self)
         for name in ("learning_rate", "adam_eps", "temperature"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -228,26 +228,3 @@ class RLHFConfig(_RLConfig):
         if self.clip_range_vf is not None and not self.clip_range_vf > 0:
             raise ConfigError(f"clip_range_vf must be positive or None, got {self.clip_range_vf}")
         self._check_minibatches()
-
-
-_UnionType = type(int | None)
-
-
-def _check_types(config: _LLMConfig) -> None:
-    for name, hint in typing.get_type_hints(type(config)).items():
-        value = getattr(config, name)
-        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
-        ok = False
-        for kind in allowed:
-            if kind is type(None) and value is None:
-                ok = True
-            elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(config, name, float(value))
-                ok = True
-            elif kind in (int, str, bool) and type(value) is kind:
-                ok = True
-            if ok:
-                break
-        if not ok:
-            names = " or ".join("None" if k is type(None) else k.__name__ for k in allowed)
-            raise ConfigError(f"{name} must be of type {names}, got {value!r}")

@@ -5,7 +5,7 @@ prompts, reward, group size, completion length and thread count, side by side in
 
 The figure is completion tokens per second of wall time over whole steps (generation + update),
 counted by one shared reward wrapper; the ratio proximo / TRL is what counts (BENCHMARKS.md).
-Writes benchmarks/results/llm_grpo_speed.json and .md. Needs `pip install trl` (optional extra).
+Writes benchmarks/results/llm_grpo_speed.json and .md. Needs TRL: `pip install -e .[bench-llm]`.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -98,19 +98,15 @@ def load_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is corrupt ({exc}); use an earlier checkpoint") from exc
 
 
-def atomic_write_dir(final: Path, files: dict[str, dict[str, torch.Tensor] | dict[str, Any]]) -> None:
-    """Write a folder of files (name -> tensors for .safetensors, JSON data otherwise) atomically:
-    all files go into a hidden temporary folder, which is renamed into place at the end."""
+def atomic_build_dir(final: Path, fill: Callable[[Path], None]) -> None:
+    """Build a folder atomically: fill(tmp) writes everything into a hidden temporary sibling, which
+    then replaces `final` by rename (a kill between the two renames is undone by recover_dir)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        for name, content in files.items():
-            if name.endswith(".safetensors"):
-                atomic_save_tensors(tmp / name, content)  # type: ignore[arg-type]
-            else:
-                atomic_write_json(tmp / name, content)
+        fill(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -123,6 +119,17 @@ def atomic_write_dir(final: Path, files: dict[str, dict[str, torch.Tensor] | dic
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write_dir(final: Path, files: dict[str, dict[str, torch.Tensor] | dict[str, Any]]) -> None:
+    """Write a folder of files (name -> tensors for .safetensors, JSON data otherwise) atomically."""
+    def fill(tmp: Path) -> None:
+        for name, content in files.items():
+            if name.endswith(".safetensors"):
+                atomic_save_tensors(tmp / name, content)  # type: ignore[arg-type]
+            else:
+                atomic_write_json(tmp / name, content)
+    atomic_build_dir(final, fill)
 
 
 def recover_dir(final: Path) -> None:

@@ -2,10 +2,8 @@
 safetensors checkpoints), held-out evaluation, seeding and the optimizer."""
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 from proximo import __version__
-from proximo.checkpoint import atomic_write_json, load_json
+from proximo.checkpoint import atomic_build_dir, atomic_write_json, load_json
 from proximo.diagnostics import HealthMonitor
 from proximo.errors import ProximoError
 from proximo.llm.generation import generate, pad_prompts
@@ -94,22 +92,7 @@ def evaluate(model, tokenizer, prompts: list[str], reward_fn: RewardFn, max_new_
 
 def save_model_atomic(directory: Path, model, tokenizer, heads: dict | None = None) -> None:
     """save_model into a temporary sibling folder, then rename it into place."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
-        save_model(model, tokenizer, tmp, heads)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_build_dir(Path(directory), lambda tmp: save_model(model, tokenizer, tmp, heads))
 
 
 def default_run_dir(kind: str, task: str, seed: int) -> Path:

@@ -137,6 +137,13 @@ class Report:
         """True when no rule fired."""
         return not self.monitor.episodes
 
+    def episodes_by_rule(self) -> dict[str, list[Episode]]:
+        """The episodes of trouble grouped by rule name, in the order the rules first fired."""
+        grouped: dict[str, list[Episode]] = {}
+        for episode in self.episodes:
+            grouped.setdefault(episode.rule, []).append(episode)
+        return grouped
+
     def applicable_rules(self) -> list[str]:
         """Rules whose statistic the run logged."""
         history = self.monitor.history
@@ -185,9 +192,7 @@ def text_report(report: Report) -> str:
         lines.append(f"healthy: none of the {len(report.applicable_rules())} applicable rules fired over "
                      f"{len(record.rows)} updates ({', '.join(report.applicable_rules())}).")
     else:
-        by_rule: dict[str, list[Episode]] = {}
-        for episode in report.episodes:
-            by_rule.setdefault(episode.rule, []).append(episode)
+        by_rule = report.episodes_by_rule()
         lines.append(f"{len(by_rule)} rule{'s' if len(by_rule) != 1 else ''} fired:")
         for name, episodes in by_rule.items():
             rule = RULES_BY_NAME[name]
@@ -457,9 +462,7 @@ def html_report(report: Report) -> str:
                      f"{len(report.applicable_rules())} applicable rules fired "
                      f"({esc(', '.join(report.applicable_rules()))}).</div>")
     else:
-        seen: dict[str, list[Episode]] = {}
-        for episode in report.episodes:
-            seen.setdefault(episode.rule, []).append(episode)
+        seen = report.episodes_by_rule()
         parts.append(f"<h2 id='verdict-findings'>{len(seen)} rule{'s' if len(seen) != 1 else ''} fired</h2>")
         for name, episodes in seen.items():
             rule = RULES_BY_NAME[name]

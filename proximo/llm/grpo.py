@@ -13,7 +13,7 @@ from proximo.core import kl_estimate, masked_mean, policy_loss
 from proximo.llm.config import GRPOConfig
 from proximo.llm.generation import response_logprobs
 from proximo.llm.losses import aggregate_loss, group_advantages
-from proximo.llm.rl import RLTrainer
+from proximo.llm.rl import RLTrainer, minibatch_indices
 from proximo.llm.run import RewardFn, call_reward
 
 
@@ -71,32 +71,28 @@ class GRPO(RLTrainer):
             ref_logp = ref_logp.clone()
         constant = cfg.loss_constant or float(self.max_new_tokens)
         batch = len(prompts)
-        size = batch // cfg.num_minibatches
         stats = {"policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0}
         count = 0
-        for _ in range(cfg.n_epochs):
-            order = torch.randperm(batch)
-            for start in range(0, batch, size):
-                idx = order[start:start + size]
-                logp, entropy, _ = response_logprobs(self.model, input_ids[idx], attention[idx], width,
-                                                     cfg.temperature, with_entropy=True)
-                loss, out, kl_ref = grpo_token_loss(
-                    logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], advantages[idx], mask[idx], cfg.clip_range,
-                    cfg.clip_range_high, cfg.kl_coef, cfg.loss_aggregation, constant)
-                mean_entropy = masked_mean(entropy, mask[idx])
-                if cfg.ent_coef > 0:
-                    loss = loss - cfg.ent_coef * mean_entropy
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                count += 1
-                stats["policy_loss"] += float(loss.detach())
-                stats["clip_fraction"] += float(out.clip_fraction)
-                stats["approx_kl"] += float(out.approx_kl_k3)
-                stats["entropy"] += float(mean_entropy.detach())
-                stats["kl_ref"] += float(kl_ref)
+        for idx in minibatch_indices(batch, cfg.num_minibatches, cfg.n_epochs):
+            logp, entropy, _ = response_logprobs(self.model, input_ids[idx], attention[idx], width,
+                                                 cfg.temperature, with_entropy=True)
+            loss, out, kl_ref = grpo_token_loss(
+                logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], advantages[idx], mask[idx], cfg.clip_range,
+                cfg.clip_range_high, cfg.kl_coef, cfg.loss_aggregation, constant)
+            mean_entropy = masked_mean(entropy, mask[idx])
+            if cfg.ent_coef > 0:
+                loss = loss - cfg.ent_coef * mean_entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            count += 1
+            stats["policy_loss"] += float(loss.detach())
+            stats["clip_fraction"] += float(out.clip_fraction)
+            stats["approx_kl"] += float(out.approx_kl_k3)
+            stats["entropy"] += float(mean_entropy.detach())
+            stats["kl_ref"] += float(kl_ref)
         tokens = float(mask.sum())
         seconds = time.perf_counter() - started
         row = {key: value / count for key, value in stats.items()}

@@ -18,6 +18,15 @@ from proximo.llm.run import (
 from proximo.llm.tasks import get_task
 
 
+def minibatch_indices(batch: int, num_minibatches: int, n_epochs: int):
+    """Index tensors of the minibatches of n_epochs shuffled passes over `batch` rollouts."""
+    size = batch // num_minibatches
+    for _ in range(n_epochs):
+        order = torch.randperm(batch)
+        for start in range(0, batch, size):
+            yield order[start:start + size]
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 

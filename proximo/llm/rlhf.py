@@ -18,7 +18,7 @@ from proximo.llm.generation import response_logprobs
 from proximo.llm.losses import rlhf_token_rewards, token_gae
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size
 from proximo.llm.reward_model import RewardModel
-from proximo.llm.rl import RLTrainer
+from proximo.llm.rl import RLTrainer, minibatch_indices
 from proximo.llm.run import RewardFn
 
 VALUE_HEAD = "value"
@@ -137,31 +137,27 @@ class RLHF(RLTrainer):
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         batch = len(prompts)
-        size = batch // cfg.num_minibatches
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0}
         count = 0
-        for _ in range(cfg.n_epochs):
-            order = torch.randperm(batch)
-            for start in range(0, batch, size):
-                idx = order[start:start + size]
-                logp, entropy, values = self._forward(input_ids[idx], attention[idx], width, with_entropy=True)
-                m = mask[idx]
-                out = policy_loss(logp, old_logp[idx], advantages[idx], "clip", cfg.clip_range,
-                                  cfg.clip_range_high, mask=m)
-                v_loss = value_loss(values, old_values[idx], returns[idx], cfg.clip_range_vf, mask=m)
-                mean_entropy = masked_mean(entropy, m)
-                loss = out.loss + cfg.vf_coef * v_loss - cfg.ent_coef * mean_entropy
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                count += 1
-                stats["policy_loss"] += float(out.loss.detach())
-                stats["value_loss"] += float(v_loss.detach())
-                stats["clip_fraction"] += float(out.clip_fraction)
-                stats["approx_kl"] += float(out.approx_kl_k3)
-                stats["entropy"] += float(mean_entropy.detach())
+        for idx in minibatch_indices(batch, cfg.num_minibatches, cfg.n_epochs):
+            logp, entropy, values = self._forward(input_ids[idx], attention[idx], width, with_entropy=True)
+            m = mask[idx]
+            out = policy_loss(logp, old_logp[idx], advantages[idx], "clip", cfg.clip_range,
+                              cfg.clip_range_high, mask=m)
+            v_loss = value_loss(values, old_values[idx], returns[idx], cfg.clip_range_vf, mask=m)
+            mean_entropy = masked_mean(entropy, m)
+            loss = out.loss + cfg.vf_coef * v_loss - cfg.ent_coef * mean_entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            count += 1
+            stats["policy_loss"] += float(out.loss.detach())
+            stats["value_loss"] += float(v_loss.detach())
+            stats["clip_fraction"] += float(out.clip_fraction)
+            stats["approx_kl"] += float(out.approx_kl_k3)
+            stats["entropy"] += float(mean_entropy.detach())
         # KL per sequence (sum over its tokens), the quantity the adaptive controller targets.
         sequence_kl = float(kl_tokens.sum(1).mean())
         self.kl_controller.update(sequence_kl)

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import cpu_model  # noqa: E402
 
 # Each case: the env, the proximo preset, and the SB3 keyword arguments that mean the same thing.
 CASES = {
@@ -168,15 +170,7 @@ def machine_info(threads: int) -> dict:
     import stable_baselines3
     import torch
 
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(cpu_model=model, logical_cores=os.cpu_count(), python=platform.python_version(),
+    return dict(cpu_model=cpu_model(), logical_cores=os.cpu_count(), python=platform.python_version(),
                 torch=torch.__version__, gymnasium=gymnasium.__version__, sb3=stable_baselines3.__version__,
                 torch_threads=threads, load_avg_start=list(os.getloadavg()),
                 thread_env={k: v for k, v in os.environ.items() if k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS",

@@ -123,3 +123,63 @@ def test_load_errors_are_clear(tmp_path):
         load_model(str(tmp_path / "missing"))
     with pytest.raises(ProximoError, match="neither a model directory"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("builtin", ["tiny", "tiny-llama"])
+def test_repeats_share_one_prefill_and_match_repeated_prompts(builtin):
+    model, tok, _ = load_model(builtin, seed=3)
+    ids, mask = pad_prompts(_prompts(tok), tok.pad_id)
+    # greedy: the shared prefill gives exactly the tokens of prefilling every repeated prompt
+    shared = generate(model, ids, mask, 6, tok.eos_id, tok.pad_id, greedy=True, repeats=3)
+    long_way = generate(model, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), 6, tok.eos_id,
+                        tok.pad_id, greedy=True)
+    assert torch.equal(shared.prompt_ids, long_way.prompt_ids) and torch.equal(shared.prompt_mask, long_way.prompt_mask)
+    assert torch.equal(shared.response_ids, long_way.response_ids)
+    assert torch.allclose(shared.logprobs, long_way.logprobs, atol=1e-6)
+    # sampled: rows of a group differ, and each row's log-probs are those of a full forward pass
+    sampled = generate(model, ids, mask, 6, tok.eos_id, tok.pad_id, repeats=8,
+                       generator=torch.Generator().manual_seed(0))
+    assert sampled.response_ids.shape[0] == 4 * 8
+    assert not all(torch.equal(sampled.response_ids[0], sampled.response_ids[r]) for r in range(1, 8))
+    with torch.inference_mode():
+        full, _, _ = response_logprobs(model, sampled.input_ids, sampled.attention_mask, ids.shape[1])
+    rm = sampled.response_mask.bool()
+    assert torch.allclose(full[rm], sampled.logprobs[rm], atol=1e-5)
+    with pytest.raises(ProximoError, match="repeats"):
+        generate(model, ids, mask, 6, tok.eos_id, tok.pad_id, repeats=0)
+
+
+@pytest.mark.parametrize("builtin", ["tiny", "tiny-llama"])
+def test_shared_prompt_forward_equals_the_long_way_in_values_and_gradients(builtin):
+    from proximo.llm.models import ScalarHead, hidden_size
+    model, tok, _ = load_model(builtin, seed=4)
+    ids, mask = pad_prompts(_prompts(tok), tok.pad_id)
+    rollout = generate(model, ids, mask, 5, tok.eos_id, tok.pad_id, repeats=4,
+                       generator=torch.Generator().manual_seed(1))
+    groups = torch.arange(4).repeat_interleave(4)
+    # a shuffled subset, as a minibatch would be, with groups cut into pieces
+    rows = torch.randperm(16, generator=torch.Generator().manual_seed(2))[:11]
+    inputs = (rollout.input_ids[rows], rollout.attention_mask[rows], ids.shape[1])
+    response_mask = rollout.response_mask[rows].float()
+    weights = torch.randn(response_mask.shape, generator=torch.Generator().manual_seed(3))
+    head = ScalarHead(hidden_size(model), init_std=0.1)
+    results = []
+    for labels in (None, groups[rows]):
+        model.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+        logp, entropy, values = response_logprobs(model, *inputs, temperature=0.7, with_entropy=True, head=head,
+                                                  groups=labels)
+        ((logp + 0.1 * entropy + values) * weights * response_mask).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in list(model.parameters()) + list(head.parameters())])
+        results.append((logp.detach(), entropy.detach(), values.detach(), grads))
+    (logp_a, ent_a, val_a, grad_a), (logp_b, ent_b, val_b, grad_b) = results
+    real = response_mask.bool()
+    assert torch.allclose(logp_a[real], logp_b[real], atol=1e-6)
+    assert torch.allclose(ent_a[real], ent_b[real], atol=1e-6)
+    assert torch.allclose(val_a[real], val_b[real], atol=1e-6)
+    assert grad_a.abs().max() > 1e-2  # the gradient is not trivially zero
+    assert torch.allclose(grad_a, grad_b, atol=1e-6 * float(grad_a.abs().max()) * 10)
+    # rows labelled as one group must share their prompt
+    bad = torch.zeros(16, dtype=torch.long)
+    with pytest.raises(ProximoError, match="different prompts"):
+        response_logprobs(model, rollout.input_ids, rollout.attention_mask, ids.shape[1], groups=bad)

@@ -156,3 +156,18 @@ def test_aggregate_loss_rejects_bad_modes():
         aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "sum")
     with pytest.raises(ProximoError, match="positive constant"):
         aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "constant", None)
+
+
+def test_minibatch_indices_keep_groups_whole_and_cover_every_row():
+    from proximo.llm.rl import minibatch_indices
+    torch.manual_seed(0)
+    batches = list(minibatch_indices(24, 3, 2, group_size=4))
+    assert len(batches) == 6 and all(len(b) == 8 for b in batches)
+    for epoch in (batches[:3], batches[3:]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(24))
+        for b in epoch:
+            groups = (b // 4).tolist()
+            assert all(groups.count(g) == 4 for g in set(groups))
+    # 5 groups do not split into 2 minibatches: rows are shuffled one by one, still a full cover
+    rows = list(minibatch_indices(20, 2, 1, group_size=4))
+    assert sorted(torch.cat(rows).tolist()) == list(range(20))

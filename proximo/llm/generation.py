@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from proximo.errors import ProximoError
 from proximo.llm.models import forward_hidden, position_ids_from_mask
 
 
@@ -62,23 +63,36 @@ def pad_responses(responses: list[list[int]], pad_id: int, width: int | None = N
 
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
              eos_id: int, pad_id: int, temperature: float = 1.0, greedy: bool = False,
-             generator: torch.Generator | None = None) -> Rollout:
+             generator: torch.Generator | None = None, repeats: int = 1) -> Rollout:
     """Sample up to max_new_tokens per left-padded prompt [B, P], reusing the KV cache; a row stops
-    after its <eos>. Returns a Rollout whose logprobs are those of the sampled tokens."""
+    after its <eos>. With repeats > 1 each prompt is sampled repeats times (rows: prompt 0 repeats
+    times, then prompt 1, ...; [B * repeats, ...]) from one shared prefill of the prompt. Returns a
+    Rollout whose logprobs are those of the sampled tokens."""
+    if repeats < 1:
+        raise ProximoError(f"repeats must be at least 1, got {repeats}")
     with torch.inference_mode():
         tokens, mask, logprobs = _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id,
-                                         temperature, greedy, generator)
+                                         temperature, greedy, generator, repeats)
+    if repeats > 1:
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.repeat_interleave(repeats, 0)
     # Cloned outside inference mode so that training code may use them next to autograd tensors.
     return Rollout(prompt_ids.clone(), prompt_mask.long().clone(), tokens.clone(), mask.clone(), logprobs.clone())
 
 
-def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, greedy, generator):
-    batch = prompt_ids.shape[0]
+def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, greedy, generator,
+            repeats=1):
     mask = prompt_mask.long()
     positions = position_ids_from_mask(mask)
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
     past = out.past_key_values
     next_logits = out.logits[:, -1, :]
+    if repeats > 1:
+        # The prompt's keys and values are the same for every sample of it: prefill once, then copy
+        # the cache rows instead of running the prompt through the model repeats times.
+        past.batch_repeat_interleave(repeats)
+        next_logits = next_logits.repeat_interleave(repeats, 0)
+        mask, positions = mask.repeat_interleave(repeats, 0), positions.repeat_interleave(repeats, 0)
+    batch = mask.shape[0]
     next_position = positions[:, -1:] + 1
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
     logprobs = torch.zeros((batch, max_new_tokens))
@@ -110,18 +124,59 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temp
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
-                      temperature: float = 1.0, with_entropy: bool = False, head=None):
+                      temperature: float = 1.0, with_entropy: bool = False, head=None,
+                      groups: torch.Tensor | None = None):
     """Log-probs [B, R] of the response tokens input_ids[:, P:] under model (P = prompt_width), with
     the per-token entropy (nats) of the full next-token distribution [B, R] and head values [B, R] when
-    asked (else None)."""
-    logits, hidden = forward_hidden(model, input_ids, attention_mask)
-    # The logit at position t predicts token t + 1: responses start at P, so use P-1 .. L-2.
-    logits = logits[:, prompt_width - 1:-1, :].float()
+    asked (else None). groups [B] (optional) labels rows whose prompt columns are identical (a GRPO
+    group): each group's prompt then runs through the model once and its keys/values are shared."""
+    if groups is None:
+        hidden = _response_hidden(model, input_ids, attention_mask, prompt_width)
+    else:
+        hidden = _response_hidden_shared(model, input_ids, attention_mask, prompt_width, groups)
+    # The output layer runs only on the R positions that predict response tokens, not on the prompt.
+    logits = model.get_output_embeddings()(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)
     targets = input_ids[:, prompt_width:]
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
-    values = head(hidden[:, prompt_width - 1:-1, :]).float() if head is not None else None
+    values = head(hidden).float() if head is not None else None
     return logp, entropy, values
+
+
+def _response_hidden(model, input_ids, attention_mask, prompt_width):
+    """Last hidden states [B, R, H] at positions P-1 .. L-2, the ones that predict the response tokens."""
+    # The last token predicts nothing we score, and a causal model's earlier outputs do not depend on
+    # it: leave it out of the forward pass (one position in P + R less to compute).
+    _, hidden = forward_hidden(model, input_ids[:, :-1], attention_mask[:, :-1], with_logits=False)
+    return hidden[:, prompt_width - 1:, :]
+
+
+def _response_hidden_shared(model, input_ids, attention_mask, prompt_width, groups):
+    """_response_hidden with each group's prompt computed once: the prompt of one row per group runs
+    with a KV cache, the cache rows are gathered back to [B, ...], then the responses run on top."""
+    width = prompt_width
+    if groups.shape != input_ids.shape[:1]:
+        raise ProximoError(f"groups must have one label per row, shape {tuple(input_ids.shape[:1])}; "
+                           f"got {tuple(groups.shape)}")
+    _, inverse = torch.unique(groups, return_inverse=True)
+    first = torch.empty(int(inverse.max()) + 1, dtype=torch.long).scatter_(
+        0, inverse, torch.arange(len(inverse)))
+    if not (torch.equal(input_ids[first][inverse, :width], input_ids[:, :width])
+            and torch.equal(attention_mask[first][inverse, :width], attention_mask[:, :width])):
+        raise ProximoError("rows labelled as one group have different prompts; a group must share its prompt "
+                           "(pass groups=None to run every row's prompt)")
+    positions = position_ids_from_mask(attention_mask)
+    prompt = model.base_model(input_ids=input_ids[first, :width], attention_mask=attention_mask[first, :width],
+                              position_ids=positions[first, :width], use_cache=True)
+    last = prompt.last_hidden_state[inverse, -1:, :]
+    if input_ids.shape[1] - 1 == width:
+        return last
+    past = prompt.past_key_values
+    # Indexing keeps the graph: each prompt's keys/values receive the gradient of all its rows.
+    past.batch_select_indices(inverse)
+    rest = model.base_model(input_ids=input_ids[:, width:-1], attention_mask=attention_mask[:, :-1],
+                            position_ids=positions[:, width:-1], past_key_values=past, use_cache=True)
+    return torch.cat([last, rest.last_hidden_state], dim=1)

@@ -18,11 +18,19 @@ from proximo.llm.run import (
 from proximo.llm.tasks import get_task
 
 
-def minibatch_indices(batch: int, num_minibatches: int, n_epochs: int):
-    """Index tensors of the minibatches of n_epochs shuffled passes over `batch` rollouts."""
+def minibatch_indices(batch: int, num_minibatches: int, n_epochs: int, group_size: int = 1):
+    """Index tensors of the minibatches of n_epochs shuffled passes over `batch` rollouts. With
+    group_size > 1 (rows laid out as consecutive groups) whole groups are shuffled and kept together,
+    so a minibatch holds every row of the groups it has (they then share one prompt pass)."""
+    groups = batch // group_size
+    if group_size > 1 and (batch % group_size or groups % num_minibatches):
+        group_size, groups = 1, batch  # groups do not split evenly into minibatches: shuffle rows
     size = batch // num_minibatches
+    offsets = torch.arange(group_size)
     for _ in range(n_epochs):
-        order = torch.randperm(batch)
+        order = torch.randperm(groups)
+        if group_size > 1:
+            order = (order[:, None] * group_size + offsets).reshape(-1)
         for start in range(0, batch, size):
             yield order[start:start + size]
 
@@ -86,12 +94,13 @@ class RLTrainer:
             return [self.prompts[self.rng.randrange(len(self.prompts))] for _ in range(n)]
         return self.task.sample_prompts(self.rng, n)
 
-    def rollout(self, prompts: list[str]) -> tuple[Rollout, list[str], float]:
-        """Sample one completion per prompt; returns (rollout, completion texts, generation seconds)."""
+    def rollout(self, prompts: list[str], repeats: int = 1) -> tuple[Rollout, list[str], float]:
+        """Sample repeats completions per prompt (rows grouped by prompt); returns (rollout, completion
+        texts, generation seconds)."""
         ids, mask = encode_prompts(self.tokenizer, prompts)
         started = time.perf_counter()
         rollout = generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id, self.tokenizer.pad_id,
-                           temperature=self.config.temperature)
+                           temperature=self.config.temperature, repeats=repeats)
         seconds = time.perf_counter() - started
         return rollout, decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask), seconds
 

@@ -68,12 +68,20 @@ def run_proximo(model_dir: Path, prompts: list[str], args) -> float:
                    num_minibatches=1, n_epochs=1, max_new_tokens=args.max_new_tokens, kl_coef=0.0,
                    learning_rate=1e-5, torch_threads=args.threads, num_eval_prompts=1, eval_every=0)
     optimizer = trainer.make_optimizer()
-    trainer.step(optimizer)
+
+    def one_step() -> None:
+        # What GRPO.train() does per step (count, update, log a metrics row), without its held-out
+        # evaluations: TRL's timed steps likewise include its per-step bookkeeping and no evaluation.
+        trainer.step_count += 1
+        row = trainer.step(optimizer)
+        trainer.run.log(trainer.step_count, row, row["gen_tokens_per_s"], row["reward"])
+
+    one_step()
     THREADS_SEEN["proximo"] = torch.get_num_threads()
     reward.tokens = 0
     started = time.perf_counter()
     for _ in range(args.steps):
-        trainer.step(optimizer)
+        one_step()
     return reward.tokens / (time.perf_counter() - started)
 
 

@@ -44,8 +44,11 @@ EVAL_SEED_OFFSET = 10_000  # both sides evaluate on the same episode seeds: seed
 # workers: each runs in a fresh interpreter and prints one JSON line
 # ---------------------------------------------------------------------------------------------
 def _set_threads(threads: int) -> None:
+    # The same cap for torch and for NumPy's BLAS on every side (proximo's NumPy paths use BLAS).
     import torch
+    from threadpoolctl import threadpool_limits
     torch.set_num_threads(threads)
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def worker_proximo(case: dict, seed: int, steps: int, envs: int, threads: int, backend: str) -> dict:

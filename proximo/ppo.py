@@ -4,12 +4,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from proximo.core.advantages import normalize
 from proximo.core.kl import kl_estimate
 from proximo.core.objectives import entropy_bonus, policy_loss, value_loss
 from proximo.nn.flat import is_flat_intact, realias_parameters
+from proximo.nn.manual import manual_grad_for
 from proximo.nn.policy import ActorCritic
 from proximo.rollout import NonFiniteError, RolloutBuffer
 
@@ -33,6 +35,7 @@ class UpdateSettings:
     max_grad_norm: float | None
     target_kl: float | None
     normalize_advantage: bool
+    use_manual_grad: bool = True  # the NumPy backward where the policy allows it; False: always autograd
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
@@ -71,10 +74,13 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
         flat = None
     elif not is_flat_intact(policy, flat):
         realias_parameters(policy, flat)
+    # Small MLPs get the hand-written NumPy backward (proximo/nn/manual.py), the rest autograd.
+    manual = manual_grad_for(policy) if flat is not None and settings.use_manual_grad else None
+    flat_grad_np = flat.grad.numpy() if manual is not None else None
     # Statistics stay tensors until the end: one host read per update, not ~10 per minibatch. The
     # KL estimates and clip fraction come from the stored log-ratios in one pass after the loop.
-    losses: list[torch.Tensor] = []
-    grad_norms: list[torch.Tensor] = []
+    losses: list = []  # tensors (autograd path) or floats (NumPy path)
+    grad_norms: list = []  # tensors (autograd path) or floats (NumPy path)
     epoch_log_ratios: list[list[torch.Tensor]] = []   # per epoch that ran, per minibatch
     stop = False
     # One minibatch holding the whole rollout is the same every epoch (a mean does not depend on
@@ -96,16 +102,43 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
                 shuffled = shuffled[:4] + (normalize(shuffled[4].view(n_batches, batch_size), dim=1).view(-1),
                                            shuffled[5])
         log_ratios: list[torch.Tensor] = []
+        if manual is not None:
+            shuffled = tuple(column.numpy() for column in shuffled)
+            whole_adv_np = whole_adv.numpy() if whole else None
         for start in range(0, total, batch_size):
             if whole:
                 mb_obs, mb_actions, mb_old_logp, mb_old_values, _, mb_returns = shuffled
-                mb_adv = whole_adv
+                mb_adv = whole_adv if manual is None else whole_adv_np
             else:
                 end = start + batch_size
                 mb_obs, mb_actions, mb_old_logp, mb_old_values, mb_adv, mb_returns = (
                     column[start:end] for column in shuffled)
                 if settings.normalize_advantage and total % batch_size != 0:
-                    mb_adv = normalize(mb_adv)
+                    mb_adv = normalize(mb_adv) if manual is None else _normalize_np(mb_adv)
+            if manual is not None:
+                forward = manual.forward(mb_obs, mb_actions)
+                log_ratio_np = forward.log_probs - mb_old_logp
+                log_ratio = torch.from_numpy(log_ratio_np)
+                if settings.target_kl is not None and float(_k3(log_ratio).mean()) > 1.5 * settings.target_kl:
+                    stop = True
+                    break
+                pg_loss, vf_loss, ent_mean = manual.backward(
+                    forward, mb_old_logp, mb_old_values, mb_adv, mb_returns, settings.objective,
+                    settings.clip_range, settings.clip_range_vf, settings.kl_coef, settings.ent_coef,
+                    settings.vf_coef)
+                total_loss = pg_loss + settings.vf_coef * vf_loss - settings.ent_coef * ent_mean
+                if not math.isfinite(total_loss):
+                    raise NonFiniteError(
+                        f"the loss became {total_loss} (policy {pg_loss}, value {vf_loss}, entropy "
+                        f"{ent_mean}) in epoch {epoch}; lower learning_rate or enable normalize_obs")
+                grad_norm = math.sqrt(float(np.dot(flat_grad_np, flat_grad_np)))
+                if settings.max_grad_norm is not None:
+                    flat_grad_np *= min(settings.max_grad_norm / (grad_norm + 1e-6), 1.0)
+                optimizer.step()
+                losses += (pg_loss, vf_loss, ent_mean)
+                grad_norms.append(grad_norm)
+                log_ratios.append(log_ratio)
+                continue
             log_probs, entropy, values = policy.evaluate(mb_obs, mb_actions)
             log_ratio = log_probs.detach() - mb_old_logp
             if settings.target_kl is not None and _k3(log_ratio).mean().item() > 1.5 * settings.target_kl:
@@ -154,7 +187,8 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
     ratio_hist = torch.zeros(RATIO_BINS)
     ratio_min, ratio_max = float("inf"), float("-inf")
     if n_minibatches:
-        loss_means = torch.stack(losses).view(n_minibatches, 3).mean(0).tolist()
+        stacked = torch.tensor(losses, dtype=torch.float64) if manual is not None else torch.stack(losses)
+        loss_means = stacked.view(n_minibatches, 3).mean(0).tolist()
         stats.update(policy_loss=loss_means[0], value_loss=loss_means[1], entropy=loss_means[2])
         chunks = [chunk for epoch_chunks in epoch_log_ratios for chunk in epoch_chunks]
         low, high = 1.0 - settings.clip_range, 1.0 + settings.clip_range
@@ -166,7 +200,8 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
         stats["approx_kl"] = _mean_of_means(chunks, _k3)
         stats["approx_kl_k1"] = _mean_of_means(chunks, torch.neg)
         stats["clip_fraction"] = _mean_of_means(chunks, outside)
-        stats["grad_norm"] = float(torch.stack(grad_norms).float().mean())
+        stats["grad_norm"] = (float(np.mean(grad_norms)) if manual is not None
+                              else float(torch.stack(grad_norms).float().mean()))
         kl_last_epoch = _mean_of_means(epoch_log_ratios[-1], _k3)
         ratios = torch.cat(epoch_log_ratios[-1]).exp()
         ratio_hist = torch.histc(ratios, RATIO_BINS, *RATIO_RANGE)
@@ -190,3 +225,10 @@ def _mean_of_means(chunks: list[torch.Tensor], per_sample) -> float:
     if len({chunk.numel() for chunk in chunks}) == 1:
         return float(per_sample(torch.cat(chunks)).mean())
     return float(torch.stack([per_sample(chunk).mean() for chunk in chunks]).mean())
+
+
+def _normalize_np(x):
+    """NumPy twin of proximo.core.advantages.normalize for one minibatch [B] (float32)."""
+    if x.shape[0] < 2:
+        return x - x.mean()
+    return ((x - x.mean()) / (x.std(ddof=1) + 1e-8)).astype(x.dtype, copy=False)

@@ -139,13 +139,21 @@ class RolloutCollector:
         """Run T steps; returns the filled buffer with advantages not yet computed."""
         buf, policy, n = self.buffer, self.policy, self.num_envs
         truncation_fixes: list[tuple[int, np.ndarray, torch.Tensor]] = []
-        # Speed: a fused actor-critic copy for this rollout, and NumPy views for the per-step writes.
-        act = RolloutActor(policy) if RolloutActor.supports(policy) else policy.act
+        # Speed: a fused NumPy actor-critic for this rollout with its noise drawn up front, and NumPy
+        # views for the per-step writes; other policies act through torch.
+        actor = RolloutActor(policy) if RolloutActor.supports(policy) else None
+        noise = actor.noise(self.n_steps, n) if actor is not None else None
+        obs_np, actions_np = buf.obs.numpy(), buf.actions.numpy()
+        log_probs_np, values_np = buf.log_probs.numpy(), buf.values.numpy()
         rewards_np, terminated_np, truncated_np = buf.rewards.numpy(), buf.terminated.numpy(), buf.truncated.numpy()
         with torch.inference_mode():
             for t in range(self.n_steps):
-                x = policy.normalize(self.next_obs, update=self.update_obs_stats)
-                actions, log_probs, values = act(x)
+                if actor is not None:
+                    x = policy.normalize_np(self.next_obs.numpy(), update=self.update_obs_stats)
+                    actions, log_probs, values = actor(x, noise[t])
+                else:
+                    x = policy.normalize(self.next_obs, update=self.update_obs_stats)
+                    actions, log_probs, values = policy.act(x)
                 obs, rewards, terminated, truncated, infos = self.envs.step(policy.to_env_actions(actions))
                 rewards = np.asarray(rewards, dtype=np.float64)
                 if not np.isfinite(rewards).all():
@@ -162,10 +170,16 @@ class RolloutCollector:
                     self.episodes.discard(faulted)
                 if self.reward_scaler is not None:
                     rewards = self.reward_scaler(rewards, dones)
-                buf.obs[t] = x
-                buf.actions[t] = actions
-                buf.log_probs[t] = log_probs
-                buf.values[t] = values
+                if actor is not None:
+                    obs_np[t] = x
+                    actions_np[t] = actions
+                    log_probs_np[t] = log_probs
+                    values_np[t] = values
+                else:
+                    buf.obs[t] = x
+                    buf.actions[t] = actions
+                    buf.log_probs[t] = log_probs
+                    buf.values[t] = values
                 rewards_np[t] = rewards
                 terminated_np[t] = terminated
                 truncated_np[t] = truncated

@@ -132,20 +132,43 @@ def test_fast_tanh_matches_torch_values_and_gradients(shape):
 
 
 @pytest.mark.parametrize("kind", ["discrete", "box"])
-def test_rollout_actor_matches_act_and_evaluate(kind):
+def test_rollout_actor_matches_evaluate_and_value(kind):
     policy = _policy(kind, seed=4)
     assert RolloutActor.supports(policy)
     x = torch.randn(64, SPACES[kind][0].shape[0])
+    actor = RolloutActor(policy)
+    torch.manual_seed(9)
+    noise = actor.noise(1, 64)[0]
+    actions, log_probs, values = actor(x.numpy(), noise)
     with torch.inference_mode():
-        torch.manual_seed(9)
-        actions, log_probs, values = policy.act(x)
-        torch.manual_seed(9)
-        fast_actions, fast_log_probs, fast_values = RolloutActor(policy)(x)
-        reference_log_probs, _, _ = policy.evaluate(x, fast_actions)
-    assert torch.allclose(fast_actions.to(torch.float32), actions.to(torch.float32), atol=1e-5)
-    assert torch.allclose(fast_log_probs, reference_log_probs, atol=1e-5)
-    assert torch.allclose(fast_log_probs, log_probs, atol=1e-5)
-    assert torch.allclose(fast_values, values, atol=1e-5)
+        reference_log_probs, _, reference_values = policy.evaluate(x, torch.from_numpy(actions))
+        dist = policy.distribution(x)
+    torch.testing.assert_close(torch.from_numpy(log_probs), reference_log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(values), reference_values, atol=1e-5, rtol=1e-5)
+    if kind == "box":
+        expected = dist.mean + dist.log_std.exp() * torch.from_numpy(noise)
+        torch.testing.assert_close(torch.from_numpy(actions), expected, atol=1e-5, rtol=1e-5)
+    else:
+        # Inverse CDF: action a is the one with cdf[a - 1] <= u < cdf[a].
+        cdf = dist.log_probs.double().exp().cumsum(-1)
+        u = torch.from_numpy(noise)
+        index = torch.from_numpy(actions)
+        above = cdf.gather(1, index[:, None])[:, 0]
+        below = torch.where(index > 0, cdf.gather(1, (index - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+        assert ((below <= u + 1e-6) & (u < above + 1e-6)).all()
+
+
+def test_rollout_actor_discrete_draws_follow_the_policy():
+    policy = _policy("discrete", seed=2)
+    x = torch.randn(1, 4).expand(20000, 4).contiguous()
+    actor = RolloutActor(policy)
+    torch.manual_seed(3)
+    actions, _, _ = actor(x.numpy(), actor.noise(1, 20000)[0])
+    with torch.inference_mode():
+        probs = policy.distribution(x[:1]).log_probs.exp()[0].double()
+    frequencies = torch.bincount(torch.from_numpy(actions), minlength=3).double() / 20000
+    # 4 standard errors of a binomial proportion at n = 20000: at most ~0.014
+    assert torch.allclose(frequencies, probs, atol=4 * 0.5 / 20000 ** 0.5)
 
 
 def test_rollout_actor_declines_what_it_does_not_fuse():

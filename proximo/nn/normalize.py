@@ -1,6 +1,7 @@
 """Running mean and variance kept as module buffers, so they are saved with the policy."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,3 +35,23 @@ class RunningMeanStd(nn.Module):
         mean = self.mean.to(x.dtype)
         std = torch.sqrt(self.var + eps).to(x.dtype)
         return torch.clamp((x - mean) / std, -clip, clip)
+
+    def update_np(self, batch: np.ndarray) -> None:
+        """update() for a NumPy batch [B, *shape], on the same buffers (no torch op per call)."""
+        batch = batch.astype(np.float64, copy=False)
+        mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()
+        batch_count = batch.shape[0]
+        batch_mean = batch.mean(0)
+        batch_var = batch.var(0) if batch_count > 1 else np.zeros_like(batch_mean)
+        delta = batch_mean - mean
+        total = count + batch_count
+        m2 = var * count + batch_var * batch_count + np.square(delta) * count * batch_count / total
+        mean += delta * batch_count / total
+        var[...] = m2 / total
+        count[...] = total
+
+    def normalize_np(self, x: np.ndarray, clip: float, eps: float = 1e-8) -> np.ndarray:
+        """normalize() for a NumPy array, in x's dtype."""
+        mean = self.mean.numpy().astype(x.dtype)
+        std = np.sqrt(self.var.numpy() + eps).astype(x.dtype)
+        return np.clip((x - mean) / std, -clip, clip)

@@ -1,4 +1,5 @@
 """GAE against a slow per-element reference loop, with terminations and truncations apart."""
+import pytest
 import torch
 
 from proximo.core.advantages import discounted_returns, gae, normalize
@@ -31,8 +32,9 @@ def random_rollout(T=37, N=5, seed=0):
     return rewards, values, next_values, terminated, truncated
 
 
-def test_gae_matches_reference_loop():
-    rollout = random_rollout()
+@pytest.mark.parametrize("num_envs", [1, 5, 40])  # per-env Python loop up to 16 envs, NumPy rows past it
+def test_gae_matches_reference_loop(num_envs):
+    rollout = random_rollout(N=num_envs)
     for gamma, lam in [(0.99, 0.95), (0.98, 0.8), (1.0, 1.0), (0.9, 0.0)]:
         adv, ret = gae(*rollout, gamma, lam)
         expected = reference_gae(*rollout, gamma, lam)
@@ -108,3 +110,20 @@ def test_normalize_has_zero_mean_unit_std():
     y = normalize(x)
     assert abs(y.mean().item()) < 1e-5 and abs(y.std().item() - 1) < 1e-3
     assert normalize(torch.tensor([4.0])).item() == 0.0
+
+
+def test_gae_in_float32_stays_float32_and_close_to_float64():
+    rollout = random_rollout(T=300, N=3)
+    adv64, _ = gae(*rollout, 0.99, 0.95)
+    single = [t.float() if t.is_floating_point() else t for t in rollout]
+    adv32, ret32 = gae(*single, 0.99, 0.95)
+    assert adv32.dtype == ret32.dtype == torch.float32
+    torch.testing.assert_close(adv32.double(), adv64, rtol=1e-5, atol=1e-5)
+
+
+def test_gae_keeps_the_graph_for_tensors_that_need_gradients():
+    rewards, values, next_values, terminated, truncated = random_rollout(T=6, N=2)
+    values = values.clone().requires_grad_()
+    adv, _ = gae(rewards, values, next_values, terminated, truncated, 0.99, 0.95)
+    adv.sum().backward()
+    assert values.grad is not None and torch.isfinite(values.grad).all()

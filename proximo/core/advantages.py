@@ -1,6 +1,7 @@
 """Generalized Advantage Estimation with terminations and truncations kept apart."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -36,13 +37,41 @@ def gae(
     not_end = (~(terminated | truncated)).to(values.dtype)
     deltas = rewards + gamma * next_values * not_terminal - values
     chain = gamma * gae_lambda * not_end
-    advantages = torch.empty_like(values)
-    running = torch.zeros_like(values[0])
-    # The recursion runs backwards in time; T is small (32..2048) and N is vectorized.
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        running = deltas[t] + chain[t] * running
-        advantages[t] = running
+    advantages = _backward_recursion(deltas, chain)
     return advantages, advantages + values
+
+
+# Up to this many envs the recursion runs as plain Python floats per env (~0.1 us a step), past it
+# as NumPy rows (~1 us a step whatever N is); a torch op per step costs ~5 us, ~10 ms per 2048 steps.
+_PYTHON_LOOP_MAX_ENVS = 16
+
+
+def _backward_recursion(deltas: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
+    """x[t] = deltas[t] + chain[t] * x[t + 1] backwards over [T, N], with x[T] = 0."""
+    if deltas.device.type != "cpu" or deltas.requires_grad or chain.requires_grad:
+        out = torch.empty_like(deltas)
+        running = torch.zeros_like(deltas[0])
+        for t in range(deltas.shape[0] - 1, -1, -1):
+            running = deltas[t] + chain[t] * running
+            out[t] = running
+        return out
+    d, c = deltas.detach().numpy(), chain.detach().numpy()
+    if d.shape[1] <= _PYTHON_LOOP_MAX_ENVS:
+        out_np = np.empty(d.shape, dtype=np.float64)
+        for env in range(d.shape[1]):
+            column = []
+            running = 0.0
+            for delta, link in zip(reversed(d[:, env].tolist()), reversed(c[:, env].tolist())):
+                running = delta + link * running
+                column.append(running)
+            out_np[::-1, env] = column
+    else:
+        out_np = np.empty_like(d)
+        running_row = np.zeros_like(d[0])
+        for t in range(d.shape[0] - 1, -1, -1):
+            running_row = d[t] + c[t] * running_row
+            out_np[t] = running_row
+    return torch.from_numpy(out_np).to(deltas.dtype)
 
 
 def discounted_returns(

@@ -142,7 +142,8 @@ class RolloutCollector:
         # Speed: a fused NumPy actor-critic for this rollout with its noise drawn up front, and NumPy
         # views for the per-step writes; other policies act through torch.
         actor = RolloutActor(policy) if RolloutActor.supports(policy) else None
-        noise = actor.noise(self.n_steps, n) if actor is not None else None
+        if actor is not None:
+            actor.draw(self.n_steps, n)
         obs_np, actions_np = buf.obs.numpy(), buf.actions.numpy()
         log_probs_np, values_np = buf.log_probs.numpy(), buf.values.numpy()
         rewards_np, terminated_np, truncated_np = buf.rewards.numpy(), buf.terminated.numpy(), buf.truncated.numpy()
@@ -150,7 +151,7 @@ class RolloutCollector:
             for t in range(self.n_steps):
                 if actor is not None:
                     x = policy.normalize_np(self.next_obs.numpy(), update=self.update_obs_stats)
-                    actions, log_probs, values = actor(x, noise[t])
+                    actions, log_probs, values = actor(x, t)
                 else:
                     x = policy.normalize(self.next_obs, update=self.update_obs_stats)
                     actions, log_probs, values = policy.act(x)
@@ -190,9 +191,15 @@ class RolloutCollector:
                     final_x = policy.encode(_stack_obs([final[i] for i in envs_idx]), len(envs_idx))
                     final_values = policy.value(policy.normalize(final_x))
                     truncation_fixes.append((t, envs_idx, final_values))
-                self.next_obs = policy.encode(obs, n)
-                if not self.next_obs.is_floating_point() or np.isfinite(self.next_obs.numpy()).all():
-                    continue
+                if actor is not None:
+                    next_obs_np = policy.encode_np(obs, n)
+                    self.next_obs = torch.from_numpy(next_obs_np)
+                    if np.isfinite(next_obs_np).all():
+                        continue
+                else:
+                    self.next_obs = policy.encode(obs, n)
+                    if not self.next_obs.is_floating_point() or np.isfinite(self.next_obs.numpy()).all():
+                        continue
                 bad = torch.nonzero(~torch.isfinite(self.next_obs.flatten(1)).all(1)).flatten().tolist()
                 raise NonFiniteError(f"env {bad[0]} returned a non-finite observation at rollout step {t} "
                                      f"(envs {bad}); fix the env or wrap it to clip its observations")

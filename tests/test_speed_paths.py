@@ -138,8 +138,9 @@ def test_rollout_actor_matches_evaluate_and_value(kind):
     x = torch.randn(64, SPACES[kind][0].shape[0])
     actor = RolloutActor(policy)
     torch.manual_seed(9)
-    noise = actor.noise(1, 64)[0]
-    actions, log_probs, values = actor(x.numpy(), noise)
+    actor.draw(2, 64)
+    noise = actor.noise[1]
+    actions, log_probs, values = actor(x.numpy(), 1)
     with torch.inference_mode():
         reference_log_probs, _, reference_values = policy.evaluate(x, torch.from_numpy(actions))
         dist = policy.distribution(x)
@@ -163,7 +164,8 @@ def test_rollout_actor_discrete_draws_follow_the_policy():
     x = torch.randn(1, 4).expand(20000, 4).contiguous()
     actor = RolloutActor(policy)
     torch.manual_seed(3)
-    actions, _, _ = actor(x.numpy(), actor.noise(1, 20000)[0])
+    actor.draw(1, 20000)
+    actions, _, _ = actor(x.numpy(), 0)
     with torch.inference_mode():
         probs = policy.distribution(x[:1]).log_probs.exp()[0].double()
     frequencies = torch.bincount(torch.from_numpy(actions), minlength=3).double() / 20000

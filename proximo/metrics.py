@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,15 +24,54 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def drop_rows_after(path: Path, step: int) -> int:
+    """Rewrite metrics.csv or updates.jsonl at path (atomically) without rows whose global_step > step.
+
+    Returns how many rows were dropped; a missing file or one with nothing past step is left as is.
+    """
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    if path.suffix == ".csv":
+        if not lines:
+            return 0
+        header = next(csv.reader([lines[0]]))
+        if "global_step" not in header:
+            return 0
+        column = header.index("global_step")
+        keep = [lines[0]] + [line for line in lines[1:] if not _past(next(csv.reader([line]), [])[column:column + 1], step)]
+    else:
+        keep = [line for line in lines if not _past([json.loads(line).get("global_step")] if line.strip() else [], step)]
+    dropped = len(lines) - len(keep)
+    if dropped:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text("".join(keep))
+        os.replace(temporary, path)
+    return dropped
+
+
+def _past(cell: list, step: int) -> bool:
+    try:
+        return bool(cell) and float(cell[0]) > step
+    except (TypeError, ValueError):
+        return False
+
+
 class MetricsWriter:
     """Appends one row per update to metrics.csv and updates.jsonl and logs scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, columns: list[str] | None = None) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, columns: list[str] | None = None,
+                 from_step: int | None = None) -> None:
         # columns: metrics.csv header (default CSV_COLUMNS); the first three are step/update/time.
+        # from_step: the step training continues from (a resume); rows logged past it are dropped,
+        # since the resumed run logs those updates again.
         self.columns = list(CSV_COLUMNS if columns is None else columns)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         csv_path = self.run_dir / "metrics.csv"
+        if from_step is not None:
+            drop_rows_after(csv_path, from_step)
+            drop_rows_after(self.run_dir / "updates.jsonl", from_step)
         new_file = not csv_path.exists()
         self._csv_handle = open(csv_path, "a", newline="")
         self._csv = csv.DictWriter(self._csv_handle, fieldnames=self.columns, extrasaction="ignore")

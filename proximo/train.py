@@ -310,7 +310,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json",
                           {"env_id": env_name(self.env), "env_kwargs": self.env_kwargs, **self.config.to_dict()})
-        return MetricsWriter(self.run_dir, tensorboard=self.tensorboard)
+        # A resume logs the updates after its checkpoint again: drop the first run's rows for them.
+        return MetricsWriter(self.run_dir, tensorboard=self.tensorboard, from_step=self.global_step)
 
     # checkpoints --------------------------------------------------------------------------------
     def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

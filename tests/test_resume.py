@@ -191,3 +191,26 @@ def test_atari_snapshot_round_trips_without_sticky_actions_and_explains_why_not_
         a, b = source.step(action), copy.step(action)
         assert np.array_equal(a[0], b[0]) and a[1:4] == b[1:4]
     assert "sticky actions" in why_unsnapshottable(make_single_env("ALE/Breakout-v5"))
+
+
+def test_resume_from_an_earlier_checkpoint_logs_each_update_once(tmp_path):
+    # Train 6 updates with a checkpoint every 2, then resume from the first checkpoint: the 4 updates
+    # after it are logged again, so the first run's rows for them must go, leaving the one-go log.
+    config = make_config(None, num_envs=2, n_steps=32, batch_size=32, n_epochs=2, eval_episodes=1, seed=8,
+                         total_steps=6 * 64, save_every=128, keep_checkpoints=10)
+    _trainer("CartPole-v1", config, tmp_path / "whole").train()
+    _trainer("CartPole-v1", config, tmp_path / "split").train()
+    earliest = list_checkpoints(tmp_path / "split")[0]
+    resumed = _trainer("CartPole-v1", config, tmp_path / "split")
+    resumed.load_training_state(earliest)
+    assert resumed.global_step == 128
+    resumed.train()
+
+    def column(run, name):
+        lines = (tmp_path / run / "metrics.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        return [row.split(",")[header.index(name)] for row in lines[1:]]
+    assert column("split", "global_step") == column("whole", "global_step") == [str(64 * k) for k in range(1, 7)]
+    assert column("split", "approx_kl") == column("whole", "approx_kl")  # the resume is exact, so are its rows
+    steps = [json.loads(line)["global_step"] for line in (tmp_path / "split" / "updates.jsonl").read_text().splitlines()]
+    assert steps == [64 * k for k in range(1, 7)]

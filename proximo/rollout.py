@@ -161,6 +161,8 @@ class RolloutCollector:
                     bad = np.flatnonzero(~np.isfinite(rewards)).tolist()
                     raise NonFiniteError(f"env {bad[0]} returned a non-finite reward {rewards[bad[0]]} at rollout "
                                          f"step {t} (envs {bad}); fix the env or wrap it to clip its rewards")
+                if FAULT_KEY in infos:
+                    self._reset_faults(infos)
                 faulted = self._env_faults(infos) if "final_info" in infos else None
                 if faulted is not None:
                     # A crashed step ends its episode with no bootstrap and no recorded return.
@@ -214,6 +216,19 @@ class RolloutCollector:
                                  "scale the env's rewards down")
         return buf
 
+    def _reset_faults(self, infos: dict) -> None:
+        """Count and warn about envs whose autoreset raised (EnvGuard re-made them); raises past the budget."""
+        for i in np.flatnonzero(np.asarray(infos[f"_{FAULT_KEY}"], dtype=bool)):
+            self._count_fault(int(i), infos[FAULT_KEY][i], "reset()", "the episode before it had ended normally")
+
+    def _count_fault(self, i: int, detail: str, where: str, consequence: str) -> None:
+        self.env_faults += 1
+        if self.env_faults > self.max_env_restarts:
+            raise EnvFaultError(f"env {i} raised in {where} again ({detail}): {self.env_faults} env faults, "
+                                f"more than the {self.max_env_restarts} restarts allowed; fix the env")
+        warnings.warn(f"proximo: warning: env {i} raised in {where} ({detail}); re-made and reset it (restart "
+                      f"{self.env_faults} of {self.max_env_restarts}); {consequence}", EnvFaultWarning, stacklevel=3)
+
     def _env_faults(self, infos: dict) -> np.ndarray | None:
         """Mask [N] of envs whose step() raised (EnvGuard restarted them); warns, raises past the budget."""
         final_info = infos["final_info"]
@@ -221,14 +236,8 @@ class RolloutCollector:
             return None
         faulted = np.asarray(final_info[f"_{FAULT_KEY}"], dtype=bool)
         for i in np.flatnonzero(faulted):
-            self.env_faults += 1
-            detail = final_info[FAULT_KEY][i]
-            if self.env_faults > self.max_env_restarts:
-                raise EnvFaultError(f"env {i} raised in step() again ({detail}): {self.env_faults} env faults, "
-                                    f"more than the {self.max_env_restarts} restarts allowed; fix the env")
-            warnings.warn(f"proximo: warning: env {i} raised in step() ({detail}); re-made and reset it (restart "
-                          f"{self.env_faults} of {self.max_env_restarts}); that step ends its episode with no "
-                          "bootstrap", EnvFaultWarning, stacklevel=2)
+            self._count_fault(int(i), final_info[FAULT_KEY][i], "step()",
+                              "that step ends its episode with no bootstrap")
         return faulted
 
 

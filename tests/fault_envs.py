@@ -112,3 +112,22 @@ class ObsOnlyResetEnv(BrokenEnv):
     def reset(self, *, seed=None, options=None):
         obs, _ = super().reset(seed=seed)
         return obs
+
+
+class ResetCrashEnv(BrokenEnv):
+    """reset() raises while the class-wide budget crashes_left lasts, from each instance's
+    first_failing-th reset on (2: the vector env's first autoreset), then behaves."""
+
+    crashes_left = 0
+    first_failing = 2
+
+    def __init__(self, fault: str | None = None, after: int = 10**9) -> None:
+        super().__init__(fault, after)
+        self.resets = 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.resets >= ResetCrashEnv.first_failing and ResetCrashEnv.crashes_left > 0:
+            ResetCrashEnv.crashes_left -= 1
+            raise OSError("lost the connection to the simulator")
+        return super().reset(seed=seed, options=options)

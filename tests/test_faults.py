@@ -11,7 +11,7 @@ from proximo.config import make_config
 from proximo.envs.guard import EnvFaultError
 from proximo.rollout import EnvFaultWarning, NonFiniteError
 from proximo.train import ResumeWarning, Trainer, TrainingInterrupted, list_checkpoints
-from tests.fault_envs import BrokenEnv, CrashOnceEnv
+from tests.fault_envs import BrokenEnv, CrashOnceEnv, ResetCrashEnv
 
 # 2 envs x 16 steps = 32 env steps per update; faults start after env step 40 of each env (update 3).
 SMALL = dict(num_envs=2, n_steps=16, batch_size=16, n_epochs=2, eval_episodes=1, total_steps=320, seed=5)
@@ -106,6 +106,28 @@ def test_one_crash_is_survived_without_polluting_episode_stats(tmp_path):
     assert summary["global_step"] == 128 and trainer.collector.env_faults == 1
     # Healthy episodes last exactly 20 steps; the crashed one (cut at its step 6) is not recorded.
     assert set(trainer.collector.episodes.lengths) == {20}
+
+
+def test_a_crash_in_autoreset_is_survived_and_counted(tmp_path):
+    trainer = _trainer(lambda: ResetCrashEnv(None), tmp_path, total_steps=128)
+    ResetCrashEnv.crashes_left = 1  # armed after construction: the env check and first resets pass
+    with pytest.warns(EnvFaultWarning, match=r"env 0 raised in reset\(\) \(OSError: lost the connection"):
+        summary = trainer.train()
+    assert summary["global_step"] == 128 and trainer.collector.env_faults == 1
+    # The episode before the failed reset had ended normally, so it is recorded like the others.
+    assert set(trainer.collector.episodes.lengths) == {20} and len(trainer.collector.episodes.lengths) == 6
+
+
+def test_an_env_whose_reset_keeps_failing_stops_the_run_with_a_checkpoint(tmp_path):
+    trainer = _trainer(lambda: ResetCrashEnv(None), tmp_path, total_steps=128)
+    # The first autoreset fails, and so does the first reset of the env made to replace it.
+    ResetCrashEnv.crashes_left, ResetCrashEnv.first_failing = 2, 1
+    try:
+        with pytest.raises(EnvFaultError, match=r"raised in reset\(\) .*could not be restarted"):
+            trainer.train()
+    finally:
+        ResetCrashEnv.crashes_left, ResetCrashEnv.first_failing = 0, 2
+    assert list_checkpoints(tmp_path), "the run must leave a checkpoint"
 
 
 def test_sigterm_in_process_stops_after_the_update_with_a_checkpoint(tmp_path):

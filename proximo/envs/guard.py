@@ -1,8 +1,11 @@
-"""A wrapper that survives an env whose step() raises: it re-makes and resets the env.
+"""A wrapper that survives an env whose step() or reset() raises: it re-makes and resets the env.
 
-The failed transition comes back as an episode end (reward 0, truncated) with the error text in
+A failed step comes back as an episode end (reward 0, truncated) with the error text in
 info[FAULT_KEY]; the rollout collector counts these faults, stores the step as terminal (no
-bootstrap), warns, and stops the run once more than its restart budget have happened.
+bootstrap), warns, and stops the run once more than its restart budget have happened. A failed
+reset (the vector env's autoreset after an episode end, typically) comes back as the fresh env's
+reset with FAULT_KEY in its info; the episode before it had ended normally, so only the restart
+is counted.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ FAULT_KEY = "proximo_env_fault"
 
 
 class EnvFaultError(ProximoError):
-    """An env kept raising in step() (or could not be restarted)."""
+    """An env kept raising in step() or reset() (or could not be restarted)."""
 
 
 class EnvGuard(gym.Wrapper):
@@ -38,21 +41,31 @@ class EnvGuard(gym.Wrapper):
             return self.env.step(action)
         except Exception as exc:  # noqa: BLE001 - any env bug is what this wrapper is for
             detail = f"{type(exc).__name__}: {exc}"
-            obs, info = self._restart(detail)
+            obs, info = self._restart(detail, "step()")
             return obs, 0.0, False, True, {**info, FAULT_KEY: detail}
 
-    def _restart(self, detail: str) -> tuple[Any, dict]:
+    def reset(self, *, seed=None, options=None):
+        """The wrapped env's reset; on an exception a fresh env's reset, with FAULT_KEY in its info."""
+        try:
+            return self.env.reset(seed=seed, options=options)
+        except Exception as exc:  # noqa: BLE001
+            detail = f"{type(exc).__name__}: {exc}"
+            obs, info = self._restart(detail, "reset()", seed=seed, options=options)
+            return obs, {**info, FAULT_KEY: detail}
+
+    def _restart(self, detail: str, where: str, seed: int | None = None, options=None) -> tuple[Any, dict]:
         # Seed the new env from the old one's generator so a restarted run stays reproducible.
-        seed = int(self.env.np_random.integers(2**31 - 1))
+        if seed is None:
+            seed = int(self.env.np_random.integers(2**31 - 1))
         try:
             self.env.close()
         except Exception:  # noqa: BLE001 - the env is already broken; closing it is best effort
             pass
         try:
             self.env = self._make()
-            return self.env.reset(seed=seed)
+            return self.env.reset(seed=seed, options=options)
         except Exception as exc:  # noqa: BLE001
-            raise EnvFaultError(f"the env raised in step() ({detail}) and could not be restarted: "
+            raise EnvFaultError(f"the env raised in {where} ({detail}) and could not be restarted: "
                                 f"{type(exc).__name__}: {exc}") from exc
 
     def proximo_snapshot(self) -> dict[str, Any] | None:

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=0, help="env steps per run (0: the case's default)")
     parser.add_argument("--envs", type=int, default=0, help="parallel envs (0: the case's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads on every side")
-    parser.add_argument("--backend", default="sync", help="proximo env backend (sync, async, envpool)")
+    parser.add_argument("--backend", default="sync", help="proximo env backend (sync or async)")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma list of proximo, sb3, raw")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for throughput.json/.md")
     parser.add_argument("--tag", default="", help="suffix for the result file names")

@@ -68,8 +68,15 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"| {env_id} (seeds {seeds}) | {evals.mean():.0f} +- {evals.std():.0f} | {last.mean():.0f} +- {last.std():.0f} | "
                      f"{sps:,.0f} | {anchor.get('sb3_zoo', '')} | {anchor.get('cleanrl', '')} | "
                      f"{anchor.get('baselines', '')} |")
-    info = machine()
-    lines += ["", f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']}, Python {info['python']}. "
+    lines += ["", "Per seed, eval / last-100:", ""]
+    for env_id in args.env_list:
+        rows = [r for r in results if r["env_id"] == env_id]
+        if rows:
+            lines.append(f"- {env_id}: " + ", ".join(f"seed {r['seed']} {r['eval_return_mean']:.0f} / "
+                                                   f"{r['train_return_last100_mean']:.0f}" for r in rows))
+    info = getattr(args, "machine_info", None) or machine()
+    lines += ["", f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']}, Python {info['python']}, "
+              f"proximo commit {info.get('proximo_commit', '?')}. "
               "Anchors are the published 1M-step figures in shared/BENCHMARKS.md (v3/v4 envs; these runs use v5).",
               "Std is over seeds (population std)."]
     return "\n".join(lines) + "\n"

@@ -183,3 +183,21 @@ def test_shared_prompt_forward_equals_the_long_way_in_values_and_gradients(built
     bad = torch.zeros(16, dtype=torch.long)
     with pytest.raises(ProximoError, match="different prompts"):
         response_logprobs(model, rollout.input_ids, rollout.attention_mask, ids.shape[1], groups=bad)
+
+
+def test_models_without_row_copying_caches_take_the_long_way(monkeypatch):
+    import proximo.llm.generation as generation
+    model, tok, _ = load_model("tiny", seed=5)
+    ids, mask = pad_prompts(_prompts(tok), tok.pad_id)
+    shared = generate(model, ids, mask, 5, tok.eos_id, tok.pad_id, greedy=True, repeats=2)
+    groups = torch.arange(4).repeat_interleave(2)
+    with torch.inference_mode():
+        fast, _, _ = response_logprobs(model, shared.input_ids, shared.attention_mask, ids.shape[1], groups=groups)
+    monkeypatch.setattr(generation, "_ROW_COPY_MODEL_TYPES", frozenset())
+    assert not generation._cache_can_copy_rows(model)
+    slow = generate(model, ids, mask, 5, tok.eos_id, tok.pad_id, greedy=True, repeats=2)
+    assert torch.equal(slow.response_ids, shared.response_ids) and torch.equal(slow.prompt_ids, shared.prompt_ids)
+    with torch.inference_mode():
+        long_way, _, _ = response_logprobs(model, slow.input_ids, slow.attention_mask, ids.shape[1], groups=groups)
+    real = slow.response_mask.bool()
+    assert torch.allclose(fast[real], long_way[real], atol=1e-6)

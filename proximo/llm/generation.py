@@ -82,6 +82,9 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
 def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, greedy, generator,
             repeats=1):
     mask = prompt_mask.long()
+    if repeats > 1 and not _cache_can_copy_rows(model):
+        # A model whose cache cannot copy rows gets every repeated prompt prefilled (same result, slower).
+        prompt_ids, mask, repeats = prompt_ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0), 1
     positions = position_ids_from_mask(mask)
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
     past = out.past_key_values
@@ -161,6 +164,8 @@ def _response_hidden_shared(model, input_ids, attention_mask, prompt_width, grou
     if groups.shape != input_ids.shape[:1]:
         raise ProximoError(f"groups must have one label per row, shape {tuple(input_ids.shape[:1])}; "
                            f"got {tuple(groups.shape)}")
+    if not _cache_can_copy_rows(model):
+        return _response_hidden(model, input_ids, attention_mask, prompt_width)
     _, inverse = torch.unique(groups, return_inverse=True)
     first = torch.empty(int(inverse.max()) + 1, dtype=torch.long).scatter_(
         0, inverse, torch.arange(len(inverse)))
@@ -180,3 +185,15 @@ def _response_hidden_shared(model, input_ids, attention_mask, prompt_width, grou
     rest = model.base_model(input_ids=input_ids[:, width:-1], attention_mask=attention_mask[:, :-1],
                             position_ids=positions[:, width:-1], past_key_values=past, use_cache=True)
     return torch.cat([last, rest.last_hidden_state], dim=1)
+
+
+def _cache_can_copy_rows(model) -> bool:
+    """True for transformers models whose default KV cache (DynamicCache) can repeat and gather batch rows."""
+    from transformers.cache_utils import DynamicCache
+    return (getattr(getattr(model, "config", None), "model_type", "") in _ROW_COPY_MODEL_TYPES
+            and hasattr(DynamicCache, "batch_repeat_interleave") and hasattr(DynamicCache, "batch_select_indices"))
+
+
+# Families whose shared-prompt path is tested against the long way (tests/test_llm_generation.py);
+# others run every prompt row, which is always correct, only slower. Add a family with a test.
+_ROW_COPY_MODEL_TYPES = frozenset({"gpt2", "llama"})

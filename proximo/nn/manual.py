@@ -11,7 +11,6 @@ observations, Discrete or Box actions; everything else stays on autograd (see su
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +18,6 @@ import torch
 from torch import nn
 
 from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN
-
-MANUAL_ACTIVATIONS = ("tanh", "relu")
 
 
 @dataclass
@@ -228,8 +225,3 @@ class ManualGradActorCritic:
 def manual_grad_for(policy: nn.Module) -> ManualGradActorCritic | None:
     """A ManualGradActorCritic for policy, or None when it needs autograd (see supports())."""
     return ManualGradActorCritic(policy) if ManualGradActorCritic.supports(policy) else None
-
-
-def is_finite(*values: float) -> bool:
-    """True when every value is a finite float."""
-    return all(math.isfinite(v) for v in values)

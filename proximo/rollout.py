@@ -64,7 +64,7 @@ class RewardScaler(nn.Module):
         """Scaled rewards [N] for raw rewards [N]; dones reset the running returns after use."""
         running = self.running_return.numpy()
         running[:] = running * self.gamma + rewards
-        self.return_rms.update(torch.from_numpy(running.copy()))
+        self.return_rms.update(running)
         std = float(torch.sqrt(self.return_rms.var + 1e-8))
         running[dones] = 0.0
         return np.clip(rewards / std, -self.clip, self.clip)
@@ -150,7 +150,7 @@ class RolloutCollector:
         with torch.inference_mode():
             for t in range(self.n_steps):
                 if actor is not None:
-                    x = policy.normalize_np(self.next_obs.numpy(), update=self.update_obs_stats)
+                    x = policy.normalize(self.next_obs.numpy(), update=self.update_obs_stats)
                     actions, log_probs, values = actor(x, t)
                 else:
                     x = policy.normalize(self.next_obs, update=self.update_obs_stats)

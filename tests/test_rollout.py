@@ -85,3 +85,21 @@ def test_reward_scaling_keeps_episode_returns_unscaled():
     assert list(collector.episodes.returns) == [float(n) for n in collector.episodes.lengths]  # true returns
     assert policy.obs_rms.count > 60  # obs statistics were updated
     envs.close()
+
+
+def test_running_mean_std_matches_the_whole_stream_for_tensors_and_arrays():
+    from proximo.nn.normalize import RunningMeanStd
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, size=(n, 4)).astype(np.float32) for n in (1, 7, 64, 5)]
+    rms = RunningMeanStd((4,), epsilon=1e-12)  # a negligible prior, so the stream's moments must come out
+    for i, batch in enumerate(batches):
+        rms.update(torch.from_numpy(batch) if i % 2 else batch)  # either type feeds the same statistics
+    stream = np.concatenate(batches).astype(np.float64)
+    np.testing.assert_allclose(rms.mean.numpy(), stream.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(rms.var.numpy(), stream.var(0), rtol=1e-9)
+    assert float(rms.count) == pytest.approx(len(stream))
+    x = rng.normal(3.0, 20.0, size=(6, 4)).astype(np.float32)
+    as_array, as_tensor = rms.normalize(x, clip=5.0), rms.normalize(torch.from_numpy(x), clip=5.0)
+    assert as_array.dtype == np.float32 and as_tensor.dtype == torch.float32
+    np.testing.assert_allclose(as_array, as_tensor.numpy(), rtol=1e-6, atol=1e-6)
+    assert np.abs(as_array).max() <= 5.0

@@ -16,28 +16,13 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
 
     @torch.no_grad()
-    def update(self, batch: torch.Tensor) -> None:
-        """Merge the statistics of batch [B, *shape] into the running ones."""
-        batch = batch.to(torch.float64)
-        batch_count = batch.shape[0]
-        batch_mean = batch.mean(0)
-        batch_var = batch.var(0, unbiased=False) if batch_count > 1 else torch.zeros_like(batch_mean)
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        new_mean = self.mean + delta * batch_count / total
-        m2 = self.var * self.count + batch_var * batch_count + delta.square() * self.count * batch_count / total
-        self.mean.copy_(new_mean)
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
+    def update(self, batch: torch.Tensor | np.ndarray) -> None:
+        """Merge the statistics of batch [B, *shape] (a CPU tensor or a NumPy array) into the running ones.
 
-    def normalize(self, x: torch.Tensor, clip: float, eps: float = 1e-8) -> torch.Tensor:
-        """(x - mean) / sqrt(var + eps), clipped to [-clip, clip], in x's dtype."""
-        mean = self.mean.to(x.dtype)
-        std = torch.sqrt(self.var + eps).to(x.dtype)
-        return torch.clamp((x - mean) / std, -clip, clip)
-
-    def update_np(self, batch: np.ndarray) -> None:
-        """update() for a NumPy batch [B, *shape], on the same buffers (no torch op per call)."""
+        NumPy on views of the buffers: per rollout step this runs once, and ~10 torch ops cost ~50 us.
+        """
+        if isinstance(batch, torch.Tensor):
+            batch = batch.detach().numpy()
         batch = batch.astype(np.float64, copy=False)
         mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()
         batch_count = batch.shape[0]
@@ -50,8 +35,12 @@ class RunningMeanStd(nn.Module):
         var[...] = m2 / total
         count[...] = total
 
-    def normalize_np(self, x: np.ndarray, clip: float, eps: float = 1e-8) -> np.ndarray:
-        """normalize() for a NumPy array, in x's dtype."""
-        mean = self.mean.numpy().astype(x.dtype)
-        std = np.sqrt(self.var.numpy() + eps).astype(x.dtype)
-        return np.clip((x - mean) / std, -clip, clip)
+    def normalize(self, x: torch.Tensor | np.ndarray, clip: float, eps: float = 1e-8) -> torch.Tensor | np.ndarray:
+        """(x - mean) / sqrt(var + eps), clipped to [-clip, clip], in x's type and dtype."""
+        if isinstance(x, np.ndarray):
+            mean = self.mean.numpy().astype(x.dtype)
+            std = np.sqrt(self.var.numpy() + eps).astype(x.dtype)
+            return np.clip((x - mean) / std, -clip, clip)
+        mean = self.mean.to(x.dtype)
+        std = torch.sqrt(self.var + eps).to(x.dtype)
+        return torch.clamp((x - mean) / std, -clip, clip)

@@ -95,21 +95,13 @@ class ActorCritic(nn.Module):
             return np.asarray(obs, dtype=np.float32).reshape(batch, -1)
         return self.encode(obs, batch).numpy()
 
-    def normalize(self, x: torch.Tensor, update: bool = False) -> torch.Tensor:
-        """Apply (and optionally update) the running observation normalization."""
+    def normalize(self, x: torch.Tensor | np.ndarray, update: bool = False) -> torch.Tensor | np.ndarray:
+        """Apply (and optionally update) the running observation normalization; tensors or NumPy arrays."""
         if self.obs_rms is None:
             return x
         if update:
             self.obs_rms.update(x)
         return self.obs_rms.normalize(x, self.clip_obs)
-
-    def normalize_np(self, x: np.ndarray, update: bool = False) -> np.ndarray:
-        """normalize() for NumPy float32 observations [B, D] (the NumPy rollout path)."""
-        if self.obs_rms is None:
-            return x
-        if update:
-            self.obs_rms.update_np(x)
-        return self.obs_rms.normalize_np(x, self.clip_obs)
 
     # networks ----------------------------------------------------------------------------------
     def _mlp(self, net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

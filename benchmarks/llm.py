@@ -2,6 +2,7 @@
 prompts, reward, group size, completion length and thread count, side by side in one run.
 
     .venv/bin/python benchmarks/llm.py --steps 10 --repeats 3
+    .venv/bin/python benchmarks/llm.py --profile --steps 30     # proximo only: where a step's time goes
 
 The figure is completion tokens per second of wall time over whole steps (generation + update),
 counted by one shared reward wrapper; the ratio proximo / TRL is what counts (BENCHMARKS.md).
@@ -85,6 +86,59 @@ def run_proximo(model_dir: Path, prompts: list[str], args) -> float:
     return reward.tokens / (time.perf_counter() - started)
 
 
+def profile_proximo(model_dir: Path, prompts: list[str], args) -> dict[str, float]:
+    """Milliseconds per step of each part of proximo's GRPO step (timers wrapped around the parts)."""
+    import collections
+
+    import proximo.llm.grpo as grpo_module
+    import proximo.llm.rl as rl_module
+    from proximo.llm import GRPO
+    totals: dict[str, float] = collections.defaultdict(float)
+
+    def timed(label, fn):
+        def wrapper(*a, **k):
+            started = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                totals[label(a, k) if callable(label) else label] += time.perf_counter() - started
+        return wrapper
+
+    # Patched on the modules that call them; restored below so that later runs are untouched.
+    patches = [(rl_module, "generate", "generation"), (rl_module, "encode_prompts", "encode/decode"),
+               (rl_module, "decode_responses", "encode/decode"), (grpo_module, "call_reward", "reward"),
+               (grpo_module, "grpo_token_loss", "loss"),
+               (grpo_module, "response_logprobs",
+                lambda a, k: "training forward" if k.get("with_entropy") else "reference forward"),
+               (torch.Tensor, "backward", "backward"), (torch.nn.utils, "clip_grad_norm_", "optimizer + clip")]
+    originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    reward = CountingReward()
+    trainer = GRPO(model_dir, reward_fn=reward, prompts=prompts, run_dir=Path(tempfile.mkdtemp()) / "p",
+                   tensorboard=False, group_size=args.group_size, prompts_per_step=args.prompts_per_step,
+                   num_minibatches=1, n_epochs=1, max_new_tokens=args.max_new_tokens, kl_coef=0.0,
+                   learning_rate=1e-5, torch_threads=args.threads, num_eval_prompts=1, eval_every=0)
+    optimizer = trainer.make_optimizer()
+    optimizer.step = timed("optimizer + clip", optimizer.step)
+    try:
+        for obj, name, label in patches:
+            setattr(obj, name, timed(label, getattr(obj, name)))
+        for index in range(3 + args.steps):
+            if index == 3:
+                totals.clear()
+                started = time.perf_counter()
+            trainer.step_count += 1
+            row = trainer.step(optimizer)
+            trainer.run.log(trainer.step_count, row, row["gen_tokens_per_s"], row["reward"])
+        elapsed = time.perf_counter() - started
+    finally:
+        for obj, name, original in originals:
+            setattr(obj, name, original)
+    out = {k: 1000 * v / args.steps for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    out["rest"] = 1000 * elapsed / args.steps - sum(out.values())
+    out["step"] = 1000 * elapsed / args.steps
+    return out
+
+
 def run_trl(model_dir: Path, prompts: list[str], args) -> float:
     """Completion tokens/s of TRL's GRPOTrainer over args.steps steps (after one warm-up step)."""
     from datasets import Dataset
@@ -127,6 +181,7 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="print proximo's per-part step time; no TRL run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from proximo.llm.models import build_builtin
@@ -137,6 +192,10 @@ def main() -> None:
     tokenizer.save_pretrained(str(model_dir))
     rng = random.Random(0)
     prompts = [f"{rng.randrange(1000)}+{rng.randrange(1000)}=" for _ in range(256)]
+    if args.profile:
+        parts = profile_proximo(model_dir, prompts, args)
+        print("\n".join(f"{name:20s} {ms:7.2f} ms/step" for name, ms in parts.items()))
+        return
     figures: dict[str, list[float]] = {"proximo": [], "trl": []}
     for _ in range(args.repeats):
         figures["proximo"].append(run_proximo(model_dir, prompts, args))
@@ -146,12 +205,12 @@ def main() -> None:
     import trl
     result = {"machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
                          f"trl {trl.__version__}",
-              "settings": vars(args), "tokens_per_s": figures, "median_tokens_per_s": medians,
+              "settings": {k: v for k, v in vars(args).items() if k != "profile"}, "tokens_per_s": figures, "median_tokens_per_s": medians,
               "ratio_proximo_over_trl": medians["proximo"] / medians["trl"], "threads_seen": THREADS_SEEN}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "llm_grpo_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     md = ["# GRPO step speed: proximo vs TRL GRPOTrainer (same tiny char GPT-2, same settings)", "",
-          f"Machine: {result['machine']}. Settings: {json.dumps(vars(args))}", "",
+          f"Machine: {result['machine']}. Settings: {json.dumps(result['settings'])}", "",
           "| side | completion tokens/s (median of runs) | runs |", "|---|---|---|"]
     for side in ("proximo", "trl"):
         md.append(f"| {side} | {medians[side]:,.0f} | {', '.join(f'{v:,.0f}' for v in figures[side])} |")

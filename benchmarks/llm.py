@@ -60,14 +60,19 @@ class CountingReward:
         return out
 
 
+def _proximo_grpo(model_dir: Path, prompts: list[str], args, reward):
+    """proximo's GRPO trainer with the benchmark's settings (one update per generation, no KL)."""
+    from proximo.llm import GRPO
+    return GRPO(model_dir, reward_fn=reward, prompts=prompts, run_dir=Path(tempfile.mkdtemp()) / "p",
+                tensorboard=False, group_size=args.group_size, prompts_per_step=args.prompts_per_step,
+                num_minibatches=1, n_epochs=1, max_new_tokens=args.max_new_tokens, kl_coef=0.0,
+                learning_rate=1e-5, torch_threads=args.threads, num_eval_prompts=1, eval_every=0)
+
+
 def run_proximo(model_dir: Path, prompts: list[str], args) -> float:
     """Completion tokens/s of proximo's GRPO over args.steps steps (after one warm-up step)."""
-    from proximo.llm import GRPO
     reward = CountingReward()
-    trainer = GRPO(model_dir, reward_fn=reward, prompts=prompts, run_dir=Path(tempfile.mkdtemp()) / "p",
-                   tensorboard=False, group_size=args.group_size, prompts_per_step=args.prompts_per_step,
-                   num_minibatches=1, n_epochs=1, max_new_tokens=args.max_new_tokens, kl_coef=0.0,
-                   learning_rate=1e-5, torch_threads=args.threads, num_eval_prompts=1, eval_every=0)
+    trainer = _proximo_grpo(model_dir, prompts, args, reward)
     optimizer = trainer.make_optimizer()
 
     def one_step() -> None:
@@ -92,7 +97,6 @@ def profile_proximo(model_dir: Path, prompts: list[str], args) -> dict[str, floa
 
     import proximo.llm.grpo as grpo_module
     import proximo.llm.rl as rl_module
-    from proximo.llm import GRPO
     totals: dict[str, float] = collections.defaultdict(float)
 
     def timed(label, fn):
@@ -113,10 +117,7 @@ def profile_proximo(model_dir: Path, prompts: list[str], args) -> dict[str, floa
                (torch.Tensor, "backward", "backward"), (torch.nn.utils, "clip_grad_norm_", "optimizer + clip")]
     originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     reward = CountingReward()
-    trainer = GRPO(model_dir, reward_fn=reward, prompts=prompts, run_dir=Path(tempfile.mkdtemp()) / "p",
-                   tensorboard=False, group_size=args.group_size, prompts_per_step=args.prompts_per_step,
-                   num_minibatches=1, n_epochs=1, max_new_tokens=args.max_new_tokens, kl_coef=0.0,
-                   learning_rate=1e-5, torch_threads=args.threads, num_eval_prompts=1, eval_every=0)
+    trainer = _proximo_grpo(model_dir, prompts, args, reward)
     optimizer = trainer.make_optimizer()
     optimizer.step = timed("optimizer + clip", optimizer.step)
     try:

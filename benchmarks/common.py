@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -36,3 +37,14 @@ def write_results(stem: Path, data: dict, markdown: str) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown)
+
+
+def timed(totals: dict, label, function):
+    """function wrapped to add its wall seconds to totals[label] (label may be a callable of (args, kwargs))."""
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals[label(args, kwargs) if callable(label) else label] += time.perf_counter() - start
+    return wrapper

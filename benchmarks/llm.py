@@ -15,11 +15,15 @@ import json
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS_SEEN: dict[str, int] = {}  # torch threads each side actually ran with
@@ -99,15 +103,6 @@ def profile_proximo(model_dir: Path, prompts: list[str], args) -> dict[str, floa
     import proximo.llm.rl as rl_module
     totals: dict[str, float] = collections.defaultdict(float)
 
-    def timed(label, fn):
-        def wrapper(*a, **k):
-            started = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                totals[label(a, k) if callable(label) else label] += time.perf_counter() - started
-        return wrapper
-
     # Patched on the modules that call them; restored below so that later runs are untouched.
     patches = [(rl_module, "generate", "generation"), (rl_module, "encode_prompts", "encode/decode"),
                (rl_module, "decode_responses", "encode/decode"), (grpo_module, "call_reward", "reward"),
@@ -119,10 +114,10 @@ def profile_proximo(model_dir: Path, prompts: list[str], args) -> dict[str, floa
     reward = CountingReward()
     trainer = _proximo_grpo(model_dir, prompts, args, reward)
     optimizer = trainer.make_optimizer()
-    optimizer.step = timed("optimizer + clip", optimizer.step)
+    optimizer.step = timed(totals, "optimizer + clip", optimizer.step)
     try:
         for obj, name, label in patches:
-            setattr(obj, name, timed(label, getattr(obj, name)))
+            setattr(obj, name, timed(totals, label, getattr(obj, name)))
         for index in range(3 + args.steps):
             if index == 3:
                 totals.clear()

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, write_results  # noqa: E402
+from common import machine, timed, write_results  # noqa: E402
 from throughput import CASES  # noqa: E402
 
 
@@ -30,25 +29,16 @@ def profile_case(name: str, steps: int, seed: int, threads: int) -> dict:
     case = CASES[name]
     seconds = dict(env_step=0.0, collect=0.0, gae=0.0, update=0.0)
 
-    def timed(key, function):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                seconds[key] += time.perf_counter() - start
-        return wrapper
-
     original_collect, original_gae, original_update = (rollout.RolloutCollector.collect,
                                                        rollout.RolloutBuffer.compute_advantages, train.ppo_update)
-    rollout.RolloutCollector.collect = timed("collect", original_collect)
-    rollout.RolloutBuffer.compute_advantages = timed("gae", original_gae)
-    train.ppo_update = timed("update", original_update)
+    rollout.RolloutCollector.collect = timed(seconds, "collect", original_collect)
+    rollout.RolloutBuffer.compute_advantages = timed(seconds, "gae", original_gae)
+    train.ppo_update = timed(seconds, "update", original_update)
     try:
         config = make_config(case["preset"], seed=seed, total_steps=steps, num_envs=case["envs"],
                              torch_threads=threads, eval_episodes=1)
         trainer = train.Trainer(case["env_id"], config, run_dir=None, verbose=False, tensorboard=False)
-        trainer.envs.step = timed("env_step", trainer.envs.step)
+        trainer.envs.step = timed(seconds, "env_step", trainer.envs.step)
         summary = trainer.train(steps)
     finally:
         rollout.RolloutCollector.collect = original_collect

@@ -87,6 +87,8 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
     # the order), so shuffling and advantage normalization are done once, not once per epoch.
     whole = batch_size >= total
     whole_adv = normalize(advantages) if whole and settings.normalize_advantage else advantages
+    if manual is not None:
+        whole_adv = whole_adv.numpy()
     columns = (obs, actions, old_log_probs, old_values, advantages, returns)
     n_batches = -(-total // batch_size)
     for epoch in range(settings.n_epochs):
@@ -104,17 +106,18 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, buffer: Ro
         log_ratios: list[torch.Tensor] = []
         if manual is not None:
             shuffled = tuple(column.numpy() for column in shuffled)
-            whole_adv_np = whole_adv.numpy() if whole else None
         for start in range(0, total, batch_size):
             if whole:
                 mb_obs, mb_actions, mb_old_logp, mb_old_values, _, mb_returns = shuffled
-                mb_adv = whole_adv if manual is None else whole_adv_np
+                mb_adv = whole_adv
             else:
                 end = start + batch_size
                 mb_obs, mb_actions, mb_old_logp, mb_old_values, mb_adv, mb_returns = (
                     column[start:end] for column in shuffled)
                 if settings.normalize_advantage and total % batch_size != 0:
-                    mb_adv = normalize(mb_adv) if manual is None else _normalize_np(mb_adv)
+                    # Sizes that do not divide the rollout: each minibatch on its own (off the common path,
+                    # so the NumPy path borrows the torch function).
+                    mb_adv = normalize(mb_adv) if manual is None else normalize(torch.from_numpy(mb_adv)).numpy()
             if manual is not None:
                 forward = manual.forward(mb_obs, mb_actions)
                 log_ratio_np = forward.log_probs - mb_old_logp
@@ -226,9 +229,3 @@ def _mean_of_means(chunks: list[torch.Tensor], per_sample) -> float:
         return float(per_sample(torch.cat(chunks)).mean())
     return float(torch.stack([per_sample(chunk).mean() for chunk in chunks]).mean())
 
-
-def _normalize_np(x):
-    """NumPy twin of proximo.core.advantages.normalize for one minibatch [B] (float32)."""
-    if x.shape[0] < 2:
-        return x - x.mean()
-    return ((x - x.mean()) / (x.std(ddof=1) + 1e-8)).astype(x.dtype, copy=False)

@@ -173,16 +173,11 @@ class RolloutCollector:
                     self.episodes.discard(faulted)
                 if self.reward_scaler is not None:
                     rewards = self.reward_scaler(rewards, dones)
-                if actor is not None:
-                    obs_np[t] = x
-                    actions_np[t] = actions
-                    log_probs_np[t] = log_probs
-                    values_np[t] = values
-                else:
-                    buf.obs[t] = x
-                    buf.actions[t] = actions
-                    buf.log_probs[t] = log_probs
-                    buf.values[t] = values
+                # NumPy views take NumPy arrays and CPU tensors alike.
+                obs_np[t] = x
+                actions_np[t] = actions
+                log_probs_np[t] = log_probs
+                values_np[t] = values
                 rewards_np[t] = rewards
                 terminated_np[t] = terminated
                 truncated_np[t] = truncated
@@ -193,15 +188,10 @@ class RolloutCollector:
                     final_x = policy.encode(_stack_obs([final[i] for i in envs_idx]), len(envs_idx))
                     final_values = policy.value(policy.normalize(final_x))
                     truncation_fixes.append((t, envs_idx, final_values))
-                if actor is not None:
-                    next_obs_np = policy.encode_np(obs, n)
-                    self.next_obs = torch.from_numpy(next_obs_np)
-                    if np.isfinite(next_obs_np).all():
-                        continue
-                else:
-                    self.next_obs = policy.encode(obs, n)
-                    if not self.next_obs.is_floating_point() or np.isfinite(self.next_obs.numpy()).all():
-                        continue
+                next_obs_np = policy.encode_np(obs, n)
+                self.next_obs = torch.from_numpy(next_obs_np)
+                if next_obs_np.dtype.kind != "f" or np.isfinite(next_obs_np).all():
+                    continue
                 bad = torch.nonzero(~torch.isfinite(self.next_obs.flatten(1)).all(1)).flatten().tolist()
                 raise NonFiniteError(f"env {bad[0]} returned a non-finite observation at rollout step {t} "
                                      f"(envs {bad}); fix the env or wrap it to clip its observations")

@@ -96,21 +96,26 @@ def test_stop_mid_run_with_schedules_and_adaptive_kl_resumes_exactly(tmp_path):
     _assert_same_state(whole, resumed)
 
 
-@pytest.mark.parametrize("env_id", ["Hopper-v5", "Acrobot-v1", "MountainCarContinuous-v0"])
-def test_env_snapshot_round_trips_through_json(env_id):
-    source = gym.make(env_id)
-    source.reset(seed=1)
-    source.action_space.seed(2)
-    actions = [source.action_space.sample() for _ in range(60)]
-    for action in actions[:25]:
+def _assert_snapshot_replays(make, seed: int, steps_before: int, steps_after: int):
+    """Step an env, restore its JSON snapshot into a fresh env reset elsewhere: both must then step alike."""
+    source = make()
+    source.reset(seed=seed)
+    source.action_space.seed(seed + 1)
+    actions = [source.action_space.sample() for _ in range(steps_before + steps_after)]
+    for action in actions[:steps_before]:
         source.step(action)
     snapshot = json.loads(json.dumps(snapshot_env(source)))
-    copy = gym.make(env_id)
-    copy.reset(seed=123)  # a different state, to be overwritten
+    copy = make()
+    copy.reset(seed=seed + 100)  # a different state, to be overwritten
     restore_env(copy, snapshot)
-    for action in actions[25:]:
+    for action in actions[steps_before:]:
         a, b = source.step(action), copy.step(action)
         assert np.array_equal(a[0], b[0]) and a[1:4] == b[1:4]
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Acrobot-v1", "MountainCarContinuous-v0"])
+def test_env_snapshot_round_trips_through_json(env_id):
+    _assert_snapshot_replays(lambda: gym.make(env_id), seed=1, steps_before=25, steps_after=35)
 
 
 def test_unknown_env_resumes_with_one_warning(tmp_path):
@@ -177,19 +182,8 @@ def test_atari_snapshot_round_trips_without_sticky_actions_and_explains_why_not_
     from proximo.envs.make import make_single_env
     from proximo.envs.snapshot import why_unsnapshottable
 
-    source = make_single_env("ALE/Breakout-v5", repeat_action_probability=0.0)
-    source.reset(seed=3)
-    source.action_space.seed(0)
-    actions = [source.action_space.sample() for _ in range(160)]
-    for action in actions[:60]:
-        source.step(action)
-    snapshot = json.loads(json.dumps(snapshot_env(source)))
-    copy = make_single_env("ALE/Breakout-v5", repeat_action_probability=0.0)
-    copy.reset(seed=99)
-    restore_env(copy, snapshot)
-    for action in actions[60:]:
-        a, b = source.step(action), copy.step(action)
-        assert np.array_equal(a[0], b[0]) and a[1:4] == b[1:4]
+    _assert_snapshot_replays(lambda: make_single_env("ALE/Breakout-v5", repeat_action_probability=0.0),
+                             seed=3, steps_before=60, steps_after=100)
     assert "sticky actions" in why_unsnapshottable(make_single_env("ALE/Breakout-v5"))
 
 

@@ -7,3 +7,14 @@ class ProximoError(Exception):
 
 class ConfigError(ProximoError, ValueError):
     """A config value is of the wrong type, out of range or inconsistent with another."""
+
+
+class DistributedError(ProximoError):
+    """The process group could not start, or a collective failed because another rank died or hung."""
+
+
+class EchoedError(ProximoError):
+    """Rank 0's error, raised on the other ranks too so that they stop with it; rank 0 alone prints it."""
+
+
+PEER_LOST_EXIT = 3  # exit status of a process that stopped because another process of its run failed

@@ -12,6 +12,7 @@ from torch import nn
 from proximo.core.advantages import gae
 from proximo.envs.guard import FAULT_KEY, EnvFaultError
 from proximo.errors import ProximoError
+from proximo.learners.distributed import World
 from proximo.nn.normalize import RunningMeanStd
 from proximo.nn.policy import ActorCritic, RolloutActor
 
@@ -51,7 +52,11 @@ class RolloutBuffer:
 
 
 class RewardScaler(nn.Module):
-    """Divides rewards by the running std of the discounted return (per-env running sums)."""
+    """Divides rewards by the running std of the discounted return (per-env running sums).
+
+    One step is advance() (the running returns, whose moments feed return_rms), then scale(); the
+    collector merges the moments in between, summed over ranks when the run has several processes.
+    """
 
     def __init__(self, num_envs: int, gamma: float, clip: float) -> None:
         super().__init__()
@@ -59,14 +64,16 @@ class RewardScaler(nn.Module):
         self.return_rms = RunningMeanStd(())
         self.register_buffer("running_return", torch.zeros(num_envs, dtype=torch.float64))
 
-    @torch.no_grad()
-    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
-        """Scaled rewards [N] for raw rewards [N]; dones reset the running returns after use."""
+    def advance(self, rewards: np.ndarray) -> np.ndarray:
+        """Add raw rewards [N] to the discounted running returns; returns them [N] (a view)."""
         running = self.running_return.numpy()
         running[:] = running * self.gamma + rewards
-        self.return_rms.update(running)
+        return running
+
+    def scale(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        """Rewards [N] divided by the return's running std and clipped; dones reset their running returns."""
         std = float(torch.sqrt(self.return_rms.var + 1e-8))
-        running[dones] = 0.0
+        self.running_return.numpy()[dones] = 0.0
         return np.clip(rewards / std, -self.clip, self.clip)
 
 
@@ -118,22 +125,39 @@ MAX_ENV_RESTARTS = 3  # env faults tolerated per run before it stops with a chec
 
 
 class RolloutCollector:
-    """Steps N envs for T steps with the current policy and fills a RolloutBuffer."""
+    """Steps N envs for T steps with the current policy and fills a RolloutBuffer.
+
+    The observation and return statistics move every vector step; with several processes (world)
+    their moments are summed over ranks in one all-reduce per step, so every rank normalizes with
+    the statistics of all ranks' envs. The moments of the newest observation are taken when it
+    arrives and merged just before it is acted on (the next step, or the next rollout's first).
+    """
 
     def __init__(self, envs, policy: ActorCritic, n_steps: int, gamma: float,
-                 normalize_obs: bool, reward_scaler: RewardScaler | None, seed: int) -> None:
+                 normalize_obs: bool, reward_scaler: RewardScaler | None, seed: int,
+                 world: World | None = None) -> None:
         self.envs, self.policy = envs, policy
         self.num_envs = envs.num_envs
         self.n_steps = n_steps
         self.gamma = gamma
-        self.update_obs_stats = normalize_obs
         self.reward_scaler = reward_scaler
         self.buffer = RolloutBuffer.allocate(n_steps, self.num_envs, policy)
         self.episodes = EpisodeTracker(self.num_envs)
         self.env_faults = 0  # steps that raised inside an env, over the whole run (restored on resume)
         self.max_env_restarts = MAX_ENV_RESTARTS
-        obs, _ = envs.reset(seed=seed)
-        self.next_obs = policy.encode(obs, self.num_envs)
+        self.world = world if world is not None else World.local()
+        self.obs_rms = policy.obs_rms if normalize_obs else None
+        self.pending_obs_moments: np.ndarray | None = None  # of next_obs, summed over ranks, not yet merged
+        self.reset(seed)
+
+    def reset(self, seed: int) -> None:
+        """Reset the envs with seed (sub-env i gets seed + i) and forget the episodes in progress."""
+        obs, _ = self.envs.reset(seed=seed)
+        self.next_obs = self.policy.encode(obs, self.num_envs)
+        self.pending_obs_moments = None
+        self.episodes.discard(np.ones(self.num_envs, dtype=bool))
+        if self.reward_scaler is not None:
+            self.reward_scaler.running_return.zero_()
 
     def collect(self) -> RolloutBuffer:
         """Run T steps; returns the filled buffer with advantages not yet computed."""
@@ -147,13 +171,17 @@ class RolloutCollector:
         obs_np, actions_np = buf.obs.numpy(), buf.actions.numpy()
         log_probs_np, values_np = buf.log_probs.numpy(), buf.values.numpy()
         rewards_np, terminated_np, truncated_np = buf.rewards.numpy(), buf.terminated.numpy(), buf.truncated.numpy()
+        if self.obs_rms is not None and self.pending_obs_moments is None:  # first rollout, or just resumed
+            self.pending_obs_moments = self._shared_moments(self.next_obs.numpy(), None)[0]
         with torch.inference_mode():
             for t in range(self.n_steps):
+                if self.obs_rms is not None:
+                    self.obs_rms.update_from_moments(self.pending_obs_moments)
                 if actor is not None:
-                    x = policy.normalize(self.next_obs.numpy(), update=self.update_obs_stats)
+                    x = policy.normalize(self.next_obs.numpy())
                     actions, log_probs, values = actor(x, t)
                 else:
-                    x = policy.normalize(self.next_obs, update=self.update_obs_stats)
+                    x = policy.normalize(self.next_obs)
                     actions, log_probs, values = policy.act(x)
                 obs, rewards, terminated, truncated, infos = self.envs.step(policy.to_env_actions(actions))
                 rewards = np.asarray(rewards, dtype=np.float64)
@@ -171,14 +199,11 @@ class RolloutCollector:
                 self.episodes.step(rewards, dones if faulted is None else dones & ~faulted)
                 if faulted is not None:
                     self.episodes.discard(faulted)
-                if self.reward_scaler is not None:
-                    rewards = self.reward_scaler(rewards, dones)
                 # NumPy views take NumPy arrays and CPU tensors alike.
                 obs_np[t] = x
                 actions_np[t] = actions
                 log_probs_np[t] = log_probs
                 values_np[t] = values
-                rewards_np[t] = rewards
                 terminated_np[t] = terminated
                 truncated_np[t] = truncated
                 bootstrap = truncated & ~terminated
@@ -190,11 +215,18 @@ class RolloutCollector:
                     truncation_fixes.append((t, envs_idx, final_values))
                 next_obs_np = policy.encode_np(obs, n)
                 self.next_obs = torch.from_numpy(next_obs_np)
-                if next_obs_np.dtype.kind != "f" or np.isfinite(next_obs_np).all():
-                    continue
-                bad = torch.nonzero(~torch.isfinite(self.next_obs.flatten(1)).all(1)).flatten().tolist()
-                raise NonFiniteError(f"env {bad[0]} returned a non-finite observation at rollout step {t} "
-                                     f"(envs {bad}); fix the env or wrap it to clip its observations")
+                if next_obs_np.dtype.kind == "f" and not np.isfinite(next_obs_np).all():
+                    bad = torch.nonzero(~torch.isfinite(self.next_obs.flatten(1)).all(1)).flatten().tolist()
+                    raise NonFiniteError(f"env {bad[0]} returned a non-finite observation at rollout step {t} "
+                                         f"(envs {bad}); fix the env or wrap it to clip its observations")
+                if self.reward_scaler is not None:
+                    returns = self.reward_scaler.advance(rewards)
+                    self.pending_obs_moments, return_moments = self._shared_moments(next_obs_np, returns)
+                    self.reward_scaler.return_rms.update_from_moments(return_moments)
+                    rewards = self.reward_scaler.scale(rewards, dones)
+                elif self.obs_rms is not None:
+                    self.pending_obs_moments = self._shared_moments(next_obs_np, None)[0]
+                rewards_np[t] = rewards
             last_values = policy.value(policy.normalize(self.next_obs))
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_values
@@ -205,6 +237,25 @@ class RolloutCollector:
             raise NonFiniteError(f"env {i} returned a reward beyond float32's range (3.4e38) at rollout step {t}; "
                                  "scale the env's rewards down")
         return buf
+
+    def _shared_moments(self, obs: np.ndarray, returns: np.ndarray | None
+                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(observation moments, return moments) of this step summed over all ranks, in one all-reduce.
+
+        None for a statistic that is off. A missing batch (the returns of a first observation)
+        contributes zeros, so the packed layout, and with it the reduction order, never changes.
+        """
+        parts = []
+        if self.obs_rms is not None:
+            parts.append(self.obs_rms.moments(obs))
+        return_rms = self.reward_scaler.return_rms if self.reward_scaler is not None else None
+        if return_rms is not None:
+            parts.append(return_rms.moments(returns) if returns is not None else np.zeros(return_rms.moments_size))
+        packed = np.concatenate(parts)
+        self.world.all_reduce_sum_(torch.from_numpy(packed))
+        split = self.obs_rms.moments_size if self.obs_rms is not None else 0
+        return (packed[:split] if self.obs_rms is not None else None,
+                packed[split:] if return_rms is not None else None)
 
     def _reset_faults(self, infos: dict) -> None:
         """Count and warn about envs whose autoreset raised (EnvGuard re-made them); raises past the budget."""

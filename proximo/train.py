@@ -29,8 +29,13 @@ from proximo.diagnostics import HealthMonitor
 from proximo.envs.check import require_env_ok
 from proximo.envs.guard import EnvFaultError, GuardedMaker
 from proximo.envs.make import EnvLike, make_vector_env
-from proximo.envs.snapshot import restore_vector_env, snapshot_vector_env, vector_env_obstacle
+from proximo.envs.snapshot import (
+    decode_value, encode_value, restore_vector_env, snapshot_vector_env, vector_env_obstacle,
+)
 from proximo.evaluate import evaluate_policy
+from proximo.learners.distributed import (
+    DistributedError, World, broadcast_module_, broadcast_optimizer_, check_divides, rank_seed,
+)
 from proximo.metrics import MetricsWriter, Progress
 from proximo.nn.flat import flatten_parameters
 from proximo.nn.policy import ActorCritic
@@ -40,15 +45,20 @@ from proximo.spaces_json import space_from_json, space_to_json
 
 STATE_TENSORS = "state.safetensors"
 STATE_META = "state.json"
+# The state.json fields and state.safetensors tensors each rank keeps for itself (under "ranks" and
+# "rank.<r>."); everything else in a checkpoint is the same on every rank and saved once.
+RANK_FIELDS = ("envs", "episodes", "env_faults", "rng")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM after finishing an update and saving a checkpoint."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path | None) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path | None,
+                 world_size: int = 1) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         name = signal.Signals(signum).name
-        saved = (f"checkpoint saved to {checkpoint}; continue with `proximo train --resume {run_dir}`"
+        nproc = f" --nproc {world_size}" if world_size > 1 else ""
+        saved = (f"checkpoint saved to {checkpoint}; continue with `proximo train --resume {run_dir}{nproc}`"
                  if checkpoint is not None else "no run directory, so nothing was saved")
         super().__init__(f"stopped by {name} at step {step:,}; {saved}")
 
@@ -157,23 +167,36 @@ def _load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor]
 
 
 class Trainer:
-    """Owns the envs, policy, optimizer and run directory of one PPO run."""
+    """Owns the envs, policy, optimizer and run directory of one PPO run.
+
+    With a World of K processes (proximo/learners/distributed.py) this is one rank of a run: it
+    steps its own num_envs envs, seeded with rank_seed(seed, rank); config.batch_size is the
+    global minibatch (batch_size / K samples per rank) and total_steps and global_step count the
+    steps of all ranks. Rank 0 alone writes the run directory and prints.
+    """
 
     def __init__(self, env: EnvLike, config: PPOConfig, run_dir: str | Path | None = None,
-                 env_kwargs: dict | None = None, verbose: bool = True, tensorboard: bool = True) -> None:
+                 env_kwargs: dict | None = None, verbose: bool = True, tensorboard: bool = True,
+                 world: World | None = None) -> None:
         self.env, self.config, self.env_kwargs = env, config, dict(env_kwargs or {})
-        self.verbose = verbose
+        self.world = world = world if world is not None else World.local()
+        check_divides(config.batch_size, world.size)
+        self.verbose = verbose and world.is_main
         require_env_ok(env, self.env_kwargs)  # a few random steps: stop on a broken env before training
-        seed_everything(config.seed)
+        seed_everything(rank_seed(config.seed, world.rank))
         set_threads(pick_threads(config))
         # EnvGuard restarts a sub-env whose step() raises; the collector bounds how often.
         self.envs = make_vector_env(GuardedMaker(env, self.env_kwargs), config.num_envs, config.env_backend)
         self.policy = build_policy(self.envs.single_observation_space, self.envs.single_action_space, config)
         self.optimizer = make_adam(self.policy, config)
+        # Every rank starts from rank 0's weights (its own seed drew others) and optimizer state.
+        broadcast_module_(self.policy, world)
+        broadcast_optimizer_(self.optimizer, world)
         self.reward_scaler = (RewardScaler(config.num_envs, config.gamma, config.clip_reward)
                               if config.normalize_reward else None)
         self.collector = RolloutCollector(self.envs, self.policy, config.n_steps, config.gamma,
-                                          config.normalize_obs, self.reward_scaler, config.seed)
+                                          config.normalize_obs, self.reward_scaler,
+                                          rank_seed(config.seed, world.rank), world)
         self.lr_schedule = Schedule(config.lr_schedule, config.learning_rate)
         self.clip_schedule = Schedule(config.clip_schedule, config.clip_range)
         self.ent_schedule = Schedule(config.ent_schedule, config.ent_coef)
@@ -181,96 +204,141 @@ class Trainer:
                               if config.objective == "adaptive_kl" else FixedKLController(config.kl_coef))
         self.global_step = 0
         self.update_index = 0
-        self.wall_time_s = 0.0
+        self.wall_time_s = 0.0  # training seconds before the current train() call
+        self._train_started: float | None = None  # perf_counter() at the start of the current train() call
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tensorboard = tensorboard
         self.last_stats: dict[str, Any] = {}
         # names PPO's failure modes as they happen (see proximo/diagnostics.py)
-        self.monitor = HealthMonitor.from_config(config) if config.diagnostics else None
+        self.monitor = HealthMonitor.from_config(config) if config.diagnostics and world.is_main else None
         self._stop_signal: int | None = None
         self._horizon: int | None = None  # the step count the schedules anneal over (train()'s total)
         self._horizon_before_resume: int | None = None
 
     # the loop -------------------------------------------------------------------------------
+    @property
+    def writes(self) -> bool:
+        """True where this process writes the run directory: a run directory is set and this is rank 0."""
+        return self.run_dir is not None and self.world.is_main
+
     def train(self, total_steps: int | None = None) -> dict[str, Any]:
         """Train until total_steps env steps (default: config.total_steps); returns the summary."""
         total = total_steps if total_steps is not None else self.config.total_steps
         self._warn_if_horizon_moved(total)
-        config = self.config
+        config, world = self.config, self.world
+        steps_per_update = config.rollout_size * world.size
         writer = self._open_run_dir()
         progress = Progress(total, self.global_step, enabled=self.verbose)
         start_time, start_step = time.perf_counter(), self.global_step
+        self._train_started = start_time
         next_save = (self.global_step // config.save_every + 1) * config.save_every if config.save_every else None
         last_good: tuple | None = None
         restore_signals = self._catch_stop_signals()
         try:
             while self.global_step < total:
-                if self.run_dir is not None:
-                    last_good = self._capture_state()  # what a NaN or env crash in this update falls back to
+                if self.run_dir is not None and world.size == 1:
+                    # What a NaN or env crash in this update falls back to. Not with several processes: the
+                    # failing rank cannot reach the others mid-update, so their last checkpoint stands.
+                    last_good = self._capture_state()
                 fraction = self.global_step / total
                 learning_rate = self.lr_schedule(fraction)
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate
                 settings = UpdateSettings(
-                    n_epochs=config.n_epochs, batch_size=config.batch_size, objective=config.objective,
-                    clip_range=self.clip_schedule(fraction), clip_range_vf=config.clip_range_vf,
-                    kl_coef=self.kl_controller.value, ent_coef=self.ent_schedule(fraction),
-                    vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm, target_kl=config.target_kl,
+                    n_epochs=config.n_epochs, batch_size=config.batch_size // world.size,
+                    objective=config.objective, clip_range=self.clip_schedule(fraction),
+                    clip_range_vf=config.clip_range_vf, kl_coef=self.kl_controller.value,
+                    ent_coef=self.ent_schedule(fraction), vf_coef=config.vf_coef,
+                    max_grad_norm=config.max_grad_norm, target_kl=config.target_kl,
                     normalize_advantage=config.normalize_advantage)
+                comm_start = world.comm_s
                 buffer = self.collector.collect()
+                comm_rollout = world.comm_s - comm_start
                 buffer.compute_advantages(config.gamma, config.gae_lambda)
                 stats = ppo_update(self.policy, self.optimizer, buffer, settings)
+                comm_update = world.comm_s - comm_start - comm_rollout
                 self._check_finite_parameters()
                 self.kl_controller.update(stats["kl_last_epoch"])
-                self.global_step += config.rollout_size
+                self.global_step += steps_per_update
                 self.update_index += 1
+                stop_signal, episodes = self._sync_after_update()
                 elapsed = time.perf_counter() - start_time
                 sps = (self.global_step - start_step) / max(elapsed, 1e-9)
-                episodes = self.collector.episodes
                 row = dict(stats, global_step=self.global_step, update=self.update_index,
-                           time_s=self.wall_time_s + elapsed, sps=sps,
-                           episode_return_mean=episodes.mean_return(),
-                           episode_length_mean=episodes.mean_length(), episodes=episodes.finished,
+                           time_s=self.wall_time_s + elapsed, sps=sps, **episodes,
                            learning_rate=learning_rate, clip_range=settings.clip_range,
                            ent_coef=settings.ent_coef, kl_coef=settings.kl_coef)
+                if world.size > 1:
+                    row.update(world_size=world.size, comm_rollout_s=comm_rollout, comm_update_s=comm_update)
                 self.last_stats = row
                 if writer is not None and self.update_index % config.log_every == 0:
                     writer.write(row)
                 if self.monitor is not None:
-                    self.monitor.context.total_updates = total // config.rollout_size
+                    self.monitor.context.total_updates = total // steps_per_update
                     self.monitor.observe_and_report(row, self.run_dir, echo=self.verbose)
-                progress.update(self.global_step, sps, episodes.mean_return())
+                progress.update(self.global_step, sps, episodes["episode_return_mean"])
                 saved = False
                 if next_save is not None and self.global_step >= next_save and self.run_dir is not None:
                     self.save_checkpoint()
                     saved = True
                     next_save += config.save_every
-                if self._stop_signal is not None:
+                if stop_signal is not None:
                     folder = None if self.run_dir is None else (
                         self._checkpoint_path() if saved else self.save_checkpoint())
-                    raise TrainingInterrupted(self._stop_signal, self.global_step, folder, self.run_dir)
+                    raise TrainingInterrupted(stop_signal, self.global_step, folder, self.run_dir, world.size)
         except (NonFiniteError, EnvFaultError) as exc:
             if last_good is not None:
                 folder = self._write_state(*last_good)
                 exc.args = (f"{exc}. Stopped; the last good checkpoint (step {last_good[2]:,}, from before the "
                             f"failing update) is in {folder}",)
+            elif world.size > 1:
+                exc.args = (f"rank {world.rank}: {exc}",)
+            raise
+        except DistributedError as exc:
+            checkpoints = list_checkpoints(self.run_dir) if self.writes else []
+            if checkpoints:
+                exc.args = (f"{exc}; the last checkpoint, {checkpoints[-1]}, stays loadable "
+                            f"(`proximo train --resume {self.run_dir} --nproc {world.size}`)",)
             raise
         finally:
             restore_signals()
             self.wall_time_s += time.perf_counter() - start_time
+            self._train_started = None
             progress.close()
             if writer is not None:
                 writer.close()
         return self._finish(start_step)
+
+    def _sync_after_update(self) -> tuple[int | None, dict[str, float]]:
+        """One small all-reduce per update: whether any rank was asked to stop, and the episode statistics.
+
+        The stop decision must be the same on every rank (all save one checkpoint after the same
+        update). The episode means are over every rank's last 100 finished episodes.
+        """
+        episodes, stop = self.collector.episodes, self._stop_signal
+        returns = np.fromiter(episodes.returns, dtype=np.float64, count=len(episodes.returns))
+        lengths = np.fromiter(episodes.lengths, dtype=np.float64, count=len(episodes.lengths))
+        packed = np.array([stop == signal.SIGTERM, stop is not None and stop != signal.SIGTERM, returns.sum(),
+                           lengths.sum(), len(returns), episodes.finished], dtype=np.float64)
+        self.world.all_reduce_sum_(torch.from_numpy(packed))
+        sigterm, other, return_sum, length_sum, count, finished = packed.tolist()
+        stop_signal = stop if stop is not None else (signal.SIGTERM if sigterm else signal.SIGINT if other else None)
+        if stop_signal is not None and self.world.size > 1 and self.world.is_main and stop is None:
+            print(f"\nproximo: another process was asked to stop; finishing this update, then saving a checkpoint",
+                  file=sys.stderr, flush=True)
+        return stop_signal, {
+            "episode_return_mean": return_sum / count if count else float("nan"),
+            "episode_length_mean": length_sum / count if count else float("nan"),
+            "episodes": int(finished)}
 
     def _warn_if_horizon_moved(self, total: int) -> None:
         annealed = any(schedule.kind != "constant"
                        for schedule in (self.lr_schedule, self.clip_schedule, self.ent_schedule))
         before, self._horizon_before_resume = self._horizon_before_resume, None
         if annealed and before is not None and before != total:
-            warnings.warn(f"proximo: warning: the schedules annealed over {before:,} steps before this resume and "
+            self._warn(f"proximo: warning: the schedules annealed over {before:,} steps before this resume and "
                           f"now anneal over {total:,}, so the annealed values jump at step {self.global_step:,}; "
-                          f"resume with --total-steps {before} to keep them", ResumeWarning, stacklevel=3)
+                          f"resume with --total-steps {before} to keep them", ResumeWarning)
         self._horizon = total
 
     def _check_finite_parameters(self) -> None:
@@ -281,22 +349,27 @@ class Trainer:
                                  f"{bad[:3]} (a non-finite gradient); lower learning_rate or set max_grad_norm")
 
     def _finish(self, start_step: int) -> dict[str, Any]:
-        config = self.config
+        config, world = self.config, self.world
         if self.run_dir is not None:
             self.save_checkpoint()  # first, so a crash in evaluation still leaves the final state
+        summary: dict[str, Any] = {
+            "env_id": env_name(self.env), "global_step": self.global_step, "updates": self.update_index,
+            "wall_time_s": self.wall_time_s, "sps": self.global_step / max(self.wall_time_s, 1e-9),
+            "world_size": world.size, "backend": world.backend}
+        if not world.is_main:
+            return summary  # rank 0 evaluates and reports; nothing collective follows, so no one waits
         eval_returns, eval_lengths = evaluate_policy(self.policy, self.env, config.eval_episodes,
                                                      seed=config.seed + 10_000, env_kwargs=self.env_kwargs)
         episodes = self.collector.episodes
-        summary = {
-            "env_id": env_name(self.env), "global_step": self.global_step, "updates": self.update_index,
-            "wall_time_s": self.wall_time_s, "sps": self.global_step / max(self.wall_time_s, 1e-9),
+        summary.update({
             "eval_return_mean": float(np.mean(eval_returns)), "eval_return_std": float(np.std(eval_returns)),
             "eval_episodes": len(eval_returns), "eval_length_mean": float(np.mean(eval_lengths)),
-            "train_return_last100_mean": episodes.mean_return(),
+            # over every rank's last 100 episodes (the std: rank 0's alone)
+            "train_return_last100_mean": self.last_stats.get("episode_return_mean", episodes.mean_return()),
             "train_return_last100_std": float(np.std(episodes.returns)) if episodes.returns else float("nan"),
-            "episodes": episodes.finished, "proximo_version": __version__,
+            "episodes": self.last_stats.get("episodes", episodes.finished), "proximo_version": __version__,
             "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-        }
+        })
         if self.run_dir is not None:
             save_policy(self.run_dir / "policy", self.policy, config, self.env, self.env_kwargs)
             atomic_write_json(self.run_dir / "summary.json",
@@ -305,43 +378,69 @@ class Trainer:
         return summary
 
     def _open_run_dir(self) -> MetricsWriter | None:
-        if self.run_dir is None:
+        if not self.writes:
             return None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json",
-                          {"env_id": env_name(self.env), "env_kwargs": self.env_kwargs, **self.config.to_dict()})
+                          {"env_id": env_name(self.env), "env_kwargs": self.env_kwargs, **self.config.to_dict(),
+                           "world": {"size": self.world.size, "backend": self.world.backend}})
         # A resume logs the updates after its checkpoint again: drop the first run's rows for them.
         return MetricsWriter(self.run_dir, tensorboard=self.tensorboard, from_step=self.global_step)
 
     # checkpoints --------------------------------------------------------------------------------
     def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Everything needed to continue this run: (tensors, JSON metadata)."""
+        """Everything needed to continue this run: (tensors, JSON metadata); with several processes every
+        rank must call it (it gathers each rank's own part: envs, next observation, episodes, RNGs)."""
         optimizer_tensors, optimizer_meta = optimizer_to_tensors(self.optimizer)
-        tensors = {**prefixed("policy", self.policy.state_dict()), **optimizer_tensors,
-                   "rng.torch": torch.get_rng_state()}
+        tensors = {**prefixed("policy", self.policy.state_dict()), **optimizer_tensors}
         if self.reward_scaler is not None:
-            tensors.update(prefixed("reward_scaler", self.reward_scaler.state_dict()))
-        tensors["collector.next_obs"] = self.collector.next_obs
-        episodes = self.collector.episodes
+            tensors.update(prefixed("reward_scaler.return_rms", self.reward_scaler.return_rms.state_dict()))
         meta = {
-            "format_version": 1, "proximo_version": __version__, "env_id": env_name(self.env),
+            "format_version": 2, "proximo_version": __version__, "env_id": env_name(self.env),
             "env_kwargs": self.env_kwargs, "config": self.config.to_dict(),
             **self._spaces_json(),
-            "global_step": self.global_step, "update_index": self.update_index, "wall_time_s": self.wall_time_s,
+            # A checkpoint written inside train() counts the time of this call so far.
+            "global_step": self.global_step, "update_index": self.update_index,
+            "wall_time_s": self.wall_time_s + (time.perf_counter() - self._train_started
+                                               if self._train_started is not None else 0.0),
             "kl_coef": self.kl_controller.value, "optimizer": optimizer_meta,
             # Schedules are functions of global_step / horizon; kept so a resume can tell if the horizon moved.
             "schedules": {"horizon": self._horizon, "lr": self.lr_schedule.kind, "clip": self.clip_schedule.kind,
                           "ent": self.ent_schedule.kind},
+            "world": {"size": self.world.size, "backend": self.world.backend},
+            "ranks": [],
+        }
+        for rank, (part_tensors, part_meta) in enumerate(self._gather_rank_parts(*self._rank_part())):
+            tensors.update(prefixed(f"rank.{rank}", part_tensors))
+            meta["ranks"].append(part_meta)
+        return tensors, meta
+
+    def _rank_part(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """This rank's own state: (tensors, JSON) with the RANK_FIELDS."""
+        collector, episodes = self.collector, self.collector.episodes
+        tensors = {"rng.torch": torch.get_rng_state(), "next_obs": collector.next_obs}
+        if self.reward_scaler is not None:
+            tensors["running_return"] = self.reward_scaler.running_return
+        meta = {
             "episodes": {"returns": list(episodes.returns), "lengths": list(episodes.lengths),
                          "finished": episodes.finished,
                          "current_return": episodes.current_return.tolist(),
                          "current_length": episodes.current_length.tolist()},
-            "env_faults": self.collector.env_faults,
+            "env_faults": collector.env_faults,
             # Sub-env states (RNG, time limit, simulator); None when proximo cannot save this env family.
             "envs": snapshot_vector_env(self.envs),
             "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
         }
         return tensors, meta
+
+    def _gather_rank_parts(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+                           ) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """Every rank's _rank_part(), in rank order; tensors travel as exact JSON (snapshot.encode_value)."""
+        if self.world.size == 1:
+            return [(tensors, meta)]
+        sent = {"tensors": {k: encode_value(v.detach().cpu().numpy()) for k, v in tensors.items()}, "meta": meta}
+        return [({k: torch.from_numpy(np.asarray(decode_value(v))) for k, v in part["tensors"].items()},
+                 part["meta"]) for part in self.world.all_gather_object(sent)]
 
     def _spaces_json(self) -> dict[str, Any]:
         """The spaces as JSON, computed once (an Atari Box lists 28,224 bounds twice)."""
@@ -367,9 +466,14 @@ class Trainer:
         return folder
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step_<global_step>/ atomically and keep the newest keep_checkpoints."""
+        """Write checkpoints/step_<global_step>/ atomically and keep the newest keep_checkpoints.
+
+        With several processes every rank calls it; rank 0 writes the one checkpoint, with every rank's part.
+        """
         assert self.run_dir is not None
         tensors, meta = self.training_state()
+        if not self.world.is_main:
+            return self._checkpoint_path()
         return self._write_state(tensors, meta, self.global_step)
 
     def _catch_stop_signals(self):
@@ -390,18 +494,29 @@ class Trainer:
         if self._stop_signal is not None:
             raise KeyboardInterrupt  # a second signal: give up on this update, save nothing
         self._stop_signal = signum
-        print(f"\nproximo: {signal.Signals(signum).name} received; finishing this update, then saving a "
-              "checkpoint (send it again to stop at once without saving)", file=sys.stderr, flush=True)
+        if self.world.is_main:  # torchrun forwards a signal to every rank: one line, not one per rank
+            print(f"\nproximo: {signal.Signals(signum).name} received; finishing this update, then saving a "
+                  "checkpoint (send it again to stop at once without saving)", file=sys.stderr, flush=True)
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Stop after the current update with a checkpoint, as SIGINT/SIGTERM do."""
         self._stop_signal = signum
 
     def load_training_state(self, folder: Path) -> None:
-        """Restore a checkpoint written by save_checkpoint into this trainer."""
+        """Restore a checkpoint written by save_checkpoint into this trainer.
+
+        With several processes every rank calls it: rank 0 reads the files and sends them to the
+        others, so only rank 0 needs to see the run directory.
+        """
         folder = Path(folder)
-        meta = load_json(folder / STATE_META)
-        tensors = load_tensors(folder / STATE_TENSORS)
+        loaded: dict[str, torch.Tensor] = {}
+
+        def read() -> dict[str, Any]:
+            meta = load_json(folder / STATE_META)
+            loaded.update(load_tensors(folder / STATE_TENSORS))
+            return meta
+        meta = self.world.on_main(read)
+        tensors = self.world.broadcast_tensors(loaded if self.world.is_main else None)
         try:
             self._check_fits(folder, meta)
             self._restore(folder, meta, tensors)
@@ -429,41 +544,82 @@ class Trainer:
         _load_state_strict(self.policy, unprefixed("policy", tensors), folder / STATE_TENSORS)
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
         if self.reward_scaler is not None:
-            _load_state_strict(self.reward_scaler, unprefixed("reward_scaler", tensors), folder / STATE_TENSORS)
-        torch.set_rng_state(tensors["rng.torch"])
-        random.setstate(_to_python_rng(meta["rng"]["python"]))
-        np.random.set_state(_to_numpy_rng(meta["rng"]["numpy"]))
+            _load_state_strict(self.reward_scaler.return_rms, unprefixed("reward_scaler.return_rms", tensors),
+                               folder / STATE_TENSORS)
         self.global_step = int(meta["global_step"])
         self.update_index = int(meta["update_index"])
         self.wall_time_s = float(meta["wall_time_s"])
         self.kl_controller.value = float(meta["kl_coef"])
         self._horizon_before_resume = meta.get("schedules", {}).get("horizon")
-        collector, saved = self.collector, meta["episodes"]
-        episodes = collector.episodes
+        parts = _rank_parts(meta, tensors)
+        rank, size = self.world.rank, self.world.size
+        if len(parts) == size:
+            self._restore_rank_part(folder, *parts[rank])
+            return
+        # Another process count: the envs of a rank are not any saved rank's, so start them afresh.
+        seed = int(np.random.SeedSequence([self.config.seed, self.global_step, rank]).generate_state(1)[0])
+        seed_everything(seed)
+        self.collector.reset(seed)
+        if rank < len(parts):
+            self._restore_episode_history(parts[rank][1])
+        self._warn(f"proximo: warning: checkpoint {folder} was written by {len(parts)} process"
+                   f"{'es' if len(parts) > 1 else ''} and this run has {size}, so the envs were re-seeded and their "
+                   "episodes restart from reset; the weights, optimizer state and normalization statistics carry "
+                   "over", ResumeWarning)
+
+    def _restore_episode_history(self, part: dict[str, Any]) -> None:
+        episodes, saved = self.collector.episodes, part["episodes"]
         episodes.returns.clear()
         episodes.lengths.clear()
         episodes.returns.extend(saved["returns"])
         episodes.lengths.extend(saved["lengths"])
         episodes.finished = int(saved["finished"])
-        collector.env_faults = int(meta.get("env_faults", 0))
-        obstacle = vector_env_obstacle(self.envs) if meta.get("envs") is None else None
-        if meta.get("envs") is not None:
-            restore_vector_env(self.envs, meta["envs"])
-            next_obs = tensors["collector.next_obs"]
-            if next_obs.shape != collector.next_obs.shape or next_obs.dtype != collector.next_obs.dtype:
-                raise CheckpointError(f"{folder / STATE_TENSORS}: collector.next_obs is {tuple(next_obs.shape)} "
-                                      f"{next_obs.dtype}, this run needs {tuple(collector.next_obs.shape)} "
-                                      f"{collector.next_obs.dtype}")
-            collector.next_obs = next_obs.clone()
-            episodes.current_return[:] = np.asarray(saved["current_return"], dtype=np.float64)
-            episodes.current_length[:] = np.asarray(saved["current_length"], dtype=np.int64)
-        else:
+
+    def _restore_rank_part(self, folder: Path, tensors: dict[str, torch.Tensor], part: dict[str, Any]) -> None:
+        """Put back this rank's envs, next observation, episodes and RNG states exactly as saved."""
+        torch.set_rng_state(tensors["rng.torch"])
+        random.setstate(_to_python_rng(part["rng"]["python"]))
+        np.random.set_state(_to_numpy_rng(part["rng"]["numpy"]))
+        self._restore_episode_history(part)
+        collector, episodes, saved = self.collector, self.collector.episodes, part["episodes"]
+        collector.env_faults = int(part.get("env_faults", 0))
+        if part.get("envs") is None:
             # The envs restart from reset, so the running sums of their old episodes no longer apply.
             if self.reward_scaler is not None:
                 self.reward_scaler.running_return.zero_()
-            warnings.warn(f"proximo: warning: cannot save the state of this env ({obstacle or 'unknown'}), so on "
-                          "resume the in-progress episodes restart from reset; the resumed run is not bitwise "
-                          "identical to an uninterrupted one", ResumeWarning, stacklevel=3)
+            obstacle = vector_env_obstacle(self.envs) or "unknown"
+            self._warn(f"proximo: warning: cannot save the state of this env ({obstacle}), so on resume the "
+                       "in-progress episodes restart from reset; the resumed run is not bitwise identical to an "
+                       "uninterrupted one", ResumeWarning)
+            return
+        restore_vector_env(self.envs, part["envs"])
+        next_obs = tensors["next_obs"]
+        if next_obs.shape != collector.next_obs.shape or next_obs.dtype != collector.next_obs.dtype:
+            raise CheckpointError(f"{folder / STATE_TENSORS}: the saved next observation is {tuple(next_obs.shape)} "
+                                  f"{next_obs.dtype}, this run needs {tuple(collector.next_obs.shape)} "
+                                  f"{collector.next_obs.dtype}")
+        collector.next_obs = next_obs.clone()
+        collector.pending_obs_moments = None  # recomputed from next_obs, as the uninterrupted run had them
+        episodes.current_return[:] = np.asarray(saved["current_return"], dtype=np.float64)
+        episodes.current_length[:] = np.asarray(saved["current_length"], dtype=np.int64)
+        if self.reward_scaler is not None:
+            self.reward_scaler.running_return.copy_(tensors["running_return"])
+
+    def _warn(self, message: str, category: type[Warning]) -> None:
+        """warnings.warn on rank 0 alone: every rank meets the same condition, the user needs one line."""
+        if self.world.is_main:
+            warnings.warn(message, category, stacklevel=3)
+
+
+def _rank_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+                ) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    """Each saved rank's (tensors, JSON part) of a checkpoint; a format-1 checkpoint holds one rank, at top level."""
+    if "ranks" in meta:
+        return [(unprefixed(f"rank.{rank}", tensors), part) for rank, part in enumerate(meta["ranks"])]
+    part_tensors = {"rng.torch": tensors["rng.torch"], "next_obs": tensors["collector.next_obs"]}
+    if "reward_scaler.running_return" in tensors:
+        part_tensors["running_return"] = tensors["reward_scaler.running_return"]
+    return [(part_tensors, {key: meta.get(key) for key in RANK_FIELDS})]
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -499,6 +655,7 @@ def read_run_config(run_dir: Path) -> tuple[str | None, dict, PPOConfig]:
     data = load_json(Path(run_dir) / "config.json")
     env_id = data.pop("env_id", None)
     env_kwargs = data.pop("env_kwargs", {})
+    data.pop("world", None)  # how many processes wrote it: a fact of that run, not a setting
     return env_id, env_kwargs, PPOConfig.from_dict(data)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from proximo.config import PRESETS, PPOConfig, field_types
-from proximo.errors import ConfigError, ProximoError
+from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, EchoedError, ProximoError
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
 COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli"]
@@ -100,6 +100,9 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    train.add_argument("--nproc", type=int, metavar="K",
+                       help="train with K processes on this machine (re-launches itself under torchrun; batch_size "
+                            "stays the global minibatch, total_steps counts all processes' steps)")
     add_config_flags(train)
     train.set_defaults(handler=cmd_train)
 
@@ -141,12 +144,10 @@ def plain_warnings(command):
     return run
 
 
-@plain_warnings
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train, write the run directory, print the summary."""
+def train_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """What `train` will run, as JSON: env id and kwargs, config, run directory, and the checkpoint to resume."""
     from proximo.config import make_config
-    from proximo.checkpoint import CheckpointError
-    from proximo.train import Trainer, TrainingInterrupted, read_run_config, resume_target
+    from proximo.train import read_run_config, resume_target
 
     overrides = config_overrides(args)
     if args.resume is not None:
@@ -160,36 +161,104 @@ def cmd_train(args: argparse.Namespace) -> int:
         if overrides:
             raise ConfigError(f"--resume keeps the run's config; only --total-steps, --save-every and "
                               f"--keep-checkpoints may change, got {sorted(overrides)}")
-        config = saved.replace(**changeable)
-        trainer = Trainer(env_id, config, run_dir, env_kwargs, verbose=not args.quiet,
-                          tensorboard=not args.no_tensorboard)
+        return {"env_id": env_id, "env_kwargs": env_kwargs, "config": saved.replace(**changeable).to_dict(),
+                "run_dir": str(run_dir), "checkpoint": str(checkpoint), "earlier": earlier and str(earlier)}
+    if not args.env_id:
+        raise ProximoError("train needs an env id (e.g. `proximo train CartPole-v1`) or --resume RUN_DIR")
+    config = make_config(args.preset, **overrides)
+    run_dir = args.run_dir or default_run_dir(args.env_id, args.preset, config.seed)
+    return {"env_id": args.env_id, "env_kwargs": {}, "config": config.to_dict(), "run_dir": str(run_dir),
+            "checkpoint": None, "earlier": None}
+
+
+@plain_warnings
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, write the run directory, print the summary (under torchrun: one rank of a run)."""
+    import torch
+
+    from proximo.learners.distributed import World, init_world, launched_by_torchrun
+
+    if args.nproc is not None:
+        return _launch_train(args)
+    world = init_world(torch.device("cpu")) if launched_by_torchrun() else World.local()
+    try:
+        return _train(args, world)
+    finally:
+        world.close()
+
+
+def _train(args: argparse.Namespace, world) -> int:
+    from proximo.checkpoint import CheckpointError
+    from proximo.config import PPOConfig
+    from proximo.train import Trainer, TrainingInterrupted
+
+    plan = world.on_main(lambda: train_plan(args))  # rank 0 alone reads the run directory
+    config, run_dir = PPOConfig.from_dict(plan["config"]), Path(plan["run_dir"])
+    report = world.is_main and not args.quiet
+    try:
+        trainer = Trainer(plan["env_id"], config, run_dir, plan["env_kwargs"], verbose=not args.quiet,
+                          tensorboard=not args.no_tensorboard, world=world)
+    except EchoedError:
+        raise
+    except ProximoError as exc:
+        if world.is_main:
+            raise
+        raise EchoedError(str(exc)) from exc  # every rank fails the same check; rank 0 says it
+    if plan["checkpoint"] is not None:
         try:
-            trainer.load_training_state(checkpoint)
+            trainer.load_training_state(Path(plan["checkpoint"]))
         except CheckpointError as exc:
-            if earlier is None:
+            if plan["earlier"] is None:
                 raise
-            raise CheckpointError(f"{exc} (the previous checkpoint: --resume {earlier})") from exc
-        if not args.quiet:
+            raise CheckpointError(f"{exc} (the previous checkpoint: --resume {plan['earlier']})") from exc
+        if report:
             print(f"proximo: resuming {run_dir} from step {trainer.global_step:,}", file=sys.stderr)
-    else:
-        if not args.env_id:
-            raise ProximoError("train needs an env id (e.g. `proximo train CartPole-v1`) or --resume RUN_DIR")
-        config = make_config(args.preset, **overrides)
-        run_dir = args.run_dir or default_run_dir(args.env_id, args.preset, config.seed)
-        trainer = Trainer(args.env_id, config, run_dir, verbose=not args.quiet,
-                          tensorboard=not args.no_tensorboard)
-    if not args.quiet:
-        print(f"proximo: training {trainer.env} for {config.total_steps:,} steps -> {run_dir}", file=sys.stderr)
+    if report:
+        print(f"proximo: training {trainer.env} for {config.total_steps:,} steps on {world.describe()} -> {run_dir}",
+              file=sys.stderr)
     try:
         summary = trainer.train(config.total_steps)
     except TrainingInterrupted as stop:
-        print(f"proximo: {stop}", file=sys.stderr)
+        if world.is_main:
+            print(f"proximo: {stop}", file=sys.stderr)
         return 128 + stop.signum
-    print(f"run: {run_dir}")
-    print(f"steps: {summary['global_step']:,}  time: {summary['wall_time_s']:.1f} s  steps/s: {summary['sps']:,.0f}")
-    print(f"eval return ({summary['eval_episodes']} episodes, deterministic): "
-          f"{summary['eval_return_mean']:.1f} +- {summary['eval_return_std']:.1f}")
+    if world.is_main:
+        print(f"run: {run_dir}")
+        print(f"steps: {summary['global_step']:,}  time: {summary['wall_time_s']:.1f} s  "
+              f"steps/s: {summary['sps']:,.0f}  ({world.describe()})")
+        print(f"eval return ({summary['eval_episodes']} episodes, deterministic): "
+              f"{summary['eval_return_mean']:.1f} +- {summary['eval_return_std']:.1f}")
     return 0
+
+
+def _launch_train(args: argparse.Namespace) -> int:
+    """`train --nproc K`: check the run here, then start K ranks of it under torchrun on this machine."""
+    from proximo.config import PPOConfig
+    from proximo.envs.make import make_single_env
+    from proximo.learners.distributed import World, check_divides, launch_local, launched_by_torchrun
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    if launched_by_torchrun():
+        raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out (--nproc-per-node sets the "
+                          "process count)")
+    plan = train_plan(args)
+    check_divides(PPOConfig.from_dict(plan["config"]).batch_size, args.nproc)
+    if args.nproc == 1:
+        return _train(args, World.local())
+    make_single_env(plan["env_id"], **plan["env_kwargs"]).close()  # a wrong env id: one line here, not K there
+    argv = [token for i, token in enumerate(args.argv) if not _is_nproc_token(args.argv, i)]
+    if args.resume is None and args.run_dir is None:
+        argv += ["--run-dir", plan["run_dir"]]  # one default name for every rank (it holds the time)
+    return launch_local(args.nproc, argv, Path(plan["run_dir"]))
+
+
+def _is_nproc_token(argv: list[str], i: int) -> bool:
+    """True for --nproc K / --nproc=K (or an abbreviation argparse accepts, such as --npr) and its value."""
+    def flag(token: str) -> bool:
+        name = token.split("=", 1)[0]
+        return len(name) >= 4 and "--nproc".startswith(name)
+    return flag(argv[i]) or (i > 0 and flag(argv[i - 1]) and "=" not in argv[i - 1])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -221,9 +290,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn user errors into one line and exit status 2."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.handler(args) or 0)
+    except EchoedError:
+        return 2  # rank 0 printed this error
+    except DistributedError as exc:
+        print(f"proximo: error: {exc}", file=sys.stderr)
+        return PEER_LOST_EXIT
     except ProximoError as exc:
         print(f"proximo: error: {exc}", file=sys.stderr)
         return 2

@@ -214,9 +214,9 @@ class World:
             run()
         except (RuntimeError, dist.DistError) as exc:
             raise DistributedError(
-                f"rank {self.rank} of {self.size} lost the other processes in {name} ({_short(exc)}): another rank "
-                f"died, was killed or hung for the {timeout_s():g} s timeout (${TIMEOUT_ENV}); its own output "
-                "says why") from exc
+                f"rank {self.rank} of {self.size} lost contact with the other ranks in {name} ({_short(exc)}): "
+                f"another rank died, or stayed silent past the {timeout_s():g} s timeout (${TIMEOUT_ENV}); its own "
+                "output says why") from exc
         self.comm_calls += 1
         self.comm_s += time.perf_counter() - start
 

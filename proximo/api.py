@@ -53,7 +53,7 @@ class PPO:
         batch = 1 if single else _batch_size(observation)
         obs = _add_batch_axis(observation) if single else observation
         with torch.inference_mode():
-            x = policy.normalize(policy.encode(obs, batch))
+            x = policy.prepare(obs, batch)
             actions, _, _ = policy.act(x, deterministic=deterministic)
         env_actions = policy.to_env_actions(actions)
         return (env_actions[0] if single else env_actions), None

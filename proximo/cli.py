@@ -156,11 +156,12 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
         if not env_id:
             raise ProximoError(f"{run_dir} was trained on an env factory; resume it from Python with Trainer")
         # Settings that do not change the training math may differ on resume.
-        changeable = {key: overrides.pop(key) for key in ("total_steps", "save_every", "keep_checkpoints")
+        # (--device too: a GPU run may continue on a CPU machine.)
+        changeable = {key: overrides.pop(key) for key in ("total_steps", "save_every", "keep_checkpoints", "device")
                       if key in overrides}
         if overrides:
-            raise ConfigError(f"--resume keeps the run's config; only --total-steps, --save-every and "
-                              f"--keep-checkpoints may change, got {sorted(overrides)}")
+            raise ConfigError(f"--resume keeps the run's config; only --total-steps, --save-every, "
+                              f"--keep-checkpoints and --device may change, got {sorted(overrides)}")
         return {"env_id": env_id, "env_kwargs": env_kwargs, "config": saved.replace(**changeable).to_dict(),
                 "run_dir": str(run_dir), "checkpoint": str(checkpoint), "earlier": earlier and str(earlier)}
     if not args.env_id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ from proximo.errors import ConfigError
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
 ENV_BACKENDS = ("sync", "async")
+LEARNERS = ("auto", "numpy", "torch")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 
 
 @dataclass
@@ -64,6 +67,8 @@ class PPOConfig:
     log_std_init: float = 0.0
     # machinery
     env_backend: str = "sync"              # sync | async (gymnasium vector envs)
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N | mps (auto: a GPU only where it pays)
+    learner: str = "auto"                  # auto | numpy | torch: the gradient backend (proximo/learners)
     torch_threads: int = 0                 # 0: proximo picks (1 for small MLPs)
     eval_episodes: int = 10
     save_every: int = 0                    # env steps between checkpoints; 0: only at the end
@@ -128,6 +133,9 @@ class PPOConfig:
             _check_choice(name, getattr(self, name), SCHEDULES)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("env_backend", self.env_backend, ENV_BACKENDS)
+        _check_choice("learner", self.learner, LEARNERS)
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if not self.net_arch or any(width < 1 for width in self.net_arch):
             raise ConfigError(f"net_arch must be a non-empty list of positive widths, got {self.net_arch}")
         if self.rollout_size % self.batch_size != 0:

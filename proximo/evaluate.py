@@ -35,7 +35,7 @@ def evaluate_policy(policy: ActorCritic, env: EnvLike, episodes: int = 10, seed:
 def act_once(policy: ActorCritic, obs, deterministic: bool = True):
     """The env action for one unbatched observation (normalization frozen, Box actions clipped)."""
     with torch.inference_mode():
-        x = policy.normalize(policy.encode(_batch_of_one(obs), 1))
+        x = policy.prepare(_batch_of_one(obs), 1)
         action, _, _ = policy.act(x, deterministic=deterministic)
     return policy.to_env_actions(action)[0]
 

@@ -34,21 +34,26 @@ class RolloutBuffer:
 
     @classmethod
     def allocate(cls, n_steps: int, num_envs: int, policy: ActorCritic) -> "RolloutBuffer":
-        """Zeroed tensors shaped for the policy's observation and action spaces."""
+        """Zeroed tensors shaped for the policy's observation and action spaces, on its device."""
         t_n = (n_steps, num_envs)
         head = policy.action_head
-        floats = lambda: torch.zeros(t_n, dtype=torch.float32)  # noqa: E731
+        device = policy.device
+        floats = lambda: torch.zeros(t_n, dtype=torch.float32, device=device)  # noqa: E731
         return cls(
-            obs=torch.zeros(t_n + policy.obs_shape, dtype=policy.obs_dtype),
-            actions=torch.zeros(t_n + head.action_shape(), dtype=head.action_dtype()),
+            obs=torch.zeros(t_n + policy.obs_shape, dtype=policy.obs_dtype, device=device),
+            actions=torch.zeros(t_n + head.action_shape(), dtype=head.action_dtype(), device=device),
             log_probs=floats(), values=floats(), rewards=floats(),
-            terminated=torch.zeros(t_n, dtype=torch.bool), truncated=torch.zeros(t_n, dtype=torch.bool),
+            terminated=torch.zeros(t_n, dtype=torch.bool, device=device),
+            truncated=torch.zeros(t_n, dtype=torch.bool, device=device),
             next_values=floats(), advantages=floats(), returns=floats())
 
     def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
-        """Fill advantages and returns by GAE."""
-        self.advantages, self.returns = gae(self.rewards, self.values, self.next_values,
-                                            self.terminated, self.truncated, gamma, gae_lambda)
+        """Fill advantages and returns by GAE (on the CPU: a backward recursion is T tiny steps, which an
+        accelerator would run as ~3T kernel launches; two [T, N] copies each way cost less)."""
+        host = [x.cpu() for x in (self.rewards, self.values, self.next_values, self.terminated, self.truncated)]
+        advantages, returns = gae(*host, gamma, gae_lambda)
+        device = self.values.device
+        self.advantages, self.returns = advantages.to(device), returns.to(device)
 
 
 class RewardScaler(nn.Module):
@@ -160,17 +165,31 @@ class RolloutCollector:
             self.reward_scaler.running_return.zero_()
 
     def collect(self) -> RolloutBuffer:
-        """Run T steps; returns the filled buffer with advantages not yet computed."""
+        """Run T steps; returns the filled buffer with advantages not yet computed.
+
+        Per vector step one observation batch goes to the policy's device and one action batch comes
+        back; rewards and done flags are staged on the host and cross once per rollout.
+        """
         buf, policy, n = self.buffer, self.policy, self.num_envs
+        device = policy.device
         truncation_fixes: list[tuple[int, np.ndarray, torch.Tensor]] = []
-        # Speed: a fused NumPy actor-critic for this rollout with its noise drawn up front, and NumPy
-        # views for the per-step writes; other policies act through torch.
+        # Speed: a fused NumPy actor-critic for this rollout with its noise drawn up front (CPU MLPs);
+        # other policies act through torch.
         actor = RolloutActor(policy) if RolloutActor.supports(policy) else None
         if actor is not None:
             actor.draw(self.n_steps, n)
-        obs_np, actions_np = buf.obs.numpy(), buf.actions.numpy()
-        log_probs_np, values_np = buf.log_probs.numpy(), buf.values.numpy()
-        rewards_np, terminated_np, truncated_np = buf.rewards.numpy(), buf.terminated.numpy(), buf.truncated.numpy()
+        if device.type == "cpu":
+            # NumPy views of the buffer take NumPy arrays and CPU tensors alike, at a fraction of
+            # torch's per-write cost; the env outputs are written straight into the buffer.
+            obs_out, actions_out = buf.obs.numpy(), buf.actions.numpy()
+            log_probs_out, values_out = buf.log_probs.numpy(), buf.values.numpy()
+            rewards_host, terminated_host, truncated_host = (
+                buf.rewards.numpy(), buf.terminated.numpy(), buf.truncated.numpy())
+        else:
+            obs_out, actions_out, log_probs_out, values_out = buf.obs, buf.actions, buf.log_probs, buf.values
+            rewards_host = np.zeros(buf.rewards.shape, dtype=np.float32)
+            terminated_host = np.zeros(buf.terminated.shape, dtype=bool)
+            truncated_host = np.zeros(buf.truncated.shape, dtype=bool)
         if self.obs_rms is not None and self.pending_obs_moments is None:  # first rollout, or just resumed
             self.pending_obs_moments = self._shared_moments(self.next_obs.numpy(), None)[0]
         with torch.inference_mode():
@@ -181,7 +200,7 @@ class RolloutCollector:
                     x = policy.normalize(self.next_obs.numpy())
                     actions, log_probs, values = actor(x, t)
                 else:
-                    x = policy.normalize(self.next_obs)
+                    x = policy.prepare_encoded(self.next_obs)
                     actions, log_probs, values = policy.act(x)
                 obs, rewards, terminated, truncated, infos = self.envs.step(policy.to_env_actions(actions))
                 rewards = np.asarray(rewards, dtype=np.float64)
@@ -199,20 +218,18 @@ class RolloutCollector:
                 self.episodes.step(rewards, dones if faulted is None else dones & ~faulted)
                 if faulted is not None:
                     self.episodes.discard(faulted)
-                # NumPy views take NumPy arrays and CPU tensors alike.
-                obs_np[t] = x
-                actions_np[t] = actions
-                log_probs_np[t] = log_probs
-                values_np[t] = values
-                terminated_np[t] = terminated
-                truncated_np[t] = truncated
+                obs_out[t] = x
+                actions_out[t] = actions
+                log_probs_out[t] = log_probs
+                values_out[t] = values
+                terminated_host[t] = terminated
+                truncated_host[t] = truncated
                 bootstrap = truncated & ~terminated
                 if bootstrap.any():
                     envs_idx = np.flatnonzero(bootstrap)
                     final = infos["final_obs"]
-                    final_x = policy.encode(_stack_obs([final[i] for i in envs_idx]), len(envs_idx))
-                    final_values = policy.value(policy.normalize(final_x))
-                    truncation_fixes.append((t, envs_idx, final_values))
+                    final_x = policy.prepare(_stack_obs([final[i] for i in envs_idx]), len(envs_idx))
+                    truncation_fixes.append((t, envs_idx, policy.value(final_x)))
                 next_obs_np = policy.encode_np(obs, n)
                 self.next_obs = torch.from_numpy(next_obs_np)
                 if next_obs_np.dtype.kind == "f" and not np.isfinite(next_obs_np).all():
@@ -226,12 +243,16 @@ class RolloutCollector:
                     rewards = self.reward_scaler.scale(rewards, dones)
                 elif self.obs_rms is not None:
                     self.pending_obs_moments = self._shared_moments(next_obs_np, None)[0]
-                rewards_np[t] = rewards
-            last_values = policy.value(policy.normalize(self.next_obs))
+                rewards_host[t] = rewards
+            last_values = policy.value(policy.prepare_encoded(self.next_obs))
+        if device.type != "cpu":
+            buf.rewards.copy_(torch.from_numpy(rewards_host))
+            buf.terminated.copy_(torch.from_numpy(terminated_host))
+            buf.truncated.copy_(torch.from_numpy(truncated_host))
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_values
         for t, envs_idx, final_values in truncation_fixes:
-            buf.next_values[t, torch.from_numpy(envs_idx)] = final_values
+            buf.next_values[t, torch.from_numpy(envs_idx).to(device)] = final_values
         if not torch.isfinite(buf.rewards).all():  # finite in float64, yet past float32's range
             t, i = torch.nonzero(~torch.isfinite(buf.rewards))[0].tolist()
             raise NonFiniteError(f"env {i} returned a reward beyond float32's range (3.4e38) at rollout step {t}; "

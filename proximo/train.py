@@ -37,7 +37,10 @@ from proximo.learners.distributed import (
     DistributedError, World, broadcast_module_, broadcast_optimizer_, check_divides, rank_seed,
 )
 from proximo.metrics import MetricsWriter, Progress
-from proximo.nn.flat import flatten_parameters
+from proximo.devices import resolve_device
+from proximo.errors import ConfigError
+from proximo.learners.base import choose_learner
+from proximo.learners.optimizer import FlatOptimizer
 from proximo.nn.policy import ActorCritic
 from proximo.ppo import UpdateSettings, ppo_update
 from proximo.rollout import NonFiniteError, RewardScaler, RolloutCollector
@@ -97,15 +100,16 @@ def build_policy(observation_space, action_space, config: PPOConfig) -> ActorCri
                        normalize_obs=config.normalize_obs, clip_obs=config.clip_obs)
 
 
-def make_adam(policy: ActorCritic, config: PPOConfig) -> torch.optim.Optimizer:
-    """Adam over the policy parameters, kept in one flat tensor (proximo/nn/flat.py) with the fused kernel.
+def make_adam(policy: ActorCritic, config: PPOConfig) -> FlatOptimizer:
+    """Adam over the policy's parameters, kept in one flat buffer with the fused kernel (learners/optimizer.py)."""
+    return FlatOptimizer(policy, lr=config.learning_rate, eps=config.adam_eps)
 
-    Small MLPs have ~14 tiny tensors; one flat tensor makes Adam and grad clipping ~5x cheaper.
-    """
-    flat = flatten_parameters(policy)
-    if flat is None:
-        return torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, foreach=True)
-    return torch.optim.Adam([flat], lr=config.learning_rate, eps=config.adam_eps, fused=True)
+
+def place_policy(policy: ActorCritic, config: PPOConfig) -> str:
+    """Move the policy to the config's device (resolving auto); returns why that device."""
+    device, why = resolve_device(config.device, policy.image, max(config.net_arch))
+    policy.to(device)
+    return f"{device} ({why})"
 
 
 def env_name(env: EnvLike) -> str | None:
@@ -188,10 +192,15 @@ class Trainer:
         # EnvGuard restarts a sub-env whose step() raises; the collector bounds how often.
         self.envs = make_vector_env(GuardedMaker(env, self.env_kwargs), config.num_envs, config.env_backend)
         self.policy = build_policy(self.envs.single_observation_space, self.envs.single_action_space, config)
+        self.device_choice = place_policy(self.policy, config)
         self.optimizer = make_adam(self.policy, config)
         # Every rank starts from rank 0's weights (its own seed drew others) and optimizer state.
         broadcast_module_(self.policy, world)
         broadcast_optimizer_(self.optimizer, world)
+        try:
+            self.learner, self.learner_choice = choose_learner(self.policy, self.optimizer, config.learner, world)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.reward_scaler = (RewardScaler(config.num_envs, config.gamma, config.clip_reward)
                               if config.normalize_reward else None)
         self.collector = RolloutCollector(self.envs, self.policy, config.n_steps, config.gamma,
@@ -228,6 +237,8 @@ class Trainer:
         config, world = self.config, self.world
         steps_per_update = config.rollout_size * world.size
         writer = self._open_run_dir()
+        if self.verbose:
+            print(f"proximo: device {self.device_choice}; learner {self.learner_choice}", file=sys.stderr, flush=True)
         progress = Progress(total, self.global_step, enabled=self.verbose)
         start_time, start_step = time.perf_counter(), self.global_step
         self._train_started = start_time
@@ -242,10 +253,9 @@ class Trainer:
                     last_good = self._capture_state()
                 fraction = self.global_step / total
                 learning_rate = self.lr_schedule(fraction)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate
+                self.optimizer.set_lr(learning_rate)
                 settings = UpdateSettings(
-                    n_epochs=config.n_epochs, batch_size=config.batch_size // world.size,
+                    n_epochs=config.n_epochs, batch_size=config.batch_size,
                     objective=config.objective, clip_range=self.clip_schedule(fraction),
                     clip_range_vf=config.clip_range_vf, kl_coef=self.kl_controller.value,
                     ent_coef=self.ent_schedule(fraction), vf_coef=config.vf_coef,
@@ -255,7 +265,7 @@ class Trainer:
                 buffer = self.collector.collect()
                 comm_rollout = world.comm_s - comm_start
                 buffer.compute_advantages(config.gamma, config.gae_lambda)
-                stats = ppo_update(self.policy, self.optimizer, buffer, settings)
+                stats = ppo_update(self.learner, buffer, settings)
                 comm_update = world.comm_s - comm_start - comm_rollout
                 self._check_finite_parameters()
                 self.kl_controller.update(stats["kl_last_epoch"])
@@ -309,6 +319,10 @@ class Trainer:
                 writer.close()
         return self._finish(start_step)
 
+    def resolved(self) -> dict[str, str]:
+        """What `auto` settings became in this run, and why: the device and the gradient backend."""
+        return {"device": self.device_choice, "learner": self.learner_choice}
+
     def _sync_after_update(self) -> tuple[int | None, dict[str, float]]:
         """One small all-reduce per update: whether any rank was asked to stop, and the episode statistics.
 
@@ -343,6 +357,9 @@ class Trainer:
 
     def _check_finite_parameters(self) -> None:
         """Raise NonFiniteError if the update just made left NaN/inf in a parameter (a non-finite gradient)."""
+        flat = self.optimizer.flat
+        if flat is not None and bool(torch.isfinite(flat).all()):
+            return  # one check (and one host read) for every parameter at once
         bad = [name for name, param in self.policy.named_parameters() if not bool(torch.isfinite(param).all())]
         if bad:
             raise NonFiniteError(f"update {self.update_index + 1} left non-finite values in the parameters "
@@ -369,6 +386,7 @@ class Trainer:
             "train_return_last100_std": float(np.std(episodes.returns)) if episodes.returns else float("nan"),
             "episodes": self.last_stats.get("episodes", episodes.finished), "proximo_version": __version__,
             "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+            **self.resolved(),
         })
         if self.run_dir is not None:
             save_policy(self.run_dir / "policy", self.policy, config, self.env, self.env_kwargs)
@@ -383,7 +401,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json",
                           {"env_id": env_name(self.env), "env_kwargs": self.env_kwargs, **self.config.to_dict(),
-                           "world": {"size": self.world.size, "backend": self.world.backend}})
+                           "resolved": self.resolved(), "world": {"size": self.world.size,
+                                                                   "backend": self.world.backend}})
         # A resume logs the updates after its checkpoint again: drop the first run's rows for them.
         return MetricsWriter(self.run_dir, tensorboard=self.tensorboard, from_step=self.global_step)
 
@@ -655,6 +674,7 @@ def read_run_config(run_dir: Path) -> tuple[str | None, dict, PPOConfig]:
     data = load_json(Path(run_dir) / "config.json")
     env_id = data.pop("env_id", None)
     env_kwargs = data.pop("env_kwargs", {})
+    data.pop("resolved", None)  # what the run's auto settings became: a record, not a setting
     data.pop("world", None)  # how many processes wrote it: a fact of that run, not a setting
     return env_id, env_kwargs, PPOConfig.from_dict(data)
 

@@ -14,7 +14,8 @@ def test_pong_frames_collect_and_update():
     assert buffer.obs.float().std() > 0
     buffer.compute_advantages(0.99, 0.95)
     before = [p.detach().clone() for p in policy.parameters()]
-    stats = ppo_update(policy, agent._trainer.optimizer, buffer,
+    assert agent._trainer.learner.name == "torch"  # the CNN torso is autograd's
+    stats = ppo_update(agent._trainer.learner, buffer,
                        UpdateSettings(n_epochs=1, batch_size=16, objective="clip", clip_range=0.1, clip_range_vf=None,
                                       kl_coef=0.0, ent_coef=0.01, vf_coef=1.0, max_grad_norm=0.5, target_kl=None,
                                       normalize_advantage=True))

@@ -151,12 +151,12 @@ def test_non_finite_parameters_stop_the_run_before_they_are_saved(tmp_path, monk
     real_update = proximo.train.ppo_update
     calls = []
 
-    def update_that_breaks_on_the_third_call(policy, optimizer, buffer, settings, *args, **kwargs):
-        stats = real_update(policy, optimizer, buffer, settings, *args, **kwargs)
+    def update_that_breaks_on_the_third_call(learner, buffer, settings, *args, **kwargs):
+        stats = real_update(learner, buffer, settings, *args, **kwargs)
         calls.append(1)
         if len(calls) == 3:
             with torch.no_grad():
-                next(policy.parameters()).view(-1)[0] = float("inf")  # as a non-finite gradient step would
+                next(learner.policy.parameters()).view(-1)[0] = float("inf")  # as a non-finite gradient step would
         return stats
     monkeypatch.setattr(proximo.train, "ppo_update", update_that_breaks_on_the_third_call)
     trainer = _trainer(lambda: BrokenEnv(None), tmp_path, save_every=32)

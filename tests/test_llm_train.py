@@ -144,8 +144,8 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
 
 
 def test_grpo_flat_fused_adam_steps_like_per_tensor_adamw_and_saves(tmp_path):
+    from proximo.learners.optimizer import FlatOptimizer
     from proximo.llm.models import load_model
-    from proximo.llm.rl import RLTrainer
     def ones(prompts, completions):  # a reward that varies within groups of a random model
         return [float(c.count("1") + len(c)) for c in completions]
     settings = dict(prompts_per_step=4, group_size=4, num_minibatches=1, learning_rate=1e-2, steps=2,
@@ -153,8 +153,10 @@ def test_grpo_flat_fused_adam_steps_like_per_tensor_adamw_and_saves(tmp_path):
     flat_trainer = GRPO("tiny", run_dir=tmp_path / "flat", **settings)
     plain_trainer = GRPO("tiny", run_dir=tmp_path / "plain", **settings)
     flat_opt = flat_trainer.make_optimizer()
-    plain_opt = RLTrainer.make_optimizer(plain_trainer)  # AdamW over the separate parameter tensors
-    assert getattr(flat_trainer.model, "_proximo_flat", None) is not None
+    # AdamW over the separate parameter tensors, the per-tensor path behind the same object
+    plain_opt = FlatOptimizer(plain_trainer.trainable_parameters(), lr=1e-2, eps=plain_trainer.config.adam_eps,
+                              decoupled_weight_decay=True, flat=False)
+    assert flat_opt.flat is not None and plain_opt.flat is None
     assert len(plain_opt.param_groups[0]["params"]) > 1
     start = {k: v.clone() for k, v in flat_trainer.model.state_dict().items()}
 

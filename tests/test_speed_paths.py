@@ -12,6 +12,8 @@ from proximo.config import make_config
 from proximo.core.advantages import normalize
 from proximo.core.objectives import policy_loss, value_loss
 from proximo.nn.fast import FAST_TANH_MIN_ELEMENTS, fast_tanh
+from proximo.learners.optimizer import FlatOptimizer
+from proximo.learners.torch import TorchLearner
 from proximo.nn.flat import is_flat_intact
 from proximo.nn.policy import RolloutActor
 from proximo.ppo import UpdateSettings, ppo_update
@@ -56,9 +58,9 @@ def test_flat_parameters_alias_one_buffer_and_keep_state_dict_names():
     names_before = list(policy.state_dict())
     values_before = [p.detach().clone() for p in policy.parameters()]
     optimizer = make_adam(policy, make_config())
-    flat = policy._proximo_flat
+    flat = optimizer.flat
     assert optimizer.param_groups[0]["params"] == [flat]
-    assert is_flat_intact(policy, flat)
+    assert is_flat_intact(list(policy.parameters()), flat)
     assert list(policy.state_dict()) == names_before  # the flat buffer is not a registered parameter
     assert all(torch.equal(a, b) for a, b in zip(values_before, policy.parameters()))
     assert flat.numel() == sum(p.numel() for p in policy.parameters())
@@ -70,11 +72,11 @@ def test_flat_fused_update_matches_per_parameter_adam(kind, batch_size):
     flat_policy = _policy(kind)
     plain_policy = copy.deepcopy(flat_policy)
     buf = _buffer(flat_policy)
-    flat_opt = make_adam(flat_policy, make_config(learning_rate=1e-2))
-    plain_opt = torch.optim.Adam(plain_policy.parameters(), lr=1e-2, eps=1e-5, foreach=True)
+    flat_learner = TorchLearner(flat_policy, make_adam(flat_policy, make_config(learning_rate=1e-2)))
+    plain_learner = TorchLearner(plain_policy, FlatOptimizer(plain_policy.parameters(), lr=1e-2, eps=1e-5, flat=False))
     for _ in range(2):
-        a = ppo_update(flat_policy, flat_opt, buf, _settings(batch_size), torch.Generator().manual_seed(3))
-        b = ppo_update(plain_policy, plain_opt, buf, _settings(batch_size), torch.Generator().manual_seed(3))
+        a = ppo_update(flat_learner, buf, _settings(batch_size), torch.Generator().manual_seed(3))
+        b = ppo_update(plain_learner, buf, _settings(batch_size), torch.Generator().manual_seed(3))
     for p, q in zip(flat_policy.parameters(), plain_policy.parameters()):
         assert torch.allclose(p, q, atol=1e-5), (p - q).abs().max()
     assert max(abs(p - q).max().item() for p, q in zip(flat_policy.parameters(), _policy(kind).parameters())) > 1e-3
@@ -88,7 +90,7 @@ def test_whole_batch_update_equals_a_plain_adam_loop():
     policy = _policy("discrete")
     reference = copy.deepcopy(policy)
     buf = _buffer(policy)
-    ppo_update(policy, make_adam(policy, make_config(learning_rate=1e-2)), buf, _settings(32, n_epochs=4))
+    ppo_update(TorchLearner(policy, make_adam(policy, make_config(learning_rate=1e-2))), buf, _settings(32, n_epochs=4))
     optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, eps=1e-5)
     obs, actions = buf.obs.flatten(0, 1), buf.actions.flatten(0, 1)
     adv = normalize(buf.advantages.flatten())
@@ -109,10 +111,10 @@ def test_update_repairs_parameters_whose_storage_was_replaced():
     optimizer = make_adam(policy, make_config(learning_rate=1e-2))
     # assign=True swaps in new tensors: the flat buffer no longer backs the module.
     policy.load_state_dict({k: v.clone() + 0.1 for k, v in policy.state_dict().items()}, assign=True)
-    assert not is_flat_intact(policy, policy._proximo_flat)
+    assert not is_flat_intact(list(policy.parameters()), optimizer.flat)
     expected = [p.detach().clone() for p in policy.parameters()]
-    ppo_update(policy, optimizer, _buffer(policy), _settings(8, n_epochs=1))
-    assert is_flat_intact(policy, policy._proximo_flat)
+    ppo_update(TorchLearner(policy, optimizer), _buffer(policy), _settings(8, n_epochs=1))
+    assert is_flat_intact(list(policy.parameters()), optimizer.flat)
     moved = [not torch.allclose(p, e) for p, e in zip(policy.parameters(), expected)]
     assert all(moved)  # every parameter was trained from its loaded value, none was left behind
 

@@ -92,9 +92,15 @@ def discounted_returns(
     return returns
 
 
-def normalize(x: torch.Tensor, eps: float = 1e-8, dim: int | None = None) -> torch.Tensor:
+def normalize(x: torch.Tensor, eps: float = 1e-8, dim: int | None = None, all_reduce=None) -> torch.Tensor:
     """(x - mean) / (std + eps) over all elements, or along dim (each slice on its own);
-    a single element (or slices of one) is only centred."""
+    a single element (or slices of one) is only centred.
+
+    all_reduce (an in-place sum over processes, e.g. World.all_reduce_sum_) makes the moments those
+    of the union of every process's x: count, sum and sum of squares in float64, one call.
+    """
+    if all_reduce is not None:
+        return _normalize_global(x, eps, dim, all_reduce)
     if dim is None:
         if x.numel() < 2:
             return x - x.mean()
@@ -102,3 +108,24 @@ def normalize(x: torch.Tensor, eps: float = 1e-8, dim: int | None = None) -> tor
     if x.shape[dim] < 2:
         return x - x.mean(dim, keepdim=True)
     return (x - x.mean(dim, keepdim=True)) / (x.std(dim, keepdim=True) + eps)
+
+
+def _normalize_global(x: torch.Tensor, eps: float, dim: int | None, all_reduce) -> torch.Tensor:
+    x64 = x.to(torch.float64)
+    if dim is None:
+        count = torch.full((1,), float(x.numel()), dtype=torch.float64, device=x.device)
+        moments = torch.cat([count, x64.sum().view(1), x64.square().sum().view(1)])
+    else:
+        count = torch.full_like(x64.sum(dim, keepdim=True), float(x.shape[dim]))
+        moments = torch.cat([count, x64.sum(dim, keepdim=True), x64.square().sum(dim, keepdim=True)], dim)
+    all_reduce(moments)
+    if dim is None:
+        n, total, squares = moments.unbind()
+    else:
+        n, total, squares = moments.chunk(3, dim)
+    mean = total / n
+    if bool((n < 2).all()):
+        return (x64 - mean).to(x.dtype)
+    # unbiased, as torch.std: sum((x - mean)^2) / (n - 1) = (sum x^2 - n mean^2) / (n - 1)
+    std = ((squares - n * mean.square()).clamp(min=0.0) / (n - 1)).sqrt()
+    return ((x64 - mean) / (std + eps)).to(x.dtype)

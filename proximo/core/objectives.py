@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from proximo.core.kl import kl_estimate
@@ -79,6 +80,37 @@ def policy_loss(
                             approx_kl_k3, clip_fraction, ratio.detach())
 
 
+def policy_loss_np(logp_new: np.ndarray, logp_old: np.ndarray, advantages: np.ndarray, objective: str = "clip",
+                   clip_range: float = 0.2, clip_range_high: float | None = None, kl_coef: float = 0.0
+                   ) -> tuple[float, np.ndarray]:
+    """policy_loss (unmasked mean) in NumPy on [B] arrays: (loss, d loss / d logp_new [B]).
+
+    The gradient is autograd's for policy_loss, ties included: where r A equals the clipped term
+    inside the band, torch's split of the tie plus clamp's pass-through add up to the full -A r / B;
+    outside the band the clipped term is constant and carries none.
+    """
+    batch = logp_new.shape[0]
+    log_ratio = logp_new - logp_old
+    ratio = np.exp(log_ratio)
+    surrogate = ratio * advantages
+    if objective == "clip":
+        high = clip_range if clip_range_high is None else clip_range_high
+        clipped = np.clip(ratio, 1.0 - clip_range, 1.0 + high) * advantages
+        loss = -np.minimum(surrogate, clipped).mean()
+        grad = np.where(surrogate <= clipped, -surrogate, 0.0)
+    elif objective == "none":
+        loss = -surrogate.mean()
+        grad = -surrogate
+    elif objective in ("adaptive_kl", "fixed_kl"):
+        # k3 = (r - 1) - log r, so d k3 / d log pi_new = r - 1
+        kl = np.expm1(log_ratio) - log_ratio
+        loss = -(surrogate - kl_coef * kl).mean()
+        grad = -surrogate + kl_coef * (ratio - 1.0)
+    else:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    return float(loss), (grad / batch).astype(logp_new.dtype, copy=False)
+
+
 def value_loss(
     values_new: torch.Tensor,
     values_old: torch.Tensor,
@@ -95,6 +127,37 @@ def value_loss(
     return masked_mean(error, mask)
 
 
+def value_loss_np(values_new: np.ndarray, values_old: np.ndarray, returns: np.ndarray,
+                  clip_range_vf: float | None = None) -> tuple[float, np.ndarray]:
+    """value_loss (unmasked mean) in NumPy on [B] arrays: (loss, d loss / d values_new [B])."""
+    batch = values_new.shape[0]
+    error = values_new - returns
+    squared = np.square(error)
+    if clip_range_vf is None:
+        loss = squared.mean()
+        grad = error
+    else:
+        delta = values_new - values_old
+        clipped_error = values_old + np.clip(delta, -clip_range_vf, clip_range_vf) - returns
+        squared_clipped = np.square(clipped_error)
+        loss = np.maximum(squared, squared_clipped).mean()
+        # Inside the band both errors are equal and their gradients add up to the full one; outside
+        # it the clipped error is constant and only a larger unclipped error counts (half at a tie).
+        inside = np.abs(delta) <= clip_range_vf
+        grad = np.where(inside | (squared > squared_clipped), error,
+                        np.where(squared == squared_clipped, 0.5 * error, 0.0))
+    return float(loss), (grad * (2.0 / batch)).astype(values_new.dtype, copy=False)
+
+
 def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean policy entropy (nats); the loss subtracts ent_coef times this."""
     return masked_mean(entropy, mask)
+
+
+def entropy_bonus_np(entropy: np.ndarray) -> tuple[float, float]:
+    """entropy_bonus (unmasked mean) in NumPy: (mean entropy, d mean / d entropy_i = 1 / B).
+
+    A scalar entropy (a state-independent Gaussian's) counts as that value for every sample.
+    """
+    batch = entropy.shape[0] if entropy.ndim else 1
+    return float(entropy.mean()), 1.0 / batch

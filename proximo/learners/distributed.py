@@ -37,7 +37,7 @@ DEFAULT_TIMEOUT_S = 60.0
 # gives sub-env i seed + r * stride + i): rank 0 keeps the single-process seeds, and no two ranks
 # share an env seed while num_envs < the stride.
 RANK_SEED_STRIDE = 1_000_000
-__all__ = ["World", "init_world", "launch_local", "broadcast_module_", "broadcast_optimizer_", "rank_seed",
+__all__ = ["World", "LocalWorld", "init_world", "launch_local", "broadcast_module_", "broadcast_optimizer_", "rank_seed",
            "check_divides", "DistributedError", "EchoedError", "PEER_LOST_EXIT"]
 
 
@@ -91,7 +91,7 @@ class World:
     @classmethod
     def local(cls) -> "World":
         """The world of a process that runs alone (size 1, no process group)."""
-        return cls()
+        return LocalWorld()
 
     @property
     def is_main(self) -> bool:
@@ -221,6 +221,10 @@ class World:
         self.comm_s += time.perf_counter() - start
 
 
+class LocalWorld(World):
+    """A run in one process: rank 0 of 1, every collective a no-op (World's defaults, named)."""
+
+
 def init_world(device: torch.device) -> World:
     """Join the process group torchrun set up (gloo for CPU, nccl for CUDA); size 1 when torchrun did not launch us.
 
@@ -310,12 +314,14 @@ def broadcast_module_(module: torch.nn.Module, world: World, src: int = 0) -> No
     _broadcast_all_(world, [*module.parameters(), *module.buffers()], src)
 
 
-def broadcast_optimizer_(optimizer: torch.optim.Optimizer, world: World, src: int = 0) -> None:
+def broadcast_optimizer_(optimizer, world: World, src: int = 0) -> None:
     """Copy rank src's optimizer state tensors (Adam's moments and step) into every rank's optimizer.
 
-    The ranks' optimizers must have the same state layout (all fresh, or all loaded from one checkpoint).
+    optimizer: a torch optimizer or a FlatOptimizer (anything with state_dict(), whose "state" holds
+    the live tensors). The ranks' optimizers must have the same state layout (all fresh, or all
+    loaded from one checkpoint).
     """
-    _broadcast_all_(world, [value for state in optimizer.state.values() for value in state.values()
+    _broadcast_all_(world, [value for state in optimizer.state_dict()["state"].values() for value in state.values()
                             if torch.is_tensor(value)], src)
 
 

@@ -15,7 +15,7 @@ from proximo.llm.generation import response_logprobs
 from proximo.llm.losses import aggregate_loss, group_advantages
 from proximo.llm.rl import RLTrainer, minibatch_indices
 from proximo.llm.run import RewardFn, call_reward
-from proximo.nn.flat import flatten_parameters, is_flat_intact, realias_parameters
+from proximo.learners.optimizer import FlatOptimizer
 
 
 def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -51,29 +51,7 @@ class GRPO(RLTrainer):
         super().__init__(model, GRPOConfig(**config), reward_fn, prompts, eval_prompts, run_dir, verbose,
                          tensorboard)
 
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        """Fused AdamW over the policy's parameters kept in one flat tensor (proximo/nn/flat.py): one
-        optimizer kernel and one norm for clipping instead of one per parameter tensor."""
-        cfg: GRPOConfig = self.config
-        flat = getattr(self.model, "_proximo_flat", None)
-        if flat is None:
-            flat = flatten_parameters(self.model)
-        if flat is None:  # mixed dtypes or devices: the per-tensor optimizer
-            return super().make_optimizer()
-        # weight_decay stated as in run.make_optimizer: AdamW's own default (0.01) would differ from it.
-        return torch.optim.AdamW([flat], lr=cfg.learning_rate, eps=cfg.adam_eps,
-                                 weight_decay=getattr(cfg, "weight_decay", 0.0), fused=True)
-
-    def _flat(self, optimizer: torch.optim.Optimizer) -> torch.nn.Parameter | None:
-        """The flat parameter tensor when optimizer steps it (re-aliased if something replaced a parameter)."""
-        flat = getattr(self.model, "_proximo_flat", None)
-        if flat is None or not any(p is flat for group in optimizer.param_groups for p in group["params"]):
-            return None
-        if not is_flat_intact(self.model, flat):
-            realias_parameters(self.model, flat)
-        return flat
-
-    def step(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    def step(self, optimizer: FlatOptimizer) -> dict[str, float]:
         """Sample G completions for each of prompts_per_step prompts, then K epochs of minibatch updates."""
         cfg: GRPOConfig = self.config
         started = time.perf_counter()
@@ -100,7 +78,6 @@ class GRPO(RLTrainer):
             ref_logp = ref_logp.clone()
         constant = cfg.loss_constant or float(self.max_new_tokens)
         batch = len(prompts)
-        flat = self._flat(optimizer)
         stats = {"policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0}
         count = 0
         for idx in minibatch_indices(batch, cfg.num_minibatches, cfg.n_epochs, group):
@@ -112,14 +89,9 @@ class GRPO(RLTrainer):
             mean_entropy = masked_mean(entropy, mask[idx])
             if cfg.ent_coef > 0:
                 loss = loss - cfg.ent_coef * mean_entropy
-            if flat is not None:
-                flat.grad.zero_()  # zeroed in place: the parameters' .grad are views of it
-            else:
-                optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_([flat] if flat is not None else self.model.parameters(),
-                                               cfg.max_grad_norm)
+            optimizer.clip_grad_norm_(cfg.max_grad_norm)
             optimizer.step()
             count += 1
             stats["policy_loss"] += float(loss.detach())

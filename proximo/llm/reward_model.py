@@ -104,7 +104,7 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
     else:
         train_pairs = task.preference_pairs(rng, cfg.train_pairs)
         eval_pairs = task.preference_pairs(rng, cfg.eval_pairs, held_out=True)
-    optimizer = make_optimizer(rm.parameters(), cfg)
+    optimizer = make_optimizer(rm, cfg)
     before = pairwise_accuracy(rm, eval_pairs)
     run.log(0, {"eval_sampled_accuracy": before}, 0.0, before)
     started, accuracy = time.perf_counter(), before
@@ -114,10 +114,9 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
         prompts = [p for p, _, _ in batch]
         scores = rm.score_texts(prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch])
         loss = bradley_terry_loss(scores[:cfg.batch_size], scores[cfg.batch_size:])
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.max_grad_norm)
+        optimizer.clip_grad_norm_(cfg.max_grad_norm)
         optimizer.step()
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
             accuracy = pairwise_accuracy(rm, eval_pairs)

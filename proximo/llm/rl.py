@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from proximo.errors import ProximoError
+from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import Rollout, generate
 from proximo.llm.models import load_model
 from proximo.llm.run import (
@@ -84,9 +85,9 @@ class RLTrainer:
         """Parameters the optimizer updates (the policy; subclasses add heads)."""
         return list(self.model.parameters())
 
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over trainable_parameters."""
-        return make_optimizer(self.trainable_parameters(), self.config)
+    def make_optimizer(self) -> FlatOptimizer:
+        """AdamW over trainable_parameters, in one flat buffer."""
+        return make_optimizer(self.trainable_parameters, self.config)
 
     def sample_prompts(self, n: int) -> list[str]:
         """n training prompts: from the user's list (with replacement) or the task's sampler."""
@@ -112,7 +113,7 @@ class RLTrainer:
                           greedy=True)
         return {"eval_sampled_accuracy": sampled["reward"], "eval_greedy_accuracy": greedy["reward"]}
 
-    def step(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    def step(self, optimizer: FlatOptimizer) -> dict[str, float]:
         """One rollout + update; returns the row of statistics."""
         raise NotImplementedError
 
@@ -133,6 +134,7 @@ class RLTrainer:
         evaluation = before
         for index in range(steps):
             self.step_count += 1
+            optimizer.ensure_intact()  # parameters re-homed since (a load, a .to()) are views again
             row = self.step(optimizer)
             every = self.config.eval_every
             if (every and self.step_count % every == 0) or index == steps - 1:

@@ -13,6 +13,7 @@ import torch
 
 from proximo.core import AdaptiveKLController, FixedKLController, masked_mean, masked_whiten, policy_loss, value_loss
 from proximo.errors import ProximoError
+from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.config import RLHFConfig
 from proximo.llm.generation import response_logprobs
 from proximo.llm.losses import rlhf_token_rewards, token_gae
@@ -113,7 +114,7 @@ class RLHF(RLTrainer):
             values = self._values(input_ids, attention, width)
         return logp, entropy, values
 
-    def step(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    def step(self, optimizer: FlatOptimizer) -> dict[str, float]:
         """One PPO round: sample, score, per-token rewards, GAE, K epochs of clipped updates."""
         cfg: RLHFConfig = self.config
         started = time.perf_counter()
@@ -147,10 +148,9 @@ class RLHF(RLTrainer):
             v_loss = value_loss(values, old_values[idx], returns[idx], cfg.clip_range_vf, mask=m)
             mean_entropy = masked_mean(entropy, m)
             loss = out.loss + cfg.vf_coef * v_loss - cfg.ent_coef * mean_entropy
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), cfg.max_grad_norm)
+            optimizer.clip_grad_norm_(cfg.max_grad_norm)
             optimizer.step()
             count += 1
             stats["policy_loss"] += float(out.loss.detach())

@@ -14,6 +14,7 @@ from proximo import __version__
 from proximo.checkpoint import atomic_build_dir, atomic_write_json, load_json
 from proximo.diagnostics import HealthMonitor
 from proximo.errors import ProximoError
+from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import generate, pad_prompts
 from proximo.llm.models import save_model
 from proximo.metrics import MetricsWriter, Progress
@@ -39,10 +40,11 @@ def set_threads(count: int) -> None:
         torch.set_num_threads(count)
 
 
-def make_optimizer(params, config) -> torch.optim.Optimizer:
-    """AdamW over params with the config's learning rate, eps and (if any) weight decay."""
-    return torch.optim.AdamW(list(params), lr=config.learning_rate, eps=config.adam_eps,
-                             weight_decay=getattr(config, "weight_decay", 0.0), foreach=True)
+def make_optimizer(params, config) -> FlatOptimizer:
+    """AdamW over params (a module, a function returning parameters, or a list; one flat buffer, fused)
+    with the config's learning rate, eps and weight decay."""
+    return FlatOptimizer(params, lr=config.learning_rate, eps=config.adam_eps,
+                         weight_decay=getattr(config, "weight_decay", 0.0), decoupled_weight_decay=True)
 
 
 def call_reward(reward_fn: RewardFn, prompts: list[str], completions: list[str]) -> torch.Tensor:

@@ -54,7 +54,7 @@ class SFT:
     def train(self) -> dict[str, Any]:
         """Run until the target accuracy, max_steps or max_time_s; save model/ and summary.json."""
         cfg = self.config
-        optimizer = make_optimizer(self.model.parameters(), cfg)
+        optimizer = make_optimizer(self.model, cfg)
         last_eval: dict[str, float] = {}
         step, tokens, started = 0, 0, time.perf_counter()
         stop_reason = "max_steps"
@@ -65,10 +65,9 @@ class SFT:
                 group["lr"] = lr
             prompts = self.task.sample_prompts(self.rng, cfg.batch_size)
             loss, count = sft_loss(self.model, self.tokenizer, prompts, [self.task.answer(p) for p in prompts])
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            optimizer.clip_grad_norm_(cfg.max_grad_norm)
             optimizer.step()
             tokens += count
             due = cfg.eval_every > 0 and step % cfg.eval_every == 0

@@ -70,6 +70,57 @@ class DiagGaussianDist:
         return (0.5 + _HALF_LOG_2PI + self.log_std).sum(-1)
 
 
+# NumPy twins of the two distributions above, with their backward passes, for the NumPy learner
+# (proximo/learners/numpy_mlp.py); tests/test_learners.py checks them against autograd of the torch ones.
+def categorical_np(logits: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """CategoricalDist in NumPy: (log_prob(actions) [B], entropy [B], cache for the backward)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp_shifted = np.exp(shifted)
+    sum_exp = exp_shifted.sum(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(sum_exp)
+    probs = exp_shifted / sum_exp
+    log_probs = log_softmax[np.arange(len(actions)), actions]
+    entropy = -np.einsum("ij,ij->i", probs, log_softmax)
+    return log_probs, entropy, (log_softmax, probs, entropy)
+
+
+def categorical_backward_np(cache: tuple, actions: np.ndarray, grad_log_probs: np.ndarray,
+                            grad_entropy: float) -> np.ndarray:
+    """d loss / d logits [B, n] from d loss / d log_prob [B] and a per-sample d loss / d entropy."""
+    log_softmax, probs, entropy = cache
+    # d log pi(a) / d logits = onehot(a) - p;  d H / d logits = -p (log p + H)
+    grad_logits = probs * -grad_log_probs[:, None]
+    grad_logits[np.arange(len(actions)), actions] += grad_log_probs
+    if grad_entropy != 0.0:
+        grad_logits -= grad_entropy * probs * (log_softmax + entropy[:, None])
+    return grad_logits
+
+
+def diag_gaussian_np(mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """DiagGaussianDist in NumPy for mean [B, d] and the raw log-std parameter [d]:
+    (log_prob(actions) [B], entropy (0-d: the same for every state), cache for the backward)."""
+    clamped = np.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+    z = (actions - mean) * np.exp(-clamped)
+    d = mean.shape[1]
+    log_probs = -0.5 * np.einsum("ij,ij->i", z, z) - (clamped.sum() + _HALF_LOG_2PI * d)
+    entropy = np.asarray(d * (0.5 + _HALF_LOG_2PI) + clamped.sum(), dtype=mean.dtype)
+    return log_probs.astype(mean.dtype, copy=False), entropy, (z, clamped)
+
+
+def diag_gaussian_backward_np(cache: tuple, log_std: np.ndarray, grad_log_probs: np.ndarray,
+                              grad_entropy: float) -> tuple[np.ndarray, np.ndarray]:
+    """(d loss / d mean [B, d], d loss / d log_std [d]) from d loss / d log_prob [B] and
+    d loss / d entropy (the 0-d entropy's total weight)."""
+    z, clamped = cache
+    # d log pi / d mean = z / std;  d log pi / d log_std = z^2 - 1;  d H / d log_std = 1
+    grad_mean = (grad_log_probs[:, None] * z) * np.exp(-clamped)
+    grad_log_std = grad_log_probs @ (np.square(z) - 1.0) + grad_entropy
+    # torch.clamp passes the gradient only inside [min, max]
+    grad_log_std *= (log_std >= LOG_STD_MIN) & (log_std <= LOG_STD_MAX)
+    return grad_mean, grad_log_std
+
+
 class MultiCategoricalDist:
     """Independent categoricals, one per MultiDiscrete dimension; actions int64 [B, k]."""
 

@@ -1,4 +1,4 @@
-"""All parameters of a module as views into one flat buffer, so the optimizer touches one tensor.
+"""Parameters as views into one flat buffer, so the optimizer touches one tensor.
 
 A 64x64 actor-critic has 14 small parameter tensors; Adam and gradient clipping over 14 tensors
 cost about 250 us per minibatch on one CPU core, almost all of it per-tensor overhead. Over one
@@ -12,31 +12,25 @@ import torch
 from torch import nn
 
 
-def flatten_parameters(module: nn.Module) -> nn.Parameter | None:
-    """Re-home module's trainable parameters into one flat Parameter (returned; its .grad too).
-
-    Returns None, leaving the module untouched, when the parameters differ in dtype or device.
-    """
-    params = [p for p in module.parameters() if p.requires_grad]
+def flatten_parameters(params: list[nn.Parameter]) -> nn.Parameter | None:
+    """Re-home params into one flat Parameter (returned; its .grad too), or None, leaving them
+    untouched, when they differ in dtype or device."""
     if not params or len({(p.dtype, p.device) for p in params}) != 1:
         return None
     total = sum(p.numel() for p in params)
     flat = nn.Parameter(torch.empty(total, dtype=params[0].dtype, device=params[0].device))
     _rehome(params, flat)
-    # A plain attribute, not a registered Parameter: it must stay out of parameters() and state_dict().
-    object.__setattr__(module, "_proximo_flat", flat)
     return flat
 
 
-def realias_parameters(module: nn.Module, flat: nn.Parameter) -> None:
-    """Copy the module's current parameter values into flat and make them views of it again.
+def realias_parameters(params: list[nn.Parameter], flat: nn.Parameter) -> None:
+    """Copy the parameters' current values into flat and make them views of it again.
 
     For when something replaced a parameter's storage (load_state_dict(assign=True), .to(), a
     zero_grad(set_to_none=True)); the optimizer keeps stepping `flat`, so its state stays valid.
     """
-    params = [p for p in module.parameters() if p.requires_grad]
     if sum(p.numel() for p in params) != flat.numel():
-        raise ValueError("the module's parameters no longer match the flat buffer in size")
+        raise ValueError("the parameters no longer match the flat buffer in size")
     _rehome(params, flat)
 
 
@@ -54,15 +48,13 @@ def _rehome(params: list[nn.Parameter], flat: nn.Parameter) -> None:
             offset += n
 
 
-def is_flat_intact(module: nn.Module, flat: nn.Parameter) -> bool:
-    """True while every trainable parameter and its grad still alias the flat buffers."""
+def is_flat_intact(params: list[nn.Parameter], flat: nn.Parameter) -> bool:
+    """True while every parameter and its grad still alias the flat buffers."""
     if flat.grad is None:
         return False
     lo, hi = flat.data_ptr(), flat.data_ptr() + flat.numel() * flat.element_size()
     glo, ghi = flat.grad.data_ptr(), flat.grad.data_ptr() + flat.numel() * flat.element_size()
-    for p in module.parameters():
-        if not p.requires_grad:
-            continue
+    for p in params:
         if not lo <= p.data_ptr() < hi or p.grad is None or not glo <= p.grad.data_ptr() < ghi:
             return False
     return True

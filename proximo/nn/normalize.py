@@ -62,12 +62,17 @@ class RunningMeanStd(nn.Module):
         """Merge the statistics of batch [B, *shape] (a CPU tensor or a NumPy array) into the running ones."""
         self.update_from_moments(self.moments(batch))
 
+    def _apply(self, fn, recurse=True):
+        # .to(device) / .float() of the policy leave the statistics float64 on the host: observations
+        # arrive from the envs there, and are normalized there before one copy to the device.
+        return self
+
     def normalize(self, x: torch.Tensor | np.ndarray, clip: float, eps: float = 1e-8) -> torch.Tensor | np.ndarray:
         """(x - mean) / sqrt(var + eps), clipped to [-clip, clip], in x's type and dtype."""
         if isinstance(x, np.ndarray):
             mean = self.mean.numpy().astype(x.dtype)
             std = np.sqrt(self.var.numpy() + eps).astype(x.dtype)
             return np.clip((x - mean) / std, -clip, clip)
-        mean = self.mean.to(x.dtype)
-        std = torch.sqrt(self.var + eps).to(x.dtype)
+        mean = self.mean.to(x.device, x.dtype)
+        std = torch.sqrt(self.var + eps).to(x.device, x.dtype)
         return torch.clamp((x - mean) / std, -clip, clip)

@@ -13,10 +13,23 @@ from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, ma
 from proximo.nn.encoders import NatureCNN, encode_flat, flat_dim, is_image_space
 from proximo.nn.fast import fast_tanh
 from proximo.nn.normalize import RunningMeanStd
+from proximo.nn.numpy_mlp import NUMPY_ACTIVATIONS, linear, mlp_forward
 
 ACTIVATION_LAYERS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
-# The same activations as plain functions, for the module-free forward pass (see ActorCritic._mlp).
+# The same activations as plain functions, for the module-call-free forward pass (see ActorCritic._mlp).
 ACTIVATION_FUNCTIONS = {"tanh": fast_tanh, "relu": torch.relu, "elu": F.elu, "gelu": F.gelu, "silu": F.silu}
+
+
+def plain_mlp_layers(policy: "ActorCritic", net: nn.Module) -> list[nn.Linear] | None:
+    """The Linear layers of net when it is exactly Linear, activation, Linear, activation, ... with the
+    policy's configured activation; None when it holds anything else (a LayerNorm, another activation)."""
+    if not isinstance(net, nn.Sequential) or len(net) == 0 or len(net) % 2:
+        return None
+    activation = ACTIVATION_LAYERS[policy.activation]
+    layers = list(net)
+    if all(isinstance(m, nn.Linear) for m in layers[0::2]) and all(type(m) is activation for m in layers[1::2]):
+        return layers[0::2]
+    return None
 
 
 def mlp(in_features: int, widths: list[int], activation: str) -> nn.Sequential:
@@ -72,7 +85,9 @@ class ActorCritic(nn.Module):
         features = net_arch[-1]
         self.action_head = make_action_head(action_space, features, log_std_init)
         self.value_head = nn.Linear(features, 1)
+        self.activation = activation  # the configured name: backends decide by it, not by a function's name
         self._activation = ACTIVATION_FUNCTIONS[activation]
+        self._activation_layer = ACTIVATION_LAYERS[activation]
         if ortho_init:
             orthogonal_init(self.torso, math.sqrt(2))
             orthogonal_init(self.pi_net, math.sqrt(2))
@@ -95,6 +110,14 @@ class ActorCritic(nn.Module):
             return np.asarray(obs, dtype=np.float32).reshape(batch, -1)
         return self.encode(obs, batch).numpy()
 
+    def prepare(self, obs, batch: int) -> torch.Tensor:
+        """Raw observations of `batch` envs -> the normalized tensor on the policy's device (stats frozen)."""
+        return self.prepare_encoded(self.encode(obs, batch))
+
+    def prepare_encoded(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoded observations (host tensor from encode()) -> normalized, on the policy's device."""
+        return self.normalize(x).to(self.device)
+
     def normalize(self, x: torch.Tensor | np.ndarray, update: bool = False) -> torch.Tensor | np.ndarray:
         """Apply (and optionally update) the running observation normalization; tensors or NumPy arrays."""
         if self.obs_rms is None:
@@ -104,14 +127,26 @@ class ActorCritic(nn.Module):
         return self.obs_rms.normalize(x, self.clip_obs)
 
     # networks ----------------------------------------------------------------------------------
-    def _mlp(self, net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        # Same math as net(x), without a Module call per layer: with 64-wide layers the calls,
-        # not the matmuls, are most of the cost. Plain Linear/activation stacks only (see mlp()).
-        activation = self._activation
+    def _mlp(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # net(x) with fewer Module calls: with 64-wide layers the calls, not the matmuls, are most of
+        # the cost. Linear layers and the configured activation run as functions; any other module
+        # the net holds (a LayerNorm, a dropout, another activation) runs as itself.
+        if not isinstance(net, nn.Sequential):
+            return net(x)
+        activation, activation_layer = self._activation, self._activation_layer
         for layer in net:
-            if isinstance(layer, nn.Linear):
-                x = activation(F.linear(x, layer.weight, layer.bias))
+            if type(layer) is nn.Linear:
+                x = F.linear(x, layer.weight, layer.bias)
+            elif type(layer) is activation_layer:
+                x = activation(x)
+            else:
+                x = layer(x)
         return x
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks live."""
+        return self.value_head.weight.device
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.torso(x) if self.image else x
@@ -184,19 +219,19 @@ class RolloutActor:
     def __init__(self, policy: ActorCritic) -> None:
         head = policy.action_head
         self.kind = head.kind
-        self.relu = policy._activation is torch.relu
+        self.activation = policy.activation
         with torch.no_grad():
-            pi = [m for m in policy.pi_net if isinstance(m, nn.Linear)]
-            vf = [m for m in policy.vf_net if isinstance(m, nn.Linear)]
-            self.weights: list[np.ndarray] = []
+            pi = plain_mlp_layers(policy, policy.pi_net)
+            vf = plain_mlp_layers(policy, policy.vf_net)
+            self.weights: list[np.ndarray] = []  # [out, in], as the kernel takes them
             self.biases: list[np.ndarray] = []
             for k, (a, c) in enumerate(zip(pi, vf)):
                 # The first layer reads the same input for both nets: stack, do not block-diagonalize.
                 weight = torch.cat([a.weight, c.weight]) if k == 0 else torch.block_diag(a.weight, c.weight)
-                self.weights.append(weight.t().contiguous().numpy())
+                self.weights.append(weight.contiguous().numpy())
                 self.biases.append(torch.cat([a.bias, c.bias]).numpy())
-            self.weights.append(torch.block_diag(head.linear.weight, policy.value_head.weight).t().contiguous().numpy())
-            self.biases.append(torch.cat([head.linear.bias, policy.value_head.bias]).numpy())
+            self.out_weight = torch.block_diag(head.linear.weight, policy.value_head.weight).contiguous().numpy()
+            self.out_bias = torch.cat([head.linear.bias, policy.value_head.bias]).numpy()
             self.n_out = head.linear.out_features
             if self.kind == "box":
                 log_std = torch.clamp(head.log_std, LOG_STD_MIN, LOG_STD_MAX)
@@ -206,14 +241,14 @@ class RolloutActor:
 
     @staticmethod
     def supports(policy: ActorCritic) -> bool:
-        """True for flat observations, separate tanh/relu actor and critic of equal depth, Discrete or Box actions."""
-        if policy.image or policy.shared_network or policy.action_head.kind not in ("discrete", "box"):
+        """True on the CPU for flat observations, separate plain tanh/relu Linear stacks of equal depth
+        for actor and critic (see plain_mlp_layers), Discrete or Box actions."""
+        if policy.device.type != "cpu" or policy.image or policy.shared_network:
             return False
-        if policy._activation is not torch.relu and getattr(policy._activation, "__name__", "") != "fast_tanh":
+        if policy.action_head.kind not in ("discrete", "box") or policy.activation not in NUMPY_ACTIVATIONS:
             return False
-        pi = [m.out_features for m in policy.pi_net if isinstance(m, nn.Linear)]
-        vf = [m.out_features for m in policy.vf_net if isinstance(m, nn.Linear)]
-        return len(pi) == len(vf) > 0
+        pi, vf = plain_mlp_layers(policy, policy.pi_net), plain_mlp_layers(policy, policy.vf_net)
+        return pi is not None and vf is not None and len(pi) == len(vf)
 
     def draw(self, n_steps: int, num_envs: int, generator: torch.Generator | None = None) -> None:
         """Draw the randomness of a whole rollout from torch's RNG: [T, N, d] normals (Box) or [T, N]
@@ -230,13 +265,8 @@ class RolloutActor:
     def __call__(self, x: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(actions, their log-probs [B], values [B]) at rollout step t (of draw()) for normalized
         observations x [B, D] float32."""
-        last = len(self.weights) - 1
-        for k in range(last):
-            z = x @ self.weights[k]
-            z += self.biases[k]
-            x = np.maximum(z, 0.0, out=z) if self.relu else np.tanh(z, out=z)
-        out = x @ self.weights[last]
-        out += self.biases[last]
+        hidden = mlp_forward(self.weights, self.biases, x, self.activation)[-1]
+        out = linear(hidden, self.out_weight, self.out_bias)
         head, values = out[:, :self.n_out], out[:, self.n_out]
         if self.kind == "discrete":
             shifted = head - head.max(axis=1, keepdims=True)

@@ -1,0 +1,141 @@
+"""The learner boundary: what the PPO update loop asks of a gradient backend.
+
+ppo_update (proximo/ppo.py) owns epochs, shuffling, minibatches, advantage normalization, the
+target_kl stop and the statistics. A Learner owns one minibatch step: the forward pass, the loss,
+its gradient, the all-reduce across ranks, the norm clipping and the optimizer step. Backends:
+- numpy (proximo/learners/numpy_mlp.py): the hand-written MLP backward, CPU only;
+- torch (proximo/learners/torch.py): autograd, any device and any policy.
+Both run over several processes the same way: the flat gradient is all-reduced through the
+learner's World (proximo/learners/distributed.py) before it is clipped and stepped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from proximo.core.kl import kl_estimate
+from proximo.learners.optimizer import FlatOptimizer
+from proximo.nn.policy import ActorCritic
+
+
+@dataclass
+class Minibatch:
+    """One (rank's share of a) minibatch, every tensor [B, ...] on the learner's device."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    old_log_probs: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor   # already normalized when the run normalizes advantages
+    returns: torch.Tensor
+
+
+@dataclass
+class LossSettings:
+    """The loss coefficients of one update (schedules already applied)."""
+
+    objective: str
+    clip_range: float
+    clip_range_vf: float | None
+    kl_coef: float
+    ent_coef: float
+    vf_coef: float
+    max_grad_norm: float | None
+
+
+@dataclass
+class StepResult:
+    """What one minibatch step reports; tensors stay on the device until the update ends."""
+
+    stepped: bool               # False: the minibatch's KL passed kl_limit, no step was taken
+    log_ratio: torch.Tensor     # [B] log pi_new - log pi_old at the parameters before the step
+    losses: torch.Tensor | None = None     # [3]: policy loss, value loss, mean entropy
+    grad_norm: torch.Tensor | None = None  # 0-d, before clipping (after the all-reduce)
+
+
+class Learner:
+    """One minibatch step of PPO on a policy; subclasses implement `step`."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, policy: ActorCritic, optimizer: FlatOptimizer, world=None) -> None:
+        from proximo.learners.distributed import LocalWorld  # a module of its own: torch.distributed
+
+        self.policy, self.optimizer = policy, optimizer
+        self.world = world if world is not None else LocalWorld()
+
+    @classmethod
+    def supports(cls, policy: ActorCritic, optimizer: FlatOptimizer) -> str | None:
+        """None when this backend can train policy with optimizer, else the reason it declines."""
+        return None
+
+    def begin_update(self) -> None:
+        """Called once before each update's first step (backends refresh their views here)."""
+        self.optimizer.ensure_intact()
+
+    def step(self, minibatch: Minibatch, settings: LossSettings, kl_limit: float | None = None) -> StepResult:
+        """Loss, gradient, all-reduce, clipping and optimizer step on one minibatch.
+
+        With kl_limit, a minibatch whose mean k3 KL (over all ranks) exceeds it is not stepped.
+        """
+        raise NotImplementedError
+
+    # the shared tail of every backend's step --------------------------------------------------
+    def _kl_exceeded_before_backward(self, log_ratio: torch.Tensor, kl_limit: float | None) -> bool:
+        """In one process the KL gate runs before the backward (a stopped minibatch costs no gradient)."""
+        return kl_limit is not None and self.world.size == 1 and float(mean_k3(log_ratio)) > kl_limit
+
+    def _reduce_clip_step(self, log_ratio: torch.Tensor, settings: LossSettings,
+                          kl_limit: float | None) -> torch.Tensor | None:
+        """All-reduce the gradient (ranks > 1), clip and step; returns the norm, or None when the
+        global KL passed kl_limit (decided after the all-reduce, which carries it)."""
+        if self.world.size > 1:
+            grad = self.optimizer.grad
+            if kl_limit is not None:
+                packed = torch.cat([grad, mean_k3(log_ratio).to(grad.dtype).view(1)])
+                self.world.all_reduce_sum_(packed).div_(self.world.size)
+                grad.copy_(packed[:-1])
+                if float(packed[-1]) > kl_limit:
+                    return None
+            else:
+                self.world.all_reduce_sum_(grad).div_(self.world.size)
+        norm = self.optimizer.clip_grad_norm_(settings.max_grad_norm)
+        self.optimizer.step()
+        return norm
+
+
+def mean_k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Mean k3 estimate of KL(old || new) from log(pi_new / pi_old) [B] (see proximo.core.kl)."""
+    return kl_estimate(torch.zeros_like(log_ratio), log_ratio, "k3").mean()
+
+
+def learner_class(name: str) -> type[Learner]:
+    """The Learner subclass of a backend name: numpy or torch."""
+    from proximo.learners.numpy_mlp import NumpyMLPLearner
+    from proximo.learners.torch import TorchLearner
+
+    classes = {cls.name: cls for cls in (NumpyMLPLearner, TorchLearner)}
+    return classes[name]
+
+
+def choose_learner(policy: ActorCritic, optimizer: FlatOptimizer, requested: str = "auto",
+                   world=None) -> tuple[Learner, str]:
+    """The backend for a run, once: `requested` (auto | numpy | torch) -> (learner, why it was chosen).
+
+    auto takes numpy when it supports the policy (the fastest on small CPU MLPs), else torch.
+    Raises ValueError with numpy's reason when numpy is requested but declines.
+    """
+    from proximo.learners.numpy_mlp import NumpyMLPLearner
+    from proximo.learners.torch import TorchLearner
+
+    if requested == "torch":
+        return TorchLearner(policy, optimizer, world), "torch: requested (learner=torch)"
+    declined = NumpyMLPLearner.supports(policy, optimizer)
+    if declined is None:
+        why = "requested (learner=numpy)" if requested == "numpy" else "the hand-written backward fits this CPU MLP"
+        return NumpyMLPLearner(policy, optimizer, world), f"numpy: {why}"
+    if requested == "numpy":
+        raise ValueError(f"learner=numpy cannot train this policy: {declined}; use learner=torch or auto")
+    return TorchLearner(policy, optimizer, world), f"torch: autograd (numpy declined: {declined})"

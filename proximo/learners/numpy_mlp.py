@@ -1,0 +1,140 @@
+"""The NumPy learner: PPO's loss and its exact gradient for an MLP actor-critic, by hand.
+
+Why: on CartPole-sized networks autograd's per-op cost, not the arithmetic, is most of an update
+(proximo/nn/numpy_mlp.py has the figures), and a hand-written backward needs no graph. The chain
+is the one autograd runs: the loss terms' gradients (proximo/core/objectives.py, *_np beside each
+torch original), the distributions' (proximo/nn/distributions.py, *_np), then the MLP kernel's
+backward. tests/test_learners.py compares it with autograd term by term and as a whole.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from proximo.core.objectives import entropy_bonus_np, policy_loss_np, value_loss_np
+from proximo.learners.base import Learner, LossSettings, Minibatch, StepResult
+from proximo.learners.optimizer import FlatOptimizer
+from proximo.nn.distributions import (
+    categorical_backward_np, categorical_np, diag_gaussian_backward_np, diag_gaussian_np,
+)
+from proximo.nn.numpy_mlp import NUMPY_ACTIVATIONS, head_backward, linear, mlp_backward, mlp_forward
+from proximo.nn.policy import ActorCritic, plain_mlp_layers
+from proximo.rollout import NonFiniteError
+
+
+@dataclass
+class _Net:
+    """NumPy views of a Linear stack's weights [out, in], biases [out] and their gradients."""
+
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    grad_weights: list[np.ndarray]
+    grad_biases: list[np.ndarray]
+
+    @classmethod
+    def of(cls, linears: list[nn.Linear]) -> "_Net":
+        return cls([m.weight.detach().numpy() for m in linears], [m.bias.detach().numpy() for m in linears],
+                   [m.weight.grad.numpy() for m in linears], [m.bias.grad.numpy() for m in linears])
+
+
+class NumpyMLPLearner(Learner):
+    """Forward pass, PPO loss and hand-written backward of an MLP ActorCritic, in NumPy on the CPU.
+
+    Works on NumPy views of the parameters and of their .grad (slices of the optimizer's flat
+    buffers), so the optimizer steps what this writes; the views are rebuilt at every update.
+    """
+
+    name = "numpy"
+
+    @classmethod
+    def supports(cls, policy: ActorCritic, optimizer: FlatOptimizer) -> str | None:
+        """None for flat observations, separate tanh/relu Linear stacks for actor and critic, Discrete
+        or Box actions and a float32 flat buffer on the CPU; else the reason it declines."""
+        flat = optimizer.flat
+        if flat is None:
+            return "the parameters do not share one flat buffer"
+        if flat.device.type != "cpu":
+            return f"the policy is on {flat.device}, and this backend runs on the CPU only"
+        if flat.dtype != torch.float32:
+            return f"the parameters are {flat.dtype}, not float32"
+        if policy.image:
+            return "image observations need the CNN torso"
+        if policy.shared_network:
+            return "the actor and critic share a trunk"
+        if policy.action_head.kind not in ("discrete", "box"):
+            return f"{policy.action_head.kind} actions"
+        if policy.activation not in NUMPY_ACTIVATIONS:
+            return f"activation {policy.activation!r} (it has {', '.join(NUMPY_ACTIVATIONS)})"
+        for name in ("pi_net", "vf_net"):
+            if plain_mlp_layers(policy, getattr(policy, name)) is None:
+                return f"{name} holds modules other than Linear and {policy.activation}"
+        covered = {id(p) for p in policy.parameters() if p.requires_grad}
+        if covered != {id(p) for p in optimizer.params}:
+            return "the optimizer steps parameters other than the policy's"
+        return None
+
+    def begin_update(self) -> None:
+        """Re-home the parameters if needed and take fresh NumPy views of them and their grads."""
+        super().begin_update()
+        policy = self.policy
+        self.activation = policy.activation
+        self.pi = _Net.of(plain_mlp_layers(policy, policy.pi_net))
+        self.vf = _Net.of(plain_mlp_layers(policy, policy.vf_net))
+        head = policy.action_head
+        self.kind = head.kind
+        self.head = _Net.of([head.linear])
+        self.value_head = _Net.of([policy.value_head])
+        if self.kind == "box":
+            self.log_std = head.log_std.detach().numpy()
+            self.grad_log_std = head.log_std.grad.numpy()
+        self.flat_grad = self.optimizer.grad
+
+    def step(self, minibatch: Minibatch, settings: LossSettings, kl_limit: float | None = None) -> StepResult:
+        """Forward, the loss terms' and distribution's NumPy gradients, MLP backward, then the shared tail."""
+        x, actions = minibatch.obs.numpy(), minibatch.actions.numpy()
+        old_log_probs = minibatch.old_log_probs.numpy()
+        pi_hidden = mlp_forward(self.pi.weights, self.pi.biases, x, self.activation)
+        vf_hidden = mlp_forward(self.vf.weights, self.vf.biases, x, self.activation)
+        head = linear(pi_hidden[-1], self.head.weights[0], self.head.biases[0])
+        values = vf_hidden[-1] @ self.value_head.weights[0][0]
+        values += self.value_head.biases[0][0]
+        if self.kind == "discrete":
+            log_probs, entropy, cache = categorical_np(head, actions)
+        else:
+            log_probs, entropy, cache = diag_gaussian_np(head, self.log_std, actions)
+        log_ratio = torch.from_numpy((log_probs - old_log_probs).astype(np.float32, copy=False))
+        if self._kl_exceeded_before_backward(log_ratio, kl_limit):
+            return StepResult(False, log_ratio)
+
+        pg_loss, grad_log_probs = policy_loss_np(log_probs, old_log_probs, minibatch.advantages.numpy(),
+                                                 settings.objective, settings.clip_range, kl_coef=settings.kl_coef)
+        vf_loss, grad_values = value_loss_np(values, minibatch.old_values.numpy(), minibatch.returns.numpy(),
+                                             settings.clip_range_vf)
+        ent_mean, grad_entropy = entropy_bonus_np(entropy)
+        total = pg_loss + settings.vf_coef * vf_loss - settings.ent_coef * ent_mean
+        if not math.isfinite(total):
+            raise NonFiniteError(f"the loss became {total} (policy {pg_loss}, value {vf_loss}, entropy "
+                                 f"{ent_mean}); lower learning_rate or enable normalize_obs")
+        grad_entropy *= -settings.ent_coef
+        if self.kind == "discrete":
+            grad_head = categorical_backward_np(cache, actions, grad_log_probs, grad_entropy)
+        else:
+            grad_head, grad_log_std = diag_gaussian_backward_np(cache, self.log_std, grad_log_probs, grad_entropy)
+            self.grad_log_std[:] = grad_log_std
+        grad_values = (grad_values * settings.vf_coef)[:, None]
+        grad_pi = head_backward(self.head.weights[0], self.head.grad_weights[0], self.head.grad_biases[0],
+                                pi_hidden[-1], grad_head)
+        mlp_backward(self.pi.weights, self.pi.grad_weights, self.pi.grad_biases, x, pi_hidden, grad_pi,
+                     self.activation)
+        grad_vf = head_backward(self.value_head.weights[0], self.value_head.grad_weights[0],
+                                self.value_head.grad_biases[0], vf_hidden[-1], grad_values)
+        mlp_backward(self.vf.weights, self.vf.grad_weights, self.vf.grad_biases, x, vf_hidden, grad_vf,
+                     self.activation)
+        norm = self._reduce_clip_step(log_ratio, settings, kl_limit)
+        if norm is None:
+            return StepResult(False, log_ratio)
+        return StepResult(True, log_ratio, torch.tensor((pg_loss, vf_loss, ent_mean)), norm)

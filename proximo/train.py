@@ -324,26 +324,43 @@ class Trainer:
         return {"device": self.device_choice, "learner": self.learner_choice}
 
     def _sync_after_update(self) -> tuple[int | None, dict[str, float]]:
-        """One small all-reduce per update: whether any rank was asked to stop, and the episode statistics.
+        """One small all-reduce per update: whether any rank was asked to stop, the episode statistics,
+        and every rank's checksum of the policy state.
 
         The stop decision must be the same on every rank (all save one checkpoint after the same
-        update). The episode means are over every rank's last 100 finished episodes.
+        update). The episode means are over every rank's last 100 finished episodes. The checksums
+        must agree: every rank applies the same all-reduced gradient, so their parameters stay
+        bitwise equal; a difference means a step ran without the all-reduce, and the run stops.
         """
-        episodes, stop = self.collector.episodes, self._stop_signal
+        world, episodes, stop = self.world, self.collector.episodes, self._stop_signal
         returns = np.fromiter(episodes.returns, dtype=np.float64, count=len(episodes.returns))
         lengths = np.fromiter(episodes.lengths, dtype=np.float64, count=len(episodes.lengths))
-        packed = np.array([stop == signal.SIGTERM, stop is not None and stop != signal.SIGTERM, returns.sum(),
-                           lengths.sum(), len(returns), episodes.finished], dtype=np.float64)
-        self.world.all_reduce_sum_(torch.from_numpy(packed))
-        sigterm, other, return_sum, length_sum, count, finished = packed.tolist()
+        packed = np.zeros(6 + world.size, dtype=np.float64)
+        packed[:6] = (stop == signal.SIGTERM, stop is not None and stop != signal.SIGTERM, returns.sum(),
+                      lengths.sum(), len(returns), episodes.finished)
+        if world.size > 1:
+            # One slot per rank (zeros elsewhere), so the sum hands every rank each checksum exactly.
+            packed[6 + world.rank] = self._policy_checksum()
+        world.all_reduce_sum_(torch.from_numpy(packed))
+        sigterm, other, return_sum, length_sum, count, finished = packed[:6].tolist()
+        checksums = packed[6:]
+        if world.size > 1 and not (checksums == checksums[0]).all():
+            raise DistributedError(f"the ranks' policies differ after update {self.update_index} (checksums "
+                                   f"{checksums.tolist()}): a step ran without the gradient all-reduce on every "
+                                   "rank; this is a bug in the learner, please report it")
         stop_signal = stop if stop is not None else (signal.SIGTERM if sigterm else signal.SIGINT if other else None)
-        if stop_signal is not None and self.world.size > 1 and self.world.is_main and stop is None:
-            print(f"\nproximo: another process was asked to stop; finishing this update, then saving a checkpoint",
+        if stop_signal is not None and world.size > 1 and world.is_main and stop is None:
+            print("\nproximo: another rank was asked to stop; finishing this update, then saving a checkpoint",
                   file=sys.stderr, flush=True)
         return stop_signal, {
             "episode_return_mean": return_sum / count if count else float("nan"),
             "episode_length_mean": length_sum / count if count else float("nan"),
             "episodes": int(finished)}
+
+    def _policy_checksum(self) -> float:
+        """The float64 sum of every parameter and buffer of the policy (equal on ranks in step)."""
+        return float(sum(value.detach().double().sum().item() for value in self.policy.state_dict().values()
+                         if value.is_floating_point()))
 
     def _warn_if_horizon_moved(self, total: int) -> None:
         annealed = any(schedule.kind != "constant"

@@ -130,7 +130,7 @@ def test_unknown_env_resumes_with_one_warning(tmp_path):
 
 
 def test_sigint_to_proximo_train_saves_a_checkpoint_that_resumes(tmp_path, capsys):
-    # Ctrl-C in a terminal signals the whole process group: here the trainer and its two async env workers.
+    # Ctrl-C in a terminal signals the whole process group (the trainer; its async env workers leave that group).
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's proximo, whatever is installed
     proc = subprocess.Popen(

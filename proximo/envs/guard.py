@@ -10,6 +10,7 @@ is counted.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 from typing import Any, Callable
 
@@ -92,7 +93,10 @@ class GuardedMaker:
 
     def __call__(self) -> gym.Env:
         if multiprocessing.parent_process() is not None:
-            # An AsyncVectorEnv worker: a terminal's Ctrl-C reaches the whole process group, and the
-            # trainer in the parent finishes its update, which needs these workers alive.
+            # An AsyncVectorEnv worker. A terminal's Ctrl-C reaches the whole foreground process group, and
+            # torchrun stops a rank with killpg(SIGTERM); both are meant for the trainer, which finishes its
+            # update and checkpoint with these workers. So the worker leaves the trainer's group and ignores
+            # SIGINT; it still ends when the trainer closes it, or dies (its pipe then reads end-of-file).
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            os.setpgid(0, 0)
         return EnvGuard(self._make_inner(), self._make_inner)

@@ -1,6 +1,6 @@
 """One run over K processes: steps/s and returns at K = 1 and 2, the cost of one gloo all-reduce, a model for large K.
 
-    python benchmarks/scaling.py --steps 100000            # HalfCheetah-v5, presets paper-mujoco and mujoco
+    python benchmarks/scaling.py --steps 100000 --seeds 3   # HalfCheetah-v5, presets paper-mujoco and mujoco
 
 Each training run is `proximo train HalfCheetah-v5 --preset P --nproc K` in a subprocess (torchrun
 --standalone for K > 1, gloo on loopback). The all-reduce latency is measured by this script
@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV_ID = "HalfCheetah-v5"
 PRESETS = ("paper-mujoco", "mujoco")
 # float32 elements of one all-reduce, from a single value to a 256x256 actor-critic's gradient and beyond
 LATENCY_SIZES = (1, 38, 11_085, 142_605, 1_000_000)
@@ -73,14 +72,14 @@ def measure_latency(nproc: int, repeats: int) -> dict:
         return json.loads(out.read_text())
 
 
-def parameter_count(preset: str) -> dict:
-    """Parameters of the preset's policy on ENV_ID and the per-update shape of its work."""
+def parameter_count(env_id: str, preset: str) -> dict:
+    """Parameters of the preset's policy on env_id and the per-update shape of its work."""
     import gymnasium as gym
 
     from proximo.config import make_config
     from proximo.train import build_policy
     config = make_config(preset)
-    env = gym.make(ENV_ID)
+    env = gym.make(env_id)
     policy = build_policy(env.observation_space, env.action_space, config)
     obs_dim = env.observation_space.shape[0]
     env.close()
@@ -93,12 +92,12 @@ def parameter_count(preset: str) -> dict:
             "per_step_all_reduces": config.n_steps if moment_floats else 0}
 
 
-def train_once(preset: str, nproc: int, steps: int, seed: int, runs: Path) -> dict:
+def train_once(env_id: str, preset: str, nproc: int, steps: int, seed: int, runs: Path) -> dict:
     """One `proximo train --nproc` run; its summary plus per-update timings from updates.jsonl."""
-    run_dir = runs / f"{preset}-k{nproc}-s{seed}"
-    command = [sys.executable, "-m", "proximo", "train", ENV_ID, "--preset", preset, "--seed", str(seed),
+    run_dir = runs / f"{env_id}-{preset}-k{nproc}-s{seed}"
+    command = [sys.executable, "-m", "proximo", "train", env_id, "--preset", preset, "--seed", str(seed),
                "--total-steps", str(steps), "--run-dir", str(run_dir), "--quiet", "--no-tensorboard",
-               "--eval-episodes", "5", "--nproc", str(nproc)]
+               "--eval-episodes", "10", "--nproc", str(nproc)]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
@@ -107,7 +106,7 @@ def train_once(preset: str, nproc: int, steps: int, seed: int, runs: Path) -> di
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "updates.jsonl").read_text().splitlines() if line]
     times = [b["time_s"] - a["time_s"] for a, b in zip(rows, rows[1:])]
-    record = {"preset": preset, "nproc": nproc, "seed": seed, "steps": summary["global_step"], "sps": summary["sps"],
+    record = {"env_id": env_id, "preset": preset, "nproc": nproc, "seed": seed, "steps": summary["global_step"], "sps": summary["sps"],
               "eval_return_mean": summary["eval_return_mean"],
               "train_return_last100_mean": summary["train_return_last100_mean"], "process_wall_s": wall,
               "update_s": statistics.median(times) if times else float("nan"),
@@ -115,7 +114,7 @@ def train_once(preset: str, nproc: int, steps: int, seed: int, runs: Path) -> di
     if nproc > 1:
         record["comm_rollout_s"] = statistics.median(r["comm_rollout_s"] for r in rows)
         record["comm_update_s"] = statistics.median(r["comm_update_s"] for r in rows)
-    print(f"{preset} K={nproc}: {record['sps']:.0f} steps/s, eval {record['eval_return_mean']:.0f}, "
+    print(f"{env_id} {preset} K={nproc} seed {seed}: {record['sps']:.0f} steps/s, eval {record['eval_return_mean']:.0f}, "
           f"{record['update_s']:.2f} s/update", flush=True)
     return record
 
@@ -139,21 +138,50 @@ def predict(shape: dict, compute_s: float, k: int, fabric: dict) -> dict:
 
 
 # report ----------------------------------------------------------------------------------------------------
+def aggregate(runs: list[dict]) -> list[dict]:
+    """Per (env, preset, K): median speed and seconds per update, mean and std of the returns over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["env_id"], run["preset"], run["nproc"]), []).append(run)
+    rows = []
+    for (env_id, preset, nproc), group in groups.items():
+        row = {"env_id": env_id, "preset": preset, "nproc": nproc, "seeds": [r["seed"] for r in group],
+               "sps_median": statistics.median(r["sps"] for r in group),
+               "update_s_median": statistics.median(r["update_s"] for r in group),
+               "minibatches_per_update": group[0]["minibatches_per_update"]}
+        for key in ("eval_return_mean", "train_return_last100_mean"):
+            values = [r[key] for r in group if r[key] is not None]
+            row[key] = statistics.mean(values) if values else None
+            row[key.replace("_mean", "_std")] = statistics.pstdev(values) if values else None
+        if nproc > 1:
+            for key in ("comm_rollout_s", "comm_update_s"):
+                row[key] = statistics.median(r[key] for r in group)
+        rows.append(row)
+    return rows
+
+
+def _pm(mean, std) -> str:
+    return "-" if mean is None else f"{mean:.0f} +- {std:.0f}"
+
+
 def markdown(data: dict, args: argparse.Namespace) -> str:
     """The results as markdown tables."""
-    lines = [f"# One run over K processes on {ENV_ID} ({args.steps:,} steps, seed {args.seed})", "",
-             f"Command: `python benchmarks/scaling.py --steps {args.steps} --seed {args.seed}`  ",
+    seeds = ", ".join(map(str, data["seeds"]))
+    lines = [f"# One run over K processes ({args.steps:,} steps, seeds {seeds})", "",
+             f"Command: `python benchmarks/scaling.py --steps {args.steps} --seeds {args.seeds} --envs {args.envs}`  ",
              f"Machine: {data['machine']['cores']} cores, {data['machine']['cpu']}, torch {data['machine']['torch']}; "
              f"load average at the start {data['load_average']} (other jobs shared the machine).", "",
              "## Training, K = 1 and 2 processes here (gloo on loopback)", "",
-             "| preset | K | steps/s | eval return (5 ep) | last-100 train return | s / update | minibatches / update "
-             "| all-reduce s in rollout / update |", "|---|---|---|---|---|---|---|---|"]
-    for r in data["runs"]:
-        comm = (f"{r['comm_rollout_s']:.2f} / {r['comm_update_s']:.2f}" if r["nproc"] > 1 else "-")
-        last100 = r["train_return_last100_mean"]
-        lines.append(f"| {r['preset']} | {r['nproc']} | {r['sps']:,.0f} | {r['eval_return_mean']:.0f} | "
-                     f"{'-' if last100 is None else f'{last100:.0f}'} | {r['update_s']:.2f} | "
-                     f"{r['minibatches_per_update']:.0f} | {comm} |")
+             "steps/s and s / update: median over seeds; returns: mean +- std over seeds (eval: deterministic, 10 "
+             "episodes). The all-reduce seconds include the wait for the slower rank.", "",
+             "| env | preset | K | steps/s | eval return | last-100 train return | s / update | minibatches / update "
+             "| all-reduce s / update: rollout, update |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["summary"]:
+        comm = f"{r['comm_rollout_s']:.2f}, {r['comm_update_s']:.2f}" if r["nproc"] > 1 else "-"
+        lines.append(f"| {r['env_id']} | {r['preset']} | {r['nproc']} | {r['sps_median']:,.0f} | "
+                     f"{_pm(r['eval_return_mean'], r['eval_return_std'])} | "
+                     f"{_pm(r['train_return_last100_mean'], r['train_return_last100_std'])} | "
+                     f"{r['update_s_median']:.2f} | {r['minibatches_per_update']:.0f} | {comm} |")
     lat = data["latency"]
     lines += ["", f"## One all-reduce between {lat['world_size']} local processes ({lat['backend']})", "",
               "| float32 elements | bytes | median | p10 | p90 |", "|---|---|---|---|---|"]
@@ -161,20 +189,21 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
         lines.append(f"| {s['floats']:,} | {s['bytes']:,} | {s['median_s'] * 1e3:.2f} ms | {s['p10_s'] * 1e3:.2f} ms "
                      f"| {s['p90_s'] * 1e3:.2f} ms |")
     lines += ["", "## What crosses per update, per rank", "",
-              "| preset | parameters | gradient all-reduce | calls / update | per-step statistics all-reduce | "
-              "calls / update | per-update sync |", "|---|---|---|---|---|---|---|"]
-    for preset, shape in data["shapes"].items():
+              "| env | preset | parameters | gradient all-reduce | calls / update | per-step statistics all-reduce | "
+              "calls / update | per-update sync |", "|---|---|---|---|---|---|---|---|"]
+    for key, shape in data["shapes"].items():
+        env_id, preset = key.split(" ")
         calls = shape["n_epochs"] * shape["num_envs"] * shape["n_steps"] // shape["batch_size"]
-        lines.append(f"| {preset} | {shape['parameters']:,} | {shape['gradient_bytes']:,} B | {calls} | "
+        lines.append(f"| {env_id} | {preset} | {shape['parameters']:,} | {shape['gradient_bytes']:,} B | {calls} | "
                      f"{shape['moment_bytes']} B | {shape['per_step_all_reduces']} | 8 x (6 + K) B, 1 |")
     lines += ["", "## Predicted efficiency at large K (weak scaling: per-rank work as in one process)", "",
-              "compute per update = the measured K = 1 seconds per update here; communication = calls x "
+              "compute per update = the median K = 1 seconds per update here; communication = calls x "
               "(2 log2 K x latency + 2 (K-1)/K x bytes / bandwidth).", "",
-              "| preset | fabric (latency, bandwidth) | K | all-reduce s / update | efficiency | speed-up |",
-              "|---|---|---|---|---|---|"]
+              "| env | preset | fabric (latency, bandwidth) | K | all-reduce s / update | efficiency | speed-up |",
+              "|---|---|---|---|---|---|---|"]
     for p in data["predictions"]:
         fabric = FABRICS[p["fabric"]]
-        lines.append(f"| {p['preset']} | {p['fabric']} ({fabric['latency_s'] * 1e6:.0f} us, "
+        lines.append(f"| {p['env_id']} | {p['preset']} | {p['fabric']} ({fabric['latency_s'] * 1e6:.0f} us, "
                      f"{fabric['bandwidth_Bps'] / 1e9:.2f} GB/s) | {p['k']} | {p['comm_s']:.3f} | "
                      f"{p['efficiency']:.0%} | {p['speedup']:.0f}x |")
     return "\n".join(lines) + "\n"
@@ -184,9 +213,10 @@ def main() -> None:
     """Parse, measure, model, write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N for every env, preset and K")
+    parser.add_argument("--envs", default="HalfCheetah-v5", help="comma-separated env ids")
     parser.add_argument("--nprocs", default="1,2")
-    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=300, help="timed all-reduces per size")
     parser.add_argument("--runs", type=Path, default=None, help="where the run directories go (default: a temp dir)")
     parser.add_argument("--latency-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -196,19 +226,24 @@ def main() -> None:
     load = Path("/proc/loadavg").read_text().split()[:3]
     latency = measure_latency(2, args.repeats)
     print("all-reduce medians:", {s["floats"]: f"{s['median_s'] * 1e3:.2f} ms" for s in latency["sizes"]}, flush=True)
-    shapes = {preset: parameter_count(preset) for preset in PRESETS}
+    envs, seeds = args.envs.split(","), list(range(1, args.seeds + 1))
+    shapes = {f"{env_id} {preset}": parameter_count(env_id, preset) for env_id in envs for preset in PRESETS}
     runs_root = args.runs or Path(tempfile.mkdtemp(prefix="proximo-scaling-"))
-    runs = [train_once(preset, int(k), args.steps, args.seed, runs_root)
-            for preset in PRESETS for k in args.nprocs.split(",")]
+    # Seeds outermost, so a slow spell on a shared machine spreads over every configuration.
+    runs = [train_once(env_id, preset, int(k), args.steps, seed, runs_root)
+            for seed in seeds for env_id in envs for preset in PRESETS for k in args.nprocs.split(",")]
+    summary = aggregate(runs)
     predictions = []
-    for preset in PRESETS:
-        alone = next(r for r in runs if r["preset"] == preset and r["nproc"] == 1)
+    for row in summary:
+        if row["nproc"] != 1:
+            continue
         for fabric_name, fabric in FABRICS.items():
             for k in MODEL_K:
-                predictions.append({"preset": preset, "fabric": fabric_name,
-                                    **predict(shapes[preset], alone["update_s"], k, fabric)})
-    data = {"machine": machine(), "load_average": " ".join(load), "env_id": ENV_ID, "steps": args.steps,
-            "seed": args.seed, "latency": latency, "shapes": shapes, "runs": runs, "fabrics": FABRICS,
+                predictions.append({"env_id": row["env_id"], "preset": row["preset"], "fabric": fabric_name,
+                                    **predict(shapes[f"{row['env_id']} {row['preset']}"], row["update_s_median"], k,
+                                              fabric)})
+    data = {"machine": machine(), "load_average": " ".join(load), "steps": args.steps, "seeds": seeds,
+            "latency": latency, "shapes": shapes, "runs": runs, "summary": summary, "fabrics": FABRICS,
             "predictions": predictions}
     write_results(ROOT / "benchmarks" / "results" / "scaling", data, markdown(data, args))
     print(markdown(data, args))

@@ -199,12 +199,10 @@ def _train(args: argparse.Namespace, world) -> int:
     try:
         trainer = Trainer(plan["env_id"], config, run_dir, plan["env_kwargs"], verbose=not args.quiet,
                           tensorboard=not args.no_tensorboard, world=world)
-    except EchoedError:
-        raise
-    except ProximoError as exc:
+    except ConfigError as exc:
         if world.is_main:
             raise
-        raise EchoedError(str(exc)) from exc  # every rank fails the same check; rank 0 says it
+        raise EchoedError(str(exc)) from exc  # every rank fails the same check of the config; rank 0 says it
     if plan["checkpoint"] is not None:
         try:
             trainer.load_training_state(Path(plan["checkpoint"]))

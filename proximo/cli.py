@@ -110,6 +110,8 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     evaluate.add_argument("--video", type=Path, metavar="DIR", help="also record episodes as mp4 files into DIR")
     evaluate.add_argument("--video-episodes", type=int, default=1, help="how many episodes to record")
+    evaluate.add_argument("--checkpoint", metavar="STEP_N", help="evaluate this checkpoint (step_N or a checkpoint "
+                          "folder) instead of the final policy; without policy/ the newest intact one is used")
     evaluate.set_defaults(handler=cmd_eval)
 
     for name in COMMAND_MODULES:
@@ -145,7 +147,7 @@ def plain_warnings(command):
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, write the run directory, print the summary."""
     from proximo.config import make_config
-    from proximo.checkpoint import CheckpointError
+    from proximo.checkpoint import CheckpointError, ensure_run_dir
     from proximo.train import Trainer, TrainingInterrupted, read_run_config, resume_target
 
     overrides = config_overrides(args)
@@ -154,12 +156,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         env_id, env_kwargs, saved = read_run_config(run_dir)
         if not env_id:
             raise ProximoError(f"{run_dir} was trained on an env factory; resume it from Python with Trainer")
-        # Settings that do not change the training math may differ on resume.
-        changeable = {key: overrides.pop(key) for key in ("total_steps", "save_every", "keep_checkpoints")
+        # Settings that do not change the training math may differ on resume (a run trained on a GPU
+        # resumes on a CPU-only machine with --device cpu).
+        changeable = {key: overrides.pop(key) for key in ("total_steps", "save_every", "keep_checkpoints", "device")
                       if key in overrides}
         if overrides:
-            raise ConfigError(f"--resume keeps the run's config; only --total-steps, --save-every and "
-                              f"--keep-checkpoints may change, got {sorted(overrides)}")
+            raise ConfigError(f"--resume keeps the run's config; only --total-steps, --save-every, "
+                              f"--keep-checkpoints and --device may change, got {sorted(overrides)}")
         config = saved.replace(**changeable)
         trainer = Trainer(env_id, config, run_dir, env_kwargs, verbose=not args.quiet,
                           tensorboard=not args.no_tensorboard)
@@ -175,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.env_id:
             raise ProximoError("train needs an env id (e.g. `proximo train CartPole-v1`) or --resume RUN_DIR")
         config = make_config(args.preset, **overrides)
-        run_dir = args.run_dir or default_run_dir(args.env_id, args.preset, config.seed)
+        run_dir = ensure_run_dir(args.run_dir or default_run_dir(args.env_id, args.preset, config.seed), create=False)
         trainer = Trainer(args.env_id, config, run_dir, verbose=not args.quiet,
                           tensorboard=not args.no_tensorboard)
     if not args.quiet:
@@ -192,8 +195,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@plain_warnings
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate the policy of a run directory (or a saved policy folder)."""
+    """Evaluate the policy of a run directory (or a saved policy or checkpoint folder)."""
     import numpy as np
 
     from proximo.evaluate import evaluate_policy
@@ -201,7 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
-    policy, meta = load_policy(args.run_dir)
+    policy, meta = load_policy(args.run_dir, checkpoint=args.checkpoint)
     if not meta.get("env_id"):
         raise ProximoError(f"{args.run_dir} was trained on an env factory; evaluate it from Python")
     returns, lengths = evaluate_policy(policy, meta["env_id"], args.episodes, seed=args.seed,

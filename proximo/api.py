@@ -63,9 +63,12 @@ class PPO:
         save_policy(Path(directory), self.policy, self.config, self.env, self.env_kwargs)
 
     @classmethod
-    def load(cls, directory: str | Path) -> "PPO":
-        """Load a policy saved by save() or a run directory; ready for predict()."""
-        policy, meta = load_policy(Path(directory))
+    def load(cls, directory: str | Path, checkpoint: str | Path | None = None) -> "PPO":
+        """Load a policy saved by save(), a run directory (a killed one: its newest intact checkpoint) or a checkpoint.
+
+        checkpoint= (step_N, or a checkpoint folder) picks one checkpoint of the run instead; ready for predict().
+        """
+        policy, meta = load_policy(Path(directory), checkpoint=checkpoint)
         agent = cls.__new__(cls)
         agent.config = PPOConfig.from_dict(meta["config"])
         agent.env, agent.env_kwargs = meta.get("env_id"), meta.get("env_kwargs", {})

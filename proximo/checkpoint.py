@@ -27,6 +27,50 @@ class CheckpointError(ProximoError):
     """A checkpoint is missing, corrupt, or does not fit the env/policy it is loaded into."""
 
 
+class CheckpointFallbackWarning(UserWarning):
+    """A load used a checkpoint: the run had no final policy/, or a newer checkpoint was damaged."""
+
+
+def ensure_run_dir(path: str | Path, create: bool = True) -> Path:
+    """Create the run directory path (create=False: only check that it could be) or raise a ProximoError saying why."""
+    path = Path(path)
+    fix = "choose a --run-dir in a folder you can write to"
+    if path.exists() and not path.is_dir():
+        raise ProximoError(f"run directory {path} is a file, not a folder; {fix}")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ProximoError(f"cannot create run directory {path}: {_os_reason(exc)}; {fix}") from None
+        target = path
+    else:
+        # The nearest folder that exists is the one a later mkdir writes into; nothing is created here,
+        # so a run that fails on its env id leaves no empty folder behind.
+        target = path.absolute()
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise ProximoError(f"cannot create run directory {path}: {target} is a file, not a folder; {fix}")
+    if not os.access(target, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only_fs(target) else "permission denied"
+        what = "is not writable" if target in (path, path.absolute()) else f"cannot be created in {target}"
+        raise ProximoError(f"run directory {path} {what} ({reason}); {fix}")
+    return path
+
+
+def _os_reason(exc: OSError) -> str:
+    """An OSError as 'reason (path)', without errno numbers."""
+    reason = (exc.strerror or str(exc)).lower()
+    return f"{reason} ({exc.filename})" if exc.filename else reason
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

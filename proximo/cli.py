@@ -113,6 +113,8 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     evaluate.add_argument("--video", type=Path, metavar="DIR", help="also record episodes as mp4 files into DIR")
     evaluate.add_argument("--video-episodes", type=int, default=1, help="how many episodes to record")
+    evaluate.add_argument("--checkpoint", metavar="STEP_N", help="evaluate this checkpoint (step_N or a checkpoint "
+                          "folder) instead of the final policy; without policy/ the newest intact one is used")
     evaluate.set_defaults(handler=cmd_eval)
 
     for name in COMMAND_MODULES:
@@ -146,6 +148,7 @@ def plain_warnings(command):
 
 def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     """What `train` will run, as JSON: env id and kwargs, config, run directory, and the checkpoint to resume."""
+    from proximo.checkpoint import ensure_run_dir
     from proximo.config import make_config
     from proximo.train import read_run_config, resume_target
 
@@ -155,8 +158,8 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
         env_id, env_kwargs, saved = read_run_config(run_dir)
         if not env_id:
             raise ProximoError(f"{run_dir} was trained on an env factory; resume it from Python with Trainer")
-        # Settings that do not change the training math may differ on resume.
-        # (--device too: a GPU run may continue on a CPU machine.)
+        # Settings that do not change the training math may differ on resume (a run trained on a GPU
+        # resumes on a CPU-only machine with --device cpu).
         changeable = {key: overrides.pop(key) for key in ("total_steps", "save_every", "keep_checkpoints", "device")
                       if key in overrides}
         if overrides:
@@ -167,7 +170,7 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     if not args.env_id:
         raise ProximoError("train needs an env id (e.g. `proximo train CartPole-v1`) or --resume RUN_DIR")
     config = make_config(args.preset, **overrides)
-    run_dir = args.run_dir or default_run_dir(args.env_id, args.preset, config.seed)
+    run_dir = ensure_run_dir(args.run_dir or default_run_dir(args.env_id, args.preset, config.seed), create=False)
     return {"env_id": args.env_id, "env_kwargs": {}, "config": config.to_dict(), "run_dir": str(run_dir),
             "checkpoint": None, "earlier": None}
 
@@ -260,8 +263,9 @@ def _is_nproc_token(argv: list[str], i: int) -> bool:
     return flag(argv[i]) or (i > 0 and flag(argv[i - 1]) and "=" not in argv[i - 1])
 
 
+@plain_warnings
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate the policy of a run directory (or a saved policy folder)."""
+    """Evaluate the policy of a run directory (or a saved policy or checkpoint folder)."""
     import numpy as np
 
     from proximo.evaluate import evaluate_policy
@@ -269,7 +273,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
-    policy, meta = load_policy(args.run_dir)
+    policy, meta = load_policy(args.run_dir, checkpoint=args.checkpoint)
     if not meta.get("env_id"):
         raise ProximoError(f"{args.run_dir} was trained on an env factory; evaluate it from Python")
     returns, lengths = evaluate_policy(policy, meta["env_id"], args.episodes, seed=args.seed,

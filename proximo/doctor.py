@@ -91,8 +91,8 @@ def load_run(run_dir: str | Path) -> RunRecord:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
-                    if number > 1 and not line.endswith("\n"):
-                        break  # a run still writing its last line
+                    if not line.endswith("\n"):
+                        break  # the last line of a run still writing it, or killed while it did
                     raise ProximoError(f"{jsonl} line {number} is not JSON; the file is corrupt") from None
     elif metrics.is_file():
         with open(metrics, newline="") as handle:
@@ -210,7 +210,22 @@ def text_report(report: Report) -> str:
         lines += ["", f"not checked (statistic not logged): {', '.join(silent)}"]
     if record.live_warnings:
         lines.append(f"warnings printed during training: {len(record.live_warnings)} (diagnostics.jsonl)")
+    unfinished = _unfinished_note(record.run_dir)
+    if unfinished:
+        lines += ["", unfinished]
     return "\n".join(lines)
+
+
+def _unfinished_note(run_dir: Path) -> str | None:
+    """A line for a PPO run that stopped (or is still running) before its final policy/, else None."""
+    if (run_dir / "policy").is_dir() or (run_dir / "summary.json").is_file():
+        return None
+    # Read-only on purpose: doctor may look at a run that is still training, so no recovery renames here.
+    steps = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*") if (p / "state.json").is_file())
+    if not steps:
+        return None
+    return (f"unfinished: no final policy/ (killed, or still running); newest checkpoint {steps[-1]}. `proximo eval` "
+            f"and PPO.load use the newest intact checkpoint; `proximo train --resume {run_dir}` continues the run")
 
 
 # html --------------------------------------------------------------------------------------------

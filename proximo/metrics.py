@@ -27,11 +27,15 @@ def _clean(value: Any) -> Any:
 def drop_rows_after(path: Path, step: int) -> int:
     """Rewrite metrics.csv or updates.jsonl at path (atomically) without rows whose global_step > step.
 
-    Returns how many rows were dropped; a missing file or one with nothing past step is left as is.
+    Returns how many rows were dropped; a missing file or one with nothing past step is left as is. A
+    last line without its newline is a row torn by a kill mid-write: it is dropped too.
     """
     if not path.exists():
         return 0
     lines = path.read_text().splitlines(keepends=True)
+    torn = 1 if lines and not lines[-1].endswith("\n") else 0
+    if torn:
+        lines = lines[:-1]
     if path.suffix == ".csv":
         if not lines:
             return 0
@@ -42,7 +46,7 @@ def drop_rows_after(path: Path, step: int) -> int:
         keep = [lines[0]] + [line for line in lines[1:] if not _past(next(csv.reader([line]), [])[column:column + 1], step)]
     else:
         keep = [line for line in lines if not _past([json.loads(line).get("global_step")] if line.strip() else [], step)]
-    dropped = len(lines) - len(keep)
+    dropped = len(lines) - len(keep) + torn
     if dropped:
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text("".join(keep))

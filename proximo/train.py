@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 import signal
 import sys
@@ -19,8 +20,9 @@ from threadpoolctl import threadpool_limits
 
 from proximo import __version__
 from proximo.checkpoint import (
-    CheckpointError, atomic_write_dir, atomic_write_json, load_json, load_tensors, optimizer_from_tensors,
-    optimizer_to_tensors, prefixed, recover_dir, unprefixed,
+    POLICY_META, POLICY_TENSORS, CheckpointError, CheckpointFallbackWarning, atomic_write_dir, atomic_write_json,
+    ensure_run_dir, load_json, load_tensors, optimizer_from_tensors, optimizer_to_tensors, prefixed, recover_dir,
+    unprefixed,
 )
 from proximo.config import PPOConfig
 from proximo.core.kl import AdaptiveKLController, FixedKLController
@@ -133,27 +135,103 @@ def save_policy(directory: Path, policy: ActorCritic, config: PPOConfig, env: En
         "policy.json": policy_metadata(policy, config, env, env_kwargs)})
 
 
-def load_policy(directory: Path) -> tuple[ActorCritic, dict[str, Any]]:
-    """Rebuild a policy saved by save_policy; returns (policy, metadata). No code is run from the file."""
+def load_policy(directory: Path, checkpoint: str | Path | None = None) -> tuple[ActorCritic, dict[str, Any]]:
+    """Rebuild a policy from a run directory, a policy folder or a checkpoint folder; returns (policy, metadata).
+
+    A run directory gives its final policy/ or, when a kill left none, its newest intact checkpoint (said in a
+    CheckpointFallbackWarning). checkpoint= (step_N, or a checkpoint folder) picks one even when policy/ exists.
+    No code is run from the files.
+    """
     directory = Path(directory)
     recover_dir(directory)
+    if checkpoint is not None:
+        return _policy_from_checkpoint(find_checkpoint(directory, checkpoint))
+    if (directory / STATE_META).is_file():
+        return _policy_from_checkpoint(directory)
     recover_dir(directory / "policy")
-    if (directory / "policy" / "policy.json").is_file():
+    if (directory / "policy" / POLICY_META).is_file():
         directory = directory / "policy"
-    if not (directory / "policy.json").is_file():
-        raise CheckpointError(f"no saved policy in {directory}: expected policy.json and policy.safetensors "
-                              "(train a run first, or point at its run directory)")
-    meta = load_json(directory / "policy.json")
-    tensors = load_tensors(directory / "policy.safetensors")
+    if (directory / POLICY_META).is_file():
+        meta = load_json(directory / POLICY_META)
+        tensors = load_tensors(directory / POLICY_TENSORS)
+        return _rebuild_policy(meta, tensors, directory / POLICY_META, directory / POLICY_TENSORS), meta
+    checkpoints = list_checkpoints(directory)
+    if not checkpoints:
+        raise CheckpointError(f"no saved policy in {directory}: expected policy/ (policy.json and policy.safetensors) "
+                              "or checkpoints/step_*/ (train a run first, or point at its run directory)")
+    return _newest_intact_policy(directory, checkpoints)
+
+
+def find_checkpoint(run_dir: Path, name: str | Path) -> Path:
+    """The checkpoint folder `name` picks: a path to one, or step_N (zero padding optional) in run_dir/checkpoints."""
+    run_dir, text = Path(run_dir), str(name)
+    if Path(text).is_dir():
+        recover_dir(Path(text))
+        if not (Path(text) / STATE_META).is_file():
+            raise CheckpointError(f"checkpoint {text} has no {STATE_META}; give a checkpoints/step_N folder or step_N")
+        return Path(text)
+    match = re.fullmatch(r"(?:step_)?(\d+)", text)
+    if match is None and Path(text).name != text:
+        raise CheckpointError(f"checkpoint folder {text} does not exist; give an existing checkpoints/step_N folder "
+                              "or a name like step_4096")
+    if match is None:
+        raise CheckpointError(f"checkpoint {text!r} is neither a checkpoint folder nor a name like step_4096; "
+                              "give one of those")
+    if (run_dir / STATE_META).is_file():  # a checkpoint folder: its siblings are the run's checkpoints
+        run_dir = run_dir.parent.parent
+    folder = run_dir / "checkpoints" / f"step_{int(match.group(1)):012d}"
+    recover_dir(folder)
+    if not (folder / STATE_META).is_file():
+        names = [c.name for c in list_checkpoints(run_dir)]
+        have = f"it has {', '.join(names[-5:])}" if names else "it has none"
+        raise CheckpointError(f"no checkpoint {folder.name} in {run_dir / 'checkpoints'}; {have} (pick one of those)")
+    return folder
+
+
+def _policy_from_checkpoint(folder: Path) -> tuple[ActorCritic, dict[str, Any]]:
+    """The policy inside a training checkpoint: the policy.* tensors, and config and spaces from state.json."""
+    meta = load_json(folder / STATE_META)
+    tensors = load_tensors(folder / STATE_TENSORS)
+    policy = _rebuild_policy(meta, unprefixed("policy", tensors), folder / STATE_META, folder / STATE_TENSORS)
+    # The keys policy.json has, plus where the weights came from.
+    keys = ("format_version", "proximo_version", "env_id", "env_kwargs", "observation_space", "action_space",
+            "config", "global_step")
+    return policy, {**{key: meta[key] for key in keys if key in meta}, "checkpoint": str(folder)}
+
+
+def _newest_intact_policy(run_dir: Path, checkpoints: list[Path]) -> tuple[ActorCritic, dict[str, Any]]:
+    """Load the newest checkpoint that loads, warning which one (and which newer ones were damaged)."""
+    damaged: list[tuple[Path, CheckpointError]] = []
+    for folder in reversed(checkpoints):
+        try:
+            policy, meta = _policy_from_checkpoint(folder)
+        except CheckpointError as exc:
+            damaged.append((folder, exc))
+            continue
+        note = f"proximo: {run_dir} has no final policy/; using checkpoint {folder.name}"
+        if damaged:
+            names = ", ".join(f.name for f, _ in damaged)
+            note += f" (newer {names} {'is' if len(damaged) == 1 else 'are'} damaged: {damaged[0][1]})"
+        warnings.warn(note, CheckpointFallbackWarning, stacklevel=3)
+        return policy, meta
+    raise CheckpointError(f"{run_dir} has no final policy/ and none of its {len(checkpoints)} checkpoints loads "
+                          f"(the newest: {damaged[0][1]}); train the run again")
+
+
+def _rebuild_policy(meta: dict[str, Any], tensors: dict[str, torch.Tensor], meta_path: Path,
+                    tensors_path: Path) -> ActorCritic:
+    """Build the policy meta describes and load tensors into it, every misfit as a CheckpointError."""
     try:
         config = PPOConfig.from_dict(meta["config"])
         policy = build_policy(space_from_json(meta["observation_space"]), space_from_json(meta["action_space"]),
                               config)
     except KeyError as exc:
-        raise CheckpointError(f"{directory / 'policy.json'} lacks {exc}; the file is corrupt") from exc
-    _load_state_strict(policy, tensors, directory / "policy.safetensors")
+        raise CheckpointError(f"{meta_path} lacks {exc}; the file is corrupt") from exc
+    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError: a value the file should never hold
+        raise CheckpointError(f"{meta_path} is damaged ({exc}); use an earlier checkpoint") from exc
+    _load_state_strict(policy, tensors, tensors_path)
     policy.eval()
-    return policy, meta
+    return policy
 
 
 def _load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
@@ -415,7 +493,7 @@ class Trainer:
     def _open_run_dir(self) -> MetricsWriter | None:
         if not self.writes:
             return None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_run_dir(self.run_dir)
         atomic_write_json(self.run_dir / "config.json",
                           {"env_id": env_name(self.env), "env_kwargs": self.env_kwargs, **self.config.to_dict(),
                            "resolved": self.resolved(), "world": {"size": self.world.size,

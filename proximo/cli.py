@@ -184,7 +184,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None:
         return _launch_train(args)
-    world = init_world(torch.device("cpu")) if launched_by_torchrun() else World.local()
+    # With GPUs each rank takes its own (LOCAL_RANK); a CPU policy there still reduces through gloo.
+    accelerator = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    world = init_world(accelerator) if launched_by_torchrun() else World.local()
     try:
         return _train(args, world)
     finally:

@@ -76,15 +76,16 @@ class World:
     """This process's place in the run: rank, size, local_rank, backend, and the collectives.
 
     A size-1 World (World.local()) needs no process group and its collectives return at once, so
-    single-process code calls them unconditionally. comm_calls and comm_s count the collectives
-    run and the seconds spent inside them (waiting for the slowest rank included).
+    single-process code calls them unconditionally. A collective runs where its tensor lives: gloo
+    for host tensors, nccl for CUDA ones when the group has it. comm_calls and comm_s count the
+    collectives run and the seconds spent inside them (waiting for the slowest rank included).
     """
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    backend: str | None = None          # "gloo" | "nccl"; None for a single process
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collectives run
+    backend: str | None = None          # "gloo", or "gloo+nccl" on GPUs; None for a single process
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # this rank's accelerator, or cpu
     comm_calls: int = 0
     comm_s: float = 0.0
 
@@ -106,13 +107,13 @@ class World:
     def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum tensor over all ranks, in place; returns it."""
         if self.size > 1:
-            self._on_device(tensor, lambda t: dist.all_reduce(t, op=dist.ReduceOp.SUM), "all_reduce")
+            self._collective(lambda: dist.all_reduce(tensor, op=dist.ReduceOp.SUM), "all_reduce")
         return tensor
 
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Overwrite tensor with rank src's, in place; returns it."""
         if self.size > 1:
-            self._on_device(tensor, lambda t: dist.broadcast(t, src), "broadcast")
+            self._collective(lambda: dist.broadcast(tensor, src), "broadcast")
         return tensor
 
     def barrier(self) -> None:
@@ -131,14 +132,8 @@ class World:
         longest = int(sizes.max())
         padded = torch.zeros(longest, dtype=torch.uint8)
         padded[:payload.numel()] = payload
-        if self.device.type == "cpu":
-            gathered = [torch.empty_like(padded) for _ in range(self.size)]
-            self._collective(lambda: dist.all_gather(gathered, padded), "all_gather")
-        else:
-            on_device = padded.to(self.device)
-            gathered = [torch.empty_like(on_device) for _ in range(self.size)]
-            self._collective(lambda: dist.all_gather(gathered, on_device), "all_gather")
-            gathered = [chunk.cpu() for chunk in gathered]
+        gathered = [torch.empty_like(padded) for _ in range(self.size)]
+        self._collective(lambda: dist.all_gather(gathered, padded), "all_gather")
         return [_from_bytes(chunk[:int(n)]) for chunk, n in zip(gathered, sizes)]
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
@@ -199,15 +194,6 @@ class World:
             dist.destroy_process_group()
 
     # plumbing --------------------------------------------------------------------------------
-    def _on_device(self, tensor: torch.Tensor, op: Callable[[torch.Tensor], Any], name: str) -> None:
-        if tensor.device == self.device:
-            self._collective(lambda: op(tensor), name)
-            return
-        # nccl reduces only CUDA tensors: round-trip the (small, host-side) statistics through the device.
-        moved = tensor.to(self.device)
-        self._collective(lambda: op(moved), name)
-        tensor.copy_(moved)
-
     def _collective(self, run: Callable[[], Any], name: str) -> None:
         start = time.perf_counter()
         try:
@@ -226,23 +212,27 @@ class LocalWorld(World):
 
 
 def init_world(device: torch.device) -> World:
-    """Join the process group torchrun set up (gloo for CPU, nccl for CUDA); size 1 when torchrun did not launch us.
+    """Join the process group torchrun set up; size 1 when torchrun did not launch this process.
 
     Reads RANK, WORLD_SIZE, LOCAL_RANK (and, inside init_process_group, MASTER_ADDR/MASTER_PORT).
+    device cpu: gloo. device cuda: this rank takes GPU LOCAL_RANK and the group has nccl for CUDA
+    tensors (the gradient of a GPU policy) beside gloo for host ones (the observation statistics,
+    flags, checkpoint parts), so nothing crosses to the GPU just to be reduced; nccl builds its
+    communicator at the first CUDA collective, so a CPU policy on a GPU machine never pays for it.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World.local()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        backend, device = "nccl", torch.device("cuda", local_rank)
+    if device.type == "cuda" and local_rank < torch.cuda.device_count():
+        backend, group_backend, device = "gloo+nccl", "cpu:gloo,cuda:nccl", torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
-        backend, device = "gloo", torch.device("cpu")
+        backend, group_backend, device = "gloo", "gloo", torch.device("cpu")
     seconds = timeout_s()
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend, rank=rank, world_size=size,
+            dist.init_process_group(group_backend, rank=rank, world_size=size,
                                     timeout=datetime.timedelta(seconds=seconds))
         except (RuntimeError, ValueError, dist.DistError) as exc:
             raise DistributedError(f"rank {rank} of {size} could not join the {backend} process group at "

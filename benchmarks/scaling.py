@@ -98,6 +98,7 @@ def train_once(env_id: str, preset: str, nproc: int, steps: int, seed: int, runs
     command = [sys.executable, "-m", "proximo", "train", env_id, "--preset", preset, "--seed", str(seed),
                "--total-steps", str(steps), "--run-dir", str(run_dir), "--quiet", "--no-tensorboard",
                "--eval-episodes", "10", "--nproc", str(nproc)]
+    load_before = _load_average()
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
@@ -110,13 +111,19 @@ def train_once(env_id: str, preset: str, nproc: int, steps: int, seed: int, runs
               "eval_return_mean": summary["eval_return_mean"],
               "train_return_last100_mean": summary["train_return_last100_mean"], "process_wall_s": wall,
               "update_s": statistics.median(times) if times else float("nan"),
-              "minibatches_per_update": rows[-1]["minibatches"]}
+              "minibatches_per_update": rows[-1]["minibatches"],
+              # The 1-minute load average before and after: other jobs on a shared machine slow K = 2 most.
+              "load_average_1min": [load_before, _load_average()]}
     if nproc > 1:
         record["comm_rollout_s"] = statistics.median(r["comm_rollout_s"] for r in rows)
         record["comm_update_s"] = statistics.median(r["comm_update_s"] for r in rows)
     print(f"{env_id} {preset} K={nproc} seed {seed}: {record['sps']:.0f} steps/s, eval {record['eval_return_mean']:.0f}, "
           f"{record['update_s']:.2f} s/update", flush=True)
     return record
+
+
+def _load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 # the model ------------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from proximo.learners.distributed import World, check_divides, init_world, rank_
 from proximo.nn.normalize import RunningMeanStd
 from proximo.train import ResumeWarning, Trainer, list_checkpoints
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TOKEN_KEY = "PROXIMO_TEST_TOKEN"
 # The cartpole preset with a 20,480-step budget (40 updates of 2 x 8 envs x 32 steps): 2 processes reach a
 # deterministic evaluation of 500 / 473 / 500 on seeds 1 / 2 / 3 here. A random policy scores ~20, and two
@@ -102,10 +104,10 @@ def _proximo(*args: str) -> list[str]:
     return [sys.executable, "-m", "proximo", "train", *args]
 
 
-def _torchrun(nproc: int, *args: str) -> list[str]:
-    # What a user types for torchrun: a c10d rendezvous on a free loopback port.
+def _torchrun(nproc: int, module: str, *args: str) -> list[str]:
+    # What a user types for torchrun: a c10d rendezvous on a free loopback port, then `-m module args`.
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "proximo", "train", *args]
+            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", module, *args]
 
 
 def _wait_for(condition, timeout: float, launch: Launch, what: str) -> None:
@@ -184,13 +186,63 @@ def test_bad_process_counts_are_one_line_and_exit_2(capsys, monkeypatch):
     assert "PROXIMO_DIST_TIMEOUT_S='soon'" in _one_line_error(capsys, ["train", "CartPole-v1"])
 
 
+# statistics over ranks ------------------------------------------------------------------------------------
+STATS_SEED = 11
+
+
+def _counter_collector(num_envs: int, seed: int, world=None):
+    """A collector over counter envs (observations and rewards independent of the actions), with both
+    statistics on."""
+    from proximo.envs.make import make_vector_env
+    from proximo.nn.policy import ActorCritic
+    from proximo.rollout import RewardScaler, RolloutCollector
+    from tests.envs import counter_env
+
+    envs = make_vector_env(counter_env, num_envs)
+    policy = ActorCritic(envs.single_observation_space, envs.single_action_space, normalize_obs=True)
+    return RolloutCollector(envs, policy, 32, 0.99, normalize_obs=True, reward_scaler=RewardScaler(num_envs, 0.99, 10.0),
+                            seed=seed, world=world)
+
+
+def _statistics(collector) -> dict:
+    rms = {"obs": collector.policy.obs_rms, "return": collector.reward_scaler.return_rms}
+    return {f"{name}.{key}": getattr(stat, key).tolist() for name, stat in rms.items() for key in ("mean", "var", "count")}
+
+
+def _statistics_worker(out: str) -> None:
+    """Under torchrun: each rank steps 8 counter envs, seeded as its half of one process's 16 envs, for 2 rollouts."""
+    world = init_world(torch.device("cpu"))
+    collector = _counter_collector(8, STATS_SEED + 8 * world.rank, world)
+    for _ in range(2):
+        collector.collect()
+    if world.is_main:
+        Path(out).write_text(json.dumps(_statistics(collector)))
+    world.close()
+
+
+def test_two_ranks_of_n_envs_keep_the_statistics_of_one_process_with_2n(tmp_path):
+    out = tmp_path / "stats.json"
+    launch = Launch(_torchrun(2, "tests.test_distributed", str(out)), ROOT, "stats")
+    try:
+        assert launch.wait(90) == 0, launch.stderr()[-3000:]
+    finally:
+        launch.close()
+    alone = _counter_collector(16, STATS_SEED)
+    for _ in range(2):
+        alone.collect()
+    ranks, one = json.loads(out.read_text()), _statistics(alone)
+    assert one["obs.count"] > 1000 and one.keys() == ranks.keys()
+    for key in one:  # the same numbers, summed in another order
+        np.testing.assert_allclose(ranks[key], one[key], rtol=1e-12, atol=0, err_msg=key)
+
+
 # two processes -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory):
     """A 2-process run under plain torchrun, stopped by SIGTERM to torchrun after a few updates."""
     cwd = tmp_path_factory.mktemp("dist")
     run_dir = cwd / "run"
-    launch = Launch(_torchrun(2, "CartPole-v1", *SMALL, "--run-dir", str(run_dir)), cwd, "first")
+    launch = Launch(_torchrun(2, "proximo", "train", "CartPole-v1", *SMALL, "--run-dir", str(run_dir)), cwd, "first")
     try:
         _wait_for(lambda: len(_metric_steps(run_dir)) >= 4, 90, launch, "4 logged updates")
         launch.proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
@@ -281,3 +333,37 @@ def test_a_killed_rank_ends_the_run_with_one_line_and_a_loadable_checkpoint(tmp_
         warnings.simplefilter("ignore", ResumeWarning)  # one process now: its envs are re-seeded
         trainer.load_training_state(list_checkpoints(run_dir)[-1])
     assert trainer.global_step >= 1024 and trainer.global_step % 512 == 0
+
+
+def test_a_format_1_checkpoint_still_resumes_exactly(tmp_path):
+    # Before several processes, a checkpoint held one rank's part at top level; it loads as one rank.
+    from safetensors.torch import load_file, save_file
+
+    config = make_config(None, num_envs=2, n_steps=32, batch_size=32, n_epochs=2, eval_episodes=1, seed=7,
+                         normalize_obs=True, normalize_reward=True, total_steps=128)
+    Trainer("Pendulum-v1", config, tmp_path / "run", verbose=False, tensorboard=False).train()
+    folder = list_checkpoints(tmp_path / "run")[-1]
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_file(str(folder / "state.safetensors"))
+    old_meta = {key: value for key, value in meta.items() if key not in ("ranks", "world")}
+    old_meta.update(meta["ranks"][0], format_version=1)
+    old = {key: value for key, value in tensors.items() if not key.startswith("rank.0.")}
+    old.update({"rng.torch": tensors["rank.0.rng.torch"], "collector.next_obs": tensors["rank.0.next_obs"],
+                "reward_scaler.running_return": tensors["rank.0.running_return"]})
+    legacy = tmp_path / "legacy" / "checkpoints" / folder.name
+    legacy.mkdir(parents=True)
+    (legacy / "state.json").write_text(json.dumps(old_meta))
+    save_file(old, str(legacy / "state.safetensors"))
+    longer = config.replace(total_steps=192)
+    resumed = []
+    for source in (folder, legacy):
+        trainer = Trainer("Pendulum-v1", longer, None, verbose=False, tensorboard=False)
+        trainer.load_training_state(source)
+        trainer.train()
+        resumed.append(trainer.training_state()[0])
+    assert resumed[0].keys() == resumed[1].keys()
+    assert all(torch.equal(resumed[0][key], resumed[1][key]) for key in resumed[0])
+
+
+if __name__ == "__main__":  # the worker of the statistics test, started by torchrun
+    _statistics_worker(sys.argv[1])

@@ -37,8 +37,8 @@ DEFAULT_TIMEOUT_S = 60.0
 # gives sub-env i seed + r * stride + i): rank 0 keeps the single-process seeds, and no two ranks
 # share an env seed while num_envs < the stride.
 RANK_SEED_STRIDE = 1_000_000
-__all__ = ["World", "LocalWorld", "init_world", "launch_local", "broadcast_module_", "broadcast_optimizer_", "rank_seed",
-           "check_divides", "DistributedError", "EchoedError", "PEER_LOST_EXIT"]
+__all__ = ["World", "LocalWorld", "init_world", "launch_local", "broadcast_module_", "broadcast_optimizer_",
+           "rank_seed", "check_divides", "DistributedError", "EchoedError", "PEER_LOST_EXIT"]
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -68,7 +68,8 @@ def check_divides(batch_size: int, size: int, flag: str = "--nproc") -> None:
         fits = [k for k in range(1, min(batch_size, 64) + 1) if batch_size % k == 0]
         raise ConfigError(
             f"{size} processes do not divide batch_size {batch_size} (the global minibatch, split evenly over the "
-            f"processes); use {flag} {', '.join(map(str, fits))}, or a batch_size that is a multiple of {size}")
+            f"processes); use {flag} {', '.join(map(str, fits))} (under torchrun: that many processes in all), or "
+            f"a batch_size that is a multiple of {size}")
 
 
 @dataclass

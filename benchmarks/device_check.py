@@ -69,9 +69,11 @@ def time_update(name: str, obs_space, action_space, preset: str, overrides: dict
     buffer.values.copy_(values.view_as(buffer.values))
     buffer.rewards.normal_()
     buffer.compute_advantages(config.gamma, config.gae_lambda)
-    settings = UpdateSettings(config.n_epochs, config.batch_size, config.objective, config.clip_range,
-                              config.clip_range_vf, config.kl_coef, config.ent_coef, config.vf_coef,
-                              config.max_grad_norm, config.target_kl, config.normalize_advantage)
+    settings = UpdateSettings(n_epochs=config.n_epochs, batch_size=config.batch_size, objective=config.objective,
+                              clip_range=config.clip_range, clip_range_vf=config.clip_range_vf,
+                              kl_coef=config.kl_coef, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
+                              max_grad_norm=config.max_grad_norm, target_kl=config.target_kl,
+                              normalize_advantage=config.normalize_advantage)
     times = []
     for _ in range(repeats + 1):  # the first one warms up kernels and caches
         if device.startswith("cuda"):

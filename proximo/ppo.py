@@ -22,25 +22,14 @@ STAT_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "approx_kl_k1"
 
 
 @dataclass
-class UpdateSettings:
-    """The per-update values of the hyperparameters (schedules already applied)."""
+class UpdateSettings(LossSettings):
+    """The per-update values of the hyperparameters (schedules already applied): the loss settings a
+    learner's step takes, plus what the loop itself needs."""
 
     n_epochs: int
     batch_size: int              # the global minibatch; each of the world's ranks takes batch_size / size
-    objective: str
-    clip_range: float
-    clip_range_vf: float | None
-    kl_coef: float
-    ent_coef: float
-    vf_coef: float
-    max_grad_norm: float | None
     target_kl: float | None
     normalize_advantage: bool
-
-    def loss_settings(self) -> LossSettings:
-        """The subset a learner's step needs."""
-        return LossSettings(self.objective, self.clip_range, self.clip_range_vf, self.kl_coef, self.ent_coef,
-                            self.vf_coef, self.max_grad_norm)
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
@@ -69,7 +58,6 @@ def ppo_update(learner: Learner, buffer: RolloutBuffer, settings: UpdateSettings
     total = columns.returns.shape[0]
     batch = settings.batch_size // world.size
     kl_limit = None if settings.target_kl is None else 1.5 * settings.target_kl
-    loss_settings = settings.loss_settings()
     shuffle = shuffle or (lambda n: torch.randperm(n, generator=generator))
     reduce = world.all_reduce_sum_ if world.size > 1 else None
     whole = None
@@ -91,7 +79,7 @@ def ppo_update(learner: Learner, buffer: RolloutBuffer, settings: UpdateSettings
         minibatches = whole or _shuffled_minibatches(columns, batch, settings.normalize_advantage, shuffle, reduce)
         for minibatch in minibatches:
             try:
-                result = learner.step(minibatch, loss_settings, kl_limit)
+                result = learner.step(minibatch, settings, kl_limit)
             except NonFiniteError as exc:
                 raise NonFiniteError(f"{exc} (epoch {epoch})") from None
             if not result.stepped:

@@ -446,8 +446,8 @@ class Trainer:
         before, self._horizon_before_resume = self._horizon_before_resume, None
         if annealed and before is not None and before != total:
             self._warn(f"proximo: warning: the schedules annealed over {before:,} steps before this resume and "
-                          f"now anneal over {total:,}, so the annealed values jump at step {self.global_step:,}; "
-                          f"resume with --total-steps {before} to keep them", ResumeWarning)
+                       f"now anneal over {total:,}, so the annealed values jump at step {self.global_step:,}; "
+                       f"resume with --total-steps {before} to keep them", ResumeWarning)
         self._horizon = total
 
     def _check_finite_parameters(self) -> None:

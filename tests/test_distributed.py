@@ -70,9 +70,10 @@ def _kill_tagged(token: str) -> None:
 class Launch:
     """A child command (proximo or torchrun) with its output in files, and clean-up of everything it started."""
 
-    def __init__(self, argv: list[str], cwd: Path, name: str) -> None:
+    def __init__(self, argv: list[str], cwd: Path, name: str, logs: Path | None = None) -> None:
         self.token = uuid.uuid4().hex
-        self.out, self.err = cwd / f"{name}.out", cwd / f"{name}.err"
+        logs = logs or cwd
+        self.out, self.err = logs / f"{name}.out", logs / f"{name}.err"
         env = {**os.environ, TOKEN_KEY: self.token, "OMP_NUM_THREADS": "1"}
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
@@ -222,7 +223,7 @@ def _statistics_worker(out: str) -> None:
 
 def test_two_ranks_of_n_envs_keep_the_statistics_of_one_process_with_2n(tmp_path):
     out = tmp_path / "stats.json"
-    launch = Launch(_torchrun(2, "tests.test_distributed", str(out)), ROOT, "stats")
+    launch = Launch(_torchrun(2, "tests.test_distributed", str(out)), ROOT, "stats", logs=tmp_path)
     try:
         assert launch.wait(90) == 0, launch.stderr()[-3000:]
     finally:

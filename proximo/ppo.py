@@ -12,8 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from proximo.core.advantages import normalize
-from proximo.core.kl import kl_estimate
-from proximo.learners.base import Learner, LossSettings, Minibatch
+from proximo.learners.base import Learner, LossSettings, Minibatch, k3
 from proximo.rollout import NonFiniteError, RolloutBuffer
 
 RATIO_BINS = 40
@@ -135,11 +134,11 @@ def _statistics(buffer: RolloutBuffer, settings: UpdateSettings, losses: list, g
             ratio = log_ratio.exp()
             return ((ratio < low) | (ratio > high)).to(log_ratio.dtype)
         # Means over minibatches of per-minibatch means, as if each minibatch had reported its own.
-        stats["approx_kl"] = _mean_of_means(chunks, _k3)
+        stats["approx_kl"] = _mean_of_means(chunks, k3)
         stats["approx_kl_k1"] = _mean_of_means(chunks, torch.neg)
         stats["clip_fraction"] = _mean_of_means(chunks, outside)
         stats["grad_norm"] = float(torch.stack(grad_norms).float().mean())
-        kl_last_epoch = _mean_of_means(epoch_log_ratios[-1], _k3)
+        kl_last_epoch = _mean_of_means(epoch_log_ratios[-1], k3)
         ratios = torch.cat(epoch_log_ratios[-1]).exp()
         ratio_hist = torch.histc(ratios, RATIO_BINS, *RATIO_RANGE).cpu()
         ratio_min, ratio_max = float(ratios.min()), float(ratios.max())
@@ -150,11 +149,6 @@ def _statistics(buffer: RolloutBuffer, settings: UpdateSettings, losses: list, g
                  early_stopped=float(stopped))
     stats["ratio_hist"] = ratio_hist.tolist()  # type: ignore[assignment]
     return stats
-
-
-def _k3(log_ratio: torch.Tensor) -> torch.Tensor:
-    """Per-sample k3 KL estimate from log(pi_new / pi_old) (see proximo.core.kl)."""
-    return kl_estimate(torch.zeros_like(log_ratio), log_ratio, "k3")
 
 
 def _mean_of_means(chunks: list[torch.Tensor], per_sample) -> float:

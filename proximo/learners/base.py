@@ -18,6 +18,7 @@ import torch
 from proximo.core.kl import kl_estimate
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.nn.policy import ActorCritic
+from proximo.rollout import NonFiniteError
 
 
 @dataclass
@@ -61,10 +62,10 @@ class Learner:
     name: ClassVar[str] = "base"
 
     def __init__(self, policy: ActorCritic, optimizer: FlatOptimizer, world=None) -> None:
-        from proximo.learners.distributed import LocalWorld  # a module of its own: torch.distributed
+        from proximo.learners.distributed import World  # a module of its own: torch.distributed
 
         self.policy, self.optimizer = policy, optimizer
-        self.world = world if world is not None else LocalWorld()
+        self.world = world if world is not None else World.local()
 
     @classmethod
     def supports(cls, policy: ActorCritic, optimizer: FlatOptimizer) -> str | None:
@@ -106,9 +107,20 @@ class Learner:
         return norm
 
 
+def k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Per-sample k3 estimate of KL(old || new) from log(pi_new / pi_old) [B] (see proximo.core.kl)."""
+    return kl_estimate(torch.zeros_like(log_ratio), log_ratio, "k3")
+
+
 def mean_k3(log_ratio: torch.Tensor) -> torch.Tensor:
-    """Mean k3 estimate of KL(old || new) from log(pi_new / pi_old) [B] (see proximo.core.kl)."""
-    return kl_estimate(torch.zeros_like(log_ratio), log_ratio, "k3").mean()
+    """Mean k3 estimate of KL(old || new) from log(pi_new / pi_old) [B]."""
+    return k3(log_ratio).mean()
+
+
+def non_finite_loss(total: float, policy: float, value: float, entropy: float) -> NonFiniteError:
+    """The error for a minibatch whose loss is NaN or infinite, naming its terms and the usual fixes."""
+    return NonFiniteError(f"the loss became {total} (policy {policy}, value {value}, entropy {entropy}); "
+                          "lower learning_rate or enable normalize_obs")
 
 
 def learner_class(name: str) -> type[Learner]:
@@ -127,15 +139,13 @@ def choose_learner(policy: ActorCritic, optimizer: FlatOptimizer, requested: str
     auto takes numpy when it supports the policy (the fastest on small CPU MLPs), else torch.
     Raises ValueError with numpy's reason when numpy is requested but declines.
     """
-    from proximo.learners.numpy_mlp import NumpyMLPLearner
-    from proximo.learners.torch import TorchLearner
-
+    numpy, torch_learner = learner_class("numpy"), learner_class("torch")
     if requested == "torch":
-        return TorchLearner(policy, optimizer, world), "torch: requested (learner=torch)"
-    declined = NumpyMLPLearner.supports(policy, optimizer)
+        return torch_learner(policy, optimizer, world), "torch: requested (learner=torch)"
+    declined = numpy.supports(policy, optimizer)
     if declined is None:
         why = "requested (learner=numpy)" if requested == "numpy" else "the hand-written backward fits this CPU MLP"
-        return NumpyMLPLearner(policy, optimizer, world), f"numpy: {why}"
+        return numpy(policy, optimizer, world), f"numpy: {why}"
     if requested == "numpy":
         raise ValueError(f"learner=numpy cannot train this policy: {declined}; use learner=torch or auto")
-    return TorchLearner(policy, optimizer, world), f"torch: autograd (numpy declined: {declined})"
+    return torch_learner(policy, optimizer, world), f"torch: autograd (numpy declined: {declined})"

@@ -16,14 +16,13 @@ import torch
 from torch import nn
 
 from proximo.core.objectives import entropy_bonus_np, policy_loss_np, value_loss_np
-from proximo.learners.base import Learner, LossSettings, Minibatch, StepResult
+from proximo.learners.base import Learner, LossSettings, Minibatch, StepResult, non_finite_loss
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.nn.distributions import (
     categorical_backward_np, categorical_np, diag_gaussian_backward_np, diag_gaussian_np,
 )
 from proximo.nn.numpy_mlp import NUMPY_ACTIVATIONS, head_backward, linear, mlp_backward, mlp_forward
 from proximo.nn.policy import ActorCritic, plain_mlp_layers
-from proximo.rollout import NonFiniteError
 
 
 @dataclass
@@ -117,8 +116,7 @@ class NumpyMLPLearner(Learner):
         ent_mean, grad_entropy = entropy_bonus_np(entropy)
         total = pg_loss + settings.vf_coef * vf_loss - settings.ent_coef * ent_mean
         if not math.isfinite(total):
-            raise NonFiniteError(f"the loss became {total} (policy {pg_loss}, value {vf_loss}, entropy "
-                                 f"{ent_mean}); lower learning_rate or enable normalize_obs")
+            raise non_finite_loss(total, pg_loss, vf_loss, ent_mean)
         grad_entropy *= -settings.ent_coef
         if self.kind == "discrete":
             grad_head = categorical_backward_np(cache, actions, grad_log_probs, grad_entropy)

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from proximo.core.objectives import entropy_bonus, policy_loss, value_loss
-from proximo.learners.base import Learner, LossSettings, Minibatch, StepResult
-from proximo.rollout import NonFiniteError
+from proximo.learners.base import Learner, LossSettings, Minibatch, StepResult, non_finite_loss
 
 
 class TorchLearner(Learner):
@@ -34,9 +33,7 @@ class TorchLearner(Learner):
         # On an accelerator this check would stall the queue every minibatch; there the trainer's
         # finite-parameter check after the update catches a non-finite loss instead.
         if loss.device.type == "cpu" and not bool(torch.isfinite(loss)):
-            policy_value, value_value, entropy_value = losses.tolist()
-            raise NonFiniteError(f"the loss became {loss.item()} (policy {policy_value}, value {value_value}, "
-                                 f"entropy {entropy_value}); lower learning_rate or enable normalize_obs")
+            raise non_finite_loss(loss.item(), *losses.tolist())
         self.optimizer.zero_grad()
         loss.backward()
         norm = self._reduce_clip_step(log_ratio, settings, kl_limit)

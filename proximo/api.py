@@ -45,18 +45,52 @@ class PPO:
         """Env steps trained so far."""
         return self._trainer.global_step if self._trainer is not None else 0
 
-    def predict(self, observation, deterministic: bool = True) -> tuple[np.ndarray, None]:
-        """Actions for one observation or a batch [B, ...]; returns (actions, None) as SB3 does."""
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True,
+                action_masks=None) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """Actions for one observation or a batch [B, ...]; returns (actions, state) as SB3 does.
+
+        A recurrent policy takes and returns its actor's state in SB3's shape, (h, c) for an LSTM and
+        (h,) for a GRU, each [rnn_layers, B, rnn_hidden] (None: zeros); episode_start [B] bool zeroes
+        it where an episode begins. A feedforward policy returns None as the state. action_masks
+        [B, mask_dim] (or [mask_dim]) bool limits the choice to legal actions; a Dict observation
+        holding an "action_mask" key supplies them itself.
+        """
         policy = self.policy
         space = policy.observation_space
         single = _is_single(observation, space)
         batch = 1 if single else _batch_size(observation)
         obs = _add_batch_axis(observation) if single else observation
+        masks = action_masks
+        if masks is None and policy.mask_key is not None:
+            masks = obs[policy.mask_key]
         with torch.inference_mode():
+            if masks is not None:
+                masks = torch.as_tensor(np.asarray(masks, dtype=bool)).reshape(batch, -1).to(policy.device)
+                if masks.shape[1] != policy.mask_dim:
+                    raise ProximoError(f"action_masks has {masks.shape[1]} entries per observation, this policy's "
+                                       f"action space needs {policy.mask_dim}")
             x = policy.prepare(obs, batch)
-            actions, _, _ = policy.act(x, deterministic=deterministic)
+            if not policy.is_recurrent:
+                actions, _, _ = policy.act(x, deterministic=deterministic, masks=masks)
+                new_state = None
+            else:
+                core = policy.pi_core
+                if state is None:
+                    flat = torch.zeros(batch, core.state_size, device=policy.device)
+                else:
+                    parts = tuple(torch.as_tensor(np.asarray(part), dtype=torch.float32).to(policy.device)
+                                  for part in state)
+                    expected = (core.layers, batch, core.hidden)
+                    if len(parts) != core.parts or any(tuple(part.shape) != expected for part in parts):
+                        raise ProximoError(f"state must be {core.parts} array(s) of shape {expected} for this "
+                                           f"{core.kind.upper()} policy, got {[tuple(p.shape) for p in parts]}")
+                    flat = core.pack(parts)
+                starts = torch.zeros(batch, dtype=torch.bool) if episode_start is None else \
+                    torch.as_tensor(np.asarray(episode_start, dtype=bool)).reshape(batch)
+                actions, flat = policy.actor_step(x, flat, starts.to(policy.device), masks, deterministic)
+                new_state = tuple(part.cpu().numpy() for part in core.unpack(flat))
         env_actions = policy.to_env_actions(actions)
-        return (env_actions[0] if single else env_actions), None
+        return (env_actions[0] if single else env_actions), new_state
 
     def save(self, directory: str | Path) -> None:
         """Save the policy (weights, normalization statistics, spaces, config) to a folder."""

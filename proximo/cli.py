@@ -70,6 +70,10 @@ def _parser_for(hint: Any):
     return typed
 
 
+# Extra spellings of config flags: `--policy lstm` reads as the policy's kind, which is what it sets.
+FLAG_ALIASES = {"recurrent": ("--policy",)}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One --dashed-flag per PPOConfig field (default: unset, so presets apply)."""
     group = parser.add_argument_group("config fields (override the preset)")
@@ -78,7 +82,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
         if field.name in skip:
             continue
         hint = field_types()[field.name]
-        group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}",
+        flags = [f"--{field.name.replace('_', '-')}", *FLAG_ALIASES.get(field.name, ())]
+        group.add_argument(*flags, dest=f"cfg_{field.name}",
                            type=_parser_for(hint), default=None, metavar="V",
                            help=f"default {getattr(defaults, field.name)}")
 
@@ -278,8 +283,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policy, meta = load_policy(args.run_dir, checkpoint=args.checkpoint)
     if not meta.get("env_id"):
         raise ProximoError(f"{args.run_dir} was trained on an env factory; evaluate it from Python")
+    masking = meta.get("config", {}).get("action_masking", "auto")
     returns, lengths = evaluate_policy(policy, meta["env_id"], args.episodes, seed=args.seed,
-                                       deterministic=not args.stochastic, env_kwargs=meta.get("env_kwargs"))
+                                       deterministic=not args.stochastic, env_kwargs=meta.get("env_kwargs"),
+                                       action_masking=masking)
     print(f"{meta['env_id']}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes "
           f"(length {np.mean(lengths):.0f}, {'stochastic' if args.stochastic else 'deterministic'})")
     if args.video is not None:
@@ -287,7 +294,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         for path, episode_return in record_episodes(policy, meta["env_id"], args.video, args.video_episodes,
                                                     seed=args.seed, deterministic=not args.stochastic,
-                                                    env_kwargs=meta.get("env_kwargs")):
+                                                    env_kwargs=meta.get("env_kwargs"), action_masking=masking):
             print(f"video: {path} (return {episode_return:.1f})")
     return 0
 

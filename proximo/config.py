@@ -11,6 +11,8 @@ from typing import Any
 
 from proximo.core.objectives import OBJECTIVES
 from proximo.core.schedules import SCHEDULES
+from proximo.envs.masks import MASKING_MODES
+from proximo.nn.recurrent import RECURRENT_KINDS
 from proximo.diagnostics import DIAG_DEFAULTS as _DIAG, DiagnosticsConfig
 from proximo.errors import ConfigError
 
@@ -65,6 +67,12 @@ class PPOConfig:
     shared_network: bool = False           # one trunk for actor and critic
     ortho_init: bool = True
     log_std_init: float = 0.0
+    # memory (proximo/nn/recurrent.py) and legal actions (proximo/envs/masks.py)
+    recurrent: str = "none"                # none | lstm | gru (CLI: also --policy lstm|gru)
+    rnn_hidden: int = 128                  # units of the recurrent core
+    rnn_layers: int = 1
+    bptt_len: int = 0                      # steps per trained sequence; 0: the whole n_steps
+    action_masking: str = "auto"           # auto: use the env's masks if it has any | on: require | off
     # machinery
     env_backend: str = "sync"              # sync | async (gymnasium vector envs)
     device: str = "auto"                   # auto | cpu | cuda | cuda:N | mps (auto: a GPU only where it pays)
@@ -101,6 +109,13 @@ class PPOConfig:
         """Samples per rollout: num_envs x n_steps."""
         return self.num_envs * self.n_steps
 
+    @property
+    def sequence_length(self) -> int:
+        """Steps per sequence the update trains a recurrent policy on (bptt_len, or n_steps); 1 without memory."""
+        if self.recurrent == "none":
+            return 1
+        return self.bptt_len or self.n_steps
+
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
         check_field_types(self)
@@ -129,6 +144,24 @@ class PPOConfig:
         if self.objective == "adaptive_kl" and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be positive for adaptive_kl, got {self.kl_target}")
         _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("recurrent", self.recurrent, RECURRENT_KINDS)
+        _check_choice("action_masking", self.action_masking, MASKING_MODES)
+        for name in ("rnn_hidden", "rnn_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.bptt_len < 0:
+            raise ConfigError(f"bptt_len must be 0 (whole rollouts) or positive, got {self.bptt_len}")
+        if self.recurrent != "none":
+            length = self.sequence_length
+            if self.n_steps % length:
+                divisors = [d for d in range(1, self.n_steps + 1) if self.n_steps % d == 0]
+                raise ConfigError(f"bptt_len {length} does not divide n_steps {self.n_steps}; pick a divisor of "
+                                  f"n_steps ({', '.join(map(str, divisors[-6:]))}, ...)")
+            if self.batch_size % length and self.batch_size < self.rollout_size:
+                raise ConfigError(
+                    f"batch_size {self.batch_size} is not a whole number of {length}-step sequences (a recurrent "
+                    f"policy trains on whole sequences); set batch_size to a multiple of {length}, or bptt_len "
+                    f"to a divisor of both {self.batch_size} and n_steps {self.n_steps}")
         for name in ("lr_schedule", "clip_schedule", "ent_schedule"):
             _check_choice(name, getattr(self, name), SCHEDULES)
         _check_choice("activation", self.activation, ACTIVATIONS)

@@ -6,7 +6,7 @@ normalization, the target_kl stop and the statistics. How one minibatch becomes 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
@@ -52,8 +52,8 @@ def ppo_update(learner: Learner, buffer: RolloutBuffer, settings: UpdateSettings
     used by adaptive KL) and early_stopped.
     """
     world = learner.world
-    columns = Minibatch(buffer.obs.flatten(0, 1), buffer.actions.flatten(0, 1), buffer.log_probs.flatten(),
-                        buffer.values.flatten(), buffer.advantages.flatten(), buffer.returns.flatten())
+    columns = _columns(buffer)
+    sequence_length = buffer.sequence_length
     total = columns.returns.shape[0]
     batch = settings.batch_size // world.size
     kl_limit = None if settings.target_kl is None else 1.5 * settings.target_kl
@@ -66,8 +66,7 @@ def ppo_update(learner: Learner, buffer: RolloutBuffer, settings: UpdateSettings
         advantages = columns.advantages
         if settings.normalize_advantage:
             advantages = normalize(advantages, all_reduce=reduce)
-        whole = [Minibatch(columns.obs, columns.actions, columns.old_log_probs, columns.old_values, advantages,
-                           columns.returns)]
+        whole = [replace(columns, advantages=advantages)]
     learner.begin_update()
     # Statistics stay tensors until the end: one host read per update, not several per minibatch.
     losses, grad_norms = [], []
@@ -75,7 +74,8 @@ def ppo_update(learner: Learner, buffer: RolloutBuffer, settings: UpdateSettings
     stop = False
     for epoch in range(settings.n_epochs):
         log_ratios: list[torch.Tensor] = []
-        minibatches = whole or _shuffled_minibatches(columns, batch, settings.normalize_advantage, shuffle, reduce)
+        minibatches = whole or _shuffled_minibatches(columns, batch, sequence_length, settings.normalize_advantage,
+                                                     shuffle, reduce)
         for minibatch in minibatches:
             try:
                 result = learner.step(minibatch, settings, kl_limit)
@@ -94,26 +94,56 @@ def ppo_update(learner: Learner, buffer: RolloutBuffer, settings: UpdateSettings
     return _statistics(buffer, settings, losses, grad_norms, epoch_log_ratios, stop)
 
 
-def _shuffled_minibatches(columns: Minibatch, batch: int, normalize_advantage: bool, shuffle,
-                          reduce) -> Iterator[Minibatch]:
+def _columns(buffer: RolloutBuffer) -> Minibatch:
+    """The rollout as per-sample columns [T * N, ...]. A recurrent rollout is laid out env by env, so
+    its L-step sequences lie one after another: sequence s = n * (T / L) + c is env n's chunk c, and
+    rnn_states row s is the state at its first step."""
+    recurrent = buffer.rnn_states is not None
+
+    def flat(column: torch.Tensor | None) -> torch.Tensor | None:
+        if column is None:
+            return None
+        return column.transpose(0, 1).flatten(0, 1) if recurrent else column.flatten(0, 1)
+    return Minibatch(flat(buffer.obs), flat(buffer.actions), flat(buffer.log_probs), flat(buffer.values),
+                     flat(buffer.advantages), flat(buffer.returns), flat(buffer.action_masks),
+                     flat(buffer.episode_starts), flat(buffer.rnn_states))
+
+
+def _shuffled_minibatches(columns: Minibatch, batch: int, sequence_length: int, normalize_advantage: bool,
+                          shuffle, reduce) -> Iterator[Minibatch]:
     """One epoch's minibatches of `batch` samples (this rank's share of each), advantages normalized
-    per global minibatch when asked (reduce: the all-reduce that makes the moments global, or None)."""
+    per global minibatch when asked (reduce: the all-reduce that makes the moments global, or None).
+
+    With sequence_length L > 1 the shuffle permutes whole L-step sequences, never steps within one:
+    a minibatch is batch / L sequences, each in time order.
+    """
     total = columns.returns.shape[0]
-    fields = (columns.obs, columns.actions, columns.old_log_probs, columns.old_values, columns.advantages,
-              columns.returns)
+    device = columns.returns.device
+    if sequence_length == 1:
+        sequence_order = None
+        order = shuffle(total).to(device)
+    else:
+        sequence_order = shuffle(total // sequence_length).to(device)
+        order = (sequence_order[:, None] * sequence_length
+                 + torch.arange(sequence_length, device=device)).flatten()
     # Gather once per epoch, then take contiguous slices: the same minibatches as indexing each with
-    # its slice of the permutation, for 6 gathers per epoch instead of 6 per minibatch.
-    order = shuffle(total).to(columns.returns.device)
-    shuffled = [column[order] for column in fields]
+    # its slice of the permutation, for one gather per column per epoch instead of one per minibatch.
+    shuffled = {name: getattr(columns, name)[order] for name in Minibatch.PER_SAMPLE
+                if getattr(columns, name) is not None}
+    states = columns.rnn_states[sequence_order] if columns.rnn_states is not None else None
     if normalize_advantage:
+        advantages = shuffled["advantages"]
         if total % batch == 0:
             # Every minibatch normalized on its own, in one batched call.
             n_batches = total // batch
-            shuffled[4] = normalize(shuffled[4].view(n_batches, batch), dim=1, all_reduce=reduce).view(-1)
+            shuffled["advantages"] = normalize(advantages.view(n_batches, batch), dim=1, all_reduce=reduce).view(-1)
         else:
-            shuffled[4] = torch.cat([normalize(chunk, all_reduce=reduce) for chunk in shuffled[4].split(batch)])
+            shuffled["advantages"] = torch.cat([normalize(chunk, all_reduce=reduce) for chunk in advantages.split(batch)])
     for start in range(0, total, batch):
-        yield Minibatch(*(column[start:start + batch] for column in shuffled))
+        rows = {name: column[start:start + batch] for name, column in shuffled.items()}
+        if states is not None:
+            rows["rnn_states"] = states[start // sequence_length:(start + batch) // sequence_length]
+        yield Minibatch(**rows)
 
 
 def _statistics(buffer: RolloutBuffer, settings: UpdateSettings, losses: list, grad_norms: list,

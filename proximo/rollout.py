@@ -11,6 +11,7 @@ from torch import nn
 
 from proximo.core.advantages import gae
 from proximo.envs.guard import FAULT_KEY, EnvFaultError
+from proximo.envs.masks import ActionMaskSource
 from proximo.errors import ProximoError
 from proximo.learners.distributed import World
 from proximo.nn.normalize import RunningMeanStd
@@ -31,21 +32,36 @@ class RolloutBuffer:
     next_values: torch.Tensor   # [T, N] V of the observation after step t (final obs at truncation)
     advantages: torch.Tensor    # [T, N]
     returns: torch.Tensor       # [T, N] advantages + values: the value target
+    action_masks: torch.Tensor | None = None    # [T, N, mask_dim] bool: the legal actions at step t
+    episode_starts: torch.Tensor | None = None  # [T, N] bool: obs t begins an episode (recurrent state zeroed)
+    rnn_states: torch.Tensor | None = None      # [T / L, N, state_size]: the state at each L-step sequence's start
 
     @classmethod
-    def allocate(cls, n_steps: int, num_envs: int, policy: ActorCritic) -> "RolloutBuffer":
-        """Zeroed tensors shaped for the policy's observation and action spaces, on its device."""
+    def allocate(cls, n_steps: int, num_envs: int, policy: ActorCritic, masked: bool = False,
+                 sequence_length: int = 1) -> "RolloutBuffer":
+        """Zeroed tensors shaped for the policy's observation and action spaces, on its device; masks when
+        masked, and for a recurrent policy episode starts and a state per sequence_length-step sequence."""
         t_n = (n_steps, num_envs)
         head = policy.action_head
         device = policy.device
         floats = lambda: torch.zeros(t_n, dtype=torch.float32, device=device)  # noqa: E731
+        bools = lambda: torch.zeros(t_n, dtype=torch.bool, device=device)  # noqa: E731
+        recurrent = policy.is_recurrent
         return cls(
             obs=torch.zeros(t_n + policy.obs_shape, dtype=policy.obs_dtype, device=device),
             actions=torch.zeros(t_n + head.action_shape(), dtype=head.action_dtype(), device=device),
             log_probs=floats(), values=floats(), rewards=floats(),
-            terminated=torch.zeros(t_n, dtype=torch.bool, device=device),
-            truncated=torch.zeros(t_n, dtype=torch.bool, device=device),
-            next_values=floats(), advantages=floats(), returns=floats())
+            terminated=bools(), truncated=bools(),
+            next_values=floats(), advantages=floats(), returns=floats(),
+            action_masks=torch.zeros(t_n + (policy.mask_dim,), dtype=torch.bool, device=device) if masked else None,
+            episode_starts=bools() if recurrent else None,
+            rnn_states=torch.zeros(n_steps // sequence_length, num_envs, policy.state_size, device=device)
+            if recurrent else None)
+
+    @property
+    def sequence_length(self) -> int:
+        """Steps per stored sequence (1 for a feedforward policy's rollout)."""
+        return 1 if self.rnn_states is None else self.obs.shape[0] // self.rnn_states.shape[0]
 
     def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
         """Fill advantages and returns by GAE (on the CPU: a backward recursion is T tiny steps, which an
@@ -140,13 +156,20 @@ class RolloutCollector:
 
     def __init__(self, envs, policy: ActorCritic, n_steps: int, gamma: float,
                  normalize_obs: bool, reward_scaler: RewardScaler | None, seed: int,
-                 world: World | None = None) -> None:
+                 world: World | None = None, mask_source: ActionMaskSource | None = None,
+                 sequence_length: int = 1) -> None:
         self.envs, self.policy = envs, policy
         self.num_envs = envs.num_envs
         self.n_steps = n_steps
         self.gamma = gamma
         self.reward_scaler = reward_scaler
-        self.buffer = RolloutBuffer.allocate(n_steps, self.num_envs, policy)
+        self.mask_source = mask_source
+        self.sequence_length = sequence_length
+        self.buffer = RolloutBuffer.allocate(n_steps, self.num_envs, policy, mask_source is not None,
+                                             sequence_length)
+        self.next_masks: np.ndarray | None = None       # [N, mask_dim] legal actions at next_obs
+        self.rnn_state: torch.Tensor | None = None      # [N, state_size] after the last step taken
+        self.episode_starts: np.ndarray | None = None   # [N] bool: next_obs begins an episode
         self.episodes = EpisodeTracker(self.num_envs)
         self.env_faults = 0  # steps that raised inside an env, over the whole run (restored on resume)
         self.max_env_restarts = MAX_ENV_RESTARTS
@@ -157,8 +180,14 @@ class RolloutCollector:
 
     def reset(self, seed: int) -> None:
         """Reset the envs with seed (sub-env i gets seed + i) and forget the episodes in progress."""
-        obs, _ = self.envs.reset(seed=seed)
+        obs, infos = self.envs.reset(seed=seed)
         self.next_obs = self.policy.encode(obs, self.num_envs)
+        if self.mask_source is not None:
+            self.next_masks = self.mask_source.vector(self.envs, obs, infos)
+            self.mask_source.check(self.next_masks, "after reset")
+        if self.policy.is_recurrent:
+            self.rnn_state = self.policy.initial_state(self.num_envs)
+            self.episode_starts = np.ones(self.num_envs, dtype=bool)
         self.pending_obs_moments = None
         self.episodes.discard(np.ones(self.num_envs, dtype=bool))
         if self.reward_scaler is not None:
@@ -176,6 +205,12 @@ class RolloutCollector:
         # Speed: a fused NumPy actor-critic for this rollout with its noise drawn up front (CPU MLPs);
         # other policies act through torch.
         actor = RolloutActor(policy) if RolloutActor.supports(policy) else None
+        masked, recurrent = self.mask_source is not None, policy.is_recurrent
+        if masked:
+            masks_out = buf.action_masks.numpy() if device.type == "cpu" else buf.action_masks
+        if recurrent:
+            starts_out = buf.episode_starts.numpy() if device.type == "cpu" else buf.episode_starts
+            state = self.rnn_state
         if actor is not None:
             actor.draw(self.n_steps, n)
         if device.type == "cpu":
@@ -196,12 +231,24 @@ class RolloutCollector:
             for t in range(self.n_steps):
                 if self.obs_rms is not None:
                     self.obs_rms.update_from_moments(self.pending_obs_moments)
+                masks = self.next_masks
+                if masked:
+                    masks_out[t] = torch.from_numpy(masks) if device.type != "cpu" else masks
                 if actor is not None:
                     x = policy.normalize(self.next_obs.numpy())
-                    actions, log_probs, values = actor(x, t)
+                    actions, log_probs, values = actor(x, t, masks)
+                elif recurrent:
+                    x = policy.prepare_encoded(self.next_obs)
+                    if t % self.sequence_length == 0:
+                        buf.rnn_states[t // self.sequence_length] = state
+                    starts = torch.from_numpy(self.episode_starts)
+                    starts_out[t] = starts if device.type != "cpu" else self.episode_starts
+                    actions, log_probs, values, state = policy.step(
+                        x, state, starts.to(device), None if masks is None else torch.from_numpy(masks).to(device))
                 else:
                     x = policy.prepare_encoded(self.next_obs)
-                    actions, log_probs, values = policy.act(x)
+                    actions, log_probs, values = policy.act(
+                        x, masks=None if masks is None else torch.from_numpy(masks).to(device))
                 obs, rewards, terminated, truncated, infos = self.envs.step(policy.to_env_actions(actions))
                 rewards = np.asarray(rewards, dtype=np.float64)
                 if not np.isfinite(rewards).all():
@@ -229,7 +276,15 @@ class RolloutCollector:
                     envs_idx = np.flatnonzero(bootstrap)
                     final = infos["final_obs"]
                     final_x = policy.prepare(_stack_obs([final[i] for i in envs_idx]), len(envs_idx))
-                    truncation_fixes.append((t, envs_idx, policy.value(final_x)))
+                    # A recurrent critic reads the final observation from the state the step left.
+                    final_values = (policy.value(final_x, state[torch.from_numpy(envs_idx).to(device)])
+                                    if recurrent else policy.value(final_x))
+                    truncation_fixes.append((t, envs_idx, final_values))
+                if recurrent:
+                    self.episode_starts = dones.copy()
+                if masked:
+                    self.next_masks = self.mask_source.vector(self.envs, obs, infos)
+                    self.mask_source.check(self.next_masks, f"at rollout step {t}")
                 next_obs_np = policy.encode_np(obs, n)
                 self.next_obs = torch.from_numpy(next_obs_np)
                 if next_obs_np.dtype.kind == "f" and not np.isfinite(next_obs_np).all():
@@ -244,7 +299,12 @@ class RolloutCollector:
                 elif self.obs_rms is not None:
                     self.pending_obs_moments = self._shared_moments(next_obs_np, None)[0]
                 rewards_host[t] = rewards
-            last_values = policy.value(policy.prepare_encoded(self.next_obs))
+            if recurrent:
+                self.rnn_state = state
+                last_values = policy.value(policy.prepare_encoded(self.next_obs), state,
+                                           torch.from_numpy(self.episode_starts).to(device))
+            else:
+                last_values = policy.value(policy.prepare_encoded(self.next_obs))
         if device.type != "cpu":
             buf.rewards.copy_(torch.from_numpy(rewards_host))
             buf.terminated.copy_(torch.from_numpy(terminated_host))

@@ -31,6 +31,7 @@ from proximo.diagnostics import HealthMonitor
 from proximo.envs.check import require_env_ok
 from proximo.envs.guard import EnvFaultError, GuardedMaker
 from proximo.envs.make import EnvLike, make_vector_env
+from proximo.envs.masks import ActionMaskSource, mask_key_of
 from proximo.envs.snapshot import (
     decode_value, encode_value, restore_vector_env, snapshot_vector_env, vector_env_obstacle,
 )
@@ -99,7 +100,9 @@ def build_policy(observation_space, action_space, config: PPOConfig) -> ActorCri
     return ActorCritic(observation_space, action_space, net_arch=config.net_arch,
                        activation=config.activation, shared_network=config.shared_network,
                        ortho_init=config.ortho_init, log_std_init=config.log_std_init,
-                       normalize_obs=config.normalize_obs, clip_obs=config.clip_obs)
+                       normalize_obs=config.normalize_obs, clip_obs=config.clip_obs,
+                       recurrent=config.recurrent, rnn_hidden=config.rnn_hidden, rnn_layers=config.rnn_layers,
+                       mask_key=mask_key_of(observation_space, config.action_masking))
 
 
 def make_adam(policy: ActorCritic, config: PPOConfig) -> FlatOptimizer:
@@ -263,12 +266,20 @@ class Trainer:
         self.env, self.config, self.env_kwargs = env, config, dict(env_kwargs or {})
         self.world = world = world if world is not None else World.local()
         check_divides(config.batch_size, world.size)
+        length = config.sequence_length
+        if length > 1 and config.batch_size < config.rollout_size * world.size \
+                and (config.batch_size // world.size) % length:
+            raise ConfigError(f"batch_size {config.batch_size} over {world.size} processes is "
+                              f"{config.batch_size // world.size} steps per process, not a whole number of "
+                              f"{length}-step sequences; make batch_size a multiple of {length * world.size}")
         self.verbose = verbose and world.is_main
         require_env_ok(env, self.env_kwargs)  # a few random steps: stop on a broken env before training
         seed_everything(rank_seed(config.seed, world.rank))
         set_threads(pick_threads(config))
         # EnvGuard restarts a sub-env whose step() raises; the collector bounds how often.
         self.envs = make_vector_env(GuardedMaker(env, self.env_kwargs), config.num_envs, config.env_backend)
+        self.mask_source = find_action_masks(env, self.env_kwargs, config.action_masking,
+                                             self.envs.single_action_space)
         self.policy = build_policy(self.envs.single_observation_space, self.envs.single_action_space, config)
         self.device_choice = place_policy(self.policy, config)
         self.optimizer = make_adam(self.policy, config)
@@ -283,7 +294,8 @@ class Trainer:
                               if config.normalize_reward else None)
         self.collector = RolloutCollector(self.envs, self.policy, config.n_steps, config.gamma,
                                           config.normalize_obs, self.reward_scaler,
-                                          rank_seed(config.seed, world.rank), world)
+                                          rank_seed(config.seed, world.rank), world, self.mask_source,
+                                          config.sequence_length)
         self.lr_schedule = Schedule(config.lr_schedule, config.learning_rate)
         self.clip_schedule = Schedule(config.clip_schedule, config.clip_range)
         self.ent_schedule = Schedule(config.ent_schedule, config.ent_coef)
@@ -398,8 +410,11 @@ class Trainer:
         return self._finish(start_step)
 
     def resolved(self) -> dict[str, str]:
-        """What `auto` settings became in this run, and why: the device and the gradient backend."""
-        return {"device": self.device_choice, "learner": self.learner_choice}
+        """What `auto` settings became in this run, and why: the device, the gradient backend and where the
+        action masks come from."""
+        source = self.mask_source
+        masks = f"from the env's {source.source} ({source.width} actions)" if source is not None else "none"
+        return {"device": self.device_choice, "learner": self.learner_choice, "action_masks": masks}
 
     def _sync_after_update(self) -> tuple[int | None, dict[str, float]]:
         """One small all-reduce per update: whether any rank was asked to stop, the episode statistics,
@@ -471,7 +486,8 @@ class Trainer:
         if not world.is_main:
             return summary  # rank 0 evaluates and reports; nothing collective follows, so no one waits
         eval_returns, eval_lengths = evaluate_policy(self.policy, self.env, config.eval_episodes,
-                                                     seed=config.seed + 10_000, env_kwargs=self.env_kwargs)
+                                                     seed=config.seed + 10_000, env_kwargs=self.env_kwargs,
+                                                     action_masking=config.action_masking)
         episodes = self.collector.episodes
         summary.update({
             "eval_return_mean": float(np.mean(eval_returns)), "eval_return_std": float(np.std(eval_returns)),
@@ -535,6 +551,11 @@ class Trainer:
         tensors = {"rng.torch": torch.get_rng_state(), "next_obs": collector.next_obs}
         if self.reward_scaler is not None:
             tensors["running_return"] = self.reward_scaler.running_return
+        if collector.next_masks is not None:
+            tensors["next_masks"] = torch.from_numpy(collector.next_masks)
+        if collector.rnn_state is not None:
+            tensors["rnn_state"] = collector.rnn_state
+            tensors["episode_starts"] = torch.from_numpy(collector.episode_starts)
         meta = {
             "episodes": {"returns": list(episodes.returns), "lengths": list(episodes.lengths),
                          "finished": episodes.finished,
@@ -714,6 +735,16 @@ class Trainer:
                                   f"{collector.next_obs.dtype}")
         collector.next_obs = next_obs.clone()
         collector.pending_obs_moments = None  # recomputed from next_obs, as the uninterrupted run had them
+        for name in ("next_masks", "episode_starts", "rnn_state"):
+            mine = getattr(collector, name)
+            if mine is None:
+                continue
+            if name not in tensors or tuple(tensors[name].shape) != tuple(mine.shape):
+                raise CheckpointError(f"{folder / STATE_TENSORS}: the saved {name} is missing or has another "
+                                      f"shape; this run needs {tuple(mine.shape)} (resume with the run's settings)")
+            value = tensors[name]
+            setattr(collector, name, value.to(mine.device).clone() if isinstance(mine, torch.Tensor)
+                    else value.numpy().astype(mine.dtype).copy())
         episodes.current_return[:] = np.asarray(saved["current_return"], dtype=np.float64)
         episodes.current_length[:] = np.asarray(saved["current_length"], dtype=np.int64)
         if self.reward_scaler is not None:
@@ -723,6 +754,26 @@ class Trainer:
         """warnings.warn on rank 0 alone: every rank meets the same condition, the user needs one line."""
         if self.world.is_main:
             warnings.warn(message, category, stacklevel=3)
+
+
+def find_action_masks(env: EnvLike, env_kwargs: dict, mode: str, action_space) -> ActionMaskSource | None:
+    """Where this env's action masks come from (probing one env), or None; errors when mode=on finds none."""
+    if mode == "off":
+        return None
+    from gymnasium import spaces
+
+    if not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+        if mode == "on":
+            raise ConfigError(f"action_masking=on, but the action space is {action_space}; masking applies to "
+                              "Discrete and MultiDiscrete actions: set action_masking=auto or off")
+        return None
+    from proximo.envs.make import make_single_env
+
+    probe = make_single_env(env, **env_kwargs)
+    try:
+        return ActionMaskSource.detect(probe, mode, env_name(env) or "the env")
+    finally:
+        probe.close()
 
 
 def _rank_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]

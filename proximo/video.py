@@ -8,13 +8,13 @@ import numpy as np
 
 from proximo.envs.make import EnvLike, make_single_env
 from proximo.errors import ProximoError
-from proximo.evaluate import act_once
+from proximo.evaluate import EpisodeActor
 from proximo.nn.policy import ActorCritic
 
 
 def record_episodes(policy: ActorCritic, env: EnvLike, out_dir: Path, episodes: int = 1, seed: int = 0,
-                    deterministic: bool = True, env_kwargs: dict | None = None, fps: int | None = None
-                    ) -> list[tuple[Path, float]]:
+                    deterministic: bool = True, env_kwargs: dict | None = None, fps: int | None = None,
+                    action_masking: str = "auto") -> list[tuple[Path, float]]:
     """Play `episodes` episodes with rgb_array rendering and write out_dir/episode-NNN.mp4; returns (path, return)."""
     # MuJoCo renders headless through EGL on these machines; osmesa and glfw do not work without a display.
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -31,14 +31,16 @@ def record_episodes(policy: ActorCritic, env: EnvLike, out_dir: Path, episodes: 
     rate = fps or int(single.metadata.get("render_fps", 30))
     written = []
     try:
+        actor = EpisodeActor(policy, single, action_masking, deterministic)
         for episode in range(episodes):
-            obs, _ = single.reset(seed=seed + episode)
+            obs, info = single.reset(seed=seed + episode)
+            actor.begin_episode()
             path = out_dir / f"episode-{episode:03d}.mp4"
             total, done = 0.0, False
             with imageio.get_writer(path, fps=rate, macro_block_size=1) as writer:
                 writer.append_data(_frame(single))
                 while not done:
-                    obs, reward, terminated, truncated, _ = single.step(act_once(policy, obs, deterministic))
+                    obs, reward, terminated, truncated, info = single.step(actor(obs, info))
                     total += float(reward)
                     done = terminated or truncated
                     writer.append_data(_frame(single))

@@ -30,6 +30,8 @@ class EnvSpec:
 
 
 def _register_optional_families(env_id: str) -> None:
+    if env_id.startswith("proximo/"):
+        import proximo.envs.tasks  # noqa: F401  (registers the built-in tasks)
     if env_id.startswith("ALE/"):
         try:
             import ale_py

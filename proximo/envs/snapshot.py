@@ -29,6 +29,7 @@ CLASSIC_FIELDS: dict[str, tuple[str, ...]] = {
     "MountainCarEnv": ("state",),
     "Continuous_MountainCarEnv": ("state",),
     "AcrobotEnv": ("state",),
+    "TicTacToe": ("board",),  # proximo's own task (proximo/envs/tasks.py)
 }
 
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")

@@ -23,7 +23,8 @@ from proximo.rollout import NonFiniteError
 
 @dataclass
 class Minibatch:
-    """One (rank's share of a) minibatch, every tensor [B, ...] on the learner's device."""
+    """One (rank's share of a) minibatch, every tensor [B, ...] on the learner's device (rnn_states: one
+    row per sequence); the optional fields are None where the run has no masks or no memory."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -31,6 +32,12 @@ class Minibatch:
     old_values: torch.Tensor
     advantages: torch.Tensor   # already normalized when the run normalizes advantages
     returns: torch.Tensor
+    action_masks: torch.Tensor | None = None    # [B, mask_dim] bool, for a masked run
+    episode_starts: torch.Tensor | None = None  # [B] bool, for a recurrent policy (B / L sequences of L steps)
+    rnn_states: torch.Tensor | None = None      # [B / L, state_size]: each sequence's starting state
+
+    PER_SAMPLE = ("obs", "actions", "old_log_probs", "old_values", "advantages", "returns", "action_masks",
+                  "episode_starts")
 
 
 @dataclass

@@ -51,8 +51,9 @@ class NumpyMLPLearner(Learner):
 
     @classmethod
     def supports(cls, policy: ActorCritic, optimizer: FlatOptimizer) -> str | None:
-        """None for flat observations, separate tanh/relu Linear stacks for actor and critic, Discrete
-        or Box actions and a float32 flat buffer on the CPU; else the reason it declines."""
+        """None for flat observations, no recurrent core, separate tanh/relu Linear stacks for actor and
+        critic, Discrete (masked or not) or Box actions and a float32 flat buffer on the CPU; else the
+        reason it declines."""
         flat = optimizer.flat
         if flat is None:
             return "the parameters do not share one flat buffer"
@@ -62,6 +63,8 @@ class NumpyMLPLearner(Learner):
             return f"the parameters are {flat.dtype}, not float32"
         if policy.image:
             return "image observations need the CNN torso"
+        if policy.is_recurrent:
+            return "a recurrent core (its backward through time is autograd's)"
         if policy.shared_network:
             return "the actor and critic share a trunk"
         if policy.action_head.kind not in ("discrete", "box"):
@@ -102,7 +105,8 @@ class NumpyMLPLearner(Learner):
         values = vf_hidden[-1] @ self.value_head.weights[0][0]
         values += self.value_head.biases[0][0]
         if self.kind == "discrete":
-            log_probs, entropy, cache = categorical_np(head, actions)
+            masks = None if minibatch.action_masks is None else minibatch.action_masks.numpy()
+            log_probs, entropy, cache = categorical_np(head, actions, masks)
         else:
             log_probs, entropy, cache = diag_gaussian_np(head, self.log_std, actions)
         log_ratio = torch.from_numpy((log_probs - old_log_probs).astype(np.float32, copy=False))

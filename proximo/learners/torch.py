@@ -15,7 +15,8 @@ class TorchLearner(Learner):
     def step(self, minibatch: Minibatch, settings: LossSettings, kl_limit: float | None = None) -> StepResult:
         """Loss, autograd backward, all-reduce, clipping and optimizer step on one minibatch."""
         mb = minibatch
-        log_probs, entropy, values = self.policy.evaluate(mb.obs, mb.actions)
+        log_probs, entropy, values = self.policy.evaluate(mb.obs, mb.actions, mb.action_masks, mb.rnn_states,
+                                                          mb.episode_starts)
         log_ratio = log_probs.detach() - mb.old_log_probs
         if self._kl_exceeded_before_backward(log_ratio, kl_limit):
             return StepResult(False, log_ratio)

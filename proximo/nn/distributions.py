@@ -19,11 +19,25 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-class CategoricalDist:
-    """Categorical over n actions from logits [B, n]; actions are int64 [B]."""
+# The logit an illegal action gets: exp() of it underflows to exactly 0 in float32 and float64, so an
+# illegal action is never sampled and adds exactly 0 to the entropy, while every term stays finite
+# (-inf would make 0 * log 0 a NaN, in the entropy and in its gradient).
+MASKED_LOGIT = -1e8
 
-    def __init__(self, logits: torch.Tensor) -> None:
-        self.log_probs = torch.log_softmax(logits, dim=-1)
+
+def mask_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """logits [B, n] with the illegal entries (mask [B, n] False) set to MASKED_LOGIT; their gradient is 0."""
+    return logits if mask is None else logits.masked_fill(~mask, MASKED_LOGIT)
+
+
+class CategoricalDist:
+    """Categorical over n actions from logits [B, n]; actions are int64 [B].
+
+    With mask [B, n] (True = legal) it is the masked distribution: illegal actions have probability 0.
+    """
+
+    def __init__(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        self.log_probs = torch.log_softmax(mask_logits(logits, mask), dim=-1)
 
     def sample(self) -> torch.Tensor:
         return torch.multinomial(self.log_probs.exp(), 1).squeeze(-1)
@@ -72,8 +86,15 @@ class DiagGaussianDist:
 
 # NumPy twins of the two distributions above, with their backward passes, for the NumPy learner
 # (proximo/learners/numpy_mlp.py); tests/test_learners.py checks them against autograd of the torch ones.
-def categorical_np(logits: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """CategoricalDist in NumPy: (log_prob(actions) [B], entropy [B], cache for the backward)."""
+def categorical_np(logits: np.ndarray, actions: np.ndarray, mask: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """CategoricalDist in NumPy: (log_prob(actions) [B], entropy [B], cache for the backward).
+
+    With mask [B, n] the illegal logits are replaced by MASKED_LOGIT, as mask_logits does; the
+    backward's gradient there is then exactly 0 (their probability is 0 and no action is illegal).
+    """
+    if mask is not None:
+        logits = np.where(mask, logits, np.asarray(MASKED_LOGIT, dtype=logits.dtype))
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp_shifted = np.exp(shifted)
     sum_exp = exp_shifted.sum(axis=1, keepdims=True)
@@ -124,8 +145,10 @@ def diag_gaussian_backward_np(cache: tuple, log_std: np.ndarray, grad_log_probs:
 class MultiCategoricalDist:
     """Independent categoricals, one per MultiDiscrete dimension; actions int64 [B, k]."""
 
-    def __init__(self, logits: torch.Tensor, nvec: list[int]) -> None:
-        self.parts = [CategoricalDist(chunk) for chunk in torch.split(logits, nvec, dim=-1)]
+    def __init__(self, logits: torch.Tensor, nvec: list[int], mask: torch.Tensor | None = None) -> None:
+        masks = [None] * len(nvec) if mask is None else torch.split(mask, nvec, dim=-1)
+        self.parts = [CategoricalDist(chunk, part_mask)
+                      for chunk, part_mask in zip(torch.split(logits, nvec, dim=-1), masks)]
 
     def sample(self) -> torch.Tensor:
         return torch.stack([p.sample() for p in self.parts], dim=-1)
@@ -192,16 +215,27 @@ class ActionHead(nn.Module):
                 "MultiDiscrete and MultiBinary actions (wrap the env to use one of them)")
         self.linear = nn.Linear(features, out)
 
-    def forward(self, features: torch.Tensor):
-        """The action distribution for features [B, F]."""
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None):
+        """The action distribution for features [B, F]; mask [B, mask_dim()] bool restricts it to legal actions."""
         out = F.linear(features, self.linear.weight, self.linear.bias)
         if self.kind == "discrete":
-            return CategoricalDist(out)
+            return CategoricalDist(out, mask)
+        if self.kind == "multidiscrete":
+            return MultiCategoricalDist(out, self.nvec, mask)
+        if mask is not None:
+            raise ProximoError(f"action masks apply to Discrete and MultiDiscrete actions, not {self.space}; "
+                               "turn masking off (action_masking=off)")
         if self.kind == "box":
             return DiagGaussianDist(out, self.log_std)
-        if self.kind == "multidiscrete":
-            return MultiCategoricalDist(out, self.nvec)
         return BernoulliDist(out)
+
+    def mask_dim(self) -> int | None:
+        """Width of an action mask for this space (n, or sum of nvec); None where masking does not apply."""
+        if self.kind == "discrete":
+            return self.linear.out_features
+        if self.kind == "multidiscrete":
+            return sum(self.nvec)
+        return None
 
     def action_shape(self) -> tuple[int, ...]:
         """Per-env shape of a stored action: () for Discrete, (d,) otherwise."""

@@ -9,11 +9,13 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, make_action_head
+from proximo.envs.masks import network_space
+from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, MASKED_LOGIT, make_action_head
 from proximo.nn.encoders import NatureCNN, encode_flat, flat_dim, is_image_space
 from proximo.nn.fast import fast_tanh
 from proximo.nn.normalize import RunningMeanStd
 from proximo.nn.numpy_mlp import NUMPY_ACTIVATIONS, linear, mlp_forward
+from proximo.nn.recurrent import RecurrentCore
 
 ACTIVATION_LAYERS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 # The same activations as plain functions, for the module-call-free forward pass (see ActorCritic._mlp).
@@ -53,16 +55,24 @@ class ActorCritic(nn.Module):
     """Policy pi(a|s) and value V(s) for one observation and one action space.
 
     Observations go encode() -> normalize() -> the networks; rollouts store the normalized tensor.
+    The networks are torso (CNN for frames, else identity) -> recurrent core (LSTM/GRU, optional;
+    one for the actor and one for the critic unless shared_network) -> MLP -> action and value heads.
+    A recurrent policy acts through step() with a flat state [B, state_size] (proximo/nn/recurrent.py),
+    a feedforward one through act(). mask_key names a Dict observation key holding action masks,
+    which the network does not see; masks [B, mask_dim] restrict every distribution to legal actions.
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space,
                  net_arch: list[int] = (64, 64), activation: str = "tanh", shared_network: bool = False,
                  ortho_init: bool = True, log_std_init: float = 0.0, normalize_obs: bool = False,
-                 clip_obs: float = 10.0) -> None:
+                 clip_obs: float = 10.0, recurrent: str = "none", rnn_hidden: int = 128, rnn_layers: int = 1,
+                 mask_key: str | None = None) -> None:
         super().__init__()
         self.observation_space = observation_space
         self.action_space = action_space
-        self.image = is_image_space(observation_space)
+        self.mask_key = mask_key
+        self.net_space = network_space(observation_space, mask_key)
+        self.image = is_image_space(self.net_space)
         self.clip_obs = clip_obs
         net_arch = list(net_arch)
         if self.image:
@@ -75,15 +85,24 @@ class ActorCritic(nn.Module):
             self.obs_dtype = torch.uint8
         else:
             self.torso = nn.Identity()
-            in_features = flat_dim(observation_space)
+            in_features = flat_dim(self.net_space)
             self.obs_shape = (in_features,)
             self.obs_dtype = torch.float32
         self.obs_rms = RunningMeanStd((in_features,)) if normalize_obs and not self.image else None
         self.shared_network = shared_network
+        self.recurrent = recurrent
+        self.pi_core: RecurrentCore | None = None
+        self.vf_core: RecurrentCore | None = None
+        if recurrent != "none":
+            self.pi_core = RecurrentCore(recurrent, in_features, rnn_hidden, rnn_layers)
+            if not shared_network:
+                self.vf_core = RecurrentCore(recurrent, in_features, rnn_hidden, rnn_layers)
+            in_features = rnn_hidden
         self.pi_net = mlp(in_features, net_arch, activation)
         self.vf_net = nn.Identity() if shared_network else mlp(in_features, net_arch, activation)
         features = net_arch[-1]
         self.action_head = make_action_head(action_space, features, log_std_init)
+        self.mask_dim = self.action_head.mask_dim()
         self.value_head = nn.Linear(features, 1)
         self.activation = activation  # the configured name: backends decide by it, not by a function's name
         self._activation = ACTIVATION_FUNCTIONS[activation]
@@ -102,11 +121,11 @@ class ActorCritic(nn.Module):
             frames = torch.as_tensor(np.asarray(obs, dtype=np.uint8))
             frames = frames.reshape(batch, *self.observation_space.shape)
             return frames.permute(0, 3, 1, 2) if self.channels_last else frames
-        return encode_flat(self.observation_space, obs, batch)
+        return encode_flat(self.net_space, obs, batch)
 
     def encode_np(self, obs, batch: int) -> np.ndarray:
         """encode() as a NumPy array [batch, *obs_shape]; Box observations skip torch altogether."""
-        if isinstance(self.observation_space, spaces.Box) and not self.image:
+        if isinstance(self.net_space, spaces.Box) and not self.image:
             return np.asarray(obs, dtype=np.float32).reshape(batch, -1)
         return self.encode(obs, batch).numpy()
 
@@ -160,33 +179,117 @@ class ActorCritic(nn.Module):
     def _value_of(self, latent_vf: torch.Tensor) -> torch.Tensor:
         return F.linear(latent_vf, self.value_head.weight, self.value_head.bias).squeeze(-1)
 
-    def distribution(self, x: torch.Tensor):
-        """The action distribution for normalized observations x [B, *obs_shape]."""
-        return self.action_head(self._mlp(self.pi_net, self._features(x)))
+    def distribution(self, x: torch.Tensor, masks: torch.Tensor | None = None):
+        """The action distribution of a feedforward policy for normalized observations x [B, *obs_shape]."""
+        return self.action_head(self._mlp(self.pi_net, self._features(x)), masks)
 
-    def value(self, x: torch.Tensor) -> torch.Tensor:
-        """V(x) [B] for normalized observations."""
+    def value(self, x: torch.Tensor, state: torch.Tensor | None = None,
+              episode_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """V(x) [B] for normalized observations; a recurrent policy takes its state [B, state_size] (and
+        episode_starts [B] bool, default none) and does not advance it."""
         features = self._features(x)
+        if self.pi_core is not None:
+            starts = torch.zeros(1, x.shape[0], dtype=torch.bool, device=x.device) if episode_starts is None \
+                else episode_starts.view(1, -1)
+            _, latent_vf, _ = self._core_latents(features.unsqueeze(0), state, starts, actor=self.shared_network)
+            return self._value_of(latent_vf[0])
         return self._value_of(self._mlp(self.pi_net if self.shared_network else self.vf_net, features))
 
-    def act(self, x: torch.Tensor, deterministic: bool = False
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample (or take the mode of) actions; returns (actions, log_probs [B], values [B])."""
-        latent_pi, latent_vf = self._latents(x)
-        dist = self.action_head(latent_pi)
+    @staticmethod
+    def _sample(dist, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if deterministic:
             actions = dist.mode()
-            log_probs = dist.log_prob(actions)
-        else:
-            actions, log_probs = dist.sample_with_log_prob()
+            return actions, dist.log_prob(actions)
+        return dist.sample_with_log_prob()
+
+    def act(self, x: torch.Tensor, deterministic: bool = False, masks: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample (or take the mode of) actions of a feedforward policy, legal ones only where masks [B,
+        mask_dim] are given; returns (actions, log_probs [B], values [B])."""
+        latent_pi, latent_vf = self._latents(x)
+        actions, log_probs = self._sample(self.action_head(latent_pi, masks), deterministic)
         return actions, log_probs, self._value_of(latent_vf)
 
-    def evaluate(self, x: torch.Tensor, actions: torch.Tensor
+    def evaluate(self, x: torch.Tensor, actions: torch.Tensor, masks: torch.Tensor | None = None,
+                 states: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log_probs [B], entropy [B], values [B]) of stored actions under the current networks."""
-        latent_pi, latent_vf = self._latents(x)
-        dist = self.action_head(latent_pi)
+        """(log_probs [B], entropy [B], values [B]) of stored actions under the current networks.
+
+        A recurrent policy replays whole sequences: x, actions, masks and episode_starts [B] hold
+        B / S sequences one after another, each of length L = B / S, and states [S, state_size] are
+        the states at their first steps.
+        """
+        if self.pi_core is None:
+            latent_pi, latent_vf = self._latents(x)
+        else:
+            sequences = states.shape[0]
+            length = x.shape[0] // sequences
+            features = self._features(x)
+            by_time = features.view(sequences, length, -1).transpose(0, 1)
+            starts = episode_starts.view(sequences, length).t()
+            latent_pi, latent_vf, _ = self._core_latents(by_time, states, starts)
+            latent_pi = latent_pi.transpose(0, 1).reshape(sequences * length, -1)
+            latent_vf = latent_vf.transpose(0, 1).reshape(sequences * length, -1)
+        dist = self.action_head(latent_pi, masks)
         return dist.log_prob(actions), dist.entropy(), self._value_of(latent_vf)
+
+    # recurrent policies ------------------------------------------------------------------------
+    @property
+    def is_recurrent(self) -> bool:
+        """True when a recurrent core sits between the torso and the MLPs."""
+        return self.pi_core is not None
+
+    @property
+    def actor_state_size(self) -> int:
+        """Width of the actor's part of the flat state (the first columns); 0 for feedforward policies."""
+        return self.pi_core.state_size if self.pi_core is not None else 0
+
+    @property
+    def state_size(self) -> int:
+        """Width of the flat state [B, state_size]: the actor's core, then the critic's; 0 for feedforward."""
+        return self.actor_state_size + (self.vf_core.state_size if self.vf_core is not None else 0)
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """The zero state [batch, state_size] an episode starts from, on the policy's device."""
+        return torch.zeros(batch, self.state_size, device=self.device)
+
+    def _core_latents(self, features: torch.Tensor, state: torch.Tensor, starts: torch.Tensor,
+                      actor: bool = True, critic: bool = True
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """(latent_pi [L, B, W], latent_vf [L, B, W], new state [B, state_size]) for features [L, B, F];
+        the side not asked for is None and its part of the state is passed through."""
+        split = self.actor_state_size
+        latent_pi = latent_vf = None
+        pi_state, vf_state = state[:, :split], state[:, split:]
+        if actor or self.shared_network:
+            out, pi_state = self.pi_core(features, pi_state, starts)
+            latent_pi = self._mlp(self.pi_net, out)
+            latent_vf = latent_pi if self.shared_network else None
+        if critic and not self.shared_network:
+            out, vf_state = self.vf_core(features, vf_state, starts)
+            latent_vf = self._mlp(self.vf_net, out)
+        return latent_pi, latent_vf, torch.cat([pi_state, vf_state], dim=1)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor, episode_starts: torch.Tensor,
+             masks: torch.Tensor | None = None, deterministic: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step of a recurrent policy for x [B, ...] from state [B, state_size]; episode_starts [B] bool
+        zeroes the state first where an episode begins. Returns (actions, log_probs [B], values [B], new state)."""
+        features = self._features(x).unsqueeze(0)
+        latent_pi, latent_vf, new_state = self._core_latents(features, state, episode_starts.view(1, -1))
+        actions, log_probs = self._sample(self.action_head(latent_pi[0], masks), deterministic)
+        return actions, log_probs, self._value_of(latent_vf[0]), new_state
+
+    def actor_step(self, x: torch.Tensor, actor_state: torch.Tensor, episode_starts: torch.Tensor,
+                   masks: torch.Tensor | None = None, deterministic: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """step() for acting alone: the actor's state [B, actor_state_size] in, (actions, its new state) out."""
+        features = self._features(x).unsqueeze(0)
+        critic_part = actor_state.new_zeros(actor_state.shape[0], self.state_size - self.actor_state_size)
+        latent_pi, _, new_state = self._core_latents(features, torch.cat([actor_state, critic_part], dim=1),
+                                                     episode_starts.view(1, -1), critic=False)
+        actions, _ = self._sample(self.action_head(latent_pi[0], masks), deterministic)
+        return actions, new_state[:, :self.actor_state_size]
 
     def to_env_actions(self, actions: torch.Tensor | np.ndarray) -> np.ndarray:
         """Actions as the env wants them: Box actions clipped to bounds (log-probs keep the raw sample)."""
@@ -243,7 +346,7 @@ class RolloutActor:
     def supports(policy: ActorCritic) -> bool:
         """True on the CPU for flat observations, separate plain tanh/relu Linear stacks of equal depth
         for actor and critic (see plain_mlp_layers), Discrete or Box actions."""
-        if policy.device.type != "cpu" or policy.image or policy.shared_network:
+        if policy.device.type != "cpu" or policy.image or policy.shared_network or policy.is_recurrent:
             return False
         if policy.action_head.kind not in ("discrete", "box") or policy.activation not in NUMPY_ACTIVATIONS:
             return False
@@ -262,17 +365,23 @@ class RolloutActor:
         else:
             self.noise = torch.rand(n_steps, num_envs, dtype=torch.float64, generator=generator).numpy()
 
-    def __call__(self, x: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, x: np.ndarray, t: int, masks: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(actions, their log-probs [B], values [B]) at rollout step t (of draw()) for normalized
-        observations x [B, D] float32."""
+        observations x [B, D] float32; masks [B, n] bool (Discrete) restricts the draw to legal actions."""
         hidden = mlp_forward(self.weights, self.biases, x, self.activation)[-1]
         out = linear(hidden, self.out_weight, self.out_bias)
         head, values = out[:, :self.n_out], out[:, self.n_out]
         if self.kind == "discrete":
+            last = self.n_out - 1
+            if masks is not None:
+                head = np.where(masks, head, np.float32(MASKED_LOGIT))
+                last = last - np.argmax(masks[:, ::-1], axis=1)  # the last legal action of each row
             shifted = head - head.max(axis=1, keepdims=True)
             log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
             cdf = np.cumsum(np.exp(log_probs.astype(np.float64)), axis=1)
-            # The first action whose CDF passes u; rounding can leave cdf[-1] a hair below 1.
-            actions = np.minimum((self.noise[t][:, None] >= cdf).sum(axis=1), self.n_out - 1)
+            # The first action whose CDF passes u; rounding can leave cdf[-1] a hair below 1, so the
+            # count is capped at the last (legal) action: an illegal action's CDF step is flat, never passed.
+            actions = np.minimum((self.noise[t][:, None] >= cdf).sum(axis=1), last)
             return actions, log_probs[np.arange(len(actions)), actions], values
         return head + self.scaled_noise[t], self.noise_log_probs[t], values

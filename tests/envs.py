@@ -74,3 +74,87 @@ class MixedSpacesEnv(gym.Env):
         assert self.action_space.contains(np.asarray(action, dtype=self.action_space.dtype)), action
         reward = float(np.sum(np.asarray(action, dtype=np.float64) == 0))
         return self.observation_space.sample(), reward, False, self.t >= 20, {}
+
+
+class CueEnv(gym.Env):
+    """Memory: the first observation shows a cue (+1 or -1), the next `delay` show none, and the last
+    asks for the answer; the action there earns +1 if it names the cue (1 for +1, 0 for -1), else -1.
+
+    obs = [cue or 0, 1 on the step that asks]. A policy without memory can score 0 at best.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, delay: int = 3) -> None:
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.delay = delay
+        self.cue = 1
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.cue = int(self.np_random.choice([-1, 1]))
+        self.t = 0
+        return np.array([self.cue, 0.0], dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t <= self.delay:
+            asks = float(self.t == self.delay)
+            return np.array([0.0, asks], dtype=np.float32), 0.0, False, False, {}
+        reward = 1.0 if int(action) == int(self.cue > 0) else -1.0
+        return np.array([0.0, 0.0], dtype=np.float32), reward, True, False, {}
+
+
+class MaskedGridEnv(gym.Env):
+    """MultiDiscrete([4, 3]) actions with masks: the legal choices of each dimension change every step.
+
+    mask_in: "method" | "info"; bad="shape" gives masks of the wrong length, bad="empty" one with no
+    legal choice in dimension 1 at step 2. Reward +1 for any legal action pair (never illegal when masked).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, mask_in: str = "method", bad: str | None = None) -> None:
+        self.observation_space = spaces.Box(0.0, 1.0, (7,), np.float32)
+        self.action_space = spaces.MultiDiscrete([4, 3])
+        self.mask_in, self.bad = mask_in, bad
+        self.t = 0
+        self.mask = np.ones(7, dtype=bool)
+
+    def _new_mask(self) -> None:
+        first = self.np_random.random(4) < 0.5
+        first[self.np_random.integers(4)] = True
+        second = self.np_random.random(3) < 0.5
+        second[self.np_random.integers(3)] = True
+        if self.bad == "empty" and self.t == 2:
+            second[:] = False
+        self.mask = np.concatenate([first, second])
+
+    def _masks(self):
+        return self.mask[:5] if self.bad == "shape" else self.mask
+
+    @property
+    def action_masks(self):
+        """The masks method exists only with mask_in="method" (detection prefers a method to info)."""
+        if self.mask_in != "method":
+            raise AttributeError("action_masks")
+        return self._masks
+
+    def _out(self):
+        info = {"action_mask": self._masks()} if self.mask_in == "info" else {}
+        return self.mask.astype(np.float32), info
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self._new_mask()
+        return self._out()
+
+    def step(self, action):
+        legal = bool(self.mask[int(action[0])] and self.mask[4 + int(action[1])])
+        self.t += 1
+        self._new_mask()
+        obs, info = self._out()
+        return obs, 1.0 if legal else -1.0, self.t >= 8, False, {**info, "legal": legal}

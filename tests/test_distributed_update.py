@@ -79,7 +79,8 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
         for kind in ("discrete", "box"):
             policy, whole = _setup(kind, target_kl)
             share = N // RANKS
-            part = RolloutBuffer(*(getattr(whole, f)[:, rank * share:(rank + 1) * share].contiguous()
+            part = RolloutBuffer(*(None if getattr(whole, f) is None
+                                   else getattr(whole, f)[:, rank * share:(rank + 1) * share].contiguous()
                                    for f in whole.__dataclass_fields__))
             flat, stats = _update(kind, learner_name, policy, part, batch_size, target_kl,
                                   _local_orders(rank, T * share), world)

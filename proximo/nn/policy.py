@@ -227,7 +227,7 @@ class ActorCritic(nn.Module):
             features = self._features(x)
             by_time = features.view(sequences, length, -1).transpose(0, 1)
             starts = episode_starts.view(sequences, length).t()
-            latent_pi, latent_vf, _ = self._core_latents(by_time, states, starts)
+            latent_pi, latent_vf, _ = self._core_latents(by_time, states, starts, final=False)
             latent_pi = latent_pi.transpose(0, 1).reshape(sequences * length, -1)
             latent_vf = latent_vf.transpose(0, 1).reshape(sequences * length, -1)
         dist = self.action_head(latent_pi, masks)
@@ -254,21 +254,21 @@ class ActorCritic(nn.Module):
         return torch.zeros(batch, self.state_size, device=self.device)
 
     def _core_latents(self, features: torch.Tensor, state: torch.Tensor, starts: torch.Tensor,
-                      actor: bool = True, critic: bool = True
-                      ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-        """(latent_pi [L, B, W], latent_vf [L, B, W], new state [B, state_size]) for features [L, B, F];
-        the side not asked for is None and its part of the state is passed through."""
+                      actor: bool = True, critic: bool = True, final: bool = True
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(latent_pi [L, B, W], latent_vf [L, B, W], new state [B, state_size], None unless final) for
+        features [L, B, F]; the side not asked for is None and its part of the state is passed through."""
         split = self.actor_state_size
         latent_pi = latent_vf = None
         pi_state, vf_state = state[:, :split], state[:, split:]
         if actor or self.shared_network:
-            out, pi_state = self.pi_core(features, pi_state, starts)
+            out, pi_state = self.pi_core(features, pi_state, starts, final)
             latent_pi = self._mlp(self.pi_net, out)
             latent_vf = latent_pi if self.shared_network else None
         if critic and not self.shared_network:
-            out, vf_state = self.vf_core(features, vf_state, starts)
+            out, vf_state = self.vf_core(features, vf_state, starts, final)
             latent_vf = self._mlp(self.vf_net, out)
-        return latent_pi, latent_vf, torch.cat([pi_state, vf_state], dim=1)
+        return latent_pi, latent_vf, torch.cat([pi_state, vf_state], dim=1) if final else None
 
     def step(self, x: torch.Tensor, state: torch.Tensor, episode_starts: torch.Tensor,
              masks: torch.Tensor | None = None, deterministic: bool = False

@@ -39,22 +39,56 @@ class RecurrentCore(nn.Module):
         """The cell's (h, c) or (h,) [layers, B, hidden] -> flat state [B, state_size]."""
         return torch.stack(parts).permute(2, 0, 1, 3).reshape(parts[0].shape[1], self.state_size)
 
-    def forward(self, features: torch.Tensor, state: torch.Tensor, starts: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Outputs [L, B, hidden] and the final flat state [B, state_size] for features [L, B, F] from
-        state [B, state_size]; starts [L, B] bool marks the steps whose observation begins an episode.
+    def forward(self, features: torch.Tensor, state: torch.Tensor, starts: torch.Tensor, final: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Outputs [L, B, hidden] and the final flat state [B, state_size] (None unless final) for features
+        [L, B, F] from state [B, state_size]; starts [L, B] bool marks the steps whose observation begins an
+        episode. The state of sequence b is zeroed just before step t where starts[t, b].
 
-        The state of sequence b is zeroed just before step t where starts[t, b]. The cell runs once
-        per stretch of steps with no start in any sequence, rather than once per step.
+        Sequences holding an episode start after their first step are cut there into segments. Without
+        final (the update's replay) the segments run as one batch, each padded at its end, in one call
+        of the cell; with final, the cell runs once per stretch of steps free of starts.
         """
-        length, batch = starts.shape
         parts = self.unpack(state)
+        keep = (~starts[0]).to(features.dtype).view(1, -1, 1)
+        parts = tuple(part * keep for part in parts)
+        if starts.shape[0] == 1 or not bool(starts[1:].any()):
+            out, new = self._run(features, parts)
+            return out, self.pack(new) if final else None
+        if not final:
+            return self._segments(features, parts, starts), None
         cuts = (torch.nonzero(starts[1:].any(dim=1)).flatten() + 1).tolist()
         outputs = []
-        for begin, end in zip([0] + cuts, cuts + [length]):
-            keep = (~starts[begin]).to(features.dtype).view(1, batch, 1)
-            parts = tuple(part * keep for part in parts)
-            out, new = self.rnn(features[begin:end], parts[0] if self.parts == 1 else parts)
-            parts = (new,) if self.parts == 1 else tuple(new)
+        for begin, end in zip([0] + cuts, cuts + [starts.shape[0]]):
+            if begin > 0:
+                keep = (~starts[begin]).to(features.dtype).view(1, -1, 1)
+                parts = tuple(part * keep for part in parts)
+            out, parts = self._run(features[begin:end], parts)
             outputs.append(out)
-        return torch.cat(outputs) if len(outputs) > 1 else outputs[0], self.pack(parts)
+        return torch.cat(outputs), self.pack(parts)
+
+    def _run(self, features: torch.Tensor, parts: tuple[torch.Tensor, ...]
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        out, new = self.rnn(features, parts[0] if self.parts == 1 else parts)
+        return out, ((new,) if self.parts == 1 else tuple(new))
+
+    def _segments(self, features: torch.Tensor, parts: tuple[torch.Tensor, ...], starts: torch.Tensor
+                  ) -> torch.Tensor:
+        """The outputs [L, B, hidden] of forward() for sequences holding episode starts, in one call."""
+        length, batch = starts.shape
+        begins = starts.t().clone()  # [B, L], sequence-major like the segments below
+        begins[:, 0] = True          # every sequence opens a segment at its first step
+        flat_begins = begins.flatten()
+        first = torch.nonzero(flat_begins).flatten()           # where each segment starts, in b * L + t
+        segment = torch.cumsum(flat_begins.long(), 0) - 1      # the segment of each step
+        lengths = torch.diff(first, append=first.new_tensor([batch * length]))
+        position = torch.arange(batch * length, device=first.device) - first[segment]
+        # Padding sits after each segment's last step, so it never reaches the outputs read back.
+        padded = features.new_zeros(int(lengths.max()), len(first), features.shape[-1])
+        padded[position, segment] = features.transpose(0, 1).reshape(batch * length, -1)
+        # A sequence's first segment continues from its state (zeroed above if it starts an episode);
+        # every later segment begins an episode, from zeros.
+        owner = first // length
+        carries = (first % length == 0).to(features.dtype).view(1, -1, 1)
+        out, _ = self._run(padded, tuple(part[:, owner] * carries for part in parts))
+        return out[position, segment].view(batch, length, -1).transpose(0, 1)

@@ -158,3 +158,26 @@ class MaskedGridEnv(gym.Env):
         self._new_mask()
         obs, info = self._out()
         return obs, 1.0 if legal else -1.0, self.t >= 8, False, {**info, "legal": legal}
+
+
+class TinyFramesEnv(gym.Env):
+    """uint8 frames [36, 36, 1] (the smallest the Nature CNN takes), 3 actions, episodes of 4 to 9 steps."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(0, 255, (36, 36, 1), np.uint8)
+        self.action_space = spaces.Discrete(3)
+        self.t, self.end = 0, 5
+
+    def _frame(self):
+        return self.np_random.integers(0, 256, (36, 36, 1), dtype=np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.end = 0, int(self.np_random.integers(4, 10))
+        return self._frame(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._frame(), float(action == 1), self.t >= self.end, False, {}

@@ -4,9 +4,14 @@ import imageio.v2 as imageio
 from proximo.cli import main
 
 
-def test_eval_records_mp4(tmp_path, capsys):
+import pytest
+
+
+@pytest.mark.parametrize("env_id, extra", [("CartPole-v1", []),
+                                           ("proximo/CartPoleNoVel-v1", ["--policy", "lstm", "--rnn-hidden", "8"])])
+def test_eval_records_mp4(tmp_path, capsys, env_id, extra):
     run_dir = tmp_path / "run"
-    assert main(["train", "CartPole-v1", "--total-steps", "256", "--n-steps", "64", "--num-envs", "4",
+    assert main(["train", env_id, *extra, "--total-steps", "256", "--n-steps", "64", "--num-envs", "4",
                  "--batch-size", "64", "--n-epochs", "1", "--eval-episodes", "1", "--quiet", "--no-tensorboard",
                  "--run-dir", str(run_dir)]) == 0
     assert main(["eval", str(run_dir), "--episodes", "1", "--video", str(tmp_path / "vid"),

@@ -310,3 +310,13 @@ def test_cli_trains_and_evaluates_a_recurrent_masked_agent(tmp_path):
     assert config["recurrent"] == "gru" and "method" in config["resolved"]["action_masks"]
     done = _cli("eval", str(run), "--episodes", "3")
     assert done.returncode == 0 and "return" in done.stdout, done.stderr
+
+
+def test_the_readme_example_of_a_recurrent_masked_agent_runs():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Memory and legal actions"):]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
+    assert "agent.learn(30_000)" in code
+    namespace: dict = {}
+    exec(code.replace("agent.learn(30_000)", "agent.learn(512)"), namespace)  # the same code, a shorter run
+    assert namespace["done"] and namespace["info"]["illegal"] is False

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from proximo.checkpoint import load_tensors
 from proximo.cli import main
 from proximo.config import make_config
 from proximo.learners.distributed import World, check_divides, init_world, rank_seed
@@ -368,3 +369,22 @@ def test_a_format_1_checkpoint_still_resumes_exactly(tmp_path):
 
 if __name__ == "__main__":  # the worker of the statistics test, started by torchrun
     _statistics_worker(sys.argv[1])
+
+
+def test_a_recurrent_masked_run_over_two_processes_keeps_the_ranks_in_step(tmp_path):
+    # Every update's checksum sync would stop the run if the ranks' policies differed after a step.
+    run_dir = tmp_path / "run"
+    launch = Launch(_proximo("proximo/TicTacToe-v0", "--policy", "gru", "--rnn-hidden", "16", "--num-envs", "2",
+                             "--n-steps", "16", "--bptt-len", "8", "--batch-size", "32", "--total-steps", "256",
+                             "--eval-episodes", "2", "--run-dir", str(run_dir), "--no-tensorboard", "--quiet",
+                             "--nproc", "2"), tmp_path, "recurrent")
+    try:
+        code = launch.wait(150)
+    finally:
+        launch.close()
+    assert code == 0, launch.stderr()[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_step"] == 256
+    tensors = load_tensors(list_checkpoints(run_dir)[-1] / "state.safetensors")
+    assert {"rank.0.rnn_state", "rank.1.rnn_state", "rank.0.next_masks", "rank.1.next_masks"} <= set(tensors)
+    assert not torch.equal(tensors["rank.0.rnn_state"], tensors["rank.1.rnn_state"])  # each rank's own envs

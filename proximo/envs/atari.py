@@ -33,6 +33,7 @@ from proximo.errors import ProximoError
 
 GAME_KEY = "game"                    # info key of a finished game's true statistics {"r", "l", "t"}
 GAME_SCORES = "proximo_game_scores"  # metadata flag: episodes end on lost lives, whole games report GAME_KEY
+ATARI_HZ = 60                        # the NTSC 2600's frame rate
 MINATAR_MAX_STEPS = 10_000           # MinAtar registers no time limit; a policy that never loses must stop too
 
 
@@ -210,9 +211,9 @@ def make_atari(env_id: str, options: PixelOptions | None = None, render_mode: st
     if options.sign_rewards:
         env = TransformReward(env, _sign)
     env = FrameStackObservation(env, options.frame_stack)
-    # One agent step shows every frame_skip-th frame: a video at render_fps / frame_skip plays in real time.
-    env.metadata = {**env.metadata, GAME_SCORES: True,
-                    "render_fps": max(1, round(env.metadata.get("render_fps", 60) / options.frame_skip))}
+    # One agent step shows every frame_skip-th frame of the console's 60 Hz (ale-py's metadata says 30,
+    # its human-window rate), so a video at 60 / frame_skip frames/s plays in real time.
+    env.metadata = {**env.metadata, GAME_SCORES: True, "render_fps": max(1, round(ATARI_HZ / options.frame_skip))}
     return env
 
 

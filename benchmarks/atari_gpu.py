@@ -58,9 +58,10 @@ def main() -> None:
         pass
     elapsed = time.perf_counter() - start
     stats = trainer.last_stats
+    last100 = stats.get("episode_return_mean")
     result = dict(env=args.env, device=trainer.device_choice, learner=trainer.learner_choice, env_backend=backend,
                   minutes=args.minutes, steps=trainer.global_step, train_s=elapsed,
-                  sps=trainer.global_step / elapsed, last100_games=stats.get("episode_return_mean"),
+                  sps=trainer.global_step / elapsed, last100_games=last100 if last100 == last100 else None,  # NaN: no game ended yet
                   games=stats.get("episodes"), anchors=ANCHORS)
     print(json.dumps(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)

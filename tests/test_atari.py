@@ -13,7 +13,6 @@ from proximo.envs.atari import GAME_KEY, EpisodicLife, PixelOptions
 from proximo.envs.make import make_single_env
 from proximo.nn.encoders import MinAtarCNN, NatureCNN
 from proximo.ppo import UpdateSettings, ppo_update
-from proximo.train import ResumeWarning, Trainer, list_checkpoints
 from tests.test_cli import _one_line_error
 
 pytest.importorskip("ale_py", reason="the Atari tests need ale-py: pip install 'proximo[atari]'")
@@ -191,16 +190,6 @@ def test_atari_resume_is_bitwise_exact_without_sticky_actions(tmp_path):
     _assert_same_state(whole, resumed)
     assert torch.equal(whole.collector.next_obs, resumed.collector.next_obs)
     assert list(whole.collector.episodes.returns) == list(resumed.collector.episodes.returns)
-
-
-def test_sticky_actions_resume_says_it_is_not_exact(tmp_path):
-    config = make_config("paper-atari", num_envs=2, n_steps=16, batch_size=32, n_epochs=1, eval_episodes=1,
-                         screen_size=36, sticky_actions=0.25)
-    folder = Trainer("ALE/Breakout-v5", config, tmp_path, verbose=False, tensorboard=False).save_checkpoint()
-    resumed = Trainer("ALE/Breakout-v5", config, tmp_path, verbose=False, tensorboard=False)
-    with pytest.warns(ResumeWarning, match="sticky actions"):
-        resumed.load_training_state(folder)
-    assert list_checkpoints(tmp_path) == [folder]
 
 
 def test_minatar_frames_and_torso():

@@ -275,6 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the policy of a run directory (or a saved policy or checkpoint folder)."""
     import numpy as np
 
+    from proximo.envs.atari import pixel_options
     from proximo.evaluate import evaluate_policy
     from proximo.train import load_policy
 
@@ -283,9 +284,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policy, meta = load_policy(args.run_dir, checkpoint=args.checkpoint)
     if not meta.get("env_id"):
         raise ProximoError(f"{args.run_dir} was trained on an env factory; evaluate it from Python")
+    # Atari: the run's frame settings, with whole games and true rewards
+    env_kwargs = {**(meta.get("env_kwargs") or {}),
+                  "pixels": pixel_options(PPOConfig.from_dict(meta["config"]), training=False)}
     masking = meta.get("config", {}).get("action_masking", "auto")
     returns, lengths = evaluate_policy(policy, meta["env_id"], args.episodes, seed=args.seed,
-                                       deterministic=not args.stochastic, env_kwargs=meta.get("env_kwargs"),
+                                       deterministic=not args.stochastic, env_kwargs=env_kwargs,
                                        action_masking=masking)
     print(f"{meta['env_id']}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} episodes "
           f"(length {np.mean(lengths):.0f}, {'stochastic' if args.stochastic else 'deterministic'})")
@@ -294,7 +298,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         for path, episode_return in record_episodes(policy, meta["env_id"], args.video, args.video_episodes,
                                                     seed=args.seed, deterministic=not args.stochastic,
-                                                    env_kwargs=meta.get("env_kwargs"), action_masking=masking):
+                                                    env_kwargs=env_kwargs, action_masking=masking):
             print(f"video: {path} (return {episode_return:.1f})")
     return 0
 

@@ -73,6 +73,14 @@ class PPOConfig:
     rnn_layers: int = 1
     bptt_len: int = 0                      # steps per trained sequence; 0: the whole n_steps
     action_masking: str = "auto"           # auto: use the env's masks if it has any | on: require | off
+    # pixels: the Atari pipeline of ALE ids (proximo/envs/atari.py); other envs ignore these
+    frame_stack: int = 4                   # frames stacked into one observation
+    frame_skip: int = 4                    # emulator frames per agent step, max-pooled over the last two
+    noop_max: int = 30                     # up to this many no-ops after a reset
+    screen_size: int = 84                  # square grey frames of this side
+    sticky_actions: float = 0.0            # ALE repeat_action_probability (0: the paper's era; v5's own is 0.25)
+    episodic_life: bool = True             # a lost life ends the training episode (logged returns: whole games)
+    sign_rewards: bool = True              # train on sign(reward) (logged returns: the true score)
     # machinery
     env_backend: str = "sync"              # sync | async (gymnasium vector envs)
     device: str = "auto"                   # auto | cpu | cuda | cuda:N | mps (auto: a GPU only where it pays)
@@ -177,6 +185,14 @@ class PPOConfig:
             raise ConfigError(
                 f"batch_size {self.batch_size} does not divide num_envs x n_steps = "
                 f"{self.num_envs} x {self.n_steps} = {self.rollout_size}; use a divisor such as {near}")
+        for name in ("frame_stack", "frame_skip", "screen_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)} (the Atari default is "
+                                  f"{getattr(PPOConfig, name)})")
+        if self.noop_max < 0:
+            raise ConfigError(f"noop_max must not be negative, got {self.noop_max}; 0 turns the no-op reset off")
+        if not 0.0 <= self.sticky_actions < 1.0:
+            raise ConfigError(f"sticky_actions must lie in [0, 1), got {self.sticky_actions}; 0.25 is ALE v5's value")
         if self.torch_threads < 0 or self.save_every < 0:
             raise ConfigError("torch_threads and save_every must not be negative")
         DiagnosticsConfig.from_object(self)  # validates the diag_* thresholds
@@ -249,11 +265,21 @@ PRESETS: dict[str, dict[str, Any]] = {
                          gamma=0.99, gae_lambda=0.95, clip_range=0.2, net_arch=[64, 64],
                          activation="tanh", ent_coef=0.0, vf_coef=0.5, total_steps=1_000_000),
     # Paper Atari table: 8 actors, horizon 128, lr 2.5e-4 x alpha, 3 epochs, minibatch 32 x 8,
-    # clip 0.1 x alpha, c1 = 1, c2 = 0.01, 10M frames (alpha annealed 1 -> 0).
+    # clip 0.1 x alpha, c1 = 1, c2 = 0.01, 10M timesteps = 40M frames (alpha annealed 1 -> 0).
+    # Network as in the paper (Mnih et al. 2015's): the Nature conv torso, one shared 512-unit ReLU
+    # layer, linear policy and value heads. Frames: skip 4, stack 4, 84x84, no-op reset, episodic
+    # life and sign rewards in training, sticky actions off (the field defaults).
     "paper-atari": dict(num_envs=8, n_steps=128, learning_rate=2.5e-4, lr_schedule="linear",
                         n_epochs=3, batch_size=256, gamma=0.99, gae_lambda=0.95, clip_range=0.1,
-                        clip_schedule="linear", vf_coef=1.0, ent_coef=0.01,
+                        clip_schedule="linear", vf_coef=1.0, ent_coef=0.01, max_grad_norm=0.5,
+                        net_arch=[512], activation="relu", shared_network=True,
                         total_steps=10_000_000),
+    # MinAtar (10x10 frames): MinAtar's own network (one 16x3x3 conv, 128 ReLU units, shared) under the
+    # paper-atari PPO settings with 4 epochs and a constant clip range, 3M steps.
+    "minatar": dict(num_envs=8, n_steps=128, learning_rate=2.5e-4, lr_schedule="linear",
+                    n_epochs=4, batch_size=256, gamma=0.99, gae_lambda=0.95, clip_range=0.2,
+                    clip_schedule="constant", vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5,
+                    net_arch=[128], activation="relu", shared_network=True, total_steps=3_000_000),
     # rl-zoo's tuned CartPole-v1 settings.
     "cartpole": dict(num_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
                      n_epochs=20, learning_rate=1e-3, lr_schedule="linear", clip_range=0.2,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from proximo.core.advantages import gae
+from proximo.envs.atari import GAME_KEY, GAME_SCORES
 from proximo.envs.guard import FAULT_KEY, EnvFaultError
 from proximo.envs.masks import ActionMaskSource
 from proximo.errors import ProximoError
@@ -120,6 +121,18 @@ class EpisodeTracker:
             self.current_return[dones] = 0.0
             self.current_length[dones] = 0
 
+    def record_games(self, infos: dict) -> None:
+        """Close the whole games that ended this step, from the env's own statistics (info GAME_KEY, the
+        true score of Atari's pipeline: its training episodes end on lost lives and see clipped rewards)."""
+        final = infos.get("final_info")
+        if not final or GAME_KEY not in final:
+            return
+        game, ended = final[GAME_KEY], np.asarray(final[f"_{GAME_KEY}"], dtype=bool)
+        for i in np.flatnonzero(ended):
+            self.returns.append(float(game["r"][i]))
+            self.lengths.append(int(game["l"][i]))
+        self.finished += int(ended.sum())
+
     def discard(self, mask: np.ndarray) -> None:
         """Forget the in-progress episodes where mask [N] is true (their env was restarted)."""
         self.current_return[mask] = 0.0
@@ -171,6 +184,8 @@ class RolloutCollector:
         self.rnn_state: torch.Tensor | None = None      # [N, state_size] after the last step taken
         self.episode_starts: np.ndarray | None = None   # [N] bool: next_obs begins an episode
         self.episodes = EpisodeTracker(self.num_envs)
+        # Envs that report whole games (Atari with episodic life): log those, not the training episodes.
+        self.game_scores = bool(envs.metadata.get(GAME_SCORES, False))
         self.env_faults = 0  # steps that raised inside an env, over the whole run (restored on resume)
         self.max_env_restarts = MAX_ENV_RESTARTS
         self.world = world if world is not None else World.local()
@@ -262,7 +277,10 @@ class RolloutCollector:
                     # A crashed step ends its episode with no bootstrap and no recorded return.
                     terminated, truncated = terminated | faulted, truncated & ~faulted
                 dones = terminated | truncated
-                self.episodes.step(rewards, dones if faulted is None else dones & ~faulted)
+                if self.game_scores:
+                    self.episodes.record_games(infos)
+                else:
+                    self.episodes.step(rewards, dones if faulted is None else dones & ~faulted)
                 if faulted is not None:
                     self.episodes.discard(faulted)
                 obs_out[t] = x

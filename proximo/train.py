@@ -28,6 +28,7 @@ from proximo.config import PPOConfig
 from proximo.core.kl import AdaptiveKLController, FixedKLController
 from proximo.core.schedules import Schedule
 from proximo.diagnostics import HealthMonitor
+from proximo.envs.atari import pixel_options
 from proximo.envs.check import require_env_ok
 from proximo.envs.guard import EnvFaultError, GuardedMaker
 from proximo.envs.make import EnvLike, make_vector_env
@@ -277,7 +278,8 @@ class Trainer:
         seed_everything(rank_seed(config.seed, world.rank))
         set_threads(pick_threads(config))
         # EnvGuard restarts a sub-env whose step() raises; the collector bounds how often.
-        self.envs = make_vector_env(GuardedMaker(env, self.env_kwargs), config.num_envs, config.env_backend)
+        self.envs = make_vector_env(GuardedMaker(env, {**self.env_kwargs, "pixels": pixel_options(config)}),
+                                    config.num_envs, config.env_backend)
         self.mask_source = find_action_masks(env, self.env_kwargs, config.action_masking,
                                              self.envs.single_action_space)
         self.policy = build_policy(self.envs.single_observation_space, self.envs.single_action_space, config)
@@ -485,9 +487,10 @@ class Trainer:
             "world_size": world.size, "backend": world.backend}
         if not world.is_main:
             return summary  # rank 0 evaluates and reports; nothing collective follows, so no one waits
-        eval_returns, eval_lengths = evaluate_policy(self.policy, self.env, config.eval_episodes,
-                                                     seed=config.seed + 10_000, env_kwargs=self.env_kwargs,
-                                                     action_masking=config.action_masking)
+        eval_returns, eval_lengths = evaluate_policy(
+            self.policy, self.env, config.eval_episodes, seed=config.seed + 10_000,
+            env_kwargs={**self.env_kwargs, "pixels": pixel_options(config, training=False)},  # whole games, true score
+            action_masking=config.action_masking)
         episodes = self.collector.episodes
         summary.update({
             "eval_return_mean": float(np.mean(eval_returns)), "eval_return_std": float(np.std(eval_returns)),

@@ -179,12 +179,16 @@ def test_resume_with_a_new_horizon_warns_that_annealed_schedules_jump(tmp_path):
 
 
 def test_atari_snapshot_round_trips_without_sticky_actions_and_explains_why_not_with_them():
+    from proximo.envs.atari import PixelOptions
     from proximo.envs.make import make_single_env
     from proximo.envs.snapshot import why_unsnapshottable
 
-    _assert_snapshot_replays(lambda: make_single_env("ALE/Breakout-v5", repeat_action_probability=0.0),
-                             seed=3, steps_before=60, steps_after=100)
-    assert "sticky actions" in why_unsnapshottable(make_single_env("ALE/Breakout-v5"))
+    # The training pipeline (episodic life, fire reset, sign rewards, game score) and the evaluation one.
+    for options in (PixelOptions(episodic_life=True, sign_rewards=True), PixelOptions()):
+        _assert_snapshot_replays(lambda: make_single_env("ALE/Breakout-v5", pixels=options),
+                                 seed=3, steps_before=60, steps_after=100)
+    assert "sticky actions" in why_unsnapshottable(make_single_env("ALE/Breakout-v5",
+                                                                   pixels=PixelOptions(sticky_actions=0.25)))
 
 
 def test_resume_from_an_earlier_checkpoint_logs_each_update_once(tmp_path):

@@ -8,6 +8,7 @@ from typing import Any, Callable, Union
 import gymnasium as gym
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
+from proximo.envs.atari import PixelOptions, is_atari_id, is_minatar_id, make_atari, make_minatar, register_pixel_family
 from proximo.errors import ProximoError
 
 EnvFactory = Callable[[], gym.Env]
@@ -29,25 +30,18 @@ class EnvSpec:
         return getattr(self.env, "__qualname__", repr(self.env))
 
 
-def _register_optional_families(env_id: str) -> None:
-    if env_id.startswith("proximo/"):
-        import proximo.envs.tasks  # noqa: F401  (registers the built-in tasks)
-    if env_id.startswith("ALE/"):
-        try:
-            import ale_py
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ProximoError(f"{env_id} needs ale-py: pip install 'proximo[atari]'") from exc
-        gym.register_envs(ale_py)
-
-
 def _unknown_env_message(env_id: str) -> str:
     close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `python -m gymnasium` lists none, see gym.registry"
     return f"unknown env id {env_id!r}{hint}"
 
 
-def make_single_env(env: EnvLike, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
-    """One env from an id or a factory, with proximo's standard wrappers (Atari preprocessing)."""
+def make_single_env(env: EnvLike, render_mode: str | None = None, pixels: PixelOptions | None = None,
+                    **kwargs: Any) -> gym.Env:
+    """One env from an id or a factory, with proximo's standard wrappers (the Atari and MinAtar pipelines).
+
+    pixels sets the Atari pipeline (proximo.envs.atari); None means its evaluation defaults.
+    """
     if callable(env) and not isinstance(env, str):
         made = env()
         if not isinstance(made, gym.Env):
@@ -55,17 +49,18 @@ def make_single_env(env: EnvLike, render_mode: str | None = None, **kwargs: Any)
         return made
     if not isinstance(env, str):
         raise ProximoError(f"env must be a gymnasium id or a callable returning an env, got {env!r}")
-    _register_optional_families(env)
+    if env.startswith("proximo/"):
+        import proximo.envs.tasks  # noqa: F401  (registers the built-in tasks)
+    register_pixel_family(env)
     if env not in gym.registry:
         raise ProximoError(_unknown_env_message(env))
-    if render_mode is not None:
-        kwargs = {**kwargs, "render_mode": render_mode}
     try:
-        if env.startswith("ALE/"):
-            made = gym.make(env, frameskip=1, **kwargs)
-            made = gym.wrappers.AtariPreprocessing(made, frame_skip=4, screen_size=84, noop_max=30,
-                                                   terminal_on_life_loss=False)
-            return gym.wrappers.FrameStackObservation(made, 4)
+        if is_atari_id(env):
+            return make_atari(env, pixels, render_mode=render_mode, **kwargs)
+        if is_minatar_id(env):
+            return make_minatar(env, render_mode=render_mode, **kwargs)
+        if render_mode is not None:
+            kwargs = {**kwargs, "render_mode": render_mode}
         return gym.make(env, **kwargs)
     except (gym.error.Error, TypeError) as exc:
         raise ProximoError(f"could not make env {env!r}: {exc}") from exc

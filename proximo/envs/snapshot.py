@@ -3,7 +3,7 @@
 A snapshot is plain JSON: for each wrapper layer the few counters it keeps (TimeLimit's elapsed
 steps, ...), for the base env its NumPy bit-generator state and its simulator state. Only env
 families whose state proximo knows are covered (classic control, MuJoCo, and Atari without sticky
-actions through proximo's AtariPreprocessing + FrameStackObservation); for any other env
+actions through proximo's pipeline, proximo/envs/atari.py); for any other env
 snapshot_env() returns None and a resume restarts that env's episode from reset instead.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import (
-    AtariPreprocessing, FrameStackObservation, OrderEnforcing, PassiveEnvChecker, TimeLimit,
+    AtariPreprocessing, FrameStackObservation, OrderEnforcing, PassiveEnvChecker, RecordEpisodeStatistics, TimeLimit,
+    TransformReward,
 )
 
 from proximo.checkpoint import CheckpointError
@@ -76,8 +77,15 @@ def _wrapper_state(layer: gym.Env) -> dict[str, Any]:
         return {"elapsed_steps": layer._elapsed_steps}
     if isinstance(layer, OrderEnforcing):
         return {"has_reset": layer._has_reset}
-    if isinstance(layer, PassiveEnvChecker) or getattr(layer, "proximo_stateless_wrapper", False):
-        return {}
+    if isinstance(layer, (PassiveEnvChecker, TransformReward)) or getattr(layer, "proximo_stateless_wrapper", False):
+        return {}  # TransformReward: proximo only builds it with a pure function (Atari's sign rewards)
+    if hasattr(layer, "proximo_state"):  # proximo's own wrappers say what they keep (envs/atari.py)
+        return {"state": layer.proximo_state()}
+    if isinstance(layer, RecordEpisodeStatistics):
+        # The running sums of the episode (for Atari: the whole game) in progress; the queues of past
+        # episodes and the wall-clock start only feed info["..."]["t"] and the wrapper's own history.
+        return {"episode_returns": float(layer.episode_returns), "episode_lengths": int(layer.episode_lengths),
+                "episode_count": int(layer.episode_count)}
     if isinstance(layer, AtariPreprocessing):
         # The two last screens (max-pooled into the next obs) and the life counter.
         return {"obs_buffer": [encode_value(b) for b in layer.obs_buffer], "lives": int(layer.lives),
@@ -95,6 +103,11 @@ def _set_wrapper_state(layer: gym.Env, state: dict[str, Any]) -> None:
         layer._elapsed_steps = state["elapsed_steps"]
     elif isinstance(layer, OrderEnforcing):
         layer._has_reset = state["has_reset"]
+    elif hasattr(layer, "proximo_set_state") and "state" in state:
+        layer.proximo_set_state(state["state"])
+    elif isinstance(layer, RecordEpisodeStatistics):
+        layer.episode_returns, layer.episode_lengths = state["episode_returns"], state["episode_lengths"]
+        layer.episode_count = state["episode_count"]
     elif isinstance(layer, AtariPreprocessing):
         for buffer, saved in zip(layer.obs_buffer, state["obs_buffer"]):
             buffer[...] = decode_value(saved)  # in place: ALE writes screens into these arrays

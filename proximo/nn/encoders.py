@@ -50,18 +50,57 @@ def encode_flat(space: spaces.Space, obs, batch: int) -> torch.Tensor:
 
 
 class NatureCNN(nn.Module):
-    """The DQN/PPO-paper Atari torso: 3 conv layers then 512 ReLU units; input uint8 [B, C, 84, 84]."""
+    """The DQN/PPO-paper Atari conv stack (32x8x8 s4, 64x4x4 s2, 64x3x3 s1, ReLU), flattened: [B, 3136] at 84x84.
 
-    def __init__(self, channels: int, height: int, width: int, out_features: int = 512) -> None:
+    The 512-unit layer of the paper's network is the first entry of the policy's net_arch (the
+    paper-atari preset sets net_arch [512], ReLU, shared), so the torso holds the convolutions only.
+    Input uint8 [B, C, H, W]; the division by 255 happens here, on the fly, so nothing stores floats.
+    """
+
+    min_size = 36  # the smallest H and W the three convolutions leave a 1x1 map of
+
+    def __init__(self, channels: int, height: int, width: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
             nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
-        with torch.no_grad():
-            n_flat = self.conv(torch.zeros(1, channels, height, width)).shape[1]
-        self.linear = nn.Sequential(nn.Linear(n_flat, out_features), nn.ReLU())
+        self.out_features = _flat_size(self.conv, channels, height, width)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """Features [B, 512] from uint8 frames [B, C, H, W]."""
-        return self.linear(self.conv(frames.to(torch.float32) / 255.0))
+        """Features [B, out_features] from uint8 frames [B, C, H, W]."""
+        return self.conv(frames.to(torch.float32) / 255.0)
+
+
+class MinAtarCNN(nn.Module):
+    """MinAtar's torso (Young & Tian 2019): one 16x3x3 conv, stride 1, ReLU, flattened: [B, 1024] at 10x10.
+
+    NatureCNN's 8x8 stride-4 first layer leaves nothing of a 10x10 frame; the paper's 128-unit
+    layer is net_arch [128] of the minatar preset. Input uint8 [B, C, H, W], divided by 255 here.
+    """
+
+    min_size = 3
+
+    def __init__(self, channels: int, height: int, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(channels, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
+        self.out_features = _flat_size(self.conv, channels, height, width)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Features [B, out_features] from uint8 frames [B, C, H, W]."""
+        return self.conv(frames.to(torch.float32) / 255.0)
+
+
+def _flat_size(conv: nn.Module, channels: int, height: int, width: int) -> int:
+    with torch.no_grad():
+        return int(conv(torch.zeros(1, channels, height, width)).shape[1])
+
+
+def image_torso(channels: int, height: int, width: int) -> nn.Module:
+    """The conv torso for frames of this size: NatureCNN from 36x36 up (Atari's 84x84), MinAtarCNN below."""
+    if min(height, width) >= NatureCNN.min_size:
+        return NatureCNN(channels, height, width)
+    if min(height, width) >= MinAtarCNN.min_size:
+        return MinAtarCNN(channels, height, width)
+    raise ProximoError(f"image observations of {height}x{width} are too small for a conv torso (at least "
+                       f"{MinAtarCNN.min_size}x{MinAtarCNN.min_size}); flatten them into a vector instead")

@@ -11,7 +11,7 @@ from torch import nn
 
 from proximo.envs.masks import network_space
 from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, MASKED_LOGIT, make_action_head
-from proximo.nn.encoders import NatureCNN, encode_flat, flat_dim, is_image_space
+from proximo.nn.encoders import encode_flat, flat_dim, image_torso, is_image_space
 from proximo.nn.fast import fast_tanh
 from proximo.nn.normalize import RunningMeanStd
 from proximo.nn.numpy_mlp import NUMPY_ACTIVATIONS, linear, mlp_forward
@@ -79,8 +79,8 @@ class ActorCritic(nn.Module):
             shape = observation_space.shape
             self.channels_last = shape[-1] < shape[0]
             c, h, w = (shape[2], shape[0], shape[1]) if self.channels_last else shape
-            self.torso: nn.Module = NatureCNN(c, h, w)
-            in_features = 512
+            self.torso: nn.Module = image_torso(c, h, w)  # convolutions; the dense layers are net_arch
+            in_features = self.torso.out_features
             self.obs_shape: tuple[int, ...] = (c, h, w)
             self.obs_dtype = torch.uint8
         else:

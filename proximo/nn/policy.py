@@ -113,6 +113,9 @@ class ActorCritic(nn.Module):
             orthogonal_init(self.vf_net, math.sqrt(2))
             orthogonal_init(self.action_head, 0.01)
             orthogonal_init(self.value_head, 1.0)
+            for core in (self.pi_core, self.vf_core):
+                if core is not None:
+                    core.orthogonal_init()
 
     # observation pipeline -------------------------------------------------------------------
     def encode(self, obs, batch: int) -> torch.Tensor:

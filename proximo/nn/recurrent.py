@@ -22,8 +22,10 @@ class RecurrentCore(nn.Module):
         self.rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(in_features, hidden, layers)
         self.parts = 2 if kind == "lstm" else 1
         self.state_size = self.parts * layers * hidden
+
+    def orthogonal_init(self) -> None:
+        """Orthogonal weights (gain 1: the gates squash) and zero biases, as the Linear layers get with ortho_init."""
         for name, param in self.rnn.named_parameters():
-            # Orthogonal weights and zero biases, as for the Linear layers (gain 1: the cell's gates squash).
             if name.startswith("weight"):
                 nn.init.orthogonal_(param, 1.0)
             else:

@@ -16,7 +16,8 @@ from proximo.config import PRESETS, PPOConfig, field_types
 from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, EchoedError, ProximoError
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
-COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli"]
+COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli",
+                              "proximo.sweep.cli"]
 
 
 class ArgumentParser(argparse.ArgumentParser):

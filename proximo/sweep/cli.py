@@ -39,7 +39,7 @@ def run_options(args: argparse.Namespace, title: str) -> Any:
 def base_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Fixed config fields of every trial: --preset-file values, then the train flags given."""
     from proximo.cli import config_overrides
-    from proximo.sweep.spec import load_preset_file
+    from proximo.config import load_preset_file
 
     values = load_preset_file(args.preset_file) if args.preset_file else {}
     values.update(config_overrides(args))

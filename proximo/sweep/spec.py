@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proximo.config import PPOConfig, field_types, make_config
+from proximo.config import PPOConfig, field_types, load_preset_file, make_config, read_mapping
 from proximo.errors import ConfigError
 
 # Fields a grid may not vary: the seed has its own flag, and these only change bookkeeping.
@@ -99,39 +99,6 @@ def parse_seeds(text: str | int | list) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {text!r} lists a seed more than once")
     return seeds
-
-
-def load_preset_file(path: str | Path) -> dict[str, Any]:
-    """Config fields from a preset file (JSON or YAML: {"config": {...}} or a flat mapping of fields)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"preset file {path} does not exist; give the path of a JSON file such as best.json")
-    data = _read_mapping(path, "preset file")
-    values = data.get("config", data) if isinstance(data.get("config"), dict) else data
-    values = {key: value for key, value in values.items() if not key.startswith("_")}
-    known = {f.name for f in dataclasses.fields(PPOConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"preset file {path} sets unknown config field(s) {unknown}; see `proximo train --help`")
-    return values
-
-
-def _read_mapping(path: Path, what: str) -> dict[str, Any]:
-    """A JSON or YAML file that must hold one mapping."""
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # json and yaml raise their own error types; both mean the same to a user
-        raise ConfigError(f"{what} {path} is not valid {path.suffix.lstrip('.') or 'JSON'} "
-                          f"({str(exc).splitlines()[0]}); fix the file") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping of keys to values, got {type(data).__name__}")
-    return data
 
 
 @dataclass(frozen=True)
@@ -225,7 +192,7 @@ class SweepSpec:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"sweep file {path} does not exist")
-        data = _read_mapping(path, "sweep file")
+        data = read_mapping(path, "sweep file")
         allowed = {"envs", "preset", "preset_file", "config", "grid", "seeds"}
         unknown = sorted(set(data) - allowed)
         if unknown:

@@ -50,6 +50,21 @@ def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
                           "`ray start --head` there, or leave out --address for a local cluster") from None
 
 
+def check_address(address: str | None, workers: int | None) -> int:
+    """Check --address and --workers before anything starts; returns the local cluster's CPU count (0 with --address)."""
+    if address is None:
+        cpus = workers if workers is not None else (os.cpu_count() or 1)
+        if cpus < 1:
+            raise ConfigError(f"--workers must be at least 1, got {cpus}")
+        return cpus
+    if workers is not None:
+        raise ConfigError("--workers sizes a local cluster; with --address the cluster's own CPUs are used "
+                          "(leave out --workers, or --address)")
+    if address != "auto":
+        _check_reachable(address)
+    return 0
+
+
 def connect(address: str | None, workers: int | None, threads: int) -> Any:
     """Start (address None) or join (auto | HOST:PORT) a Ray cluster; returns the ray module.
 
@@ -57,28 +72,19 @@ def connect(address: str | None, workers: int | None, threads: int) -> Any:
     and the workers' logs stay out of the terminal (each trial logs to its run directory).
     """
     ray = import_ray()
-    runtime_env = {"env_vars": worker_env(threads)}
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                  runtime_env=runtime_env, configure_logging=True)
+    cpus = check_address(address, workers)
     if ray.is_initialized():
         return ray  # a caller (a test, a notebook) already holds a cluster: use it as it is
-    if address is None:
-        cpus = workers if workers is not None else (os.cpu_count() or 1)
-        if cpus < 1:
-            raise ConfigError(f"--workers must be at least 1, got {cpus}")
-        try:
-            ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", **common)
-        except Exception as exc:  # Ray raises many kinds; the user needs the reason in one line
-            raise ProximoError(f"could not start a local Ray cluster: {_first_line(exc)}") from None
-        return ray
-    if workers is not None:
-        raise ConfigError("--workers sizes a local cluster; with --address the cluster's own CPUs are used "
-                          "(leave out --workers, or --address)")
-    if address != "auto":
-        _check_reachable(address)
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                  runtime_env={"env_vars": worker_env(threads)}, configure_logging=True)
     try:
-        ray.init(address=address, **common)
-    except Exception as exc:
+        if address is None:
+            ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", **common)
+        else:
+            ray.init(address=address, **common)
+    except Exception as exc:  # Ray raises many kinds; the user needs the reason in one line
+        if address is None:
+            raise ProximoError(f"could not start a local Ray cluster: {_first_line(exc)}") from None
         raise ConfigError(f"cannot join the Ray cluster at --address {address}: {_first_line(exc)}; start one with "
                           "`ray start --head`, or leave out --address for a local cluster") from None
     return ray

@@ -85,11 +85,12 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RunOptions) -> li
     newest; a trial whose worker dies is retried options.retries times and then recorded as failed with its
     error. Ctrl-C cancels the running trials (their checkpoints stay) and raises KeyboardInterrupt.
     """
-    from proximo.sweep.cluster import import_ray
+    from proximo.sweep.cluster import check_address, import_ray
 
     sweep_dir = Path(sweep_dir)
     trials = spec.trials()  # every config validated before Ray starts
     import_ray()  # Ray missing: one line naming the extra, before anything is written
+    check_address(options.address, options.workers)
     if options.cpus_per_trial < 1:
         raise ConfigError(f"--cpus-per-trial must be at least 1, got {options.cpus_per_trial}")
     if options.retries < 0:

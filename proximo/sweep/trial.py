@@ -78,7 +78,10 @@ def run_trial(env_id: str, config: dict[str, Any], run_dir: str, reporter: Calla
                                                   "status": "running", "started": time.time()})
     with output_to(run_dir_path / TRIAL_LOG), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        print(f"proximo: attempt {attempts} of {env_id} in pid {os.getpid()}", flush=True)
+        import proximo
+
+        print(f"proximo: attempt {attempts} of {env_id} in pid {os.getpid()} (proximo from "
+              f"{Path(proximo.__file__).parent})", flush=True)
         trainer = Trainer(env_id, PPOConfig.from_dict(config), run_dir_path, verbose=False, tensorboard=False)
         checkpoints = list_checkpoints(run_dir_path)
         resumed_from = _resume(trainer, checkpoints)

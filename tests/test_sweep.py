@@ -138,12 +138,12 @@ def test_a_trial_whose_worker_is_killed_is_retried_and_finishes(cluster, tmp_pat
 
     killer = threading.Thread(target=kill_worker, daemon=True)
     killer.start()
-    code = sweep(tmp_path, "--total-steps", "20480", "--save-every", "1024", "--seeds", "1")
+    code = sweep(tmp_path, "--total-steps", "10240", "--save-every", "512", "--seeds", "1")
     killer.join(timeout=5)
     assert killed, "the trial finished before it could be killed"
     assert code == 0
     (row,) = read_rows(tmp_path)
-    assert row["status"] == "done" and row["global_step"] == "20480"
+    assert row["status"] == "done" and row["global_step"] == "10240"
     meta = trial_meta(run_dir)
     assert meta["attempts"] == 2 and meta["pid"] != killed[0]
     assert meta["resumed_from"].startswith("step_")  # the retry continued from the checkpoint, not from scratch
@@ -151,7 +151,7 @@ def test_a_trial_whose_worker_is_killed_is_retried_and_finishes(cluster, tmp_pat
 
 
 def test_an_interrupted_sweep_resumes_to_the_same_results(cluster, tmp_path):
-    args = ["--total-steps", "12288", "--save-every", "1024", "--seeds", "1-2"]
+    args = ["--total-steps", "6144", "--save-every", "512", "--seeds", "1-2"]
     assert sweep(tmp_path / "whole", *args) == 0
     whole = read_rows(tmp_path / "whole")
 
@@ -294,3 +294,22 @@ def test_unknown_fields_in_a_preset_file_are_named(capsys, tmp_path):
     path.write_text(json.dumps({"config": {"learning_rat": 0.1}}))
     err = _one_line_error(capsys, ["train", "CartPole-v1", "--preset-file", str(path)])
     assert "unknown config field(s) ['learning_rat']" in err
+
+
+@pytest.mark.slow
+def test_tune_writes_a_preset_file_that_train_loads(cluster, tmp_path):
+    pytest.importorskip("optuna", reason="proximo tune needs optuna (the ray extra)")
+    tune_dir = tmp_path / "tune"
+    with Watchdog(300):
+        code = main(["tune", "CartPole-v1", "--preset", "cartpole", "--total-steps", "2048", "--eval-episodes", "2",
+                     "--space", "learning_rate=loguniform(1e-4,1e-2)", "--space", "n_epochs=int(3,10)",
+                     "--trials", "3", "--tune-dir", str(tune_dir)])
+    assert code == 0
+    best = json.loads((tune_dir / "best.json").read_text())
+    assert set(best["best"]["params"]) == {"learning_rate", "n_epochs"}
+    assert 1e-4 <= best["config"]["learning_rate"] <= 1e-2 and 3 <= best["config"]["n_epochs"] <= 10
+    assert len(list((tune_dir / "runs").iterdir())) == 3  # each trial a normal run directory
+    args = build_parser().parse_args(["train", "CartPole-v1", "--preset-file", str(tune_dir / "best.json"),
+                                      "--run-dir", str(tmp_path / "run")])
+    config = train_plan(args)["config"]
+    assert config["learning_rate"] == best["config"]["learning_rate"] and config["n_steps"] == 32

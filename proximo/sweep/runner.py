@@ -38,10 +38,15 @@ def trial_config(trial: Trial, spec: SweepSpec, options: RunOptions) -> dict[str
     if "torch_threads" not in spec.base:
         config["torch_threads"] = options.cpus_per_trial
     if not config["save_every"]:
-        rollout = config["num_envs"] * config["n_steps"]
-        updates = max(1, -(-config["total_steps"] // rollout))
-        config["save_every"] = rollout * max(1, updates // options.checkpoints_per_trial)
+        config["save_every"] = periodic_save_every(config, options.checkpoints_per_trial)
     return config
+
+
+def periodic_save_every(config: dict[str, Any], checkpoints: int = 10) -> int:
+    """save_every (env steps, a whole number of rollouts) that gives a run about `checkpoints` checkpoints."""
+    rollout = config["num_envs"] * config["n_steps"]
+    updates = max(1, -(-config["total_steps"] // rollout))
+    return rollout * max(1, updates // checkpoints)
 
 
 def prepare_dir(sweep_dir: Path, spec: SweepSpec) -> None:

@@ -131,6 +131,10 @@ def run_tune(env_id: str, preset: str | None, base: dict[str, Any], space: list[
     rollout = config["num_envs"] * config["n_steps"]
     if "torch_threads" not in base:
         config["torch_threads"] = options.cpus_per_trial
+    if not config["save_every"]:  # a trial that Tune restores resumes from its newest checkpoint
+        from proximo.sweep.runner import periodic_save_every
+
+        config["save_every"] = periodic_save_every(config)
     tune_dir = Path(tune_dir).absolute()
     tune_dir.mkdir(parents=True, exist_ok=True)
     owned = not import_ray().is_initialized()
@@ -194,9 +198,8 @@ def summarize(results, env_id: str, config: dict[str, Any], names: list[str], to
                           f"{sorted({r['error'] for r in rows if r['error']})[:2]}); see {tune_dir}")
     best = max(pool, key=lambda r: r["value"])
     best_config = PPOConfig.from_dict({**config, **best["params"]}).to_dict()
-    defaults = PPOConfig().to_dict()
-    preset = {key: value for key, value in best_config.items()
-              if value != defaults[key] and key not in ("seed", "torch_threads")}
+    # Every field (not only those off the defaults), so the file means the same with or without a --preset beside it.
+    preset = {key: value for key, value in best_config.items() if key not in ("seed", "torch_threads")}
     data = {"_what": f"best of {len(rows)} proximo tune trials on {env_id} "
                      f"(last-100 training return {best['value']:.1f} at {best['global_step']:,} steps); load with "
                      f"`proximo train {env_id} --preset-file best.json`",

@@ -271,6 +271,11 @@ def test_bad_sweep_input_is_one_line_and_exit_2(capsys, tmp_path, extra, fragmen
     assert not (tmp_path / "s").exists()  # nothing written for a sweep that cannot start
 
 
+def test_an_unknown_env_fails_before_any_trial(capsys, tmp_path):
+    err = _one_line_error(capsys, ["sweep", "CartPole-v1", "NoSuchEnv-v9", "--sweep-dir", str(tmp_path / "s")])
+    assert "unknown env id 'NoSuchEnv-v9'" in err and not (tmp_path / "s").exists()
+
+
 def test_without_ray_the_error_names_the_extra(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     err = _one_line_error(capsys, ["sweep", "CartPole-v1", "--sweep-dir", str(tmp_path / "s")])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from proximo.checkpoint import atomic_write_json, ensure_run_dir
+from proximo.envs.make import make_single_env
 from proximo.errors import ConfigError, ProximoError
 from proximo.sweep.results import read_failures, trial_rows, write_failures, write_results
 from proximo.sweep.spec import SweepSpec, Trial
@@ -55,8 +56,6 @@ def prepare_dir(sweep_dir: Path, spec: SweepSpec) -> None:
     path = sweep_dir / SPEC_FILE
     mine = spec.to_dict()
     if path.is_file():
-        import json
-
         try:
             theirs = json.loads(path.read_text())
         except ValueError:
@@ -96,6 +95,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RunOptions) -> li
     trials = spec.trials()  # every config validated before Ray starts
     import_ray()  # Ray missing: one line naming the extra, before anything is written
     check_address(options.address, options.workers)
+    for env_id in spec.envs:  # a wrong env id: one line here, not a failed trial per setting and seed
+        make_single_env(env_id).close()
     if options.cpus_per_trial < 1:
         raise ConfigError(f"--cpus-per-trial must be at least 1, got {options.cpus_per_trial}")
     if options.retries < 0:

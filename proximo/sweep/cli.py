@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from proximo.errors import ConfigError, ProximoError
+from proximo.errors import ConfigError
 
 
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,8 @@
 """Running a sweep's trials as Ray tasks: skip the finished, resume the interrupted, retry lost workers."""
 from __future__ import annotations
 
+import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

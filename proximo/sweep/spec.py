@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-import json
 import re
 import typing
 from dataclasses import dataclass, field

@@ -211,9 +211,30 @@ def markdown(data: dict[str, Any]) -> str:
     for name in names:
         cells = [f"{data['per_env'][e][name]:.2f}" if name in data["per_env"].get(e, {}) else "" for e in envs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Sweep: {data['sweep_dir']} ({data['trials_done']}/{data['trials']} trials finished, "
-              f"{data['wall_time_s'] / 60:.1f} min wall, mean {data['sps']:,.0f} steps/s per trial)."]
+    lines += ["", f"Sweep: {data['sweep_dir']} ({data['trials_done']}/{data['trials']} trials finished; their training "
+              f"took {data['trial_time_s'] / 60:.1f} min in all, at a mean {data['sps']:,.0f} steps/s per trial on "
+              "one core each).", ""]
+    lines += full_scale(data["sps"])
     return "\n".join(lines) + "\n"
+
+
+def full_scale(sps: float, runs: int = 7 * 11 * 3, steps: int = 1_000_000) -> list[str]:
+    """Markdown lines: what the paper's full protocol costs at `sps` steps/s per run, and how to run it."""
+    if not (sps and math.isfinite(sps)):
+        return []
+    cpu_hours = runs * steps / sps / 3600
+    one_run_h = steps / sps / 3600
+    # trials are whole runs: n cores finish ceil(runs / n) rounds of one run each
+    walls = ", ".join(f"{math.ceil(runs / n) * one_run_h:,.1f} h on {n} cores" for n in (2, 8, 32))
+    return ["## Full scale", "",
+            f"{runs} runs x {steps:,} steps at the measured {sps:,.0f} steps/s per run (one core each) take "
+            f"{cpu_hours:,.0f} CPU-hours: wall time about {walls} (one trial per core), and "
+            f"{one_run_h:.1f} h, the length of one run, on {runs} cores. On a Ray cluster (the sweep directory on a "
+            "file system every node sees):", "",
+            "```bash", "ray start --head --port 6379                      # on the head node",
+            "ray start --address HEAD:6379                     # on every other node",
+            "proximo paper table1 --steps 1000000 --seeds 3 --envs all --address auto \\",
+            "    --sweep-dir /shared/table1 --output /shared/table1/table1", "```"]
 
 
 def figure(data: dict[str, Any], path: Path) -> Path:
@@ -307,7 +328,8 @@ def cmd_table1(args: argparse.Namespace) -> int:
 
     meta = {"command": options.command, "envs": envs, "steps": args.steps, "seeds": spec.seeds,
             "sweep_dir": str(args.sweep_dir), "trials": len(rows), "trials_done": len(done),
-            "wall_time_s": time.time() - started,
+            "trial_time_s": float(sum(r["wall_time_s"] or 0.0 for r in done)),
+            "this_invocation_s": time.time() - started,
             "sps": float(np.mean([r["sps"] for r in done])) if done else math.nan,
             "machine": f"{platform.machine()} {platform.processor() or ''} with "
                        f"{__import__('os').cpu_count()} cores, torch {torch.__version__}".replace("  ", " ")}

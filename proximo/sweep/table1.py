@@ -7,6 +7,7 @@ import json
 import math
 import platform
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -252,9 +253,14 @@ def figure(data: dict[str, Any], path: Path) -> Path:
     axes.bar(x - 0.2, ours, 0.4, yerr=spread if spread.any() else None, capsize=3,
              label=f"proximo ({data['steps']:,} steps, {len(data['seeds'])} seed(s))", color="#2b6cb0")
     axes.bar(x + 0.2, PAPER, 0.4, label="paper (1M steps, 3 seeds)", color="#a0aec0")
+    # each env's normalized score: the spread behind a bar, visible even with one seed
+    for i, name in enumerate(names):
+        points = [per_env[name] for per_env in data["per_env"].values() if name in per_env]
+        axes.scatter(np.full(len(points), x[i] - 0.2), points, s=9, color="black", zorder=3,
+                     label="proximo, one env" if i == 0 else None)
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_xticks(x)
-    axes.set_xticklabels([n.replace(", ", "\n") for n in names], fontsize=7)
+    axes.set_xticklabels([textwrap.fill(n, 13) for n in names], fontsize=7)
     axes.set_ylabel("normalized score (random 0, best 1)")
     axes.set_title(f"PPO Table 1 on {len(data['envs'])} MuJoCo v5 tasks")
     axes.legend(fontsize=8)

@@ -44,6 +44,21 @@ def _label(run_dirs: list[Path]) -> str:
     return f"{name} ({len(run_dirs)} seeds)" if len(run_dirs) > 1 else f"{name}: {run_dirs[0].name}"
 
 
+def draw_seeds(axes, curves: list[tuple[np.ndarray, np.ndarray]], label: str, linewidth: float = 1.6,
+               alpha: float = 0.2) -> int:
+    """Draw the seeds of one setting on axes: one run as it is, several as their mean with a min-max band over the
+    steps they all reached. Returns how many curves had points."""
+    curves = [(s, v) for s, v in curves if len(s)]
+    if len(curves) == 1:
+        axes.plot(curves[0][0], curves[0][1], label=label, linewidth=linewidth)
+    elif curves:
+        grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), 200)
+        stacked = np.stack([np.interp(grid, s, v) for s, v in curves])
+        line, = axes.plot(grid, stacked.mean(0), label=label, linewidth=linewidth)
+        axes.fill_between(grid, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=alpha)
+    return len(curves)
+
+
 def plot_runs(run_dirs: list[Path], output: Path, y: str = "episode_return_mean", title: str | None = None) -> Path:
     """Draw y against env steps; runs sharing a config (seeds aside) become one mean line with a min-max band."""
     import matplotlib
@@ -55,17 +70,7 @@ def plot_runs(run_dirs: list[Path], output: Path, y: str = "episode_return_mean"
         groups[_group_key(Path(run_dir))].append(Path(run_dir))
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
     for members in groups.values():
-        curves = [read_curve(member, y) for member in members]
-        curves = [(s, v) for s, v in curves if len(s)]
-        if not curves:
-            continue
-        if len(curves) == 1:
-            axes.plot(curves[0][0], curves[0][1], label=_label(members), linewidth=1.6)
-            continue
-        grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), 200)
-        stacked = np.stack([np.interp(grid, s, v) for s, v in curves])
-        line, = axes.plot(grid, stacked.mean(0), label=_label(members), linewidth=1.6)
-        axes.fill_between(grid, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=0.2)
+        draw_seeds(axes, [read_curve(member, y) for member in members], _label(members))
     if not axes.lines:
         raise ProximoError(f"no finished episodes to plot in {', '.join(map(str, run_dirs))} (column {y!r} is empty)")
     axes.set_xlabel("environment steps")

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from proximo.errors import ProximoError
 
 
@@ -34,7 +32,7 @@ def plot_sweep(sweep_dir: Path, output: Path, y: str = "episode_return_mean", ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from proximo.plot import read_curve
+    from proximo.plot import draw_seeds, read_curve
 
     groups = sweep_groups(sweep_dir)
     columns = min(len(groups), 4)
@@ -44,18 +42,9 @@ def plot_sweep(sweep_dir: Path, output: Path, y: str = "episode_return_mean", ti
     for ax, (env_id, settings) in zip(axes.flat, groups.items()):
         for setting, run_dirs in settings.items():
             curves = [read_curve(d, y) for d in run_dirs if (d / "metrics.csv").is_file()]
-            curves = [(s, v) for s, v in curves if len(s)]
-            if not curves:
-                continue
-            drawn += 1
-            label = f"{setting} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
-            if len(curves) == 1:
-                ax.plot(curves[0][0], curves[0][1], label=label, linewidth=1.4)
-                continue
-            grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), 200)
-            stacked = np.stack([np.interp(grid, s, v) for s, v in curves])
-            line, = ax.plot(grid, stacked.mean(0), label=label, linewidth=1.4)
-            ax.fill_between(grid, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=0.18)
+            seeds = sum(len(s) > 0 for s, _ in curves)
+            label = f"{setting} ({seeds} seed{'s' if seeds != 1 else ''})"
+            drawn += draw_seeds(ax, curves, label, linewidth=1.4, alpha=0.18) > 0
         ax.set_title(env_id, fontsize=10)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("return, mean of last 100 episodes" if y == "episode_return_mean" else y.replace("_", " "))

@@ -16,7 +16,8 @@ from proximo.config import PRESETS, PPOConfig, field_types
 from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, EchoedError, ProximoError
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
-COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli"]
+COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli",
+                              "proximo.sweep.cli"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -101,6 +102,9 @@ def build_parser() -> ArgumentParser:
     train = sub.add_parser("train", help="train a PPO agent on a gymnasium env")
     train.add_argument("env_id", nargs="?", help="gymnasium id, e.g. CartPole-v1 (omit with --resume)")
     train.add_argument("--preset", choices=None, help=f"one of {', '.join(PRESETS)}")
+    train.add_argument("--preset-file", type=Path, metavar="FILE",
+                       help="config fields from a JSON/YAML file (e.g. the best.json of `proximo tune`); applied over "
+                            "--preset, under the flags")
     train.add_argument("--run-dir", type=Path, help="where to write the run (default runs/<env>-<time>)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress output")
@@ -158,6 +162,9 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     from proximo.train import read_run_config, resume_target
 
     overrides = config_overrides(args)
+    preset_file = getattr(args, "preset_file", None)
+    if args.resume is not None and preset_file is not None:
+        raise ConfigError("--resume keeps the run's config; leave out --preset-file")
     if args.resume is not None:
         run_dir, checkpoint, earlier = resume_target(args.resume)
         env_id, env_kwargs, saved = read_run_config(run_dir)
@@ -174,6 +181,10 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
                 "run_dir": str(run_dir), "checkpoint": str(checkpoint), "earlier": earlier and str(earlier)}
     if not args.env_id:
         raise ProximoError("train needs an env id (e.g. `proximo train CartPole-v1`) or --resume RUN_DIR")
+    if preset_file is not None:
+        from proximo.config import load_preset_file
+
+        overrides = {**load_preset_file(preset_file), **overrides}
     config = make_config(args.preset, **overrides)
     run_dir = ensure_run_dir(args.run_dir or default_run_dir(args.env_id, args.preset, config.seed), create=False)
     return {"env_id": args.env_id, "env_kwargs": {}, "config": config.to_dict(), "run_dir": str(run_dir),

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,3 +305,41 @@ def make_config(preset: str | None = None, **overrides: Any) -> PPOConfig:
         values.update(PRESETS[preset])
     values.update(overrides)
     return PPOConfig.from_dict(values)
+
+
+def load_preset_file(path: str | Path) -> dict[str, Any]:
+    """Config fields from a preset file (JSON or YAML: {"config": {...}} or a flat mapping of fields)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"preset file {path} does not exist; give the path of a JSON file such as best.json")
+    data = read_mapping(path, "preset file")
+    values = data.get("config", data) if isinstance(data.get("config"), dict) else data
+    values = {key: value for key, value in values.items() if not key.startswith("_")}
+    known = {f.name for f in dataclasses.fields(PPOConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"preset file {path} sets unknown config field(s) {unknown}; see `proximo train --help`")
+    return values
+
+
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A JSON or YAML file that must hold one mapping, or a ConfigError naming the file and what is wrong."""
+    text = path.read_text()
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    if yaml_file:
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{what} {path} is YAML, and PyYAML is not installed; install it with "
+                              "`pip install -e '.[ray]'` or write the file as JSON") from None
+    try:
+        if yaml_file:
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json and yaml raise their own error types; both mean the same to a user
+        raise ConfigError(f"{what} {path} is not valid {path.suffix.lstrip('.') or 'JSON'} "
+                          f"({str(exc).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data

@@ -44,6 +44,21 @@ def _label(run_dirs: list[Path]) -> str:
     return f"{name} ({len(run_dirs)} seeds)" if len(run_dirs) > 1 else f"{name}: {run_dirs[0].name}"
 
 
+def draw_seeds(axes, curves: list[tuple[np.ndarray, np.ndarray]], label: str, linewidth: float = 1.6,
+               alpha: float = 0.2) -> int:
+    """Draw the seeds of one setting on axes: one run as it is, several as their mean with a min-max band over the
+    steps they all reached. Returns how many curves had points."""
+    curves = [(s, v) for s, v in curves if len(s)]
+    if len(curves) == 1:
+        axes.plot(curves[0][0], curves[0][1], label=label, linewidth=linewidth)
+    elif curves:
+        grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), 200)
+        stacked = np.stack([np.interp(grid, s, v) for s, v in curves])
+        line, = axes.plot(grid, stacked.mean(0), label=label, linewidth=linewidth)
+        axes.fill_between(grid, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=alpha)
+    return len(curves)
+
+
 def plot_runs(run_dirs: list[Path], output: Path, y: str = "episode_return_mean", title: str | None = None) -> Path:
     """Draw y against env steps; runs sharing a config (seeds aside) become one mean line with a min-max band."""
     import matplotlib
@@ -55,17 +70,7 @@ def plot_runs(run_dirs: list[Path], output: Path, y: str = "episode_return_mean"
         groups[_group_key(Path(run_dir))].append(Path(run_dir))
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
     for members in groups.values():
-        curves = [read_curve(member, y) for member in members]
-        curves = [(s, v) for s, v in curves if len(s)]
-        if not curves:
-            continue
-        if len(curves) == 1:
-            axes.plot(curves[0][0], curves[0][1], label=_label(members), linewidth=1.6)
-            continue
-        grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), 200)
-        stacked = np.stack([np.interp(grid, s, v) for s, v in curves])
-        line, = axes.plot(grid, stacked.mean(0), label=_label(members), linewidth=1.6)
-        axes.fill_between(grid, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=0.2)
+        draw_seeds(axes, [read_curve(member, y) for member in members], _label(members))
     if not axes.lines:
         raise ProximoError(f"no finished episodes to plot in {', '.join(map(str, run_dirs))} (column {y!r} is empty)")
     axes.set_xlabel("environment steps")
@@ -83,15 +88,25 @@ def plot_runs(run_dirs: list[Path], output: Path, y: str = "episode_return_mean"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `proximo plot RUN_DIR [RUN_DIR ...] -o curve.png`."""
-    parser = subparsers.add_parser("plot", help="draw learning curves of runs (mean and band over seeds)")
-    parser.add_argument("run_dirs", nargs="+", type=Path)
-    parser.add_argument("-o", "--output", type=Path, default=Path("curve.png"))
+    parser = subparsers.add_parser("plot", help="draw learning curves of runs (mean and band over seeds), or of a "
+                                                "sweep directory (a curve per setting)")
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories, or one `proximo sweep` directory")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="the PNG (default curve.png; for a sweep directory DIR/curves.png)")
     parser.add_argument("--y", default="episode_return_mean", help="metrics.csv column to draw")
     parser.add_argument("--title")
     parser.set_defaults(handler=_cmd_plot)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    path = plot_runs(args.run_dirs, args.output, args.y, args.title)
+    from proximo.sweep.plots import is_sweep_dir, plot_sweep
+
+    sweeps = [d for d in args.run_dirs if is_sweep_dir(d)]
+    if sweeps:
+        if len(args.run_dirs) > 1:
+            raise ProximoError(f"{sweeps[0]} is a sweep directory: plot it alone (`proximo plot {sweeps[0]}`)")
+        path = plot_sweep(sweeps[0], args.output or sweeps[0] / "curves.png", args.y, args.title)
+    else:
+        path = plot_runs(args.run_dirs, args.output or Path("curve.png"), args.y, args.title)
     print(f"wrote {path}")
     return 0

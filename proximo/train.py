@@ -12,7 +12,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -315,6 +315,8 @@ class Trainer:
         self._stop_signal: int | None = None
         self._horizon: int | None = None  # the step count the schedules anneal over (train()'s total)
         self._horizon_before_resume: int | None = None
+        # Called with each update's metrics row (after it is logged): how a sweep or a tuner watches a run.
+        self.on_update: Callable[[dict[str, Any]], None] | None = None
 
     # the loop -------------------------------------------------------------------------------
     @property
@@ -379,6 +381,8 @@ class Trainer:
                     self.monitor.context.total_updates = total // steps_per_update
                     self.monitor.observe_and_report(row, self.run_dir, echo=self.verbose)
                 progress.update(self.global_step, sps, episodes["episode_return_mean"])
+                if self.on_update is not None:
+                    self.on_update(row)
                 saved = False
                 if next_save is not None and self.global_step >= next_save and self.run_dir is not None:
                     self.save_checkpoint()

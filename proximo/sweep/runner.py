@@ -1,0 +1,198 @@
+"""Running a sweep's trials as Ray tasks: skip the finished, resume the interrupted, retry lost workers."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proximo.checkpoint import atomic_write_json, ensure_run_dir
+from proximo.envs.make import make_single_env
+from proximo.errors import ConfigError, ProximoError
+from proximo.sweep.results import read_failures, trial_rows, write_failures, write_results
+from proximo.sweep.spec import SweepSpec, Trial
+from proximo.sweep.trial import is_finished, run_trial
+
+SPEC_FILE = "sweep.json"
+RUNS = "runs"
+
+
+@dataclass
+class RunOptions:
+    """How to run (not what): the cluster, each trial's CPU share, retries, progress output."""
+
+    address: str | None = None       # None: a local cluster; "auto" or HOST:PORT: join that one
+    workers: int | None = None       # CPUs of the local cluster (default: this machine's)
+    cpus_per_trial: int = 1          # each trial's CPU share; torch threads follow it
+    retries: int = 2                 # extra attempts of a trial whose worker died
+    progress_every_s: float = 30.0   # plain progress lines (non-terminal) at this period
+    checkpoints_per_trial: int = 10  # when the config sets no save_every: about this many per trial
+    title: str = "proximo sweep"
+    command: str | None = None       # the command line, recorded in results.md
+
+
+def trial_config(trial: Trial, spec: SweepSpec, options: RunOptions) -> dict[str, Any]:
+    """The trial's config as it runs: torch threads at its CPU share and periodic checkpoints (a killed
+    trial resumes from the last one) unless the sweep set them."""
+    config = dict(trial.config)
+    if "torch_threads" not in spec.base:
+        config["torch_threads"] = options.cpus_per_trial
+    if not config["save_every"]:
+        config["save_every"] = periodic_save_every(config, options.checkpoints_per_trial)
+    return config
+
+
+def periodic_save_every(config: dict[str, Any], checkpoints: int = 10) -> int:
+    """save_every (env steps, a whole number of rollouts) that gives a run about `checkpoints` checkpoints."""
+    rollout = config["num_envs"] * config["n_steps"]
+    updates = max(1, -(-config["total_steps"] // rollout))
+    return rollout * max(1, updates // checkpoints)
+
+
+def prepare_dir(sweep_dir: Path, spec: SweepSpec) -> None:
+    """Create the sweep folder and record the spec; a folder holding another sweep is refused."""
+    ensure_run_dir(sweep_dir)
+    path = sweep_dir / SPEC_FILE
+    mine = spec.to_dict()
+    if path.is_file():
+        try:
+            theirs = json.loads(path.read_text())
+        except ValueError:
+            theirs = None
+        if theirs != json.loads(json.dumps(mine)):
+            differ = sorted(k for k in mine if theirs is None or json.loads(json.dumps(mine.get(k))) != theirs.get(k))
+            raise ConfigError(f"--sweep-dir {sweep_dir} holds another sweep (it differs in {', '.join(differ)}); "
+                              "re-run that sweep's command to resume it, or choose a new --sweep-dir")
+    else:
+        atomic_write_json(path, mine)
+
+
+def _remote_trial(env_id: str, config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """The body of one Ray task (a module-level function, so workers import it by name)."""
+    return run_trial(env_id, config, run_dir)
+
+
+def _error_text(exc: BaseException) -> str:
+    """The cause of a failed Ray task in one line: the trial's own exception where there is one."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, KeyboardInterrupt):
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RunOptions) -> list[dict[str, Any]]:
+    """Run every unfinished trial of spec under sweep_dir/runs/ on Ray and write results.csv and results.md.
+
+    Returns the result rows. A finished trial (summary.json) is skipped; one with checkpoints resumes from the
+    newest; a trial whose worker dies is retried options.retries times and then recorded as failed with its
+    error. Ctrl-C cancels the running trials (their checkpoints stay) and raises KeyboardInterrupt.
+    """
+    from proximo.sweep.cluster import check_address, import_ray
+
+    sweep_dir = Path(sweep_dir)
+    trials = spec.trials()  # every config validated before Ray starts
+    import_ray()  # Ray missing: one line naming the extra, before anything is written
+    check_address(options.address, options.workers)
+    for env_id in spec.envs:  # a wrong env id: one line here, not a failed trial per setting and seed
+        make_single_env(env_id).close()
+    if options.cpus_per_trial < 1:
+        raise ConfigError(f"--cpus-per-trial must be at least 1, got {options.cpus_per_trial}")
+    if options.retries < 0:
+        raise ConfigError(f"--retries must not be negative, got {options.retries}")
+    prepare_dir(sweep_dir, spec)
+    run_dirs = {t.name: sweep_dir / RUNS / t.name for t in trials}
+    todo = [t for t in trials if not is_finished(run_dirs[t.name])]
+    say = _printer()
+    try:
+        if not todo:
+            say(f"proximo: all {len(trials)} trials in {sweep_dir} are finished; nothing to run")
+        else:
+            _run_on_ray(todo, spec, sweep_dir, run_dirs, options, len(trials), say)
+    finally:  # an interrupted sweep still tables what finished
+        rows = trial_rows(trials, sweep_dir, run_dirs)
+        write_results(sweep_dir, rows, options.title, options.command)
+    return rows
+
+
+def _printer():
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+    return say
+
+
+def _run_on_ray(todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: dict[str, Path],
+                options: RunOptions, total: int, say) -> None:
+    from proximo.sweep.cluster import connect, import_ray
+
+    owned = not import_ray().is_initialized()  # a cluster the caller already joined is theirs to shut down
+    ray = connect(options.address, options.workers, options.cpus_per_trial)
+    try:
+        failures = _drive(ray, todo, spec, sweep_dir, run_dirs, options, total, say)
+    finally:
+        if owned:
+            ray.shutdown()
+    if failures:
+        say(f"proximo: {len(failures)} trial(s) failed; see failures.json and each trial's trial.log "
+            "(re-running the command tries them again)")
+
+
+def _drive(ray, todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: dict[str, Path],
+           options: RunOptions, total: int, say) -> dict[str, str]:
+    """Submit the trials as Ray tasks and collect them as they finish; returns the failures."""
+    from proximo.sweep.cluster import cluster_cpus
+    from proximo.sweep.progress import SweepProgress
+
+    cpus = cluster_cpus(ray)
+    if options.cpus_per_trial > cpus:
+        raise ConfigError(f"--cpus-per-trial {options.cpus_per_trial} is more than the cluster's {cpus} CPUs; "
+                          f"lower it or start the cluster with more (--workers {options.cpus_per_trial})")
+    slots = cpus // options.cpus_per_trial
+    resumed = sum((run_dirs[t.name] / "checkpoints").is_dir() for t in todo)
+    say(f"proximo: sweep of {total} trials in {sweep_dir}: {total - len(todo)} finished, {resumed} to resume, "
+        f"{len(todo) - resumed} to start; {slots} at a time on {cpus} CPUs "
+        f"({'local cluster' if options.address is None else options.address})")
+    # max_retries counts lost workers (kill -9, a node gone); an exception in the trial itself is not retried.
+    task = ray.remote(_remote_trial).options(num_cpus=options.cpus_per_trial, max_retries=options.retries,
+                                             retry_exceptions=False)
+    failures = read_failures(sweep_dir)
+    pending = {}
+    for trial in todo:
+        failures.pop(trial.name, None)  # a trial that failed before gets its attempts again
+        ref = task.remote(trial.env_id, trial_config(trial, spec, options), str(run_dirs[trial.name]))
+        pending[ref] = trial
+    write_failures(sweep_dir, failures)
+    progress = SweepProgress(todo, run_dirs, total - len(todo), total, slots, options.progress_every_s, say)
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                trial = pending.pop(ref)
+                try:
+                    summary = ray.get(ref)
+                except Exception as exc:  # the trial's own error, or the worker died past its retries
+                    failures[trial.name] = _error_text(exc)
+                    write_failures(sweep_dir, failures)
+                    progress.failed(trial, failures[trial.name])
+                else:
+                    progress.finished(trial, summary)
+            progress.tick()
+    except KeyboardInterrupt:
+        progress.close()
+        say(f"proximo: interrupted; stopping {len(pending)} unfinished trials (their checkpoints stay; re-run the "
+            "same command to resume)")
+        for ref in pending:
+            ray.cancel(ref, force=False)
+        ray.wait(list(pending), num_returns=len(pending), timeout=15.0)
+        raise
+    finally:
+        progress.close()
+    return failures
+
+
+def check_sweep_dir(path: Path | None) -> Path:
+    """--sweep-dir is required and must be a folder (or not exist yet)."""
+    if path is None:
+        raise ProximoError("give --sweep-dir DIR: where the trials' run directories and results go")
+    return path

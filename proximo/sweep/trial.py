@@ -1,0 +1,108 @@
+"""One trial, as a Ray worker runs it: a normal proximo run directory, started fresh or resumed from its checkpoint.
+
+This module imports nothing from Ray, so a trial can also run (and be tested) in a plain process.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from proximo.checkpoint import CheckpointError, atomic_write_json
+
+TRIAL_META = "trial.json"
+TRIAL_LOG = "trial.log"
+
+
+def trial_state(run_dir: Path) -> dict[str, Any]:
+    """What the run directory says of its trial: attempts so far, last pid, status ({} if never started)."""
+    path = Path(run_dir) / TRIAL_META
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A trial is finished once its run wrote summary.json (the last file a run writes)."""
+    return (Path(run_dir) / "summary.json").is_file()
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json of a finished run."""
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors too: MuJoCo's C warnings) to a file, then restore."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def run_trial(env_id: str, config: dict[str, Any], run_dir: str, reporter: Callable[[dict], None] | None = None
+              ) -> dict[str, Any]:
+    """Train one trial into run_dir and return its summary; resumes from the newest intact checkpoint if any.
+
+    A finished run (summary.json) is returned as it is. Each call counts one attempt in trial.json, with the pid,
+    so a sweep can tell a retried trial (its worker died) from a fresh one. reporter(row) sees every update.
+    """
+    from proximo.config import PPOConfig
+    from proximo.train import Trainer, list_checkpoints
+
+    run_dir_path = Path(run_dir)
+    if is_finished(run_dir_path):
+        return read_summary(run_dir_path)
+    run_dir_path.mkdir(parents=True, exist_ok=True)
+    state = trial_state(run_dir_path)
+    attempts = int(state.get("attempts", 0)) + 1
+    atomic_write_json(run_dir_path / TRIAL_META, {**state, "attempts": attempts, "pid": os.getpid(),
+                                                  "status": "running", "started": time.time()})
+    with output_to(run_dir_path / TRIAL_LOG), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import proximo
+
+        print(f"proximo: attempt {attempts} of {env_id} in pid {os.getpid()} (proximo from "
+              f"{Path(proximo.__file__).parent})", flush=True)
+        trainer = Trainer(env_id, PPOConfig.from_dict(config), run_dir_path, verbose=False, tensorboard=False)
+        checkpoints = list_checkpoints(run_dir_path)
+        resumed_from = _resume(trainer, checkpoints)
+        if checkpoints and resumed_from is None:  # every checkpoint was damaged: start over on a clean trainer
+            trainer = Trainer(env_id, PPOConfig.from_dict(config), run_dir_path, verbose=False, tensorboard=False)
+        if reporter is not None:
+            trainer.on_update = reporter
+        summary = trainer.train(trainer.config.total_steps)
+    atomic_write_json(run_dir_path / TRIAL_META, {**trial_state(run_dir_path), "status": "done",
+                                                  "resumed_from": resumed_from, "finished": time.time()})
+    return summary
+
+
+def _resume(trainer, checkpoints: list[Path]) -> str | None:
+    """Load the newest checkpoint that loads (a kill may have damaged the newest); its name, or None."""
+    for folder in reversed(checkpoints):
+        try:
+            trainer.load_training_state(folder)
+        except CheckpointError as exc:
+            print(f"proximo: skipping damaged checkpoint {folder.name}: {exc}", flush=True)
+            continue
+        print(f"proximo: resuming from {folder.name} (step {trainer.global_step:,})", flush=True)
+        return folder.name
+    return None

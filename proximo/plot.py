@@ -78,6 +78,13 @@ def plot_runs(run_dirs: list[Path], output: Path, y: str = "episode_return_mean"
     axes.set_title(title or "proximo learning curve")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
+    return save_figure(figure, output)
+
+
+def save_figure(figure, output: str | Path) -> Path:
+    """Lay out and write a matplotlib figure to output (folders made as needed), close it; returns the path."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

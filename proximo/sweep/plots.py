@@ -32,7 +32,7 @@ def plot_sweep(sweep_dir: Path, output: Path, y: str = "episode_return_mean", ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from proximo.plot import draw_seeds, read_curve
+    from proximo.plot import draw_seeds, read_curve, save_figure
 
     groups = sweep_groups(sweep_dir)
     columns = min(len(groups), 4)
@@ -55,9 +55,4 @@ def plot_sweep(sweep_dir: Path, output: Path, y: str = "episode_return_mean", ti
     if not drawn:
         raise ProximoError(f"no trial of the sweep in {sweep_dir} has finished episodes to plot yet")
     figure.suptitle(title or f"proximo sweep {Path(sweep_dir).name}: mean over seeds, band min-max", fontsize=11)
-    figure.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 
 from proximo.checkpoint import atomic_write_bytes, atomic_write_json
 from proximo.sweep.spec import Trial
-from proximo.sweep.trial import is_finished, read_summary, trial_state
+from proximo.sweep.trial import is_finished, read_json_or_empty, read_summary, trial_state
 
 FAILURES = "failures.json"
 COLUMNS = ["trial", "env_id", "setting", "seed", "status", "attempts", "global_step", "eval_return_mean",
@@ -21,11 +20,7 @@ COLUMNS = ["trial", "env_id", "setting", "seed", "status", "attempts", "global_s
 
 def read_failures(sweep_dir: Path) -> dict[str, str]:
     """Trial name -> error of the trials that failed after their retries."""
-    path = Path(sweep_dir) / FAILURES
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json_or_empty(Path(sweep_dir) / FAILURES)
 
 
 def write_failures(sweep_dir: Path, failures: dict[str, str]) -> None:

@@ -19,13 +19,17 @@ TRIAL_META = "trial.json"
 TRIAL_LOG = "trial.log"
 
 
-def trial_state(run_dir: Path) -> dict[str, Any]:
-    """What the run directory says of its trial: attempts so far, last pid, status ({} if never started)."""
-    path = Path(run_dir) / TRIAL_META
+def read_json_or_empty(path: Path) -> dict[str, Any]:
+    """A sweep's bookkeeping file as JSON; {} when it is missing or torn (the sweep then starts that record anew)."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def trial_state(run_dir: Path) -> dict[str, Any]:
+    """What the run directory says of its trial: attempts so far, last pid, status ({} if never started)."""
+    return read_json_or_empty(Path(run_dir) / TRIAL_META)
 
 
 def is_finished(run_dir: Path) -> bool:

@@ -32,7 +32,7 @@ from proximo.envs.atari import pixel_options
 from proximo.envs.check import require_env_ok
 from proximo.envs.guard import EnvFaultError, GuardedMaker
 from proximo.envs.make import EnvLike, make_vector_env
-from proximo.envs.masks import ActionMaskSource, mask_key_of
+from proximo.envs.masks import ActionMaskSource, mask_key_of, mask_width
 from proximo.envs.snapshot import (
     decode_value, encode_value, restore_vector_env, snapshot_vector_env, vector_env_obstacle,
 )
@@ -767,9 +767,7 @@ def find_action_masks(env: EnvLike, env_kwargs: dict, mode: str, action_space) -
     """Where this env's action masks come from (probing one env), or None; errors when mode=on finds none."""
     if mode == "off":
         return None
-    from gymnasium import spaces
-
-    if not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+    if mask_width(action_space) is None:
         if mode == "on":
             raise ConfigError(f"action_masking=on, but the action space is {action_space}; masking applies to "
                               "Discrete and MultiDiscrete actions: set action_masking=auto or off")

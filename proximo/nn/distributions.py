@@ -216,7 +216,7 @@ class ActionHead(nn.Module):
         self.linear = nn.Linear(features, out)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None):
-        """The action distribution for features [B, F]; mask [B, mask_dim()] bool restricts it to legal actions."""
+        """The action distribution for features [B, F]; mask [B, mask_width(space)] bool restricts it to legal actions."""
         out = F.linear(features, self.linear.weight, self.linear.bias)
         if self.kind == "discrete":
             return CategoricalDist(out, mask)
@@ -229,13 +229,6 @@ class ActionHead(nn.Module):
             return DiagGaussianDist(out, self.log_std)
         return BernoulliDist(out)
 
-    def mask_dim(self) -> int | None:
-        """Width of an action mask for this space (n, or sum of nvec); None where masking does not apply."""
-        if self.kind == "discrete":
-            return self.linear.out_features
-        if self.kind == "multidiscrete":
-            return sum(self.nvec)
-        return None
 
     def action_shape(self) -> tuple[int, ...]:
         """Per-env shape of a stored action: () for Discrete, (d,) otherwise."""

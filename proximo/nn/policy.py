@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from proximo.envs.masks import network_space
+from proximo.envs.masks import mask_width, network_space
 from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, MASKED_LOGIT, make_action_head
 from proximo.nn.encoders import encode_flat, flat_dim, image_torso, is_image_space
 from proximo.nn.fast import fast_tanh
@@ -102,7 +102,7 @@ class ActorCritic(nn.Module):
         self.vf_net = nn.Identity() if shared_network else mlp(in_features, net_arch, activation)
         features = net_arch[-1]
         self.action_head = make_action_head(action_space, features, log_std_init)
-        self.mask_dim = self.action_head.mask_dim()
+        self.mask_dim = mask_width(action_space)  # None where masking does not apply
         self.value_head = nn.Linear(features, 1)
         self.activation = activation  # the configured name: backends decide by it, not by a function's name
         self._activation = ACTIVATION_FUNCTIONS[activation]

@@ -28,8 +28,12 @@ class PPO:
         self.policy: ActorCritic = self._trainer.policy
         self.summary: dict[str, Any] = {}
 
-    def learn(self, total_steps: int | None = None) -> "PPO":
-        """Train for total_steps more env steps (default: config.total_steps); returns self."""
+    def learn(self, total_steps: int | None = None, callback: Any = None) -> "PPO":
+        """Train for total_steps more env steps (default: config.total_steps); returns self.
+
+        callback: a function of each update's metrics row, a proximo.callbacks.Callback, or a list of
+        them; one returning False stops training after that update (self.summary["stopped_by"] says why).
+        """
         if self._trainer is None:
             if not isinstance(self.env, str):
                 raise ProximoError("this agent was loaded without an env; create PPO(env, ...) to train")
@@ -37,7 +41,7 @@ class PPO:
             trainer.policy.load_state_dict(self.policy.state_dict())
             self._trainer, self.policy = trainer, trainer.policy
         steps = total_steps if total_steps is not None else self.config.total_steps
-        self.summary = self._trainer.train(self._trainer.global_step + steps)
+        self.summary = self._trainer.train(self._trainer.global_step + steps, callback=callback)
         return self
 
     @property

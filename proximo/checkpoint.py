@@ -165,15 +165,18 @@ def atomic_build_dir(final: Path, fill: Callable[[Path], None]) -> None:
         raise
 
 
+def write_files(folder: Path, files: dict[str, dict[str, torch.Tensor] | dict[str, Any]]) -> None:
+    """Write files into folder: name -> tensors for .safetensors, JSON data otherwise."""
+    for name, content in files.items():
+        if name.endswith(".safetensors"):
+            atomic_save_tensors(folder / name, content)  # type: ignore[arg-type]
+        else:
+            atomic_write_json(folder / name, content)
+
+
 def atomic_write_dir(final: Path, files: dict[str, dict[str, torch.Tensor] | dict[str, Any]]) -> None:
     """Write a folder of files (name -> tensors for .safetensors, JSON data otherwise) atomically."""
-    def fill(tmp: Path) -> None:
-        for name, content in files.items():
-            if name.endswith(".safetensors"):
-                atomic_save_tensors(tmp / name, content)  # type: ignore[arg-type]
-            else:
-                atomic_write_json(tmp / name, content)
-    atomic_build_dir(final, fill)
+    atomic_build_dir(final, lambda tmp: write_files(tmp, files))
 
 
 def recover_dir(final: Path) -> None:
@@ -188,34 +191,39 @@ def recover_dir(final: Path) -> None:
         os.replace(old, final)
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state_dict into tensors (per-parameter state) and JSON (param groups)."""
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, per_param in state["state"].items():
-        for key, value in per_param.items():
+class OptimizerState:
+    """An optimizer as a checkpoint component: per-parameter state as tensors "<index>.<key>", the
+    param groups and non-tensor per-parameter values (step counts kept as numbers) as JSON."""
+
+    def __init__(self, optimizer) -> None:
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors by "<param index>.<key>", plus "param_groups" and "scalars" (JSON)."""
+        state = self.optimizer.state_dict()
+        flat: dict[str, Any] = {}
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, per_param in state["state"].items():
+            for key, value in per_param.items():
+                if torch.is_tensor(value):
+                    flat[f"{index}.{key}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        return {**flat, "param_groups": state["param_groups"], "scalars": scalars}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Restore what state_dict() gave; a state that does not fit the parameters is a CheckpointError."""
+        state: dict[int, dict[str, Any]] = {}
+        for name, value in saved.items():
             if torch.is_tensor(value):
-                tensors[f"optimizer.{index}.{key}"] = value
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                           meta: dict[str, Any]) -> None:
-    """Restore an optimizer saved by optimizer_to_tensors."""
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    for index, values in meta.get("scalars", {}).items():
-        state.setdefault(int(index), {}).update(values)
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"optimizer state does not fit this policy ({exc})") from exc
+                index, key = name.split(".", 1)
+                state.setdefault(int(index), {})[key] = value
+        for index, values in saved.get("scalars", {}).items():
+            state.setdefault(int(index), {}).update(values)
+        try:
+            self.optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"optimizer state does not fit this policy ({exc})") from exc
 
 
 def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -155,11 +155,16 @@ def plain_warnings(command):
     return run
 
 
+# Settings that do not change the training math, so a resume may set them anew.
+RESUME_CHANGEABLE = ("total_steps", "save_every", "keep_checkpoints", "device", "eval_every", "stop_at_return",
+                     "stop_patience")
+
+
 def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     """What `train` will run, as JSON: env id and kwargs, config, run directory, and the checkpoint to resume."""
     from proximo.checkpoint import ensure_run_dir
     from proximo.config import make_config
-    from proximo.train import read_run_config, resume_target
+    from proximo.saved import read_run_config, resume_target
 
     overrides = config_overrides(args)
     preset_file = getattr(args, "preset_file", None)
@@ -172,11 +177,10 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
             raise ProximoError(f"{run_dir} was trained on an env factory; resume it from Python with Trainer")
         # Settings that do not change the training math may differ on resume (a run trained on a GPU
         # resumes on a CPU-only machine with --device cpu).
-        changeable = {key: overrides.pop(key) for key in ("total_steps", "save_every", "keep_checkpoints", "device")
-                      if key in overrides}
+        changeable = {key: overrides.pop(key) for key in RESUME_CHANGEABLE if key in overrides}
         if overrides:
-            raise ConfigError(f"--resume keeps the run's config; only --total-steps, --save-every, "
-                              f"--keep-checkpoints and --device may change, got {sorted(overrides)}")
+            flags = ", ".join(f"--{key.replace('_', '-')}" for key in RESUME_CHANGEABLE)
+            raise ConfigError(f"--resume keeps the run's config; only {flags} may change, got {sorted(overrides)}")
         return {"env_id": env_id, "env_kwargs": env_kwargs, "config": saved.replace(**changeable).to_dict(),
                 "run_dir": str(run_dir), "checkpoint": str(checkpoint), "earlier": earlier and str(earlier)}
     if not args.env_id:
@@ -288,7 +292,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from proximo.envs.atari import pixel_options
     from proximo.evaluate import evaluate_policy
-    from proximo.train import load_policy
+    from proximo.saved import load_policy
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")

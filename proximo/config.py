@@ -88,6 +88,9 @@ class PPOConfig:
     learner: str = "auto"                  # auto | numpy | torch: the gradient backend (proximo/learners)
     torch_threads: int = 0                 # 0: proximo picks (1 for small MLPs)
     eval_episodes: int = 10
+    eval_every: int = 0                    # env steps between evaluations on a separate env (best/ kept); 0: off
+    stop_at_return: float | None = None    # stop once the eval return (or without eval_every, the training return) reaches this
+    stop_patience: int = 0                 # stop after this many evaluations without improvement; 0: never
     save_every: int = 0                    # env steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 3
     log_every: int = 1                     # updates between metric rows
@@ -196,6 +199,12 @@ class PPOConfig:
             raise ConfigError(f"sticky_actions must lie in [0, 1), got {self.sticky_actions}; 0.25 is ALE v5's value")
         if self.torch_threads < 0 or self.save_every < 0:
             raise ConfigError("torch_threads and save_every must not be negative")
+        if self.eval_every < 0 or self.stop_patience < 0:
+            raise ConfigError(f"eval_every ({self.eval_every}) and stop_patience ({self.stop_patience}) must not be "
+                              "negative; 0 turns them off")
+        if self.stop_patience and not self.eval_every:
+            raise ConfigError(f"stop_patience={self.stop_patience} counts evaluations, and eval_every is 0; set "
+                              "--eval-every STEPS as well")
         DiagnosticsConfig.from_object(self)  # validates the diag_* thresholds
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ CSV_COLUMNS = [
     "global_step", "update", "time_s", "sps", "episode_return_mean", "episode_length_mean", "episodes",
     "approx_kl", "approx_kl_k1", "clip_fraction", "entropy", "policy_loss", "value_loss",
     "explained_variance", "grad_norm", "advantage_std", "learning_rate", "clip_range", "ent_coef",
-    "kl_coef", "epochs",
+    "kl_coef", "epochs", "eval_return_mean", "eval_return_std",
 ]
 
 
@@ -76,7 +76,13 @@ class MetricsWriter:
         if from_step is not None:
             drop_rows_after(csv_path, from_step)
             drop_rows_after(self.run_dir / "updates.jsonl", from_step)
-        new_file = not csv_path.exists()
+        new_file = not csv_path.exists() or csv_path.stat().st_size == 0
+        if not new_file:
+            # Appending (a resume): keep the file's own header, which an older proximo may have written.
+            with open(csv_path, newline="") as handle:
+                header = next(csv.reader(handle), None)
+            if header:
+                self.columns = header
         self._csv_handle = open(csv_path, "a", newline="")
         self._csv = csv.DictWriter(self._csv_handle, fieldnames=self.columns, extrasaction="ignore")
         if new_file:

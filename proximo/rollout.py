@@ -13,6 +13,8 @@ from proximo.core.advantages import gae
 from proximo.envs.atari import GAME_KEY, GAME_SCORES
 from proximo.envs.guard import FAULT_KEY, EnvFaultError
 from proximo.envs.masks import ActionMaskSource
+from proximo.envs.snapshot import restore_vector_env, snapshot_vector_env
+from proximo.checkpoint import CheckpointError
 from proximo.errors import ProximoError
 from proximo.learners.distributed import World
 from proximo.nn.normalize import RunningMeanStd
@@ -121,6 +123,22 @@ class EpisodeTracker:
             self.current_return[dones] = 0.0
             self.current_length[dones] = 0
 
+    def state_dict(self) -> dict:
+        """The finished episodes (returns, lengths, count) and the ones in progress, as JSON."""
+        return {"returns": list(self.returns), "lengths": list(self.lengths), "finished": self.finished,
+                "current_return": self.current_return.tolist(), "current_length": self.current_length.tolist()}
+
+    def load_state_dict(self, state: dict, in_progress: bool = True) -> None:
+        """Restore the episode history; with in_progress, the running episodes too (their envs carried over)."""
+        self.returns.clear()
+        self.lengths.clear()
+        self.returns.extend(state["returns"])
+        self.lengths.extend(state["lengths"])
+        self.finished = int(state["finished"])
+        if in_progress:
+            self.current_return[:] = np.asarray(state["current_return"], dtype=np.float64)
+            self.current_length[:] = np.asarray(state["current_length"], dtype=np.int64)
+
     def record_games(self, infos: dict) -> None:
         """Close the whole games that ended this step, from the env's own statistics (info GAME_KEY, the
         true score of Atari's pipeline: its training episodes end on lost lives and see clipped rewards)."""
@@ -192,6 +210,55 @@ class RolloutCollector:
         self.obs_rms = policy.obs_rms if normalize_obs else None
         self.pending_obs_moments: np.ndarray | None = None  # of next_obs, summed over ranks, not yet merged
         self.reset(seed)
+
+    # Arrays carried between rollouts that a checkpoint must put back exactly (None where unused).
+    CARRIED = ("next_masks", "episode_starts", "rnn_state")
+
+    def state_dict(self) -> dict:
+        """What continues this rank's rollouts: the next observation (and masks, recurrent state,
+        episode starts), the running returns of reward scaling, episodes, env faults and the
+        sub-envs' own states (None when proximo cannot save this env family)."""
+        state = {"next_obs": self.next_obs, "episodes": self.episodes.state_dict(), "env_faults": self.env_faults,
+                 "envs": snapshot_vector_env(self.envs)}
+        if self.reward_scaler is not None:
+            state["running_return"] = self.reward_scaler.running_return
+        for name in self.CARRIED:
+            value = getattr(self, name)
+            if value is not None:
+                state[name] = value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where state_dict() was taken; without saved env states (state["envs"] None)
+        only the episode history carries over and the envs keep their fresh reset (envs_restored False)."""
+        self.env_faults = int(state.get("env_faults", 0))
+        self.envs_restored = state.get("envs") is not None
+        if not self.envs_restored:
+            self.episodes.load_state_dict(state["episodes"], in_progress=False)
+            if self.reward_scaler is not None:
+                # The envs restart from reset, so the running sums of their old episodes no longer apply.
+                self.reward_scaler.running_return.zero_()
+            return
+        restore_vector_env(self.envs, state["envs"])
+        next_obs = state["next_obs"]
+        if next_obs.shape != self.next_obs.shape or next_obs.dtype != self.next_obs.dtype:
+            raise CheckpointError(f"the saved next observation is {tuple(next_obs.shape)} {next_obs.dtype}, this "
+                                  f"run needs {tuple(self.next_obs.shape)} {self.next_obs.dtype}")
+        self.next_obs = next_obs.clone()
+        self.pending_obs_moments = None  # recomputed from next_obs, as the uninterrupted run had them
+        for name in self.CARRIED:
+            mine = getattr(self, name)
+            if mine is None:
+                continue
+            if name not in state or tuple(state[name].shape) != tuple(mine.shape):
+                raise CheckpointError(f"the saved {name} is missing or has another shape; this run needs "
+                                      f"{tuple(mine.shape)} (resume with the run's settings)")
+            value = state[name]
+            setattr(self, name, value.to(mine.device).clone() if isinstance(mine, torch.Tensor)
+                    else value.numpy().astype(mine.dtype).copy())
+        self.episodes.load_state_dict(state["episodes"])
+        if self.reward_scaler is not None:
+            self.reward_scaler.running_return.copy_(state["running_return"])
 
     def reset(self, seed: int) -> None:
         """Reset the envs with seed (sub-env i gets seed + i) and forget the episodes in progress."""

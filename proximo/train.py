@@ -1,11 +1,9 @@
-"""The training loop: collect -> advantages -> update -> log -> checkpoint."""
+"""One PPO run: the Trainer builds envs, policy, optimizer and learner, runs proximo's one loop
+(proximo/callbacks.py run_loop: collect -> learn -> callbacks for logging, health, checkpoints,
+evaluation) and saves and restores its state through one protocol (proximo/state.py)."""
 from __future__ import annotations
 
 import json
-import math
-import random
-import re
-import shutil
 import signal
 import sys
 import threading
@@ -16,13 +14,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from proximo import __version__
+from proximo.callbacks import (
+    Callback, CallbackList, CheckpointEvery, EvalCallback, FunctionCallback, LogMetrics, ShowProgress, StopAtReturn,
+    WatchHealth, as_callbacks, run_loop,
+)
 from proximo.checkpoint import (
-    POLICY_META, POLICY_TENSORS, CheckpointError, CheckpointFallbackWarning, atomic_write_dir, atomic_write_json,
-    ensure_run_dir, load_json, load_tensors, optimizer_from_tensors, optimizer_to_tensors, prefixed, recover_dir,
-    unprefixed,
+    CheckpointError, OptimizerState, load_json, load_tensors, prefixed, unprefixed, write_files,
 )
 from proximo.config import PPOConfig
 from proximo.core.kl import AdaptiveKLController, FixedKLController
@@ -32,10 +31,8 @@ from proximo.envs.atari import pixel_options
 from proximo.envs.check import require_env_ok
 from proximo.envs.guard import EnvFaultError, GuardedMaker
 from proximo.envs.make import EnvLike, make_vector_env
-from proximo.envs.masks import ActionMaskSource, mask_key_of, mask_width
-from proximo.envs.snapshot import (
-    decode_value, encode_value, restore_vector_env, snapshot_vector_env, vector_env_obstacle,
-)
+from proximo.envs.masks import ActionMaskSource, mask_width
+from proximo.envs.snapshot import decode_value, encode_value, vector_env_obstacle
 from proximo.evaluate import evaluate_policy
 from proximo.learners.distributed import (
     DistributedError, World, broadcast_module_, broadcast_optimizer_, check_divides, rank_seed,
@@ -48,13 +45,21 @@ from proximo.learners.optimizer import FlatOptimizer
 from proximo.nn.policy import ActorCritic
 from proximo.ppo import UpdateSettings, ppo_update
 from proximo.rollout import NonFiniteError, RewardScaler, RolloutCollector
-from proximo.spaces_json import space_from_json, space_to_json
+from proximo.rundir import RunDir
+from proximo.saved import (
+    STATE_META, STATE_TENSORS, _describe_space, _load_state_strict, build_policy, env_name, find_checkpoint,
+    list_checkpoints, load_policy, read_run_config, resume_target, save_policy,
+)
+from proximo.runtime import seed_everything, set_threads
+from proximo.spaces_json import space_to_json
+from proximo.state import RandomState, Together, pack_state, unpack_state
 
-STATE_TENSORS = "state.safetensors"
-STATE_META = "state.json"
 # The state.json fields and state.safetensors tensors each rank keeps for itself (under "ranks" and
 # "rank.<r>."); everything else in a checkpoint is the same on every rank and saved once.
 RANK_FIELDS = ("envs", "episodes", "env_faults", "rng")
+# What proximo.train has always offered; the file functions now live in proximo/saved.py.
+__all__ = ["Trainer", "TrainingInterrupted", "ResumeWarning", "build_policy", "make_adam", "save_policy", "load_policy",
+           "find_checkpoint", "list_checkpoints", "read_run_config", "resume_target", "find_action_masks"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -74,36 +79,9 @@ class ResumeWarning(UserWarning):
     """A resume could not restore everything exactly (the env state, typically)."""
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def pick_threads(config: PPOConfig) -> int:
     """Torch threads: the configured count, else 1 (small MLP batches lose time to thread hand-offs)."""
     return config.torch_threads if config.torch_threads > 0 else 1
-
-
-def set_threads(threads: int) -> None:
-    """Use `threads` threads in torch and in NumPy's BLAS alike.
-
-    NumPy's OpenBLAS otherwise starts one thread per core; on a busy 2-core machine its spinning
-    second thread turned a 0.35 ms NumPy minibatch update into ~10 ms.
-    """
-    torch.set_num_threads(threads)
-    threadpool_limits(limits=threads, user_api="blas")
-
-
-def build_policy(observation_space, action_space, config: PPOConfig) -> ActorCritic:
-    """The actor-critic a config asks for."""
-    return ActorCritic(observation_space, action_space, net_arch=config.net_arch,
-                       activation=config.activation, shared_network=config.shared_network,
-                       ortho_init=config.ortho_init, log_std_init=config.log_std_init,
-                       normalize_obs=config.normalize_obs, clip_obs=config.clip_obs,
-                       recurrent=config.recurrent, rnn_hidden=config.rnn_hidden, rnn_layers=config.rnn_layers,
-                       mask_key=mask_key_of(observation_space, config.action_masking))
 
 
 def make_adam(policy: ActorCritic, config: PPOConfig) -> FlatOptimizer:
@@ -116,140 +94,6 @@ def place_policy(policy: ActorCritic, config: PPOConfig) -> str:
     device, why = resolve_device(config.device, policy.image, max(config.net_arch))
     policy.to(device)
     return f"{device} ({why})"
-
-
-def env_name(env: EnvLike) -> str | None:
-    """The env id, or None for a factory (which cannot be saved)."""
-    return env if isinstance(env, str) else None
-
-
-def policy_metadata(policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
-                    env_kwargs: dict | None) -> dict[str, Any]:
-    """The JSON that rebuilds a policy: format, version, env, spaces and config."""
-    return {"format_version": 1, "proximo_version": __version__, "env_id": env_name(env) if env else None,
-            "env_kwargs": env_kwargs or {}, "observation_space": space_to_json(policy.observation_space),
-            "action_space": space_to_json(policy.action_space), "config": config.to_dict()}
-
-
-def save_policy(directory: Path, policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
-                env_kwargs: dict | None = None) -> None:
-    """Write policy.safetensors (weights and normalization statistics) and policy.json atomically."""
-    atomic_write_dir(Path(directory), {
-        "policy.safetensors": policy.state_dict(),
-        "policy.json": policy_metadata(policy, config, env, env_kwargs)})
-
-
-def load_policy(directory: Path, checkpoint: str | Path | None = None) -> tuple[ActorCritic, dict[str, Any]]:
-    """Rebuild a policy from a run directory, a policy folder or a checkpoint folder; returns (policy, metadata).
-
-    A run directory gives its final policy/ or, when a kill left none, its newest intact checkpoint (said in a
-    CheckpointFallbackWarning). checkpoint= (step_N, or a checkpoint folder) picks one even when policy/ exists.
-    No code is run from the files.
-    """
-    directory = Path(directory)
-    recover_dir(directory)
-    if checkpoint is not None:
-        return _policy_from_checkpoint(find_checkpoint(directory, checkpoint))
-    if (directory / STATE_META).is_file():
-        return _policy_from_checkpoint(directory)
-    recover_dir(directory / "policy")
-    if (directory / "policy" / POLICY_META).is_file():
-        directory = directory / "policy"
-    if (directory / POLICY_META).is_file():
-        meta = load_json(directory / POLICY_META)
-        tensors = load_tensors(directory / POLICY_TENSORS)
-        return _rebuild_policy(meta, tensors, directory / POLICY_META, directory / POLICY_TENSORS), meta
-    checkpoints = list_checkpoints(directory)
-    if not checkpoints:
-        raise CheckpointError(f"no saved policy in {directory}: expected policy/ (policy.json and policy.safetensors) "
-                              "or checkpoints/step_*/ (train a run first, or point at its run directory)")
-    return _newest_intact_policy(directory, checkpoints)
-
-
-def find_checkpoint(run_dir: Path, name: str | Path) -> Path:
-    """The checkpoint folder `name` picks: a path to one, or step_N (zero padding optional) in run_dir/checkpoints."""
-    run_dir, text = Path(run_dir), str(name)
-    if Path(text).is_dir():
-        recover_dir(Path(text))
-        if not (Path(text) / STATE_META).is_file():
-            raise CheckpointError(f"checkpoint {text} has no {STATE_META}; give a checkpoints/step_N folder or step_N")
-        return Path(text)
-    match = re.fullmatch(r"(?:step_)?(\d+)", text)
-    if match is None and Path(text).name != text:
-        raise CheckpointError(f"checkpoint folder {text} does not exist; give an existing checkpoints/step_N folder "
-                              "or a name like step_4096")
-    if match is None:
-        raise CheckpointError(f"checkpoint {text!r} is neither a checkpoint folder nor a name like step_4096; "
-                              "give one of those")
-    if (run_dir / STATE_META).is_file():  # a checkpoint folder: its siblings are the run's checkpoints
-        run_dir = run_dir.parent.parent
-    folder = run_dir / "checkpoints" / f"step_{int(match.group(1)):012d}"
-    recover_dir(folder)
-    if not (folder / STATE_META).is_file():
-        names = [c.name for c in list_checkpoints(run_dir)]
-        have = f"it has {', '.join(names[-5:])}" if names else "it has none"
-        raise CheckpointError(f"no checkpoint {folder.name} in {run_dir / 'checkpoints'}; {have} (pick one of those)")
-    return folder
-
-
-def _policy_from_checkpoint(folder: Path) -> tuple[ActorCritic, dict[str, Any]]:
-    """The policy inside a training checkpoint: the policy.* tensors, and config and spaces from state.json."""
-    meta = load_json(folder / STATE_META)
-    tensors = load_tensors(folder / STATE_TENSORS)
-    policy = _rebuild_policy(meta, unprefixed("policy", tensors), folder / STATE_META, folder / STATE_TENSORS)
-    # The keys policy.json has, plus where the weights came from.
-    keys = ("format_version", "proximo_version", "env_id", "env_kwargs", "observation_space", "action_space",
-            "config", "global_step")
-    return policy, {**{key: meta[key] for key in keys if key in meta}, "checkpoint": str(folder)}
-
-
-def _newest_intact_policy(run_dir: Path, checkpoints: list[Path]) -> tuple[ActorCritic, dict[str, Any]]:
-    """Load the newest checkpoint that loads, warning which one (and which newer ones were damaged)."""
-    damaged: list[tuple[Path, CheckpointError]] = []
-    for folder in reversed(checkpoints):
-        try:
-            policy, meta = _policy_from_checkpoint(folder)
-        except CheckpointError as exc:
-            damaged.append((folder, exc))
-            continue
-        note = f"proximo: {run_dir} has no final policy/; using checkpoint {folder.name}"
-        if damaged:
-            names = ", ".join(f.name for f, _ in damaged)
-            note += f" (newer {names} {'is' if len(damaged) == 1 else 'are'} damaged: {damaged[0][1]})"
-        warnings.warn(note, CheckpointFallbackWarning, stacklevel=3)
-        return policy, meta
-    raise CheckpointError(f"{run_dir} has no final policy/ and none of its {len(checkpoints)} checkpoints loads "
-                          f"(the newest: {damaged[0][1]}); train the run again")
-
-
-def _rebuild_policy(meta: dict[str, Any], tensors: dict[str, torch.Tensor], meta_path: Path,
-                    tensors_path: Path) -> ActorCritic:
-    """Build the policy meta describes and load tensors into it, every misfit as a CheckpointError."""
-    try:
-        config = PPOConfig.from_dict(meta["config"])
-        policy = build_policy(space_from_json(meta["observation_space"]), space_from_json(meta["action_space"]),
-                              config)
-    except KeyError as exc:
-        raise CheckpointError(f"{meta_path} lacks {exc}; the file is corrupt") from exc
-    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError: a value the file should never hold
-        raise CheckpointError(f"{meta_path} is damaged ({exc}); use an earlier checkpoint") from exc
-    _load_state_strict(policy, tensors, tensors_path)
-    policy.eval()
-    return policy
-
-
-def _load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{source} does not fit this policy: missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]} (saved with other normalization or network settings?)")
-    for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, this policy needs "
-                                  f"{tuple(expected[key].shape)} (a checkpoint from another env?)")
-    module.load_state_dict(tensors)
 
 
 class Trainer:
@@ -312,7 +156,10 @@ class Trainer:
         self.last_stats: dict[str, Any] = {}
         # names PPO's failure modes as they happen (see proximo/diagnostics.py)
         self.monitor = HealthMonitor.from_config(config) if config.diagnostics and world.is_main else None
-        self._stop_signal: int | None = None
+        self._stop_signal: int | None = None  # the signal this process received
+        self.pending_stop: int | None = None  # the signal any rank received: stop after this update
+        self.stopped_by: str | None = None  # what stopped the last train() call early (a callback), if anything
+        self.last_checkpoint_step: int | None = None
         self._horizon: int | None = None  # the step count the schedules anneal over (train()'s total)
         self._horizon_before_resume: int | None = None
         # Called with each update's metrics row (after it is logged): how a sweep or a tuner watches a run.
@@ -324,96 +171,116 @@ class Trainer:
         """True where this process writes the run directory: a run directory is set and this is rank 0."""
         return self.run_dir is not None and self.world.is_main
 
-    def train(self, total_steps: int | None = None) -> dict[str, Any]:
-        """Train until total_steps env steps (default: config.total_steps); returns the summary."""
+    def train(self, total_steps: int | None = None, callback: Any = None) -> dict[str, Any]:
+        """Train until total_steps env steps (default: config.total_steps); returns the summary.
+
+        callback: a function of each update's metrics row, a proximo.callbacks.Callback or a list of
+        them; one returning False stops training after that update (see proximo/callbacks.py).
+        """
         total = total_steps if total_steps is not None else self.config.total_steps
         self._warn_if_horizon_moved(total)
-        config, world = self.config, self.world
-        steps_per_update = config.rollout_size * world.size
         writer = self._open_run_dir()
         if self.verbose:
             print(f"proximo: device {self.device_choice}; learner {self.learner_choice}", file=sys.stderr, flush=True)
-        progress = Progress(total, self.global_step, enabled=self.verbose)
-        start_time, start_step = time.perf_counter(), self.global_step
-        self._train_started = start_time
-        next_save = (self.global_step // config.save_every + 1) * config.save_every if config.save_every else None
-        last_good: tuple | None = None
+        self._total = total
+        self._start_step = self.global_step
+        self._train_started = time.perf_counter()
+        first, then = self._builtin_callbacks(writer, total)
+        callbacks = CallbackList(first + as_callbacks(callback) + then + [_StopOnSignal()])
+        callbacks.init_callback(self)
+        self._callbacks = callbacks
+        self._load_callback_states()
         restore_signals = self._catch_stop_signals()
         try:
-            while self.global_step < total:
-                if self.run_dir is not None and world.size == 1:
-                    # What a NaN or env crash in this update falls back to. Not with several processes: the
-                    # failing rank cannot reach the others mid-update, so their last checkpoint stands.
-                    last_good = self._capture_state()
-                fraction = self.global_step / total
-                learning_rate = self.lr_schedule(fraction)
-                self.optimizer.set_lr(learning_rate)
-                settings = UpdateSettings(
-                    n_epochs=config.n_epochs, batch_size=config.batch_size,
-                    objective=config.objective, clip_range=self.clip_schedule(fraction),
-                    clip_range_vf=config.clip_range_vf, kl_coef=self.kl_controller.value,
-                    ent_coef=self.ent_schedule(fraction), vf_coef=config.vf_coef,
-                    max_grad_norm=config.max_grad_norm, target_kl=config.target_kl,
-                    normalize_advantage=config.normalize_advantage)
-                comm_start = world.comm_s
-                buffer = self.collector.collect()
-                comm_rollout = world.comm_s - comm_start
-                buffer.compute_advantages(config.gamma, config.gae_lambda)
-                stats = ppo_update(self.learner, buffer, settings)
-                comm_update = world.comm_s - comm_start - comm_rollout
-                self._check_finite_parameters()
-                self.kl_controller.update(stats["kl_last_epoch"])
-                self.global_step += steps_per_update
-                self.update_index += 1
-                stop_signal, episodes = self._sync_after_update()
-                elapsed = time.perf_counter() - start_time
-                sps = (self.global_step - start_step) / max(elapsed, 1e-9)
-                row = dict(stats, global_step=self.global_step, update=self.update_index,
-                           time_s=self.wall_time_s + elapsed, sps=sps, **episodes,
-                           learning_rate=learning_rate, clip_range=settings.clip_range,
-                           ent_coef=settings.ent_coef, kl_coef=settings.kl_coef)
-                if world.size > 1:
-                    row.update(world_size=world.size, comm_rollout_s=comm_rollout, comm_update_s=comm_update)
-                self.last_stats = row
-                if writer is not None and self.update_index % config.log_every == 0:
-                    writer.write(row)
-                if self.monitor is not None:
-                    self.monitor.context.total_updates = total // steps_per_update
-                    self.monitor.observe_and_report(row, self.run_dir, echo=self.verbose)
-                progress.update(self.global_step, sps, episodes["episode_return_mean"])
-                if self.on_update is not None:
-                    self.on_update(row)
-                saved = False
-                if next_save is not None and self.global_step >= next_save and self.run_dir is not None:
-                    self.save_checkpoint()
-                    saved = True
-                    next_save += config.save_every
-                if stop_signal is not None:
-                    folder = None if self.run_dir is None else (
-                        self._checkpoint_path() if saved else self.save_checkpoint())
-                    raise TrainingInterrupted(stop_signal, self.global_step, folder, self.run_dir, world.size)
+            self.stopped_by = run_loop(self._collect, self._learn, lambda: self.global_step >= total, callbacks)
         except (NonFiniteError, EnvFaultError) as exc:
+            last_good = self._fallback.last_good
             if last_good is not None:
                 folder = self._write_state(*last_good)
                 exc.args = (f"{exc}. Stopped; the last good checkpoint (step {last_good[2]:,}, from before the "
                             f"failing update) is in {folder}",)
-            elif world.size > 1:
-                exc.args = (f"rank {world.rank}: {exc}",)
+            elif self.world.size > 1:
+                exc.args = (f"rank {self.world.rank}: {exc}",)
             raise
         except DistributedError as exc:
             checkpoints = list_checkpoints(self.run_dir) if self.writes else []
             if checkpoints:
                 exc.args = (f"{exc}; the last checkpoint, {checkpoints[-1]}, stays loadable "
-                            f"(`proximo train --resume {self.run_dir} --nproc {world.size}`)",)
+                            f"(`proximo train --resume {self.run_dir} --nproc {self.world.size}`)",)
             raise
         finally:
             restore_signals()
-            self.wall_time_s += time.perf_counter() - start_time
+            self.wall_time_s += time.perf_counter() - self._train_started
             self._train_started = None
-            progress.close()
-            if writer is not None:
-                writer.close()
-        return self._finish(start_step)
+        if self.stopped_by is not None and self.verbose:
+            print(f"proximo: stopped early: {self.stopped_by}", file=sys.stderr, flush=True)
+        return self._finish(self._start_step)
+
+    def _builtin_callbacks(self, writer: MetricsWriter | None, total: int) -> tuple[list[Callback], list[Callback]]:
+        """proximo's own hooks as (before, after) the user's: the crash fallback and evaluation before (so
+        what a user's callback adds to the row is logged too); logging, health, progress, the sweep's
+        watcher and periodic checkpoints after (the stop-signal check comes last of all)."""
+        config = self.config
+        self._fallback = _CrashFallback()
+        first: list[Callback] = [self._fallback]
+        if config.eval_every:
+            first.append(EvalCallback(eval_every=config.eval_every, stop_at_return=config.stop_at_return,
+                                      patience=config.stop_patience))
+        elif config.stop_at_return is not None:
+            first.append(StopAtReturn(config.stop_at_return))
+        hooks: list[Callback] = []
+        if writer is not None:
+            hooks.append(LogMetrics(writer, config.log_every))
+        if self.monitor is not None:
+            self.monitor.context.total_updates = total // (config.rollout_size * self.world.size)
+            hooks.append(WatchHealth(self.monitor))
+        hooks.append(ShowProgress(Progress(total, self.global_step, enabled=self.verbose)))
+        if self.on_update is not None:
+            hooks.append(FunctionCallback(self.on_update))
+        if config.save_every and self.run_dir is not None:
+            hooks.append(CheckpointEvery(config.save_every))
+        return first, hooks
+
+    def _collect(self):
+        """One rollout of every env with the current policy, its advantages computed."""
+        fraction = self.global_step / self._total
+        self._learning_rate = self.lr_schedule(fraction)
+        self.optimizer.set_lr(self._learning_rate)
+        comm_start = self.world.comm_s
+        buffer = self.collector.collect()
+        self._comm_rollout = self.world.comm_s - comm_start
+        buffer.compute_advantages(self.config.gamma, self.config.gae_lambda)
+        return buffer
+
+    def _learn(self, buffer) -> dict[str, Any]:
+        """K epochs of minibatch updates on the rollout; returns the update's metrics row."""
+        config, world = self.config, self.world
+        fraction = self.global_step / self._total
+        settings = UpdateSettings(
+            n_epochs=config.n_epochs, batch_size=config.batch_size,
+            objective=config.objective, clip_range=self.clip_schedule(fraction),
+            clip_range_vf=config.clip_range_vf, kl_coef=self.kl_controller.value,
+            ent_coef=self.ent_schedule(fraction), vf_coef=config.vf_coef,
+            max_grad_norm=config.max_grad_norm, target_kl=config.target_kl,
+            normalize_advantage=config.normalize_advantage)
+        comm_start = world.comm_s
+        stats = ppo_update(self.learner, buffer, settings)
+        comm_update = world.comm_s - comm_start
+        self._check_finite_parameters()
+        self.kl_controller.update(stats["kl_last_epoch"])
+        self.global_step += config.rollout_size * world.size
+        self.update_index += 1
+        self.pending_stop, episodes = self._sync_after_update()
+        elapsed = time.perf_counter() - self._train_started
+        sps = (self.global_step - self._start_step) / max(elapsed, 1e-9)
+        row = dict(stats, global_step=self.global_step, update=self.update_index,
+                   time_s=self.wall_time_s + elapsed, sps=sps, **episodes,
+                   learning_rate=self._learning_rate, clip_range=settings.clip_range,
+                   ent_coef=settings.ent_coef, kl_coef=settings.kl_coef)
+        if world.size > 1:
+            row.update(world_size=world.size, comm_rollout_s=self._comm_rollout, comm_update_s=comm_update)
+        self.last_stats = row
+        return row
 
     def resolved(self) -> dict[str, str]:
         """What `auto` settings became in this run, and why: the device, the gradient backend and where the
@@ -488,7 +355,7 @@ class Trainer:
         summary: dict[str, Any] = {
             "env_id": env_name(self.env), "global_step": self.global_step, "updates": self.update_index,
             "wall_time_s": self.wall_time_s, "sps": self.global_step / max(self.wall_time_s, 1e-9),
-            "world_size": world.size, "backend": world.backend}
+            "world_size": world.size, "backend": world.backend, "stopped_by": self.stopped_by}
         if not world.is_main:
             return summary  # rank 0 evaluates and reports; nothing collective follows, so no one waits
         eval_returns, eval_lengths = evaluate_policy(
@@ -508,76 +375,57 @@ class Trainer:
         })
         if self.run_dir is not None:
             save_policy(self.run_dir / "policy", self.policy, config, self.env, self.env_kwargs)
-            atomic_write_json(self.run_dir / "summary.json",
-                              {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                               for k, v in summary.items()})
+            RunDir(self.run_dir).write_summary(summary)
         return summary
 
     def _open_run_dir(self) -> MetricsWriter | None:
         if not self.writes:
             return None
-        ensure_run_dir(self.run_dir)
-        atomic_write_json(self.run_dir / "config.json",
-                          {"env_id": env_name(self.env), "env_kwargs": self.env_kwargs, **self.config.to_dict(),
-                           "resolved": self.resolved(), "world": {"size": self.world.size,
-                                                                   "backend": self.world.backend}})
+        run = RunDir(self.run_dir)
+        run.write_config({"env_id": env_name(self.env), "env_kwargs": self.env_kwargs, **self.config.to_dict(),
+                          "resolved": self.resolved(), "world": {"size": self.world.size,
+                                                                  "backend": self.world.backend}})
         # A resume logs the updates after its checkpoint again: drop the first run's rows for them.
-        return MetricsWriter(self.run_dir, tensorboard=self.tensorboard, from_step=self.global_step)
+        return run.metrics(tensorboard=self.tensorboard, from_step=self.global_step)
 
     # checkpoints --------------------------------------------------------------------------------
+    def state_parts(self, source: Path | None = None) -> dict[str, Any]:
+        """Every component a checkpoint restores, by the prefix its state is saved under (proximo/state.py);
+        the same on every rank. Each rank's own part is rank_state_parts(). Adding state is one line here."""
+        parts: dict[str, Any] = {
+            "policy": _CheckedModule(self.policy, source),
+            "optimizer": OptimizerState(self.optimizer),
+            "": Together(_RunProgress(self), self.kl_controller),
+        }
+        if self.reward_scaler is not None:
+            parts["reward_scaler.return_rms"] = _CheckedModule(self.reward_scaler.return_rms, source)
+        for callback in getattr(self, "_callbacks", CallbackList([])).callbacks:
+            if callback.state_dict():
+                parts[f"callback.{type(callback).__name__}"] = callback
+        return parts
+
+    def rank_state_parts(self) -> dict[str, Any]:
+        """This rank's own components: its random generators and its rollouts' envs, observation and episodes."""
+        return {"rng": RandomState(), "": self.collector}
+
     def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything needed to continue this run: (tensors, JSON metadata); with several processes every
         rank must call it (it gathers each rank's own part: envs, next observation, episodes, RNGs)."""
-        optimizer_tensors, optimizer_meta = optimizer_to_tensors(self.optimizer)
-        tensors = {**prefixed("policy", self.policy.state_dict()), **optimizer_tensors}
-        if self.reward_scaler is not None:
-            tensors.update(prefixed("reward_scaler.return_rms", self.reward_scaler.return_rms.state_dict()))
+        tensors, state = pack_state(self.state_parts())
         meta = {
             "format_version": 2, "proximo_version": __version__, "env_id": env_name(self.env),
             "env_kwargs": self.env_kwargs, "config": self.config.to_dict(),
-            **self._spaces_json(),
-            # A checkpoint written inside train() counts the time of this call so far.
-            "global_step": self.global_step, "update_index": self.update_index,
-            "wall_time_s": self.wall_time_s + (time.perf_counter() - self._train_started
-                                               if self._train_started is not None else 0.0),
-            "kl_coef": self.kl_controller.value, "optimizer": optimizer_meta,
-            # Schedules are functions of global_step / horizon; kept so a resume can tell if the horizon moved.
-            "schedules": {"horizon": self._horizon, "lr": self.lr_schedule.kind, "clip": self.clip_schedule.kind,
-                          "ent": self.ent_schedule.kind},
-            "world": {"size": self.world.size, "backend": self.world.backend},
-            "ranks": [],
+            **self._spaces_json(), "world": {"size": self.world.size, "backend": self.world.backend},
+            **state, "ranks": [],
         }
-        for rank, (part_tensors, part_meta) in enumerate(self._gather_rank_parts(*self._rank_part())):
+        for rank, (part_tensors, part_meta) in enumerate(self._gather_rank_parts(*pack_state(self.rank_state_parts()))):
             tensors.update(prefixed(f"rank.{rank}", part_tensors))
             meta["ranks"].append(part_meta)
         return tensors, meta
 
-    def _rank_part(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """This rank's own state: (tensors, JSON) with the RANK_FIELDS."""
-        collector, episodes = self.collector, self.collector.episodes
-        tensors = {"rng.torch": torch.get_rng_state(), "next_obs": collector.next_obs}
-        if self.reward_scaler is not None:
-            tensors["running_return"] = self.reward_scaler.running_return
-        if collector.next_masks is not None:
-            tensors["next_masks"] = torch.from_numpy(collector.next_masks)
-        if collector.rnn_state is not None:
-            tensors["rnn_state"] = collector.rnn_state
-            tensors["episode_starts"] = torch.from_numpy(collector.episode_starts)
-        meta = {
-            "episodes": {"returns": list(episodes.returns), "lengths": list(episodes.lengths),
-                         "finished": episodes.finished,
-                         "current_return": episodes.current_return.tolist(),
-                         "current_length": episodes.current_length.tolist()},
-            "env_faults": collector.env_faults,
-            # Sub-env states (RNG, time limit, simulator); None when proximo cannot save this env family.
-            "envs": snapshot_vector_env(self.envs),
-            "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
-        }
-        return tensors, meta
-
     def _gather_rank_parts(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
                            ) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-        """Every rank's _rank_part(), in rank order; tensors travel as exact JSON (snapshot.encode_value)."""
+        """Every rank's own part, in rank order; tensors travel as exact JSON (snapshot.encode_value)."""
         if self.world.size == 1:
             return [(tensors, meta)]
         sent = {"tensors": {k: encode_value(v.detach().cpu().numpy()) for k, v in tensors.items()}, "meta": meta}
@@ -598,14 +446,13 @@ class Trainer:
 
     def _checkpoint_path(self, step: int | None = None) -> Path:
         assert self.run_dir is not None
-        return self.run_dir / "checkpoints" / f"step_{self.global_step if step is None else step:012d}"
+        return RunDir(self.run_dir, create=False).checkpoint_path(self.global_step if step is None else step)
 
     def _write_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], step: int) -> Path:
-        folder = self._checkpoint_path(step)
-        atomic_write_dir(folder, {STATE_TENSORS: tensors, STATE_META: meta})
-        for old in list_checkpoints(self.run_dir)[:-self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return folder
+        self.last_checkpoint_step = step
+        return RunDir(self.run_dir).save_checkpoint(
+            step, lambda folder: write_files(folder, {STATE_TENSORS: tensors, STATE_META: meta}),
+            self.config.keep_checkpoints, marker=STATE_META)
 
     def save_checkpoint(self) -> Path:
         """Write checkpoints/step_<global_step>/ atomically and keep the newest keep_checkpoints.
@@ -615,6 +462,7 @@ class Trainer:
         assert self.run_dir is not None
         tensors, meta = self.training_state()
         if not self.world.is_main:
+            self.last_checkpoint_step = self.global_step
             return self._checkpoint_path()
         return self._write_state(tensors, meta, self.global_step)
 
@@ -683,84 +531,113 @@ class Trainer:
                                   f"{self.config.num_envs}; resume with the same num_envs")
 
     def _restore(self, folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        _load_state_strict(self.policy, unprefixed("policy", tensors), folder / STATE_TENSORS)
-        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
-        if self.reward_scaler is not None:
-            _load_state_strict(self.reward_scaler.return_rms, unprefixed("reward_scaler.return_rms", tensors),
-                               folder / STATE_TENSORS)
-        self.global_step = int(meta["global_step"])
-        self.update_index = int(meta["update_index"])
-        self.wall_time_s = float(meta["wall_time_s"])
-        self.kl_controller.value = float(meta["kl_coef"])
-        self._horizon_before_resume = meta.get("schedules", {}).get("horizon")
-        parts = _rank_parts(meta, tensors)
+        parts = self.state_parts(folder / STATE_TENSORS)
+        unpack_state({key: part for key, part in parts.items() if not key.startswith("callback.")}, tensors, meta)
+        # Callbacks exist once train() builds them: keep their saved state until then.
+        self._saved_callback_states = {key: meta[key] for key in meta if key.startswith("callback.")}
+        ranks = _rank_parts(meta, tensors)
         rank, size = self.world.rank, self.world.size
-        if len(parts) == size:
-            self._restore_rank_part(folder, *parts[rank])
+        if len(ranks) == size:
+            unpack_state(self.rank_state_parts(), *ranks[rank])
+            if not self.collector.envs_restored:
+                obstacle = vector_env_obstacle(self.envs) or "unknown"
+                self._warn(f"proximo: warning: cannot save the state of this env ({obstacle}), so on resume the "
+                           "in-progress episodes restart from reset; the resumed run is not bitwise identical to an "
+                           "uninterrupted one", ResumeWarning)
             return
         # Another process count: the envs of a rank are not any saved rank's, so start them afresh.
         seed = int(np.random.SeedSequence([self.config.seed, self.global_step, rank]).generate_state(1)[0])
         seed_everything(seed)
         self.collector.reset(seed)
-        if rank < len(parts):
-            self._restore_episode_history(parts[rank][1])
-        self._warn(f"proximo: warning: checkpoint {folder} was written by {len(parts)} process"
-                   f"{'es' if len(parts) > 1 else ''} and this run has {size}, so the envs were re-seeded and their "
+        if rank < len(ranks):
+            self.collector.episodes.load_state_dict(ranks[rank][1]["episodes"], in_progress=False)
+        self._warn(f"proximo: warning: checkpoint {folder} was written by {len(ranks)} process"
+                   f"{'es' if len(ranks) > 1 else ''} and this run has {size}, so the envs were re-seeded and their "
                    "episodes restart from reset; the weights, optimizer state and normalization statistics carry "
                    "over", ResumeWarning)
 
-    def _restore_episode_history(self, part: dict[str, Any]) -> None:
-        episodes, saved = self.collector.episodes, part["episodes"]
-        episodes.returns.clear()
-        episodes.lengths.clear()
-        episodes.returns.extend(saved["returns"])
-        episodes.lengths.extend(saved["lengths"])
-        episodes.finished = int(saved["finished"])
-
-    def _restore_rank_part(self, folder: Path, tensors: dict[str, torch.Tensor], part: dict[str, Any]) -> None:
-        """Put back this rank's envs, next observation, episodes and RNG states exactly as saved."""
-        torch.set_rng_state(tensors["rng.torch"])
-        random.setstate(_to_python_rng(part["rng"]["python"]))
-        np.random.set_state(_to_numpy_rng(part["rng"]["numpy"]))
-        self._restore_episode_history(part)
-        collector, episodes, saved = self.collector, self.collector.episodes, part["episodes"]
-        collector.env_faults = int(part.get("env_faults", 0))
-        if part.get("envs") is None:
-            # The envs restart from reset, so the running sums of their old episodes no longer apply.
-            if self.reward_scaler is not None:
-                self.reward_scaler.running_return.zero_()
-            obstacle = vector_env_obstacle(self.envs) or "unknown"
-            self._warn(f"proximo: warning: cannot save the state of this env ({obstacle}), so on resume the "
-                       "in-progress episodes restart from reset; the resumed run is not bitwise identical to an "
-                       "uninterrupted one", ResumeWarning)
-            return
-        restore_vector_env(self.envs, part["envs"])
-        next_obs = tensors["next_obs"]
-        if next_obs.shape != collector.next_obs.shape or next_obs.dtype != collector.next_obs.dtype:
-            raise CheckpointError(f"{folder / STATE_TENSORS}: the saved next observation is {tuple(next_obs.shape)} "
-                                  f"{next_obs.dtype}, this run needs {tuple(collector.next_obs.shape)} "
-                                  f"{collector.next_obs.dtype}")
-        collector.next_obs = next_obs.clone()
-        collector.pending_obs_moments = None  # recomputed from next_obs, as the uninterrupted run had them
-        for name in ("next_masks", "episode_starts", "rnn_state"):
-            mine = getattr(collector, name)
-            if mine is None:
-                continue
-            if name not in tensors or tuple(tensors[name].shape) != tuple(mine.shape):
-                raise CheckpointError(f"{folder / STATE_TENSORS}: the saved {name} is missing or has another "
-                                      f"shape; this run needs {tuple(mine.shape)} (resume with the run's settings)")
-            value = tensors[name]
-            setattr(collector, name, value.to(mine.device).clone() if isinstance(mine, torch.Tensor)
-                    else value.numpy().astype(mine.dtype).copy())
-        episodes.current_return[:] = np.asarray(saved["current_return"], dtype=np.float64)
-        episodes.current_length[:] = np.asarray(saved["current_length"], dtype=np.int64)
-        if self.reward_scaler is not None:
-            self.reward_scaler.running_return.copy_(tensors["running_return"])
+    def _load_callback_states(self) -> None:
+        """Give the callbacks of this train() call the state a resumed checkpoint saved for them."""
+        saved = getattr(self, "_saved_callback_states", {})
+        for callback in self._callbacks.callbacks:
+            state = saved.get(f"callback.{type(callback).__name__}")
+            if state is not None:
+                callback.load_state_dict(state)
+        self._saved_callback_states = {}
 
     def _warn(self, message: str, category: type[Warning]) -> None:
         """warnings.warn on rank 0 alone: every rank meets the same condition, the user needs one line."""
         if self.world.is_main:
             warnings.warn(message, category, stacklevel=3)
+
+
+class _RunProgress:
+    """The trainer's counters as a checkpoint component: steps, updates, training seconds, schedule horizon."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        """global_step, update_index, wall_time_s (a checkpoint inside train() counts this call so far), schedules."""
+        t = self.trainer
+        running = time.perf_counter() - t._train_started if t._train_started is not None else 0.0
+        # Schedules are functions of global_step / horizon; kept so a resume can tell if the horizon moved.
+        return {"global_step": t.global_step, "update_index": t.update_index, "wall_time_s": t.wall_time_s + running,
+                "schedules": {"horizon": t._horizon, "lr": t.lr_schedule.kind, "clip": t.clip_schedule.kind,
+                              "ent": t.ent_schedule.kind}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the counters where the checkpoint left them."""
+        t = self.trainer
+        t.global_step, t.update_index = int(state["global_step"]), int(state["update_index"])
+        t.wall_time_s = float(state["wall_time_s"])
+        t._horizon_before_resume = state.get("schedules", {}).get("horizon")
+
+
+class _CheckedModule:
+    """A torch module as a checkpoint component whose load names what does not fit (CheckpointError)."""
+
+    def __init__(self, module: torch.nn.Module, source: Path | None) -> None:
+        self.module, self.source = module, source
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's own state_dict."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load strictly: every key present, every shape the module's."""
+        _load_state_strict(self.module, state, self.source)
+
+
+class _CrashFallback(Callback):
+    """Before each rollout, a private copy of the state: what a NaN or env crash in the update falls back to.
+
+    Only with one process: a failing rank cannot reach the others mid-update, so their last checkpoint stands.
+    """
+
+    last_good: tuple | None = None
+
+    def on_rollout_start(self) -> None:
+        """Copy the state, when the run has a directory to write it to."""
+        trainer = self.trainer
+        if trainer.run_dir is not None and trainer.world.size == 1:
+            self.last_good = trainer._capture_state()
+
+
+class _StopOnSignal(Callback):
+    """Last of all: after a SIGINT/SIGTERM on any rank, save a checkpoint (unless one was just saved) and stop."""
+
+    def on_update_end(self, row: dict[str, Any]) -> None:
+        """Raise TrainingInterrupted when a stop was asked for."""
+        trainer = self.trainer
+        if trainer.pending_stop is None:
+            return
+        folder = None
+        if trainer.run_dir is not None:
+            folder = (trainer._checkpoint_path() if trainer.last_checkpoint_step == trainer.global_step
+                      else trainer.save_checkpoint())
+        raise TrainingInterrupted(trainer.pending_stop, trainer.global_step, folder, trainer.run_dir,
+                                  trainer.world.size)
 
 
 def find_action_masks(env: EnvLike, env_kwargs: dict, mode: str, action_space) -> ActionMaskSource | None:
@@ -790,74 +667,6 @@ def _rank_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]
     if "reward_scaler.running_return" in tensors:
         part_tensors["running_return"] = tensors["reward_scaler.running_return"]
     return [(part_tensors, {key: meta.get(key) for key in RANK_FIELDS})]
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    for leftover in folder.glob(".step_*.old"):
-        recover_dir(leftover.with_name(leftover.name[1:-len(".old")]))
-    return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and p.name.startswith("step_") and (p / STATE_META).is_file())
-
-
-def resume_target(path: Path) -> tuple[Path, Path, Path | None]:
-    """(run_dir, checkpoint, the one before it or None) for a run directory or one checkpoint folder."""
-    path = Path(path)
-    if (path / STATE_META).is_file():
-        run_dir = path.parent.parent
-        checkpoints = list_checkpoints(run_dir)
-        before = [c for c in checkpoints if c.name < path.name]
-        return run_dir, path, before[-1] if before else None
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path} is not a proximo run directory (no config.json) nor a checkpoint folder "
-                              "(no state.json)")
-    checkpoints = list_checkpoints(path)
-    if not checkpoints:
-        raise CheckpointError(f"{path} has no checkpoint to resume from (checkpoints/step_*/state.json)")
-    return path, checkpoints[-1], checkpoints[-2] if len(checkpoints) > 1 else None
-
-
-def read_run_config(run_dir: Path) -> tuple[str | None, dict, PPOConfig]:
-    """(env_id, env_kwargs, config) from a run directory's config.json."""
-    data = load_json(Path(run_dir) / "config.json")
-    env_id = data.pop("env_id", None)
-    env_kwargs = data.pop("env_kwargs", {})
-    data.pop("resolved", None)  # what the run's auto settings became: a record, not a setting
-    data.pop("world", None)  # how many processes wrote it: a fact of that run, not a setting
-    return env_id, env_kwargs, PPOConfig.from_dict(data)
-
-
-def _describe_space(data: dict[str, Any]) -> str:
-    """Short text of a space saved by space_to_json (Box bounds left out: they can be huge)."""
-    kind = data.get("type")
-    if kind == "Box":
-        return f"Box(shape {tuple(data['shape'])}, {data['dtype']})"
-    if kind == "Dict":
-        return "Dict(" + ", ".join(f"{k}: {_describe_space(v)}" for k, v in data["spaces"].items()) + ")"
-    return f"{kind}({', '.join(f'{k}={v}' for k, v in data.items() if k != 'type')})"
-
-
-def _python_rng_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _to_python_rng(state: list) -> tuple:
-    return (state[0], tuple(state[1]), state[2])
-
-
-def _numpy_rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-            "cached": float(cached)}
-
-
-def _to_numpy_rng(state: dict[str, Any]) -> tuple:
-    return (state["name"], np.array(state["keys"], dtype=np.uint32), state["pos"], state["has_gauss"],
-            state["cached"])
 
 
 def dump_json(data: Any) -> str:

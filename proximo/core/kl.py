@@ -34,9 +34,17 @@ class FixedKLController:
         """Keep beta as it is; returns beta."""
         return self.value
 
+    def state_dict(self) -> dict[str, float]:
+        """The current beta, as a checkpoint keeps it."""
+        return {"kl_coef": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved beta."""
+        self.value = float(state["kl_coef"])
+
 
 @dataclass
-class AdaptiveKLController:
+class AdaptiveKLController(FixedKLController):
     """The PPO paper's adaptive beta: halve it when KL < target/1.5, double it when KL > 1.5 target."""
 
     value: float

@@ -289,7 +289,7 @@ def _report_failure(failures: dict, nproc: int, run_dir: Path | None) -> int:
            else f"exited with status {failure.exitcode} (its error is above)")
     hint = ""
     if run_dir is not None:
-        from proximo.train import list_checkpoints
+        from proximo.saved import list_checkpoints
         checkpoints = list_checkpoints(run_dir)
         if checkpoints:
             hint = (f"; the last checkpoint, {checkpoints[-1]}, stays loadable (`proximo train --resume {run_dir} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -51,8 +52,9 @@ class GRPO(RLTrainer):
         super().__init__(model, GRPOConfig(**config), reward_fn, prompts, eval_prompts, run_dir, verbose,
                          tensorboard)
 
-    def step(self, optimizer: FlatOptimizer) -> dict[str, float]:
-        """Sample G completions for each of prompts_per_step prompts, then K epochs of minibatch updates."""
+    def collect(self) -> SimpleNamespace:
+        """Sample G completions for each of prompts_per_step prompts; their rewards, group advantages and
+        the reference's log-probs."""
         cfg: GRPOConfig = self.config
         started = time.perf_counter()
         group = cfg.group_size
@@ -76,6 +78,17 @@ class GRPO(RLTrainer):
                 ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature,
                                                    groups=groups)
             ref_logp = ref_logp.clone()
+        return SimpleNamespace(started=started, prompts=prompts, rewards=rewards, advantages=advantages,
+                               input_ids=input_ids, attention=attention, mask=mask, width=width, groups=groups,
+                               old_logp=old_logp, ref_logp=ref_logp, gen_s=gen_s, group=group)
+
+    def learn(self, batch_data: SimpleNamespace, optimizer: FlatOptimizer) -> dict[str, float]:
+        """K epochs of minibatch updates on one collected batch; returns the row of statistics."""
+        cfg: GRPOConfig = self.config
+        b = batch_data
+        started, prompts, rewards, advantages, gen_s, group = b.started, b.prompts, b.rewards, b.advantages, b.gen_s, b.group
+        input_ids, attention, mask, width, groups = b.input_ids, b.attention, b.mask, b.width, b.groups
+        old_logp, ref_logp = b.old_logp, b.ref_logp
         constant = cfg.loss_constant or float(self.max_new_tokens)
         batch = len(prompts)
         stats = {"policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0}

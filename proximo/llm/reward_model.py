@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
+from proximo.callbacks import CallbackList, FunctionCallback, as_callbacks, run_loop
 from proximo.llm.config import RewardModelConfig
 from proximo.llm.generation import pad_responses
 from proximo.llm.losses import bradley_terry_loss, last_token_index
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size, load_head, load_model, resolve_model_dir
-from proximo.llm.run import RunDir, encode_prompts, make_optimizer, seed_all, set_threads
+from proximo.llm.run import LLMRun, encode_prompts, make_optimizer
+from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
 
 REWARD_HEAD = "reward"
@@ -85,16 +88,17 @@ def sampled_pairs(model, tokenizer, task, prompts: list[str], rng, per_prompt: i
 
 
 def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = None, verbose: bool = False,
-                       tensorboard: bool = True, **config: Any) -> dict[str, Any]:
+                       tensorboard: bool = True, callback: Any = None, **config: Any) -> dict[str, Any]:
     """Train a reward model on the task's synthetic preference pairs; returns the summary (held-out
-    pairwise accuracy before and after included) and saves model/ with reward_head.safetensors."""
+    pairwise accuracy before and after included) and saves model/ with reward_head.safetensors.
+    callback: as for every proximo trainer (proximo/callbacks.py)."""
     cfg = RewardModelConfig(**config)
     set_threads(cfg.torch_threads)
-    rng = seed_all(cfg.seed)
+    rng = seed_everything(cfg.seed)
     task = get_task(cfg.task, cfg.digits)
     backbone, tokenizer, _ = load_model(model, seed=cfg.seed)
     rm = RewardModel(backbone, tokenizer)
-    run = RunDir("rm", cfg, run_dir, {"model": str(model)}, tensorboard, verbose, total=cfg.max_steps)
+    run = LLMRun("rm", cfg, run_dir, {"model": str(model)}, tensorboard, verbose, total=cfg.max_steps)
     if cfg.pair_source == "samples":
         # Labelled samples of the model being improved: the errors the policy will actually make.
         train_pairs = sampled_pairs(backbone, tokenizer, task, task.sample_prompts(rng, cfg.train_pairs), rng,
@@ -107,10 +111,14 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
     optimizer = make_optimizer(rm, cfg)
     before = pairwise_accuracy(rm, eval_pairs)
     run.log(0, {"eval_sampled_accuracy": before}, 0.0, before)
-    started, accuracy = time.perf_counter(), before
+    started, progress = time.perf_counter(), SimpleNamespace(global_step=0, accuracy=before, loss=float("nan"))
     rm.eval()  # dropout off, as for every proximo LM
-    for step in range(1, cfg.max_steps + 1):
-        batch = [train_pairs[rng.randrange(len(train_pairs))] for _ in range(cfg.batch_size)]
+
+    def collect() -> list[tuple[str, str, str]]:
+        progress.global_step += 1
+        return [train_pairs[rng.randrange(len(train_pairs))] for _ in range(cfg.batch_size)]
+
+    def learn(batch: list[tuple[str, str, str]]) -> dict[str, Any]:
         prompts = [p for p, _, _ in batch]
         scores = rm.score_texts(prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch])
         loss = bradley_terry_loss(scores[:cfg.batch_size], scores[cfg.batch_size:])
@@ -118,12 +126,24 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
         loss.backward()
         optimizer.clip_grad_norm_(cfg.max_grad_norm)
         optimizer.step()
+        progress.loss = float(loss.detach())
+        return {"global_step": progress.global_step, "update": progress.global_step, "loss": progress.loss,
+                "learning_rate": cfg.learning_rate}
+
+    def evaluate_when_due(row: dict[str, Any]) -> None:
+        step = progress.global_step
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
-            accuracy = pairwise_accuracy(rm, eval_pairs)
+            progress.accuracy = pairwise_accuracy(rm, eval_pairs)
             speed = step * cfg.batch_size * 2 / (time.perf_counter() - started)
             # The pairwise accuracy goes in the accuracy columns: it is this run's held-out metric.
-            run.log(step, {"loss": float(loss.detach()), "accuracy": accuracy, "eval_sampled_accuracy": accuracy,
-                           "learning_rate": cfg.learning_rate}, speed, accuracy)
-    summary = {"kind": "rm", "steps": cfg.max_steps, "pairwise_accuracy_before": before,
-               "pairwise_accuracy": accuracy, "final_loss": float(loss.detach())}
+            run.log(step, {"loss": row["loss"], "accuracy": progress.accuracy,
+                           "eval_sampled_accuracy": progress.accuracy, "learning_rate": cfg.learning_rate},
+                    speed, progress.accuracy)
+
+    callbacks = CallbackList([FunctionCallback(evaluate_when_due), *as_callbacks(callback)])
+    callbacks.init_callback(progress)
+    stopped_by = run_loop(collect, learn, lambda: progress.global_step >= cfg.max_steps, callbacks)
+    accuracy, loss = progress.accuracy, progress.loss
+    summary = {"kind": "rm", "steps": progress.global_step, "stopped_by": stopped_by,
+               "pairwise_accuracy_before": before, "pairwise_accuracy": accuracy, "final_loss": loss}
     return run.finish(rm.backbone, tokenizer, summary, {REWARD_HEAD: rm.head})

@@ -13,9 +13,9 @@ from proximo.errors import ProximoError
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import Rollout, generate
 from proximo.llm.models import load_model
-from proximo.llm.run import (
-    RewardFn, RunDir, decode_responses, encode_prompts, evaluate, make_optimizer, seed_all, set_threads,
-)
+from proximo.llm.run import LLMRun, RewardFn, decode_responses, encode_prompts, evaluate, make_optimizer
+from proximo.callbacks import Callback, CallbackList, CheckpointEvery, as_callbacks, run_loop
+from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
 
 
@@ -51,7 +51,7 @@ class RLTrainer:
                  extra: dict[str, Any] | None = None) -> None:
         self.config = config
         set_threads(config.torch_threads)
-        self.rng = seed_all(config.seed)
+        self.rng = seed_everything(config.seed)
         # A built-in task supplies prompts, rewards and held-out prompts unless the caller brings them.
         self.task = get_task(config.task, config.digits) if config.task else None
         if prompts is not None:
@@ -77,7 +77,7 @@ class RLTrainer:
         for p in self.reference.parameters():
             p.requires_grad_(False)
         self.step_count = 0
-        self.run = RunDir(self.kind, config, run_dir, {"model": str(model), **(extra or {})}, tensorboard,
+        self.run = LLMRun(self.kind, config, run_dir, {"model": str(model), **(extra or {})}, tensorboard,
                           verbose, total=config.steps)
         self.history: list[dict[str, Any]] = []
 
@@ -113,42 +113,67 @@ class RLTrainer:
                           greedy=True)
         return {"eval_sampled_accuracy": sampled["reward"], "eval_greedy_accuracy": greedy["reward"]}
 
+    def collect(self) -> Any:
+        """One batch of rollouts with everything the update needs (subclasses)."""
+        raise NotImplementedError
+
+    def learn(self, batch: Any, optimizer: FlatOptimizer) -> dict[str, float]:
+        """One update on a collected batch; returns the row of statistics (subclasses)."""
+        raise NotImplementedError
+
     def step(self, optimizer: FlatOptimizer) -> dict[str, float]:
         """One rollout + update; returns the row of statistics."""
-        raise NotImplementedError
+        return self.learn(self.collect(), optimizer)
 
     def heads(self) -> dict:
         """Heads saved next to the policy (none for GRPO)."""
         return {}
 
-    def train(self, steps: int | None = None) -> dict[str, Any]:
+    def save_checkpoint(self) -> Path:
+        """checkpoints/step_<step>/: the model folder (with its heads) as it is now."""
+        return self.run.checkpoint(self.step_count, self.model, self.tokenizer, self.heads())
+
+    @property
+    def global_step(self) -> int:
+        """Updates trained so far (an LLM run counts steps in updates)."""
+        return self.step_count
+
+    def train(self, steps: int | None = None, callback: Any = None) -> dict[str, Any]:
         """Run steps rollout+update rounds (default config.steps), evaluating every eval_every; writes
-        model/ and summary.json and returns the summary (eval before and after included)."""
+        model/ and summary.json and returns the summary (eval before and after included).
+
+        callback: as for classic PPO (proximo/callbacks.py): a function of each step's row or Callback
+        objects; one returning False stops after that step."""
         steps = self.config.steps if steps is None else steps
         if steps < 1:
             raise ProximoError(f"steps must be at least 1, got {steps}")
         optimizer = getattr(self, "_optimizer", None) or self.make_optimizer()
         self._optimizer = optimizer
-        before = self.evaluate()
-        self.run.log(self.step_count, before, 0.0, before["eval_sampled_accuracy"])
-        evaluation = before
-        for index in range(steps):
-            self.step_count += 1
+        self.before = self.evaluate()
+        self.run.log(self.step_count, self.before, 0.0, self.before["eval_sampled_accuracy"])
+        self.last_evaluation = self.before
+        last = self.step_count + steps
+        save = [CheckpointEvery(self.config.save_every)] if self.config.save_every else []
+        callbacks = CallbackList([_EvaluateEvery(last), *as_callbacks(callback), _LogRow(), *save])
+        callbacks.init_callback(self)
+
+        def collect() -> Any:
+            self.step_count += 1  # the step being taken: collect() already sees its number
             optimizer.ensure_intact()  # parameters re-homed since (a load, a .to()) are views again
-            row = self.step(optimizer)
-            every = self.config.eval_every
-            if (every and self.step_count % every == 0) or index == steps - 1:
-                evaluation = self.evaluate()
-                row.update(evaluation)
-            self.history.append(row)
-            self.run.log(self.step_count, row, row.get("gen_tokens_per_s", 0.0), row.get("reward", 0.0))
-            if self.config.save_every and self.step_count % self.config.save_every == 0:
-                self.run.checkpoint(self.step_count, self.model, self.tokenizer, self.heads())
-        last = self.history[-10:]
+            return self.collect()
+
+        def learn(batch: Any) -> dict[str, Any]:
+            return {**self.learn(batch, optimizer), "global_step": self.step_count, "update": self.step_count}
+
+        self.stopped_by = run_loop(collect, learn,
+                                   lambda: self.step_count >= last, callbacks)
+        if self.stopped_by is not None and self.history and "eval_sampled_accuracy" not in self.history[-1]:
+            self.last_evaluation = self.evaluate()  # the summary's "after" is of the final policy
+        recent = self.history[-10:]
         summary = {
-            "kind": self.kind, "steps": self.step_count,
-            "before": before, "after": evaluation,
-            "train_reward_last10": sum(r["reward"] for r in last) / len(last),
+            "kind": self.kind, "steps": self.step_count, "stopped_by": self.stopped_by,
+            "before": self.before, "after": self.last_evaluation,
+            "train_reward_last10": sum(r["reward"] for r in recent) / len(recent),
             "kl_ref_last10": _mean([r["kl_ref"] for r in self.history[-20:] if r.get("kl_ref") is not None][-10:]),
             "gen_tokens_per_s": sum(r["gen_tokens_per_s"] for r in self.history) / len(self.history),
             "step_tokens_per_s": sum(r["tokens_per_s"] for r in self.history) / len(self.history),
@@ -162,3 +187,28 @@ class RLTrainer:
         rollout = generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id, self.tokenizer.pad_id,
                            temperature=self.config.temperature, greedy=greedy)
         return decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
+
+
+class _EvaluateEvery(Callback):
+    """Held-out evaluation every eval_every steps and after the last one, into the step's row."""
+
+    def __init__(self, last_step: int) -> None:
+        self.last_step = last_step
+
+    def on_update_end(self, row: dict[str, Any]) -> None:
+        """Evaluate when due."""
+        trainer = self.trainer
+        every = trainer.config.eval_every
+        if (every and trainer.step_count % every == 0) or trainer.step_count == self.last_step:
+            trainer.last_evaluation = trainer.evaluate()
+            row.update(trainer.last_evaluation)
+
+
+class _LogRow(Callback):
+    """The row into the run's history, metrics files and progress display."""
+
+    def on_update_end(self, row: dict[str, Any]) -> None:
+        """Log the row."""
+        trainer = self.trainer
+        trainer.history.append(row)
+        trainer.run.log(trainer.step_count, row, row.get("gen_tokens_per_s", 0.0), row.get("reward", 0.0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -21,33 +22,9 @@ from proximo.llm.models import ScalarHead, forward_hidden, hidden_size
 from proximo.llm.reward_model import RewardModel
 from proximo.llm.rl import RLTrainer, minibatch_indices
 from proximo.llm.run import RewardFn
+from proximo.nn.normalize import RunningMeanStd
 
 VALUE_HEAD = "value"
-
-
-class RunningMeanStd:
-    """Mean and std of every value seen so far (parallel-variance merge of batches)."""
-
-    def __init__(self) -> None:
-        self.count, self.mean, self.var = 0, 0.0, 1.0
-
-    @property
-    def std(self) -> float:
-        """Standard deviation of all values seen."""
-        return self.var ** 0.5
-
-    def update(self, values: torch.Tensor) -> None:
-        """Merge a batch of values [B]."""
-        n = values.numel()
-        mean, var = float(values.mean()), float(values.var(unbiased=False)) if n > 1 else 0.0
-        if self.count == 0:
-            self.count, self.mean, self.var = n, mean, var
-            return
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.var = (self.var * self.count + var * n + delta ** 2 * self.count * n / total) / total
-        self.count = total
 
 
 class RLHF(RLTrainer):
@@ -84,7 +61,8 @@ class RLHF(RLTrainer):
             for p in self.critic.parameters():
                 p.requires_grad_(True)
         cfg = self.config
-        self.score_stats = RunningMeanStd()
+        # Running (not per-batch) score statistics, from no prior (count 0): the first batch's own moments.
+        self.score_stats = RunningMeanStd((), epsilon=0.0)
         self.kl_controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target) if cfg.kl_controller == "adaptive"
                               else FixedKLController(cfg.kl_coef))
 
@@ -114,8 +92,8 @@ class RLHF(RLTrainer):
             values = self._values(input_ids, attention, width)
         return logp, entropy, values
 
-    def step(self, optimizer: FlatOptimizer) -> dict[str, float]:
-        """One PPO round: sample, score, per-token rewards, GAE, K epochs of clipped updates."""
+    def collect(self) -> SimpleNamespace:
+        """Sample one completion per prompt; score it, per-token rewards with the KL penalty, GAE."""
         cfg: RLHFConfig = self.config
         started = time.perf_counter()
         prompts = self.sample_prompts(cfg.prompts_per_step)
@@ -131,12 +109,24 @@ class RLHF(RLTrainer):
         rewards_seq = scores
         if cfg.normalize_scores:
             # Running (not per-batch) statistics: a batch that is better on the whole still earns more.
-            self.score_stats.update(scores)
-            rewards_seq = (scores - self.score_stats.mean) / (self.score_stats.std + 1e-6)
+            self.score_stats.update(scores.detach().double().cpu())
+            rewards_seq = (scores - float(self.score_stats.mean)) / (float(self.score_stats.var.sqrt()) + 1e-6)
         rewards, kl_tokens = rlhf_token_rewards(rewards_seq, old_logp, ref_logp, mask, beta, cfg.kl_estimator)
         advantages, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
+        return SimpleNamespace(started=started, prompts=prompts, completions=completions, scores=scores,
+                               input_ids=input_ids, attention=attention, mask=mask, width=width, old_logp=old_logp,
+                               old_values=old_values, advantages=advantages, returns=returns, kl_tokens=kl_tokens,
+                               beta=beta, gen_s=gen_s)
+
+    def learn(self, batch_data: SimpleNamespace, optimizer: FlatOptimizer) -> dict[str, float]:
+        """K epochs of clipped policy and value updates on one collected batch; returns the row."""
+        cfg: RLHFConfig = self.config
+        b = batch_data
+        started, prompts, completions, scores, gen_s, beta = b.started, b.prompts, b.completions, b.scores, b.gen_s, b.beta
+        input_ids, attention, mask, width = b.input_ids, b.attention, b.mask, b.width
+        old_logp, old_values, advantages, returns, kl_tokens = b.old_logp, b.old_values, b.advantages, b.returns, b.kl_tokens
         batch = len(prompts)
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0}
         count = 0

@@ -2,8 +2,6 @@
 safetensors checkpoints), held-out evaluation, seeding and the optimizer."""
 from __future__ import annotations
 
-import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -11,13 +9,14 @@ from typing import Any, Callable
 import torch
 
 from proximo import __version__
-from proximo.checkpoint import atomic_build_dir, atomic_write_json, load_json
+from proximo.checkpoint import atomic_build_dir, load_json
 from proximo.diagnostics import HealthMonitor
 from proximo.errors import ProximoError
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import generate, pad_prompts
 from proximo.llm.models import save_model
-from proximo.metrics import MetricsWriter, Progress
+from proximo.metrics import Progress
+from proximo.rundir import RunDir
 
 LLM_COLUMNS = [
     "global_step", "update", "time_s", "reward", "reward_std", "accuracy", "eval_sampled_accuracy",
@@ -25,19 +24,6 @@ LLM_COLUMNS = [
     "loss", "response_length", "kl_coef", "learning_rate", "tokens_per_s", "gen_tokens_per_s", "score",
 ]
 RewardFn = Callable[[list[str], list[str]], list[float]]
-
-
-def seed_all(seed: int) -> random.Random:
-    """Seed torch and Python; returns a private random.Random for prompt sampling."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return random.Random(seed)
-
-
-def set_threads(count: int) -> None:
-    """Use count torch threads (0 keeps torch's default)."""
-    if count > 0:
-        torch.set_num_threads(count)
 
 
 def make_optimizer(params, config) -> FlatOptimizer:
@@ -102,16 +88,16 @@ def default_run_dir(kind: str, task: str, seed: int) -> Path:
     return Path("runs") / f"llm-{kind}-{task}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-class RunDir:
-    """A run directory: config.json at start, a metrics row per step, checkpoints, summary.json."""
+class LLMRun:
+    """An LLM trainer's run directory (proximo/rundir.py, the same layout as a classic run): config.json
+    at the start, a metrics row per step, checkpoints/step_<N>/ (model folders), model/, summary.json."""
 
     def __init__(self, kind: str, config, run_dir: str | Path | None, extra: dict[str, Any],
                  tensorboard: bool = True, verbose: bool = False, total: int = 0) -> None:
-        self.path = Path(run_dir) if run_dir is not None else default_run_dir(kind, config.task, config.seed)
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path / "config.json", {"kind": kind, "proximo_version": __version__,
-                                                      "config": config.to_dict(), **extra})
-        self.metrics = MetricsWriter(self.path, tensorboard=tensorboard, columns=LLM_COLUMNS)
+        self.dir = RunDir(run_dir if run_dir is not None else default_run_dir(kind, config.task, config.seed))
+        self.path = self.dir.path
+        self.dir.write_config({"kind": kind, "proximo_version": __version__, "config": config.to_dict(), **extra})
+        self.metrics = self.dir.metrics(tensorboard=tensorboard, columns=LLM_COLUMNS)
         self.progress = Progress(total, enabled=verbose, headline="reward", unit="tokens")
         # The same health rules as classic runs; they judge whichever statistics an LLM row has
         # (reward, kl_ref, response_length, entropy, clip_fraction, ...), reward hacking included.
@@ -134,18 +120,14 @@ class RunDir:
 
     def checkpoint(self, step: int, model, tokenizer, heads: dict | None = None, keep: int = 3) -> Path:
         """Save checkpoints/step_<step>/ (safetensors + JSON) and drop all but the newest keep."""
-        path = self.path / "checkpoints" / f"step_{step:07d}"
-        save_model_atomic(path, model, tokenizer, heads)
-        for old in sorted((self.path / "checkpoints").glob("step_*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+        return self.dir.save_checkpoint(step, lambda folder: save_model(model, tokenizer, folder, heads), keep)
 
     def finish(self, model, tokenizer, summary: dict[str, Any], heads: dict | None = None) -> dict[str, Any]:
         """Save the final model into model/, write summary.json, close the writers."""
         save_model_atomic(self.path / "model", model, tokenizer, heads)
         summary = {**summary, "wall_time_s": round(self.elapsed(), 2),
                    "cpu_time_s": round(time.process_time() - self.cpu_start, 2), "run_dir": str(self.path)}
-        atomic_write_json(self.path / "summary.json", summary)
+        self.dir.write_summary(summary)
         self.metrics.close()
         self.progress.close()
         return summary

@@ -15,6 +15,7 @@ import html
 import json
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -380,101 +381,9 @@ def ratio_frames(report: Report) -> list[dict[str, Any]]:
     return frames
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;background:#fafafa}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:22px 0 8px}
-.sub{color:#666;margin-bottom:14px}.ok{background:#e8f6ea;border-left:5px solid #2ca02c;padding:10px 14px}
-.finding{background:#fff;border-left:5px solid #d62728;padding:8px 14px;margin:8px 0}
-.finding b{font-size:15px}.finding div{margin:3px 0;font-size:13px}.k{color:#777;display:inline-block;width:80px}
-.grid-panels{display:grid;grid-template-columns:repeat(2,660px);gap:10px}
-.panel{background:#fff;border:1px solid #ddd;padding:4px}
-svg text{font-size:11px;fill:#444}.ct{font-size:13px!important;font-weight:600;fill:#222!important}
-.yl{text-anchor:end}.xl{text-anchor:middle}.xe{text-anchor:end}.tl{text-anchor:end;fill:#c33!important}
-.grid{stroke:#eee}.thr{stroke:#c33;stroke-dasharray:5 4}.ln{fill:none;stroke:#1f77b4;stroke-width:1.4}
-.dot{fill:#1f77b4}.na{fill:#999!important}
-#ratio{background:#fff;border:1px solid #ddd;padding:10px;width:1320px}
-#ratio button{font-size:14px;padding:3px 10px}#ratio input{width:700px;vertical-align:middle}
-#ratio-info{font-size:13px;margin-top:6px}.legend span{display:inline-block;margin-right:14px;font-size:12px}
-"""
-
-_JS = """
-(function(){
-var frames=JSON.parse(document.getElementById('ratio-data').textContent);
-var slider=document.getElementById('ratio-slider'),svg=document.getElementById('ratio-svg'),
-    info=document.getElementById('ratio-info');
-if(!frames.length){info.textContent='This run logged no ratio histograms.';slider.disabled=true;return;}
-slider.max=frames.length-1;
-var W=1300,H=300,L=60,R=10,T=12,B=34,pw=W-L-R,ph=H-T-B,lo=0,hi=2;
-function X(r){return L+(r-lo)/(hi-lo)*pw;}
-function pct(v){return v==null?'n/a':(100*v).toFixed(1)+'%';}
-function draw(i){
-  var f=frames[i],c=f.counts,n=c.length,tot=0,mx=1;
-  for(var k=0;k<n;k++){tot+=c[k];if(c[k]>mx)mx=c[k];}
-  var s='<rect x="'+X(1-f.eps)+'" y="'+T+'" width="'+(X(1+f.eps)-X(1-f.eps))+'" height="'+ph+
-        '" fill="#2ca02c" fill-opacity="0.12"/>';
-  var bw=pw/n;
-  for(var k=0;k<n;k++){
-    var a=lo+k*(hi-lo)/n,b=a+(hi-lo)/n,h=c[k]/mx*ph,mid=(a+b)/2;
-    var out=(b<=1-f.eps+1e-9)||(a>=1+f.eps-1e-9);
-    s+='<rect x="'+(L+k*bw+0.5)+'" y="'+(T+ph-h)+'" width="'+(bw-1)+'" height="'+h+'" fill="'+
-       (out?'#d62728':'#1f77b4')+'"><title>r in ['+a.toFixed(2)+', '+b.toFixed(2)+'): '+c[k]+'</title></rect>';
-  }
-  [1-f.eps,1,1+f.eps].forEach(function(r,j){
-    s+='<line x1="'+X(r)+'" x2="'+X(r)+'" y1="'+T+'" y2="'+(T+ph)+'" stroke="'+(j==1?'#333':'#2ca02c')+
-       '" stroke-dasharray="'+(j==1?'2 3':'6 3')+'"/>';
-    if(j!=1)s+='<text x="'+(X(r)+(j==0?-4:4))+'" y="'+(T+ph+28)+'" text-anchor="'+(j==0?'end':'start')+
-       '" font-size="12" fill="#2ca02c">'+(j==0?'1 - eps = ':'1 + eps = ')+r.toFixed(3)+'</text>';
-  });
-  for(var t=0;t<=2.0001;t+=0.25){s+='<text x="'+X(t)+'" y="'+(T+ph+14)+'" text-anchor="middle">'+t.toFixed(2)+'</text>';}
-  s+='<text x="'+(L-6)+'" y="'+(T+10)+'" text-anchor="end">'+mx+'</text><text x="'+(L-6)+'" y="'+(T+ph)+
-     '" text-anchor="end">0</text><rect x="'+L+'" y="'+T+'" width="'+pw+'" height="'+ph+'" fill="none" stroke="#bbb"/>';
-  svg.innerHTML=s;
-  info.innerHTML='<b>update '+f.update+'</b> (step '+(f.step==null?'?':f.step.toLocaleString())+
-    ', '+(i+1)+' of '+frames.length+'): clip band ['+(1-f.eps).toFixed(3)+', '+(1+f.eps).toFixed(3)+
-    '], '+(f.outside==null?'a band narrower than one histogram bin: the share outside it cannot be read from the histogram':
-    '<b>'+pct(f.outside)+'</b> of the last epoch\\'s samples lie outside it')+
-    (f.beyond?(' ('+f.beyond+' beyond r = 2, off the chart)'):'')+
-    '; clip fraction averaged over all '+(f.epochs==null?'?':f.epochs)+' epochs: '+pct(f.clip_fraction)+
-    '; r ranged '+(f.rmin==null?'?':f.rmin.toFixed(3))+' to '+(f.rmax==null?'?':f.rmax.toFixed(3))+
-    '; KL '+(f.kl==null?'?':f.kl.toPrecision(3))+'.';
-  slider.value=i;
-}
-document.getElementById('ratio-prev').onclick=function(){draw(Math.max(0,+slider.value-1));};
-document.getElementById('ratio-next').onclick=function(){draw(Math.min(frames.length-1,+slider.value+1));};
-slider.oninput=function(){draw(+slider.value);};
-document.addEventListener('keydown',function(e){
-  if(e.key=='ArrowLeft')document.getElementById('ratio-prev').onclick();
-  if(e.key=='ArrowRight')document.getElementById('ratio-next').onclick();});
-var start=0,best=-1;
-frames.forEach(function(f,i){if(f.clip_fraction!=null&&f.clip_fraction>best){best=f.clip_fraction;start=i;}});
-draw(start);
-})();
-"""
-
-
-_HTML = """<!DOCTYPE html><html><head><meta charset='utf-8'>
-<title>proximo doctor: $run_dir</title><style>$css</style></head><body>
-<h1>proximo doctor</h1><div class='sub'>$run_dir &middot; $env &middot; $updates updates &middot; $steps steps</div>
-$verdict
-<h2>Learning curve and diagnostics</h2><div class='legend'>$legend</div>
-<div class='grid-panels'>$panels</div>$missing
-<h2>Probability ratios against the clip band</h2>
-<div id='ratio'><div class='sub'>Per update: the histogram of r = pi_new(a|s) / pi_old(a|s) over the samples of the
-update's last epoch, the clip band [1-eps, 1+eps] shaded green (eps is that update's clip_range), bins outside it red.
-Samples outside the band are where the clipped objective can stop the gradient (it does when the advantage's sign
-pushes r further out). Opens at the update with the largest clip fraction; use the slider, the buttons or the arrow
-keys.</div>
-<button id='ratio-prev'>&larr; prev</button> <input type='range' id='ratio-slider' min='0' max='0' value='0'> <button id='ratio-next'>next &rarr;</button>
-<svg id='ratio-svg' xmlns='http://www.w3.org/2000/svg' width='1300' height='300'></svg>
-<div id='ratio-info'></div></div>
-<script type='application/json' id='ratio-data'>$ratio_data</script><script>$script</script>
-</body></html>
-"""
-
-
 def _template(name: str) -> str:
-    """The page skeleton (a string.Template), its styles or its script."""
-    return {"doctor.html": _HTML, "doctor.css": _CSS, "doctor.js": _JS}[name]
+    """A file of proximo/templates (shipped as package data)."""
+    return (resources.files("proximo") / "templates" / name).read_text(encoding="utf-8")
 
 
 def html_report(report: Report) -> str:

@@ -232,10 +232,13 @@ class RuleRegistry:
         fields = self.threshold_fields()
         problems = [f"a rule named {rule.name!r} is registered already"] if rule.name in self._rules else []
         problems += [f"threshold {name!r} is a field already" for name in rule.thresholds if name in fields]
+        problems += [f"threshold {name!r} would hide DiagnosticsConfig.{name}" for name in rule.thresholds
+                     if hasattr(DiagnosticsConfig, name)]
         problems += [f"threshold {name!r} is not made by threshold()" for name, f in rule.thresholds.items()
                      if "valid" not in f.metadata or f.default is dataclasses.MISSING]
         lines = {line for panel in rule.panels for line in panel.lines}
-        problems += [f"panel line {line!r} is no threshold field" for line in sorted(lines - {*fields, *rule.thresholds})]
+        problems += [f"panel line {line!r} is no threshold field"
+                     for line in sorted(lines - {*fields, *rule.thresholds})]
         if not rule.color:
             problems.append("it has no colour")
         if problems:
@@ -290,7 +293,8 @@ class DiagnosticsConfig:
         """Raise ConfigError naming the first threshold of the wrong type or out of range; floats normalized."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or f.type is int and not isinstance(value, int):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or f.type is int and not isinstance(value, int):
                 raise ConfigError(f"diag_{f.name} must be of type {f.type.__name__}, got {value!r}")
             setattr(self, f.name, f.type(value))
             bound = f.metadata["valid"]
@@ -311,18 +315,23 @@ class DiagnosticsConfig:
         return built(**data)
 
     @classmethod
-    def from_object(cls, source: Any) -> "DiagnosticsConfig":
+    def from_object(cls, source: Any, strict: bool = True) -> "DiagnosticsConfig":
         """The thresholds of a run config: a PPOConfig, its to_dict() or a config.json (nested `diag`, with any
         flat `diag_<name>` keys on top, as flags spell them and runs written before the nesting stored them),
-        or a config without either (an LLM run's), which keeps the defaults."""
-        data = source if isinstance(source, Mapping) else vars(source)
+        or a config without either (an LLM run's), which keeps the defaults. Not strict: names no registered
+        rule has are ignored."""
+        data = source if isinstance(source, Mapping) else getattr(source, "__dict__", {})
         nested = data.get("diag")
         if isinstance(nested, DiagnosticsConfig):
             nested = dataclasses.asdict(nested)
         elif nested is not None and not isinstance(nested, Mapping):
             raise ConfigError(f"diag must be a mapping of threshold names to values, got {nested!r}")
         flat = {key[len("diag_"):]: value for key, value in data.items() if key.startswith("diag_")}
-        return cls.from_dict({**(nested or {}), **flat})
+        values = {**(nested or {}), **flat}
+        if not strict:
+            known = {f.name for f in threshold_fields()}
+            values = {name: value for name, value in values.items() if name in known}
+        return cls.from_dict(values)
 
 
 def threshold_fields() -> tuple[dataclasses.Field, ...]:

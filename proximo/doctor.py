@@ -142,7 +142,8 @@ def examine(run_dir: str | Path) -> Report:
     """Load a run and replay its rows through the health rules with the run's thresholds."""
     record = load_run(run_dir)
     try:
-        thresholds = DiagnosticsConfig.from_object(record.config)
+        # a run may hold thresholds of rules this process has not registered (a plugin's): those are ignored
+        thresholds = DiagnosticsConfig.from_object(record.config, strict=False)
     except ProximoError as exc:
         raise ProximoError(f"{record.run_dir / 'config.json'}: {exc}") from None
     monitor = diagnose(record.rows, thresholds, record.total_updates)
@@ -309,7 +310,8 @@ def panels(rules: list[Rule]) -> list[Panel]:
     for rule in rules:
         for panel in rule.panels:
             known = merged.get(panel.metric)
-            merged[panel.metric] = panel if known is None else dataclasses.replace(known, lines=known.lines + panel.lines)
+            merged[panel.metric] = (panel if known is None
+                                    else dataclasses.replace(known, lines=known.lines + panel.lines))
     return list(merged.values())
 
 

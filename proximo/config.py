@@ -253,7 +253,7 @@ def check_field_types(config: Any) -> None:
                 break
             if kind in (int, str, bool) and type(value) is kind:
                 break
-            if isinstance(kind, type) and kind not in (int, float, str, bool) and isinstance(value, kind):
+            if isinstance(kind, type) and dataclasses.is_dataclass(value) and isinstance(value, kind):
                 break  # a nested config, which validates itself
             if typing.get_origin(kind) is list and isinstance(value, (list, tuple)) \
                     and all(type(v) is int for v in value):

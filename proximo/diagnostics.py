@@ -218,9 +218,6 @@ class RuleRegistry:
     def __iter__(self) -> Iterator[Rule]:
         return iter(list(self._rules.values()))
 
-    def __len__(self) -> int:
-        return len(self._rules)
-
     def __contains__(self, name: object) -> bool:
         return name in self._rules
 

@@ -24,6 +24,9 @@ from proximo.diagnostics import REWARD_KEYS, DiagnosticsConfig, Episode, HealthM
 from proximo.errors import ProximoError
 
 RATIO_RANGE = (0.0, 2.0)  # the range of the ratio histograms proximo/ppo.py records
+# what a learning curve shows, the first one logged; rules that judge one of them mark the curve
+LEARNING_CURVE_KEYS = ("episode_return_mean", *REWARD_KEYS)
+
 
 @dataclass
 class RunRecord:
@@ -157,7 +160,7 @@ def _threshold_text(rule: Rule, thresholds: DiagnosticsConfig) -> str:
 
 
 def _return_key(report: Report) -> str | None:
-    for key in ("episode_return_mean", *REWARD_KEYS):
+    for key in LEARNING_CURVE_KEYS:
         if report.monitor.history.has(key):
             return key
     return None
@@ -313,10 +316,6 @@ def panels(rules: list[Rule]) -> list[Panel]:
             merged[panel.metric] = (panel if known is None
                                     else dataclasses.replace(known, lines=known.lines + panel.lines))
     return list(merged.values())
-
-
-# the statistics a learning curve shows: rules that judge one of them mark their episodes on the curve
-LEARNING_CURVE_KEYS = ("episode_return_mean", *REWARD_KEYS)
 
 
 def _bands_for(report: Report, metrics: tuple[str, ...]) -> list[tuple[float, float, str, str]]:

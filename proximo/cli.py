@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import importlib
 import sys
@@ -78,15 +77,14 @@ FLAG_ALIASES = {"recurrent": ("--policy",)}
 def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One --dashed-flag per PPOConfig field (default: unset, so presets apply)."""
     group = parser.add_argument_group("config fields (override the preset)")
-    defaults = PPOConfig()
-    for field in dataclasses.fields(PPOConfig):
-        if field.name in skip:
+    defaults = PPOConfig().flat_dict()
+    for name, hint in field_types().items():
+        if name in skip:
             continue
-        hint = field_types()[field.name]
-        flags = [f"--{field.name.replace('_', '-')}", *FLAG_ALIASES.get(field.name, ())]
-        group.add_argument(*flags, dest=f"cfg_{field.name}",
+        flags = [f"--{name.replace('_', '-')}", *FLAG_ALIASES.get(name, ())]
+        group.add_argument(*flags, dest=f"cfg_{name}",
                            type=_parser_for(hint), default=None, metavar="V",
-                           help=f"default {getattr(defaults, field.name)}")
+                           help=f"default {defaults[name]}")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from proximo.core.objectives import OBJECTIVES
 from proximo.core.schedules import SCHEDULES
 from proximo.envs.masks import MASKING_MODES
 from proximo.nn.recurrent import RECURRENT_KINDS
-from proximo.diagnostics import DIAG_DEFAULTS as _DIAG, DiagnosticsConfig
+from proximo.diagnostics import DiagnosticsConfig, threshold_fields
 from proximo.errors import ConfigError
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
@@ -94,24 +94,10 @@ class PPOConfig:
     save_every: int = 0                    # env steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 3
     log_every: int = 1                     # updates between metric rows
-    # health rules (proximo/diagnostics.py DiagnosticsConfig documents why each default has its value)
+    # health rules (proximo/diagnostics.py: each rule's thresholds, with why each default has its value)
     diagnostics: bool = True               # warn during training when a rule fires
-    diag_warmup: int = _DIAG.warmup        # updates that only set baselines
-    diag_window: int = _DIAG.window        # updates in a baseline window
-    diag_recent: int = _DIAG.recent        # updates whose median is the current level
-    diag_cooldown: int = _DIAG.cooldown    # quiet updates before a rule may warn again
-    diag_kl_max: float = _DIAG.kl_max
-    diag_kl_spike_factor: float = _DIAG.kl_spike_factor
-    diag_entropy_collapse: float = _DIAG.entropy_collapse
-    diag_entropy_early: float = _DIAG.entropy_early
-    diag_value_loss_factor: float = _DIAG.value_loss_factor
-    diag_ev_min: float = _DIAG.ev_min
-    diag_clip_low: float = _DIAG.clip_low
-    diag_clip_high: float = _DIAG.clip_high
-    diag_adv_std_min: float = _DIAG.adv_std_min
-    diag_grad_norm_factor: float = _DIAG.grad_norm_factor
-    diag_kl_ref_max: float = _DIAG.kl_ref_max
-    diag_length_drift: float = _DIAG.length_drift
+    # the thresholds, nested; flags, presets and from_dict also take them flat as diag_<name> (--diag-kl-max)
+    diag: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -205,11 +191,17 @@ class PPOConfig:
         if self.stop_patience and not self.eval_every:
             raise ConfigError(f"stop_patience={self.stop_patience} counts evaluations, and eval_every is 0; set "
                               "--eval-every STEPS as well")
-        DiagnosticsConfig.from_object(self)  # validates the diag_* thresholds
+        self.diag.validate()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field."""
+        """A JSON-ready dict of every field (the thresholds nested under "diag")."""
         return dataclasses.asdict(self)
+
+    def flat_dict(self) -> dict[str, Any]:
+        """Every field by the name flags, presets and grids set it: the thresholds as diag_<name>."""
+        data = self.to_dict()
+        data.update({f"diag_{name}": value for name, value in data.pop("diag").items()})
+        return data
 
     def to_json(self) -> str:
         """The config as indented JSON."""
@@ -217,12 +209,14 @@ class PPOConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PPOConfig":
-        """Build from a dict, rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        """Build from a dict, rejecting unknown keys by name. Thresholds may be nested ("diag", as to_dict
+        writes them) and flat (diag_<name>, as flags, presets and runs written before the nesting have them);
+        a flat one wins."""
+        unknown = sorted(set(data) - config_keys())
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; see `proximo train --help`")
-        return cls(**data)
+        fields = {key: value for key, value in data.items() if key != "diag" and not key.startswith("diag_")}
+        return cls(**fields, diag=DiagnosticsConfig.from_object(data))
 
     def replace(self, **overrides: Any) -> "PPOConfig":
         """A validated copy with some fields changed."""
@@ -235,8 +229,20 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def field_types() -> dict[str, Any]:
-    """Resolved type hints of PPOConfig's fields."""
-    return typing.get_type_hints(PPOConfig)
+    """Resolved type hints of every config field by the name flags, presets and grids set it: PPOConfig's own,
+    with the nested thresholds as diag_<name>."""
+    hints: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(PPOConfig).items():
+        if name == "diag":
+            hints.update({f"diag_{f.name}": f.type for f in threshold_fields()})
+        else:
+            hints[name] = hint
+    return hints
+
+
+def config_keys() -> set[str]:
+    """The keys a config dict may hold: every field_types() name and the nested "diag"."""
+    return {*field_types(), "diag"}
 
 
 _UnionType = type(int | None)
@@ -256,6 +262,8 @@ def check_field_types(config: Any) -> None:
                 break
             if kind in (int, str, bool) and type(value) is kind:
                 break
+            if isinstance(kind, type) and dataclasses.is_dataclass(value) and isinstance(value, kind):
+                break  # a nested config, which validates itself
             if typing.get_origin(kind) is list and isinstance(value, (list, tuple)) \
                     and all(type(v) is int for v in value):
                 setattr(config, name, list(value))
@@ -324,8 +332,7 @@ def load_preset_file(path: str | Path) -> dict[str, Any]:
     data = read_mapping(path, "preset file")
     values = data.get("config", data) if isinstance(data.get("config"), dict) else data
     values = {key: value for key, value in values.items() if not key.startswith("_")}
-    known = {f.name for f in dataclasses.fields(PPOConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - config_keys())
     if unknown:
         raise ConfigError(f"preset file {path} sets unknown config field(s) {unknown}; see `proximo train --help`")
     return values

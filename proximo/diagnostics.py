@@ -7,6 +7,11 @@ so the live monitor during training and `proximo doctor` afterwards reach the sa
 
 Statistics are robust on purpose: levels are medians over a few updates and baselines are medians over a
 longer window before them, so one noisy minibatch neither fires a rule nor hides a trend.
+
+A rule is one `Rule` definition registered in RULES: its check, the threshold fields it owns (defaults, valid
+ranges and the reasons for their values as field metadata), the panels and threshold lines `proximo doctor`
+draws for it, and its colour. DiagnosticsConfig, the `diag_<name>` config fields and CLI flags, and the doctor's
+report are all derived from the registered rules.
 """
 from __future__ import annotations
 
@@ -16,99 +21,46 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, Mapping, TextIO
 
 from proximo.errors import ConfigError
 
 
-@dataclass
-class DiagnosticsConfig:
-    """Thresholds of the health rules. PPOConfig exposes each as a `diag_<name>` field (and CLI flag)."""
+# threshold fields --------------------------------------------------------------------------------
 
-    # Updates whose statistics only set baselines: the first updates of a run are dominated by the random
-    # initial policy and an untrained critic, so comparisons against them would fire on every healthy run.
-    warmup: int = 10
-    # Updates in the baseline window (value loss, gradient norm, explained variance): long enough that its
-    # median ignores a few outliers, short enough to follow a schedule that changes the scale over a run.
-    window: int = 20
-    # Updates whose median is the "current level": 5 smooths single-minibatch noise yet reacts in a few updates.
-    recent: int = 5
-    # Healthy updates in a row before a rule that fired may warn again: one warning per episode of trouble.
-    cooldown: int = 10
-    # Mean KL(old || new) per update (nats, k3 estimator). Healthy clipped PPO moves about 0.001-0.03 per
-    # update (cartpole preset, seeds 1-5: median of 5 updates at most 0.017); a median above 0.05 means the
-    # policy leaves the region its samples describe.
-    kl_max: float = 0.05
-    # One update whose KL exceeds this multiple of the run's median KL and 5 x kl_max (a quarter nat; healthy
-    # cartpole-preset updates peaked at 0.089) is a collapse-sized jump.
-    kl_spike_factor: float = 10.0
-    # Entropy below this fraction of its starting value (a drop of 90% of the starting nats) early in a run
-    # means the policy turned nearly deterministic before it explored.
-    entropy_collapse: float = 0.1
-    # "Early": the first quarter of the planned updates; later, a low entropy is usually convergence.
-    entropy_early: float = 0.25
-    # Value loss above this multiple of its baseline median in every recent update has blown up (critic
-    # diverging, returns changing scale). Healthy critics are spiky: on the cartpole preset (seeds 1-3) the
-    # value loss stayed up to 38x its baseline for 5 updates in a row while returns rose, hence 100x (and
-    # the baseline never drops below the run's level after the warm-up; see _growth_rule).
-    value_loss_factor: float = 100.0
-    # Median explained variance below this in two consecutive windows after the warm-up: the critic predicts
-    # returns no better than their mean, so the advantages are mostly noise (healthy critics reach 0.5-0.9
-    # within tens of updates).
-    ev_min: float = 0.1
-    # Median clip fraction below this: almost no sample reaches the clip band, the step size is too small
-    # for clipping to matter (healthy runs clip 2-20% of samples).
-    clip_low: float = 0.001
-    # Median clip fraction above this: a large part of the batch gives no gradient and the step size does the
-    # clip's job. The cartpole preset's 20 epochs clip up to 29% (median of 5 updates) in healthy runs.
-    clip_high: float = 0.4
-    # Advantage spread (std, reward units) below this is at the level of float32 rounding of values of ~100
-    # (about 1e-5), so per-minibatch normalization would amplify noise into "signal".
-    adv_std_min: float = 1e-4
-    # Gradient norm (measured before clipping) above this multiple of its baseline median in every recent
-    # update; healthy cartpole-preset runs stayed within 2.5x, a diverging network grows by orders of magnitude.
-    grad_norm_factor: float = 10.0
-    # KL to the reference model (nats per response, summed over tokens) past which a rising reward is more
-    # likely exploitation of the reward model than better answers: e^10 is a 22000x likelihood ratio.
-    kl_ref_max: float = 10.0
-    # Relative drift of the mean response length from its start (0.5 = +-50%) that, with a rising reward,
-    # points at the policy gaming length rather than content.
-    length_drift: float = 0.5
+@dataclass(frozen=True)
+class Bound:
+    """The valid range of a threshold, and how an error message says it."""
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first threshold out of range."""
-        for name in ("warmup", "cooldown"):
-            if int(getattr(self, name)) < 0:
-                raise ConfigError(f"diag_{name} must not be negative, got {getattr(self, name)}")
-        for name in ("window", "recent"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"diag_{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("kl_max", "kl_spike_factor", "value_loss_factor", "grad_norm_factor", "adv_std_min",
-                     "kl_ref_max", "length_drift", "clip_high"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"diag_{name} must be a positive finite number, got {value}")
-        for name in ("entropy_collapse", "entropy_early", "clip_low"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"diag_{name} must lie in [0, 1], got {value}")
-        if self.clip_low >= self.clip_high:
-            raise ConfigError(f"diag_clip_low ({self.clip_low}) must be below diag_clip_high ({self.clip_high})")
-        if not -1.0 <= self.ev_min <= 1.0:
-            raise ConfigError(f"diag_ev_min must lie in [-1, 1], got {self.ev_min}")
-
-    @classmethod
-    def from_object(cls, source: Any) -> "DiagnosticsConfig":
-        """Thresholds from any config object or dict with `diag_<name>` entries (missing ones keep defaults)."""
-        data = source if isinstance(source, dict) else getattr(source, "__dict__", {})
-        values = {f.name: data[f"diag_{f.name}"] for f in dataclasses.fields(cls) if f"diag_{f.name}" in data}
-        return cls(**values)
+    test: Callable[[float], bool]
+    phrase: str
 
 
-DIAG_DEFAULTS = DiagnosticsConfig()
+NON_NEGATIVE = Bound(lambda v: v >= 0, "must not be negative")
+AT_LEAST_ONE = Bound(lambda v: v >= 1, "must be at least 1")
+POSITIVE = Bound(lambda v: v > 0 and math.isfinite(v), "must be a positive finite number")
+FRACTION = Bound(lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]")
+CORRELATION = Bound(lambda v: -1.0 <= v <= 1.0, "must lie in [-1, 1]")
+
+
+def threshold(default: int | float, reason: str, valid: Bound) -> dataclasses.Field:
+    """A threshold field: its default (whose type is the field's), why it has that value, and its valid range."""
+    return field(default=default, metadata={"reason": reason, "valid": valid})
+
+
+# Fields of the monitor itself, shared by the rules.
+MONITOR_FIELDS: dict[str, dataclasses.Field] = {
+    "warmup": threshold(10, "Updates whose statistics only set baselines: the first updates of a run are dominated "
+                        "by the random initial policy and an untrained critic, so comparisons against them would "
+                        "fire on every healthy run.", NON_NEGATIVE),
+    "window": threshold(20, "Updates in the baseline window (value loss, gradient norm, explained variance): long "
+                        "enough that its median ignores a few outliers, short enough to follow a schedule that "
+                        "changes the scale over a run.", AT_LEAST_ONE),
+    "recent": threshold(5, "Updates whose median is the \"current level\": 5 smooths single-minibatch noise yet "
+                        "reacts in a few updates.", AT_LEAST_ONE),
+    "cooldown": threshold(10, "Healthy updates in a row before a rule that fired may warn again: one warning per "
+                          "episode of trouble.", NON_NEGATIVE),
+}
 
 
 # history -----------------------------------------------------------------------------------------
@@ -208,34 +160,214 @@ class Context:
     total_updates: int | None = None
 
 
-# rules -------------------------------------------------------------------------------------------
+# rules and their registry ------------------------------------------------------------------------
+
+Check = Callable[[History, "DiagnosticsConfig", Context], "Evidence | None"]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A chart `proximo doctor` draws: one logged statistic over the updates, with threshold lines."""
+
+    metric: str
+    title: str
+    log: bool = False                          # log-scale y axis
+    limits: tuple[float, float] | None = None  # a fixed y range (None: fit the data)
+    lines: tuple[str, ...] = ()                # threshold fields drawn as dashed lines at their values
+
 
 @dataclass
 class Rule:
-    """One failure mode: how to detect it, the threshold field and why that value, and the fix."""
+    """One failure mode, whole: its check, the thresholds it owns, its fix, and how the doctor draws it."""
 
     name: str
     title: str
-    metric: str                 # the statistic whose panel marks this rule
-    threshold_fields: tuple[str, ...]
+    metric: str        # the statistic the rule judges; its episodes are marked on that panel
     fix: str
-    check: Callable[[History, DiagnosticsConfig, Context], Evidence | None]
+    color: str         # its marks and legend entry in the HTML report
+    check: Check
+    # name -> threshold(...): fields of DiagnosticsConfig, set as diag_<name> (config key and CLI flag)
+    thresholds: dict[str, dataclasses.Field] = field(default_factory=dict)
+    panels: tuple[Panel, ...] = ()  # charts of its evidence; the learning curve is drawn for every run
+    applies: Callable[[History], bool] | None = None  # whether a run logged what it judges (default: metric)
+    cross_check: Callable[["DiagnosticsConfig"], None] | None = None  # its thresholds against others' (ConfigError)
 
     def reason(self) -> str:
-        """The documented reasons of this rule's threshold fields."""
-        return " ".join(FIELD_REASONS.get(name, "") for name in self.threshold_fields).strip()
+        """The documented reasons of this rule's threshold values."""
+        return " ".join(f.metadata["reason"] for f in self.thresholds.values())
+
+    def applicable(self, history: History) -> bool:
+        """True when the run logged the statistics this rule judges."""
+        return self.applies(history) if self.applies is not None else history.has(self.metric)
+
+    @property
+    def marks(self) -> tuple[str, ...]:
+        """The statistics on whose panels this rule's episodes are marked."""
+        return (self.metric, *(panel.metric for panel in self.panels))
 
 
-def _kl_spike(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+class RuleRegistry:
+    """The rules in the order they judge each update, also looked up by name."""
+
+    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+        self._rules: dict[str, Rule] = {}
+        self._config_class: type | None = None
+        for rule in rules:
+            self.register(rule)
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(list(self._rules.values()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rules
+
+    def __getitem__(self, name: str) -> Rule:
+        return self._rules[name]
+
+    def register(self, rule: Rule) -> Rule:
+        """Add a rule, judged after the others; its thresholds join every DiagnosticsConfig built afterwards."""
+        fields = self.threshold_fields()
+        problems = [f"a rule named {rule.name!r} is registered already"] if rule.name in self._rules else []
+        problems += [f"threshold {name!r} is a field already" for name in rule.thresholds if name in fields]
+        problems += [f"threshold {name!r} would hide DiagnosticsConfig.{name}" for name in rule.thresholds
+                     if hasattr(DiagnosticsConfig, name)]
+        problems += [f"threshold {name!r} is not made by threshold()" for name, f in rule.thresholds.items()
+                     if "valid" not in f.metadata or f.default is dataclasses.MISSING]
+        lines = {line for panel in rule.panels for line in panel.lines}
+        problems += [f"panel line {line!r} is no threshold field"
+                     for line in sorted(lines - {*fields, *rule.thresholds})]
+        if not rule.color:
+            problems.append("it has no colour")
+        if problems:
+            raise ValueError(f"cannot register rule {rule.name!r}: {'; '.join(problems)}")
+        self._rules[rule.name] = rule
+        self._config_class = None
+        return rule
+
+    def unregister(self, name: str) -> Rule:
+        """Remove a rule (a test's or a plugin's); configs built afterwards lack its thresholds."""
+        rule = self._rules.pop(name)
+        self._config_class = None
+        return rule
+
+    def threshold_fields(self) -> dict[str, dataclasses.Field]:
+        """The monitor's fields and every rule's thresholds, in order: the fields of DiagnosticsConfig."""
+        fields = dict(MONITOR_FIELDS)
+        for rule in self._rules.values():
+            fields.update(rule.thresholds)
+        return fields
+
+    def config_class(self) -> type:
+        """The DiagnosticsConfig dataclass of the rules registered now."""
+        if self._config_class is None:
+            spec = [(name, type(f.default), field(default=f.default, metadata=f.metadata))
+                    for name, f in self.threshold_fields().items()]
+            self._config_class = dataclasses.make_dataclass(
+                "DiagnosticsConfig", spec, bases=(DiagnosticsConfig,),
+                namespace={"rules": tuple(self._rules.values()), "__module__": __name__})
+        return self._config_class
+
+
+class DiagnosticsConfig:
+    """Thresholds of the health rules: a dataclass of the monitor's fields and each registered rule's thresholds.
+    PPOConfig nests one as `diag`; config files, presets and flags set its fields as `diag_<name>`."""
+
+    rules: tuple[Rule, ...] = ()  # the rules whose thresholds the built dataclass holds
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "DiagnosticsConfig":
+        # Built from the registry at call time, so a rule registered later (a plugin, a test) joins every
+        # config made after it.
+        return super().__new__(RULES.config_class() if cls is DiagnosticsConfig else cls)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def __reduce__(self) -> tuple:
+        # By value: the dataclass behind an instance is built at run time, so pickle cannot name it.
+        return DiagnosticsConfig.from_dict, (dataclasses.asdict(self),)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first threshold of the wrong type or out of range; floats normalized."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or f.type is int and not isinstance(value, int):
+                raise ConfigError(f"diag_{f.name} must be of type {f.type.__name__}, got {value!r}")
+            setattr(self, f.name, f.type(value))
+            bound = f.metadata["valid"]
+            if not bound.test(value):
+                raise ConfigError(f"diag_{f.name} {bound.phrase}, got {value}")
+        for rule in self.rules:
+            if rule.cross_check is not None:
+                rule.cross_check(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DiagnosticsConfig":
+        """Thresholds by name (missing ones keep their defaults), rejecting unknown names."""
+        built = RULES.config_class() if cls is DiagnosticsConfig else cls
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(built)})
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {[f'diag_{name}' for name in unknown]}; "
+                              "see `proximo train --help`")
+        return built(**data)
+
+    @classmethod
+    def from_object(cls, source: Any, strict: bool = True) -> "DiagnosticsConfig":
+        """The thresholds of a run config: a PPOConfig, its to_dict() or a config.json (nested `diag`, with any
+        flat `diag_<name>` keys on top, as flags spell them and runs written before the nesting stored them),
+        or a config without either (an LLM run's), which keeps the defaults. Not strict: names no registered
+        rule has are ignored."""
+        data = source if isinstance(source, Mapping) else getattr(source, "__dict__", {})
+        nested = data.get("diag")
+        if isinstance(nested, DiagnosticsConfig):
+            nested = dataclasses.asdict(nested)
+        elif nested is not None and not isinstance(nested, Mapping):
+            raise ConfigError(f"diag must be a mapping of threshold names to values, got {nested!r}")
+        flat = {key[len("diag_"):]: value for key, value in data.items() if key.startswith("diag_")}
+        values = {**(nested or {}), **flat}
+        if not strict:
+            known = {f.name for f in threshold_fields()}
+            values = {name: value for name, value in values.items() if name in known}
+        return cls.from_dict(values)
+
+
+def threshold_fields() -> tuple[dataclasses.Field, ...]:
+    """The fields (name, type, default, metadata reason and valid) of a DiagnosticsConfig built now."""
+    return dataclasses.fields(RULES.config_class())
+
+
+# checks ------------------------------------------------------------------------------------------
+
+def median_check(key: str, limit: str, above: bool, over: str = "recent", quorum: int | None = None,
+                 ready: Callable[[History, "DiagnosticsConfig"], bool] | None = None) -> Check:
+    """A check that fires when the median of `key` over the last diag_<over> updates lies above (or below)
+    threshold `limit`, given at least diag_recent values (or `quorum`, if fewer) and `ready` (when given)."""
+    op = ">" if above else "<"
+
+    def check(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+        if not h.has(key) or ready is not None and not ready(h, cfg):
+            return None
+        n = len(h)
+        pairs = h.values(key, n - getattr(cfg, over), n)
+        level, bound = median(v for _, v in pairs), getattr(cfg, limit)
+        needed = cfg.recent if quorum is None else min(cfg.recent, quorum)
+        if len(pairs) >= needed and (level > bound if above else level < bound):
+            return _evidence(h, f"median {key}", level, bound, pairs,
+                             f"median {key} {_fmt(level)} over {_span(pairs)} {op} diag_{limit} {bound}")
+        return None
+    return check
+
+
+def first_evidence(*checks: Check) -> Check:
+    """A check that returns the evidence of the first of `checks` that fires."""
+    def check(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+        return next((e for e in (c(h, cfg, ctx) for c in checks) if e is not None), None)
+    return check
+
+
+def _kl_jump(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
     key = "approx_kl"
     n = len(h)
-    if not h.has(key):
-        return None
-    recent = h.values(key, n - cfg.recent, n)
-    level = median(v for _, v in recent)
-    if len(recent) >= min(cfg.recent, 3) and level > cfg.kl_max:
-        return _evidence(h, f"median {key}", level, cfg.kl_max, recent,
-                         f"median {key} {_fmt(level)} over {_span(recent)} > diag_kl_max {cfg.kl_max}")
     latest = h.last(key)
     baseline = h.values(key, n - 1 - cfg.window, n - 1)
     if len(baseline) >= cfg.recent and math.isfinite(latest):
@@ -281,7 +413,7 @@ def _entropy_collapse(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evide
 FROZEN_KL = 1e-7  # nats per update: float32 rounding of log-probs, i.e. the policy did not change
 
 
-def _growth_rule(key: str, factor_field: str) -> Callable[[History, DiagnosticsConfig, Context], Evidence | None]:
+def _growth_rule(key: str, factor_field: str) -> Check:
     def check(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
         n = len(h)
         if not h.has(key):
@@ -355,45 +487,11 @@ def _entropy_collapsed(h: History, cfg: DiagnosticsConfig) -> bool:
     return math.isfinite(start) and math.isfinite(now) and now < start - (1.0 - cfg.entropy_collapse) * abs(start)
 
 
-def _clip_low(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
-    key = "clip_fraction"
-    n = len(h)
-    if not h.has(key) or n < cfg.warmup + cfg.window or _lr_annealed(h):
-        return None  # an annealed learning rate is meant to stop moving the policy
-    if _entropy_collapsed(h, cfg):
-        return None  # a deterministic policy has ratios of exactly 1: the cause is collapse, not a small step
-    pairs = h.values(key, n - cfg.window, n)
-    level = median(v for _, v in pairs)
-    if len(pairs) >= cfg.recent and level < cfg.clip_low:
-        return _evidence(h, f"median {key}", level, cfg.clip_low, pairs,
-                         f"median {key} {_fmt(level)} over {_span(pairs)} < diag_clip_low {cfg.clip_low}")
-    return None
-
-
-def _clip_high(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
-    key = "clip_fraction"
-    n = len(h)
-    if not h.has(key):
-        return None
-    pairs = h.values(key, n - cfg.recent, n)
-    level = median(v for _, v in pairs)
-    if len(pairs) >= cfg.recent and level > cfg.clip_high:
-        return _evidence(h, f"median {key}", level, cfg.clip_high, pairs,
-                         f"median {key} {_fmt(level)} over {_span(pairs)} > diag_clip_high {cfg.clip_high}")
-    return None
-
-
-def _dead_advantages(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
-    key = "advantage_std"
-    n = len(h)
-    if not h.has(key):
-        return None
-    pairs = h.values(key, n - cfg.recent, n)
-    level = median(v for _, v in pairs)
-    if len(pairs) >= cfg.recent and level < cfg.adv_std_min:
-        return _evidence(h, f"median {key}", level, cfg.adv_std_min, pairs,
-                         f"median {key} {_fmt(level)} over {_span(pairs)} < diag_adv_std_min {cfg.adv_std_min}")
-    return None
+def _clip_low_ready(h: History, cfg: DiagnosticsConfig) -> bool:
+    """Whether a clip fraction near 0 can mean a too small step: not before the baselines, not when the
+    learning rate is annealed (meant to stop moving the policy), and not after an entropy collapse (a
+    deterministic policy has ratios of exactly 1: the cause is the collapse)."""
+    return len(h) >= cfg.warmup + cfg.window and not _lr_annealed(h) and not _entropy_collapsed(h, cfg)
 
 
 REWARD_KEYS = ("reward_mean", "reward")  # the mean reward per update, as LLM trainers name it
@@ -453,58 +551,113 @@ def _reward_hacking(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidenc
                      f"({_span(recent)}) while " + " and ".join(reasons))
 
 
-RULES: list[Rule] = [
-    Rule("kl_spike", "KL spike / policy collapse", "approx_kl", ("kl_max", "kl_spike_factor"),
+def _reward_logged(h: History) -> bool:
+    return reward_key(h) is not None
+
+
+def _clip_band_ordered(cfg: DiagnosticsConfig) -> None:
+    if cfg.clip_low >= cfg.clip_high:
+        raise ConfigError(f"diag_clip_low ({cfg.clip_low}) must be below diag_clip_high ({cfg.clip_high})")
+
+
+CLIP_FRACTION_TITLE = "clip fraction: share of samples outside [1-eps, 1+eps]"
+
+RULES = RuleRegistry([
+    Rule("kl_spike", "KL spike / policy collapse", "approx_kl",
          "Lower learning_rate (e.g. 3x smaller) or n_epochs, or set target_kl (e.g. 0.02) to stop an update's "
-         "epochs early.", _kl_spike),
-    Rule("entropy_collapse", "entropy collapsing early (or to a frozen policy)", "entropy", ("entropy_collapse", "entropy_early"),
+         "epochs early.", "#d62728",
+         # a KL that is huge from the start fires within 3 updates; a single huge update fires at once
+         first_evidence(median_check("approx_kl", "kl_max", above=True, quorum=3), _kl_jump),
+         thresholds={
+             "kl_max": threshold(0.05, "Mean KL(old || new) per update (nats, k3 estimator). Healthy clipped PPO "
+                                 "moves about 0.001-0.03 per update (cartpole preset, seeds 1-5: median of 5 "
+                                 "updates at most 0.017); a median above 0.05 means the policy leaves the region "
+                                 "its samples describe.", POSITIVE),
+             "kl_spike_factor": threshold(10.0, "One update whose KL exceeds this multiple of the run's median KL "
+                                          "and 5 x kl_max (a quarter nat; healthy cartpole-preset updates peaked at "
+                                          "0.089) is a collapse-sized jump.", POSITIVE)},
+         panels=(Panel("approx_kl", "KL(old || new) per update, k3 estimator (nats)", log=True, lines=("kl_max",)),)),
+    Rule("entropy_collapse", "entropy collapsing early (or to a frozen policy)", "entropy",
          "Add an entropy bonus (ent_coef 0.001-0.01) or lower learning_rate so the policy keeps exploring.",
-         _entropy_collapse),
-    Rule("value_loss_blowup", "value loss blow-up", "value_loss", ("value_loss_factor",),
+         "#9467bd", _entropy_collapse,
+         thresholds={
+             "entropy_collapse": threshold(0.1, "Entropy below this fraction of its starting value (a drop of 90% "
+                                           "of the starting nats) early in a run means the policy turned nearly "
+                                           "deterministic before it explored.", FRACTION),
+             "entropy_early": threshold(0.25, "\"Early\": the first quarter of the planned updates; later, a low "
+                                        "entropy is usually convergence.", FRACTION)},
+         panels=(Panel("entropy", "policy entropy (nats)"),)),
+    Rule("value_loss_blowup", "value loss blow-up", "value_loss",
          "Normalize rewards (normalize_reward true) or clip the value loss (clip_range_vf), and check the "
-         "reward scale.", _growth_rule("value_loss", "value_loss_factor")),
-    Rule("explained_variance_low", "explained variance stuck near 0", "explained_variance", ("ev_min",),
+         "reward scale.", "#8c564b", _growth_rule("value_loss", "value_loss_factor"),
+         thresholds={
+             "value_loss_factor": threshold(100.0, "Value loss above this multiple of its baseline median in every "
+                                            "recent update has blown up (critic diverging, returns changing scale). "
+                                            "Healthy critics are spiky: on the cartpole preset (seeds 1-3) the value "
+                                            "loss stayed up to 38x its baseline for 5 updates in a row while returns "
+                                            "rose, hence 100x (and the baseline never drops below the run's level "
+                                            "after the warm-up; see _growth_rule).", POSITIVE)},
+         panels=(Panel("value_loss", "value loss", log=True),)),
+    Rule("explained_variance_low", "explained variance stuck near 0", "explained_variance",
          "Help the critic: normalize_obs / normalize_reward true, a larger vf_coef, or a separate critic "
-         "network (shared_network false).", _ev_stuck),
-    Rule("clip_fraction_low", "clip fraction near 0 (learning rate too small)", "clip_fraction", ("clip_low",),
-         "Raise learning_rate (e.g. 3x) or n_epochs: the policy barely moves within each update.", _clip_low),
+         "network (shared_network false).", "#e377c2", _ev_stuck,
+         thresholds={
+             "ev_min": threshold(0.1, "Median explained variance below this in two consecutive windows after the "
+                                 "warm-up: the critic predicts returns no better than their mean, so the advantages "
+                                 "are mostly noise (healthy critics reach 0.5-0.9 within tens of updates).",
+                                 CORRELATION)},
+         panels=(Panel("explained_variance", "explained variance of the value function", limits=(-1.0, 1.0),
+                       lines=("ev_min",)),)),
+    Rule("clip_fraction_low", "clip fraction near 0 (learning rate too small)", "clip_fraction",
+         "Raise learning_rate (e.g. 3x) or n_epochs: the policy barely moves within each update.", "#17becf",
+         median_check("clip_fraction", "clip_low", above=False, over="window", ready=_clip_low_ready),
+         thresholds={
+             "clip_low": threshold(0.001, "Median clip fraction below this: almost no sample reaches the clip band, "
+                                   "the step size is too small for clipping to matter (healthy runs clip 2-20% of "
+                                   "samples).", FRACTION)},
+         panels=(Panel("clip_fraction", CLIP_FRACTION_TITLE, lines=("clip_low",)),)),
     Rule("clip_fraction_high", "clip fraction very high (learning rate too large)", "clip_fraction",
-         ("clip_high",),
-         "Lower learning_rate or n_epochs (or use larger batches) so fewer samples leave the clip band.",
-         _clip_high),
-    Rule("dead_advantages", "advantages with near-zero spread", "advantage_std", ("adv_std_min",),
+         "Lower learning_rate or n_epochs (or use larger batches) so fewer samples leave the clip band.", "#ff7f0e",
+         median_check("clip_fraction", "clip_high", above=True),
+         thresholds={
+             "clip_high": threshold(0.4, "Median clip fraction above this: a large part of the batch gives no "
+                                    "gradient and the step size does the clip's job. The cartpole preset's 20 epochs "
+                                    "clip up to 29% (median of 5 updates) in healthy runs.", POSITIVE)},
+         panels=(Panel("clip_fraction", CLIP_FRACTION_TITLE, lines=("clip_high",)),),
+         cross_check=_clip_band_ordered),
+    Rule("dead_advantages", "advantages with near-zero spread", "advantage_std",
          "Check the reward signal: rewards that are constant or tiny give no advantage; rescale them or enable "
-         "normalize_reward.", _dead_advantages),
-    Rule("grad_norm_explosion", "exploding gradient norm", "grad_norm", ("grad_norm_factor",),
+         "normalize_reward.", "#7f7f7f", median_check("advantage_std", "adv_std_min", above=False),
+         thresholds={
+             "adv_std_min": threshold(1e-4, "Advantage spread (std, reward units) below this is at the level of "
+                                      "float32 rounding of values of ~100 (about 1e-5), so per-minibatch "
+                                      "normalization would amplify noise into \"signal\".", POSITIVE)},
+         panels=(Panel("advantage_std", "advantage spread (std, before normalization)", log=True,
+                       lines=("adv_std_min",)),)),
+    Rule("grad_norm_explosion", "exploding gradient norm", "grad_norm",
          "Set max_grad_norm (0.5) and lower learning_rate; normalize observations (normalize_obs) if their "
-         "scale is large.", _growth_rule("grad_norm", "grad_norm_factor")),
+         "scale is large.", "#bcbd22", _growth_rule("grad_norm", "grad_norm_factor"),
+         thresholds={
+             "grad_norm_factor": threshold(10.0, "Gradient norm (measured before clipping) above this multiple of "
+                                           "its baseline median in every recent update; healthy cartpole-preset runs "
+                                           "stayed within 2.5x, a diverging network grows by orders of magnitude.",
+                                           POSITIVE)},
+         panels=(Panel("grad_norm", "gradient norm (before clipping)", log=True),)),
     Rule("reward_hacking", "reward hacking (reward up, policy drifting from the reference)", "reward_mean",
-         ("kl_ref_max", "length_drift"),
          "Raise the KL penalty to the reference (kl_coef), stop earlier, or fix the reward model's weakness "
-         "(e.g. a length bias).", _reward_hacking),
-]
-RULES_BY_NAME = {rule.name: rule for rule in RULES}
-
-
-def _field_reasons() -> dict[str, str]:
-    """The comment above each DiagnosticsConfig field, read from this file's source (one source of truth)."""
-    import inspect
-
-    reasons: dict[str, str] = {}
-    pending: list[str] = []
-    for line in inspect.getsource(DiagnosticsConfig).splitlines():
-        text = line.strip()
-        if text.startswith("#"):
-            pending.append(text.lstrip("# "))
-        elif ":" in text and "=" in text and not text.startswith(("def", "@", "\"")):
-            reasons[text.split(":")[0]] = " ".join(pending)
-            pending = []
-        else:
-            pending = []
-    return reasons
-
-
-FIELD_REASONS = _field_reasons()
+         "(e.g. a length bias).", "#2ca02c", _reward_hacking,
+         thresholds={
+             "kl_ref_max": threshold(10.0, "KL to the reference model (nats per response, summed over tokens) past "
+                                     "which a rising reward is more likely exploitation of the reward model than "
+                                     "better answers: e^10 is a 22000x likelihood ratio.", POSITIVE),
+             "length_drift": threshold(0.5, "Relative drift of the mean response length from its start (0.5 = "
+                                       "+-50%) that, with a rising reward, points at the policy gaming length rather "
+                                       "than content.", POSITIVE)},
+         panels=(Panel("kl_ref", "KL to the reference model", lines=("kl_ref_max",)),
+                 Panel("response_length", "response length (tokens)")),
+         applies=_reward_logged),
+])
+RULES_BY_NAME = RULES  # the registry looks rules up by name too; the older name stays for callers
 
 
 # episodes and the live monitor --------------------------------------------------------------------
@@ -532,10 +685,12 @@ class HealthMonitor:
     """Feeds update rows through the rules; opens an episode (and warns once) when a rule starts firing."""
 
     def __init__(self, config: DiagnosticsConfig | None = None, total_updates: int | None = None,
-                 rules: list[Rule] | None = None) -> None:
+                 rules: Iterable[Rule] | None = None) -> None:
         self.config = config or DiagnosticsConfig()
         self.context = Context(total_updates)
-        self.rules = list(rules if rules is not None else RULES)
+        # by default the rules whose thresholds the config holds: the registered ones when it was built
+        self.rules = list(rules if rules is not None else self.config.rules)
+        self._by_name = {rule.name: rule for rule in self.rules}
         self.history = History()
         self.episodes: list[Episode] = []
         self._open: dict[str, Episode] = {}
@@ -543,7 +698,7 @@ class HealthMonitor:
 
     @classmethod
     def from_config(cls, config: Any, total_updates: int | None = None) -> "HealthMonitor":
-        """A monitor with the `diag_*` thresholds of a run config."""
+        """A monitor with the thresholds of a run config (see DiagnosticsConfig.from_object)."""
         return cls(DiagnosticsConfig.from_object(config), total_updates)
 
     def observe(self, row: dict[str, Any]) -> list[Episode]:
@@ -580,15 +735,14 @@ class HealthMonitor:
             self.replay_logged(Path(run_dir) / "updates.jsonl", before_update=int(row["update"]))
         started = self.observe(row)
         for episode in started:
+            rule = self._by_name[episode.rule]
             if echo:
-                print(warning_line(episode), file=stream or sys.stderr, flush=True)
+                print(warning_line(episode, rule), file=stream or sys.stderr, flush=True)
             if run_dir is not None:
-                record = {"event": "start", **episode.to_dict(), "title": RULES_BY_NAME[episode.rule].title,
-                          "fix": RULES_BY_NAME[episode.rule].fix}
+                record = {"event": "start", **episode.to_dict(), "title": rule.title, "fix": rule.fix}
                 with open(Path(run_dir) / "diagnostics.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
         return started
-
 
     def replay_logged(self, path: Path, before_update: int) -> int:
         """Silently feed the rows a resumed run logged before `before_update` (its episodes were already
@@ -616,9 +770,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def warning_line(episode: Episode) -> str:
-    """The one-line warning printed when an episode of trouble starts."""
-    rule = RULES_BY_NAME[episode.rule]
+def warning_line(episode: Episode, rule: Rule | None = None) -> str:
+    """The one-line warning printed when an episode of trouble starts (rule: the episode's, if not registered)."""
+    rule = rule or RULES[episode.rule]
     return (f"proximo: warning: update {episode.start_update}: {rule.title} [{rule.name}]: "
             f"{episode.evidence.detail}. Fix: {rule.fix}")
 

@@ -1,44 +1,31 @@
 """`proximo doctor RUN_DIR`: a health report of a finished (or running) run, as text and as one HTML page.
 
 The report replays the run's logged update rows through the rules of proximo/diagnostics.py with the run's own
-thresholds, so it names the same episodes of trouble the trainer warned about. The HTML page is a single
-self-contained file: inline SVG panels and a small inline script, nothing fetched from the network.
+thresholds, so it names the same episodes of trouble the trainer warned about. Which panels it draws, their
+threshold lines and each rule's colour come from the rules themselves (proximo/diagnostics.py). The HTML page is
+a single self-contained file: inline SVG panels and a small inline script, nothing fetched from the network; its
+skeleton, styles and script are the package files proximo/templates/doctor.{html,css,js}.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import html
 import json
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import Any
 
-from proximo.diagnostics import (
-    REWARD_KEYS, RULES, RULES_BY_NAME, DiagnosticsConfig, Episode, HealthMonitor, diagnose, reward_key,
-)
+from proximo.diagnostics import REWARD_KEYS, DiagnosticsConfig, Episode, HealthMonitor, Panel, Rule, diagnose
 from proximo.errors import ProximoError
 
 RATIO_RANGE = (0.0, 2.0)  # the range of the ratio histograms proximo/ppo.py records
-
-# metric key -> (panel title, log scale)
-PANELS: list[tuple[str, str, bool]] = [
-    ("approx_kl", "KL(old || new) per update, k3 estimator (nats)", True),
-    ("clip_fraction", "clip fraction: share of samples outside [1-eps, 1+eps]", False),
-    ("entropy", "policy entropy (nats)", False),
-    ("explained_variance", "explained variance of the value function", False),
-    ("value_loss", "value loss", True),
-    ("grad_norm", "gradient norm (before clipping)", True),
-    ("advantage_std", "advantage spread (std, before normalization)", True),
-    ("kl_ref", "KL to the reference model", False),
-    ("response_length", "response length (tokens)", False),
-]
-RULE_COLORS = {
-    "kl_spike": "#d62728", "entropy_collapse": "#9467bd", "value_loss_blowup": "#8c564b",
-    "explained_variance_low": "#e377c2", "clip_fraction_low": "#17becf", "clip_fraction_high": "#ff7f0e",
-    "dead_advantages": "#7f7f7f", "grad_norm_explosion": "#bcbd22", "reward_hacking": "#2ca02c",
-}
+# what a learning curve shows, the first one logged; rules that judge one of them mark the curve
+LEARNING_CURVE_KEYS = ("episode_return_mean", *REWARD_KEYS)
 
 
 @dataclass
@@ -137,6 +124,11 @@ class Report:
         """True when no rule fired."""
         return not self.monitor.episodes
 
+    @property
+    def rules(self) -> dict[str, Rule]:
+        """The rules the run was judged by, by name, in their order."""
+        return {rule.name: rule for rule in self.monitor.rules}
+
     def episodes_by_rule(self) -> dict[str, list[Episode]]:
         """The episodes of trouble grouped by rule name, in the order the rules first fired."""
         grouped: dict[str, list[Episode]] = {}
@@ -146,16 +138,15 @@ class Report:
 
     def applicable_rules(self) -> list[str]:
         """Rules whose statistic the run logged."""
-        history = self.monitor.history
-        return [r.name for r in RULES
-                if (reward_key(history) is not None if r.name == "reward_hacking" else history.has(r.metric))]
+        return [rule.name for rule in self.monitor.rules if rule.applicable(self.monitor.history)]
 
 
 def examine(run_dir: str | Path) -> Report:
     """Load a run and replay its rows through the health rules with the run's thresholds."""
     record = load_run(run_dir)
     try:
-        thresholds = DiagnosticsConfig.from_object(record.config)
+        # a run may hold thresholds of rules this process has not registered (a plugin's): those are ignored
+        thresholds = DiagnosticsConfig.from_object(record.config, strict=False)
     except ProximoError as exc:
         raise ProximoError(f"{record.run_dir / 'config.json'}: {exc}") from None
     monitor = diagnose(record.rows, thresholds, record.total_updates)
@@ -164,13 +155,12 @@ def examine(run_dir: str | Path) -> Report:
 
 # text --------------------------------------------------------------------------------------------
 
-def _threshold_text(rule_name: str, thresholds: DiagnosticsConfig) -> str:
-    rule = RULES_BY_NAME[rule_name]
-    return ", ".join(f"diag_{name}={getattr(thresholds, name):g}" for name in rule.threshold_fields)
+def _threshold_text(rule: Rule, thresholds: DiagnosticsConfig) -> str:
+    return ", ".join(f"diag_{name}={getattr(thresholds, name):g}" for name in rule.thresholds)
 
 
 def _return_key(report: Report) -> str | None:
-    for key in ("episode_return_mean", *REWARD_KEYS):
+    for key in LEARNING_CURVE_KEYS:
         if report.monitor.history.has(key):
             return key
     return None
@@ -195,7 +185,7 @@ def text_report(report: Report) -> str:
         by_rule = report.episodes_by_rule()
         lines.append(f"{len(by_rule)} rule{'s' if len(by_rule) != 1 else ''} fired:")
         for name, episodes in by_rule.items():
-            rule = RULES_BY_NAME[name]
+            rule = report.rules[name]
             fired = sum(len(e.fired_updates) for e in episodes)
             spans = ", ".join(f"{e.start_update}-{e.last_update}" if e.last_update != e.start_update
                               else f"{e.start_update}" for e in episodes)
@@ -203,9 +193,9 @@ def text_report(report: Report) -> str:
                       f"  when:      updates {spans} ({len(episodes)} episode{'s' if len(episodes) != 1 else ''};"
                       f" fired in {fired} of {len(record.rows)} updates)",
                       f"  evidence:  update {episodes[0].start_update}: {episodes[0].evidence.detail}",
-                      f"  threshold: {_threshold_text(name, report.thresholds)}: {rule.reason()}",
+                      f"  threshold: {_threshold_text(rule, report.thresholds)}: {rule.reason()}",
                       f"  fix:       {rule.fix}"]
-    silent = [r.name for r in RULES if r.name not in report.applicable_rules()]
+    silent = [name for name in report.rules if name not in report.applicable_rules()]
     if silent:
         lines += ["", f"not checked (statistic not logged): {', '.join(silent)}"]
     if record.live_warnings:
@@ -317,23 +307,25 @@ def _series(report: Report, key: str) -> tuple[list[float], list[float]]:
     return [float(u) for u in history.updates], list(history.series.get(key, [math.nan] * len(history)))
 
 
-# panels beyond a rule's own metric that show its evidence
-EXTRA_PANELS = {"reward_hacking": ("kl_ref", "response_length")}
+def panels(rules: list[Rule]) -> list[Panel]:
+    """The rules' panels, one per statistic in the order the rules first draw it, with every rule's lines."""
+    merged: dict[str, Panel] = {}
+    for rule in rules:
+        for panel in rule.panels:
+            known = merged.get(panel.metric)
+            merged[panel.metric] = (panel if known is None
+                                    else dataclasses.replace(known, lines=known.lines + panel.lines))
+    return list(merged.values())
 
 
-def _bands_for(report: Report, metric: str) -> list[tuple[float, float, str, str]]:
-    return [(e.start_update, e.last_update, e.rule, RULE_COLORS.get(e.rule, "#d62728"))
-            for e in report.episodes
-            if RULES_BY_NAME[e.rule].metric == metric or metric in EXTRA_PANELS.get(e.rule, ())]
+def _bands_for(report: Report, metrics: tuple[str, ...]) -> list[tuple[float, float, str, str]]:
+    rules = report.rules
+    return [(e.start_update, e.last_update, e.rule, rules[e.rule].color) for e in report.episodes
+            if any(metric in rules[e.rule].marks for metric in metrics)]
 
 
-def _hlines_for(metric: str, t: DiagnosticsConfig) -> list[tuple[float, str]]:
-    return {"approx_kl": [(t.kl_max, f"diag_kl_max {t.kl_max:g}")],
-            "clip_fraction": [(t.clip_high, f"diag_clip_high {t.clip_high:g}"),
-                              (t.clip_low, f"diag_clip_low {t.clip_low:g}")],
-            "explained_variance": [(t.ev_min, f"diag_ev_min {t.ev_min:g}")],
-            "advantage_std": [(t.adv_std_min, f"diag_adv_std_min {t.adv_std_min:g}")],
-            "kl_ref": [(t.kl_ref_max, f"diag_kl_ref_max {t.kl_ref_max:g}")]}.get(metric, [])
+def _hlines_for(panel: Panel, t: DiagnosticsConfig) -> list[tuple[float, str]]:
+    return [(getattr(t, name), f"diag_{name} {getattr(t, name):g}") for name in panel.lines]
 
 
 def outside_share(counts: list[float], eps: float, lo: float = RATIO_RANGE[0], hi: float = RATIO_RANGE[1],
@@ -390,147 +382,61 @@ def ratio_frames(report: Report) -> list[dict[str, Any]]:
     return frames
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;background:#fafafa}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:22px 0 8px}
-.sub{color:#666;margin-bottom:14px}.ok{background:#e8f6ea;border-left:5px solid #2ca02c;padding:10px 14px}
-.finding{background:#fff;border-left:5px solid #d62728;padding:8px 14px;margin:8px 0}
-.finding b{font-size:15px}.finding div{margin:3px 0;font-size:13px}.k{color:#777;display:inline-block;width:80px}
-.grid-panels{display:grid;grid-template-columns:repeat(2,660px);gap:10px}
-.panel{background:#fff;border:1px solid #ddd;padding:4px}
-svg text{font-size:11px;fill:#444}.ct{font-size:13px!important;font-weight:600;fill:#222!important}
-.yl{text-anchor:end}.xl{text-anchor:middle}.xe{text-anchor:end}.tl{text-anchor:end;fill:#c33!important}
-.grid{stroke:#eee}.thr{stroke:#c33;stroke-dasharray:5 4}.ln{fill:none;stroke:#1f77b4;stroke-width:1.4}
-.dot{fill:#1f77b4}.na{fill:#999!important}
-#ratio{background:#fff;border:1px solid #ddd;padding:10px;width:1320px}
-#ratio button{font-size:14px;padding:3px 10px}#ratio input{width:700px;vertical-align:middle}
-#ratio-info{font-size:13px;margin-top:6px}.legend span{display:inline-block;margin-right:14px;font-size:12px}
-"""
-
-_JS = """
-(function(){
-var frames=JSON.parse(document.getElementById('ratio-data').textContent);
-var slider=document.getElementById('ratio-slider'),svg=document.getElementById('ratio-svg'),
-    info=document.getElementById('ratio-info');
-if(!frames.length){info.textContent='This run logged no ratio histograms.';slider.disabled=true;return;}
-slider.max=frames.length-1;
-var W=1300,H=300,L=60,R=10,T=12,B=34,pw=W-L-R,ph=H-T-B,lo=0,hi=2;
-function X(r){return L+(r-lo)/(hi-lo)*pw;}
-function pct(v){return v==null?'n/a':(100*v).toFixed(1)+'%';}
-function draw(i){
-  var f=frames[i],c=f.counts,n=c.length,tot=0,mx=1;
-  for(var k=0;k<n;k++){tot+=c[k];if(c[k]>mx)mx=c[k];}
-  var s='<rect x="'+X(1-f.eps)+'" y="'+T+'" width="'+(X(1+f.eps)-X(1-f.eps))+'" height="'+ph+
-        '" fill="#2ca02c" fill-opacity="0.12"/>';
-  var bw=pw/n;
-  for(var k=0;k<n;k++){
-    var a=lo+k*(hi-lo)/n,b=a+(hi-lo)/n,h=c[k]/mx*ph,mid=(a+b)/2;
-    var out=(b<=1-f.eps+1e-9)||(a>=1+f.eps-1e-9);
-    s+='<rect x="'+(L+k*bw+0.5)+'" y="'+(T+ph-h)+'" width="'+(bw-1)+'" height="'+h+'" fill="'+
-       (out?'#d62728':'#1f77b4')+'"><title>r in ['+a.toFixed(2)+', '+b.toFixed(2)+'): '+c[k]+'</title></rect>';
-  }
-  [1-f.eps,1,1+f.eps].forEach(function(r,j){
-    s+='<line x1="'+X(r)+'" x2="'+X(r)+'" y1="'+T+'" y2="'+(T+ph)+'" stroke="'+(j==1?'#333':'#2ca02c')+
-       '" stroke-dasharray="'+(j==1?'2 3':'6 3')+'"/>';
-    if(j!=1)s+='<text x="'+(X(r)+(j==0?-4:4))+'" y="'+(T+ph+28)+'" text-anchor="'+(j==0?'end':'start')+
-       '" font-size="12" fill="#2ca02c">'+(j==0?'1 - eps = ':'1 + eps = ')+r.toFixed(3)+'</text>';
-  });
-  for(var t=0;t<=2.0001;t+=0.25){s+='<text x="'+X(t)+'" y="'+(T+ph+14)+'" text-anchor="middle">'+t.toFixed(2)+'</text>';}
-  s+='<text x="'+(L-6)+'" y="'+(T+10)+'" text-anchor="end">'+mx+'</text><text x="'+(L-6)+'" y="'+(T+ph)+
-     '" text-anchor="end">0</text><rect x="'+L+'" y="'+T+'" width="'+pw+'" height="'+ph+'" fill="none" stroke="#bbb"/>';
-  svg.innerHTML=s;
-  info.innerHTML='<b>update '+f.update+'</b> (step '+(f.step==null?'?':f.step.toLocaleString())+
-    ', '+(i+1)+' of '+frames.length+'): clip band ['+(1-f.eps).toFixed(3)+', '+(1+f.eps).toFixed(3)+
-    '], '+(f.outside==null?'a band narrower than one histogram bin: the share outside it cannot be read from the histogram':
-    '<b>'+pct(f.outside)+'</b> of the last epoch\\'s samples lie outside it')+
-    (f.beyond?(' ('+f.beyond+' beyond r = 2, off the chart)'):'')+
-    '; clip fraction averaged over all '+(f.epochs==null?'?':f.epochs)+' epochs: '+pct(f.clip_fraction)+
-    '; r ranged '+(f.rmin==null?'?':f.rmin.toFixed(3))+' to '+(f.rmax==null?'?':f.rmax.toFixed(3))+
-    '; KL '+(f.kl==null?'?':f.kl.toPrecision(3))+'.';
-  slider.value=i;
-}
-document.getElementById('ratio-prev').onclick=function(){draw(Math.max(0,+slider.value-1));};
-document.getElementById('ratio-next').onclick=function(){draw(Math.min(frames.length-1,+slider.value+1));};
-slider.oninput=function(){draw(+slider.value);};
-document.addEventListener('keydown',function(e){
-  if(e.key=='ArrowLeft')document.getElementById('ratio-prev').onclick();
-  if(e.key=='ArrowRight')document.getElementById('ratio-next').onclick();});
-var start=0,best=-1;
-frames.forEach(function(f,i){if(f.clip_fraction!=null&&f.clip_fraction>best){best=f.clip_fraction;start=i;}});
-draw(start);
-})();
-"""
+def _template(name: str) -> str:
+    """A file of proximo/templates (shipped as package data)."""
+    return (resources.files("proximo") / "templates" / name).read_text(encoding="utf-8")
 
 
 def html_report(report: Report) -> str:
     """One self-contained HTML page: verdict, learning curve, diagnostic panels, and the ratio-band view."""
     record, t = report.record, report.thresholds
     esc = html.escape
-    env = record.config.get("env_id") or "?"
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
-             f"<title>proximo doctor: {esc(str(record.run_dir))}</title><style>{_CSS}</style></head><body>",
-             f"<h1>proximo doctor</h1><div class='sub'>{esc(str(record.run_dir))} &middot; {esc(str(env))} "
-             f"&middot; {len(record.rows)} updates &middot; "
-             f"{int(record.rows[-1].get('global_step') or 0):,} steps</div>"]
     if report.healthy:
-        parts.append(f"<div class='ok' id='verdict-healthy'><b>Healthy.</b> None of the "
-                     f"{len(report.applicable_rules())} applicable rules fired "
-                     f"({esc(', '.join(report.applicable_rules()))}).</div>")
+        verdict = (f"<div class='ok' id='verdict-healthy'><b>Healthy.</b> None of the "
+                   f"{len(report.applicable_rules())} applicable rules fired "
+                   f"({esc(', '.join(report.applicable_rules()))}).</div>")
     else:
         seen = report.episodes_by_rule()
-        parts.append(f"<h2 id='verdict-findings'>{len(seen)} rule{'s' if len(seen) != 1 else ''} fired</h2>")
+        findings = [f"<h2 id='verdict-findings'>{len(seen)} rule{'s' if len(seen) != 1 else ''} fired</h2>"]
         for name, episodes in seen.items():
-            rule = RULES_BY_NAME[name]
+            rule = report.rules[name]
             spans = ", ".join(f"{e.start_update}-{e.last_update}" for e in episodes)
-            parts.append(
-                f"<div class='finding' style='border-color:{RULE_COLORS.get(name, '#d62728')}' data-rule='{name}'>"
+            findings.append(
+                f"<div class='finding' style='border-color:{rule.color}' data-rule='{name}'>"
                 f"<b>{esc(rule.title)}</b> <code>{name}</code>"
                 f"<div><span class='k'>when</span>updates {spans} "
                 f"(fired in {sum(len(e.fired_updates) for e in episodes)} of {len(record.rows)} updates)</div>"
                 f"<div><span class='k'>evidence</span>update {episodes[0].start_update}: "
                 f"{esc(episodes[0].evidence.detail)}</div>"
-                f"<div><span class='k'>threshold</span>{esc(_threshold_text(name, t))}: {esc(rule.reason())}</div>"
+                f"<div><span class='k'>threshold</span>{esc(_threshold_text(rule, t))}: {esc(rule.reason())}</div>"
                 f"<div><span class='k'>fix</span>{esc(rule.fix)}</div></div>")
-    parts.append("<h2>Learning curve and diagnostics</h2><div class='legend'>")
-    for rule in RULES:
-        parts.append(f"<span><svg width='12' height='10'><rect width='12' height='10' "
-                     f"fill='{RULE_COLORS[rule.name]}' fill-opacity='0.5'/></svg> {rule.name}</span>")
-    parts.append("</div><div class='grid-panels'>")
+        verdict = "".join(findings)
+    legend = "".join(f"<span><svg width='12' height='10'><rect width='12' height='10' fill='{rule.color}' "
+                     f"fill-opacity='0.5'/></svg> {rule.name}</span>" for rule in report.rules.values())
+    charts = []
     key = _return_key(report)
     if key is not None:
         xs, ys = _series(report, key)
-        parts.append(f"<div class='panel' id='panel-learning-curve'>"
-                     f"{svg_chart(xs, ys, f'learning curve: {key}', bands=_bands_for(report, 'reward_mean'))}</div>")
+        charts.append(f"<div class='panel' id='panel-learning-curve'>"
+                      f"{svg_chart(xs, ys, f'learning curve: {key}', bands=_bands_for(report, LEARNING_CURVE_KEYS))}"
+                      f"</div>")
     history = report.monitor.history
     missing = []
-    for metric, title, log in PANELS:
-        if not history.has(metric):
-            missing.append(metric)
+    for panel in panels(report.monitor.rules):
+        if not history.has(panel.metric):
+            missing.append(panel.metric)
             continue
-        xs, ys = _series(report, metric)
-        limits = (-1.0, 1.0) if metric == "explained_variance" else None
-        chart = svg_chart(xs, ys, title, log=log, hlines=_hlines_for(metric, t), bands=_bands_for(report, metric),
-                          y_limits=limits)
-        parts.append(f"<div class='panel' id='panel-{metric}'>{chart}</div>")
-    parts.append("</div>")
-    if missing:
-        parts.append(f"<div class='sub'>Not logged by this run: {esc(', '.join(missing))}.</div>")
-    frames = ratio_frames(report)
-    parts.append(
-        "<h2>Probability ratios against the clip band</h2>"
-        "<div id='ratio'><div class='sub'>Per update: the histogram of r = pi_new(a|s) / pi_old(a|s) over the "
-        "samples of the update's last epoch, the clip band [1-eps, 1+eps] shaded green (eps is that update's "
-        "clip_range), bins outside it red. Samples outside the band are where the clipped objective can stop "
-        "the gradient (it does when the advantage's sign pushes r further out). Opens at the update with the "
-        "largest clip fraction; use the slider, the buttons or the arrow keys.</div>"
-        "<button id='ratio-prev'>&larr; prev</button> <input type='range' id='ratio-slider' min='0' max='0' "
-        "value='0'> <button id='ratio-next'>next &rarr;</button>"
-        "<svg id='ratio-svg' xmlns='http://www.w3.org/2000/svg' width='1300' height='300'></svg>"
-        "<div id='ratio-info'></div></div>")
-    data = json.dumps(frames, separators=(",", ":")).replace("</", "<\\/")
-    parts.append(f"<script type='application/json' id='ratio-data'>{data}</script><script>{_JS}</script>")
-    parts.append("</body></html>")
-    return "".join(parts)
+        xs, ys = _series(report, panel.metric)
+        chart = svg_chart(xs, ys, panel.title, log=panel.log, hlines=_hlines_for(panel, t),
+                          bands=_bands_for(report, (panel.metric,)), y_limits=panel.limits)
+        charts.append(f"<div class='panel' id='panel-{panel.metric}'>{chart}</div>")
+    data = json.dumps(ratio_frames(report), separators=(",", ":")).replace("</", "<\\/")
+    return Template(_template("doctor.html")).substitute(
+        run_dir=esc(str(record.run_dir)), env=esc(str(record.config.get("env_id") or "?")), updates=len(record.rows),
+        steps=f"{int(record.rows[-1].get('global_step') or 0):,}", css=_template("doctor.css"), verdict=verdict,
+        legend=legend, panels="".join(charts),
+        missing=f"<div class='sub'>Not logged by this run: {esc(', '.join(missing))}.</div>" if missing else "",
+        ratio_data=data, script=_template("doctor.js"))
 
 
 # command line ------------------------------------------------------------------------------------
@@ -558,4 +464,5 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=cmd_doctor)
 
 
-__all__ = ["examine", "load_run", "text_report", "html_report", "ratio_frames", "outside_share", "register"]
+__all__ = ["examine", "load_run", "text_report", "html_report", "panels", "ratio_frames", "outside_share",
+           "register"]

@@ -325,3 +325,70 @@ def test_resumed_monitor_replays_the_logged_rows_without_warning_again(tmp_path)
     assert len(resumed.history) == 61 and resumed.history.updates[:3] == [1, 2, 3]
     assert stream.getvalue().count("[kl_spike]") == 1  # the open episode continues, no second warning
     assert [e.start_update for e in resumed.episodes] == [e.start_update for e in first.episodes]
+
+
+# the thresholds nested in PPOConfig, and run directories written before the nesting ------------------------
+
+def _flat(config: dict) -> dict:
+    """A config dict as runs before the nesting stored it: diag_<name> keys instead of "diag"."""
+    flat = {key: value for key, value in config.items() if key != "diag"}
+    return {**flat, **{f"diag_{name}": value for name, value in config["diag"].items()}}
+
+
+def test_thresholds_nest_in_the_config_and_load_from_the_flat_form():
+    from proximo.config import PPOConfig, field_types
+
+    config = make_config("cartpole", diag_kl_max=0.2, diag_recent=7)
+    assert isinstance(config.diag, DiagnosticsConfig) and (config.diag.kl_max, config.diag.recent) == (0.2, 7)
+    data = json.loads(config.to_json())
+    assert data["diag"]["kl_max"] == 0.2 and not any(key.startswith("diag_") for key in data)
+    assert PPOConfig.from_dict(data) == config == PPOConfig.from_dict(_flat(data))  # old config.json files
+    assert PPOConfig.from_dict({**data, "diag_kl_max": 0.3}).diag.kl_max == 0.3  # a flat override wins
+    assert config.replace(diag_cooldown=2).diag == DiagnosticsConfig(kl_max=0.2, recent=7, cooldown=2)
+    assert field_types()["diag_kl_max"] is float and field_types()["diag_warmup"] is int and "diag" not in field_types()
+    with pytest.raises(ConfigError, match=r"unknown config field\(s\) \['diag_kl_maximum'\]"):
+        PPOConfig.from_dict({**data, "diag": {"kl_maximum": 1.0}})
+    with pytest.raises(ConfigError, match="diag must be a mapping"):
+        PPOConfig.from_dict({**data, "diag": [0.1]})
+    with pytest.raises(ConfigError, match="diag_warmup must be of type int, got 2.5"):
+        make_config(diag_warmup=2.5)
+
+
+def test_thresholds_of_a_run_config_in_every_form():
+    from proximo.llm.config import GRPOConfig
+
+    nested = make_config(diag_ev_min=0.3).to_dict()
+    assert DiagnosticsConfig.from_object(nested).ev_min == 0.3
+    assert DiagnosticsConfig.from_object(_flat(nested)).ev_min == 0.3
+    assert DiagnosticsConfig.from_object(make_config(diag_ev_min=0.3)).ev_min == 0.3
+    assert DiagnosticsConfig.from_object(GRPOConfig()) == DiagnosticsConfig()  # LLM configs: the defaults
+
+
+def test_a_config_pickles_and_copies_with_its_thresholds():
+    import copy
+    import pickle
+
+    config = make_config(diag_kl_max=0.2)
+    assert pickle.loads(pickle.dumps(config)) == config and copy.deepcopy(config).diag.kl_max == 0.2
+
+
+def test_a_run_directory_written_before_the_nesting_resumes(tmp_path):
+    from proximo.cli import main
+
+    run = tmp_path / "old"
+    assert main(["train", "CartPole-v1", "--run-dir", str(run), "--num-envs", "2", "--n-steps", "32",
+                 "--batch-size", "32", "--n-epochs", "1", "--total-steps", "128", "--save-every", "64",
+                 "--eval-episodes", "1", "--diag-kl-max", "0.07", "--quiet", "--no-tensorboard"]) == 0
+    # rewrite every stored config the way earlier versions wrote them
+    files = [run / "config.json", *run.glob("checkpoints/*/state.json"), run / "policy" / "policy.json"]
+    for path in files:
+        data = json.loads(path.read_text())
+        if "config" in data:
+            data["config"] = _flat(data["config"])
+        else:
+            data = _flat(data)
+        path.write_text(json.dumps(data))
+    assert main(["eval", str(run), "--episodes", "1"]) == 0
+    assert main(["train", "--resume", str(run), "--total-steps", "192", "--quiet", "--no-tensorboard"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["diag"]["kl_max"] == 0.07 and "diag_kl_max" not in saved

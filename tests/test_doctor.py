@@ -1,13 +1,20 @@
 """`proximo doctor`: the text report and the self-contained HTML page on real (short) run directories."""
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import json
 import re
+import tomllib
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
 from proximo.cli import main
-from proximo.doctor import examine, html_report, outside_share, ratio_frames, text_report
+from proximo.diagnostics import POSITIVE, RULES, DiagnosticsConfig, Panel, Rule, median_check, threshold
+from proximo.doctor import examine, html_report, outside_share, panels, ratio_frames, text_report
+from proximo.errors import ProximoError
 
 COMMON = ["--num-envs", "8", "--n-steps", "32", "--batch-size", "256", "--eval-episodes", "2", "--quiet",
           "--no-tensorboard"]
@@ -138,3 +145,105 @@ def test_doctor_on_an_llm_run_names_reward_hacking(tmp_path, capsys):
     kl_panel = text.split("id='panel-kl_ref'>")[1].split("</svg>")[0]
     assert 'data-rule="reward_hacking"' in kl_panel
     assert text.split("id='ratio-data'>")[1].startswith("[]<")  # no ratio histograms: the view says so
+
+
+# a rule is one definition -------------------------------------------------------------------------
+
+TOY = Rule("toy_level_high", "toy level too high", "toy_level", "Lower the toy level.", "#123456",
+           median_check("toy_level", "toy_max", above=True),
+           thresholds={"toy_max": threshold(2.0, "Toy levels above 2 overflow the toy.", POSITIVE)},
+           panels=(Panel("toy_level", "toy level (units)", lines=("toy_max",)),))
+
+
+@pytest.fixture
+def toy_rule():
+    """TOY registered for one test."""
+    RULES.register(TOY)
+    yield TOY
+    RULES.unregister(TOY.name)
+
+
+def test_a_new_rule_is_one_definition(toy_rule, tmp_path, capsys):
+    from proximo.cli import build_parser, config_overrides
+    from proximo.config import PPOConfig, make_config
+    from proximo.errors import ConfigError
+
+    # its threshold is a config field, validated by its bound, set as diag_toy_max, and a flag
+    assert PPOConfig().diag.toy_max == 2.0
+    config = make_config(diag_toy_max=3.0)
+    assert PPOConfig.from_dict(json.loads(config.to_json())).diag.toy_max == 3.0
+    with pytest.raises(ConfigError, match="diag_toy_max must be a positive finite number"):
+        make_config(diag_toy_max=0.0)
+    args = build_parser().parse_args(["train", "X-v0", "--diag-toy-max", "4"])
+    assert config_overrides(args) == {"diag_toy_max": 4.0}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert "--diag-toy-max" in capsys.readouterr().out
+    # the monitor judges it, and both reports show it with its threshold, reason, fix, panel, line and colour
+    rows = [{"update": u, "global_step": 8 * u, "episode_return_mean": float(u), "toy_level": 1.0 if u < 20 else 5.0}
+            for u in range(1, 41)]
+    (tmp_path / "updates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "config.json").write_text(json.dumps({"env_id": "Toy-v0", **config.to_dict()}))
+    page = tmp_path / "toy.html"
+    assert main(["doctor", str(tmp_path), "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "toy level too high [toy_level_high]" in out and "updates 22-40" in out, out  # median of 5 > 3 from 22
+    assert "diag_toy_max=3: Toy levels above 2 overflow the toy." in out and "Lower the toy level." in out
+    text = page.read_text()
+    panel = text.split("id='panel-toy_level'>")[1].split("</svg>")[0]
+    assert "toy level (units)" in panel and "diag_toy_max 3" in panel
+    assert 'fill="#123456" fill-opacity="0.16" class="mark" data-rule="toy_level_high"' in panel  # its band
+    assert "border-color:#123456' data-rule='toy_level_high'" in text and "fill='#123456'" in text  # finding, legend
+
+
+def test_a_rule_that_could_not_be_drawn_is_refused_when_registered():
+    with pytest.raises(TypeError):
+        Rule("no_colour", "t", "toy_level", "Fix it.", check=TOY.check)  # a colour is part of the definition
+    bad = [dataclasses.replace(TOY, color=""),
+           dataclasses.replace(TOY, name="kl_spike"),
+           dataclasses.replace(TOY, thresholds={"kl_max": TOY.thresholds["toy_max"]}),
+           dataclasses.replace(TOY, panels=(Panel("toy_level", "toy", lines=("toy_maximum",)),)),
+           dataclasses.replace(TOY, thresholds={"toy_max": dataclasses.field(default=2.0)})]
+    for rule, problem in zip(bad, ["no colour", "registered already", "'kl_max' is a field already",
+                                   "'toy_maximum' is no threshold field", "not made by threshold()"]):
+        with pytest.raises(ValueError, match=problem):
+            RULES.register(rule)
+    assert "toy_level_high" not in RULES and not hasattr(DiagnosticsConfig(), "toy_max")
+
+
+def test_panels_lines_and_colours_come_from_the_rules():
+    drawn = {panel.metric: panel for panel in panels(list(RULES))}
+    assert list(drawn) == ["approx_kl", "entropy", "value_loss", "explained_variance", "clip_fraction",
+                           "advantage_std", "grad_norm", "kl_ref", "response_length"]
+    assert drawn["clip_fraction"].lines == ("clip_low", "clip_high")  # two rules, one panel
+    assert drawn["explained_variance"].limits == (-1.0, 1.0) and drawn["approx_kl"].log
+    assert all(rule.color.startswith("#") for rule in RULES)
+
+
+def test_the_page_is_built_from_the_package_templates(runs):
+    broken, _ = runs
+    files = {name: resources.files("proximo") / "templates" / name
+             for name in ("doctor.html", "doctor.css", "doctor.js")}
+    assert all(path.is_file() for path in files.values())
+    page = html_report(examine(broken))
+    assert files["doctor.css"].read_text() in page and files["doctor.js"].read_text() in page
+    assert "$" not in page.split("<script>")[0]  # every placeholder of the skeleton filled
+    # and they ship: pyproject's package-data covers every file of proximo/templates
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["proximo"]
+    shipped = [p.name for p in (root / "proximo" / "templates").iterdir()
+               if any(fnmatch.fnmatch(f"templates/{p.name}", pattern) for pattern in patterns)]
+    assert sorted(shipped) == sorted(p.name for p in (root / "proximo" / "templates").iterdir())
+
+
+def test_doctor_reads_the_thresholds_of_old_and_plugin_run_configs(tmp_path):
+    rows = [{"update": u, "approx_kl": 0.06, "entropy": 0.6} for u in range(1, 31)]
+    (tmp_path / "updates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for config, fired in [({"diag_kl_max": 0.07}, []),  # written before the thresholds nested
+                          ({"diag": {"kl_max": 0.07, "toy_max": 3.0}}, []),  # a plugin's rule, not registered here
+                          ({"diag": {"kl_max": 0.07}, "diag_kl_max": 0.05}, ["kl_spike"])]:  # flat wins
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        assert [e.rule for e in examine(tmp_path).episodes] == fired, config
+    (tmp_path / "config.json").write_text(json.dumps({"diag": {"kl_max": -1}}))
+    with pytest.raises(ProximoError, match=r"config.json: diag_kl_max must be a positive finite number"):
+        examine(tmp_path)

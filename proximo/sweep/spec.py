@@ -1,7 +1,6 @@
 """What a sweep runs: envs x grid x seeds, parsed from flags or a sweep file, each trial a validated config."""
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
 import re
@@ -10,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proximo.config import PPOConfig, field_types, load_preset_file, make_config, read_mapping
+from proximo.config import field_types, load_preset_file, make_config, read_mapping
 from proximo.errors import ConfigError
 
 # Fields a grid may not vary: the seed has its own flag, and these only change bookkeeping.
@@ -20,7 +19,7 @@ SPEC_VERSION = 1
 
 def config_field(name: str, what: str = "grid") -> str:
     """The PPOConfig field a user wrote (dashes allowed), or a ConfigError naming the closest fields."""
-    fields = [f.name for f in dataclasses.fields(PPOConfig)]
+    fields = list(field_types())
     normal = name.strip().replace("-", "_")
     if normal in fields:
         return normal

@@ -8,9 +8,12 @@ from typing import Any
 
 from proximo.config import check_field_types
 from proximo.core.kl import KL_ESTIMATORS
-from proximo.errors import ConfigError
+from proximo.errors import ConfigError, ProximoError
+from proximo.llm.losses import (
+    ADVANTAGE_ESTIMATORS, AGGREGATION_ALIASES, IMPORTANCE_SAMPLING, LOSS_AGGREGATIONS, aggregation_name,
+    scaling_name,
+)
 
-LOSS_AGGREGATIONS = ("seq-mean", "token-mean", "constant")
 KL_CONTROLLERS = ("adaptive", "fixed")
 
 
@@ -157,26 +160,59 @@ class _RLConfig(_LLMConfig):
 
 @dataclass
 class GRPOConfig(_RLConfig):
-    """GRPO: G completions per prompt, group-relative advantages, no critic, k3 KL as a loss term."""
+    """GRPO and its variants: G completions per prompt, group-relative (or RLOO / REINFORCE++)
+    advantages, no critic, k3 KL as a loss term. n_epochs is TRL's num_iterations and num_minibatches
+    its steps_per_generation: n_epochs x num_minibatches optimizer steps per generation, all against the
+    log-probs kept from generation time."""
 
     learning_rate: float = 5e-5
     group_size: int = 8                     # G completions per prompt
-    scale_rewards: bool = True              # divide group-centred rewards by the group std
-    loss_aggregation: str = "token-mean"    # seq-mean | token-mean | constant
-    loss_constant: float | None = None      # normalizer of "constant" (None: max_new_tokens)
+    advantage_estimator: str = "grpo"       # grpo (group mean baseline) | rloo (leave-one-out) | reinforce++
+                                            # (per-token KL in the reward, batch-standardized returns)
+    scale_rewards: str = "group"            # group | batch | none: divide advantages by the group's or the
+                                            # batch's reward std, or not (Dr. GRPO); true/false = group/none
+    loss_aggregation: str = "bnpo"          # grpo (seq mean) | bnpo (minibatch token mean) | dr_grpo
+                                            # (constant) | dapo (token mean of the whole generation batch)
+    loss_constant: float | None = None      # normalizer of dr_grpo (None: max_new_tokens)
+    importance_sampling: str = "token"      # token (PPO ratio per token) | sequence (GSPO ratio per sequence)
+    seq_clip_range: float = 3e-4            # GSPO's lower clip on the sequence ratio (paper: 3e-4)
+    seq_clip_range_high: float = 4e-4       # GSPO's upper clip (paper: 4e-4)
+    dynamic_sampling: bool = False          # DAPO: drop groups whose rewards are all equal, draw more prompts
+    max_extra_draws: int = 4                # extra generation rounds per step dynamic sampling may take
+    mask_truncated: bool = False            # completions cut at max_new_tokens (no <eos>) get loss mask 0
     ent_coef: float = 0.0
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
+        # Old spellings: scale_rewards was a bool, loss_aggregation seq-mean | token-mean | constant.
+        if isinstance(self.scale_rewards, bool):
+            self.scale_rewards = scaling_name(self.scale_rewards)
+        if isinstance(self.loss_aggregation, str) and self.loss_aggregation in AGGREGATION_ALIASES:
+            self.loss_aggregation = aggregation_name(self.loss_aggregation)
         super().validate()
         if self.group_size < 2:
             raise ConfigError(f"group_size must be at least 2 (advantages are relative within a group), "
                               f"got {self.group_size}")
-        if self.loss_aggregation not in LOSS_AGGREGATIONS:
-            raise ConfigError(f"loss_aggregation must be one of {', '.join(LOSS_AGGREGATIONS)}; "
-                              f"got {self.loss_aggregation!r}")
+        try:
+            self.scale_rewards = scaling_name(self.scale_rewards)
+        except ProximoError:
+            raise ConfigError(f"scale_rewards must be group, batch or none (or true/false); "
+                              f"got {self.scale_rewards!r}") from None
+        choices = (("loss_aggregation", LOSS_AGGREGATIONS), ("advantage_estimator", ADVANTAGE_ESTIMATORS),
+                   ("importance_sampling", IMPORTANCE_SAMPLING))
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.importance_sampling == "sequence" and self.advantage_estimator == "reinforce++":
+            raise ConfigError("importance_sampling sequence (GSPO) needs one advantage per sequence; "
+                              "use advantage_estimator grpo or rloo with it")
+        for name in ("seq_clip_range", "seq_clip_range_high"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
         if self.loss_constant is not None and not self.loss_constant > 0:
             raise ConfigError(f"loss_constant must be positive or None, got {self.loss_constant}")
+        if self.max_extra_draws < 0:
+            raise ConfigError(f"max_extra_draws must not be negative, got {self.max_extra_draws}")
         if self.ent_coef < 0:
             raise ConfigError(f"ent_coef must not be negative, got {self.ent_coef}")
         self._check_minibatches()

@@ -36,6 +36,31 @@ class Rollout:
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
 
 
+    def select(self, rows: torch.Tensor) -> "Rollout":
+        """The rollout of the given row indices [K]."""
+        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.response_ids[rows],
+                       self.response_mask[rows], self.logprobs[rows])
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Rollouts stacked row-wise: prompts left-padded and responses right-padded to the widest part."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.prompt_ids.shape[1] for p in parts)
+    length = max(p.response_ids.shape[1] for p in parts)
+
+    def left(x, value):
+        return F.pad(x, (width - x.shape[1], 0), value=value)
+
+    def right(x, value):
+        return F.pad(x, (0, length - x.shape[1]), value=value)
+    return Rollout(torch.cat([left(p.prompt_ids, pad_id) for p in parts]),
+                   torch.cat([left(p.prompt_mask, 0) for p in parts]),
+                   torch.cat([right(p.response_ids, pad_id) for p in parts]),
+                   torch.cat([right(p.response_mask, 0) for p in parts]),
+                   torch.cat([right(p.logprobs, 0.0) for p in parts]))
+
+
 def pad_prompts(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad id lists into (ids [B, P], mask [B, P])."""
     width = max(len(p) for p in prompts)

@@ -1,8 +1,11 @@
-"""GRPO: G completions per prompt, advantages relative to the group, no critic; the clipped objective
-is proximo.core.policy_loss (the same function the CartPole trainer calls), the KL to the frozen
-reference is a k3 loss term, and the per-token loss is aggregated by seq-mean, token-mean or constant."""
+"""GRPO and its variants: G completions per prompt, no critic. The math is proximo/llm/losses.py on
+proximo.core (the clipped objective is proximo.core.policy_loss, the function the CartPole trainer
+calls): advantages by grpo | rloo | reinforce++, rewards scaled by group | batch | none, importance
+ratios per token or per sequence (GSPO), the loss aggregated by grpo | bnpo | dr_grpo | dapo, DAPO's
+dynamic sampling and overlong masking, the k3 KL to the frozen reference as a loss term."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,66 +13,90 @@ from typing import Any
 
 import torch
 
-from proximo.core import kl_estimate, masked_mean, policy_loss
+from proximo.core import masked_mean
+from proximo.errors import ProximoError
 from proximo.llm.config import GRPOConfig
-from proximo.llm.generation import response_logprobs
-from proximo.llm.losses import aggregate_loss, group_advantages
+from proximo.llm.generation import concat_rollouts, response_logprobs
+from proximo.llm.losses import (  # noqa: F401 - grpo_token_loss is imported from here by callers
+    group_advantages, grpo_token_loss, informative_groups, reinforce_pp_advantages, truncated_rows,
+)
 from proximo.llm.rl import RLTrainer, minibatch_indices
-from proximo.llm.run import RewardFn, call_reward
+from proximo.llm.run import RewardFn
 from proximo.learners.optimizer import FlatOptimizer
 
 
-def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-                    advantages: torch.Tensor, mask: torch.Tensor, clip_range: float,
-                    clip_range_high: float | None, kl_coef: float, aggregation: str,
-                    constant: float | None = None):
-    """GRPO loss (scalar) on [B, R] log-probs and per-sequence advantages [B]; returns (loss,
-    PolicyLossOutput, mean k3 KL to the reference)."""
-    adv = advantages[:, None].expand_as(logp)
-    out = policy_loss(logp, old_logp, adv, "clip", clip_range, clip_range_high, mask=mask)
-    per_token = out.per_sample
-    kl_ref = torch.zeros(())
-    if ref_logp is not None:
-        kl_tokens = kl_estimate(logp, ref_logp, "k3")
-        kl_ref = masked_mean(kl_tokens.detach(), mask)
-        if kl_coef > 0:
-            per_token = per_token + kl_coef * kl_tokens
-    return aggregate_loss(per_token, mask, aggregation, constant), out, kl_ref
-
-
 class GRPO(RLTrainer):
-    """GRPO on a built-in task or your own reward: GRPO("tiny" | model_dir | run_dir, reward_fn=...,
-    prompts=[...], **GRPOConfig fields).train(steps) -> summary dict."""
+    """GRPO on a built-in task or your own data and rewards:
+    GRPO("tiny" | model_dir | run_dir, reward_fn=f or [f, "proximo:exact_match", ...], reward_weights=[...],
+    dataset=FILE | rows, eval_dataset=... | eval_fraction=F, **GRPOConfig fields).train(steps) -> summary.
+    prompts=[...] (a list of strings) still works in place of dataset."""
 
     kind = "grpo"
 
-    def __init__(self, model: str | Path = "tiny", reward_fn: RewardFn | None = None,
+    def __init__(self, model: str | Path = "tiny", reward_fn: RewardFn | str | list | None = None,
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
                  run_dir: str | Path | None = None, verbose: bool = False, tensorboard: bool = True,
-                 **config: Any) -> None:
-        if reward_fn is not None and "task" not in config:
+                 dataset: Any = None, eval_dataset: Any = None, eval_fraction: float | None = None,
+                 reward_weights: list[float] | None = None, **config: Any) -> None:
+        if (reward_fn is not None or dataset is not None) and "task" not in config:
             config["task"] = ""
+        if dataset is not None and reward_fn is None:
+            raise ProximoError("a dataset needs reward functions: pass reward_fn=... (CLI: --reward module:function "
+                               "or --reward proximo:exact_match)")
         super().__init__(model, GRPOConfig(**config), reward_fn, prompts, eval_prompts, run_dir, verbose,
-                         tensorboard)
+                         tensorboard, dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction,
+                         reward_weights=reward_weights)
 
-    def collect(self) -> SimpleNamespace:
-        """Sample G completions for each of prompts_per_step prompts; their rewards, group advantages and
-        the reference's log-probs."""
-        cfg: GRPOConfig = self.config
-        started = time.perf_counter()
-        group = cfg.group_size
-        unique = self.sample_prompts(cfg.prompts_per_step)
-        prompts = [p for p in unique for _ in range(group)]
+    def _draw_groups(self, n: int) -> SimpleNamespace:
+        """n prompts x group_size completions (rows grouped by prompt) with their rewards."""
+        group = self.config.group_size
+        unique, rows = self.draw_prompts(n)
         # Each prompt is encoded and prefilled once for its whole group (the rows come out grouped).
         rollout, completions, gen_s = self.rollout(unique, repeats=group)
-        rewards = call_reward(self.reward_fn, prompts, completions)
-        advantages = group_advantages(rewards, group, cfg.scale_rewards)
-        input_ids, attention, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        texts = [p for p in unique for _ in range(group)]
+        rep_rows = None if rows is None else [r for r in rows for _ in range(group)]
+        rewards, per_fn = self.score(self.dataset, rep_rows, texts, completions)
+        return SimpleNamespace(rollout=rollout, rewards=rewards, per_fn=per_fn, gen_s=gen_s, n=n)
+
+    def collect(self) -> SimpleNamespace:
+        """prompts_per_step groups of G completions (with dynamic sampling: groups whose rewards differ,
+        drawing up to max_extra_draws more rounds), their advantages, loss mask and the reference's
+        log-probs."""
+        cfg: GRPOConfig = self.config
+        started = time.perf_counter()
+        group, wanted = cfg.group_size, cfg.prompts_per_step
+        parts = [self._draw_groups(wanted)]
+        informative = [informative_groups(torch.nan_to_num(parts[0].rewards), group, ~torch.isnan(parts[0].rewards))]
+        if cfg.dynamic_sampling:
+            while sum(int(k.sum()) for k in informative) < wanted and len(parts) <= cfg.max_extra_draws:
+                parts.append(self._draw_groups(wanted))
+                r = parts[-1].rewards
+                informative.append(informative_groups(torch.nan_to_num(r), group, ~torch.isnan(r)))
+        all_rewards = torch.cat([p.rewards for p in parts])
+        keep_mask = torch.cat(informative)
+        if cfg.dynamic_sampling:
+            # Groups with a signal first, in the order drawn; when the draws ran out, all-equal groups
+            # fill the batch (their advantages are 0: they add only the KL/entropy terms).
+            order = torch.cat([torch.nonzero(keep_mask).flatten(), torch.nonzero(~keep_mask).flatten()])
+            chosen = order[:wanted].sort().values
+        else:
+            chosen = torch.arange(wanted)
+        filled = int((~keep_mask[chosen]).sum()) if cfg.dynamic_sampling else 0
+        row_idx = (chosen[:, None] * group + torch.arange(group)).reshape(-1)
+        rollout = concat_rollouts([p.rollout for p in parts], self.tokenizer.pad_id).select(row_idx)
+        rewards = all_rewards[row_idx]
+        valid = ~torch.isnan(rewards)
+        scores = torch.nan_to_num(rewards)
+        input_ids, attention, response_mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        truncated = truncated_rows(rollout.response_ids, response_mask, self.tokenizer.eos_id)
+        keep_rows = valid & ~truncated if cfg.mask_truncated else valid
+        loss_mask = response_mask * keep_rows[:, None].to(response_mask.dtype)
         width = rollout.prompt_ids.shape[1]
         # Rows of one group share a prompt: forward passes run it once per group (same values, tested).
-        groups = torch.arange(len(unique)).repeat_interleave(group)
+        groups = torch.arange(len(chosen)).repeat_interleave(group)
         # The sampler's own log-probs serve as the old policy's: they equal a full forward pass to ~1e-6
-        # (tested), and skipping that pass saves a quarter of the step's compute.
+        # (tested), and skipping that pass saves a quarter of the step's compute. They stay fixed for
+        # every epoch and minibatch of this generation.
         old_logp = rollout.logprobs
         # With kl_coef 0 the reference only feeds the kl_ref metric: measure it every few steps, not every step.
         ref_logp = None
@@ -78,27 +105,51 @@ class GRPO(RLTrainer):
                 ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature,
                                                    groups=groups)
             ref_logp = ref_logp.clone()
-        return SimpleNamespace(started=started, prompts=prompts, rewards=rewards, advantages=advantages,
-                               input_ids=input_ids, attention=attention, mask=mask, width=width, groups=groups,
-                               old_logp=old_logp, ref_logp=ref_logp, gen_s=gen_s, group=group)
+        if cfg.advantage_estimator == "reinforce++":
+            advantages = reinforce_pp_advantages(scores, old_logp, ref_logp, loss_mask, cfg.kl_coef)
+        else:
+            advantages = group_advantages(scores, group, cfg.scale_rewards, estimator=cfg.advantage_estimator,
+                                          valid=valid)
+        drawn_valid = ~torch.isnan(all_rewards)
+        stats = {
+            "reward": float(all_rewards[drawn_valid].mean()) if drawn_valid.any() else math.nan,
+            "reward_std": float(all_rewards[drawn_valid].std()) if int(drawn_valid.sum()) > 1 else 0.0,
+            "truncated_fraction": float(truncated.float().mean()),
+            "skipped_fraction": float((~valid).float().mean()),
+            "groups_drawn": sum(p.n for p in parts),
+            "groups_dropped": int((~keep_mask).sum()) - filled if cfg.dynamic_sampling else 0,
+            "groups_filled": filled,
+        }
+        for name in parts[0].per_fn:
+            values = [p.per_fn[name] for p in parts if not math.isnan(p.per_fn[name])]
+            stats[f"reward_{name}"] = sum(values) / len(values) if values else math.nan
+        return SimpleNamespace(started=started, stats=stats, advantages=advantages, input_ids=input_ids,
+                               attention=attention, mask=loss_mask, width=width, groups=groups,
+                               old_logp=old_logp, ref_logp=ref_logp, gen_s=sum(p.gen_s for p in parts),
+                               group=group, tokens=float(response_mask.sum()), batch=len(row_idx),
+                               gen_tokens=sum(float(p.rollout.response_mask.sum()) for p in parts))
 
     def learn(self, batch_data: SimpleNamespace, optimizer: FlatOptimizer) -> dict[str, float]:
-        """K epochs of minibatch updates on one collected batch; returns the row of statistics."""
+        """n_epochs x num_minibatches optimizer steps on one collected batch; returns the row of statistics."""
         cfg: GRPOConfig = self.config
         b = batch_data
-        started, prompts, rewards, advantages, gen_s, group = b.started, b.prompts, b.rewards, b.advantages, b.gen_s, b.group
-        input_ids, attention, mask, width, groups = b.input_ids, b.attention, b.mask, b.width, b.groups
-        old_logp, ref_logp = b.old_logp, b.ref_logp
+        mask, old_logp, ref_logp = b.mask, b.old_logp, b.ref_logp
         constant = cfg.loss_constant or float(self.max_new_tokens)
-        batch = len(prompts)
+        sequence = cfg.importance_sampling == "sequence"
+        low, high = (cfg.seq_clip_range, cfg.seq_clip_range_high) if sequence else (cfg.clip_range, cfg.clip_range_high)
+        # REINFORCE++ has the KL in its rewards already; the loss adds no second KL term.
+        kl_coef = 0.0 if cfg.advantage_estimator == "reinforce++" else cfg.kl_coef
+        # dapo divides every minibatch by the whole batch's (loss-mask) tokens over the minibatch count.
+        batch_tokens = float(mask.sum())
         stats = {"policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0}
         count = 0
-        for idx in minibatch_indices(batch, cfg.num_minibatches, cfg.n_epochs, group):
-            logp, entropy, _ = response_logprobs(self.model, input_ids[idx], attention[idx], width,
-                                                 cfg.temperature, with_entropy=True, groups=groups[idx])
+        for idx in minibatch_indices(b.batch, cfg.num_minibatches, cfg.n_epochs, b.group):
+            logp, entropy, _ = response_logprobs(self.model, b.input_ids[idx], b.attention[idx], b.width,
+                                                 cfg.temperature, with_entropy=True, groups=b.groups[idx])
             loss, out, kl_ref = grpo_token_loss(
-                logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], advantages[idx], mask[idx], cfg.clip_range,
-                cfg.clip_range_high, cfg.kl_coef, cfg.loss_aggregation, constant)
+                logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], b.advantages[idx], mask[idx],
+                low, high, kl_coef, cfg.loss_aggregation, constant, cfg.importance_sampling, batch_tokens,
+                cfg.num_minibatches)
             mean_entropy = masked_mean(entropy, mask[idx])
             if cfg.ent_coef > 0:
                 loss = loss - cfg.ent_coef * mean_entropy
@@ -112,15 +163,15 @@ class GRPO(RLTrainer):
             stats["approx_kl"] += float(out.approx_kl_k3)
             stats["entropy"] += float(mean_entropy.detach())
             stats["kl_ref"] += float(kl_ref)
-        tokens = float(mask.sum())
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - b.started
         row = {key: value / count for key, value in stats.items()}
         if ref_logp is None:
             row["kl_ref"] = None
+        row.update(b.stats)
         row.update({
-            "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-            "accuracy": float(rewards.mean()) if self.task is not None and self.reward_fn == self.task.reward else None,
-            "response_length": tokens / batch, "kl_coef": cfg.kl_coef, "learning_rate": cfg.learning_rate,
-            "gen_tokens_per_s": tokens / max(gen_s, 1e-9), "tokens_per_s": tokens / seconds,
+            "accuracy": row["reward"] if self.task is not None and self.reward_is_task else None,
+            "optimizer_steps": count, "response_length": b.tokens / b.batch, "kl_coef": cfg.kl_coef,
+            "learning_rate": cfg.learning_rate, "gen_tokens_per_s": b.gen_tokens / max(b.gen_s, 1e-9),
+            "tokens_per_s": b.tokens / seconds,
         })
         return row

@@ -1,46 +1,187 @@
-"""The LLM-specific pieces around proximo.core: group-relative advantages, GRPO loss aggregation,
-per-token RLHF rewards, GAE over tokens, and the Bradley-Terry loss. Pure functions on tensors;
+"""The LLM-specific pieces around proximo.core: group-relative (GRPO, RLOO) and REINFORCE++ advantages,
+the GRPO/GSPO loss and its aggregations (grpo, bnpo, dr_grpo, dapo), DAPO's group filter and overlong
+mask, per-token RLHF rewards, GAE over tokens, and the Bradley-Terry loss. Pure functions on tensors;
 token batches are [B, L] with a mask that is 1 on real response tokens."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from proximo.core import gae, kl_estimate, masked_mean
+from proximo.core import gae, kl_estimate, masked_mean, masked_whiten, policy_loss
 from proximo.errors import ProximoError
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO advantages [B] for rewards [B] laid out as consecutive groups of group_size completions
-    of one prompt: reward minus its group mean, divided by the group std (unbiased) if scale."""
+LOSS_AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
+# The first spellings of the aggregations, still accepted (runs and configs written before the rename).
+AGGREGATION_ALIASES = {"seq-mean": "grpo", "token-mean": "bnpo", "constant": "dr_grpo"}
+ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce++")
+REWARD_SCALINGS = ("group", "batch", "none")
+IMPORTANCE_SAMPLING = ("token", "sequence")
+
+
+def aggregation_name(mode: str) -> str:
+    """The current name of a loss aggregation (old spellings mapped onto the new ones)."""
+    name = AGGREGATION_ALIASES.get(mode, mode)
+    if name not in LOSS_AGGREGATIONS:
+        raise ProximoError(f"unknown loss aggregation {mode!r}; choose one of {', '.join(LOSS_AGGREGATIONS)} "
+                           f"(old spellings {', '.join(AGGREGATION_ALIASES)} still work)")
+    return name
+
+
+def scaling_name(scale: bool | str) -> str:
+    """The reward scaling group | batch | none; True and False (the old boolean) mean group and none."""
+    if isinstance(scale, bool):
+        return "group" if scale else "none"
+    name = {"true": "group", "false": "none"}.get(str(scale).lower(), str(scale))
+    if name not in REWARD_SCALINGS:
+        raise ProximoError(f"unknown reward scaling {scale!r}; choose one of {', '.join(REWARD_SCALINGS)}")
+    return name
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool | str = True, eps: float = 1e-4,
+                     estimator: str = "grpo", valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Sequence advantages [B] for rewards [B] laid out as consecutive groups of group_size completions
+    of one prompt (prompt 0's G rows, then prompt 1's, ...).
+
+    estimator grpo: A_i = r_i - mean_g(r)                       (group mean as the baseline)
+    estimator rloo: A_i = r_i - (sum_g(r) - r_i) / (n_g - 1)    (mean of the other members, leave-one-out)
+                        = n_g / (n_g - 1) x (r_i - mean_g(r))
+    then scale group: A / (std_g(r) + eps), batch: A / (std(r over the whole batch) + eps), none: A
+    (std unbiased; True/False mean group/none). valid [B] (bool, optional) marks the samples that have a
+    reward: the others get A = 0 and are left out of every mean, count n_g and std (a group with fewer
+    than two valid members gives all its members 0)."""
     if group_size < 2:
         raise ProximoError(f"group_size must be at least 2 for group-relative advantages, got {group_size}")
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
         raise ProximoError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}; "
                            f"pass a flat tensor with prompts x group_size entries")
-    grouped = rewards.view(-1, group_size)
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale:
-        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    if estimator not in ("grpo", "rloo"):
+        raise ProximoError(f"group_advantages computes grpo or rloo advantages, got {estimator!r}")
+    scale = scaling_name(scale)
+    ok = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.to(torch.bool)
+    okf = ok.to(rewards.dtype).view(-1, group_size)
+    grouped = torch.where(ok, rewards, 0.0).view(-1, group_size)
+    count = okf.sum(1, keepdim=True)
+    mean = grouped.sum(1, keepdim=True) / count.clamp(min=1.0)
+    deviation = (grouped - mean) * okf
+    # rloo: the leave-one-out baseline is the group mean moved away from r_i by a factor n / (n - 1).
+    centred = deviation * count / (count - 1).clamp(min=1.0) if estimator == "rloo" else deviation
+    # A lone valid member has no one to be compared with: no signal.
+    centred = centred * (count >= 2)
+    if scale == "group":
+        std = ((deviation ** 2).sum(1, keepdim=True) / (count - 1).clamp(min=1.0)).sqrt()
+        centred = centred / (std + eps)
+    elif scale == "batch":
+        flat = rewards[ok]
+        std = flat.std() if flat.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
+        centred = centred / (std + eps)
     return centred.reshape(-1)
 
 
-def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, constant: float | None = None) -> torch.Tensor:
-    """Reduce a per-token loss [B, L] to a scalar.
+def reinforce_pp_advantages(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                            mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """REINFORCE++ token advantages [B, R]: per-token reward r_t = -kl_coef x (logp_t - ref_logp_t) (k1 KL
+    of the sampling policy to the reference, folded into the reward), plus the sequence score [B] at the
+    last real token; the return G_t = sum_{s >= t} r_s (no discount, no critic); advantages are G
+    standardized over every real token of the batch (masked mean and unbiased std). Zero on padding."""
+    if ref_logp is None or kl_coef == 0:
+        ref_logp = logp
+    rewards, _ = rlhf_token_rewards(scores, logp, ref_logp, mask, kl_coef, "k1")
+    maskf = mask.to(rewards.dtype)
+    # Reward-to-go: a reversed cumulative sum along each row (padding carries 0).
+    returns = (rewards * maskf).flip(1).cumsum(1).flip(1) * maskf
+    return masked_whiten(returns, mask)
 
-    seq-mean:   mean over sequences of each sequence's mean over its tokens (GRPO paper)
-    token-mean: sum over all real tokens / number of real tokens in the batch (DAPO)
-    constant:   sum over all real tokens / (B x constant) (length-unbiased, Dr. GRPO)
+
+def informative_groups(rewards: torch.Tensor, group_size: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[P] bool for rewards [P x G] in groups: True where the group's valid rewards are not all equal
+    (a group whose members all score the same has zero advantage everywhere: DAPO's dynamic sampling
+    drops it)."""
+    ok = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.to(torch.bool)
+    grouped = rewards.view(-1, group_size)
+    okg = ok.view(-1, group_size)
+    high = torch.where(okg, grouped, -torch.inf).max(1).values
+    low = torch.where(okg, grouped, torch.inf).min(1).values
+    return (okg.sum(1) >= 2) & (high > low)
+
+
+def truncated_rows(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """[B] bool: rows of right-padded responses [B, R] that end without an <eos> (cut at max_new_tokens)."""
+    ended = ((response_ids == eos_id) & response_mask.to(torch.bool)).any(dim=1)
+    return ~ended
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, constant: float | None = None,
+                   batch_tokens: float | None = None, num_minibatches: int = 1) -> torch.Tensor:
+    """Reduce a per-token loss l [B, L] (mask [B, L], |o_i| = real tokens of row i) to a scalar.
+
+    grpo:    (1/B') sum_i (1/|o_i|) sum_t l_it   mean over each sequence, then over the B' rows that have
+                                                  a real token (GRPO paper; alias seq-mean)
+    bnpo:    sum_it l_it / sum_i |o_i|           token mean over this (mini)batch (alias token-mean)
+    dr_grpo: sum_it l_it / (B x constant)        constant = the max completion length (Dr. GRPO; alias
+                                                  constant)
+    dapo:    sum_it l_it / (N / M)               N = batch_tokens, the real tokens of the whole generation
+                                                  batch, M = num_minibatches it is split into per pass: the
+                                                  mean of one pass's M minibatch losses is then the token
+                                                  mean over the whole batch however its tokens fall (DAPO).
+                                                  batch_tokens None: this batch is the whole batch (= bnpo)
     """
-    if mode == "seq-mean":
-        return masked_mean(per_token, mask, dim=1).mean()
-    if mode == "token-mean":
+    mode = aggregation_name(mode)
+    maskf = mask.to(per_token.dtype)
+    if mode == "grpo":
+        rows = (maskf.sum(1) > 0).to(per_token.dtype)
+        return (masked_mean(per_token, mask, dim=1) * rows).sum() / rows.sum().clamp(min=1.0)
+    if mode == "bnpo":
         return masked_mean(per_token, mask)
-    if mode == "constant":
+    if mode == "dr_grpo":
         if constant is None or constant <= 0:
-            raise ProximoError(f"the constant aggregation needs a positive constant, got {constant}")
-        return (per_token * mask.to(per_token.dtype)).sum() / (per_token.shape[0] * constant)
-    raise ProximoError(f"unknown loss aggregation {mode!r}; choose seq-mean, token-mean or constant")
+            raise ProximoError(f"the dr_grpo aggregation needs a positive constant, got {constant}")
+        return (per_token * maskf).sum() / (per_token.shape[0] * constant)
+    if batch_tokens is None:
+        batch_tokens, num_minibatches = float(maskf.sum()), 1
+    if num_minibatches < 1:
+        raise ProximoError(f"num_minibatches must be at least 1, got {num_minibatches}")
+    return (per_token * maskf).sum() / max(batch_tokens / num_minibatches, 1e-8)
+
+
+def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                    advantages: torch.Tensor, mask: torch.Tensor, clip_range: float,
+                    clip_range_high: float | None, kl_coef: float, aggregation: str,
+                    constant: float | None = None, importance_sampling: str = "token",
+                    batch_tokens: float | None = None, num_minibatches: int = 1):
+    """GRPO loss (scalar) on [B, R] log-probs; returns (loss, PolicyLossOutput, mean k3 KL to the reference).
+
+    advantages: [B] (one per sequence, broadcast over its tokens) or [B, R] (per token, REINFORCE++).
+    importance_sampling token:    l_it = -min(r_it A_it, clip(r_it, 1 - eps, 1 + eps_high) A_it),
+                                  r_it = exp(logp_it - old_it)                            (PPO / GRPO)
+    importance_sampling sequence: l_it = -min(s_i A_i, clip(s_i, 1 - eps, 1 + eps_high) A_i) at every
+                                  token of row i, s_i = exp(mean over real tokens t of (logp_it - old_it))
+                                  (GSPO; advantages must be [B]; with grpo aggregation this is the
+                                  paper's objective (1/B) sum_i min(...); clip ranges are the caller's)
+    then l_it += kl_coef x k3(policy || ref)_it, reduced by aggregate_loss(aggregation, ...)."""
+    if importance_sampling == "token":
+        adv = advantages[:, None].expand_as(logp) if advantages.dim() == 1 else advantages
+        out = policy_loss(logp, old_logp, adv, "clip", clip_range, clip_range_high, mask=mask)
+        per_token = out.per_sample
+    elif importance_sampling == "sequence":
+        if advantages.dim() != 1:
+            raise ProximoError("sequence-level importance sampling (GSPO) needs one advantage per sequence [B]; "
+                               "use advantage_estimator grpo or rloo")
+        # exp(mean(logp) - mean(old)) is exp of the mean token log-ratio: the GSPO sequence ratio.
+        out = policy_loss(masked_mean(logp, mask, dim=1), masked_mean(old_logp, mask, dim=1), advantages, "clip",
+                          clip_range, clip_range_high, mask=mask.sum(1) > 0)
+        per_token = out.per_sample[:, None].expand_as(logp)
+    else:
+        raise ProximoError(f"importance_sampling must be one of {', '.join(IMPORTANCE_SAMPLING)}; "
+                           f"got {importance_sampling!r}")
+    kl_ref = torch.zeros(())
+    if ref_logp is not None:
+        kl_tokens = kl_estimate(logp, ref_logp, "k3")
+        kl_ref = masked_mean(kl_tokens.detach(), mask)
+        if kl_coef > 0:
+            per_token = per_token + kl_coef * kl_tokens
+    loss = aggregate_loss(per_token, mask, aggregation, constant, batch_tokens, num_minibatches)
+    return loss, out, kl_ref
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

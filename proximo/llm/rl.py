@@ -12,7 +12,9 @@ import torch
 from proximo.errors import ProximoError
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import Rollout, generate
+from proximo.llm.data import PromptDataset, render_prompt
 from proximo.llm.models import load_model
+from proximo.llm.rewards import RewardSet
 from proximo.llm.run import LLMRun, RewardFn, decode_responses, encode_prompts, evaluate, make_optimizer
 from proximo.callbacks import Callback, CallbackList, CheckpointEvery, as_callbacks, run_loop
 from proximo.runtime import seed_everything, set_threads
@@ -45,41 +47,97 @@ class RLTrainer:
 
     kind = "rl"
 
-    def __init__(self, model: str | Path, config, reward_fn: RewardFn | None = None,
+    def __init__(self, model: str | Path, config, reward_fn: RewardFn | str | list | None = None,
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
                  run_dir: str | Path | None = None, verbose: bool = False, tensorboard: bool = True,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, dataset: Any = None, eval_dataset: Any = None,
+                 eval_fraction: float | None = None, reward_weights: list[float] | None = None) -> None:
         self.config = config
         set_threads(config.torch_threads)
         self.rng = seed_everything(config.seed)
         # A built-in task supplies prompts, rewards and held-out prompts unless the caller brings them.
         self.task = get_task(config.task, config.digits) if config.task else None
         if prompts is not None:
+            if dataset is not None:
+                raise ProximoError("pass prompts=[...] or dataset=..., not both")
             if not prompts or not all(isinstance(p, str) for p in prompts):
                 raise ProximoError("prompts must be a non-empty list of strings")
-            self.prompts: list[str] | None = list(prompts)
-        else:
-            self.prompts = None
-        if self.task is None and (self.prompts is None or reward_fn is None):
-            raise ProximoError("without a built-in task, pass both prompts=[...] and reward_fn=...")
-        self.reward_fn: RewardFn = reward_fn if reward_fn is not None else self.task.reward
-        if not callable(self.reward_fn):
-            raise ProximoError(f"reward_fn must be callable as reward_fn(prompts, completions), got {reward_fn!r}")
-        if eval_prompts is not None:
-            self.eval_prompts = list(eval_prompts)
-        elif self.task is not None:
-            self.eval_prompts = self.task.held_out_prompts(config.num_eval_prompts)
-        else:
-            self.eval_prompts = self.prompts[:config.num_eval_prompts]
+            dataset = [{"prompt": p} for p in prompts]
+        # Every prompt source but a task's endless sampler is a dataset of rows (a list of strings too).
+        self.dataset: PromptDataset | None = None if dataset is None else PromptDataset.load(dataset)
+        if self.task is None and (self.dataset is None or reward_fn is None):
+            raise ProximoError("without a built-in task, pass both prompts=[...] (or dataset=...) and reward_fn=...")
+        self.reward_is_task = reward_fn is None
+        self.rewards = RewardSet(self.task.reward if reward_fn is None else reward_fn, reward_weights)
+        self.reward_fn = self.rewards.funcs[0] if len(self.rewards.funcs) == 1 else self.rewards
+        self.eval_dataset: PromptDataset | None = None
+        if eval_dataset is not None and eval_fraction is not None:
+            raise ProximoError("pass eval_dataset or eval_fraction, not both")
+        if eval_fraction is not None:
+            if self.dataset is None:
+                raise ProximoError("eval_fraction splits a dataset; pass dataset=... (or --dataset) with it")
+            self.dataset, self.eval_dataset = self.dataset.split(eval_fraction, config.seed)
+        elif eval_dataset is not None:
+            self.eval_dataset = PromptDataset.load(eval_dataset)
+        elif eval_prompts is not None:
+            self.eval_dataset = PromptDataset.load([{"prompt": p} for p in eval_prompts])
+        elif self.task is None:
+            self.eval_dataset = self.dataset  # nothing held out: evaluation reuses the training rows
         self.model, self.tokenizer, self.model_dir = load_model(model, seed=config.seed)
         self.max_new_tokens = config.max_new_tokens or (self.task.max_new_tokens if self.task else 16)
+        self.train_texts = self._render(self.dataset)
+        if self.eval_dataset is not None:
+            self.eval_dataset = PromptDataset(self.eval_dataset.rows[:config.num_eval_prompts],
+                                              self.eval_dataset.source)
+            self.eval_texts = self._render(self.eval_dataset)
+            self.eval_prompts = self.eval_texts
+        else:
+            self.eval_prompts = self.task.held_out_prompts(config.num_eval_prompts)
         self.reference = copy.deepcopy(self.model).eval()
         for p in self.reference.parameters():
             p.requires_grad_(False)
         self.step_count = 0
-        self.run = LLMRun(self.kind, config, run_dir, {"model": str(model), **(extra or {})}, tensorboard,
+        sources = {"dataset": None if self.dataset is None else self.dataset.source,
+                   "eval_dataset": None if self.eval_dataset is None else self.eval_dataset.source,
+                   "rewards": self.rewards.names, "reward_weights": self.rewards.weights}
+        self.run = LLMRun(self.kind, config, run_dir, {"model": str(model), **sources, **(extra or {})}, tensorboard,
                           verbose, total=config.steps)
         self.history: list[dict[str, Any]] = []
+
+    def _render(self, dataset: "PromptDataset | None") -> list[str] | None:
+        """The prompt texts of a dataset's rows, checked to fit the model's positions with the completion."""
+        if dataset is None:
+            return None
+        texts = [render_prompt(p, self.tokenizer) for p in dataset.prompts(range(len(dataset)))]
+        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config,
+                                                                                       "n_positions", None)
+        if limit:
+            for row, text in enumerate(texts):
+                length = len(self.tokenizer.encode(text, add_bos=True))
+                if length + self.max_new_tokens > limit:
+                    raise ProximoError(f"{dataset.source} row {row}: the prompt has {length} tokens; with "
+                                       f"max_new_tokens {self.max_new_tokens} that passes the model's {limit} "
+                                       f"positions. Shorten the prompt or lower max_new_tokens")
+        return texts
+
+    def draw_prompts(self, n: int) -> tuple[list[str], list[int] | None]:
+        """n training prompt texts and their dataset rows (drawn with replacement; rows None for a task)."""
+        if self.dataset is not None:
+            rows = [self.rng.randrange(len(self.dataset)) for _ in range(n)]
+            return [self.train_texts[i] for i in rows], rows
+        return self.task.sample_prompts(self.rng, n), None
+
+    def score(self, dataset: "PromptDataset | None", rows: list[int] | None, texts: list[str],
+              completions: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Rewards [B] (NaN: no function scored the sample) and per-function means, for completions of
+        prompts texts; with a dataset, the raw prompts and other columns of rows go to the functions, and
+        the completions of chat prompts as one assistant message each."""
+        if dataset is None:
+            return self.rewards.score(texts, completions)
+        raw = dataset.prompts(rows)
+        completions = [c if isinstance(p, str) else [{"role": "assistant", "content": c}]
+                       for p, c in zip(raw, completions)]
+        return self.rewards.score(raw, completions, dataset.columns(rows), rows)
 
     def trainable_parameters(self):
         """Parameters the optimizer updates (the policy; subclasses add heads)."""
@@ -90,10 +148,8 @@ class RLTrainer:
         return make_optimizer(self.trainable_parameters, self.config)
 
     def sample_prompts(self, n: int) -> list[str]:
-        """n training prompts: from the user's list (with replacement) or the task's sampler."""
-        if self.prompts is not None:
-            return [self.prompts[self.rng.randrange(len(self.prompts))] for _ in range(n)]
-        return self.task.sample_prompts(self.rng, n)
+        """n training prompt texts: from the dataset's rows (with replacement) or the task's sampler."""
+        return self.draw_prompts(n)[0]
 
     def rollout(self, prompts: list[str], repeats: int = 1) -> tuple[Rollout, list[str], float]:
         """Sample repeats completions per prompt (rows grouped by prompt); returns (rollout, completion
@@ -107,10 +163,15 @@ class RLTrainer:
 
     def evaluate(self) -> dict[str, float]:
         """Held-out mean reward (accuracy on exact-match tasks) of sampled and greedy completions."""
-        sampled = evaluate(self.model, self.tokenizer, self.eval_prompts, self.reward_fn, self.max_new_tokens,
-                           self.config.temperature)
-        greedy = evaluate(self.model, self.tokenizer, self.eval_prompts, self.reward_fn, self.max_new_tokens,
-                          greedy=True)
+        def score(start: int, completions: list[str]) -> torch.Tensor:
+            rows = list(range(start, start + len(completions)))
+            return self.score(self.eval_dataset, rows, self.eval_prompts[start:start + len(completions)],
+                              completions)[0]
+        reward_fn = None
+        sampled = evaluate(self.model, self.tokenizer, self.eval_prompts, reward_fn, self.max_new_tokens,
+                           self.config.temperature, score=score)
+        greedy = evaluate(self.model, self.tokenizer, self.eval_prompts, reward_fn, self.max_new_tokens,
+                          greedy=True, score=score)
         return {"eval_sampled_accuracy": sampled["reward"], "eval_greedy_accuracy": greedy["reward"]}
 
     def collect(self) -> Any:

@@ -22,6 +22,7 @@ LLM_COLUMNS = [
     "global_step", "update", "time_s", "reward", "reward_std", "accuracy", "eval_sampled_accuracy",
     "eval_greedy_accuracy", "kl_ref", "entropy", "clip_fraction", "approx_kl", "policy_loss", "value_loss",
     "loss", "response_length", "kl_coef", "learning_rate", "tokens_per_s", "gen_tokens_per_s", "score",
+    "truncated_fraction", "skipped_fraction", "groups_drawn", "groups_dropped", "groups_filled",
 ]
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -60,22 +61,28 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch
     return [tokenizer.decode(row[:n]) for row, n in zip(rows, lengths)]
 
 
-def evaluate(model, tokenizer, prompts: list[str], reward_fn: RewardFn, max_new_tokens: int,
-             temperature: float = 1.0, greedy: bool = False, batch_size: int = 512) -> dict[str, float]:
-    """Mean reward (the accuracy for exact-match tasks) and mean response length on prompts."""
+def evaluate(model, tokenizer, prompts: list[str], reward_fn: RewardFn | None, max_new_tokens: int,
+             temperature: float = 1.0, greedy: bool = False, batch_size: int = 512,
+             score: Callable[[int, list[str]], torch.Tensor] | None = None) -> dict[str, float]:
+    """Mean reward (the accuracy for exact-match tasks) and mean response length on prompts. score, when
+    given, replaces reward_fn: score(start, completions) -> rewards [n] of prompts[start:start + n], NaN
+    for a sample no reward function scored (left out of the mean)."""
     was_training = model.training
     model.eval()
-    total, length = 0.0, 0.0
+    total, scored, length = 0.0, 0, 0.0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         ids, mask = encode_prompts(tokenizer, chunk)
         rollout = generate(model, ids, mask, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id,
                            temperature=temperature, greedy=greedy)
         completions = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
-        total += float(call_reward(reward_fn, chunk, completions).sum())
+        rewards = call_reward(reward_fn, chunk, completions) if score is None else score(start, completions)
+        valid = ~torch.isnan(rewards)
+        total += float(rewards[valid].sum())
+        scored += int(valid.sum())
         length += float(rollout.response_mask.sum())
     model.train(was_training)
-    return {"reward": total / len(prompts), "response_length": length / len(prompts)}
+    return {"reward": total / max(scored, 1), "response_length": length / len(prompts)}
 
 
 def save_model_atomic(directory: Path, model, tokenizer, heads: dict | None = None) -> None:

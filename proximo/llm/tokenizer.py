@@ -16,6 +16,7 @@ class CharTokenizer:
     """One id per character, plus <pad>=0, <bos>=1, <eos>=2."""
 
     PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+    chat_template = None  # chat prompts use proximo's default template (proximo/llm/data.py)
 
     def __init__(self, chars: str = DEFAULT_CHARS) -> None:
         if len(set(chars)) != len(chars):
@@ -78,6 +79,15 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         """Number of ids."""
         return len(self.tok)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The tokenizer's own chat template (None if it has none)."""
+        return getattr(self.tok, "chat_template", None)
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        """Chat messages as prompt text through the tokenizer's template, ending with the assistant's turn."""
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         """Ids of text (no special tokens), with bos in front if asked and the tokenizer has one."""

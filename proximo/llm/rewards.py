@@ -1,0 +1,251 @@
+"""Reward functions: your own `f(prompts, completions, **columns) -> list[float | None]`, built-in
+verifiable checks, and the weighted sum of several of them.
+
+A reward function gets, for a batch of B samples: prompts (the dataset's `prompt` values: strings, or
+lists of chat messages), completions (strings; for chat prompts one assistant message each,
+[{"role": "assistant", "content": text}], as in TRL) and every other dataset column as a keyword
+argument holding B values. A function that declares **kwargs gets every column, one that names some
+columns gets those, and a two-argument f(prompts, completions) gets none (the older signature).
+
+None as a reward: that function does not score that sample. A sample's reward is the weighted sum over
+the functions that scored it; a sample no function scores is skipped: it has no reward, gets advantage 0
+and loss mask 0, and is left out of group means/stds, the reward statistics and evaluation accuracy.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from proximo.errors import ProximoError
+
+BUILTIN_REWARDS = ("exact_match", "numeric_match", "format_regex=PATTERN", "length_penalty=N")
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a completion: the string itself, or the content of a chat completion's last message."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    raise ProximoError(f"a completion must be a string or a list of chat messages, got {completion!r}")
+
+
+def _answers(answer: Sequence[Any] | None, name: str) -> Sequence[Any]:
+    if answer is None:
+        raise ProximoError(f"the {name} reward compares with an 'answer' column; the dataset has none "
+                           f"(add an 'answer' column or use another reward)")
+    return answer
+
+
+def exact_match(prompts: list, completions: list, answer: Sequence[Any] | None = None, **_: Any) -> list[float | None]:
+    """1.0 where the completion, stripped, equals str(answer) stripped, else 0.0 (None where answer is None)."""
+    answers = _answers(answer, "exact_match")
+    return [None if a is None else float(completion_text(c).strip() == str(a).strip())
+            for c, a in zip(completions, answers)]
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def numeric_match(prompts: list, completions: list, answer: Sequence[Any] | None = None,
+                  **_: Any) -> list[float | None]:
+    """1.0 where the last number in the completion equals the answer as a number (to 1e-6 relative), else 0.0."""
+    out: list[float | None] = []
+    for c, a in zip(completions, _answers(answer, "numeric_match")):
+        if a is None:
+            out.append(None)
+            continue
+        try:
+            target = float(str(a).replace(",", ""))
+        except ValueError:
+            raise ProximoError(f"numeric_match: answer {a!r} is not a number; use exact_match for text answers") from None
+        found = _NUMBER.findall(completion_text(c).replace(",", ""))
+        out.append(float(bool(found) and math.isclose(float(found[-1]), target, rel_tol=1e-6, abs_tol=1e-9)))
+    return out
+
+
+def format_regex(pattern: str) -> Callable[..., list[float]]:
+    """A reward: 1.0 where the whole stripped completion matches the regular expression pattern, else 0.0."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ProximoError(f"format_regex: {pattern!r} is not a regular expression ({exc})") from None
+
+    def format_reward(prompts: list, completions: list) -> list[float]:
+        return [float(compiled.fullmatch(completion_text(c).strip()) is not None) for c in completions]
+    format_reward.__name__ = f"format_regex={pattern}"
+    return format_reward
+
+
+def length_penalty(limit: int) -> Callable[..., list[float]]:
+    """A reward: -max(0, characters - limit) / limit per completion (0 up to limit characters)."""
+    if limit < 1:
+        raise ProximoError(f"length_penalty needs a positive character limit, got {limit}")
+
+    def length_reward(prompts: list, completions: list) -> list[float]:
+        return [-max(0, len(completion_text(c)) - limit) / limit for c in completions]
+    length_reward.__name__ = f"length_penalty={limit}"
+    return length_reward
+
+
+def _builtin(name: str, arg: str | None) -> Callable:
+    if name in ("exact_match", "numeric_match"):
+        if arg is not None:
+            raise ProximoError(f"proximo:{name} takes no argument (got ={arg})")
+        return exact_match if name == "exact_match" else numeric_match
+    if name in ("format_regex", "length_penalty"):
+        if arg is None:
+            raise ProximoError(f"proximo:{name} needs an argument: proximo:{name}="
+                               f"{'PATTERN' if name == 'format_regex' else 'N'}")
+        if name == "format_regex":
+            return format_regex(arg)
+        try:
+            return length_penalty(int(arg))
+        except ValueError:
+            raise ProximoError(f"proximo:length_penalty=N needs an integer N, got {arg!r}") from None
+    raise ProximoError(f"unknown built-in reward proximo:{name}; built-ins: "
+                       f"{', '.join('proximo:' + b for b in BUILTIN_REWARDS)}")
+
+
+def load_reward(spec: str) -> Callable:
+    """The reward function named by spec: proximo:NAME[=ARG] (a built-in), package.module:function, or
+    path/to/file.py:function."""
+    module_name, sep, func_name = spec.rpartition(":")
+    if not sep or not module_name or not func_name:
+        raise ProximoError(f"--reward {spec!r} is not of the form module:function (or proximo:exact_match)")
+    if module_name == "proximo":
+        name, eq, arg = func_name.partition("=")
+        return _builtin(name, arg if eq else None)
+    path = Path(module_name)
+    try:
+        if module_name.endswith(".py") or path.is_file():
+            if not path.is_file():
+                raise ProximoError(f"--reward {spec!r}: no file {module_name}")
+            module_key = f"proximo_user_reward_{abs(hash(str(path.resolve())))}"
+            loader = importlib.util.spec_from_file_location(module_key, path)
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[module_key] = module
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ProximoError:
+        raise
+    except Exception as exc:  # the user's module failed to import: say which and why, in one line
+        raise ProximoError(f"--reward {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
+                           f"put it on PYTHONPATH or give a path to the .py file") from None
+    func = getattr(module, func_name, None)
+    if func is None:
+        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise ProximoError(f"--reward {spec!r}: {module_name} has no {func_name}; its functions: "
+                           f"{', '.join(names) or 'none'}")
+    if not callable(func):
+        raise ProximoError(f"--reward {spec!r}: {module_name}.{func_name} is not callable")
+    return func
+
+
+def _reward_name(func: Callable) -> str:
+    return getattr(func, "__name__", None) or type(func).__name__
+
+
+class RewardSet:
+    """Several reward functions with weights: score(prompts, completions, columns, rows) gives the
+    weighted sum per sample (NaN where no function scored it) with per-function means."""
+
+    def __init__(self, funcs: Callable | Sequence[Callable | str], weights: Sequence[float] | None = None) -> None:
+        funcs = [funcs] if callable(funcs) or isinstance(funcs, str) else list(funcs)
+        if not funcs:
+            raise ProximoError("pass at least one reward function")
+        self.funcs = [load_reward(f) if isinstance(f, str) else f for f in funcs]
+        for f in self.funcs:
+            if not callable(f):
+                raise ProximoError(f"a reward function must be callable as f(prompts, completions, **columns), "
+                                   f"got {f!r}")
+        if weights is None:
+            weights = [1.0] * len(self.funcs)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(self.funcs):
+            raise ProximoError(f"{len(weights)} reward weights for {len(self.funcs)} reward functions; "
+                               f"give one weight per --reward")
+        if not all(math.isfinite(w) for w in weights):
+            raise ProximoError(f"reward weights must be finite numbers, got {weights}")
+        self.weights = weights
+        self.names = [_reward_name(f) for f in self.funcs]
+        self._wanted = [self._columns_wanted(f) for f in self.funcs]
+
+    @staticmethod
+    def _columns_wanted(func: Callable) -> set[str] | None:
+        """None: every column (the function takes **kwargs); else the names it declares beyond two."""
+        try:
+            params = list(inspect.signature(func).parameters.values())
+        except (TypeError, ValueError):
+            return set()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return {p.name for p in positional[2:]} | {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+
+    def _call(self, k: int, prompts: list, completions: list, columns: dict[str, list]) -> Any:
+        wanted = self._wanted[k]
+        kwargs = columns if wanted is None else {n: v for n, v in columns.items() if n in wanted}
+        return self.funcs[k](prompts, completions, **kwargs)
+
+    def _first_failing_row(self, k: int, prompts, completions, columns, rows) -> str:
+        # The batch call raised: rerun one sample at a time to name the row that breaks it.
+        for i in range(len(prompts)):
+            try:
+                self._call(k, prompts[i:i + 1], completions[i:i + 1], {n: v[i:i + 1] for n, v in columns.items()})
+            except Exception:  # noqa: BLE001 - looking for the row, the error was already caught
+                return f" on dataset row {rows[i]}" if rows is not None else f" on sample {i}"
+        return ""
+
+    def score(self, prompts: list, completions: list, columns: dict[str, list] | None = None,
+              rows: Sequence[int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """(rewards [B] float with NaN where no function scored the sample, {name: mean of its scores});
+        rows [B] (optional) are the dataset rows of the samples, named in errors."""
+        columns = columns or {}
+        batch = len(completions)
+        total = torch.zeros(batch, dtype=torch.float64)
+        scored = torch.zeros(batch, dtype=torch.bool)
+        means: dict[str, float] = {}
+        for k, (name, weight) in enumerate(zip(self.names, self.weights)):
+            try:
+                values = self._call(k, prompts, completions, columns)
+            except ProximoError:
+                raise
+            except Exception as exc:  # a user's function failed: name it, the row and the error, no traceback
+                where = self._first_failing_row(k, prompts, completions, columns, rows)
+                raise ProximoError(f"reward function {name} raised {type(exc).__name__}: {exc}{where}") from None
+            try:
+                values = list(values)
+            except TypeError:
+                raise ProximoError(f"reward function {name} returned {type(values).__name__}, not a list; "
+                                   f"return one number (or None) per completion") from None
+            if len(values) != batch:
+                raise ProximoError(f"reward function {name} returned {len(values)} rewards for {batch} completions; "
+                                   f"return one number (or None) per completion")
+            got = []
+            for i, v in enumerate(values):
+                if v is None:
+                    continue
+                try:
+                    number = float(v)
+                except (TypeError, ValueError):
+                    number = math.nan
+                if not math.isfinite(number):
+                    where = f"dataset row {rows[i]}" if rows is not None else f"sample {i}"
+                    raise ProximoError(f"reward function {name} returned {v!r} for {where}; return a finite "
+                                       f"number or None")
+                total[i] += weight * number
+                scored[i] = True
+                got.append(number)
+            means[name] = sum(got) / len(got) if got else math.nan
+        rewards = torch.where(scored, total, torch.full_like(total, math.nan)).to(torch.float32)
+        return rewards, means

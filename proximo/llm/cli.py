@@ -11,6 +11,11 @@ from proximo.errors import ProximoError
 from proximo.llm.config import GRPOConfig, RewardModelConfig, RLHFConfig, SFTConfig
 
 
+# TRL's names for the same settings: num_iterations passes over each generation batch, each split into
+# steps_per_generation optimizer steps.
+FIELD_ALIASES = {"n_epochs": ("--num-iterations",), "num_minibatches": ("--steps-per-generation",)}
+
+
 def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
     """One --dashed-flag per config field, unset by default so the dataclass defaults apply."""
     from proximo.cli import _parser_for
@@ -19,7 +24,8 @@ def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
         default = field.default
-        group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}",
+        group.add_argument(f"--{field.name.replace('_', '-')}", *FIELD_ALIASES.get(field.name, ()),
+                           dest=f"cfg_{field.name}",
                            type=_parser_for(hints[field.name]), default=None, metavar="V",
                            help=f"default {default}")
 
@@ -58,9 +64,24 @@ def register(subparsers) -> None:
     _add_fields(rlhf, RLHFConfig)
     rlhf.set_defaults(handler=cmd_rlhf)
 
-    grpo = sub.add_parser("grpo", help="GRPO with the task's verifiable reward")
-    grpo.add_argument("--init", required=True, help="policy: run directory (e.g. of `llm sft`), model directory "
-                                                    "or built-in name")
+    grpo = sub.add_parser("grpo", help="GRPO (and RLOO, REINFORCE++, Dr. GRPO, DAPO, GSPO) on a task or your "
+                                       "dataset and reward functions")
+    grpo.add_argument("--init", "--model", dest="init", required=True,
+                      help="policy: run directory (e.g. of `llm sft`), model directory or built-in name")
+    grpo.add_argument("--dataset", metavar="FILE",
+                      help="prompts: .jsonl/.json/.csv/.parquet or a save_to_disk folder with a 'prompt' column "
+                           "(string or chat messages); other columns go to the reward functions")
+    held = grpo.add_mutually_exclusive_group()
+    held.add_argument("--eval-dataset", metavar="FILE", help="held-out prompts (same format as --dataset)")
+    held.add_argument("--eval-fraction", type=float, metavar="F",
+                      help="hold out this fraction of --dataset's rows (seeded by --seed)")
+    grpo.add_argument("--reward", action="append", metavar="MODULE:FUNCTION",
+                      help="reward function f(prompts, completions, **columns) -> list[float | None]: "
+                           "package.module:function, path/to/file.py:function or a built-in "
+                           "(proximo:exact_match, proximo:numeric_match, proximo:format_regex=PATTERN, "
+                           "proximo:length_penalty=N); repeatable")
+    grpo.add_argument("--reward-weights", type=float, nargs="+", metavar="W",
+                      help="one weight per --reward (default 1 each)")
     _common(grpo)
     _add_fields(grpo, GRPOConfig)
     grpo.set_defaults(handler=cmd_grpo)
@@ -136,11 +157,23 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
-    """GRPO from --init on the task's reward."""
+    """GRPO from --init on the task's reward, or on --dataset with --reward functions."""
     from proximo.llm.grpo import GRPO
     init = _init_source(args.init)
-    trainer = GRPO(init, run_dir=args.run_dir, verbose=not args.quiet, tensorboard=not args.no_tensorboard,
-                   **{**_run_task(init), **_overrides(args)})
+    if args.reward_weights is not None and not args.reward:
+        raise ProximoError("--reward-weights needs --reward functions to weigh")
+    if args.dataset is None and (args.eval_dataset is not None or args.eval_fraction is not None):
+        raise ProximoError("--eval-dataset and --eval-fraction hold out prompts of a --dataset; give --dataset")
+    if args.dataset is not None and not args.reward:
+        raise ProximoError("--dataset needs at least one --reward module:function (or --reward proximo:exact_match)")
+    # The task of the init run applies only to task prompts, not to the user's dataset.
+    inherited = {} if args.dataset is not None else _run_task(init)
+    data = {}
+    if args.dataset is not None:
+        data = dict(dataset=args.dataset, eval_dataset=args.eval_dataset, eval_fraction=args.eval_fraction)
+    trainer = GRPO(init, reward_fn=args.reward, reward_weights=args.reward_weights, run_dir=args.run_dir,
+                   verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
+                   **{**inherited, **_overrides(args)})
     summary = trainer.train()
     print(f"run: {summary['run_dir']}")
     print(f"steps: {summary['steps']}  time: {summary['wall_time_s']:.1f} s  "

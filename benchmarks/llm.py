@@ -105,7 +105,7 @@ def profile_proximo(model_dir: Path, prompts: list[str], args) -> dict[str, floa
 
     # Patched on the modules that call them; restored below so that later runs are untouched.
     patches = [(rl_module, "generate", "generation"), (rl_module, "encode_prompts", "encode/decode"),
-               (rl_module, "decode_responses", "encode/decode"), (grpo_module, "call_reward", "reward"),
+               (rl_module, "decode_responses", "encode/decode"), (rl_module.RLTrainer, "score", "reward"),
                (grpo_module, "grpo_token_loss", "loss"),
                (grpo_module, "response_logprobs",
                 lambda a, k: "training forward" if k.get("with_entropy") else "reference forward"),

@@ -104,6 +104,16 @@ def test_reinforce_pp_returns_fold_the_kl_and_are_standardized_over_the_batch():
     assert rewards[0][2] == pytest.approx(1.1)
 
 
+def test_reinforce_pp_baseline_is_reinforce_pp_on_group_centred_scores():
+    # scores (3, 1 | 0, 2) in groups of 2 become (1, -1 | -1, 1); each one-token row's return is its score
+    logp = torch.zeros(4, 1)
+    centred = group_advantages(torch.tensor([3.0, 1.0, 0.0, 2.0]), 2, "none")
+    assert centred.tolist() == [1.0, -1.0, -1.0, 1.0]
+    got = reinforce_pp_advantages(centred, logp, None, torch.ones(4, 1), 0.0)
+    std = math.sqrt(4 / 3)                           # unbiased std of (1, -1, -1, 1), mean 0
+    assert got.flatten().tolist() == pytest.approx([1 / std, -1 / std, -1 / std, 1 / std], rel=1e-6)
+
+
 def test_gspo_sequence_ratio_clip_and_gradient():
     # float64: the ratios sit within 4e-4 of 1, below float32's resolution for a 1e-7 check
     old = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, -4.0]], dtype=torch.float64)
@@ -176,6 +186,7 @@ def _length(prompts, completions):
     dict(advantage_estimator="rloo", scale_rewards="none", loss_aggregation="dr_grpo"),
     dict(advantage_estimator="reinforce++", kl_coef=0.1, loss_aggregation="dapo"),
     dict(importance_sampling="sequence", loss_aggregation="grpo", scale_rewards="batch"),
+    dict(advantage_estimator="reinforce++-baseline", mask_truncated=True, loss_aggregation="bnpo"),
 ])
 def test_each_variant_runs_a_step(tmp_path, flags):
     trainer = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path, **FAST, **flags)

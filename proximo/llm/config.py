@@ -168,7 +168,8 @@ class GRPOConfig(_RLConfig):
     learning_rate: float = 5e-5
     group_size: int = 8                     # G completions per prompt
     advantage_estimator: str = "grpo"       # grpo (group mean baseline) | rloo (leave-one-out) | reinforce++
-                                            # (per-token KL in the reward, batch-standardized returns)
+                                            # (per-token KL in the reward, batch-standardized returns) |
+                                            # reinforce++-baseline (the same on scores minus their group mean)
     scale_rewards: str = "group"            # group | batch | none: divide advantages by the group's or the
                                             # batch's reward std, or not (Dr. GRPO); true/false = group/none
     loss_aggregation: str = "bnpo"          # grpo (seq mean) | bnpo (minibatch token mean) | dr_grpo
@@ -180,6 +181,7 @@ class GRPOConfig(_RLConfig):
     dynamic_sampling: bool = False          # DAPO: drop groups whose rewards are all equal, draw more prompts
     max_extra_draws: int = 4                # extra generation rounds per step dynamic sampling may take
     mask_truncated: bool = False            # completions cut at max_new_tokens (no <eos>) get loss mask 0
+                                            # (their rewards still count in the group statistics)
     ent_coef: float = 0.0
 
     def validate(self) -> None:
@@ -203,7 +205,7 @@ class GRPOConfig(_RLConfig):
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        if self.importance_sampling == "sequence" and self.advantage_estimator == "reinforce++":
+        if self.importance_sampling == "sequence" and self.advantage_estimator.startswith("reinforce++"):
             raise ConfigError("importance_sampling sequence (GSPO) needs one advantage per sequence; "
                               "use advantage_estimator grpo or rloo with it")
         for name in ("seq_clip_range", "seq_clip_range_high"):

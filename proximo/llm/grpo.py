@@ -1,6 +1,6 @@
 """GRPO and its variants: G completions per prompt, no critic. The math is proximo/llm/losses.py on
 proximo.core (the clipped objective is proximo.core.policy_loss, the function the CartPole trainer
-calls): advantages by grpo | rloo | reinforce++, rewards scaled by group | batch | none, importance
+calls): advantages by grpo | rloo | reinforce++ | reinforce++-baseline, rewards scaled by group | batch | none, importance
 ratios per token or per sequence (GSPO), the loss aggregated by grpo | bnpo | dr_grpo | dapo, DAPO's
 dynamic sampling and overlong masking, the k3 KL to the frozen reference as a loss term."""
 from __future__ import annotations
@@ -105,7 +105,10 @@ class GRPO(RLTrainer):
                 ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature,
                                                    groups=groups)
             ref_logp = ref_logp.clone()
-        if cfg.advantage_estimator == "reinforce++":
+        if cfg.advantage_estimator.startswith("reinforce++"):
+            if cfg.advantage_estimator == "reinforce++-baseline":
+                # The paper's variant for outcome rewards: the group mean off each score first.
+                scores = group_advantages(scores, group, "none", valid=valid)
             advantages = reinforce_pp_advantages(scores, old_logp, ref_logp, loss_mask, cfg.kl_coef)
         else:
             advantages = group_advantages(scores, group, cfg.scale_rewards, estimator=cfg.advantage_estimator,
@@ -138,7 +141,7 @@ class GRPO(RLTrainer):
         sequence = cfg.importance_sampling == "sequence"
         low, high = (cfg.seq_clip_range, cfg.seq_clip_range_high) if sequence else (cfg.clip_range, cfg.clip_range_high)
         # REINFORCE++ has the KL in its rewards already; the loss adds no second KL term.
-        kl_coef = 0.0 if cfg.advantage_estimator == "reinforce++" else cfg.kl_coef
+        kl_coef = 0.0 if cfg.advantage_estimator.startswith("reinforce++") else cfg.kl_coef
         # dapo divides every minibatch by the whole batch's (loss-mask) tokens over the minibatch count.
         batch_tokens = float(mask.sum())
         stats = {"policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0}

@@ -14,7 +14,7 @@ from proximo.errors import ProximoError
 LOSS_AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
 # The first spellings of the aggregations, still accepted (runs and configs written before the rename).
 AGGREGATION_ALIASES = {"seq-mean": "grpo", "token-mean": "bnpo", "constant": "dr_grpo"}
-ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce++")
+ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce++", "reinforce++-baseline")
 REWARD_SCALINGS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING = ("token", "sequence")
 

@@ -97,6 +97,7 @@ def test_reward_set_passes_columns_weights_and_skips_none():
     nobody = RewardSet(lambda p, c: [None, 1.0])
     got, _ = nobody.score(["a", "b"], ["x", "y"])
     assert math.isnan(got[0].item()) and got[1].item() == 1.0
+    assert nobody(["a", "b"], ["x", "y"]) == [None, 1.0]   # a RewardSet is a reward function too
 
 
 def test_reward_function_errors_name_the_function_and_the_row():
@@ -126,6 +127,7 @@ def test_loading_rewards_by_name(tmp_path):
     assert load_reward("proximo:exact_match") is exact_match
     assert load_reward("proximo:numeric_match") is numeric_match
     assert load_reward(r"proximo:format_regex=\d+")(["a", "b"], ["12", "1a"]) == [1.0, 0.0]
+    assert load_reward("proximo:format_regex=a:b=c")([], ["a:b=c", "a"]) == [1.0, 0.0]   # ':' and '=' in the regex
     assert load_reward("json:dumps") is json.dumps   # any importable package.module:function
     for spec, message in [("no_such_module_xyz:f", "cannot import no_such_module_xyz"),
                           (f"{module}:shorter", "has no shorter; its functions: longer"),

@@ -118,12 +118,13 @@ def _builtin(name: str, arg: str | None) -> Callable:
 def load_reward(spec: str) -> Callable:
     """The reward function named by spec: proximo:NAME[=ARG] (a built-in), package.module:function, or
     path/to/file.py:function."""
+    if spec.startswith("proximo:"):
+        # Split at the first '=' only: a built-in's argument (a regex) may hold ':' and '='.
+        name, eq, arg = spec[len("proximo:"):].partition("=")
+        return _builtin(name, arg if eq else None)
     module_name, sep, func_name = spec.rpartition(":")
     if not sep or not module_name or not func_name:
         raise ProximoError(f"--reward {spec!r} is not of the form module:function (or proximo:exact_match)")
-    if module_name == "proximo":
-        name, eq, arg = func_name.partition("=")
-        return _builtin(name, arg if eq else None)
     path = Path(module_name)
     try:
         if module_name.endswith(".py") or path.is_file():
@@ -205,6 +206,11 @@ class RewardSet:
             except Exception:  # noqa: BLE001 - looking for the row, the error was already caught
                 return f" on dataset row {rows[i]}" if rows is not None else f" on sample {i}"
         return ""
+
+    def __call__(self, prompts: list, completions: list, **columns: list) -> list[float | None]:
+        """The weighted sum per sample (None where no function scored it): a reward function itself."""
+        rewards, _ = self.score(prompts, completions, columns)
+        return [None if math.isnan(r) else r for r in rewards.tolist()]
 
     def score(self, prompts: list, completions: list, columns: dict[str, list] | None = None,
               rows: Sequence[int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -243,3 +243,39 @@ def test_truncated_completions_get_loss_mask_zero(tmp_path):
     assert truncated.any()  # a random model rarely says <eos> within 2 tokens
     assert torch.equal(batch.mask.sum(1) == 0, truncated)
     assert batch.stats["truncated_fraction"] == pytest.approx(truncated.float().mean().item())
+
+
+def test_samples_no_reward_function_scores_are_skipped(tmp_path):
+    def not_for_aa(prompts, completions):
+        return [None if p == "aa" else float(len(c)) for p, c in zip(prompts, completions)]
+    trainer = GRPO("tiny", reward_fn=not_for_aa, prompts=["aa", "ab"], run_dir=tmp_path, **FAST)
+    torch.manual_seed(1)
+    batch = trainer.collect()
+    texts = [trainer.tokenizer.decode(row.tolist()) for row in batch.input_ids[:, :batch.width]]
+    skipped = torch.tensor([t == "aa" for t in texts])
+    assert skipped.any()
+    assert torch.equal(batch.mask.sum(1) == 0, skipped)            # loss mask 0
+    assert torch.equal(batch.advantages[skipped], torch.zeros(int(skipped.sum())))
+    assert batch.stats["skipped_fraction"] == pytest.approx(skipped.float().mean().item())
+
+
+def test_concatenated_rollouts_keep_every_log_prob():
+    from proximo.llm.generation import concat_rollouts, generate, response_logprobs
+    from proximo.llm.models import load_model
+    from proximo.llm.run import encode_prompts
+    model, tokenizer, _ = load_model("tiny", seed=0)
+    torch.manual_seed(0)
+    parts = []
+    for prompts, new in ((["1+2="], 2), (["12+345=", "9="], 5)):
+        ids, mask = encode_prompts(tokenizer, prompts)
+        parts.append(generate(model, ids, mask, new, tokenizer.eos_id, tokenizer.pad_id))
+    both = concat_rollouts(parts, tokenizer.pad_id)
+    assert both.prompt_ids.shape[1] == parts[1].prompt_ids.shape[1]
+    assert both.response_ids.shape[1] == max(p.response_ids.shape[1] for p in parts)
+    with torch.no_grad():
+        logp, _, _ = response_logprobs(model, both.input_ids, both.attention_mask, both.prompt_ids.shape[1])
+    mask = both.response_mask.bool()
+    # the sampler's log-probs, padded into the wider batch, equal a forward pass over it
+    assert torch.allclose(logp[mask], both.logprobs[mask], atol=1e-5)
+    assert torch.equal(both.select(torch.tensor([1, 2])).response_ids[:, :parts[1].response_ids.shape[1]],
+                       parts[1].response_ids)

@@ -279,3 +279,20 @@ def test_concatenated_rollouts_keep_every_log_prob():
     assert torch.allclose(logp[mask], both.logprobs[mask], atol=1e-5)
     assert torch.equal(both.select(torch.tensor([1, 2])).response_ids[:, :parts[1].response_ids.shape[1]],
                        parts[1].response_ids)
+
+
+def test_the_trainer_gives_dapo_the_whole_batch_token_count(tmp_path, monkeypatch):
+    import proximo.llm.grpo as grpo_module
+    seen = []
+
+    def spy(*args):
+        seen.append((args[-2], args[-1], float(args[4].sum())))   # batch_tokens, minibatches, this minibatch's
+        return grpo_token_loss(*args)
+    monkeypatch.setattr(grpo_module, "grpo_token_loss", spy)
+    trainer = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path, loss_aggregation="dapo",
+                   num_minibatches=2, **FAST)
+    batch = trainer.collect()
+    trainer.learn(batch, trainer.make_optimizer())
+    whole = float(batch.mask.sum())
+    assert [(s[0], s[1]) for s in seen] == [(whole, 2), (whole, 2)]
+    assert sum(s[2] for s in seen) == whole   # the two minibatches split the batch's tokens

@@ -79,8 +79,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
     """One --dashed-flag per PPOConfig field (default: unset, so presets apply)."""
     group = parser.add_argument_group("config fields (override the preset)")
     defaults = PPOConfig().flat_dict()
-    # A threshold's help says why its default is what it is (the Rule's own reason, first sentence).
-    reasons = {f"diag_{f.name}": f.metadata["reason"].split(". ")[0] for f in threshold_fields()
+    # A threshold's help says why its default is what it is (the Rule's own reason).
+    reasons = {f"diag_{f.name}": f.metadata["reason"] for f in threshold_fields()
                if f.metadata.get("reason")}
     for name, hint in field_types().items():
         if name in skip:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proximo.errors import ProximoError
+
 CSV_COLUMNS = [
     "global_step", "update", "time_s", "sps", "episode_return_mean", "episode_length_mean", "episodes",
     "approx_kl", "approx_kl_k1", "clip_fraction", "entropy", "policy_loss", "value_loss",
@@ -59,6 +61,30 @@ def _past(cell: list, step: int) -> bool:
         return bool(cell) and float(cell[0]) > step
     except (TypeError, ValueError):
         return False
+
+
+def read_jsonl(path: Path, corrupt: str = "raise") -> list[dict[str, Any]]:
+    """The rows (JSON objects) of a .jsonl file that proximo wrote, one per line.
+
+    A last line without its newline is a row torn by a kill mid-write: it is left out. Any other line
+    that is not a JSON object means a damaged file: corrupt="raise" stops with a ProximoError naming the
+    file and line (what `proximo doctor` says), corrupt="skip" leaves it out (a resumed run's replay).
+    """
+    rows: list[dict[str, Any]] = []
+    with open(path, errors="surrogateescape") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:  # JSONDecodeError, or a number too long to convert
+                value = None
+            if isinstance(value, dict):
+                rows.append(value)
+            elif line.endswith("\n") and corrupt == "raise":
+                raise ProximoError(f"{path} line {number} is not a JSON object; the file is corrupt (restore it "
+                                   "from a copy or delete that line)")
+    return rows
 
 
 class MetricsWriter:

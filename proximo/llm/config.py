@@ -30,6 +30,9 @@ class _LLMConfig:
     num_eval_prompts: int = 500             # held-out prompts per evaluation
     save_every: int = 0                     # steps between checkpoints; 0: only the final model
     torch_threads: int = 1                  # 0: torch's default; 1 is fastest for tiny models on shared CPUs
+    lora_r: int = 0                         # LoRA rank (peft); 0: train every weight
+    lora_alpha: float = 16.0                # LoRA scale alpha (the update is scaled by alpha / r)
+    lora_target: str = ""                   # comma-separated module names; "": peft's default for the family
 
     def __post_init__(self) -> None:
         self.validate()
@@ -41,7 +44,7 @@ class _LLMConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a positive finite number, got {value}")
-        for name in ("eval_every", "save_every", "torch_threads"):
+        for name in ("eval_every", "save_every", "torch_threads", "lora_r"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.num_eval_prompts < 1:

@@ -17,7 +17,7 @@ from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, Echoed
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
 COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli",
-                              "proximo.sweep.cli"]
+                              "proximo.sweep.cli", "proximo.export"]
 
 
 class ArgumentParser(argparse.ArgumentParser):

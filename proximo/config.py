@@ -16,6 +16,7 @@ from proximo.envs.masks import MASKING_MODES
 from proximo.nn.recurrent import RECURRENT_KINDS
 from proximo.diagnostics import DIAG_DEFAULTS as _DIAG, DiagnosticsConfig
 from proximo.errors import ConfigError
+from proximo.tracking import TRACKERS
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
 ENV_BACKENDS = ("sync", "async")
@@ -91,6 +92,9 @@ class PPOConfig:
     save_every: int = 0                    # env steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 3
     log_every: int = 1                     # updates between metric rows
+    track: str = "none"                    # none | wandb: also send metrics, config and doctor findings to W&B
+    track_project: str | None = None       # W&B project (None: $WANDB_PROJECT, else "proximo")
+    track_run_name: str | None = None      # W&B run name (None: $WANDB_NAME, else the run directory's name)
     # health rules (proximo/diagnostics.py DiagnosticsConfig documents why each default has its value)
     diagnostics: bool = True               # warn during training when a rule fires
     diag_warmup: int = _DIAG.warmup        # updates that only set baselines
@@ -176,6 +180,7 @@ class PPOConfig:
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("env_backend", self.env_backend, ENV_BACKENDS)
         _check_choice("learner", self.learner, LEARNERS)
+        _check_choice("track", self.track, TRACKERS)
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if not self.net_arch or any(width < 1 for width in self.net_arch):

@@ -65,10 +65,13 @@ class MetricsWriter:
     """Appends one row per update to metrics.csv and updates.jsonl and logs scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, columns: list[str] | None = None,
-                 from_step: int | None = None) -> None:
+                 from_step: int | None = None, tracker: Any = None) -> None:
         # columns: metrics.csv header (default CSV_COLUMNS); the first three are step/update/time.
         # from_step: the step training continues from (a resume); rows logged past it are dropped,
         # since the resumed run logs those updates again.
+        # tracker: one more sink (proximo/tracking.py, e.g. W&B): log(row) per row of the CSV's columns,
+        # finish() on close.
+        self.tracker = tracker
         self.columns = list(CSV_COLUMNS if columns is None else columns)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +102,8 @@ class MetricsWriter:
                 value = row.get(key)
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"train/{key}", value, step)
+        if self.tracker is not None:
+            self.tracker.log({key: row.get(key) for key in self.columns})
 
     def close(self) -> None:
         """Flush and close every writer."""
@@ -106,6 +111,9 @@ class MetricsWriter:
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
 
 
 class Progress:

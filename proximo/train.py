@@ -49,6 +49,7 @@ from proximo.nn.policy import ActorCritic
 from proximo.ppo import UpdateSettings, ppo_update
 from proximo.rollout import NonFiniteError, RewardScaler, RolloutCollector
 from proximo.spaces_json import space_from_json, space_to_json
+from proximo.tracking import open_tracker
 
 STATE_TENSORS = "state.safetensors"
 STATE_META = "state.json"
@@ -522,7 +523,8 @@ class Trainer:
                            "resolved": self.resolved(), "world": {"size": self.world.size,
                                                                    "backend": self.world.backend}})
         # A resume logs the updates after its checkpoint again: drop the first run's rows for them.
-        return MetricsWriter(self.run_dir, tensorboard=self.tensorboard, from_step=self.global_step)
+        return MetricsWriter(self.run_dir, tensorboard=self.tensorboard, from_step=self.global_step,
+                             tracker=open_tracker(self.config, self.run_dir))
 
     # checkpoints --------------------------------------------------------------------------------
     def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

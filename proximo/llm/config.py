@@ -9,6 +9,7 @@ from typing import Any
 from proximo.config import check_field_types
 from proximo.core.kl import KL_ESTIMATORS
 from proximo.errors import ConfigError
+from proximo.tracking import TRACKERS
 
 LOSS_AGGREGATIONS = ("seq-mean", "token-mean", "constant")
 KL_CONTROLLERS = ("adaptive", "fixed")
@@ -30,6 +31,9 @@ class _LLMConfig:
     num_eval_prompts: int = 500             # held-out prompts per evaluation
     save_every: int = 0                     # steps between checkpoints; 0: only the final model
     torch_threads: int = 1                  # 0: torch's default; 1 is fastest for tiny models on shared CPUs
+    track: str = "none"                     # none | wandb (proximo/tracking.py), as for classic runs
+    track_project: str | None = None        # W&B project (None: $WANDB_PROJECT, else "proximo")
+    track_run_name: str | None = None       # W&B run name (None: $WANDB_NAME, else the run directory's name)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -44,6 +48,8 @@ class _LLMConfig:
         for name in ("eval_every", "save_every", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.track not in TRACKERS:
+            raise ConfigError(f"track must be one of {', '.join(TRACKERS)}; got {self.track!r}")
         if self.num_eval_prompts < 1:
             raise ConfigError(f"num_eval_prompts must be at least 1, got {self.num_eval_prompts}")
         if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 48:

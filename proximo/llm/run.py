@@ -18,6 +18,7 @@ from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import generate, pad_prompts
 from proximo.llm.models import save_model
 from proximo.metrics import MetricsWriter, Progress
+from proximo.tracking import open_tracker
 
 LLM_COLUMNS = [
     "global_step", "update", "time_s", "reward", "reward_std", "accuracy", "eval_sampled_accuracy",
@@ -111,7 +112,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path / "config.json", {"kind": kind, "proximo_version": __version__,
                                                       "config": config.to_dict(), **extra})
-        self.metrics = MetricsWriter(self.path, tensorboard=tensorboard, columns=LLM_COLUMNS)
+        self.metrics = MetricsWriter(self.path, tensorboard=tensorboard, columns=LLM_COLUMNS,
+                                     tracker=open_tracker(config, self.path))
         self.progress = Progress(total, enabled=verbose, headline="reward", unit="tokens")
         # The same health rules as classic runs; they judge whichever statistics an LLM row has
         # (reward, kl_ref, response_length, entropy, clip_fraction, ...), reward hacking included.

@@ -319,9 +319,9 @@ def load_preset_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"preset file {path} does not exist; give the path of a JSON file such as best.json")
     data = read_mapping(path, "preset file")
     values = data.get("config", data) if isinstance(data.get("config"), dict) else data
-    values = {key: value for key, value in values.items() if not key.startswith("_")}
+    values = {key: value for key, value in values.items() if not str(key).startswith("_")}
     known = {f.name for f in dataclasses.fields(PPOConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(map(str, set(values) - known))  # YAML keys may be numbers
     if unknown:
         raise ConfigError(f"preset file {path} sets unknown config field(s) {unknown}; see `proximo train --help`")
     return values
@@ -329,7 +329,10 @@ def load_preset_file(path: str | Path) -> dict[str, Any]:
 
 def read_mapping(path: Path, what: str) -> dict[str, Any]:
     """A JSON or YAML file that must hold one mapping, or a ConfigError naming the file and what is wrong."""
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); fix the file") from None
     yaml_file = path.suffix.lower() in (".yaml", ".yml")
     if yaml_file:
         try:

@@ -32,7 +32,8 @@ def drop_rows_after(path: Path, step: int) -> int:
     """
     if not path.exists():
         return 0
-    lines = path.read_text().splitlines(keepends=True)
+    # surrogateescape: bytes that are not UTF-8 (a damaged file) are kept as they were, not a crash
+    lines = path.read_text(errors="surrogateescape").splitlines(keepends=True)
     torn = 1 if lines and not lines[-1].endswith("\n") else 0
     if torn:
         lines = lines[:-1]
@@ -43,15 +44,31 @@ def drop_rows_after(path: Path, step: int) -> int:
         if "global_step" not in header:
             return 0
         column = header.index("global_step")
-        keep = [lines[0]] + [line for line in lines[1:] if not _past(next(csv.reader([line]), [])[column:column + 1], step)]
+        keep = [lines[0]] + [line for line in lines[1:] if not _past(_csv_cell(line, column), step)]
     else:
-        keep = [line for line in lines if not _past([json.loads(line).get("global_step")] if line.strip() else [], step)]
+        keep = [line for line in lines if not _past(_jsonl_cell(line), step)]
     dropped = len(lines) - len(keep) + torn
     if dropped:
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text("".join(keep))
+        temporary.write_text("".join(keep), errors="surrogateescape")
         os.replace(temporary, path)
     return dropped
+
+
+# A row that cannot be read has no step to judge it by: it is kept, for `proximo doctor` to name.
+def _csv_cell(line: str, column: int) -> list:
+    try:
+        return next(csv.reader([line]), [])[column:column + 1]
+    except csv.Error:
+        return []
+
+
+def _jsonl_cell(line: str) -> list:
+    try:
+        row = json.loads(line) if line.strip() else None
+    except ValueError:  # JSONDecodeError, or a number too long to convert
+        return []
+    return [row.get("global_step")] if isinstance(row, dict) else []
 
 
 def _past(cell: list, step: int) -> bool:

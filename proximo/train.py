@@ -670,7 +670,7 @@ class Trainer:
         try:
             self._check_fits(folder, meta)
             self._restore(folder, meta, tensors)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             raise CheckpointError(f"checkpoint {folder} is incomplete or damaged ({type(exc).__name__}: {exc}); "
                                   "resume from an earlier checkpoint") from exc
 

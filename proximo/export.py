@@ -164,11 +164,11 @@ def _suffix(fmt: str) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Load the policy of a run directory, a PPO.save folder or a checkpoint, and write it as one file."""
+    from proximo.cli import plain_warnings
     from proximo.train import load_policy
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a checkpoint fallback is said below, in one line
-        policy, meta = load_policy(Path(args.run_dir), checkpoint=args.checkpoint)
+    # a killed run without policy/ falls back to its newest intact checkpoint: one `proximo:` line says so
+    policy, meta = plain_warnings(lambda _: load_policy(Path(args.run_dir), checkpoint=args.checkpoint))(args)
     out = export_policy(policy, args.output, args.format, meta)
     source = meta.get("checkpoint") or args.run_dir
     print(f"exported {source} ({_describe(policy)}) -> {out} ({args.format})")

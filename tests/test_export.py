@@ -167,3 +167,18 @@ def test_the_readme_snippet_runs_with_onnxruntime_alone(cartpole_run, tmp_path, 
     expected, _ = PPO.load(cartpole_run).predict(np.zeros((1, 4), dtype=np.float32))
     assert out["action"] == expected.tolist()
     assert out["meta"]["env_id"] == "CartPole-v1" and json.loads(out["meta"]["action_space"])["type"] == "Discrete"
+
+
+def test_a_killed_run_exports_its_newest_checkpoint_and_says_so(cartpole_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cartpole_run, run)
+    shutil.rmtree(run / "policy")  # as a kill before the end leaves it
+    assert main(["export", str(run), "--checkpoint", "step_256", "-o", str(tmp_path / "k.onnx")]) == 0
+    assert "step_000000000256" in capsys.readouterr().out
+    assert main(["export", str(run), "-o", str(tmp_path / "k2.onnx")]) == 0
+    captured = capsys.readouterr()
+    assert "using checkpoint step_000000000256" in captured.err and len(captured.err.strip().splitlines()) == 1
+    obs = np.zeros((3, 4), dtype=np.float32)
+    assert np.array_equal(_onnx(tmp_path / "k.onnx", obs), _onnx(tmp_path / "k2.onnx", obs))

@@ -211,21 +211,12 @@ def _copy(src: Path, dst: Path) -> Path:
 # targets -----------------------------------------------------------------------------------------
 
 @FUZZ
-@given(data=st.data())
-def test_policy_json(run_dir, tmp_path_factory, data):
+@given(data=st.data(), name=st.sampled_from(["policy.json", "policy.safetensors"]))
+def test_policy_files(run_dir, tmp_path_factory, data, name):
     folder = _copy(run_dir / "policy", tmp_path_factory.mktemp("p"))
-    base = (folder / "policy.json").read_bytes()
-    (folder / "policy.json").write_bytes(json_mutation(data, base))
-    check_load("policy.json", lambda: load_policy(folder))
-
-
-@FUZZ
-@given(data=st.data())
-def test_policy_safetensors(run_dir, tmp_path_factory, data):
-    folder = _copy(run_dir / "policy", tmp_path_factory.mktemp("p"))
-    base = (folder / "policy.safetensors").read_bytes()
-    (folder / "policy.safetensors").write_bytes(safetensors_mutation(data, base))
-    check_load("policy.safetensors", lambda: load_policy(folder))
+    mutate = safetensors_mutation if name.endswith(".safetensors") else json_mutation
+    (folder / name).write_bytes(mutate(data, (folder / name).read_bytes()))
+    check_load(name, lambda: load_policy(folder))
 
 
 @FUZZ

@@ -133,9 +133,13 @@ def load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no file {path}; is this a proximo run or checkpoint directory?")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is corrupt ({exc}); use an earlier checkpoint") from exc
+    if not isinstance(data, dict):  # every reader indexes it by key; a list or a number is damage
+        raise CheckpointError(f"{path} is corrupt (it holds a JSON {type(data).__name__}, not an object); "
+                              "use an earlier checkpoint")
+    return data
 
 
 def atomic_build_dir(final: Path, fill: Callable[[Path], None]) -> None:

@@ -17,7 +17,7 @@ from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, Echoed
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
 COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli",
-                              "proximo.sweep.cli"]
+                              "proximo.sweep.cli", "proximo.export"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -160,7 +160,7 @@ def plain_warnings(command):
 
 # Settings that do not change the training math, so a resume may set them anew.
 RESUME_CHANGEABLE = ("total_steps", "save_every", "keep_checkpoints", "device", "eval_every", "stop_at_return",
-                     "stop_patience")
+                     "stop_patience", "track", "track_project", "track_run_name")
 
 
 def train_plan(args: argparse.Namespace) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 from proximo.config import check_field_types
 from proximo.core.kl import KL_ESTIMATORS
 from proximo.errors import ConfigError
+from proximo.tracking import TRACKERS
 
 LOSS_AGGREGATIONS = ("seq-mean", "token-mean", "constant")
 KL_CONTROLLERS = ("adaptive", "fixed")
@@ -33,6 +34,9 @@ class _LLMConfig:
     lora_r: int = 0                         # LoRA rank (peft); 0: train every weight
     lora_alpha: float = 16.0                # LoRA scale alpha (the update is scaled by alpha / r)
     lora_target: str = ""                   # comma-separated module names; "": peft's default for the family
+    track: str = "none"                     # none | wandb (proximo/tracking.py), as for classic runs
+    track_project: str | None = None        # W&B project (None: $WANDB_PROJECT, else "proximo")
+    track_run_name: str | None = None       # W&B run name (None: $WANDB_NAME, else the run directory's name)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -47,6 +51,8 @@ class _LLMConfig:
         for name in ("eval_every", "save_every", "torch_threads", "lora_r"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.track not in TRACKERS:
+            raise ConfigError(f"track must be one of {', '.join(TRACKERS)}; got {self.track!r}")
         if self.num_eval_prompts < 1:
             raise ConfigError(f"num_eval_prompts must be at least 1, got {self.num_eval_prompts}")
         if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 48:

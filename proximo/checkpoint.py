@@ -9,8 +9,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -79,15 +80,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
+@contextmanager
+def _replacing(path: Path) -> Iterator[str]:
+    """A temporary sibling of path to write into; once written it is fsynced and renamed over path
+    (readers see the old file or the new one, never half of one); on any error it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -95,6 +97,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path atomically (a temporary sibling, fsync, rename)."""
+    with _replacing(Path(path)) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -104,20 +112,8 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Atomically write a safetensors file of contiguous CPU tensors."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _replacing(Path(path)) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -137,9 +133,13 @@ def load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no file {path}; is this a proximo run or checkpoint directory?")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is corrupt ({exc}); use an earlier checkpoint") from exc
+    if not isinstance(data, dict):  # every reader indexes it by key; a list or a number is damage
+        raise CheckpointError(f"{path} is corrupt (it holds a JSON {type(data).__name__}, not an object); "
+                              "use an earlier checkpoint")
+    return data
 
 
 def atomic_build_dir(final: Path, fill: Callable[[Path], None]) -> None:

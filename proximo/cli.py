@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from proximo.config import PRESETS, PPOConfig, field_types
+from proximo.diagnostics import threshold_fields
 from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, EchoedError, ProximoError
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
 COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli",
-                              "proximo.sweep.cli"]
+                              "proximo.sweep.cli", "proximo.export"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -78,13 +79,17 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
     """One --dashed-flag per PPOConfig field (default: unset, so presets apply)."""
     group = parser.add_argument_group("config fields (override the preset)")
     defaults = PPOConfig().flat_dict()
+    # A threshold's help says why its default is what it is (the Rule's own reason).
+    reasons = {f"diag_{f.name}": f.metadata["reason"] for f in threshold_fields()
+               if f.metadata.get("reason")}
     for name, hint in field_types().items():
         if name in skip:
             continue
         flags = [f"--{name.replace('_', '-')}", *FLAG_ALIASES.get(name, ())]
+        why = f": {reasons[name]}".replace("%", "%%") if name in reasons else ""
         group.add_argument(*flags, dest=f"cfg_{name}",
                            type=_parser_for(hint), default=None, metavar="V",
-                           help=f"default {defaults[name]}")
+                           help=f"default {defaults[name]}{why}")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,7 +160,7 @@ def plain_warnings(command):
 
 # Settings that do not change the training math, so a resume may set them anew.
 RESUME_CHANGEABLE = ("total_steps", "save_every", "keep_checkpoints", "device", "eval_every", "stop_at_return",
-                     "stop_patience")
+                     "stop_patience", "track", "track_project", "track_run_name")
 
 
 def train_plan(args: argparse.Namespace) -> dict[str, Any]:

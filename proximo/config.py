@@ -16,6 +16,7 @@ from proximo.envs.masks import MASKING_MODES
 from proximo.nn.recurrent import RECURRENT_KINDS
 from proximo.diagnostics import DiagnosticsConfig, threshold_fields
 from proximo.errors import ConfigError
+from proximo.tracking import TRACKERS
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
 ENV_BACKENDS = ("sync", "async")
@@ -94,6 +95,9 @@ class PPOConfig:
     save_every: int = 0                    # env steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 3
     log_every: int = 1                     # updates between metric rows
+    track: str = "none"                    # none | wandb: also send metrics, config and doctor findings to W&B
+    track_project: str | None = None       # W&B project (None: $WANDB_PROJECT, else "proximo")
+    track_run_name: str | None = None      # W&B run name (None: $WANDB_NAME, else the run directory's name)
     # health rules (proximo/diagnostics.py: each rule's thresholds, with why each default has its value)
     diagnostics: bool = True               # warn during training when a rule fires
     # the thresholds, nested; flags, presets and from_dict also take them flat as diag_<name> (--diag-kl-max)
@@ -165,6 +169,7 @@ class PPOConfig:
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("env_backend", self.env_backend, ENV_BACKENDS)
         _check_choice("learner", self.learner, LEARNERS)
+        _check_choice("track", self.track, TRACKERS)
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if not self.net_arch or any(width < 1 for width in self.net_arch):
@@ -331,8 +336,8 @@ def load_preset_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"preset file {path} does not exist; give the path of a JSON file such as best.json")
     data = read_mapping(path, "preset file")
     values = data.get("config", data) if isinstance(data.get("config"), dict) else data
-    values = {key: value for key, value in values.items() if not key.startswith("_")}
-    unknown = sorted(set(values) - config_keys())
+    values = {key: value for key, value in values.items() if not str(key).startswith("_")}
+    unknown = sorted(map(str, set(values) - config_keys()))  # YAML keys may be numbers
     if unknown:
         raise ConfigError(f"preset file {path} sets unknown config field(s) {unknown}; see `proximo train --help`")
     return values
@@ -340,7 +345,10 @@ def load_preset_file(path: str | Path) -> dict[str, Any]:
 
 def read_mapping(path: Path, what: str) -> dict[str, Any]:
     """A JSON or YAML file that must hold one mapping, or a ConfigError naming the file and what is wrong."""
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); fix the file") from None
     yaml_file = path.suffix.lower() in (".yaml", ".yml")
     if yaml_file:
         try:

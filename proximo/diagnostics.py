@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TextIO
 
 from proximo.errors import ConfigError
+from proximo.metrics import read_jsonl
 
 
 # threshold fields --------------------------------------------------------------------------------
@@ -749,25 +750,11 @@ class HealthMonitor:
         reported); the last row logged for an update wins. Returns how many rows were replayed."""
         if not Path(path).is_file():
             return 0
-        rows = {row["update"]: row for row in read_jsonl(path)
+        rows = {row["update"]: row for row in read_jsonl(path, corrupt="skip")
                 if isinstance(row.get("update"), (int, float)) and row["update"] < before_update}
         for update in sorted(rows):
             self.observe(rows[update])
         return len(rows)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file, skipping a torn last line (a run killed mid-write)."""
-    rows = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                rows.append(value)
-    return rows
 
 
 def warning_line(episode: Episode, rule: Rule | None = None) -> str:

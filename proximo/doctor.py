@@ -22,6 +22,7 @@ from typing import Any
 
 from proximo.diagnostics import REWARD_KEYS, DiagnosticsConfig, Episode, HealthMonitor, Panel, Rule, diagnose
 from proximo.errors import ProximoError
+from proximo.metrics import read_jsonl
 
 RATIO_RANGE = (0.0, 2.0)  # the range of the ratio histograms proximo/ppo.py records
 # what a learning curve shows, the first one logged; rules that judge one of them mark the curve
@@ -71,16 +72,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
     rows: list[dict[str, Any]] = []
     jsonl, metrics = run_dir / "updates.jsonl", run_dir / "metrics.csv"
     if jsonl.is_file():
-        with open(jsonl) as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    if not line.endswith("\n"):
-                        break  # the last line of a run still writing it, or killed while it did
-                    raise ProximoError(f"{jsonl} line {number} is not JSON; the file is corrupt") from None
+        rows = read_jsonl(jsonl)
     elif metrics.is_file():
         with open(metrics, newline="") as handle:
             rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
@@ -98,11 +90,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
             raise ProximoError(f"{run_dir / 'config.json'} is not valid JSON; fix or delete it") from None
     live: list[dict[str, Any]] = []
     if (run_dir / "diagnostics.jsonl").is_file():
-        for line in (run_dir / "diagnostics.jsonl").read_text().splitlines():
-            try:
-                live.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        live = read_jsonl(run_dir / "diagnostics.jsonl", corrupt="skip")
     return RunRecord(run_dir, rows, config, live)
 
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proximo.errors import ProximoError
+
 CSV_COLUMNS = [
     "global_step", "update", "time_s", "sps", "episode_return_mean", "episode_length_mean", "episodes",
     "approx_kl", "approx_kl_k1", "clip_fraction", "entropy", "policy_loss", "value_loss",
@@ -32,7 +34,8 @@ def drop_rows_after(path: Path, step: int) -> int:
     """
     if not path.exists():
         return 0
-    lines = path.read_text().splitlines(keepends=True)
+    # surrogateescape: bytes that are not UTF-8 (a damaged file) are kept as they were, not a crash
+    lines = path.read_text(errors="surrogateescape").splitlines(keepends=True)
     torn = 1 if lines and not lines[-1].endswith("\n") else 0
     if torn:
         lines = lines[:-1]
@@ -43,15 +46,37 @@ def drop_rows_after(path: Path, step: int) -> int:
         if "global_step" not in header:
             return 0
         column = header.index("global_step")
-        keep = [lines[0]] + [line for line in lines[1:] if not _past(next(csv.reader([line]), [])[column:column + 1], step)]
+        keep = [lines[0]] + [line for line in lines[1:] if not _past(_csv_cell(line, column), step)]
     else:
-        keep = [line for line in lines if not _past([json.loads(line).get("global_step")] if line.strip() else [], step)]
+        keep = [line for line in lines if not _past(_jsonl_cell(line), step)]
     dropped = len(lines) - len(keep) + torn
     if dropped:
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text("".join(keep))
+        temporary.write_text("".join(keep), errors="surrogateescape")
         os.replace(temporary, path)
     return dropped
+
+
+# A row that cannot be read has no step to judge it by: it is kept, for `proximo doctor` to name.
+def _csv_cell(line: str, column: int) -> list:
+    try:
+        return next(csv.reader([line]), [])[column:column + 1]
+    except csv.Error:
+        return []
+
+
+def _jsonl_cell(line: str) -> list:
+    row = jsonl_row(line)
+    return [row.get("global_step")] if row is not None else []
+
+
+def jsonl_row(line: str) -> dict[str, Any] | None:
+    """The JSON object on one line of a .jsonl file, or None where the line holds none."""
+    try:
+        value = json.loads(line) if line.strip() else None
+    except ValueError:  # JSONDecodeError, or a number too long to convert
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _past(cell: list, step: int) -> bool:
@@ -61,14 +86,38 @@ def _past(cell: list, step: int) -> bool:
         return False
 
 
+def read_jsonl(path: Path, corrupt: str = "raise") -> list[dict[str, Any]]:
+    """The rows (JSON objects) of a .jsonl file that proximo wrote, one per line.
+
+    A last line without its newline is a row torn by a kill mid-write: it is left out. Any other line
+    that is not a JSON object means a damaged file: corrupt="raise" stops with a ProximoError naming the
+    file and line (what `proximo doctor` says), corrupt="skip" leaves it out (a resumed run's replay).
+    """
+    rows: list[dict[str, Any]] = []
+    with open(path, errors="surrogateescape") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            value = jsonl_row(line)
+            if value is not None:
+                rows.append(value)
+            elif line.endswith("\n") and corrupt == "raise":
+                raise ProximoError(f"{path} line {number} is not a JSON object; the file is corrupt (restore it "
+                                   "from a copy or delete that line)")
+    return rows
+
+
 class MetricsWriter:
     """Appends one row per update to metrics.csv and updates.jsonl and logs scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, columns: list[str] | None = None,
-                 from_step: int | None = None) -> None:
+                 from_step: int | None = None, tracker: Any = None) -> None:
         # columns: metrics.csv header (default CSV_COLUMNS); the first three are step/update/time.
         # from_step: the step training continues from (a resume); rows logged past it are dropped,
         # since the resumed run logs those updates again.
+        # tracker: one more sink (proximo/tracking.py, e.g. W&B): log(row) per row of the CSV's columns,
+        # finish() on close.
+        self.tracker = tracker
         self.columns = list(CSV_COLUMNS if columns is None else columns)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +154,8 @@ class MetricsWriter:
                 value = row.get(key)
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"train/{key}", value, step)
+        if self.tracker is not None:
+            self.tracker.log({key: row.get(key) for key in self.columns})
 
     def close(self) -> None:
         """Flush and close every writer."""
@@ -112,6 +163,9 @@ class MetricsWriter:
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
 
 
 class Progress:

@@ -34,9 +34,11 @@ class RunDir:
         return load_json(self.path / "config.json")
 
     def metrics(self, tensorboard: bool = True, columns: list[str] | None = None,
-                from_step: int | None = None) -> MetricsWriter:
-        """The per-update writer; from_step (a resume) drops rows logged past that step first."""
-        return MetricsWriter(self.path, tensorboard=tensorboard, columns=columns, from_step=from_step)
+                from_step: int | None = None, tracker=None) -> MetricsWriter:
+        """The per-update writer (tracker: a W&B sink, proximo/tracking.py); from_step (a resume) drops rows
+        logged past that step first."""
+        return MetricsWriter(self.path, tensorboard=tensorboard, columns=columns, from_step=from_step,
+                             tracker=tracker)
 
     def checkpoint_path(self, step: int) -> Path:
         """checkpoints/step_<step> (zero-padded so names sort by step)."""

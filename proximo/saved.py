@@ -143,8 +143,10 @@ def _rebuild_policy(meta: dict[str, Any], tensors: dict[str, torch.Tensor], meta
     """Build the policy meta describes and load tensors into it, every misfit as a CheckpointError."""
     try:
         config = PPOConfig.from_dict(meta["config"])
-        policy = build_policy(space_from_json(meta["observation_space"]), space_from_json(meta["action_space"]),
-                              config)
+        spaces = space_from_json(meta["observation_space"]), space_from_json(meta["action_space"])
+        with torch.device("meta"):  # shapes first, nothing allocated: a damaged file may claim 10^9 actions
+            _check_fit(build_policy(*spaces, config), tensors, tensors_path)
+        policy = build_policy(*spaces, config)
     except KeyError as exc:
         raise CheckpointError(f"{meta_path} lacks {exc}; the file is corrupt") from exc
     except (TypeError, ValueError) as exc:  # ConfigError is a ValueError: a value the file should never hold
@@ -155,6 +157,11 @@ def _rebuild_policy(meta: dict[str, Any], tensors: dict[str, torch.Tensor], meta
 
 
 def _load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    _check_fit(module, tensors, source)
+    module.load_state_dict(tensors)
+
+
+def _check_fit(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -165,7 +172,6 @@ def _load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor]
         if value.shape != expected[key].shape:
             raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, this policy needs "
                                   f"{tuple(expected[key].shape)} (a checkpoint from another env?)")
-    module.load_state_dict(tensors)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -195,6 +201,9 @@ def read_run_config(run_dir: Path) -> tuple[str | None, dict, PPOConfig]:
     data = load_json(Path(run_dir) / "config.json")
     env_id = data.pop("env_id", None)
     env_kwargs = data.pop("env_kwargs", {})
+    if not isinstance(env_id, (str, type(None))) or not isinstance(env_kwargs, dict):
+        raise CheckpointError(f"{Path(run_dir) / 'config.json'} is damaged (env_id {env_id!r:.40}, env_kwargs "
+                              f"{env_kwargs!r:.40}); restore it from a copy")
     data.pop("resolved", None)  # what the run's auto settings became: a record, not a setting
     data.pop("world", None)  # how many processes wrote it: a fact of that run, not a setting
     return env_id, env_kwargs, PPOConfig.from_dict(data)

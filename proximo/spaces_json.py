@@ -9,6 +9,10 @@ from gymnasium import spaces
 from proximo.errors import ProximoError
 
 
+class SpaceFormatError(ProximoError, ValueError):
+    """A saved space description that does not describe a space (a ValueError, as callers catch those)."""
+
+
 def space_to_json(space: spaces.Space) -> dict[str, Any]:
     """A JSON-ready description of a Box/Discrete/MultiDiscrete/MultiBinary/Dict space."""
     if isinstance(space, spaces.Box):
@@ -27,7 +31,22 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
 
 
 def space_from_json(data: dict[str, Any]) -> spaces.Space:
-    """Rebuild a space written by space_to_json."""
+    """Rebuild a space written by space_to_json; a malformed description raises SpaceFormatError."""
+    try:
+        return _space_from_json(data)
+    except SpaceFormatError:
+        raise
+    # what NumPy and gymnasium raise for wrong types, shapes and sizes (gymnasium checks some with assert)
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError, AssertionError) as exc:
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise SpaceFormatError(f"a saved space is malformed ({type(exc).__name__}: {detail}); the file is "
+                               "corrupt or was not written by proximo") from None
+
+
+def _space_from_json(data: dict[str, Any]) -> spaces.Space:
+    if not isinstance(data, dict):
+        raise SpaceFormatError(f"a saved space is malformed (a JSON {type(data).__name__}, not an object); "
+                               "the file is corrupt or was not written by proximo")
     kind = data.get("type")
     if kind == "Box":
         dtype = np.dtype(data["dtype"])
@@ -41,8 +60,9 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space:
     if kind == "MultiBinary":
         return spaces.MultiBinary(data["n"])
     if kind == "Dict":
-        return spaces.Dict({key: space_from_json(sub) for key, sub in data["spaces"].items()})
-    raise ProximoError(f"unknown space type {kind!r} in saved metadata; the file is corrupt or from a newer proximo")
+        return spaces.Dict({key: _space_from_json(sub) for key, sub in data["spaces"].items()})
+    raise SpaceFormatError(f"unknown space type {kind!r} in saved metadata; the file is corrupt or from a newer "
+                           "proximo")
 
 
 def _floats(array: np.ndarray) -> list:

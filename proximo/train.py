@@ -53,6 +53,7 @@ from proximo.saved import (
 from proximo.runtime import seed_everything, set_threads
 from proximo.spaces_json import space_to_json
 from proximo.state import RandomState, Together, pack_state, unpack_state
+from proximo.tracking import open_tracker
 
 # The state.json fields and state.safetensors tensors each rank keeps for itself (under "ranks" and
 # "rank.<r>."); everything else in a checkpoint is the same on every rank and saved once.
@@ -386,7 +387,8 @@ class Trainer:
                           "resolved": self.resolved(), "world": {"size": self.world.size,
                                                                   "backend": self.world.backend}})
         # A resume logs the updates after its checkpoint again: drop the first run's rows for them.
-        return run.metrics(tensorboard=self.tensorboard, from_step=self.global_step)
+        return run.metrics(tensorboard=self.tensorboard, from_step=self.global_step,
+                           tracker=open_tracker(self.config, self.run_dir))
 
     # checkpoints --------------------------------------------------------------------------------
     def state_parts(self, source: Path | None = None) -> dict[str, Any]:
@@ -510,7 +512,7 @@ class Trainer:
         try:
             self._check_fits(folder, meta)
             self._restore(folder, meta, tensors)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             raise CheckpointError(f"checkpoint {folder} is incomplete or damaged ({type(exc).__name__}: {exc}); "
                                   "resume from an earlier checkpoint") from exc
 

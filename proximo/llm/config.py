@@ -13,6 +13,7 @@ from proximo.llm.losses import (
     ADVANTAGE_ESTIMATORS, AGGREGATION_ALIASES, IMPORTANCE_SAMPLING, LOSS_AGGREGATIONS, aggregation_name,
     scaling_name,
 )
+from proximo.tracking import TRACKERS
 
 KL_CONTROLLERS = ("adaptive", "fixed")
 
@@ -33,6 +34,12 @@ class _LLMConfig:
     num_eval_prompts: int = 500             # held-out prompts per evaluation
     save_every: int = 0                     # steps between checkpoints; 0: only the final model
     torch_threads: int = 1                  # 0: torch's default; 1 is fastest for tiny models on shared CPUs
+    lora_r: int = 0                         # LoRA rank (peft); 0: train every weight
+    lora_alpha: float = 16.0                # LoRA scale alpha (the update is scaled by alpha / r)
+    lora_target: str = ""                   # comma-separated module names; "": peft's default for the family
+    track: str = "none"                     # none | wandb (proximo/tracking.py), as for classic runs
+    track_project: str | None = None        # W&B project (None: $WANDB_PROJECT, else "proximo")
+    track_run_name: str | None = None       # W&B run name (None: $WANDB_NAME, else the run directory's name)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -44,9 +51,11 @@ class _LLMConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a positive finite number, got {value}")
-        for name in ("eval_every", "save_every", "torch_threads"):
+        for name in ("eval_every", "save_every", "torch_threads", "lora_r"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.track not in TRACKERS:
+            raise ConfigError(f"track must be one of {', '.join(TRACKERS)}; got {self.track!r}")
         if self.num_eval_prompts < 1:
             raise ConfigError(f"num_eval_prompts must be at least 1, got {self.num_eval_prompts}")
         if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 48:

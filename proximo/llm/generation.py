@@ -112,7 +112,7 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temp
         prompt_ids, mask, repeats = prompt_ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0), 1
     positions = position_ids_from_mask(mask)
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    past = out.past_key_values
+    past = out.cache
     next_logits = out.logits[:, -1, :]
     if repeats > 1:
         # The prompt's keys and values are the same for every sample of it: prefill once, then copy
@@ -144,8 +144,8 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temp
         # Finished rows keep stepping with a masked pad token; masking keeps them out of every later key.
         mask = torch.cat([mask, alive_mask[:, step:step + 1]], dim=1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                    past_key_values=past, use_cache=True)
-        past = out.past_key_values
+                    cache=past, use_cache=True)
+        past = out.cache
         next_logits = out.logits[:, -1, :]
         next_position = next_position + 1
     return tokens[:, :length], alive_mask[:, :length], logprobs[:, :length]
@@ -204,11 +204,11 @@ def _response_hidden_shared(model, input_ids, attention_mask, prompt_width, grou
     last = prompt.last_hidden_state[inverse, -1:, :]
     if input_ids.shape[1] - 1 == width:
         return last
-    past = prompt.past_key_values
+    past = prompt.cache
     # Indexing keeps the graph: each prompt's keys/values receive the gradient of all its rows.
     past.batch_select_indices(inverse)
     rest = model.base_model(input_ids=input_ids[:, width:-1], attention_mask=attention_mask[:, :-1],
-                            position_ids=positions[:, width:-1], past_key_values=past, use_cache=True)
+                            position_ids=positions[:, width:-1], cache=past, use_cache=True)
     return torch.cat([last, rest.last_hidden_state], dim=1)
 
 

@@ -101,7 +101,7 @@ class GRPO(RLTrainer):
         # With kl_coef 0 the reference only feeds the kl_ref metric: measure it every few steps, not every step.
         ref_logp = None
         if cfg.kl_coef > 0 or self.step_count % max(1, cfg.eval_every or 10) in (0, 1):
-            with torch.inference_mode():
+            with torch.inference_mode(), self.reference_mode():
                 ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature,
                                                    groups=groups)
             ref_logp = ref_logp.clone()

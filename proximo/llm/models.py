@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from proximo.checkpoint import atomic_save_tensors, load_tensors
+from proximo.checkpoint import CheckpointError, atomic_save_tensors, load_tensors
 from proximo.errors import ProximoError
 from proximo.llm.tokenizer import CharTokenizer, load_tokenizer
 
@@ -56,9 +57,10 @@ def is_model_dir(path: Path) -> bool:
     if not config.is_file():
         return False
     try:
-        return "model_type" in json.loads(config.read_text())
+        data = json.loads(config.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(data, dict) and "model_type" in data
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -80,13 +82,22 @@ def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str
         return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None
     directory = resolve_model_dir(source)
     from transformers import AutoModelForCausalLM
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # huggingface_hub before 0.32 validates no config fields itself
+        StrictDataclassError = ValueError
     if not (directory / "model.safetensors").is_file():
         raise ProximoError(f"{directory} has no model.safetensors; proximo loads only safetensors weights "
                            f"(re-save with save_pretrained(safe_serialization=True))")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise ProximoError(f"cannot load a causal LM from {directory}: {exc}") from None
+    # What transformers raises for a damaged config.json or weights file (found by tests/test_fuzz.py): wrong
+    # value types (TypeError, and huggingface_hub's strict-dataclass errors), missing fields, weights of other
+    # shapes (RuntimeError), a corrupt safetensors file.
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, SafetensorError,
+            StrictDataclassError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ProximoError(f"cannot load a causal LM from {directory}: {detail}") from None
     # Dropout stays off: PPO ratios and KL terms assume the sampler and the learner are one function.
     return model.eval(), load_tokenizer(directory), directory
 
@@ -110,7 +121,13 @@ def hidden_size(model: nn.Module) -> int:
 def load_head(directory: Path, name: str, width: int) -> "ScalarHead":
     """A scalar head saved by save_model, or a CheckpointError naming the missing file."""
     head = ScalarHead(width)
-    head.load_state_dict(load_tensors(Path(directory) / f"{name}_head.safetensors"))
+    path = Path(directory) / f"{name}_head.safetensors"
+    tensors = load_tensors(path)
+    try:
+        head.load_state_dict(tensors)
+    except RuntimeError as exc:  # missing or unexpected keys, another width
+        raise CheckpointError(f"{path} does not fit a {width}-wide scalar head ({str(exc).splitlines()[0]}); "
+                              "the file is damaged or from another model") from None
     return head
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from proximo.errors import ProximoError
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import Rollout, generate
 from proximo.llm.data import PromptDataset, render_prompt
+from proximo.llm.lora import LoRA
 from proximo.llm.models import load_model
 from proximo.llm.rewards import RewardSet
 from proximo.llm.run import LLMRun, RewardFn, decode_responses, encode_prompts, evaluate, make_optimizer
@@ -93,9 +95,15 @@ class RLTrainer:
             self.eval_prompts = self.eval_texts
         else:
             self.eval_prompts = self.task.held_out_prompts(config.num_eval_prompts)
-        self.reference = copy.deepcopy(self.model).eval()
-        for p in self.reference.parameters():
-            p.requires_grad_(False)
+        self.lora: LoRA | None = None
+        if config.lora_r:
+            # The reference is the same model with the adapter off: no second copy of the weights.
+            self.lora = LoRA(self.model, config.lora_r, config.lora_alpha, config.lora_target)
+            self.reference = self.model
+        else:
+            self.reference = copy.deepcopy(self.model).eval()
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
         self.step_count = 0
         sources = {"dataset": None if self.dataset is None else self.dataset.source,
                    "eval_dataset": None if self.eval_dataset is None else self.eval_dataset.source,
@@ -140,8 +148,16 @@ class RLTrainer:
         return self.rewards.score(raw, completions, dataset.columns(rows), rows)
 
     def trainable_parameters(self):
-        """Parameters the optimizer updates (the policy; subclasses add heads)."""
-        return list(self.model.parameters())
+        """Parameters the optimizer updates (the policy, or its LoRA adapter; subclasses add heads)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def reference_mode(self) -> AbstractContextManager:
+        """The context in which self.reference computes the reference policy (the adapter off, with LoRA)."""
+        return self.lora.disabled() if self.lora is not None else nullcontext()
+
+    def export_model(self):
+        """The policy as a plain transformers model to save (with LoRA: the adapter merged into a copy)."""
+        return self.lora.merged() if self.lora is not None else self.model
 
     def make_optimizer(self) -> FlatOptimizer:
         """AdamW over trainable_parameters, in one flat buffer."""
@@ -192,7 +208,7 @@ class RLTrainer:
 
     def save_checkpoint(self) -> Path:
         """checkpoints/step_<step>/: the model folder (with its heads) as it is now."""
-        return self.run.checkpoint(self.step_count, self.model, self.tokenizer, self.heads())
+        return self.run.checkpoint(self.step_count, self.export_model(), self.tokenizer, self.heads())
 
     @property
     def global_step(self) -> int:
@@ -239,7 +255,11 @@ class RLTrainer:
             "gen_tokens_per_s": sum(r["gen_tokens_per_s"] for r in self.history) / len(self.history),
             "step_tokens_per_s": sum(r["tokens_per_s"] for r in self.history) / len(self.history),
         }
-        self.summary = self.run.finish(self.model, self.tokenizer, summary, self.heads())
+        if self.lora is not None:
+            self.lora.save_adapter(self.run.path / "adapter")
+            summary["lora"] = {"r": self.config.lora_r, "targets": self.lora.targets,
+                               "trainable_parameters": self.lora.counts()[0], "parameters": self.lora.counts()[1]}
+        self.summary = self.run.finish(self.export_model(), self.tokenizer, summary, self.heads())
         return self.summary
 
     def generate(self, prompts: list[str], greedy: bool = False) -> list[str]:

@@ -73,7 +73,7 @@ class RLHF(RLTrainer):
     def trainable_parameters(self):
         """The policy and its critic (value head or separate value model)."""
         critic = self.critic if self.critic is not None else self.value_head
-        return list(self.model.parameters()) + list(critic.parameters())
+        return super().trainable_parameters() + list(critic.parameters())
 
     def heads(self) -> dict:
         """The value head, saved as value_head.safetensors (none with a separate critic model)."""
@@ -104,7 +104,8 @@ class RLHF(RLTrainer):
         with torch.inference_mode():
             scores = self.reward_model.score(input_ids, attention)
             old_logp, _, old_values = self._forward(input_ids, attention, width)
-            ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature)
+            with self.reference_mode():
+                ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature)
         scores, old_logp, old_values, ref_logp = (t.clone() for t in (scores, old_logp, old_values, ref_logp))
         rewards_seq = scores
         if cfg.normalize_scores:

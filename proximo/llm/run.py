@@ -17,6 +17,7 @@ from proximo.llm.generation import generate, pad_prompts
 from proximo.llm.models import save_model
 from proximo.metrics import Progress
 from proximo.rundir import RunDir
+from proximo.tracking import open_tracker
 
 LLM_COLUMNS = [
     "global_step", "update", "time_s", "reward", "reward_std", "accuracy", "eval_sampled_accuracy",
@@ -104,7 +105,8 @@ class LLMRun:
         self.dir = RunDir(run_dir if run_dir is not None else default_run_dir(kind, config.task, config.seed))
         self.path = self.dir.path
         self.dir.write_config({"kind": kind, "proximo_version": __version__, "config": config.to_dict(), **extra})
-        self.metrics = self.dir.metrics(tensorboard=tensorboard, columns=LLM_COLUMNS)
+        self.metrics = self.dir.metrics(tensorboard=tensorboard, columns=LLM_COLUMNS,
+                                       tracker=open_tracker(config, self.path))
         self.progress = Progress(total, enabled=verbose, headline="reward", unit="tokens")
         # The same health rules as classic runs; they judge whichever statistics an LLM row has
         # (reward, kl_ref, response_length, entropy, clip_fraction, ...), reward hacking included.

@@ -59,8 +59,16 @@ class CharTokenizer:
     @classmethod
     def load(cls, directory: Path) -> "CharTokenizer":
         """Read proximo_tokenizer.json from directory."""
-        data = json.loads((Path(directory) / CHAR_TOKENIZER_FILE).read_text())
-        return cls(data["chars"])
+        path = Path(directory) / CHAR_TOKENIZER_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProximoError(f"{path} is corrupt ({exc}); save the tokenizer again") from None
+        chars = data.get("chars") if isinstance(data, dict) else None
+        if not isinstance(chars, str) or not chars:
+            raise ProximoError(f"{path} is damaged: it needs \"chars\", the alphabet as one string; save the "
+                               "tokenizer again")
+        return cls(chars)
 
 
 class HFTokenizer:

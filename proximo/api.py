@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from proximo.config import PPOConfig, make_config
+from proximo.config import PPOConfig, describe_preset, make_config
 from proximo.envs.make import EnvLike
 from proximo.errors import ProximoError
 from proximo.nn.policy import ActorCritic
@@ -22,7 +22,12 @@ class PPO:
 
     def __init__(self, env: EnvLike, preset: str | None = None, run_dir: str | Path | None = None,
                  env_kwargs: dict | None = None, verbose: bool = False, **config_overrides: Any) -> None:
-        self.config: PPOConfig = make_config(preset, **config_overrides)
+        # An env id picks the preset's per-env entry exactly as `proximo train ENV --preset P` does.
+        env_id = env if isinstance(env, str) else None
+        self.config: PPOConfig = make_config(preset, env_id, **config_overrides)
+        self.preset_note: str | None = describe_preset(preset, env_id, config_overrides)
+        if verbose and self.preset_note:
+            print(self.preset_note)
         self.env, self.env_kwargs = env, dict(env_kwargs or {})
         self._trainer: Trainer | None = Trainer(env, self.config, run_dir, self.env_kwargs, verbose=verbose)
         self.policy: ActorCritic = self._trainer.policy

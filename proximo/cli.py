@@ -166,7 +166,7 @@ RESUME_CHANGEABLE = ("total_steps", "save_every", "keep_checkpoints", "device", 
 def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     """What `train` will run, as JSON: env id and kwargs, config, run directory, and the checkpoint to resume."""
     from proximo.checkpoint import ensure_run_dir
-    from proximo.config import make_config
+    from proximo.config import describe_preset, make_config
     from proximo.saved import read_run_config, resume_target
 
     overrides = config_overrides(args)
@@ -192,10 +192,10 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
         from proximo.config import load_preset_file
 
         overrides = {**load_preset_file(preset_file), **overrides}
-    config = make_config(args.preset, **overrides)
+    config = make_config(args.preset, args.env_id, **overrides)
     run_dir = ensure_run_dir(args.run_dir or default_run_dir(args.env_id, args.preset, config.seed), create=False)
     return {"env_id": args.env_id, "env_kwargs": {}, "config": config.to_dict(), "run_dir": str(run_dir),
-            "checkpoint": None, "earlier": None}
+            "checkpoint": None, "earlier": None, "preset_note": describe_preset(args.preset, args.env_id, overrides)}
 
 
 @plain_warnings
@@ -224,6 +224,8 @@ def _train(args: argparse.Namespace, world) -> int:
     plan = world.on_main(lambda: train_plan(args))  # rank 0 alone reads the run directory
     config, run_dir = PPOConfig.from_dict(plan["config"]), Path(plan["run_dir"])
     report = world.is_main and not args.quiet
+    if world.is_main and plan.get("preset_note"):
+        print(plan["preset_note"], flush=True)  # even with --quiet: which values ran belongs with the result
     try:
         trainer = Trainer(plan["env_id"], config, run_dir, plan["env_kwargs"], verbose=not args.quiet,
                           tensorboard=not args.no_tensorboard, world=world)

@@ -65,3 +65,12 @@ def test_bad_factory_and_bad_env_argument():
     with pytest.raises(ProximoError, match="env must be"):
         PPO(3.5)
     assert proximo.__version__
+
+
+def test_api_picks_the_same_per_env_entry_as_the_cli():
+    from proximo.config import PRESET_ENVS, make_config
+
+    env_id = next(e for e, entry in PRESET_ENVS["mujoco"].items() if entry["values"])
+    agent = PPO(env_id, preset="mujoco", total_steps=64)
+    assert agent.config == make_config("mujoco", env_id, total_steps=64)
+    assert agent.preset_note.startswith(f"preset mujoco + {env_id} entry:")

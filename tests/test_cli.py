@@ -104,3 +104,40 @@ def test_cli_error_from_a_real_process_has_no_traceback():
                             timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == "proximo: error: gamma must lie in [0, 1], got 2.0"
+
+
+def _mujoco_entry():
+    """An env id whose `mujoco` per-env entry changes fields, and those fields."""
+    from proximo.config import PRESET_ENVS
+
+    return next((env_id, entry) for env_id, entry in PRESET_ENVS["mujoco"].items() if entry["values"])
+
+
+def test_train_plan_applies_the_per_env_entry_under_the_flags():
+    from proximo.cli import build_parser, train_plan
+
+    env_id, entry = _mujoco_entry()
+    plan = train_plan(build_parser().parse_args(["train", env_id, "--preset", "mujoco"]))
+    assert all(plan["config"][name] == value for name, value in entry["values"].items())
+    assert plan["preset_note"].startswith(f"preset mujoco + {env_id} entry:")
+    name = next(iter(entry["values"]))
+    flag = f"--{name.replace('_', '-')}"
+    value = {"net_arch": "32,32", "gamma": "0.5", "gae_lambda": "0.5"}.get(name, "0.0005")
+    plan = train_plan(build_parser().parse_args(["train", env_id, "--preset", "mujoco", flag, value]))
+    assert str(plan["config"][name]).replace(" ", "") in (value, f"[{value}]", str(float(value)))
+    assert f"overridden by flags: {name}=" in plan["preset_note"]
+    other = train_plan(build_parser().parse_args(["train", "Pendulum-v1", "--preset", "mujoco"]))
+    assert other["preset_note"] == "preset mujoco: its own values (it has no entry for Pendulum-v1)"
+
+
+def test_train_prints_the_values_used_line_even_when_quiet(capsys, tmp_path):
+    from proximo.config import PRESET_ENVS
+
+    env_id = "InvertedPendulum-v5"  # an untrained policy drops the pole within steps: a short eval episode
+    entry = PRESET_ENVS["mujoco"][env_id]
+    code = main(["train", env_id, "--preset", "mujoco", "--total-steps", "64", "--num-envs", "1", "--n-steps", "64",
+                 "--batch-size", "64", "--n-epochs", "1", "--eval-episodes", "1", "--run-dir", str(tmp_path / "r"),
+                 "--quiet", "--no-tensorboard"])
+    assert code == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"preset mujoco + {env_id} entry: ") and f"(source: {entry['source']})" in first

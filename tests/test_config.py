@@ -57,3 +57,70 @@ def test_json_round_trip_and_replace():
 def test_divisibility_message_suggests_a_divisor():
     with pytest.raises(ConfigError, match="use a divisor such as 128"):
         make_config("cartpole", batch_size=100)
+
+
+def _entry_with_values(preset="mujoco"):
+    """An env id of the preset's per-env table whose entry changes at least one field."""
+    from proximo.config import PRESET_ENVS
+
+    return next(env_id for env_id, entry in PRESET_ENVS[preset].items() if entry["values"])
+
+
+def test_the_per_env_table_is_applied_for_its_env_ids_only():
+    from proximo.config import PRESET_ENVS
+
+    env_id = _entry_with_values()
+    entry = PRESET_ENVS["mujoco"][env_id]
+    config = make_config("mujoco", env_id)
+    for name, value in entry["values"].items():
+        assert getattr(config, name) == value
+    plain = make_config("mujoco")  # no env id: the preset alone
+    assert plain == make_config("mujoco", "Pendulum-v1") == make_config("mujoco", env_id.replace("-v5", "-v4"))
+    assert any(getattr(plain, name) != value for name, value in entry["values"].items())
+    assert make_config("cartpole", env_id) == make_config("cartpole")  # other presets have no table for it
+
+
+def test_overrides_beat_the_per_env_table():
+    from proximo.config import PRESET_ENVS
+
+    env_id = _entry_with_values()
+    name, value = next(iter(PRESET_ENVS["mujoco"][env_id]["values"].items()))
+    other = {float: 0.123, int: 4, list: [32, 32], bool: not value, str: value}[type(value)]
+    if isinstance(value, float) and name in ("gamma", "gae_lambda"):
+        other = 0.5
+    assert getattr(make_config("mujoco", env_id, **{name: other}), name) == other
+
+
+def test_every_table_entry_names_known_fields_has_a_source_and_validates():
+    from proximo.config import PRESET_ENVS, check_preset_envs
+
+    check_preset_envs()  # the shipped table
+    assert len(PRESET_ENVS["mujoco"]) == 11 and all(e.endswith("-v5") for e in PRESET_ENVS["mujoco"])
+    good = {"values": {"learning_rate": 1e-4}, "source": "a test"}
+    with pytest.raises(ConfigError, match="Ant-v5 sets unknown config field.*lerning_rate"):
+        check_preset_envs({"mujoco": {"Ant-v5": {"values": {"lerning_rate": 1e-4}, "source": "x"}}})
+    with pytest.raises(ConfigError, match="empty source"):
+        check_preset_envs({"mujoco": {"Ant-v5": {**good, "source": " "}}})
+    with pytest.raises(ConfigError, match="unknown preset 'mujocoo'"):
+        check_preset_envs({"mujocoo": {"Ant-v5": good}})
+    with pytest.raises(ConfigError, match="Ant-v5: gamma must lie in"):
+        check_preset_envs({"mujoco": {"Ant-v5": {"values": {"gamma": 2.0}, "source": "x"}}})
+    with pytest.raises(ConfigError, match="exactly 'values' and 'source'"):
+        check_preset_envs({"mujoco": {"Ant-v5": {"values": {}}}})
+
+
+def test_the_values_used_line():
+    from proximo.config import PRESET_ENVS, describe_preset
+
+    env_id = _entry_with_values()
+    entry = PRESET_ENVS["mujoco"][env_id]
+    line = describe_preset("mujoco", env_id)
+    assert line.startswith(f"preset mujoco + {env_id} entry: ") and f"(source: {entry['source']})" in line
+    for name, value in entry["values"].items():
+        assert f"{name}={value}" in line
+    name = next(iter(entry["values"]))
+    flagged = describe_preset("mujoco", env_id, {name: entry["values"][name]})
+    assert f"overridden by flags: {name}=" in flagged
+    assert describe_preset("mujoco", "Pendulum-v1") == "preset mujoco: its own values (it has no entry for Pendulum-v1)"
+    assert describe_preset("cartpole", "CartPole-v1") == "preset cartpole: its own values"
+    assert describe_preset(None, env_id) is None

@@ -170,7 +170,7 @@ class SweepSpec:
                     label = setting_label(settings)
                     name = _slug(f"{env_id}__{label}__s{seed}")
                     try:
-                        config = make_config(self.preset, **{**self.base, **settings, "seed": seed})
+                        config = make_config(self.preset, env_id, **{**self.base, **settings, "seed": seed})
                     except ConfigError as exc:
                         raise ConfigError(f"setting {label} (seed {seed}): {exc}") from None
                     trials.append(Trial(name, env_id, settings, seed, config.to_dict()))

@@ -126,7 +126,7 @@ def run_tune(env_id: str, preset: str | None, base: dict[str, Any], space: list[
         raise ConfigError("give at least one --space, e.g. --space 'learning_rate=loguniform(1e-5,1e-2)'")
     if len(set(names)) != len(names):
         raise ConfigError(f"--space names a field more than once: {names}")
-    config = make_config(preset, **base).to_dict()  # the fixed part, validated
+    config = make_config(preset, env_id, **base).to_dict()  # the fixed part (and the env's preset entry), validated
     total = config["total_steps"]
     rollout = config["num_envs"] * config["n_steps"]
     if "torch_threads" not in base:
@@ -260,7 +260,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if clash:
         raise ConfigError(f"--space {clash[0]} also has a fixed value (a flag or the preset file); give it one or "
                           "the other")
-    make_config(args.preset, **base)  # a bad fixed value: one line before Ray starts
+    make_config(args.preset, args.env_id, **base)  # a bad fixed value: one line before Ray starts
     make_single_env(args.env_id).close()  # a wrong env id: one line here, not one per trial
     best = run_tune(args.env_id, args.preset, base, space, args.trials, args.tune_dir,
                     run_options(args, f"proximo tune {args.env_id}"), args.grace, args.search_seed)

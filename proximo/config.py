@@ -402,7 +402,7 @@ def check_preset_envs(table: dict[str, dict[str, dict[str, Any]]] | None = None)
     """Raise ConfigError naming the first per-env entry that names an unknown preset or field, lacks a source,
     or makes an invalid config."""
     table = PRESET_ENVS if table is None else table
-    known = {f.name for f in dataclasses.fields(PPOConfig)}
+    known = config_keys()  # the flat names, diag_<threshold> included
     for preset, entries in table.items():
         if preset not in PRESETS:
             raise ConfigError(f"per-env table for unknown preset {preset!r}; name one of {', '.join(PRESETS)}")

@@ -98,3 +98,17 @@ def test_a_lora_target_the_model_lacks_is_one_line():
                           timeout=120)
     assert done.returncode == 2 and "LoRA target module 'nope'" in done.stderr
     assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
+def test_a_model_directory_with_only_pickle_weights_is_refused_in_one_line(tmp_path):
+    """proximo never unpickles: a .bin-only directory is named with the fix, before anything is loaded."""
+    model, tokenizer, _ = load_model("tiny", seed=1)
+    folder = tmp_path / "bin-only"
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save(folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")  # the name is what matters here
+    with pytest.raises(ProximoError, match=r"has no model.safetensors; proximo loads only safetensors weights"):
+        load_model(folder)
+    done = subprocess.run([sys.executable, "-m", "proximo", "llm", "grpo", "--init", str(folder), "--steps", "1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "only safetensors" in done.stderr and done.stderr.strip().count("\n") == 0

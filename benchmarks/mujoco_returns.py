@@ -124,8 +124,11 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         sps = np.median([r["sps"] for r in rows])
         seeds = ",".join(str(r["seed"]) for r in rows)
         digits = 0 if abs(evals.mean()) >= 100 else 1
-        lines.append(f"| {env_id} | {seeds} | {evals.mean():,.{digits}f} +- {evals.std():,.{digits}f} | "
-                     f"{last.mean():,.{digits}f} +- {last.std():,.{digits}f} | {sps:,.0f} | {anchor_text(env_id)} | "
+
+        def spread(values: np.ndarray) -> str:
+            # one seed has no spread to show: "+- 0" would claim one
+            return f"{values.mean():,.{digits}f}" + (f" +- {values.std():,.{digits}f}" if len(values) > 1 else "")
+        lines.append(f"| {env_id} | {seeds} | {spread(evals)} | {spread(last)} | {sps:,.0f} | {anchor_text(env_id)} | "
                      f"{verdict(env_id, evals)} |")
     lines += ["", "Per seed, eval / last-100 (wall seconds of the run):", ""]
     for env_id in args.env_list:
@@ -143,7 +146,8 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
               "agent's eval episodes, CleanRL's over 3 seeds; baselines gives means of 6 seeds.",
               "", f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']}, Python {info['python']}, "
               f"proximo commit {info.get('proximo_commit', '?')}; {args.jobs} runs at a time"
-              + (f"; whole table {wall / 60:.0f} min wall" if wall else "") + ".",
+              + (f"; {len(results)} of {len(args.env_list) * len(args.seed_list)} runs, {wall / 60:.0f} min wall"
+                 if wall else "") + ".",
               "Std is over seeds (population std)."]
     return "\n".join(lines) + "\n"
 
@@ -151,6 +155,17 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
 def _parse_set(items: list[str]) -> list[tuple[str, str]]:
     """--set FIELD=VALUE pairs."""
     return [tuple(item.split("=", 1)) for item in items]
+
+
+def render(path: Path, args: argparse.Namespace) -> None:
+    """Rewrite path's markdown twin from the JSON alone, with the settings that JSON was run with."""
+    data = json.loads(path.read_text())
+    args.preset, args.steps, args.seed_list, args.set = data["preset"], data["steps"], data["seeds"], data["overrides"]
+    args.env_list, args.machine_info, args.wall_s = data["envs"], data["machine"], data.get("wall_s")
+    args.jobs = data.get("jobs", args.jobs)
+    markdown = table(data["runs"], args)
+    path.with_suffix(".md").write_text(markdown)
+    print(markdown)
 
 
 def main() -> None:
@@ -165,7 +180,12 @@ def main() -> None:
                         help="config override passed to every run, e.g. --set learning_rate=1e-4")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench-mujoco"))
     parser.add_argument("--out", default=None, help="results stem (default benchmarks/results/mujoco-<preset>)")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the markdown of an earlier results JSON "
+                        "(e.g. a table cut short), running nothing")
     args = parser.parse_args()
+    if args.render:
+        render(Path(args.render), args)
+        return
     args.env_list = args.envs.split(",")
     args.seed_list = list(range(1, args.seeds + 1))
     # Seed-major order, so that a benchmark cut short still covers every env.
@@ -187,7 +207,7 @@ def main() -> None:
             args.wall_s = time.perf_counter() - start
             markdown = table(results, args)
             write_results(stem, {"preset": args.preset, "steps": args.steps, "seeds": args.seed_list,
-                                 "envs": args.env_list, "overrides": args.set, "complete": len(results) == len(jobs),
+                                 "envs": args.env_list, "jobs": args.jobs, "overrides": args.set, "complete": len(results) == len(jobs),
                                  "wall_s": args.wall_s, "machine": args.machine_info, "runs": results,
                                  "anchors": ANCHORS, "sources": SOURCES,
                                  "values": {e: describe_preset(args.preset, e, dict(_parse_set(args.set)))

@@ -23,7 +23,9 @@ class RunDir:
     """A run's folder and the files in it; every write is atomic."""
 
     def __init__(self, path: str | Path, create: bool = True) -> None:
-        self.path = ensure_run_dir(path, create=create)
+        # A writer creates the folder (or learns in one line why it cannot); a reader (create=False) checks
+        # nothing, so a run directory on a read-only mount still lists and loads.
+        self.path = ensure_run_dir(path, create=True) if create else Path(path)
 
     def write_config(self, data: dict[str, Any]) -> None:
         """config.json: the settings the run started with."""

@@ -198,7 +198,7 @@ def resume_target(path: Path) -> tuple[Path, Path, Path | None]:
 
 def read_run_config(run_dir: Path) -> tuple[str | None, dict, PPOConfig]:
     """(env_id, env_kwargs, config) from a run directory's config.json."""
-    data = load_json(Path(run_dir) / "config.json")
+    data = RunDir(run_dir, create=False).read_config()
     env_id = data.pop("env_id", None)
     env_kwargs = data.pop("env_kwargs", {})
     if not isinstance(env_id, (str, type(None))) or not isinstance(env_kwargs, dict):

@@ -30,3 +30,18 @@ def test_doctor_reads_a_run_killed_mid_row_and_names_a_damaged_one(tmp_path):
     (tmp_path / "updates.jsonl").write_text('{"update": 1}\n\x00\x00\n{"update": 3}\n')
     with pytest.raises(ProximoError, match="line 2 is not a JSON object"):
         load_run(tmp_path)
+
+
+def test_a_run_directory_on_a_read_only_mount_still_lists_its_checkpoints(tmp_path, monkeypatch):
+    """Reading a run checks nothing about writing to it (os.access is what a read-only mount answers)."""
+    import os
+
+    from proximo.saved import list_checkpoints, read_run_config
+
+    folder = tmp_path / "run" / "checkpoints" / "step_000000000064"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text("{}")
+    (tmp_path / "run" / "config.json").write_text('{"env_id": "CartPole-v1", "env_kwargs": {}}')
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert list_checkpoints(tmp_path / "run") == [folder]
+    assert read_run_config(tmp_path / "run")[0] == "CartPole-v1"

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 
 from proximo import __version__
-from proximo.checkpoint import atomic_build_dir, load_json
+from proximo.checkpoint import atomic_build_dir
 from proximo.diagnostics import HealthMonitor
 from proximo.errors import ProximoError
 from proximo.learners.optimizer import FlatOptimizer
@@ -144,4 +144,4 @@ class LLMRun:
 
 def read_run(path: str | Path) -> dict[str, Any]:
     """The config.json of a proximo LLM run directory."""
-    return load_json(Path(path) / "config.json")
+    return RunDir(path, create=False).read_config()

@@ -98,9 +98,13 @@ class HFTokenizer:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        """Ids of text (no special tokens), with bos in front if asked and the tokenizer has one."""
+        """Ids of text (special tokens written in it are kept), with bos in front if asked, the tokenizer has
+        one and text does not start with it."""
         ids = list(self.tok.encode(text, add_special_tokens=False))
-        return [self.bos_id] + ids if add_bos and self.bos_id is not None else ids
+        # A chat template that writes the bos token itself already put it first: do not double it.
+        if add_bos and self.bos_id is not None and not (ids and ids[0] == self.bos_id):
+            return [self.bos_id] + ids
+        return ids
 
     def decode(self, ids: list[int]) -> str:
         """Text of ids up to the first eos."""

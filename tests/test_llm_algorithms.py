@@ -286,7 +286,8 @@ def test_the_trainer_gives_dapo_the_whole_batch_token_count(tmp_path, monkeypatc
     seen = []
 
     def spy(*args):
-        seen.append((args[-2], args[-1], float(args[4].sum())))   # batch_tokens, minibatches, this minibatch's
+        seen.append((args[-3], args[-2], float(args[4].sum()), args[-1]))  # batch_tokens, minibatches, this
+        # minibatch's tokens, the normalizer
         return grpo_token_loss(*args)
     monkeypatch.setattr(grpo_module, "grpo_token_loss", spy)
     trainer = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path, loss_aggregation="dapo",
@@ -296,3 +297,4 @@ def test_the_trainer_gives_dapo_the_whole_batch_token_count(tmp_path, monkeypatc
     whole = float(batch.mask.sum())
     assert [(s[0], s[1]) for s in seen] == [(whole, 2), (whole, 2)]
     assert sum(s[2] for s in seen) == whole   # the two minibatches split the batch's tokens
+    assert [s[3] for s in seen] == [whole / 2, whole / 2]

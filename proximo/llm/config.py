@@ -37,6 +37,12 @@ class _LLMConfig:
     lora_r: int = 0                         # LoRA rank (peft); 0: train every weight
     lora_alpha: float = 16.0                # LoRA scale alpha (the update is scaled by alpha / r)
     lora_target: str = ""                   # comma-separated module names; "": peft's default for the family
+    device: str = "auto"                    # auto (a GPU when torch sees one) | cpu | cuda | cuda:N | mps
+    dtype: str = "float32"                  # float32 | bfloat16 | float16: autocast passes, fp32 master weights
+                                            # and Adam state; frozen weights stored in it (proximo/llm/precision.py)
+    gradient_checkpointing: bool = False    # recompute activations in backward (less memory, ~30% more time)
+    max_prompt_tokens: int | None = None    # longer prompts keep their last this-many tokens (counted per step
+                                            # as prompt_truncated_fraction); None: a prompt too long is an error
     track: str = "none"                     # none | wandb (proximo/tracking.py), as for classic runs
     track_project: str | None = None        # W&B project (None: $WANDB_PROJECT, else "proximo")
     track_run_name: str | None = None       # W&B run name (None: $WANDB_NAME, else the run directory's name)
@@ -58,8 +64,15 @@ class _LLMConfig:
             raise ConfigError(f"track must be one of {', '.join(TRACKERS)}; got {self.track!r}")
         if self.num_eval_prompts < 1:
             raise ConfigError(f"num_eval_prompts must be at least 1, got {self.num_eval_prompts}")
-        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 48:
-            raise ConfigError(f"max_new_tokens must lie in 1..48 (or None for the task's), got {self.max_new_tokens}")
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 65_536:
+            raise ConfigError(f"max_new_tokens must lie in 1..65536 (or None for the task's), got {self.max_new_tokens}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 2:
+            raise ConfigError(f"max_prompt_tokens must be at least 2 (or None), got {self.max_prompt_tokens}")
+        from proximo.llm.precision import DTYPES
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ConfigError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
         if self.digits is not None and not 1 <= self.digits <= 12:
@@ -142,6 +155,8 @@ class _RLConfig(_LLMConfig):
     clip_range: float = 0.2
     clip_range_high: float | None = None    # separate upper clip ("clip-higher"); None: same as clip_range
     kl_coef: float = 0.0                    # beta on the KL to the frozen reference (its start if adaptive)
+    micro_batch_size: int = 0               # rows per forward/backward pass; gradients accumulate over a
+                                            # minibatch's micro-batches (one optimizer step). 0: whole minibatch
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
@@ -149,6 +164,8 @@ class _RLConfig(_LLMConfig):
         for name in ("steps", "prompts_per_step", "n_epochs", "num_minibatches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"micro_batch_size must not be negative (0: the whole minibatch), got {self.micro_batch_size}")
         if not 0.0 < self.clip_range < 1.0:
             raise ConfigError(f"clip_range must lie in (0, 1), got {self.clip_range}")
         if self.clip_range_high is not None and not 0.0 < self.clip_range_high < 10.0:

@@ -95,6 +95,9 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
     Rollout whose logprobs are those of the sampled tokens."""
     if repeats < 1:
         raise ProximoError(f"repeats must be at least 1, got {repeats}")
+    # Generation runs where the model lives; callers hand over host tensors.
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     with torch.inference_mode():
         tokens, mask, logprobs = _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id,
                                          temperature, greedy, generator, repeats)
@@ -120,12 +123,12 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temp
         past.batch_repeat_interleave(repeats)
         next_logits = next_logits.repeat_interleave(repeats, 0)
         mask, positions = mask.repeat_interleave(repeats, 0), positions.repeat_interleave(repeats, 0)
-    batch = mask.shape[0]
+    batch, device = mask.shape[0], mask.device
     next_position = positions[:, -1:] + 1
-    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
-    logprobs = torch.zeros((batch, max_new_tokens))
-    alive_mask = torch.zeros((batch, max_new_tokens), dtype=torch.long)
-    alive = torch.ones(batch, dtype=torch.bool)
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch, max_new_tokens), device=device)
+    alive_mask = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)
+    alive = torch.ones(batch, dtype=torch.bool, device=device)
     length = 0
     for step in range(max_new_tokens):
         logp = F.log_softmax(next_logits.float() / (1.0 if greedy else temperature), dim=-1)
@@ -149,6 +152,33 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temp
         next_logits = out.logits[:, -1, :]
         next_position = next_position + 1
     return tokens[:, :length], alive_mask[:, :length], logprobs[:, :length]
+
+
+class Sampler:
+    """How rollouts are generated. The built-in KVCacheSampler samples from the live policy; an outside
+    engine (vLLM, say) holds its own copy of the weights, receives them in sync_weights before each
+    step's rollouts, and sets exact_logprobs False: its log-probs then serve only as a record, and the
+    trainers recompute the old policy's log-probs with their own forward pass."""
+
+    exact_logprobs = True
+
+    def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+                 eos_id: int, pad_id: int, temperature: float = 1.0, repeats: int = 1) -> Rollout:
+        """A Rollout of repeats samples per left-padded prompt [B, P] (rows grouped by prompt)."""
+        raise NotImplementedError
+
+    def sync_weights(self, model) -> None:
+        """Make the engine sample from model's current weights (nothing to do for the live model)."""
+
+
+class KVCacheSampler(Sampler):
+    """The built-in sampler: proximo's batched KV-cache generate() on the policy itself."""
+
+    def generate(self, model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0,
+                 repeats=1) -> Rollout:
+        """generate() with one shared prefill per prompt."""
+        return generate(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=temperature,
+                        repeats=repeats)
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,

@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from proximo.core import masked_mean
 from proximo.errors import ProximoError
 from proximo.llm.config import GRPOConfig
 from proximo.llm.generation import concat_rollouts, response_logprobs
 from proximo.llm.losses import (  # noqa: F401 - grpo_token_loss is imported from here by callers
-    group_advantages, grpo_token_loss, informative_groups, reinforce_pp_advantages, truncated_rows,
+    aggregation_name, group_advantages, grpo_token_loss, informative_groups, loss_normalizer, reinforce_pp_advantages,
+    truncated_rows,
 )
-from proximo.llm.rl import RLTrainer, minibatch_indices
+from proximo.llm.rl import RLTrainer, micro_batches, minibatch_indices
 from proximo.llm.run import RewardFn
 from proximo.learners.optimizer import FlatOptimizer
 
@@ -84,7 +84,7 @@ class GRPO(RLTrainer):
         filled = int((~keep_mask[chosen]).sum()) if cfg.dynamic_sampling else 0
         row_idx = (chosen[:, None] * group + torch.arange(group)).reshape(-1)
         rollout = concat_rollouts([p.rollout for p in parts], self.tokenizer.pad_id).select(row_idx)
-        rewards = all_rewards[row_idx]
+        rewards = all_rewards[row_idx].to(rollout.response_ids.device)
         valid = ~torch.isnan(rewards)
         scores = torch.nan_to_num(rewards)
         input_ids, attention, response_mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
@@ -93,18 +93,18 @@ class GRPO(RLTrainer):
         loss_mask = response_mask * keep_rows[:, None].to(response_mask.dtype)
         width = rollout.prompt_ids.shape[1]
         # Rows of one group share a prompt: forward passes run it once per group (same values, tested).
-        groups = torch.arange(len(chosen)).repeat_interleave(group)
-        # The sampler's own log-probs serve as the old policy's: they equal a full forward pass to ~1e-6
-        # (tested), and skipping that pass saves a quarter of the step's compute. They stay fixed for
-        # every epoch and minibatch of this generation.
-        old_logp = rollout.logprobs
+        groups = torch.arange(len(chosen), device=input_ids.device).repeat_interleave(group)
+        # The built-in sampler's own log-probs serve as the old policy's in float32: they equal a full
+        # forward pass to ~1e-6 (tested), and skipping that pass saves a quarter of the step's compute.
+        # They stay fixed for every epoch and minibatch of this generation.
+        old_logp = self.old_logprobs(rollout, self.shared_prompt_groups(groups))
         # With kl_coef 0 the reference only feeds the kl_ref metric: measure it every few steps, not every step.
         ref_logp = None
         if cfg.kl_coef > 0 or self.step_count % max(1, cfg.eval_every or 10) in (0, 1):
-            with torch.inference_mode(), self.reference_mode():
+            with torch.inference_mode(), self.reference_mode(), self.precision.autocast():
                 ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature,
                                                    groups=groups)
-            ref_logp = ref_logp.clone()
+            ref_logp = ref_logp.float().clone()
         if cfg.advantage_estimator.startswith("reinforce++"):
             if cfg.advantage_estimator == "reinforce++-baseline":
                 # The paper's variant for outcome rewards: the group mean off each score first.
@@ -118,6 +118,7 @@ class GRPO(RLTrainer):
             "reward": float(all_rewards[drawn_valid].mean()) if drawn_valid.any() else math.nan,
             "reward_std": float(all_rewards[drawn_valid].std()) if int(drawn_valid.sum()) > 1 else 0.0,
             "truncated_fraction": float(truncated.float().mean()),
+            "prompt_truncated_fraction": self.prompt_truncated_fraction,
             "skipped_fraction": float((~valid).float().mean()),
             "groups_drawn": sum(p.n for p in parts),
             "groups_dropped": int((~keep_mask).sum()) - filled if cfg.dynamic_sampling else 0,
@@ -136,36 +137,18 @@ class GRPO(RLTrainer):
         """n_epochs x num_minibatches optimizer steps on one collected batch; returns the row of statistics."""
         cfg: GRPOConfig = self.config
         b = batch_data
-        mask, old_logp, ref_logp = b.mask, b.old_logp, b.ref_logp
+        mask, ref_logp = b.mask, b.ref_logp
         constant = cfg.loss_constant or float(self.max_new_tokens)
         sequence = cfg.importance_sampling == "sequence"
         low, high = (cfg.seq_clip_range, cfg.seq_clip_range_high) if sequence else (cfg.clip_range, cfg.clip_range_high)
         # REINFORCE++ has the KL in its rewards already; the loss adds no second KL term.
         kl_coef = 0.0 if cfg.advantage_estimator.startswith("reinforce++") else cfg.kl_coef
-        # dapo divides every minibatch by the whole batch's (loss-mask) tokens over the minibatch count.
-        batch_tokens = float(mask.sum())
+        # dapo divides every minibatch by the whole batch's (loss-mask) tokens, over all ranks, over the
+        # minibatch count.
+        batch_tokens = self.global_sum(float(mask.sum()))[0]
         stats = {"policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0}
-        count = 0
-        for idx in minibatch_indices(b.batch, cfg.num_minibatches, cfg.n_epochs, b.group):
-            logp, entropy, _ = response_logprobs(self.model, b.input_ids[idx], b.attention[idx], b.width,
-                                                 cfg.temperature, with_entropy=True, groups=b.groups[idx])
-            loss, out, kl_ref = grpo_token_loss(
-                logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], b.advantages[idx], mask[idx],
-                low, high, kl_coef, cfg.loss_aggregation, constant, cfg.importance_sampling, batch_tokens,
-                cfg.num_minibatches)
-            mean_entropy = masked_mean(entropy, mask[idx])
-            if cfg.ent_coef > 0:
-                loss = loss - cfg.ent_coef * mean_entropy
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.clip_grad_norm_(cfg.max_grad_norm)
-            optimizer.step()
-            count += 1
-            stats["policy_loss"] += float(loss.detach())
-            stats["clip_fraction"] += float(out.clip_fraction)
-            stats["approx_kl"] += float(out.approx_kl_k3)
-            stats["entropy"] += float(mean_entropy.detach())
-            stats["kl_ref"] += float(kl_ref)
+        with self.learning_passes():
+            count = self._optimizer_steps(b, optimizer, stats, batch_tokens, constant, low, high, kl_coef)
         seconds = time.perf_counter() - b.started
         row = {key: value / count for key, value in stats.items()}
         if ref_logp is None:
@@ -178,3 +161,46 @@ class GRPO(RLTrainer):
             "tokens_per_s": b.tokens / seconds,
         })
         return row
+
+    def _optimizer_steps(self, b: SimpleNamespace, optimizer: FlatOptimizer, stats: dict[str, float],
+                         batch_tokens: float, constant: float, low: float, high: float | None,
+                         kl_coef: float) -> int:
+        """The n_epochs x num_minibatches optimizer steps of learn(), adding into stats; returns the count."""
+        cfg: GRPOConfig = self.config
+        mask, old_logp, ref_logp = b.mask, b.old_logp, b.ref_logp
+        count = 0
+        for idx in minibatch_indices(b.batch, cfg.num_minibatches, cfg.n_epochs, b.group):
+            # One optimizer step per minibatch however many micro-batches (and ranks) it is computed in:
+            # each part's loss is divided by the whole minibatch's count, so the summed gradients are
+            # the minibatch's gradient exactly.
+            if aggregation_name(cfg.loss_aggregation) == "dapo":
+                normalizer = batch_tokens / cfg.num_minibatches
+            else:
+                normalizer = self.global_sum(loss_normalizer(mask[idx], cfg.loss_aggregation, constant))[0]
+            minibatch_tokens = max(self.global_sum(float(mask[idx].sum()))[0], 1.0)
+            optimizer.zero_grad()
+            for part in micro_batches(idx, cfg.micro_batch_size):
+                m = mask[part]
+                with self.precision.autocast():
+                    logp, entropy, _ = response_logprobs(self.model, b.input_ids[part], b.attention[part], b.width,
+                                                         cfg.temperature, with_entropy=True,
+                                                         groups=self.shared_prompt_groups(b.groups[part]))
+                    loss, out, kl_ref = grpo_token_loss(
+                        logp, old_logp[part], None if ref_logp is None else ref_logp[part], b.advantages[part], m,
+                        low, high, kl_coef, cfg.loss_aggregation, constant, cfg.importance_sampling, batch_tokens,
+                        cfg.num_minibatches, normalizer)
+                    # The entropy bonus is a token mean over the minibatch, split the same way.
+                    entropy_sum = (entropy * m).sum()
+                    if cfg.ent_coef > 0:
+                        loss = loss - cfg.ent_coef * entropy_sum / minibatch_tokens
+                self.precision.backward(loss)
+                share = float(m.sum()) / minibatch_tokens  # this part's weight in token-mean statistics
+                stats["policy_loss"] += float(loss.detach())
+                stats["clip_fraction"] += float(out.clip_fraction) * share
+                stats["approx_kl"] += float(out.approx_kl_k3) * share
+                stats["entropy"] += float(entropy_sum.detach()) / minibatch_tokens
+                stats["kl_ref"] += float(kl_ref) * share
+            self.sync_gradients(optimizer)
+            self.precision.step(optimizer, cfg.max_grad_norm)
+            count += 1
+        return count

@@ -111,8 +111,31 @@ def truncated_rows(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_
     return ~ended
 
 
+def loss_normalizer(mask: torch.Tensor, mode: str, constant: float | None = None,
+                    batch_tokens: float | None = None, num_minibatches: int = 1) -> float:
+    """The count aggregate_loss divides by for the rows of mask [B, L] (see aggregate_loss): rows with a
+    real token (grpo), real tokens (bnpo), B x constant (dr_grpo) or batch_tokens / num_minibatches
+    (dapo). Summed over micro-batches (and ranks) it is the count of the minibatch they make up."""
+    mode = aggregation_name(mode)
+    maskf = mask.to(torch.float32)
+    if mode == "grpo":
+        return float((maskf.sum(1) > 0).sum())
+    if mode == "bnpo":
+        return float(maskf.sum())
+    if mode == "dr_grpo":
+        if constant is None or constant <= 0:
+            raise ProximoError(f"the dr_grpo aggregation needs a positive constant, got {constant}")
+        return mask.shape[0] * float(constant)
+    if batch_tokens is None:
+        return float(maskf.sum())
+    if num_minibatches < 1:
+        raise ProximoError(f"num_minibatches must be at least 1, got {num_minibatches}")
+    return float(batch_tokens) / num_minibatches
+
+
 def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, constant: float | None = None,
-                   batch_tokens: float | None = None, num_minibatches: int = 1) -> torch.Tensor:
+                   batch_tokens: float | None = None, num_minibatches: int = 1,
+                   normalizer: float | None = None) -> torch.Tensor:
     """Reduce a per-token loss l [B, L] (mask [B, L], |o_i| = real tokens of row i) to a scalar.
 
     grpo:    (1/B') sum_i (1/|o_i|) sum_t l_it   mean over each sequence, then over the B' rows that have
@@ -125,30 +148,29 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, const
                                                   mean of one pass's M minibatch losses is then the token
                                                   mean over the whole batch however its tokens fall (DAPO).
                                                   batch_tokens None: this batch is the whole batch (= bnpo)
+
+    Each is a sum over rows divided by a count (loss_normalizer). normalizer, when given, replaces this
+    batch's own count: pass the count of the whole minibatch when these rows are one micro-batch or one
+    rank's share of it, and the losses (their gradients) summed over the parts equal the minibatch's.
     """
     mode = aggregation_name(mode)
     maskf = mask.to(per_token.dtype)
     if mode == "grpo":
-        rows = (maskf.sum(1) > 0).to(per_token.dtype)
-        return (masked_mean(per_token, mask, dim=1) * rows).sum() / rows.sum().clamp(min=1.0)
-    if mode == "bnpo":
-        return masked_mean(per_token, mask)
-    if mode == "dr_grpo":
-        if constant is None or constant <= 0:
-            raise ProximoError(f"the dr_grpo aggregation needs a positive constant, got {constant}")
-        return (per_token * maskf).sum() / (per_token.shape[0] * constant)
-    if batch_tokens is None:
-        batch_tokens, num_minibatches = float(maskf.sum()), 1
-    if num_minibatches < 1:
-        raise ProximoError(f"num_minibatches must be at least 1, got {num_minibatches}")
-    return (per_token * maskf).sum() / max(batch_tokens / num_minibatches, 1e-8)
+        numerator = masked_mean(per_token, mask, dim=1).sum()  # a row without real tokens adds 0
+    else:
+        numerator = (per_token * maskf).sum()
+    if normalizer is None:
+        normalizer = loss_normalizer(mask, mode, constant, batch_tokens, num_minibatches)
+    floor = 1.0 if mode in ("grpo", "bnpo") else 1e-8  # an all-padding batch gives 0, not NaN
+    return numerator / max(float(normalizer), floor)
 
 
 def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
                     advantages: torch.Tensor, mask: torch.Tensor, clip_range: float,
                     clip_range_high: float | None, kl_coef: float, aggregation: str,
                     constant: float | None = None, importance_sampling: str = "token",
-                    batch_tokens: float | None = None, num_minibatches: int = 1):
+                    batch_tokens: float | None = None, num_minibatches: int = 1,
+                    normalizer: float | None = None):
     """GRPO loss (scalar) on [B, R] log-probs; returns (loss, PolicyLossOutput, mean k3 KL to the reference).
 
     advantages: [B] (one per sequence, broadcast over its tokens) or [B, R] (per token, REINFORCE++).
@@ -158,7 +180,7 @@ def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
                                   token of row i, s_i = exp(mean over real tokens t of (logp_it - old_it))
                                   (GSPO; advantages must be [B]; with grpo aggregation this is the
                                   paper's objective (1/B) sum_i min(...); clip ranges are the caller's)
-    then l_it += kl_coef x k3(policy || ref)_it, reduced by aggregate_loss(aggregation, ...)."""
+    then l_it += kl_coef x k3(policy || ref)_it, reduced by aggregate_loss(aggregation, ..., normalizer)."""
     if importance_sampling == "token":
         adv = advantages[:, None].expand_as(logp) if advantages.dim() == 1 else advantages
         out = policy_loss(logp, old_logp, adv, "clip", clip_range, clip_range_high, mask=mask)
@@ -180,7 +202,7 @@ def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
         kl_ref = masked_mean(kl_tokens.detach(), mask)
         if kl_coef > 0:
             per_token = per_token + kl_coef * kl_tokens
-    loss = aggregate_loss(per_token, mask, aggregation, constant, batch_tokens, num_minibatches)
+    loss = aggregate_loss(per_token, mask, aggregation, constant, batch_tokens, num_minibatches, normalizer)
     return loss, out, kl_ref
 
 

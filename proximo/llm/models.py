@@ -112,6 +112,28 @@ def save_model(model: nn.Module, tokenizer, directory: Path, heads: dict[str, nn
         atomic_save_tensors(directory / f"{name}_head.safetensors", head.state_dict())
 
 
+def position_limit(model: nn.Module) -> int | None:
+    """The most positions (prompt + completion tokens) the model takes, if its config says."""
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Turn on transformers' activation checkpointing (non-reentrant, so frozen embeddings under a LoRA
+    adapter need no input-grad hook) and zero every dropout: the recomputing passes run in train mode,
+    and PPO's ratios need the sampler and the learner to be one deterministic function."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ProximoError(f"{type(model).__name__} does not support gradient checkpointing; "
+                           "turn gradient_checkpointing off")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+
+
 def hidden_size(model: nn.Module) -> int:
     """Width of the model's last hidden state."""
     config = model.config

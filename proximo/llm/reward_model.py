@@ -31,10 +31,12 @@ class RewardModel(nn.Module):
         self.head = head if head is not None else ScalarHead(hidden_size(backbone))
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One scalar per sequence [B], read at each row's last real token."""
+        """One scalar per sequence [B] (float32, on the model's device), read at each row's last real token."""
+        device = next(self.backbone.parameters()).device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         _, hidden = forward_hidden(self.backbone, input_ids, attention_mask, with_logits=False)
-        values = self.head(hidden)
-        return values[torch.arange(values.shape[0]), last_token_index(attention_mask)]
+        values = self.head(hidden).float()
+        return values[torch.arange(values.shape[0], device=device), last_token_index(attention_mask)]
 
     def score_texts(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """Scores [B] of prompt + completion + <eos> texts."""

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from proximo.errors import ProximoError
+from proximo.learners.distributed import World
 from proximo.learners.optimizer import FlatOptimizer
-from proximo.llm.generation import Rollout, generate
+from proximo.llm.generation import KVCacheSampler, Rollout, Sampler, generate, pad_prompts, response_logprobs
 from proximo.llm.data import PromptDataset, render_prompt
 from proximo.llm.lora import LoRA
-from proximo.llm.models import load_model
+from proximo.llm.models import enable_gradient_checkpointing, load_model, position_limit
+from proximo.llm.precision import Precision, resolve_llm_device
 from proximo.llm.rewards import RewardSet
-from proximo.llm.run import LLMRun, RewardFn, decode_responses, encode_prompts, evaluate, make_optimizer
+from proximo.llm.run import (
+    LLMRun, RewardFn, decode_responses, encode_prompts, evaluate, make_optimizer, prompt_token_ids,
+)
 from proximo.callbacks import Callback, CallbackList, CheckpointEvery, as_callbacks, run_loop
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
@@ -40,6 +44,14 @@ def minibatch_indices(batch: int, num_minibatches: int, n_epochs: int, group_siz
             yield order[start:start + size]
 
 
+def micro_batches(idx: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The rows idx [K] of a minibatch in consecutive parts of at most size rows (size 0: one part).
+    Consecutive, so the rows of a group (laid out together) stay together as far as size allows."""
+    if size <= 0 or size >= len(idx):
+        return [idx]
+    return list(torch.split(idx, size))
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -53,7 +65,8 @@ class RLTrainer:
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
                  run_dir: str | Path | None = None, verbose: bool = False, tensorboard: bool = True,
                  extra: dict[str, Any] | None = None, dataset: Any = None, eval_dataset: Any = None,
-                 eval_fraction: float | None = None, reward_weights: list[float] | None = None) -> None:
+                 eval_fraction: float | None = None, reward_weights: list[float] | None = None,
+                 sampler: Sampler | None = None) -> None:
         self.config = config
         set_threads(config.torch_threads)
         self.rng = seed_everything(config.seed)
@@ -85,6 +98,10 @@ class RLTrainer:
             self.eval_dataset = PromptDataset.load([{"prompt": p} for p in eval_prompts])
         elif self.task is None:
             self.eval_dataset = self.dataset  # nothing held out: evaluation reuses the training rows
+        self.world: World = World.local()
+        self.device = resolve_llm_device(config.device)
+        self.precision = Precision(self.device, config.dtype)
+        self.sampler: Sampler = sampler if sampler is not None else KVCacheSampler()
         self.model, self.tokenizer, self.model_dir = load_model(model, seed=config.seed)
         self.max_new_tokens = config.max_new_tokens or (self.task.max_new_tokens if self.task else 16)
         self.train_texts = self._render(self.dataset)
@@ -104,6 +121,13 @@ class RLTrainer:
             self.reference = copy.deepcopy(self.model).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
+        # Frozen weights (a LoRA's base model, the reference copy) live in the low dtype; trained ones
+        # stay float32 for the optimizer.
+        self.precision.cast_frozen(self.model).to(self.device)
+        if self.reference is not self.model:
+            self.precision.cast_frozen(self.reference).to(self.device)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.step_count = 0
         sources = {"dataset": None if self.dataset is None else self.dataset.source,
                    "eval_dataset": None if self.eval_dataset is None else self.eval_dataset.source,
@@ -117,15 +141,16 @@ class RLTrainer:
         if dataset is None:
             return None
         texts = [render_prompt(p, self.tokenizer) for p in dataset.prompts(range(len(dataset)))]
-        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config,
-                                                                                       "n_positions", None)
+        limit = position_limit(self.model)
+        cap = self.config.max_prompt_tokens
         if limit:
             for row, text in enumerate(texts):
                 length = len(self.tokenizer.encode(text, add_bos=True))
-                if length + self.max_new_tokens > limit:
+                if min(length, cap or length) + self.max_new_tokens > limit:
+                    fix = "lower max_prompt_tokens" if cap else "set max_prompt_tokens to truncate prompts"
                     raise ProximoError(f"{dataset.source} row {row}: the prompt has {length} tokens; with "
                                        f"max_new_tokens {self.max_new_tokens} that passes the model's {limit} "
-                                       f"positions. Shorten the prompt or lower max_new_tokens")
+                                       f"positions. Shorten the prompt, lower max_new_tokens or {fix}")
         return texts
 
     def draw_prompts(self, n: int) -> tuple[list[str], list[int] | None]:
@@ -151,6 +176,47 @@ class RLTrainer:
         """Parameters the optimizer updates (the policy, or its LoRA adapter; subclasses add heads)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def global_sum(self, *values: float) -> list[float]:
+        """values summed over every rank of the run (as they are, in one process)."""
+        if self.world.size == 1:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64)
+        return self.world.all_reduce_sum_(total).tolist()
+
+    def sync_gradients(self, optimizer: FlatOptimizer) -> None:
+        """Sum the gradient over the ranks (each rank's loss is already divided by the global count)."""
+        if self.world.size > 1:
+            self.world.all_reduce_sum_(optimizer.grad)
+
+    @contextmanager
+    def learning_passes(self):
+        """The context of the loss passes: train mode with gradient checkpointing (transformers recomputes
+        only in train mode; dropout was zeroed when it was enabled), eval mode otherwise."""
+        if not self.config.gradient_checkpointing:
+            yield
+            return
+        self.model.train()
+        try:
+            yield
+        finally:
+            self.model.eval()
+
+    def shared_prompt_groups(self, groups: torch.Tensor | None) -> torch.Tensor | None:
+        """groups for response_logprobs, or None where prompts cannot share one pass (gradient
+        checkpointing recomputes without a KV cache)."""
+        return None if self.config.gradient_checkpointing else groups
+
+    def old_logprobs(self, rollout: Rollout, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probs [B, R] of the rollout's tokens under the policy that sampled them: the sampler's own when
+        they match the learner's forward pass (the built-in sampler in float32, to ~1e-6), else one
+        forward pass of the learner (low-precision passes and outside engines differ more than that)."""
+        if self.sampler.exact_logprobs and not self.precision.mixed:
+            return rollout.logprobs
+        with torch.inference_mode(), self.precision.autocast():
+            logp, _, _ = response_logprobs(self.model, rollout.input_ids, rollout.attention_mask,
+                                           rollout.prompt_ids.shape[1], self.config.temperature, groups=groups)
+        return logp.float().clone()
+
     def reference_mode(self) -> AbstractContextManager:
         """The context in which self.reference computes the reference policy (the adapter off, with LoRA)."""
         return self.lora.disabled() if self.lora is not None else nullcontext()
@@ -170,10 +236,14 @@ class RLTrainer:
     def rollout(self, prompts: list[str], repeats: int = 1) -> tuple[Rollout, list[str], float]:
         """Sample repeats completions per prompt (rows grouped by prompt); returns (rollout, completion
         texts, generation seconds)."""
-        ids, mask = encode_prompts(self.tokenizer, prompts)
+        token_ids, truncated = prompt_token_ids(self.tokenizer, prompts, self.config.max_prompt_tokens)
+        self.prompt_truncated_fraction = truncated / max(len(prompts), 1)
+        ids, mask = pad_prompts(token_ids, self.tokenizer.pad_id)
         started = time.perf_counter()
-        rollout = generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id, self.tokenizer.pad_id,
-                           temperature=self.config.temperature, repeats=repeats)
+        with self.precision.autocast():
+            rollout = self.sampler.generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id,
+                                            self.tokenizer.pad_id, temperature=self.config.temperature,
+                                            repeats=repeats)
         seconds = time.perf_counter() - started
         return rollout, decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask), seconds
 
@@ -184,10 +254,12 @@ class RLTrainer:
             return self.score(self.eval_dataset, rows, self.eval_prompts[start:start + len(completions)],
                               completions)[0]
         reward_fn = None
-        sampled = evaluate(self.model, self.tokenizer, self.eval_prompts, reward_fn, self.max_new_tokens,
-                           self.config.temperature, score=score)
-        greedy = evaluate(self.model, self.tokenizer, self.eval_prompts, reward_fn, self.max_new_tokens,
-                          greedy=True, score=score)
+        cap = self.config.max_prompt_tokens
+        with self.precision.autocast():
+            sampled = evaluate(self.model, self.tokenizer, self.eval_prompts, reward_fn, self.max_new_tokens,
+                               self.config.temperature, score=score, max_prompt_tokens=cap)
+            greedy = evaluate(self.model, self.tokenizer, self.eval_prompts, reward_fn, self.max_new_tokens,
+                              greedy=True, score=score, max_prompt_tokens=cap)
         return {"eval_sampled_accuracy": sampled["reward"], "eval_greedy_accuracy": greedy["reward"]}
 
     def collect(self) -> Any:
@@ -237,6 +309,7 @@ class RLTrainer:
         def collect() -> Any:
             self.step_count += 1  # the step being taken: collect() already sees its number
             optimizer.ensure_intact()  # parameters re-homed since (a load, a .to()) are views again
+            self.sampler.sync_weights(self.model)  # an outside engine samples from this step's weights
             return self.collect()
 
         def learn(batch: Any) -> dict[str, Any]:
@@ -264,9 +337,10 @@ class RLTrainer:
 
     def generate(self, prompts: list[str], greedy: bool = False) -> list[str]:
         """Completions of prompts by the current policy."""
-        ids, mask = encode_prompts(self.tokenizer, prompts)
-        rollout = generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id, self.tokenizer.pad_id,
-                           temperature=self.config.temperature, greedy=greedy)
+        ids, mask = encode_prompts(self.tokenizer, prompts, self.config.max_prompt_tokens)
+        with self.precision.autocast():
+            rollout = generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id,
+                               self.tokenizer.pad_id, temperature=self.config.temperature, greedy=greedy)
         return decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
 
 

@@ -20,7 +20,7 @@ from proximo.llm.generation import response_logprobs
 from proximo.llm.losses import rlhf_token_rewards, token_gae
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size
 from proximo.llm.reward_model import RewardModel
-from proximo.llm.rl import RLTrainer, minibatch_indices
+from proximo.llm.rl import RLTrainer, micro_batches, minibatch_indices
 from proximo.llm.run import RewardFn
 from proximo.nn.normalize import RunningMeanStd
 
@@ -53,13 +53,15 @@ class RLHF(RLTrainer):
         if self.reward_model.tokenizer.vocab_size != self.tokenizer.vocab_size:
             raise ProximoError("the reward model and the policy use different tokenizers; train the reward model "
                                "from the same model family (e.g. `proximo llm rm --init` the SFT run)")
-        self.value_head = ScalarHead(hidden_size(self.model))
+        self.value_head = ScalarHead(hidden_size(self.model)).to(self.device)
         self.critic: RewardModel | None = None
         if self.config.critic == "reward_model":
             # A critic that starts out knowing the reward: its early advantages are signal, not noise.
-            self.critic = copy.deepcopy(self.reward_model)
+            self.critic = copy.deepcopy(self.reward_model).to(self.device)
             for p in self.critic.parameters():
                 p.requires_grad_(True)
+        # Copied before this: the critic trains in float32 while the frozen scorer is stored in the low dtype.
+        self.precision.cast_frozen(self.reward_model).to(self.device)
         cfg = self.config
         # Running (not per-batch) score statistics, from no prior (count 0): the first batch's own moments.
         self.score_stats = RunningMeanStd((), epsilon=0.0)
@@ -67,7 +69,7 @@ class RLHF(RLTrainer):
                               else FixedKLController(cfg.kl_coef))
 
     def _score_fn(self, prompts: list[str], completions: list[str]) -> list[float]:
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision.autocast():
             return self.reward_model.score_texts(prompts, completions).tolist()
 
     def trainable_parameters(self):
@@ -101,12 +103,12 @@ class RLHF(RLTrainer):
         input_ids, attention, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
         width = rollout.prompt_ids.shape[1]
         beta = self.kl_controller.value
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision.autocast():
             scores = self.reward_model.score(input_ids, attention)
             old_logp, _, old_values = self._forward(input_ids, attention, width)
             with self.reference_mode():
                 ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature)
-        scores, old_logp, old_values, ref_logp = (t.clone() for t in (scores, old_logp, old_values, ref_logp))
+        scores, old_logp, old_values, ref_logp = (t.float().clone() for t in (scores, old_logp, old_values, ref_logp))
         rewards_seq = scores
         if cfg.normalize_scores:
             # Running (not per-batch) statistics: a batch that is better on the whole still earns more.
@@ -131,24 +133,33 @@ class RLHF(RLTrainer):
         batch = len(prompts)
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0}
         count = 0
-        for idx in minibatch_indices(batch, cfg.num_minibatches, cfg.n_epochs):
-            logp, entropy, values = self._forward(input_ids[idx], attention[idx], width, with_entropy=True)
-            m = mask[idx]
-            out = policy_loss(logp, old_logp[idx], advantages[idx], "clip", cfg.clip_range,
-                              cfg.clip_range_high, mask=m)
-            v_loss = value_loss(values, old_values[idx], returns[idx], cfg.clip_range_vf, mask=m)
-            mean_entropy = masked_mean(entropy, m)
-            loss = out.loss + cfg.vf_coef * v_loss - cfg.ent_coef * mean_entropy
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.clip_grad_norm_(cfg.max_grad_norm)
-            optimizer.step()
-            count += 1
-            stats["policy_loss"] += float(out.loss.detach())
-            stats["value_loss"] += float(v_loss.detach())
-            stats["clip_fraction"] += float(out.clip_fraction)
-            stats["approx_kl"] += float(out.approx_kl_k3)
-            stats["entropy"] += float(mean_entropy.detach())
+        with self.learning_passes():
+            for idx in minibatch_indices(batch, cfg.num_minibatches, cfg.n_epochs):
+                # Every term is a token mean over the minibatch: a micro-batch's (or a rank's) part weighs by
+                # its share of the minibatch's tokens, so the accumulated gradient is the minibatch's.
+                minibatch_tokens = max(self.global_sum(float(mask[idx].sum()))[0], 1.0)
+                optimizer.zero_grad()
+                for part in micro_batches(idx, cfg.micro_batch_size):
+                    m = mask[part]
+                    share = float(m.sum()) / minibatch_tokens
+                    with self.precision.autocast():
+                        logp, entropy, values = self._forward(input_ids[part], attention[part], width,
+                                                              with_entropy=True)
+                        out = policy_loss(logp, old_logp[part], advantages[part], "clip", cfg.clip_range,
+                                          cfg.clip_range_high, mask=m)
+                        v_loss = value_loss(values.float(), old_values[part], returns[part], cfg.clip_range_vf,
+                                            mask=m)
+                        mean_entropy = masked_mean(entropy, m)
+                        loss = out.loss + cfg.vf_coef * v_loss - cfg.ent_coef * mean_entropy
+                    self.precision.backward(loss * share)
+                    stats["policy_loss"] += float(out.loss.detach()) * share
+                    stats["value_loss"] += float(v_loss.detach()) * share
+                    stats["clip_fraction"] += float(out.clip_fraction) * share
+                    stats["approx_kl"] += float(out.approx_kl_k3) * share
+                    stats["entropy"] += float(mean_entropy.detach()) * share
+                self.sync_gradients(optimizer)
+                self.precision.step(optimizer, cfg.max_grad_norm)
+                count += 1
         # KL per sequence (sum over its tokens), the quantity the adaptive controller targets.
         sequence_kl = float(kl_tokens.sum(1).mean())
         self.kl_controller.update(sequence_kl)

@@ -50,9 +50,26 @@ def call_reward(reward_fn: RewardFn, prompts: list[str], completions: list[str])
     return rewards
 
 
-def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded (ids [B, P], mask [B, P]) of prompts, each starting with <bos> when there is one."""
-    return pad_prompts([tokenizer.encode(p, add_bos=True) for p in prompts], tokenizer.pad_id)
+def prompt_token_ids(tokenizer, prompts: list[str], max_tokens: int | None = None) -> tuple[list[list[int]], int]:
+    """(token ids of each prompt, starting with <bos> when there is one; how many were cut). A prompt
+    over max_tokens keeps its bos and its last tokens: the end of a prompt (the question, the
+    assistant turn) is what the completion follows."""
+    ids = [tokenizer.encode(p, add_bos=True) for p in prompts]
+    if max_tokens is None:
+        return ids, 0
+    cut = 0
+    for row, tokens in enumerate(ids):
+        if len(tokens) > max_tokens:
+            keep_bos = tokenizer.bos_id is not None and tokens[0] == tokenizer.bos_id
+            ids[row] = ([tokens[0]] if keep_bos else []) + tokens[len(tokens) - max_tokens + int(keep_bos):]
+            cut += 1
+    return ids, cut
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (ids [B, P], mask [B, P]) of prompts, each starting with <bos> when there is one and
+    cut to max_tokens as prompt_token_ids does."""
+    return pad_prompts(prompt_token_ids(tokenizer, prompts, max_tokens)[0], tokenizer.pad_id)
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
@@ -64,16 +81,18 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch
 
 def evaluate(model, tokenizer, prompts: list[str], reward_fn: RewardFn | None, max_new_tokens: int,
              temperature: float = 1.0, greedy: bool = False, batch_size: int = 512,
-             score: Callable[[int, list[str]], torch.Tensor] | None = None) -> dict[str, float]:
+             score: Callable[[int, list[str]], torch.Tensor] | None = None,
+             max_prompt_tokens: int | None = None) -> dict[str, float]:
     """Mean reward (the accuracy for exact-match tasks) and mean response length on prompts. score, when
     given, replaces reward_fn: score(start, completions) -> rewards [n] of prompts[start:start + n], NaN
-    for a sample no reward function scored (left out of the mean)."""
+    for a sample no reward function scored (left out of the mean). Prompts over max_prompt_tokens are cut
+    as in training."""
     was_training = model.training
     model.eval()
     total, scored, length = 0.0, 0, 0.0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        ids, mask = encode_prompts(tokenizer, chunk)
+        ids, mask = encode_prompts(tokenizer, chunk, max_prompt_tokens)
         rollout = generate(model, ids, mask, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id,
                            temperature=temperature, greedy=greedy)
         completions = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)

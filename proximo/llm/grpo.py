@@ -15,7 +15,7 @@ import torch
 
 from proximo.errors import ProximoError
 from proximo.llm.config import GRPOConfig
-from proximo.llm.generation import concat_rollouts, response_logprobs
+from proximo.llm.generation import Sampler, concat_rollouts, response_logprobs
 from proximo.llm.losses import (  # noqa: F401 - grpo_token_loss is imported from here by callers
     aggregation_name, group_advantages, grpo_token_loss, informative_groups, loss_normalizer, reinforce_pp_advantages,
     truncated_rows,
@@ -29,7 +29,8 @@ class GRPO(RLTrainer):
     """GRPO on a built-in task or your own data and rewards:
     GRPO("tiny" | model_dir | run_dir, reward_fn=f or [f, "proximo:exact_match", ...], reward_weights=[...],
     dataset=FILE | rows, eval_dataset=... | eval_fraction=F, **GRPOConfig fields).train(steps) -> summary.
-    prompts=[...] (a list of strings) still works in place of dataset."""
+    prompts=[...] (a list of strings) still works in place of dataset; sampler= an outside generation
+    engine (proximo.llm.generation.Sampler), default the built-in KV-cache sampler."""
 
     kind = "grpo"
 
@@ -37,7 +38,7 @@ class GRPO(RLTrainer):
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
                  run_dir: str | Path | None = None, verbose: bool = False, tensorboard: bool = True,
                  dataset: Any = None, eval_dataset: Any = None, eval_fraction: float | None = None,
-                 reward_weights: list[float] | None = None, **config: Any) -> None:
+                 reward_weights: list[float] | None = None, sampler: Sampler | None = None, **config: Any) -> None:
         if (reward_fn is not None or dataset is not None) and "task" not in config:
             config["task"] = ""
         if dataset is not None and reward_fn is None:
@@ -45,7 +46,7 @@ class GRPO(RLTrainer):
                                "or --reward proximo:exact_match)")
         super().__init__(model, GRPOConfig(**config), reward_fn, prompts, eval_prompts, run_dir, verbose,
                          tensorboard, dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction,
-                         reward_weights=reward_weights)
+                         reward_weights=reward_weights, sampler=sampler)
 
     def _draw_groups(self, n: int) -> SimpleNamespace:
         """n prompts x group_size completions (rows grouped by prompt) with their rewards."""

@@ -125,7 +125,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ProximoError(f"{type(model).__name__} does not support gradient checkpointing; "
                            "turn gradient_checkpointing off")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0

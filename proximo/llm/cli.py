@@ -86,6 +86,25 @@ def register(subparsers) -> None:
     _add_fields(grpo, GRPOConfig)
     grpo.set_defaults(handler=cmd_grpo)
 
+    new = sub.add_parser("new-model", help="make a fresh model directory (transformers LM from a config, a BPE "
+                                           "tokenizer trained on your text, chat template): no download")
+    new.add_argument("directory", type=Path, help="where to write it (config.json, model.safetensors, tokenizer)")
+    new.add_argument("--family", default="llama", help="llama or gpt2")
+    source = new.add_mutually_exclusive_group()
+    source.add_argument("--texts", type=Path, metavar="FILE",
+                        help="tokenizer training text: a .txt file (one text per line) or a dataset file whose "
+                             "'prompt' (and 'completion') columns are used")
+    source.add_argument("--task", default=None, help="train the tokenizer on a built-in task's prompts and answers "
+                                                     "(default: add)")
+    new.add_argument("--digits", type=int, default=None, help="size of --task's problems")
+    new.add_argument("--vocab-size", type=int, default=512)
+    new.add_argument("--hidden", type=int, default=128)
+    new.add_argument("--layers", type=int, default=3)
+    new.add_argument("--heads", type=int, default=4)
+    new.add_argument("--max-positions", type=int, default=128)
+    new.add_argument("--seed", type=int, default=0)
+    new.set_defaults(handler=cmd_new_model)
+
     ev = sub.add_parser("eval", help="held-out accuracy of a model on a built-in task (sampled and greedy)")
     ev.add_argument("run_dir", help="run directory or model directory")
     ev.add_argument("--task", default=None, help="task (default: the run's task)")
@@ -179,6 +198,47 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     print(f"steps: {summary['steps']}  time: {summary['wall_time_s']:.1f} s  "
           f"generated tokens/s: {summary['gen_tokens_per_s']:,.0f}")
     _print_eval(summary)
+    return 0
+
+
+def _training_texts(path: Path) -> list[str]:
+    """Tokenizer training texts from a .txt file (a line each) or a dataset file's prompt/completion columns."""
+    if not path.exists():
+        raise ProximoError(f"--texts {path}: no such file")
+    if path.suffix == ".txt":
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from proximo.llm.data import PromptDataset
+        data = PromptDataset.load(path)
+        texts = []
+        for row in data.rows:
+            for key in ("prompt", "completion"):
+                value = row.get(key)
+                if isinstance(value, str):
+                    texts.append(value)
+                elif isinstance(value, list):
+                    texts.extend(m.get("content", "") for m in value if isinstance(m, dict))
+    if not texts:
+        raise ProximoError(f"--texts {path} holds no text to train a tokenizer on")
+    return texts
+
+
+def cmd_new_model(args: argparse.Namespace) -> int:
+    """Write a fresh model directory (random weights, a tokenizer trained here)."""
+    from proximo.llm.modeldir import make_model_dir, task_texts
+    from proximo.llm.tasks import get_task
+    for name in ("vocab_size", "hidden", "layers", "heads", "max_positions"):
+        if getattr(args, name) < 1:
+            raise ProximoError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.directory.exists() and any(args.directory.iterdir()):
+        raise ProximoError(f"{args.directory} exists and is not empty; pick a new directory")
+    texts = _training_texts(args.texts) if args.texts else task_texts(get_task(args.task or "add", args.digits))
+    directory = make_model_dir(args.directory, texts, args.family, args.vocab_size, args.hidden, args.layers,
+                               args.heads, args.max_positions, args.seed)
+    from proximo.llm.models import load_model
+    model, tokenizer, _ = load_model(directory)
+    print(f"wrote {directory}: {args.family}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{tokenizer.vocab_size} tokens, chat template")
     return 0
 
 

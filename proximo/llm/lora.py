@@ -8,6 +8,7 @@ the model (generation, response log-probs, the value head on the shared trunk) r
 from __future__ import annotations
 
 import copy
+import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -47,7 +48,12 @@ class LoRA:
         # Dropout stays 0: the sampler and the learner must be one function for PPO's ratios.
         config = LoraConfig(r=r, lora_alpha=alpha, target_modules=wanted, lora_dropout=0.0, bias="none",
                             fan_in_fan_out=any(t in conv1d for t in wanted))
-        self.peft = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft (0.21) reads transformers' renamed is_gradient_checkpointing property: their API change,
+            # not one proximo can act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated",
+                                    category=FutureWarning)
+            self.peft = get_peft_model(model, config)
         self.model = self.peft.get_base_model()  # the caller's model object, adapter layers inside
         self.targets = wanted
 

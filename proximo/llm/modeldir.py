@@ -77,6 +77,8 @@ def make_model_dir(directory: str | Path, texts: Iterable[str], family: str = "l
                             tokenizer.pad_token_id, hidden, layers, heads, max_positions, seed)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as transformers_logging
+    transformers_logging.disable_progress_bar()
     model.save_pretrained(str(directory), safe_serialization=True)
     tokenizer.save_pretrained(str(directory))
     return directory

@@ -82,6 +82,8 @@ def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str
         return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None
     directory = resolve_model_dir(source)
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+    transformers_logging.disable_progress_bar()  # a bar per load would bury proximo's own progress lines
     try:
         from huggingface_hub.errors import StrictDataclassError
     except ImportError:  # huggingface_hub before 0.32 validates no config fields itself

@@ -73,6 +73,32 @@ def test_the_saved_model_is_the_merged_policy_and_the_adapter_is_kept(tmp_path):
     assert not any("lora_" in name for name in saved.state_dict())
 
 
+def test_a_saved_adapter_loads_onto_the_base_model_and_equals_the_merged_policy(tmp_path):
+    from proximo.llm.lora import LoRA
+    trainer = _grpo(tmp_path, seed=1)
+    trainer.train(1)
+    base, _, _ = load_model("tiny", seed=1)  # the same base weights the run started from
+    adapter = LoRA.load(base, tmp_path / "run" / "adapter")
+    assert adapter.targets == ["c_attn"]
+    assert not adapter.trainable_parameters()  # loaded for inference unless asked
+    merged, _, _ = load_model(tmp_path / "run" / "model")
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        via_adapter, _, _ = response_logprobs(adapter.model, ids, mask, 3)
+        via_merged, _, _ = response_logprobs(merged, ids, mask, 3)
+    assert torch.allclose(via_adapter, via_merged, atol=1e-5)
+
+
+def test_an_adapter_folder_without_safetensors_is_refused(tmp_path):
+    from proximo.llm.lora import LoRA
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_model.bin").write_bytes(b"not loaded")
+    base, _, _ = load_model("tiny", seed=1)
+    with pytest.raises(ProximoError, match="only as safetensors"):
+        LoRA.load(base, tmp_path / "adapter")
+
+
 def test_rlhf_with_lora_and_a_value_head_on_the_shared_trunk(tmp_path):
     from proximo.llm.reward_model import train_reward_model
     from proximo.llm.rlhf import RLHF

@@ -57,6 +57,28 @@ class LoRA:
         self.model = self.peft.get_base_model()  # the caller's model object, adapter layers inside
         self.targets = wanted
 
+    @classmethod
+    def load(cls, model: nn.Module, directory: str | Path, trainable: bool = False) -> "LoRA":
+        """The adapter saved by save_adapter in directory, put on model (the same base it was trained on);
+        trainable True to go on training it. Only adapter_model.safetensors is read (no pickle)."""
+        directory = Path(directory)
+        if not (directory / "adapter_model.safetensors").is_file():
+            raise ProximoError(f"{directory} has no adapter_model.safetensors; proximo loads adapters only as "
+                               f"safetensors (save them with save_pretrained(safe_serialization=True))")
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise ProximoError("loading a LoRA adapter needs peft; install it with `pip install -e '.[llm]'`") from None
+        self = cls.__new__(cls)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated",
+                                    category=FutureWarning)
+            self.peft = PeftModel.from_pretrained(model, str(directory), is_trainable=trainable,
+                                                  use_safetensors=True)
+        self.model = self.peft.get_base_model()
+        self.targets = sorted(self.peft.peft_config["default"].target_modules)
+        return self
+
     def disabled(self) -> AbstractContextManager:
         """A context in which the model is the base model alone (the reference policy)."""
         return self.peft.disable_adapter()

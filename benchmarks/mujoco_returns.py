@@ -174,6 +174,9 @@ def main() -> None:
     parser.add_argument("--preset", default="mujoco")
     parser.add_argument("--envs", default=",".join(ENVS), help="comma-separated env ids (default: all eleven)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N")
+    parser.add_argument("--seed-list", default=None, metavar="S,S", help="run exactly these seeds (overrides --seeds)")
+    parser.add_argument("--add-to", metavar="JSON", help="add these runs to an earlier results JSON of the same "
+                        "preset, steps and overrides (a table built over several sittings); writes back to it")
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one per core)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -187,13 +190,28 @@ def main() -> None:
         render(Path(args.render), args)
         return
     args.env_list = args.envs.split(",")
-    args.seed_list = list(range(1, args.seeds + 1))
+    args.seed_list = ([int(x) for x in args.seed_list.split(",")] if args.seed_list
+                      else list(range(1, args.seeds + 1)))
     # Seed-major order, so that a benchmark cut short still covers every env.
     jobs = [(env_id, seed) for seed in args.seed_list for env_id in args.env_list]
     stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"mujoco-{args.preset}"
     results: list[dict] = []
+    earlier_wall = 0.0
+    if args.add_to:
+        earlier = json.loads(Path(args.add_to).read_text())
+        same = (earlier["preset"], earlier["steps"], earlier["overrides"]) == (args.preset, args.steps, args.set)
+        if not same:
+            sys.exit(f"--add-to {args.add_to}: ran preset {earlier['preset']}, {earlier['steps']} steps, overrides "
+                     f"{earlier['overrides']}; this run differs, so its rows would not be comparable")
+        stem = Path(args.add_to).with_suffix("")
+        rerun = set(jobs)
+        results = [r for r in earlier["runs"] if (r["env_id"], r["seed"]) not in rerun]
+        args.env_list = list(dict.fromkeys(earlier["envs"] + args.env_list))
+        args.seed_list = sorted(set(earlier["seeds"]) | set(args.seed_list))
+        earlier_wall = float(earlier.get("wall_s") or 0.0)
+    total_runs = len(args.env_list) * len(args.seed_list)
     args.machine_info = machine()
-    start = time.perf_counter()
+    start = time.perf_counter() - earlier_wall  # wall time is summed over the sittings
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_one, env_id, seed, args) for env_id, seed in jobs]
         for future in as_completed(futures):
@@ -207,7 +225,7 @@ def main() -> None:
             args.wall_s = time.perf_counter() - start
             markdown = table(results, args)
             write_results(stem, {"preset": args.preset, "steps": args.steps, "seeds": args.seed_list,
-                                 "envs": args.env_list, "jobs": args.jobs, "overrides": args.set, "complete": len(results) == len(jobs),
+                                 "envs": args.env_list, "jobs": args.jobs, "overrides": args.set, "complete": len(results) == total_runs,
                                  "wall_s": args.wall_s, "machine": args.machine_info, "runs": results,
                                  "anchors": ANCHORS, "sources": SOURCES,
                                  "values": {e: describe_preset(args.preset, e, dict(_parse_set(args.set)))

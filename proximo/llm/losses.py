@@ -4,10 +4,13 @@ mask, per-token RLHF rewards, GAE over tokens, and the Bradley-Terry loss. Pure 
 token batches are [B, L] with a mask that is 1 on real response tokens."""
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
-from proximo.core import gae, kl_estimate, masked_mean, masked_whiten, policy_loss
+from proximo.core import gae, kl_estimate, masked_mean, policy_loss
 from proximo.errors import ProximoError
 
 
@@ -17,6 +20,23 @@ AGGREGATION_ALIASES = {"seq-mean": "grpo", "token-mean": "bnpo", "constant": "dr
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce++", "reinforce++-baseline")
 REWARD_SCALINGS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING = ("token", "sequence")
+# Sums a list of floats over every rank of a run (RLTrainer.global_sum); None: this process alone.
+GlobalSum = Callable[..., list]
+
+
+def pooled_moments(values: torch.Tensor, mask: torch.Tensor | None = None,
+                   global_sum: GlobalSum | None = None) -> tuple[float, float]:
+    """(mean, unbiased variance) of values at mask over every rank's values: one pass sums the count and
+    the values, a second the squared deviations from the pooled mean (float64, two passes: no
+    cancellation). With global_sum None it is the statistics of these values alone; a single value (or
+    none) has variance 0."""
+    reduce = global_sum if global_sum is not None else (lambda *xs: list(xs))
+    x = values.detach().double()
+    keep = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    count, total = reduce(float(keep.sum()), float(x[keep].sum()))
+    mean = total / count if count else 0.0
+    squares, = reduce(float(((x[keep] - mean) ** 2).sum()))
+    return mean, squares / (count - 1) if count > 1 else 0.0
 
 
 def aggregation_name(mode: str) -> str:
@@ -39,7 +59,8 @@ def scaling_name(scale: bool | str) -> str:
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool | str = True, eps: float = 1e-4,
-                     estimator: str = "grpo", valid: torch.Tensor | None = None) -> torch.Tensor:
+                     estimator: str = "grpo", valid: torch.Tensor | None = None,
+                     global_sum: GlobalSum | None = None) -> torch.Tensor:
     """Sequence advantages [B] for rewards [B] laid out as consecutive groups of group_size completions
     of one prompt (prompt 0's G rows, then prompt 1's, ...).
 
@@ -49,7 +70,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool | str =
     then scale group: A / (std_g(r) + eps), batch: A / (std(r over the whole batch) + eps), none: A
     (std unbiased; True/False mean group/none). valid [B] (bool, optional) marks the samples that have a
     reward: the others get A = 0 and are left out of every mean, count n_g and std (a group with fewer
-    than two valid members gives all its members 0)."""
+    than two valid members gives all its members 0). Under data parallel the batch is every rank's rows:
+    pass global_sum (pooled_moments) and batch scaling divides by the std over all of them."""
     if group_size < 2:
         raise ProximoError(f"group_size must be at least 2 for group-relative advantages, got {group_size}")
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
@@ -72,25 +94,25 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool | str =
         std = ((deviation ** 2).sum(1, keepdim=True) / (count - 1).clamp(min=1.0)).sqrt()
         centred = centred / (std + eps)
     elif scale == "batch":
-        flat = rewards[ok]
-        std = flat.std() if flat.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
-        centred = centred / (std + eps)
+        centred = centred / (math.sqrt(pooled_moments(rewards, ok, global_sum)[1]) + eps)
     return centred.reshape(-1)
 
 
 def reinforce_pp_advantages(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None,
-                            mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+                            mask: torch.Tensor, kl_coef: float, global_sum: GlobalSum | None = None) -> torch.Tensor:
     """REINFORCE++ token advantages [B, R]: per-token reward r_t = -kl_coef x (logp_t - ref_logp_t) (k1 KL
     of the sampling policy to the reference, folded into the reward), plus the sequence score [B] at the
     last real token; the return G_t = sum_{s >= t} r_s (no discount, no critic); advantages are G
-    standardized over every real token of the batch (masked mean and unbiased std). Zero on padding."""
+    standardized over every real token of the batch (masked mean and unbiased std; with global_sum, of
+    every rank's batch: pooled_moments). Zero on padding."""
     if ref_logp is None or kl_coef == 0:
         ref_logp = logp
     rewards, _ = rlhf_token_rewards(scores, logp, ref_logp, mask, kl_coef, "k1")
     maskf = mask.to(rewards.dtype)
     # Reward-to-go: a reversed cumulative sum along each row (padding carries 0).
     returns = (rewards * maskf).flip(1).cumsum(1).flip(1) * maskf
-    return masked_whiten(returns, mask)
+    mean, var = pooled_moments(returns, mask, global_sum)
+    return (returns - mean) * torch.rsqrt(torch.tensor(var + 1e-8, dtype=returns.dtype)) * maskf  # masked_whiten's eps
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int, valid: torch.Tensor | None = None) -> torch.Tensor:

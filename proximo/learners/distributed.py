@@ -38,6 +38,7 @@ DEFAULT_TIMEOUT_S = 60.0
 # share an env seed while num_envs < the stride.
 RANK_SEED_STRIDE = 1_000_000
 __all__ = ["World", "LocalWorld", "init_world", "launch_local", "broadcast_module_", "broadcast_optimizer_",
+           "broadcast_parameters_",
            "rank_seed", "check_divides", "DistributedError", "EchoedError", "PEER_LOST_EXIT"]
 
 
@@ -303,6 +304,11 @@ def _report_failure(failures: dict, nproc: int, run_dir: Path | None) -> int:
 def broadcast_module_(module: torch.nn.Module, world: World, src: int = 0) -> None:
     """Copy rank src's parameters and buffers into every rank's module (one broadcast per dtype)."""
     _broadcast_all_(world, [*module.parameters(), *module.buffers()], src)
+
+
+def broadcast_parameters_(tensors: Iterable[torch.Tensor], world: World, src: int = 0) -> None:
+    """Copy rank src's values of these tensors (some of a module's parameters, e.g. a LoRA adapter) into every rank's."""
+    _broadcast_all_(world, tensors, src)
 
 
 def broadcast_optimizer_(optimizer, world: World, src: int = 0) -> None:

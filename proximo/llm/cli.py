@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Any
 
-from proximo.errors import ProximoError
+from proximo.errors import EchoedError, ProximoError
 from proximo.llm.config import GRPOConfig, RewardModelConfig, RLHFConfig, SFTConfig
 
 
@@ -82,6 +83,9 @@ def register(subparsers) -> None:
                            "proximo:length_penalty=N); repeatable")
     grpo.add_argument("--reward-weights", type=float, nargs="+", metavar="W",
                       help="one weight per --reward (default 1 each)")
+    grpo.add_argument("--nproc", type=int, metavar="K",
+                      help="train with K data-parallel processes on this machine (re-launches itself under "
+                           "torchrun; prompts_per_step is the step's total, split evenly over them)")
     _common(grpo)
     _add_fields(grpo, GRPOConfig)
     grpo.set_defaults(handler=cmd_grpo)
@@ -176,8 +180,12 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
-    """GRPO from --init on the task's reward, or on --dataset with --reward functions."""
+    """GRPO from --init on the task's reward, or on --dataset with --reward functions (under torchrun:
+    one rank of a data-parallel run; --nproc K starts K of them)."""
+    from proximo.learners.distributed import launched_by_torchrun
     from proximo.llm.grpo import GRPO
+    if args.nproc is not None:
+        return _launch_grpo(args)
     init = _init_source(args.init)
     if args.reward_weights is not None and not args.reward:
         raise ProximoError("--reward-weights needs --reward functions to weigh")
@@ -190,10 +198,20 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     data = {}
     if args.dataset is not None:
         data = dict(dataset=args.dataset, eval_dataset=args.eval_dataset, eval_fraction=args.eval_fraction)
-    trainer = GRPO(init, reward_fn=args.reward, reward_weights=args.reward_weights, run_dir=args.run_dir,
-                   verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
-                   **{**inherited, **_overrides(args)})
-    summary = trainer.train()
+    try:
+        trainer = GRPO(init, reward_fn=args.reward, reward_weights=args.reward_weights, run_dir=args.run_dir,
+                       verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
+                       **{**inherited, **_overrides(args)})
+    except ProximoError as exc:
+        if launched_by_torchrun() and os.environ.get("RANK", "0") != "0" and not isinstance(exc, EchoedError):
+            raise EchoedError(str(exc)) from exc  # every rank fails the same check; rank 0 alone says it
+        raise
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.world.close()
+    if not trainer.world.is_main:
+        return 0
     print(f"run: {summary['run_dir']}")
     print(f"steps: {summary['steps']}  time: {summary['wall_time_s']:.1f} s  "
           f"generated tokens/s: {summary['gen_tokens_per_s']:,.0f}")
@@ -240,6 +258,33 @@ def cmd_new_model(args: argparse.Namespace) -> int:
     print(f"wrote {directory}: {args.family}, {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{tokenizer.vocab_size} tokens, chat template")
     return 0
+
+
+def _launch_grpo(args: argparse.Namespace) -> int:
+    """`llm grpo --nproc K`: check the split here (one line, not K), then start K ranks under torchrun."""
+    from proximo.cli import _is_nproc_token
+    from proximo.learners.distributed import launch_local, launched_by_torchrun
+    from proximo.llm.rl import split_prompts
+    from proximo.llm.run import default_run_dir
+
+    if args.nproc < 1:
+        raise ProximoError(f"--nproc must be at least 1, got {args.nproc}")
+    if launched_by_torchrun():
+        raise ProximoError("--nproc starts torchrun itself; under torchrun leave it out (--nproc-per-node sets the "
+                           "process count)")
+    inherited = {} if args.dataset is not None else _run_task(_init_source(args.init))
+    fields = {**inherited, **_overrides(args)}
+    if (args.dataset is not None or args.reward) and "task" not in fields:
+        fields["task"] = ""  # as GRPO does: prompts and rewards of the user's, no task
+    config = GRPOConfig(**fields)
+    split_prompts(config, args.nproc)
+    argv = [token for i, token in enumerate(args.argv) if not _is_nproc_token(args.argv, i)]
+    if args.nproc == 1:
+        args.nproc = None
+        return cmd_grpo(args)
+    if args.run_dir is None:
+        argv += ["--run-dir", str(default_run_dir("grpo", config.task, config.seed))]  # one name for every rank
+    return launch_local(args.nproc, argv)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

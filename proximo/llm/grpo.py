@@ -17,8 +17,8 @@ from proximo.errors import ProximoError
 from proximo.llm.config import GRPOConfig
 from proximo.llm.generation import Sampler, concat_rollouts, response_logprobs
 from proximo.llm.losses import (  # noqa: F401 - grpo_token_loss is imported from here by callers
-    aggregation_name, group_advantages, grpo_token_loss, informative_groups, loss_normalizer, reinforce_pp_advantages,
-    truncated_rows,
+    aggregation_name, group_advantages, grpo_token_loss, informative_groups, loss_normalizer, pooled_moments,
+    reinforce_pp_advantages, truncated_rows,
 )
 from proximo.llm.rl import RLTrainer, micro_batches, minibatch_indices
 from proximo.llm.run import RewardFn
@@ -65,7 +65,7 @@ class GRPO(RLTrainer):
         log-probs."""
         cfg: GRPOConfig = self.config
         started = time.perf_counter()
-        group, wanted = cfg.group_size, cfg.prompts_per_step
+        group, wanted = cfg.group_size, self.prompts_per_rank  # this rank's share of prompts_per_step
         parts = [self._draw_groups(wanted)]
         informative = [informative_groups(torch.nan_to_num(parts[0].rewards), group, ~torch.isnan(parts[0].rewards))]
         if cfg.dynamic_sampling:
@@ -110,24 +110,35 @@ class GRPO(RLTrainer):
             if cfg.advantage_estimator == "reinforce++-baseline":
                 # The paper's variant for outcome rewards: the group mean off each score first.
                 scores = group_advantages(scores, group, "none", valid=valid)
-            advantages = reinforce_pp_advantages(scores, old_logp, ref_logp, loss_mask, cfg.kl_coef)
+            advantages = reinforce_pp_advantages(scores, old_logp, ref_logp, loss_mask, cfg.kl_coef,
+                                                 global_sum=self.global_sum)  # whitened over every rank's tokens
         else:
             advantages = group_advantages(scores, group, cfg.scale_rewards, estimator=cfg.advantage_estimator,
-                                          valid=valid)
+                                          valid=valid, global_sum=self.global_sum)
         drawn_valid = ~torch.isnan(all_rewards)
+        # The row describes the whole step: statistics over every rank's rollouts (each rank has as many rows).
+        drawn = self.global_sum(float(drawn_valid.sum()))[0]
+        mean, var = pooled_moments(all_rewards, drawn_valid, self.global_sum)
+        size = self.world.size
+        fractions = self.global_sum(float(truncated.float().mean()), self.prompt_truncated_fraction,
+                                    float((~valid).float().mean()))
+        counts = self.global_sum(sum(p.n for p in parts), int((~keep_mask).sum()) - filled if cfg.dynamic_sampling
+                                 else 0, filled)
         stats = {
-            "reward": float(all_rewards[drawn_valid].mean()) if drawn_valid.any() else math.nan,
-            "reward_std": float(all_rewards[drawn_valid].std()) if int(drawn_valid.sum()) > 1 else 0.0,
-            "truncated_fraction": float(truncated.float().mean()),
-            "prompt_truncated_fraction": self.prompt_truncated_fraction,
-            "skipped_fraction": float((~valid).float().mean()),
-            "groups_drawn": sum(p.n for p in parts),
-            "groups_dropped": int((~keep_mask).sum()) - filled if cfg.dynamic_sampling else 0,
-            "groups_filled": filled,
+            "reward": mean if drawn else math.nan,
+            "reward_std": math.sqrt(var),
+            "truncated_fraction": fractions[0] / size,
+            "prompt_truncated_fraction": fractions[1] / size,
+            "skipped_fraction": fractions[2] / size,
+            "groups_drawn": int(counts[0]),
+            "groups_dropped": int(counts[1]),
+            "groups_filled": int(counts[2]),
         }
         for name in parts[0].per_fn:
             values = [p.per_fn[name] for p in parts if not math.isnan(p.per_fn[name])]
-            stats[f"reward_{name}"] = sum(values) / len(values) if values else math.nan
+            # the mean of each rank's mean (over its draws): ranks draw as many groups, up to dynamic sampling
+            total, ranks = self.global_sum(sum(values) / len(values) if values else 0.0, 1.0 if values else 0.0)
+            stats[f"reward_{name}"] = total / ranks if ranks else math.nan
         return SimpleNamespace(started=started, stats=stats, advantages=advantages, input_ids=input_ids,
                                attention=attention, mask=loss_mask, width=width, groups=groups,
                                old_logp=old_logp, ref_logp=ref_logp, gen_s=sum(p.gen_s for p in parts),
@@ -151,15 +162,20 @@ class GRPO(RLTrainer):
         with self.learning_passes():
             count = self._optimizer_steps(b, optimizer, stats, batch_tokens, constant, low, high, kl_coef)
         seconds = time.perf_counter() - b.started
-        row = {key: value / count for key, value in stats.items()}
+        # Each rank's parts are divided by the global minibatch's counts: their sum over ranks is the
+        # whole minibatch's loss and token means. Rates add up: the ranks run at once.
+        names = list(stats)
+        totals = self.global_sum(*(stats[k] for k in names), b.tokens, b.batch,
+                                 b.gen_tokens / max(b.gen_s, 1e-9), b.tokens / seconds)
+        row = {key: value / count for key, value in zip(names, totals)}
+        tokens, batch, gen_rate, rate = totals[len(names):]
         if ref_logp is None:
             row["kl_ref"] = None
         row.update(b.stats)
         row.update({
             "accuracy": row["reward"] if self.task is not None and self.reward_is_task else None,
-            "optimizer_steps": count, "response_length": b.tokens / b.batch, "kl_coef": cfg.kl_coef,
-            "learning_rate": cfg.learning_rate, "gen_tokens_per_s": b.gen_tokens / max(b.gen_s, 1e-9),
-            "tokens_per_s": b.tokens / seconds,
+            "optimizer_steps": count, "response_length": tokens / batch, "kl_coef": cfg.kl_coef,
+            "learning_rate": cfg.learning_rate, "gen_tokens_per_s": gen_rate, "tokens_per_s": rate,
         })
         return row
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
-from proximo.errors import ProximoError
-from proximo.learners.distributed import World
+from proximo.errors import ConfigError, ProximoError
+from proximo.learners.distributed import (
+    World, broadcast_module_, broadcast_parameters_, init_world, launched_by_torchrun, rank_seed,
+)
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import KVCacheSampler, Rollout, Sampler, generate, pad_prompts, response_logprobs
 from proximo.llm.data import PromptDataset, render_prompt
@@ -20,7 +22,7 @@ from proximo.llm.models import enable_gradient_checkpointing, load_model, positi
 from proximo.llm.precision import Precision, resolve_llm_device
 from proximo.llm.rewards import RewardSet
 from proximo.llm.run import (
-    LLMRun, RewardFn, decode_responses, encode_prompts, evaluate, make_optimizer, prompt_token_ids,
+    LLMRun, RankRun, RewardFn, decode_responses, encode_prompts, evaluate, make_optimizer, prompt_token_ids,
 )
 from proximo.callbacks import Callback, CallbackList, CheckpointEvery, as_callbacks, run_loop
 from proximo.runtime import seed_everything, set_threads
@@ -52,6 +54,24 @@ def micro_batches(idx: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(torch.split(idx, size))
 
 
+def split_prompts(config, size: int) -> int:
+    """The prompts of one rank's share of a step (prompts_per_step over size ranks); ConfigError in one
+    line naming the fix when they do not split evenly, or a share not into num_minibatches."""
+    total = config.prompts_per_step
+    if total % size:
+        fits = [k for k in range(1, min(total, 64) + 1) if total % k == 0]
+        raise ConfigError(f"{size} processes do not divide prompts_per_step {total} (the prompts of a step, split "
+                          f"evenly over the processes); use --nproc {', '.join(map(str, fits))} (under torchrun: "
+                          f"that many processes in all), or a prompts_per_step that is a multiple of {size}")
+    share = total // size
+    completions = share * (config.rollout_size // total)
+    if completions % config.num_minibatches:
+        raise ConfigError(f"num_minibatches {config.num_minibatches} does not divide one process's {completions} "
+                          f"completions per step (prompts_per_step {total} over {size} processes); lower "
+                          f"num_minibatches or raise prompts_per_step")
+    return share
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -69,7 +89,18 @@ class RLTrainer:
                  sampler: Sampler | None = None) -> None:
         self.config = config
         set_threads(config.torch_threads)
-        self.rng = seed_everything(config.seed)
+        # Under torchrun this process is one rank of a data-parallel run (see the module docstring).
+        self.device = resolve_llm_device(config.device)
+        self.world: World = init_world(self.device) if launched_by_torchrun() else World.local()
+        if self.world.size > 1 and self.device.type == "cuda":
+            if self.world.device.type != "cuda":
+                raise ConfigError(f"rank {self.world.rank} has no GPU of its own (LOCAL_RANK {self.world.local_rank}, "
+                                  f"{torch.cuda.device_count()} visible); start at most one process per GPU, "
+                                  "or set device cpu")
+            self.device = self.world.device  # cuda:LOCAL_RANK
+        self.prompts_per_rank = split_prompts(config, self.world.size)
+        # Each rank draws its own prompts and samples; rank 0 keeps the single-process seed.
+        self.rng = seed_everything(rank_seed(config.seed, self.world.rank))
         # A built-in task supplies prompts, rewards and held-out prompts unless the caller brings them.
         self.task = get_task(config.task, config.digits) if config.task else None
         if prompts is not None:
@@ -98,11 +129,11 @@ class RLTrainer:
             self.eval_dataset = PromptDataset.load([{"prompt": p} for p in eval_prompts])
         elif self.task is None:
             self.eval_dataset = self.dataset  # nothing held out: evaluation reuses the training rows
-        self.world: World = World.local()
-        self.device = resolve_llm_device(config.device)
         self.precision = Precision(self.device, config.dtype)
         self.sampler: Sampler = sampler if sampler is not None else KVCacheSampler()
         self.model, self.tokenizer, self.model_dir = load_model(model, seed=config.seed)
+        if self.model_dir is None:
+            broadcast_module_(self.model, self.world)  # built from the seed, not read: make sure it is rank 0's
         self.max_new_tokens = config.max_new_tokens or (self.task.max_new_tokens if self.task else 16)
         self.train_texts = self._render(self.dataset)
         if self.eval_dataset is not None:
@@ -116,6 +147,8 @@ class RLTrainer:
         if config.lora_r:
             # The reference is the same model with the adapter off: no second copy of the weights.
             self.lora = LoRA(self.model, config.lora_r, config.lora_alpha, config.lora_target)
+            # Each rank drew its adapter's initial values from its own seed: rank 0's on every rank.
+            broadcast_parameters_([p for p in self.model.parameters() if p.requires_grad], self.world)
             self.reference = self.model
         else:
             self.reference = copy.deepcopy(self.model).eval()
@@ -132,8 +165,17 @@ class RLTrainer:
         sources = {"dataset": None if self.dataset is None else self.dataset.source,
                    "eval_dataset": None if self.eval_dataset is None else self.eval_dataset.source,
                    "rewards": self.rewards.names, "reward_weights": self.rewards.weights}
-        self.run = LLMRun(self.kind, config, run_dir, {"model": str(model), **sources, **(extra or {})}, tensorboard,
-                          verbose, total=config.steps)
+        if self.world.size > 1:
+            sources["world"] = {"size": self.world.size, "backend": self.world.backend}
+
+        def open_run() -> str:
+            self.run = LLMRun(self.kind, config, run_dir, {"model": str(model), **sources, **(extra or {})},
+                              tensorboard, verbose, total=config.steps)
+            return str(self.run.path)
+        # Rank 0 alone writes the run directory; the others learn its name (a default one holds the time).
+        path = self.world.on_main(open_run)
+        if not self.world.is_main:
+            self.run = RankRun(Path(path))
         self.history: list[dict[str, Any]] = []
 
     def _render(self, dataset: "PromptDataset | None") -> list[str] | None:
@@ -248,19 +290,35 @@ class RLTrainer:
         return rollout, decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask), seconds
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out mean reward (accuracy on exact-match tasks) of sampled and greedy completions."""
+        """Held-out mean reward (accuracy on exact-match tasks) of sampled and greedy completions. Sharded:
+        each rank completes its contiguous slice of the held-out prompts, and the sums are pooled."""
+        world = self.world
+        first = len(self.eval_prompts) * world.rank // world.size
+        last = len(self.eval_prompts) * (world.rank + 1) // world.size
+        tally = [0.0, 0.0, 0.0, 0.0]  # sampled reward sum, scored count, then the same for greedy
+        slot = 0  # score() adds into the slots of the pass that is running
+
         def score(start: int, completions: list[str]) -> torch.Tensor:
+            start += first  # evaluate counts from the first prompt of this rank's slice
             rows = list(range(start, start + len(completions)))
-            return self.score(self.eval_dataset, rows, self.eval_prompts[start:start + len(completions)],
-                              completions)[0]
+            rewards = self.score(self.eval_dataset, rows, self.eval_prompts[start:start + len(completions)],
+                                 completions)[0]
+            valid = ~torch.isnan(rewards)
+            tally[slot] += float(rewards[valid].sum())
+            tally[slot + 1] += int(valid.sum())
+            return rewards
         reward_fn = None
         cap = self.config.max_prompt_tokens
-        with self.precision.autocast():
-            sampled = evaluate(self.model, self.tokenizer, self.eval_prompts, reward_fn, self.max_new_tokens,
-                               self.config.temperature, score=score, max_prompt_tokens=cap)
-            greedy = evaluate(self.model, self.tokenizer, self.eval_prompts, reward_fn, self.max_new_tokens,
-                              greedy=True, score=score, max_prompt_tokens=cap)
-        return {"eval_sampled_accuracy": sampled["reward"], "eval_greedy_accuracy": greedy["reward"]}
+        prompts = self.eval_prompts[first:last]
+        if prompts:  # more ranks than held-out prompts leaves some with none
+            with self.precision.autocast():
+                evaluate(self.model, self.tokenizer, prompts, reward_fn, self.max_new_tokens,
+                         self.config.temperature, score=score, max_prompt_tokens=cap)
+                slot = 2
+                evaluate(self.model, self.tokenizer, prompts, reward_fn, self.max_new_tokens,
+                         greedy=True, score=score, max_prompt_tokens=cap)
+        sampled, sampled_n, greedy, greedy_n = self.global_sum(*tally)
+        return {"eval_sampled_accuracy": sampled / max(sampled_n, 1), "eval_greedy_accuracy": greedy / max(greedy_n, 1)}
 
     def collect(self) -> Any:
         """One batch of rollouts with everything the update needs (subclasses)."""
@@ -279,8 +337,9 @@ class RLTrainer:
         return {}
 
     def save_checkpoint(self) -> Path:
-        """checkpoints/step_<step>/: the model folder (with its heads) as it is now."""
-        return self.run.checkpoint(self.step_count, self.export_model(), self.tokenizer, self.heads())
+        """checkpoints/step_<step>/: the model folder (with its heads) as it is now (rank 0 writes it)."""
+        model = self.export_model() if self.world.is_main else None
+        return self.run.checkpoint(self.step_count, model, self.tokenizer, self.heads())
 
     @property
     def global_step(self) -> int:
@@ -329,10 +388,12 @@ class RLTrainer:
             "step_tokens_per_s": sum(r["tokens_per_s"] for r in self.history) / len(self.history),
         }
         if self.lora is not None:
-            self.lora.save_adapter(self.run.path / "adapter")
+            if self.world.is_main:
+                self.lora.save_adapter(self.run.path / "adapter")
             summary["lora"] = {"r": self.config.lora_r, "targets": self.lora.targets,
                                "trainable_parameters": self.lora.counts()[0], "parameters": self.lora.counts()[1]}
-        self.summary = self.run.finish(self.export_model(), self.tokenizer, summary, self.heads())
+        model = self.export_model() if self.world.is_main else None
+        self.summary = self.run.finish(model, self.tokenizer, summary, self.heads())
         return self.summary
 
     def generate(self, prompts: list[str], greedy: bool = False) -> list[str]:

@@ -16,7 +16,7 @@ from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import generate, pad_prompts
 from proximo.llm.models import save_model
 from proximo.metrics import Progress
-from proximo.rundir import RunDir
+from proximo.rundir import STEP_DIGITS, RunDir
 from proximo.tracking import open_tracker
 
 LLM_COLUMNS = [
@@ -159,6 +159,30 @@ class LLMRun:
         self.metrics.close()
         self.progress.close()
         return summary
+
+
+class RankRun:
+    """What a rank other than 0 holds in place of LLMRun in a data-parallel run: the same calls, no files
+    (rank 0 alone writes the run directory and prints)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Wall seconds since the run started."""
+        return time.perf_counter() - self.start
+
+    def log(self, step: int, row: dict[str, Any], speed: float = 0.0, headline: float = 0.0) -> None:
+        """Nothing: rank 0 writes the row."""
+
+    def checkpoint(self, step: int, model, tokenizer, heads: dict | None = None, keep: int = 3) -> Path:
+        """Nothing: rank 0 saves; returns the folder it writes."""
+        return self.path / "checkpoints" / f"step_{step:0{STEP_DIGITS}d}"
+
+    def finish(self, model, tokenizer, summary: dict[str, Any], heads: dict | None = None) -> dict[str, Any]:
+        """The summary as rank 0 completes it, without writing it."""
+        return {**summary, "wall_time_s": round(self.elapsed(), 2), "run_dir": str(self.path)}
 
 
 def read_run(path: str | Path) -> dict[str, Any]:

@@ -37,6 +37,14 @@ COMMON = dict(prompts_per_step=PROMPTS, group_size=GROUP, num_minibatches=1, n_e
               learning_rate=1e-3, adam_eps=1e-5, num_eval_prompts=2, torch_threads=1, seed=3, steps=1)
 ROW_KEYS = ("reward", "reward_std", "policy_loss", "clip_fraction", "approx_kl", "entropy", "kl_ref",
             "response_length", "groups_drawn")
+# PPO-RLHF on the same terms: a value head of its own (broadcast), running score normalization, whitened
+# advantages and the adaptive KL controller, each over every rank's rollouts.
+RLHF_PROMPTS = 8  # one completion each
+RLHF_CASE = dict(prompts_per_step=RLHF_PROMPTS, num_minibatches=1, n_epochs=2, micro_batch_size=3,
+                 learning_rate=1e-3, adam_eps=1e-5, num_eval_prompts=2, torch_threads=1, seed=3, steps=1,
+                 task="add", critic="head", normalize_scores=True, kl_controller="adaptive", kl_coef=0.1)
+RLHF_ROW_KEYS = ("score", "reward_std", "policy_loss", "value_loss", "clip_fraction", "approx_kl", "entropy",
+                 "kl_ref", "kl_ref_sequence", "response_length", "accuracy", "kl_coef_next", "score_mean")
 
 
 def _varied_reward(prompts, completions):
@@ -59,6 +67,39 @@ def _fixed_share(trainer) -> None:
     trainer._draw_groups = draw_share
 
 
+def _fixed_rollout(trainer) -> None:
+    """RLHF's collect() on one fixed batch of RLHF_PROMPTS completions, this rank's contiguous share of them."""
+    rollout, world = trainer.rollout, trainer.world
+    fixed = trainer.task.sample_prompts(random.Random(FIXED_SEED), RLHF_PROMPTS)
+    share = RLHF_PROMPTS // world.size
+    trainer.sample_prompts = lambda n: fixed[world.rank * share:(world.rank + 1) * share]
+
+    def rollout_share(prompts: list[str], repeats: int = 1):
+        torch.manual_seed(FIXED_SEED)
+        full, completions, seconds = rollout(fixed, repeats)
+        rows = range(world.rank * share, (world.rank + 1) * share)
+        return full.select(torch.tensor(list(rows))), [completions[i] for i in rows], seconds
+    trainer.rollout = rollout_share
+
+
+def _rlhf_trainer(out: Path):
+    """PPO-RLHF on the built-in model against a reward model that is the same on every rank (one seed)."""
+    from proximo.llm.models import ScalarHead, hidden_size, load_model
+    from proximo.llm.reward_model import RewardModel
+    from proximo.llm.rlhf import RLHF
+
+    backbone, tokenizer, _ = load_model("tiny", seed=7)
+    torch.manual_seed(7)
+    head = ScalarHead(hidden_size(backbone))
+    for p in head.parameters():  # a head starts at 0 (every score 0): give it something to say
+        torch.nn.init.normal_(p, std=1.0)
+    reward_model = RewardModel(backbone, tokenizer, head)
+    trainer = RLHF("tiny", reward_model=reward_model, tensorboard=False,
+                   run_dir=out / f"run-rlhf-rank{os.environ.get('RANK', 0)}", **RLHF_CASE)
+    _fixed_rollout(trainer)
+    return trainer
+
+
 def _one_update(out: Path) -> None:
     """For each case: a GRPO trainer, one learn() on its share of the fixed batch; rank 0 writes the
     parameters and the row (and every rank its parameters, to compare the ranks)."""
@@ -66,10 +107,13 @@ def _one_update(out: Path) -> None:
     from proximo.llm.tasks import get_task
 
     prompts = get_task("add").sample_prompts(random.Random(0), 8)
-    for name, case in CASES.items():
-        trainer = GRPO("tiny", reward_fn=_varied_reward, prompts=prompts, tensorboard=False,
-                       run_dir=out / f"run-{name}-rank{os.environ.get('RANK', 0)}", **COMMON, **case)
-        _fixed_share(trainer)
+    for name, case in [*CASES.items(), ("rlhf", None)]:
+        if case is None:
+            trainer = _rlhf_trainer(out)
+        else:
+            trainer = GRPO("tiny", reward_fn=_varied_reward, prompts=prompts, tensorboard=False,
+                           run_dir=out / f"run-{name}-rank{os.environ.get('RANK', 0)}", **COMMON, **case)
+            _fixed_share(trainer)
         # The gradient each optimizer step applies (after the all-reduce): Adam's step is nearly blind to a
         # gradient's scale (~lr x sign), so the parameters alone would not catch a wrong count.
         grads, step = [], trainer.precision.step
@@ -80,8 +124,11 @@ def _one_update(out: Path) -> None:
         rank = trainer.world.rank
         save_file({"before": before, "after": after.contiguous(), "grad1": grads[0], "grad2": grads[1]},
                   str(out / f"{name}.rank{rank}.safetensors"))
+        if case is None:  # the state RLHF carries to the next step, the same on every rank
+            row.update(kl_coef_next=trainer.kl_controller.value, score_mean=float(trainer.score_stats.mean))
         if trainer.world.is_main:
-            (out / f"{name}.json").write_text(json.dumps({k: row[k] for k in ROW_KEYS}))
+            keys = ROW_KEYS if case is not None else RLHF_ROW_KEYS
+            (out / f"{name}.json").write_text(json.dumps({k: row[k] for k in keys}))
     trainer.world.close()
 
 
@@ -95,7 +142,7 @@ def test_two_ranks_holding_halves_of_a_batch_update_as_one_process_on_all_of_it(
         assert launch.wait(120) == 0, launch.stderr()[-3000:]
     finally:
         launch.close()
-    for name in CASES:
+    for name in [*CASES, "rlhf"]:
         one, r0, r1 = (load_file(str(d / f"{name}.rank{r}.safetensors")) for d, r in
                        ((alone, 0), (ranks, 0), (ranks, 1)))
         assert torch.equal(one["before"], r0["before"]) and torch.equal(r0["before"], r1["before"]), name
@@ -109,7 +156,7 @@ def test_two_ranks_holding_halves_of_a_batch_update_as_one_process_on_all_of_it(
         print(f"{name}: moved {moved:.2e}, 2 ranks - 1 process {gap:.2e}")
         assert gap < 1e-6, f"{name}: 2 ranks differ from 1 process by {gap}"
         row_one, row_ranks = (json.loads((d / f"{name}.json").read_text()) for d in (alone, ranks))
-        for key in ROW_KEYS:
+        for key in row_one:
             assert row_ranks[key] == pytest.approx(row_one[key], rel=1e-5, abs=1e-7), (name, key)
         # rank 0 wrote the run directory under its name; rank 1 wrote none under its own
         assert (ranks / f"run-{name}-rank0" / "config.json").is_file()

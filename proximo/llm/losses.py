@@ -39,6 +39,14 @@ def pooled_moments(values: torch.Tensor, mask: torch.Tensor | None = None,
     return mean, squares / (count - 1) if count > 1 else 0.0
 
 
+def pooled_whiten(x: torch.Tensor, mask: torch.Tensor, global_sum: GlobalSum | None = None,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """x standardized with the mean and unbiased std at mask over every rank's values (pooled_moments;
+    masked_whiten's formula and eps); padding comes back as 0."""
+    mean, var = pooled_moments(x, mask, global_sum)
+    return (x - mean) * torch.rsqrt(torch.tensor(var + eps, dtype=x.dtype, device=x.device)) * mask.to(x.dtype)
+
+
 def aggregation_name(mode: str) -> str:
     """The current name of a loss aggregation (old spellings mapped onto the new ones)."""
     name = AGGREGATION_ALIASES.get(mode, mode)
@@ -111,8 +119,7 @@ def reinforce_pp_advantages(scores: torch.Tensor, logp: torch.Tensor, ref_logp: 
     maskf = mask.to(rewards.dtype)
     # Reward-to-go: a reversed cumulative sum along each row (padding carries 0).
     returns = (rewards * maskf).flip(1).cumsum(1).flip(1) * maskf
-    mean, var = pooled_moments(returns, mask, global_sum)
-    return (returns - mean) * torch.rsqrt(torch.tensor(var + 1e-8, dtype=returns.dtype)) * maskf  # masked_whiten's eps
+    return pooled_whiten(returns, mask, global_sum)
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int, valid: torch.Tensor | None = None) -> torch.Tensor:

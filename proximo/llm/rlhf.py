@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
-from proximo.core import AdaptiveKLController, FixedKLController, masked_mean, masked_whiten, policy_loss, value_loss
+from proximo.core import AdaptiveKLController, FixedKLController, masked_mean, policy_loss, value_loss
 from proximo.errors import ProximoError
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.config import RLHFConfig
 from proximo.llm.generation import response_logprobs
-from proximo.llm.losses import rlhf_token_rewards, token_gae
+from proximo.learners.distributed import broadcast_module_
+from proximo.llm.losses import pooled_moments, pooled_whiten, rlhf_token_rewards, token_gae
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size
 from proximo.llm.reward_model import RewardModel
 from proximo.llm.rl import RLTrainer, micro_batches, minibatch_indices
@@ -53,7 +54,9 @@ class RLHF(RLTrainer):
         if self.reward_model.tokenizer.vocab_size != self.tokenizer.vocab_size:
             raise ProximoError("the reward model and the policy use different tokenizers; train the reward model "
                                "from the same model family (e.g. `proximo llm rm --init` the SFT run)")
-        self.value_head = ScalarHead(hidden_size(self.model)).to(self.device)
+        self.value_head = ScalarHead(hidden_size(self.model))
+        broadcast_module_(self.value_head, self.world)  # each rank drew its own initial head: rank 0's for all
+        self.value_head.to(self.device)
         self.critic: RewardModel | None = None
         if self.config.critic == "reward_model":
             # A critic that starts out knowing the reward: its early advantages are signal, not noise.
@@ -98,7 +101,7 @@ class RLHF(RLTrainer):
         """Sample one completion per prompt; score it, per-token rewards with the KL penalty, GAE."""
         cfg: RLHFConfig = self.config
         started = time.perf_counter()
-        prompts = self.sample_prompts(cfg.prompts_per_step)
+        prompts = self.sample_prompts(self.prompts_per_rank)  # this rank's share of prompts_per_step
         rollout, completions, gen_s = self.rollout(prompts)
         input_ids, attention, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
         width = rollout.prompt_ids.shape[1]
@@ -112,12 +115,14 @@ class RLHF(RLTrainer):
         rewards_seq = scores
         if cfg.normalize_scores:
             # Running (not per-batch) statistics: a batch that is better on the whole still earns more.
-            self.score_stats.update(scores.detach().double().cpu())
+            # over every rank's scores: the moments about the shared running mean add up over ranks
+            moments = torch.from_numpy(self.score_stats.moments(scores.detach().double().cpu()))
+            self.score_stats.update_from_moments(self.world.all_reduce_sum_(moments).numpy())
             rewards_seq = (scores - float(self.score_stats.mean)) / (float(self.score_stats.var.sqrt()) + 1e-6)
         rewards, kl_tokens = rlhf_token_rewards(rewards_seq, old_logp, ref_logp, mask, beta, cfg.kl_estimator)
         advantages, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
         if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = pooled_whiten(advantages, mask, self.global_sum)  # over every rank's tokens
         return SimpleNamespace(started=started, prompts=prompts, completions=completions, scores=scores,
                                input_ids=input_ids, attention=attention, mask=mask, width=width, old_logp=old_logp,
                                old_values=old_values, advantages=advantages, returns=returns, kl_tokens=kl_tokens,
@@ -160,17 +165,25 @@ class RLHF(RLTrainer):
                 self.sync_gradients(optimizer)
                 self.precision.step(optimizer, cfg.max_grad_norm)
                 count += 1
-        # KL per sequence (sum over its tokens), the quantity the adaptive controller targets.
-        sequence_kl = float(kl_tokens.sum(1).mean())
-        self.kl_controller.update(sequence_kl)
-        tokens = float(mask.sum())
-        row = {key: value / count for key, value in stats.items()}
+        # Statistics of the whole step, over every rank's rollouts: each rank's parts are already weighted by
+        # their share of the global minibatch, so they add up; rates add up too (the ranks run at once).
         task_reward = self.task.reward(prompts, completions) if self.task is not None else None
+        names = list(stats)
+        tokens = float(mask.sum())
+        totals = self.global_sum(*(stats[k] for k in names), float(kl_tokens.sum()), batch, tokens,
+                                 sum(task_reward) if task_reward is not None else 0.0,
+                                 tokens / max(gen_s, 1e-9), tokens / (time.perf_counter() - started))
+        kl_sum, rows, tokens, task_sum, gen_rate, rate = totals[len(names):]
+        # KL per sequence (sum over its tokens), the quantity the adaptive controller targets: the same on every rank.
+        sequence_kl = kl_sum / rows
+        self.kl_controller.update(sequence_kl)
+        score_mean, score_var = pooled_moments(scores, None, self.global_sum)
+        row = {key: value / count for key, value in zip(names, totals)}
         row.update({
-            "score": float(scores.mean()), "reward": float(scores.mean()), "reward_std": float(scores.std()),
-            "accuracy": sum(task_reward) / len(task_reward) if task_reward is not None else None,
-            "kl_ref": float(masked_mean(kl_tokens, mask)), "kl_ref_sequence": sequence_kl, "kl_coef": beta, "response_length": tokens / batch,
-            "learning_rate": cfg.learning_rate, "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
-            "tokens_per_s": tokens / (time.perf_counter() - started),
+            "score": score_mean, "reward": score_mean, "reward_std": score_var ** 0.5,
+            "accuracy": task_sum / rows if task_reward is not None else None,
+            "kl_ref": kl_sum / max(tokens, 1.0), "kl_ref_sequence": sequence_kl, "kl_coef": beta,
+            "response_length": tokens / rows, "learning_rate": cfg.learning_rate, "gen_tokens_per_s": gen_rate,
+            "tokens_per_s": rate,
         })
         return row

@@ -1,5 +1,28 @@
 """The loop GRPO and PPO-RLHF share: load the policy and a frozen reference, draw prompts, sample
-rollouts, evaluate on held-out prompts, log, checkpoint. Subclasses implement one update (step)."""
+rollouts, evaluate on held-out prompts, log, checkpoint. Subclasses implement one update (step).
+
+Data parallel: under torchrun (or `proximo llm grpo --nproc K`) each process is one rank with a full
+replica of the policy, the reference and the optimizer state (on CUDA, GPU LOCAL_RANK). Parameters start
+equal (a built-in model and a LoRA adapter are broadcast from rank 0), each rank seeds its draws with
+rank_seed and rolls out prompts_per_step / K prompts (its own groups), each part's loss is divided by
+the global minibatch's count, and the flat gradient is all-reduced (summed) once per optimizer step, so
+the step is the whole batch's. Statistics an algorithm needs over the batch (GRPO's batch reward std,
+REINFORCE++ return whitening, RLHF's score normalization, advantage whitening and adaptive KL) and
+every logged statistic pool all ranks; dynamic sampling stays per rank. Held-out evaluation is sharded:
+each rank completes its slice of the prompts and the sums are pooled (no rank idles into the collective
+timeout during a long evaluation, and it runs K times as fast). Rank 0 alone writes the run directory
+and prints.
+
+Not wired: FSDP / ZeRO (nor accelerate or DeepSpeed). They shard the parameters, gradients and Adam
+state across ranks (ZeRO-1: optimizer state; ZeRO-2: + gradients, reduce-scatter in place of the
+all-reduce; ZeRO-3 / FSDP: + parameters, all-gathered layer by layer for each forward and backward),
+so a model whose replica, fp32 master weights and two Adam moments (~16 bytes per trained parameter)
+do not fit one device still trains; proximo keeps a full replica per rank. Wiring FSDP would take:
+wrapping the policy (torch.distributed.fsdp fully_shard per transformer block) in place of the flat
+FlatOptimizer buffer and sync_gradients (FSDP reduce-scatters itself; a per-shard AdamW), generation
+from the sharded model (an all-gather per layer per decoded token, or summoning full parameters for
+sampling), the reference kept sharded or as a LoRA-off pass, and checkpoints gathered on rank 0 or
+saved as sharded state dicts."""
 from __future__ import annotations
 
 import copy

@@ -29,6 +29,9 @@ CASES = {
     "dapo": dict(loss_aggregation="dapo"),
     "batch": dict(loss_aggregation="grpo", scale_rewards="batch"),
     "reinforce++": dict(advantage_estimator="reinforce++", kl_coef=0.05, loss_aggregation="bnpo"),
+    # from a model directory (a built-in model reseeds torch): each rank draws its own adapter init, and
+    # rank 0's is broadcast
+    "lora": dict(loss_aggregation="bnpo", lora_r=4),
 }
 # adam_eps 1e-5, not 1e-8: Adam's first steps move each weight by ~lr x g / (|g| + eps), so where a gradient
 # entry is ~0 (a few hundred of 600k here) the float noise of summing in another order (ranks, micro-batches)
@@ -100,9 +103,9 @@ def _rlhf_trainer(out: Path):
     return trainer
 
 
-def _one_update(out: Path) -> None:
+def _one_update(out: Path, model_dir: Path) -> None:
     """For each case: a GRPO trainer, one learn() on its share of the fixed batch; rank 0 writes the
-    parameters and the row (and every rank its parameters, to compare the ranks)."""
+    row and every rank its parameters and gradients (and the first draws of its torch stream)."""
     from proximo.llm.grpo import GRPO
     from proximo.llm.tasks import get_task
 
@@ -111,18 +114,21 @@ def _one_update(out: Path) -> None:
         if case is None:
             trainer = _rlhf_trainer(out)
         else:
-            trainer = GRPO("tiny", reward_fn=_varied_reward, prompts=prompts, tensorboard=False,
+            trainer = GRPO(model_dir if name == "lora" else "tiny", reward_fn=_varied_reward, prompts=prompts,
+                           tensorboard=False,
                            run_dir=out / f"run-{name}-rank{os.environ.get('RANK', 0)}", **COMMON, **case)
             _fixed_share(trainer)
         # The gradient each optimizer step applies (after the all-reduce): Adam's step is nearly blind to a
         # gradient's scale (~lr x sign), so the parameters alone would not catch a wrong count.
         grads, step = [], trainer.precision.step
         trainer.precision.step = lambda optimizer, norm: (grads.append(optimizer.grad.clone()), step(optimizer, norm))[1]
+        stream = torch.rand(4)  # what this rank would sample from
         before = torch.cat([p.detach().reshape(-1) for p in trainer.trainable_parameters()]).clone()
         row = trainer.learn(trainer.collect(), trainer.make_optimizer())
         after = torch.cat([p.detach().reshape(-1) for p in trainer.trainable_parameters()])
         rank = trainer.world.rank
-        save_file({"before": before, "after": after.contiguous(), "grad1": grads[0], "grad2": grads[1]},
+        save_file({"before": before, "after": after.contiguous(), "grad1": grads[0], "grad2": grads[1],
+                   "stream": stream},
                   str(out / f"{name}.rank{rank}.safetensors"))
         if case is None:  # the state RLHF carries to the next step, the same on every rank
             row.update(kl_coef_next=trainer.kl_controller.value, score_mean=float(trainer.score_stats.mean))
@@ -136,9 +142,13 @@ def test_two_ranks_holding_halves_of_a_batch_update_as_one_process_on_all_of_it(
     ranks, alone = tmp_path / "ranks", tmp_path / "alone"
     ranks.mkdir()
     alone.mkdir()
-    launch = Launch(_torchrun(2, "tests.test_llm_distributed", str(ranks)), ROOT, "exact", logs=tmp_path)
+    from proximo.llm.models import load_model, save_model
+    model, tokenizer, _ = load_model("tiny", seed=5)
+    save_model(model, tokenizer, tmp_path / "model")
+    launch = Launch(_torchrun(2, "tests.test_llm_distributed", str(ranks), str(tmp_path / "model")), ROOT, "exact",
+                    logs=tmp_path)
     try:
-        _one_update(alone)  # meanwhile, here: one process on the whole batch
+        _one_update(alone, tmp_path / "model")  # meanwhile, here: one process on the whole batch
         assert launch.wait(120) == 0, launch.stderr()[-3000:]
     finally:
         launch.close()
@@ -146,6 +156,8 @@ def test_two_ranks_holding_halves_of_a_batch_update_as_one_process_on_all_of_it(
         one, r0, r1 = (load_file(str(d / f"{name}.rank{r}.safetensors")) for d, r in
                        ((alone, 0), (ranks, 0), (ranks, 1)))
         assert torch.equal(one["before"], r0["before"]) and torch.equal(r0["before"], r1["before"]), name
+        # rank 0 samples as 1 process does, rank 1 from its own stream
+        assert torch.equal(one["stream"], r0["stream"]) and not torch.equal(r0["stream"], r1["stream"]), name
         moved = (one["after"] - one["before"]).abs().max().item()
         assert moved > 1e-3, f"{name}: the update moved no parameter ({moved})"  # Adam's step is ~lr = 1e-3
         assert torch.equal(r0["after"], r1["after"]), f"{name}: the ranks' parameters differ"
@@ -216,4 +228,4 @@ def test_under_plain_torchrun_a_bad_split_is_said_once(tmp_path):
 
 
 if __name__ == "__main__":  # the worker of the exactness test, started by torchrun
-    _one_update(Path(sys.argv[1]))
+    _one_update(Path(sys.argv[1]), Path(sys.argv[2]))

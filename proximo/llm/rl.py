@@ -177,6 +177,10 @@ class RLTrainer:
             self.reference = copy.deepcopy(self.model).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
+        if self.world.rank:
+            # A built-in model is built under torch.manual_seed(config.seed), which put every rank on one
+            # torch stream: ranks > 0 sample from their own again (rank 0 keeps the single-process one).
+            torch.manual_seed(rank_seed(config.seed, self.world.rank))
         # Frozen weights (a LoRA's base model, the reference copy) live in the low dtype; trained ones
         # stay float32 for the optimizer.
         self.precision.cast_frozen(self.model).to(self.device)

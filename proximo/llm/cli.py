@@ -183,9 +183,9 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     """GRPO from --init on the task's reward, or on --dataset with --reward functions (under torchrun:
     one rank of a data-parallel run; --nproc K starts K of them)."""
     from proximo.learners.distributed import launched_by_torchrun
-    from proximo.llm.grpo import GRPO
     if args.nproc is not None:
         return _launch_grpo(args)
+    from proximo.llm.grpo import GRPO  # after the launch: the launcher itself trains nothing
     init = _init_source(args.init)
     if args.reward_weights is not None and not args.reward:
         raise ProximoError("--reward-weights needs --reward functions to weigh")
@@ -278,10 +278,10 @@ def _launch_grpo(args: argparse.Namespace) -> int:
         fields["task"] = ""  # as GRPO does: prompts and rewards of the user's, no task
     config = GRPOConfig(**fields)
     split_prompts(config, args.nproc)
-    argv = [token for i, token in enumerate(args.argv) if not _is_nproc_token(args.argv, i)]
     if args.nproc == 1:
         args.nproc = None
         return cmd_grpo(args)
+    argv = [token for i, token in enumerate(args.argv) if not _is_nproc_token(args.argv, i)]
     if args.run_dir is None:
         argv += ["--run-dir", str(default_run_dir("grpo", config.task, config.seed))]  # one name for every rank
     return launch_local(args.nproc, argv)

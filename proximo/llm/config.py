@@ -106,7 +106,8 @@ class SFTConfig(_LLMConfig):
     warmup_steps: int = 100
     weight_decay: float = 0.0
     eval_every: int = 50
-    target_accuracy: float | None = 0.4     # stop once held-out sampled accuracy reaches this (None: never)
+    target_accuracy: float | None = 0.4     # stop once held-out sampled accuracy reaches this (None: never); with
+                                            # a dataset: greedy exact match, and only when set explicitly
     max_time_s: float | None = None         # stop after this much wall time
 
     def validate(self) -> None:

@@ -1,5 +1,6 @@
-"""Supervised fine-tuning on a built-in task's exact answers, stopped at a target held-out accuracy
-so that RL starts from a weak-but-nonzero policy."""
+"""Supervised fine-tuning: on a built-in task's exact answers, stopped at a target held-out accuracy so
+that RL starts from a weak-but-nonzero policy; or on your prompt/completion (or messages) dataset, with
+held-out token NLL and greedy exact match (proximo.llm.labeled_data reads the file)."""
 from __future__ import annotations
 
 import time
@@ -10,7 +11,9 @@ import torch
 
 from proximo.callbacks import Callback, CallbackList, CheckpointEvery, as_callbacks, run_loop
 from proximo.core import masked_mean
+from proximo.errors import ProximoError
 from proximo.llm.config import SFTConfig
+from proximo.llm.labeled_data import load_train_eval, sft_examples
 from proximo.llm.generation import pad_responses, response_logprobs
 from proximo.llm.models import load_model
 from proximo.llm.run import LLMRun, encode_prompts, evaluate, make_optimizer
@@ -27,23 +30,100 @@ def sft_loss(model, tokenizer, prompts: list[str], answers: list[str]) -> tuple[
     return -masked_mean(logp, rmask), int(rmask.sum())
 
 
+def mean_nll(model, tokenizer, examples: list[tuple[str, str]], batch_size: int = 256) -> float:
+    """Mean per-token negative log-likelihood of completions + <eos> given their prompts (sft_loss's
+    quantity, weighted by each batch's token count so it is the mean over all tokens)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            loss, tokens = sft_loss(model, tokenizer, [p for p, _ in chunk], [c for _, c in chunk])
+            total += float(loss) * tokens
+            count += tokens
+    model.train(was_training)
+    return total / max(count, 1)
+
+
 class SFT:
-    """Train a causal LM on a task's answers: SFT("tiny", task="add").train() -> summary dict."""
+    """Train a causal LM on a task's answers, SFT("tiny", task="add").train(), or on a dataset,
+    SFT(model_dir, dataset="train.jsonl", eval_fraction=0.1).train() -> summary dict.
+
+    With a dataset the held-out metric is the mean token NLL of the completions (eval_nll) and the
+    greedy exact-match accuracy of their text (eval_greedy_accuracy); target_accuracy, when given
+    explicitly, applies to that exact match (the task default of 0.4 does not). Without eval_dataset
+    or eval_fraction the training rows are evaluated (the summary says so)."""
 
     def __init__(self, model: str | Path = "tiny", run_dir: str | Path | None = None, verbose: bool = False,
-                 tensorboard: bool = True, **config: Any) -> None:
+                 tensorboard: bool = True, dataset: Any = None, eval_dataset: Any = None,
+                 eval_fraction: float | None = None, **config: Any) -> None:
+        if dataset is None and (eval_dataset is not None or eval_fraction is not None):
+            raise ProximoError("eval_dataset and eval_fraction hold out rows of a dataset; pass dataset=... too")
+        if dataset is not None:
+            config.setdefault("task", "")
+            # The default stop is a task's sampled accuracy; a dataset run stops there only when asked.
+            config.setdefault("target_accuracy", None)
         self.config = SFTConfig(**config)
         set_threads(self.config.torch_threads)
         self.rng = seed_everything(self.config.seed)
-        self.task = get_task(self.config.task, self.config.digits)
         self.model, self.tokenizer, _ = load_model(model, seed=self.config.seed)
-        self.max_new_tokens = self.config.max_new_tokens or self.task.max_new_tokens
-        self.held_out = self.task.held_out_prompts(self.config.num_eval_prompts)
-        self.run = LLMRun("sft", self.config, run_dir, {"model": str(model)}, tensorboard, verbose,
-                          total=self.config.max_steps)
+        extra: dict[str, Any] = {"model": str(model)}
+        self.task = None
+        self.examples: list[tuple[str, str]] | None = None
+        if dataset is None:
+            self.task = get_task(self.config.task, self.config.digits)
+            self.max_new_tokens = self.config.max_new_tokens or self.task.max_new_tokens
+            self.held_out = self.task.held_out_prompts(self.config.num_eval_prompts)
+        else:
+            train, name, held, held_name = load_train_eval(dataset, eval_dataset, eval_fraction, self.config.seed)
+            self.examples = sft_examples(train, name, self.tokenizer)
+            self.eval_on_train = held is None
+            self.eval_examples = (self.examples if held is None else sft_examples(held, held_name, self.tokenizer)
+                                  )[:self.config.num_eval_prompts]
+            longest = max(len(self.tokenizer.encode(c)) for _, c in self.examples + self.eval_examples) + 1
+            # Room for the longest completion and its <eos> (48: the generation limit proximo allows).
+            self.max_new_tokens = self.config.max_new_tokens or min(48, longest)
+            self._check_lengths(self.examples, name)
+            self._order: list[int] = []
+            extra.update(dataset=name, eval_dataset=held_name if held is not None else f"{name} (training rows)")
+        self.run = LLMRun("sft", self.config, run_dir, extra, tensorboard, verbose, total=self.config.max_steps)
+
+    def _check_lengths(self, examples: list[tuple[str, str]], name: str) -> None:
+        """Raise naming the first row whose prompt + completion + <eos> passes the model's positions."""
+        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config,
+                                                                                       "n_positions", None)
+        if not limit:
+            return
+        for row, (prompt, completion) in enumerate(examples):
+            length = len(self.tokenizer.encode(prompt, add_bos=True)) + len(self.tokenizer.encode(completion)) + 1
+            if length > limit:
+                raise ProximoError(f"{name} row {row}: prompt + completion are {length} tokens, past the model's "
+                                   f"{limit} positions; shorten the row or drop it")
+
+    def _draw_examples(self, n: int) -> list[tuple[str, str]]:
+        """n training examples, in shuffled passes over the rows (each row once per pass)."""
+        batch = []
+        while len(batch) < n:
+            if not self._order:
+                self._order = list(range(len(self.examples)))
+                self.rng.shuffle(self._order)
+            batch.append(self.examples[self._order.pop()])
+        return batch
 
     def evaluate(self, greedy: bool = True) -> dict[str, float]:
-        """Held-out accuracy of sampled (at the config temperature) and, if asked, greedy completions."""
+        """Held-out accuracy of sampled (at the config temperature) and, if asked, greedy completions; with
+        a dataset, held-out mean token NLL and (if greedy) greedy exact match of the completion text."""
+        if self.task is None:
+            out = {"eval_nll": mean_nll(self.model, self.tokenizer, self.eval_examples)}
+            if greedy:
+                answers = [c.strip() for _, c in self.eval_examples]
+
+                def exact(start: int, completions: list[str]) -> torch.Tensor:
+                    return torch.tensor([float(c.strip() == a) for c, a in zip(completions, answers[start:])])
+                out["eval_greedy_accuracy"] = evaluate(self.model, self.tokenizer, [p for p, _ in self.eval_examples],
+                                                       None, self.max_new_tokens, greedy=True, score=exact)["reward"]
+            return out
         prompts = self.held_out
         sampled = evaluate(self.model, self.tokenizer, prompts, self.task.reward, self.max_new_tokens,
                            self.config.temperature)
@@ -71,16 +151,18 @@ class SFT:
         self.step_count, self.tokens, self.started = 0, 0, time.perf_counter()
         self.last_loss = float("nan")
 
-        def collect() -> list[str]:
+        def collect() -> list[tuple[str, str]]:
             self.step_count += 1
-            return self.task.sample_prompts(self.rng, cfg.batch_size)
+            if self.task is None:
+                return self._draw_examples(cfg.batch_size)
+            return [(p, self.task.answer(p)) for p in self.task.sample_prompts(self.rng, cfg.batch_size)]
 
-        def learn(prompts: list[str]) -> dict[str, Any]:
+        def learn(batch: list[tuple[str, str]]) -> dict[str, Any]:
             step = self.step_count
             lr = cfg.learning_rate * min(1.0, step / max(1, cfg.warmup_steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, count = sft_loss(self.model, self.tokenizer, prompts, [self.task.answer(p) for p in prompts])
+            loss, count = sft_loss(self.model, self.tokenizer, [p for p, _ in batch], [a for _, a in batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.clip_grad_norm_(cfg.max_grad_norm)
@@ -92,16 +174,24 @@ class SFT:
         save = [CheckpointEvery(cfg.save_every)] if cfg.save_every else []
         callbacks = CallbackList([_EvaluateAndStop(), *as_callbacks(callback), *save])
         callbacks.init_callback(self)
+        if self.task is None:
+            self.before = self.evaluate()
+            self.run.log(0, self.before, 0.0, self.before["eval_greedy_accuracy"])
         stop_reason = run_loop(collect, learn, lambda: self.step_count >= cfg.max_steps, callbacks) or "max_steps"
         step, loss = self.step_count, self.last_loss
         last_eval = self.evaluate()
         summary = {"kind": "sft", "steps": step, "stop_reason": stop_reason, "final_loss": loss, **last_eval}
+        if self.task is None:
+            summary.update(eval_nll_before=self.before["eval_nll"],
+                           eval_greedy_accuracy_before=self.before["eval_greedy_accuracy"],
+                           eval_rows="training" if self.eval_on_train else "held-out")
         return self.run.finish(self.model, self.tokenizer, summary)
 
 
 class _EvaluateAndStop(Callback):
     """Every eval_every steps (and at max_steps): held-out accuracy, logged; stop at target_accuracy or
-    past max_time_s (only the sampled accuracy decides the stop; greedy is measured once at the end)."""
+    past max_time_s (on a task only the sampled accuracy decides the stop and greedy is measured once at
+    the end; on a dataset the greedy exact match decides, measured at every evaluation)."""
 
     reason: str | None = None
 
@@ -110,12 +200,14 @@ class _EvaluateAndStop(Callback):
         sft, cfg = self.trainer, self.trainer.config
         step = sft.step_count
         if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.max_steps:
-            evaluation = sft.evaluate(greedy=False)
+            on_dataset = sft.task is None
+            evaluation = sft.evaluate(greedy=on_dataset)
+            accuracy = evaluation["eval_greedy_accuracy" if on_dataset else "eval_sampled_accuracy"]
             speed = sft.tokens / (time.perf_counter() - sft.started)
             row.update(tokens_per_s=speed, **evaluation)
             sft.run.log(step, {k: v for k, v in row.items() if k not in ("global_step", "update")}, speed,
-                        evaluation["eval_sampled_accuracy"])
-            if cfg.target_accuracy is not None and evaluation["eval_sampled_accuracy"] >= cfg.target_accuracy:
+                        accuracy)
+            if cfg.target_accuracy is not None and accuracy >= cfg.target_accuracy:
                 self.reason = "target_accuracy"
                 return False
         if cfg.max_time_s is not None and time.perf_counter() - sft.started >= cfg.max_time_s:

@@ -1,5 +1,7 @@
 """A reward model: a scalar head on a causal LM's last hidden state, read at the last real token,
-trained on preference pairs with the Bradley-Terry loss; reports held-out pairwise accuracy."""
+trained on preference pairs with the Bradley-Terry loss; reports held-out pairwise accuracy. Pairs come
+from a built-in task (rule-made corruptions or the model's own wrong samples) or from your preference
+dataset (prompt / chosen / rejected, read by proximo.llm.labeled_data)."""
 from __future__ import annotations
 
 import time
@@ -12,7 +14,9 @@ from torch import nn
 
 from proximo.callbacks import CallbackList, FunctionCallback, as_callbacks, run_loop
 from proximo.llm.config import RewardModelConfig
+from proximo.errors import ProximoError
 from proximo.llm.generation import pad_responses
+from proximo.llm.labeled_data import load_train_eval, preference_triples
 from proximo.llm.losses import bradley_terry_loss, last_token_index
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size, load_head, load_model, resolve_model_dir
 from proximo.llm.run import LLMRun, encode_prompts, make_optimizer
@@ -90,24 +94,40 @@ def sampled_pairs(model, tokenizer, task, prompts: list[str], rng, per_prompt: i
 
 
 def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = None, verbose: bool = False,
-                       tensorboard: bool = True, callback: Any = None, **config: Any) -> dict[str, Any]:
-    """Train a reward model on the task's synthetic preference pairs; returns the summary (held-out
+                       tensorboard: bool = True, callback: Any = None, dataset: Any = None,
+                       eval_dataset: Any = None, eval_fraction: float | None = None, **config: Any) -> dict[str, Any]:
+    """Train a reward model on the task's synthetic preference pairs, or on dataset= (a preference file
+    or list of rows) with eval_dataset= or eval_fraction= held out; returns the summary (held-out
     pairwise accuracy before and after included) and saves model/ with reward_head.safetensors.
-    callback: as for every proximo trainer (proximo/callbacks.py)."""
+    Without a held-out set a dataset run evaluates on its training pairs (the summary says so); at most
+    eval_pairs held-out pairs are scored. callback: as for every proximo trainer (proximo/callbacks.py)."""
+    if dataset is None and (eval_dataset is not None or eval_fraction is not None):
+        raise ProximoError("eval_dataset and eval_fraction hold out rows of a dataset; pass dataset=... too")
+    if dataset is not None:
+        config.setdefault("task", "")
     cfg = RewardModelConfig(**config)
     set_threads(cfg.torch_threads)
     rng = seed_everything(cfg.seed)
-    task = get_task(cfg.task, cfg.digits)
+    task = get_task(cfg.task, cfg.digits) if dataset is None else None
     backbone, tokenizer, _ = load_model(model, seed=cfg.seed)
     rm = RewardModel(backbone, tokenizer)
-    run = LLMRun("rm", cfg, run_dir, {"model": str(model)}, tensorboard, verbose, total=cfg.max_steps)
-    if cfg.pair_source == "samples":
+    extra: dict[str, Any] = {"model": str(model)}
+    eval_rows = "held-out"
+    if dataset is not None:
+        train, name, held, held_name = load_train_eval(dataset, eval_dataset, eval_fraction, cfg.seed)
+        train_pairs = preference_triples(train, name, tokenizer)
+        eval_pairs = train_pairs if held is None else preference_triples(held, held_name, tokenizer)
+        eval_pairs = eval_pairs[:cfg.eval_pairs]
+        eval_rows = "training" if held is None else "held-out"
+        extra.update(dataset=name, eval_dataset=held_name if held is not None else f"{name} (training rows)")
+    run = LLMRun("rm", cfg, run_dir, extra, tensorboard, verbose, total=cfg.max_steps)
+    if task is not None and cfg.pair_source == "samples":
         # Labelled samples of the model being improved: the errors the policy will actually make.
         train_pairs = sampled_pairs(backbone, tokenizer, task, task.sample_prompts(rng, cfg.train_pairs), rng,
                                     temperature=cfg.temperature)
         eval_pairs = sampled_pairs(backbone, tokenizer, task, task.held_out_prompts(cfg.eval_pairs), rng,
                                    temperature=cfg.temperature)
-    else:
+    elif task is not None:
         train_pairs = task.preference_pairs(rng, cfg.train_pairs)
         eval_pairs = task.preference_pairs(rng, cfg.eval_pairs, held_out=True)
     optimizer = make_optimizer(rm, cfg)
@@ -147,5 +167,6 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
     stopped_by = run_loop(collect, learn, lambda: progress.global_step >= cfg.max_steps, callbacks)
     accuracy, loss = progress.accuracy, progress.loss
     summary = {"kind": "rm", "steps": progress.global_step, "stopped_by": stopped_by,
-               "pairwise_accuracy_before": before, "pairwise_accuracy": accuracy, "final_loss": loss}
+               "pairwise_accuracy_before": before, "pairwise_accuracy": accuracy, "final_loss": loss,
+               "eval_pairs": len(eval_pairs), "eval_rows": eval_rows}
     return run.finish(rm.backbone, tokenizer, summary, {REWARD_HEAD: rm.head})

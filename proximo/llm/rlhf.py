@@ -16,11 +16,13 @@ from proximo.core import AdaptiveKLController, FixedKLController, masked_mean, p
 from proximo.errors import ProximoError
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.config import RLHFConfig
+from proximo.llm.data import render_prompt
 from proximo.llm.generation import response_logprobs
 from proximo.learners.distributed import broadcast_module_
 from proximo.llm.losses import pooled_moments, pooled_whiten, rlhf_token_rewards, token_gae
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size
 from proximo.llm.reward_model import RewardModel
+from proximo.llm.rewards import completion_text
 from proximo.llm.rl import RLTrainer, micro_batches, minibatch_indices
 from proximo.llm.run import RewardFn
 from proximo.nn.normalize import RunningMeanStd
@@ -30,27 +32,37 @@ VALUE_HEAD = "value"
 
 class RLHF(RLTrainer):
     """PPO-RLHF against a reward model: RLHF("tiny" | model_dir | run_dir, reward_model=RM_DIR,
-    prompts=[...], **RLHFConfig fields).train(steps) -> summary dict. Held-out evaluation uses the
-    task's exact-match reward when there is a task, else eval_reward_fn, else the reward model."""
+    prompts=[...] or dataset=FILE [eval_dataset= | eval_fraction=], **RLHFConfig fields).train(steps)
+    -> summary dict. The reward model alone drives training. Held-out evaluation uses the task's
+    exact-match reward when there is a task, else eval_reward_fn (a function, a `module:function`
+    spec or a list of them, called as reward functions are, with the dataset's other columns), else
+    the reward model's score. With a task or eval_reward_fn each step's row also has the true reward
+    of its training samples as `accuracy`, so that a rising score over a falling accuracy (reward
+    over-optimization) is visible."""
 
     kind = "rlhf"
 
     def __init__(self, model: str | Path = "tiny", reward_model: str | Path | RewardModel | None = None,
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
-                 eval_reward_fn: RewardFn | None = None, run_dir: str | Path | None = None,
-                 verbose: bool = False, tensorboard: bool = True, **config: Any) -> None:
+                 eval_reward_fn: RewardFn | str | list | None = None, run_dir: str | Path | None = None,
+                 verbose: bool = False, tensorboard: bool = True, dataset: Any = None, eval_dataset: Any = None,
+                 eval_fraction: float | None = None, **config: Any) -> None:
         if reward_model is None:
             raise ProximoError("RLHF needs reward_model=DIR (train one with `proximo llm rm`)")
         self.reward_model = reward_model if isinstance(reward_model, RewardModel) else RewardModel.load(reward_model)
         self.reward_model.eval()
         for p in self.reward_model.parameters():
             p.requires_grad_(False)
-        if prompts is not None and "task" not in config:
+        if (prompts is not None or dataset is not None) and "task" not in config:
             config["task"] = ""
-        if eval_reward_fn is None and prompts is not None and not config.get("task"):
+        # True rewards (the task's or the user's) are measured on training samples too; the reward model's
+        # own score, the fallback, already is the `score` column.
+        self.true_reward = bool(config.get("task", "add")) or eval_reward_fn is not None
+        if eval_reward_fn is None and not config.get("task", "add"):
             eval_reward_fn = self._score_fn
         super().__init__(model, RLHFConfig(**config), eval_reward_fn, prompts, eval_prompts, run_dir, verbose,
-                         tensorboard, extra={"reward_model": str(reward_model)})
+                         tensorboard, extra={"reward_model": str(reward_model)}, dataset=dataset,
+                         eval_dataset=eval_dataset, eval_fraction=eval_fraction)
         if self.reward_model.tokenizer.vocab_size != self.tokenizer.vocab_size:
             raise ProximoError("the reward model and the policy use different tokenizers; train the reward model "
                                "from the same model family (e.g. `proximo llm rm --init` the SFT run)")
@@ -71,9 +83,11 @@ class RLHF(RLTrainer):
         self.kl_controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target) if cfg.kl_controller == "adaptive"
                               else FixedKLController(cfg.kl_coef))
 
-    def _score_fn(self, prompts: list[str], completions: list[str]) -> list[float]:
+    def _score_fn(self, prompts: list, completions: list) -> list[float]:
+        """Reward-model scores of raw dataset prompts (strings or chat messages) and their completions."""
+        texts = [render_prompt(p, self.tokenizer) for p in prompts]
         with torch.inference_mode(), self.precision.autocast():
-            return self.reward_model.score_texts(prompts, completions).tolist()
+            return self.reward_model.score_texts(texts, [completion_text(c) for c in completions]).tolist()
 
     def trainable_parameters(self):
         """The policy and its critic (value head or separate value model)."""
@@ -101,7 +115,7 @@ class RLHF(RLTrainer):
         """Sample one completion per prompt; score it, per-token rewards with the KL penalty, GAE."""
         cfg: RLHFConfig = self.config
         started = time.perf_counter()
-        prompts = self.sample_prompts(self.prompts_per_rank)  # this rank's share of prompts_per_step
+        prompts, rows = self.draw_prompts(self.prompts_per_rank)  # this rank's share of prompts_per_step
         rollout, completions, gen_s = self.rollout(prompts)
         input_ids, attention, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
         width = rollout.prompt_ids.shape[1]
@@ -123,7 +137,7 @@ class RLHF(RLTrainer):
         advantages, returns = token_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
         if cfg.whiten_advantages:
             advantages = pooled_whiten(advantages, mask, self.global_sum)  # over every rank's tokens
-        return SimpleNamespace(started=started, prompts=prompts, completions=completions, scores=scores,
+        return SimpleNamespace(started=started, prompts=prompts, rows=rows, completions=completions, scores=scores,
                                input_ids=input_ids, attention=attention, mask=mask, width=width, old_logp=old_logp,
                                old_values=old_values, advantages=advantages, returns=returns, kl_tokens=kl_tokens,
                                beta=beta, gen_s=gen_s)
@@ -167,13 +181,17 @@ class RLHF(RLTrainer):
                 count += 1
         # Statistics of the whole step, over every rank's rollouts: each rank's parts are already weighted by
         # their share of the global minibatch, so they add up; rates add up too (the ranks run at once).
-        task_reward = self.task.reward(prompts, completions) if self.task is not None else None
+        # The true reward (the task's or the --reward functions') of the step's samples, unscored (NaN) ones out.
+        true_sum, true_count = 0.0, 0.0
+        if self.true_reward:
+            true = self.score(self.dataset, b.rows, prompts, completions)[0]
+            scored = true[~torch.isnan(true)]
+            true_sum, true_count = float(scored.sum()), float(len(scored))
         names = list(stats)
         tokens = float(mask.sum())
-        totals = self.global_sum(*(stats[k] for k in names), float(kl_tokens.sum()), batch, tokens,
-                                 sum(task_reward) if task_reward is not None else 0.0,
-                                 tokens / max(gen_s, 1e-9), tokens / (time.perf_counter() - started))
-        kl_sum, rows, tokens, task_sum, gen_rate, rate = totals[len(names):]
+        totals = self.global_sum(*(stats[k] for k in names), float(kl_tokens.sum()), batch, tokens, true_sum,
+                                 true_count, tokens / max(gen_s, 1e-9), tokens / (time.perf_counter() - started))
+        kl_sum, rows, tokens, true_sum, true_count, gen_rate, rate = totals[len(names):]
         # KL per sequence (sum over its tokens), the quantity the adaptive controller targets: the same on every rank.
         sequence_kl = kl_sum / rows
         self.kl_controller.update(sequence_kl)
@@ -181,7 +199,7 @@ class RLHF(RLTrainer):
         row = {key: value / count for key, value in zip(names, totals)}
         row.update({
             "score": score_mean, "reward": score_mean, "reward_std": score_var ** 0.5,
-            "accuracy": task_sum / rows if task_reward is not None else None,
+            "accuracy": true_sum / true_count if true_count else None,
             "kl_ref": kl_sum / max(tokens, 1.0), "kl_ref_sequence": sequence_kl, "kl_coef": beta,
             "response_length": tokens / rows, "learning_rate": cfg.learning_rate, "gen_tokens_per_s": gen_rate,
             "tokens_per_s": rate,

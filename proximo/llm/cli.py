@@ -46,14 +46,20 @@ def register(subparsers) -> None:
     llm = subparsers.add_parser("llm", help="language models: sft, reward model, PPO-RLHF, GRPO, eval")
     sub = llm.add_subparsers(dest="llm_command", required=True, parser_class=type(llm))
 
-    sft = sub.add_parser("sft", help="supervised fine-tuning on a built-in task to a weak starting accuracy")
+    sft = sub.add_parser("sft", help="supervised fine-tuning on a built-in task to a weak starting accuracy, "
+                                     "or on your prompt/completion or messages dataset")
     sft.add_argument("--model", default="tiny", help="built-in model name (tiny, tiny-llama, small) or a directory")
+    _dataset_args(sft, "examples: 'prompt' + 'completion' columns (strings, or chat messages + a list with one "
+                       "assistant message) or a 'messages' column (a chat ending in the assistant turn to learn)")
     _common(sft)
     _add_fields(sft, SFTConfig)
     sft.set_defaults(handler=cmd_sft)
 
-    rm = sub.add_parser("rm", help="train a reward model on a task's synthetic preference pairs")
+    rm = sub.add_parser("rm", help="train a reward model on a task's synthetic preference pairs or your "
+                                   "preference dataset")
     rm.add_argument("--init", default="tiny", help="backbone: built-in name, model directory or run directory")
+    _dataset_args(rm, "preference pairs: 'prompt', 'chosen', 'rejected' columns (strings, or chat messages + lists "
+                      "with one assistant message), or chosen/rejected conversations sharing their prompt")
     _common(rm)
     _add_fields(rm, RewardModelConfig)
     rm.set_defaults(handler=cmd_rm)
@@ -61,6 +67,11 @@ def register(subparsers) -> None:
     rlhf = sub.add_parser("rlhf", help="PPO-RLHF against a reward model")
     rlhf.add_argument("--init", required=True, help="policy: run directory (e.g. of `llm sft`) or model directory")
     rlhf.add_argument("--reward-model", required=True, type=Path, help="run directory of `proximo llm rm`")
+    _dataset_args(rlhf, "prompts: a 'prompt' column (string or chat messages); other columns go to --reward")
+    rlhf.add_argument("--reward", action="append", metavar="MODULE:FUNCTION",
+                      help="true reward for held-out evaluation and the training rows' accuracy column only (the "
+                           "reward model alone drives training), e.g. proximo:exact_match with an 'answer' column; "
+                           "repeatable. Without it a dataset run evaluates the reward model's score")
     _common(rlhf)
     _add_fields(rlhf, RLHFConfig)
     rlhf.set_defaults(handler=cmd_rlhf)
@@ -118,6 +129,25 @@ def register(subparsers) -> None:
     ev.set_defaults(handler=cmd_eval)
 
 
+def _dataset_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """--dataset FILE and its held-out rows (--eval-dataset FILE or --eval-fraction F)."""
+    parser.add_argument("--dataset", metavar="FILE", help=f".jsonl/.json/.csv/.parquet or a save_to_disk folder "
+                                                          f"of {what}")
+    held = parser.add_mutually_exclusive_group()
+    held.add_argument("--eval-dataset", metavar="FILE", help="held-out rows (same format as --dataset)")
+    held.add_argument("--eval-fraction", type=float, metavar="F",
+                      help="hold out this fraction of --dataset's rows (seeded by --seed)")
+
+
+def _dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """dataset=/eval_dataset=/eval_fraction= for a trainer, or {} (held-out flags need --dataset)."""
+    if args.dataset is None:
+        if args.eval_dataset is not None or args.eval_fraction is not None:
+            raise ProximoError("--eval-dataset and --eval-fraction hold out rows of a --dataset; give --dataset")
+        return {}
+    return dict(dataset=args.dataset, eval_dataset=args.eval_dataset, eval_fraction=args.eval_fraction)
+
+
 def _init_source(text: str) -> str | Path:
     from proximo.llm.models import BUILTIN_MODELS
     return text if text in BUILTIN_MODELS else Path(text)
@@ -144,11 +174,18 @@ def cmd_sft(args: argparse.Namespace) -> int:
     """Train from scratch (or a directory) on a task; print the held-out accuracy it stopped at."""
     from proximo.llm.sft import SFT
     trainer = SFT(_init_source(args.model), run_dir=args.run_dir, verbose=not args.quiet,
-                  tensorboard=not args.no_tensorboard, **_overrides(args))
+                  tensorboard=not args.no_tensorboard, **_dataset_kwargs(args), **_overrides(args))
     summary = trainer.train()
     print(f"run: {summary['run_dir']}")
     print(f"steps: {summary['steps']}  stop: {summary['stop_reason']}  time: {summary['wall_time_s']:.1f} s")
-    print(f"held-out accuracy: sampled {summary['eval_sampled_accuracy']:.3f}  greedy {summary['eval_greedy_accuracy']:.3f}")
+    if "eval_nll" in summary:
+        rows = summary["eval_rows"]
+        print(f"{rows} completion NLL (nats/token): {summary['eval_nll_before']:.3f} -> {summary['eval_nll']:.3f}")
+        print(f"{rows} greedy exact match: {summary['eval_greedy_accuracy_before']:.3f} -> "
+              f"{summary['eval_greedy_accuracy']:.3f}")
+    else:
+        print(f"held-out accuracy: sampled {summary['eval_sampled_accuracy']:.3f}  "
+              f"greedy {summary['eval_greedy_accuracy']:.3f}")
     return 0
 
 
@@ -156,11 +193,14 @@ def cmd_rm(args: argparse.Namespace) -> int:
     """Train a reward model; print its held-out pairwise accuracy."""
     from proximo.llm.reward_model import train_reward_model
     init = _init_source(args.init)
-    overrides = {**_run_task(init), **_overrides(args)}
+    data = _dataset_kwargs(args)
+    # The task of the init run applies only to task pairs, not to the user's dataset.
+    overrides = {**({} if data else _run_task(init)), **_overrides(args)}
     summary = train_reward_model(init, run_dir=args.run_dir, verbose=not args.quiet,
-                                 tensorboard=not args.no_tensorboard, **overrides)
+                                 tensorboard=not args.no_tensorboard, **data, **overrides)
     print(f"run: {summary['run_dir']}")
-    print(f"held-out pairwise accuracy: {summary['pairwise_accuracy_before']:.3f} -> {summary['pairwise_accuracy']:.3f}")
+    print(f"{summary['eval_rows']} pairwise accuracy ({summary['eval_pairs']} pairs): "
+          f"{summary['pairwise_accuracy_before']:.3f} -> {summary['pairwise_accuracy']:.3f}")
     return 0
 
 
@@ -168,13 +208,21 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
     """PPO-RLHF from --init against --reward-model."""
     from proximo.llm.rlhf import RLHF
     init = _init_source(args.init)
-    trainer = RLHF(init, reward_model=args.reward_model, run_dir=args.run_dir, verbose=not args.quiet,
-                   tensorboard=not args.no_tensorboard, **{**_run_task(init), **_overrides(args)})
+    data = _dataset_kwargs(args)
+    if args.reward and not data:
+        raise ProximoError("--reward scores held-out rows of a --dataset; give --dataset (on a task the task's "
+                           "exact answers are the true reward)")
+    inherited = {} if data else _run_task(init)
+    trainer = RLHF(init, reward_model=args.reward_model, eval_reward_fn=args.reward, run_dir=args.run_dir,
+                   verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
+                   **{**inherited, **_overrides(args)})
     summary = trainer.train()
     print(f"run: {summary['run_dir']}")
     first, last = trainer.history[0], trainer.history[-1]
     print(f"reward-model score: {first['score']:.3f} -> {last['score']:.3f}  "
           f"KL to reference (per token, last 10 steps): {summary['kl_ref_last10']:.4f}")
+    if data and not args.reward:
+        print("(no --reward: the held-out numbers below are reward-model scores, not accuracies)")
     _print_eval(summary)
     return 0
 

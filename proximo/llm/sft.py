@@ -85,6 +85,8 @@ class SFT:
             # Room for the longest completion and its <eos> (48: the generation limit proximo allows).
             self.max_new_tokens = self.config.max_new_tokens or min(48, longest)
             self._check_lengths(self.examples, name)
+            if held is not None:
+                self._check_lengths(self.eval_examples, held_name)
             self._order: list[int] = []
             extra.update(dataset=name, eval_dataset=held_name if held is not None else f"{name} (training rows)")
         self.run = LLMRun("sft", self.config, run_dir, extra, tensorboard, verbose, total=self.config.max_steps)

@@ -118,6 +118,11 @@ def test_rlhf_cli_on_a_prompt_jsonl_with_a_reward_model_end_to_end(model_dir, tm
     summary = json.loads((run / "summary.json").read_text())
     assert summary["kind"] == "rlhf" and summary["steps"] == 2
     assert 0.0 <= summary["after"]["eval_greedy_accuracy"] <= 1.0   # exact match on the 6 held-out rows
+    import csv
+    with open(run / "metrics.csv") as handle:
+        steps = [r for r in csv.DictReader(handle) if r["global_step"] != "0"]
+    # --reward measures the training samples too (the RM alone trains): the true-accuracy column is filled.
+    assert len(steps) == 2 and all(r["accuracy"] != "" and r["score"] != "" for r in steps)
     config = json.loads((run / "config.json").read_text())
     assert config["rewards"] == ["exact_match"] and config["dataset"] == str(prompts)
     assert "reward-model score" in out.out and "held-out greedy accuracy" in out.out

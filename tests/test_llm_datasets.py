@@ -157,3 +157,21 @@ def test_rlhf_reward_needs_a_dataset(tmp_path, capsys):
                  "proximo:exact_match", *QUIET]) == 2
     err = capsys.readouterr().err.strip()
     assert "--reward scores held-out rows of a --dataset" in err and len(err.splitlines()) == 1
+
+
+def test_python_api_messages_sft_and_implicit_prompt_rm(model_dir, tmp_path):
+    from proximo.llm.reward_model import train_reward_model
+    from proximo.llm.sft import SFT
+    prompts = _prompts(12)
+    conversations = [_user(p) + _assistant(TASK.answer(p)) for p in prompts]
+    sft = SFT(model_dir, dataset=[{"messages": c} for c in conversations], eval_fraction=0.25,
+              run_dir=tmp_path / "sft", max_steps=2, batch_size=4, tensorboard=False)
+    assert len(sft.examples) == 9 and len(sft.eval_examples) == 3
+    assert sft.examples[0][0].endswith("<|assistant|>") and sft.config.target_accuracy is None
+    summary = sft.train()
+    assert summary["eval_rows"] == "held-out" and summary["steps"] == 2
+    rng = random.Random(0)
+    rows = [{"chosen": c, "rejected": c[:-1] + _assistant(TASK.corrupt(c[-1]["content"], rng))} for c in conversations]
+    rm = train_reward_model(model_dir, run_dir=tmp_path / "rm", dataset=rows, max_steps=1, batch_size=2,
+                            tensorboard=False)
+    assert rm["eval_rows"] == "training" and rm["eval_pairs"] == 12   # no held-out set: said so

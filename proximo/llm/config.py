@@ -129,11 +129,12 @@ class RewardModelConfig(_LLMConfig):
     learning_rate: float = 3e-4
     batch_size: int = 64
     max_steps: int = 600
-    train_pairs: int = 20_000
-    eval_pairs: int = 500
+    train_pairs: int = 20_000              # task pairs drawn (a --dataset trains on all its rows instead)
+    eval_pairs: int = 500                   # held-out pairs scored (task pairs, or the first of a dataset's)
     eval_every: int = 100
     pair_source: str = "corrupt"            # corrupt: rule-made wrong answers; samples: the init model's own
                                             # wrong samples (needs a model that already half-solves the task)
+                                            # (task pairs only; unused with a dataset)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""

@@ -129,7 +129,7 @@ class RewardModelConfig(_LLMConfig):
     learning_rate: float = 3e-4
     batch_size: int = 64
     max_steps: int = 600
-    train_pairs: int = 20_000              # task pairs drawn (a --dataset trains on all its rows instead)
+    train_pairs: int = 20_000               # task pairs drawn (a --dataset trains on all its rows instead)
     eval_pairs: int = 500                   # held-out pairs scored (task pairs, or the first of a dataset's)
     eval_every: int = 100
     pair_source: str = "corrupt"            # corrupt: rule-made wrong answers; samples: the init model's own

@@ -115,7 +115,11 @@ class RLHF(RLTrainer):
         """Sample one completion per prompt; score it, per-token rewards with the KL penalty, GAE."""
         cfg: RLHFConfig = self.config
         started = time.perf_counter()
-        prompts, rows = self.draw_prompts(self.prompts_per_rank)  # this rank's share of prompts_per_step
+        # This rank's share of prompts_per_step; dataset rows are kept for the true-reward columns.
+        if self.dataset is not None:
+            prompts, rows = self.draw_prompts(self.prompts_per_rank)
+        else:
+            prompts, rows = self.sample_prompts(self.prompts_per_rank), None
         rollout, completions, gen_s = self.rollout(prompts)
         input_ids, attention, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
         width = rollout.prompt_ids.shape[1]

@@ -202,6 +202,41 @@ def test_llm_grpo_nproc_2_trains_with_rank_0_alone_writing(tmp_path):
     assert launch.out.read_text().count("run: ") == 1  # rank 0 alone prints
 
 
+def test_llm_rlhf_nproc_2_trains_with_rank_0_alone_writing(tmp_path):
+    from proximo.llm import train_reward_model
+    rm = train_reward_model("tiny", run_dir=tmp_path / "rm", max_steps=2, batch_size=8, train_pairs=32,
+                            eval_pairs=8, num_eval_prompts=2, tensorboard=False)
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "proximo", "llm", "rlhf", "--init", "tiny", "--reward-model", rm["run_dir"],
+            "--task", "add", "--steps", "2", "--prompts-per-step", "8", "--num-minibatches", "2",
+            "--num-eval-prompts", "4", "--torch-threads", "1", "--run-dir", str(run_dir), "--no-tensorboard",
+            "--quiet", "--nproc", "2"]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    launch = Launch(argv, tmp_path, "rlhf", logs=logs)
+    try:
+        code = launch.wait(150)
+        assert not _tagged(launch.token), "a rank outlived torchrun"
+    finally:
+        launch.close()
+    assert code == 0, launch.stderr()[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "rm", "run"]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["world"] == {"size": 2, "backend": "gloo"}
+    steps = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [0, 1, 2]
+    assert launch.out.read_text().count("run: ") == 1
+
+
+@pytest.mark.parametrize("command", ["sft", "rm"])
+def test_single_process_llm_commands_refuse_torchrun_in_one_line(command, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    flag = "--model" if command == "sft" else "--init"
+    line = _one_line_error(capsys, ["llm", command, flag, "tiny"])
+    assert f"`proximo llm {command}` runs in one process" in line and "--nproc" in line
+
+
 def test_prompts_that_do_not_split_over_the_processes_are_one_line_and_exit_2(capsys, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     base = ["llm", "grpo", "--init", "tiny", "--task", "add", "--nproc", "2"]

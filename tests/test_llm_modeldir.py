@@ -67,3 +67,14 @@ def test_grpo_cli_on_a_jsonl_dataset_with_a_reward_module_lora_and_bf16(model_di
     assert config["dtype"] == "bfloat16" and config["micro_batch_size"] == 4
     merged, tokenizer, _ = load_model(run)  # the merged policy loads as a plain model directory
     assert type(tokenizer).__name__ == "HFTokenizer"
+
+
+def test_new_model_trains_its_tokenizer_on_any_text_column_of_a_dataset(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]},
+            {"prompt": "2+2=", "chosen": "4", "rejected": "5"}]
+    (tmp_path / "texts.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    target = tmp_path / "model"
+    assert main(["llm", "new-model", str(target), "--texts", str(tmp_path / "texts.jsonl"), "--family", "gpt2",
+                 "--hidden", "32", "--layers", "1", "--heads", "2", "--vocab-size", "300"]) == 0
+    _, tokenizer, _ = load_model(target)
+    assert tokenizer.decode(tokenizer.encode("hello there")) == "hello there"

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import os
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ def register(subparsers) -> None:
                       help="true reward for held-out evaluation and the training rows' accuracy column only (the "
                            "reward model alone drives training), e.g. proximo:exact_match with an 'answer' column; "
                            "repeatable. Without it a dataset run evaluates the reward model's score")
+    rlhf.add_argument("--nproc", type=int, metavar="K",
+                      help="train with K data-parallel processes on this machine (re-launches itself under "
+                           "torchrun; prompts_per_step is the step's total, split evenly over them)")
     _common(rlhf)
     _add_fields(rlhf, RLHFConfig)
     rlhf.set_defaults(handler=cmd_rlhf)
@@ -172,6 +176,7 @@ def _print_eval(summary: dict[str, Any]) -> None:
 
 def cmd_sft(args: argparse.Namespace) -> int:
     """Train from scratch (or a directory) on a task; print the held-out accuracy it stopped at."""
+    _refuse_torchrun("sft")
     from proximo.llm.sft import SFT
     trainer = SFT(_init_source(args.model), run_dir=args.run_dir, verbose=not args.quiet,
                   tensorboard=not args.no_tensorboard, **_dataset_kwargs(args), **_overrides(args))
@@ -191,6 +196,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     """Train a reward model; print its held-out pairwise accuracy."""
+    _refuse_torchrun("rm")
     from proximo.llm.reward_model import train_reward_model
     init = _init_source(args.init)
     data = _dataset_kwargs(args)
@@ -206,17 +212,25 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_rlhf(args: argparse.Namespace) -> int:
     """PPO-RLHF from --init against --reward-model."""
-    from proximo.llm.rlhf import RLHF
     init = _init_source(args.init)
     data = _dataset_kwargs(args)
     if args.reward and not data:
         raise ProximoError("--reward scores held-out rows of a --dataset; give --dataset (on a task the task's "
                            "exact answers are the true reward)")
     inherited = {} if data else _run_task(init)
-    trainer = RLHF(init, reward_model=args.reward_model, eval_reward_fn=args.reward, run_dir=args.run_dir,
-                   verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
-                   **{**inherited, **_overrides(args)})
-    summary = trainer.train()
+    if args.nproc is not None:
+        return _launch_rl(args, "rlhf", RLHFConfig, {**inherited, **_overrides(args)}, bool(data), cmd_rlhf)
+    from proximo.llm.rlhf import RLHF  # after the launch: the launcher itself trains nothing
+    with _one_voice():
+        trainer = RLHF(init, reward_model=args.reward_model, eval_reward_fn=args.reward, run_dir=args.run_dir,
+                       verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
+                       **{**inherited, **_overrides(args)})
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.world.close()
+    if not trainer.world.is_main:
+        return 0
     print(f"run: {summary['run_dir']}")
     first, last = trainer.history[0], trainer.history[-1]
     print(f"reward-model score: {first['score']:.3f} -> {last['score']:.3f}  "
@@ -230,11 +244,12 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
 def cmd_grpo(args: argparse.Namespace) -> int:
     """GRPO from --init on the task's reward, or on --dataset with --reward functions (under torchrun:
     one rank of a data-parallel run; --nproc K starts K of them)."""
-    from proximo.learners.distributed import launched_by_torchrun
-    if args.nproc is not None:
-        return _launch_grpo(args)
-    from proximo.llm.grpo import GRPO  # after the launch: the launcher itself trains nothing
     init = _init_source(args.init)
+    if args.nproc is not None:
+        inherited = {} if args.dataset is not None else _run_task(init)
+        return _launch_rl(args, "grpo", GRPOConfig, {**inherited, **_overrides(args)},
+                          args.dataset is not None or bool(args.reward), cmd_grpo)
+    from proximo.llm.grpo import GRPO  # after the launch: the launcher itself trains nothing
     if args.reward_weights is not None and not args.reward:
         raise ProximoError("--reward-weights needs --reward functions to weigh")
     if args.dataset is None and (args.eval_dataset is not None or args.eval_fraction is not None):
@@ -246,14 +261,10 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     data = {}
     if args.dataset is not None:
         data = dict(dataset=args.dataset, eval_dataset=args.eval_dataset, eval_fraction=args.eval_fraction)
-    try:
+    with _one_voice():
         trainer = GRPO(init, reward_fn=args.reward, reward_weights=args.reward_weights, run_dir=args.run_dir,
                        verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
                        **{**inherited, **_overrides(args)})
-    except ProximoError as exc:
-        if launched_by_torchrun() and os.environ.get("RANK", "0") != "0" and not isinstance(exc, EchoedError):
-            raise EchoedError(str(exc)) from exc  # every rank fails the same check; rank 0 alone says it
-        raise
     try:
         summary = trainer.train()
     finally:
@@ -268,17 +279,17 @@ def cmd_grpo(args: argparse.Namespace) -> int:
 
 
 def _training_texts(path: Path) -> list[str]:
-    """Tokenizer training texts from a .txt file (a line each) or a dataset file's prompt/completion columns."""
+    """Tokenizer training texts from a .txt file (a line each) or a dataset file's text columns (prompt,
+    completion, messages, chosen, rejected; strings or chat messages)."""
     if not path.exists():
         raise ProximoError(f"--texts {path}: no such file")
     if path.suffix == ".txt":
         texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
-        from proximo.llm.data import PromptDataset
-        data = PromptDataset.load(path)
+        from proximo.llm.data import _read_rows
         texts = []
-        for row in data.rows:
-            for key in ("prompt", "completion"):
+        for row in _read_rows(path):  # any columns: a messages or preference file has no 'prompt'-only shape
+            for key in ("prompt", "completion", "messages", "chosen", "rejected"):
                 value = row.get(key)
                 if isinstance(value, str):
                     texts.append(value)
@@ -308,8 +319,22 @@ def cmd_new_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_grpo(args: argparse.Namespace) -> int:
-    """`llm grpo --nproc K`: check the split here (one line, not K), then start K ranks under torchrun."""
+@contextmanager
+def _one_voice():
+    """Under torchrun every rank fails the same construction check: rank 0 alone says it (the others exit
+    quietly with status 2)."""
+    from proximo.learners.distributed import launched_by_torchrun
+    try:
+        yield
+    except ProximoError as exc:
+        if launched_by_torchrun() and os.environ.get("RANK", "0") != "0" and not isinstance(exc, EchoedError):
+            raise EchoedError(str(exc)) from exc
+        raise
+
+
+def _launch_rl(args: argparse.Namespace, kind: str, config_cls, fields: dict[str, Any], own_data: bool,
+               handler) -> int:
+    """`llm grpo|rlhf --nproc K`: check the split here (one line, not K), then start K ranks under torchrun."""
     from proximo.cli import _is_nproc_token
     from proximo.learners.distributed import launch_local, launched_by_torchrun
     from proximo.llm.rl import split_prompts
@@ -320,19 +345,25 @@ def _launch_grpo(args: argparse.Namespace) -> int:
     if launched_by_torchrun():
         raise ProximoError("--nproc starts torchrun itself; under torchrun leave it out (--nproc-per-node sets the "
                            "process count)")
-    inherited = {} if args.dataset is not None else _run_task(_init_source(args.init))
-    fields = {**inherited, **_overrides(args)}
-    if (args.dataset is not None or args.reward) and "task" not in fields:
-        fields["task"] = ""  # as GRPO does: prompts and rewards of the user's, no task
-    config = GRPOConfig(**fields)
+    if own_data and "task" not in fields:
+        fields["task"] = ""  # as the trainers do: prompts (and rewards) of the user's, no task
+    config = config_cls(**fields)
     split_prompts(config, args.nproc)
     if args.nproc == 1:
         args.nproc = None
-        return cmd_grpo(args)
+        return handler(args)
     argv = [token for i, token in enumerate(args.argv) if not _is_nproc_token(args.argv, i)]
     if args.run_dir is None:
-        argv += ["--run-dir", str(default_run_dir("grpo", config.task, config.seed))]  # one name for every rank
+        argv += ["--run-dir", str(default_run_dir(kind, config.task, config.seed))]  # one name for every rank
     return launch_local(args.nproc, argv)
+
+
+def _refuse_torchrun(command: str) -> None:
+    """SFT and reward-model training are single-process: K ranks would be K copies writing one directory."""
+    from proximo.learners.distributed import launched_by_torchrun
+    if launched_by_torchrun():
+        raise ProximoError(f"`proximo llm {command}` runs in one process; start it without torchrun (data "
+                           f"parallel is wired for `llm grpo` and `llm rlhf`: --nproc K)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

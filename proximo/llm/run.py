@@ -111,8 +111,8 @@ def save_model_atomic(directory: Path, model, tokenizer, heads: dict | None = No
 
 
 def default_run_dir(kind: str, task: str, seed: int) -> Path:
-    """runs/llm-<kind>-<task>-s<seed>-<YYYYmmdd-HHMMSS>."""
-    return Path("runs") / f"llm-{kind}-{task}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/llm-<kind>-<task>-s<seed>-<YYYYmmdd-HHMMSS> (task "data" for a run on the user's dataset)."""
+    return Path("runs") / f"llm-{kind}-{task or 'data'}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class LLMRun:

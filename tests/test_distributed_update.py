@@ -2,15 +2,12 @@
 rollout with the same minibatches (2 gloo processes on 127.0.0.1, both backends, with the KL gate)."""
 from __future__ import annotations
 
-import copy
 import multiprocessing
 import os
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 T, N, RANKS, EPOCHS = 16, 8, 2, 3

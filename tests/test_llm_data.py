@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from proximo.cli import main
 from proximo.errors import ProximoError

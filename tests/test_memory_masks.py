@@ -14,7 +14,6 @@ import torch
 from proximo import PPO
 from proximo.config import make_config
 from proximo.errors import ConfigError
-from proximo.learners.base import Minibatch
 from proximo.nn.distributions import CategoricalDist, MultiCategoricalDist, categorical_backward_np, categorical_np
 from proximo.nn.policy import ActorCritic, RolloutActor
 from proximo.nn.recurrent import RecurrentCore

@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -152,12 +153,12 @@ def run_proximo(model_dir: Path, prompts: list, args) -> dict:
     one_step()
     THREADS_SEEN["proximo"] = torch.get_num_threads()
     counted["tokens"], reward.completions = 0, 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         one_step()
-    seconds = time.perf_counter() - started
-    return {"tokens_per_s": counted["tokens"] / seconds, "tokens": counted["tokens"],
-            "completions": reward.completions, "seconds": seconds,
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"tokens_per_s": counted["tokens"] / seconds, "tokens_per_cpu_s": counted["tokens"] / cpu,
+            "tokens": counted["tokens"], "completions": reward.completions, "seconds": seconds, "cpu_s": cpu,
             "rss_after_load_mib": counted["rss_after_load_mib"]}
 
 
@@ -217,9 +218,9 @@ def run_trl(model_dir: Path, prompts: list, args) -> dict:
         def on_step_end(self, _args, state, control, **kwargs):
             if state.global_step == 1:
                 reward.tokens, reward.completions = 0, 0
-                marks["start"] = time.perf_counter()
+                marks["start"], marks["cpu_start"] = time.perf_counter(), time.process_time()
                 THREADS_SEEN["trl"] = torch.get_num_threads()
-            marks["end"] = time.perf_counter()
+            marks["end"], marks["cpu_end"] = time.perf_counter(), time.process_time()
 
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, num_generations=args.group_size,
@@ -244,9 +245,9 @@ def run_trl(model_dir: Path, prompts: list, args) -> dict:
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[Clock()], peft_config=peft_config)
     trainer.train()
-    seconds = marks["end"] - marks["start"]
-    return {"tokens_per_s": reward.tokens / seconds, "tokens": reward.tokens, "completions": reward.completions,
-            "seconds": seconds, "rss_after_load_mib": rss_after_load}
+    seconds, cpu = marks["end"] - marks["start"], marks["cpu_end"] - marks["cpu_start"]
+    return {"tokens_per_s": reward.tokens / seconds, "tokens_per_cpu_s": reward.tokens / cpu, "tokens": reward.tokens,
+            "completions": reward.completions, "seconds": seconds, "cpu_s": cpu, "rss_after_load_mib": rss_after_load}
 
 
 def prompt_token_counts(model_dir: Path, prompts: list, args) -> dict[str, int]:
@@ -349,7 +350,7 @@ def main() -> None:
             runs[side].append(run_child(args, side, model_dir, prompts_file))
             print(side, json.dumps(runs[side][-1]), flush=True)
     median = lambda side, key: statistics.median(r[key] for r in runs[side])  # noqa: E731
-    summary = {side: {key: median(side, key) for key in ("tokens_per_s", "peak_rss_mib", "rss_after_load_mib",
+    summary = {side: {key: median(side, key) for key in ("tokens_per_s", "tokens_per_cpu_s", "peak_rss_mib", "rss_after_load_mib",
                                                          "peak_over_load_mib")} for side in SIDES}
     for side in SIDES:
         summary[side]["tokens_per_completion"] = (sum(r["tokens"] for r in runs[side])
@@ -363,12 +364,14 @@ def main() -> None:
         f"_lora{args.lora_r}" if args.lora_r else "")
     result = {"machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
                          f"trl {trl.__version__}",
-              "command": "python benchmarks/llm.py " + " ".join(sys.argv[1:]),
+              "command": "python benchmarks/llm.py " + shlex.join(sys.argv[1:]),
               "settings": settings, "prompt_tokens": prompt_token_counts(model_dir, prompts, args),
               "runs": runs, "median": summary,
               "tokens_per_s": {side: [r["tokens_per_s"] for r in runs[side]] for side in SIDES},
               "median_tokens_per_s": {side: summary[side]["tokens_per_s"] for side in SIDES},
               "ratio_proximo_over_trl": summary["proximo"]["tokens_per_s"] / summary["trl"]["tokens_per_s"],
+              "ratio_per_cpu_s_proximo_over_trl": (summary["proximo"]["tokens_per_cpu_s"]
+                                                   / summary["trl"]["tokens_per_cpu_s"]),
               "threads_seen": {side: sorted({r["threads"] for r in runs[side]}) for side in SIDES}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -378,15 +381,18 @@ def main() -> None:
     md = [f"# GRPO step speed and memory: proximo vs TRL GRPOTrainer ({what}; same settings)", "",
           f"Machine: {result['machine']}. Settings: {json.dumps(settings)}", "",
           f"Command: `{result['command']}`", "",
-          "| side | completion tokens/s (median) | runs (tokens/s, in order A B A B) | tokens per completion | "
-          "peak RSS MiB | RSS after model load MiB | peak over load MiB |", "|---|---|---|---|---|---|---|"]
+          "| side | completion tokens/s (median) | runs (tokens/s, in order A B A B) | tokens per CPU s (median) | "
+          "tokens per completion | peak RSS MiB | RSS after model load MiB | peak over load MiB |",
+          "|---|---|---|---|---|---|---|---|"]
     for side in SIDES:
         m = summary[side]
         each = ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs[side])
-        md.append(f"| {side} | {m['tokens_per_s']:,.0f} | {each} | "
+        md.append(f"| {side} | {m['tokens_per_s']:,.0f} | {each} | {m['tokens_per_cpu_s']:,.0f} | "
                   f"{m['tokens_per_completion']:.2f} | {m['peak_rss_mib']:.0f} | {m['rss_after_load_mib']:.0f} | "
                   f"{m['peak_over_load_mib']:.0f} |")
-    md += ["", f"Ratio proximo / TRL (completion tokens/s): {result['ratio_proximo_over_trl']:.2f}x. Torch threads "
+    md += ["", f"Ratio proximo / TRL: {result['ratio_proximo_over_trl']:.2f}x in completion tokens per wall second, "
+           f"{result['ratio_per_cpu_s_proximo_over_trl']:.2f}x per CPU second of the child (the steadier figure when "
+           f"the machine is shared: other jobs' load stretches wall time, not CPU time). Torch threads "
            f"seen: {result['threads_seen']}. Prompt tokens of the first prompt on each side: "
            f"{result['prompt_tokens']}.", "",
            "Each run is one child process (model load, one warm-up step, then the timed steps); memory figures are "

@@ -33,6 +33,7 @@ import argparse
 import json
 import platform
 import random
+import shlex
 import statistics
 import sys
 import time
@@ -183,6 +184,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--root", type=Path, default=Path("runs/bench-llm-dataset-grpo"))
     parser.add_argument("--out", default=None, help="results file stem (default from --model and --lora-r)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a paragraph for the markdown's notes (what was tried before this run); repeatable")
     args = parser.parse_args()
     if args.out is None:
         # The char-model full fine-tuning results keep their old name; every other run gets its own files.
@@ -208,8 +211,10 @@ def main() -> None:
     for seed in args.seeds:
         rows.append(run_seed(seed, args, args.root, warm_dir, train_path, eval_path))
         print(json.dumps(rows[-1]), flush=True)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("seeds", "out")}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("seeds", "out", "note")}
     result = {"machine": platform.machine(), "torch": torch.__version__, "settings": settings,
+              "command": "python benchmarks/llm_dataset_grpo.py " + shlex.join(sys.argv[1:]), "notes": args.note,
               "warm_start": warm, "seeds": rows,
               "mean_sampled_gain_points": statistics.mean(r["sampled_gain_points"] for r in rows)}
     RESULTS.mkdir(exist_ok=True)
@@ -220,7 +225,7 @@ def main() -> None:
              f"{what})",
              "", f"Machine: {result['machine']}, torch {result['torch']}, {args.threads} torch thread(s). "
              f"Settings: {json.dumps(settings)}", "",
-             f"Command: `python benchmarks/llm_dataset_grpo.py {' '.join(sys.argv[1:])}`", "",
+             f"Command: `{result['command']}`", "",
              f"Warm start (seed {args.warm_seed}, shared by all GRPO seeds): {json.dumps(warm)}", "",
              "| GRPO seed | sampled before | sampled after | gain (points) | greedy before | greedy after | "
              "GRPO steps | gen tokens/s | GRPO wall s | GRPO CPU s |",
@@ -231,7 +236,7 @@ def main() -> None:
                      f"{r['grpo_steps']} | {r['gen_tokens_per_s']:,.0f} | {r['grpo_wall_s']:.0f} | "
                      f"{r['grpo_cpu_s']:.0f} |")
     lines += ["", f"Sampled-accuracy gain: mean {result['mean_sampled_gain_points']:+.1f} points over "
-              f"{len(rows)} seed(s).", "", NOTES]
+              f"{len(rows)} seed(s).", "", NOTES, *(x for note in args.note for x in ("", note))]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -130,7 +130,7 @@ def warm_start(seed: int, task, train: list[dict], held: list[dict], args, out: 
 def run_seed(seed: int, args, root: Path, warm_dir: Path, train_path: Path, eval_path: Path) -> dict:
     """GRPO from the warm start on the JSONL dataset with the module's reward; the seed's figures."""
     task = get_task("add", args.digits)
-    lora = dict(lora_r=args.lora_r, lora_alpha=args.lora_alpha) if args.lora_r else {}
+    lora = dict(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_target=args.lora_target) if args.lora_r else {}
     grpo = GRPO(warm_dir, reward_fn=f"{REWARD}:correct_sum", dataset=train_path,
                 eval_dataset=eval_path, run_dir=root / f"grpo-{run_tag(args)}-s{seed}", seed=seed, steps=args.grpo_steps,
                 learning_rate=args.lr, group_size=args.group_size, prompts_per_step=args.prompts_per_step,
@@ -154,7 +154,8 @@ def run_seed(seed: int, args, root: Path, warm_dir: Path, train_path: Path, eval
 
 def run_tag(args) -> str:
     """The run's name: model and, with LoRA, its rank (results files and GRPO run folders use it)."""
-    return args.model.replace("-", "_") + (f"_lora{args.lora_r}" if args.lora_r else "")
+    tag = args.model.replace("-", "_") + (f"_lora{args.lora_r}" if args.lora_r else "")
+    return tag + ("_" + args.lora_target.replace(",", "_") if args.lora_r and args.lora_target else "")
 
 
 def main() -> None:
@@ -163,6 +164,7 @@ def main() -> None:
     parser.add_argument("--model", choices=MODELS, default="tiny")
     parser.add_argument("--lora-r", type=int, default=0, help="GRPO trains a LoRA adapter of this rank; 0: every weight")
     parser.add_argument("--lora-alpha", type=float, default=16.0)
+    parser.add_argument("--lora-target", default="", help="comma-separated modules; '': peft's default for the family")
     parser.add_argument("--sft-lr", type=float, default=1e-3)
     parser.add_argument("--digits", type=int, default=2)
     parser.add_argument("--train-rows", type=int, default=3000)

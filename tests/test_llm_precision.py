@@ -200,3 +200,15 @@ def test_cuda_on_a_machine_without_one_is_one_line(tmp_path, capsys):
 def test_an_unknown_dtype_is_a_config_error():
     with pytest.raises(ConfigError, match="dtype must be one of float32, bfloat16, float16"):
         GRPO("tiny", reward_fn=_length, prompts=PROMPTS, dtype="int8", **FAST)
+
+
+def test_grpo_holds_a_reference_copy_only_when_something_reads_it(tmp_path):
+    plain = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path / "a", **FAST)
+    assert plain.reference is None  # kl_coef 0: no second copy of the weights
+    row = plain.learn(plain.collect(), plain.make_optimizer())
+    assert row["kl_ref"] is None
+    with_kl = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path / "b", kl_coef=0.1, **FAST)
+    kept = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path / "c", keep_reference=True, **FAST)
+    for trainer in (with_kl, kept):
+        assert trainer.reference is not None and trainer.reference is not trainer.model
+        assert trainer.learn(trainer.collect(), trainer.make_optimizer())["kl_ref"] is not None

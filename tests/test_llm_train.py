@@ -92,7 +92,7 @@ def test_grpo_python_api_with_a_custom_reward(tmp_path):
 
     trainer = GRPO("tiny", reward_fn=longer_is_better, prompts=["ab", "ba", "aa"], run_dir=tmp_path,
                    steps=1, prompts_per_step=2, group_size=2, max_new_tokens=5, num_eval_prompts=3,
-                   tensorboard=False)
+                   tensorboard=False, keep_reference=True)
     summary = trainer.train()
     assert summary["steps"] == 1 and len(trainer.generate(["ab"])) == 1
     assert all(not p.requires_grad for p in trainer.reference.parameters())

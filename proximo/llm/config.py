@@ -211,6 +211,8 @@ class GRPOConfig(_RLConfig):
     mask_truncated: bool = False            # completions cut at max_new_tokens (no <eos>) get loss mask 0
                                             # (their rewards still count in the group statistics)
     ent_coef: float = 0.0
+    keep_reference: bool | None = None      # hold a frozen copy of the initial policy for the kl_ref metric;
+                                            # None: only when kl_coef > 0 uses it (LoRA's reference is free)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""

@@ -48,6 +48,12 @@ class GRPO(RLTrainer):
                          tensorboard, dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction,
                          reward_weights=reward_weights, sampler=sampler)
 
+    def needs_reference_copy(self) -> bool:
+        """A copy of the initial policy only when a KL term uses it, or keep_reference asks for the kl_ref
+        metric: on a real model the copy doubles the weights in memory."""
+        keep = self.config.keep_reference
+        return self.config.kl_coef > 0 if keep is None else keep
+
     def _draw_groups(self, n: int) -> SimpleNamespace:
         """n prompts x group_size completions (rows grouped by prompt) with their rewards."""
         group = self.config.group_size
@@ -101,7 +107,7 @@ class GRPO(RLTrainer):
         old_logp = self.old_logprobs(rollout, self.shared_prompt_groups(groups))
         # With kl_coef 0 the reference only feeds the kl_ref metric: measure it every few steps, not every step.
         ref_logp = None
-        if cfg.kl_coef > 0 or self.step_count % max(1, cfg.eval_every or 10) in (0, 1):
+        if self.reference is not None and (cfg.kl_coef > 0 or self.step_count % max(1, cfg.eval_every or 10) in (0, 1)):
             with torch.inference_mode(), self.reference_mode(), self.precision.autocast():
                 ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature,
                                                    groups=groups)

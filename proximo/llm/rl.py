@@ -173,10 +173,12 @@ class RLTrainer:
             # Each rank drew its adapter's initial values from its own seed: rank 0's on every rank.
             broadcast_parameters_([p for p in self.model.parameters() if p.requires_grad], self.world)
             self.reference = self.model
-        else:
+        elif self.needs_reference_copy():
             self.reference = copy.deepcopy(self.model).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
+        else:
+            self.reference = None  # nothing reads it: no second copy of the weights
         if self.world.rank:
             # A built-in model is built under torch.manual_seed(config.seed), which put every rank on one
             # torch stream: ranks > 0 sample from their own again (rank 0 keeps the single-process one).
@@ -184,7 +186,7 @@ class RLTrainer:
         # Frozen weights (a LoRA's base model, the reference copy) live in the low dtype; trained ones
         # stay float32 for the optimizer.
         self.precision.cast_frozen(self.model).to(self.device)
-        if self.reference is not self.model:
+        if self.reference is not None and self.reference is not self.model:
             self.precision.cast_frozen(self.reference).to(self.device)
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
@@ -240,6 +242,10 @@ class RLTrainer:
         completions = [c if isinstance(p, str) else [{"role": "assistant", "content": c}]
                        for p, c in zip(raw, completions)]
         return self.rewards.score(raw, completions, dataset.columns(rows), rows)
+
+    def needs_reference_copy(self) -> bool:
+        """Whether to hold a frozen copy of the initial policy (without LoRA); subclasses say when not."""
+        return True
 
     def trainable_parameters(self):
         """Parameters the optimizer updates (the policy, or its LoRA adapter; subclasses add heads)."""

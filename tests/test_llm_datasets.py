@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from proximo.cli import main
 from proximo.errors import ProximoError
@@ -175,3 +176,30 @@ def test_python_api_messages_sft_and_implicit_prompt_rm(model_dir, tmp_path):
     rm = train_reward_model(model_dir, run_dir=tmp_path / "rm", dataset=rows, max_steps=1, batch_size=2,
                             tensorboard=False)
     assert rm["eval_rows"] == "training" and rm["eval_pairs"] == 12   # no held-out set: said so
+
+
+def test_a_reward_model_directory_works_as_a_grpo_reward(tmp_path, capsys):
+    from proximo.llm import GRPO, RewardModel, train_reward_model
+    from proximo.llm.rewards import RewardModelReward, load_reward
+    train_reward_model("tiny", run_dir=tmp_path / "rm", max_steps=2, batch_size=8, train_pairs=32, eval_pairs=8,
+                       num_eval_prompts=2, tensorboard=False)
+    reward = load_reward(str(tmp_path / "rm"))
+    assert isinstance(reward, RewardModelReward)
+    model = RewardModel.load(tmp_path / "rm")
+    with torch.no_grad():
+        expected = model.score_texts(["1+2=", "3+4="], ["3", "7"]).tolist()
+    assert reward(["1+2=", "3+4="], ["3", "7"]) == pytest.approx(expected, abs=1e-6)
+    trainer = GRPO("tiny", reward_fn=[model, "proximo:length_penalty=3"], reward_weights=[1.0, 0.1],
+                   prompts=["1+2=", "3+4="], steps=1, prompts_per_step=2, group_size=2, max_new_tokens=3,
+                   num_eval_prompts=2, eval_every=0, tensorboard=False, run_dir=tmp_path / "grpo")
+    assert trainer.rewards.names[0] == "reward_model"
+    assert trainer.train()["steps"] == 1
+    rows = [{"prompt": "1+2="}, {"prompt": "3+4="}]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["llm", "grpo", "--model", "tiny", "--dataset", str(tmp_path / "p.jsonl"), "--reward",
+                 str(tmp_path / "rm"), "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+                 "--max-new-tokens", "3", "--run-dir", str(tmp_path / "cli"), "--quiet", "--no-tensorboard"]) == 0
+    (tmp_path / "plain").mkdir()
+    assert main(["llm", "grpo", "--model", "tiny", "--dataset", str(tmp_path / "p.jsonl"), "--reward",
+                 str(tmp_path / "plain"), "--run-dir", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "holds a reward model" in capsys.readouterr().err

@@ -95,7 +95,7 @@ def register(subparsers) -> None:
                       help="reward function f(prompts, completions, **columns) -> list[float | None]: "
                            "package.module:function, path/to/file.py:function or a built-in "
                            "(proximo:exact_match, proximo:numeric_match, proximo:format_regex=PATTERN, "
-                           "proximo:length_penalty=N); repeatable")
+                           "proximo:length_penalty=N) or a reward-model directory from `proximo llm rm`; repeatable")
     grpo.add_argument("--reward-weights", type=float, nargs="+", metavar="W",
                       help="one weight per --reward (default 1 each)")
     grpo.add_argument("--nproc", type=int, metavar="K",

@@ -115,9 +115,50 @@ def _builtin(name: str, arg: str | None) -> Callable:
                        f"{', '.join('proximo:' + b for b in BUILTIN_REWARDS)}")
 
 
+class RewardModelReward:
+    """A trained reward model (`proximo llm rm`) as a reward function: its score of each prompt (chat
+    prompts through its tokenizer's template) and completion, in batches, without gradients."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, model: Any, batch_size: int = 256) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "RewardModelReward":
+        """The reward model saved in directory (a run directory of `proximo llm rm` or its model/ folder),
+        on the GPU when torch sees one."""
+        from proximo.llm.precision import resolve_llm_device
+        from proximo.llm.reward_model import RewardModel
+        return cls(RewardModel.load(directory).to(resolve_llm_device("auto")))
+
+    def __call__(self, prompts: list, completions: list) -> list[float]:
+        """Scores [B] of the completions of prompts."""
+        from proximo.llm.data import render_prompt
+        texts = [render_prompt(p, self.model.tokenizer) for p in prompts]
+        answers = [completion_text(c) for c in completions]
+        scores: list[float] = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                end = start + self.batch_size
+                scores += self.model.score_texts(texts[start:end], answers[start:end]).tolist()
+        return scores
+
+
 def load_reward(spec: str) -> Callable:
-    """The reward function named by spec: proximo:NAME[=ARG] (a built-in), package.module:function, or
-    path/to/file.py:function."""
+    """The reward function named by spec: proximo:NAME[=ARG] (a built-in), package.module:function,
+    path/to/file.py:function, or a reward-model directory (from `proximo llm rm`)."""
+    if Path(spec).is_dir():
+        from proximo.llm.models import is_model_dir
+        path = Path(spec)
+        model_dir = path if is_model_dir(path) else path / "model"
+        if not (model_dir / "reward_head.safetensors").is_file():
+            raise ProximoError(f"--reward {spec}: a directory works as a reward only if it holds a reward model "
+                               f"(reward_head.safetensors, from `proximo llm rm`); give module:function otherwise")
+        return RewardModelReward.load(path)
     if spec.startswith("proximo:"):
         # Split at the first '=' only: a built-in's argument (a regex) may hold ':' and '='.
         name, eq, arg = spec[len("proximo:"):].partition("=")
@@ -161,10 +202,12 @@ class RewardSet:
     weighted sum per sample (NaN where no function scored it) with per-function means."""
 
     def __init__(self, funcs: Callable | Sequence[Callable | str], weights: Sequence[float] | None = None) -> None:
-        funcs = [funcs] if callable(funcs) or isinstance(funcs, str) else list(funcs)
+        funcs = [funcs] if callable(funcs) or isinstance(funcs, (str, Path)) else list(funcs)
         if not funcs:
             raise ProximoError("pass at least one reward function")
-        self.funcs = [load_reward(f) if isinstance(f, str) else f for f in funcs]
+        from proximo.llm.reward_model import RewardModel
+        self.funcs = [load_reward(str(f)) if isinstance(f, (str, Path)) else
+                      RewardModelReward(f) if isinstance(f, RewardModel) else f for f in funcs]
         for f in self.funcs:
             if not callable(f):
                 raise ProximoError(f"a reward function must be callable as f(prompts, completions, **columns), "

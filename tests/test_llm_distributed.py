@@ -178,57 +178,46 @@ def test_two_ranks_holding_halves_of_a_batch_update_as_one_process_on_all_of_it(
         assert not (ranks / f"run-{name}-rank1").exists()
 
 
-def test_llm_grpo_nproc_2_trains_with_rank_0_alone_writing(tmp_path):
+def _run_nproc_2(tmp_path, command: str, *flags: str) -> tuple[Path, list[str], "Launch"]:
+    """`proximo llm COMMAND ... --nproc 2` into tmp_path/run, bounded and cleaned up; checks what every
+    data-parallel run must show (exit 0, no rank outlives it, rank 0 alone writes one row per step and
+    prints); returns (run_dir, metrics lines, launch)."""
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "proximo", "llm", "grpo", "--init", "tiny", "--task", "add", "--steps", "2",
-            "--prompts-per-step", "4", "--group-size", "2", "--num-eval-prompts", "4", "--torch-threads", "1",
-            "--run-dir", str(run_dir), "--no-tensorboard", "--quiet", "--nproc", "2"]
+    argv = [sys.executable, "-m", "proximo", "llm", command, *flags, "--task", "add", "--steps", "2",
+            "--num-eval-prompts", "4", "--torch-threads", "1", "--run-dir", str(run_dir), "--no-tensorboard",
+            "--quiet", "--nproc", "2"]
+    before = {p.name for p in tmp_path.iterdir()}
     logs = tmp_path / "logs"
     logs.mkdir()
-    launch = Launch(argv, tmp_path, "grpo", logs=logs)
+    launch = Launch(argv, tmp_path, command, logs=logs)
     try:
         code = launch.wait(150)
         assert not _tagged(launch.token), "a rank outlived torchrun"
     finally:
         launch.close()
     assert code == 0, launch.stderr()[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "run"]  # no default run dir of a rank
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 2 and (run_dir / "model").is_dir()
+    assert {p.name for p in tmp_path.iterdir()} - before == {"logs", "run"}  # no default run dir of a rank
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2 and (run_dir / "model").is_dir()
     assert json.loads((run_dir / "config.json").read_text())["world"] == {"size": 2, "backend": "gloo"}
     rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in rows[1:]] == [0, 1, 2]  # one row per step: rank 0's alone
+    assert launch.out.read_text().count("run: ") == 1  # rank 0 alone prints
+    return run_dir, rows, launch
+
+
+def test_llm_grpo_nproc_2_trains_with_rank_0_alone_writing(tmp_path):
+    _, rows, _ = _run_nproc_2(tmp_path, "grpo", "--init", "tiny", "--prompts-per-step", "4", "--group-size", "2")
     header = rows[0].split(",")
-    steps = [int(line.split(",")[0]) for line in rows[1:]]
-    assert steps == [0, 1, 2]  # one row per step: rank 0's alone
     drawn = [line.split(",")[header.index("groups_drawn")] for line in rows[2:]]
     assert drawn == ["4", "4"]  # the step's 4 prompts over both ranks, 2 each
-    assert launch.out.read_text().count("run: ") == 1  # rank 0 alone prints
 
 
 def test_llm_rlhf_nproc_2_trains_with_rank_0_alone_writing(tmp_path):
     from proximo.llm import train_reward_model
     rm = train_reward_model("tiny", run_dir=tmp_path / "rm", max_steps=2, batch_size=8, train_pairs=32,
                             eval_pairs=8, num_eval_prompts=2, tensorboard=False)
-    run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "proximo", "llm", "rlhf", "--init", "tiny", "--reward-model", rm["run_dir"],
-            "--task", "add", "--steps", "2", "--prompts-per-step", "8", "--num-minibatches", "2",
-            "--num-eval-prompts", "4", "--torch-threads", "1", "--run-dir", str(run_dir), "--no-tensorboard",
-            "--quiet", "--nproc", "2"]
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    launch = Launch(argv, tmp_path, "rlhf", logs=logs)
-    try:
-        code = launch.wait(150)
-        assert not _tagged(launch.token), "a rank outlived torchrun"
-    finally:
-        launch.close()
-    assert code == 0, launch.stderr()[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "rm", "run"]
-    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
-    assert json.loads((run_dir / "config.json").read_text())["world"] == {"size": 2, "backend": "gloo"}
-    steps = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == [0, 1, 2]
-    assert launch.out.read_text().count("run: ") == 1
+    _run_nproc_2(tmp_path, "rlhf", "--init", "tiny", "--reward-model", rm["run_dir"], "--prompts-per-step", "8",
+                 "--num-minibatches", "2")
 
 
 @pytest.mark.parametrize("command", ["sft", "rm"])

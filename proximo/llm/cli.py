@@ -225,11 +225,8 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
         trainer = RLHF(init, reward_model=args.reward_model, eval_reward_fn=args.reward, run_dir=args.run_dir,
                        verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
                        **{**inherited, **_overrides(args)})
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.world.close()
-    if not trainer.world.is_main:
+    summary = _train_on_ranks(trainer)
+    if summary is None:
         return 0
     print(f"run: {summary['run_dir']}")
     first, last = trainer.history[0], trainer.history[-1]
@@ -265,11 +262,8 @@ def cmd_grpo(args: argparse.Namespace) -> int:
         trainer = GRPO(init, reward_fn=args.reward, reward_weights=args.reward_weights, run_dir=args.run_dir,
                        verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
                        **{**inherited, **_overrides(args)})
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.world.close()
-    if not trainer.world.is_main:
+    summary = _train_on_ranks(trainer)
+    if summary is None:
         return 0
     print(f"run: {summary['run_dir']}")
     print(f"steps: {summary['steps']}  time: {summary['wall_time_s']:.1f} s  "
@@ -317,6 +311,16 @@ def cmd_new_model(args: argparse.Namespace) -> int:
     print(f"wrote {directory}: {args.family}, {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{tokenizer.vocab_size} tokens, chat template")
     return 0
+
+
+def _train_on_ranks(trainer) -> dict[str, Any] | None:
+    """trainer.train(), leaving the process group after; the summary on rank 0, None on the others
+    (rank 0 alone prints)."""
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.world.close()
+    return summary if trainer.world.is_main else None
 
 
 @contextmanager

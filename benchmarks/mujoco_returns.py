@@ -168,6 +168,24 @@ def render(path: Path, args: argparse.Namespace) -> None:
     print(markdown)
 
 
+def merge(source: Path, target: Path, args: argparse.Namespace) -> None:
+    """Fold source's runs into target (a run in both: source's, the newer) and rewrite target's markdown;
+    target keeps its own wall time (the files measured side by side) and records source's."""
+    into, extra = json.loads(target.read_text()), json.loads(source.read_text())
+    if (into["preset"], into["steps"], into["overrides"]) != (extra["preset"], extra["steps"], extra["overrides"]):
+        sys.exit(f"--merge {source}: its preset, steps or overrides differ from {target}'s; the rows would not "
+                 "be comparable")
+    replaced = {(r["env_id"], r["seed"]) for r in extra["runs"]}
+    runs = [r for r in into["runs"] if (r["env_id"], r["seed"]) not in replaced] + extra["runs"]
+    into["envs"] = list(dict.fromkeys(into["envs"] + extra["envs"]))
+    into["seeds"] = sorted(set(into["seeds"]) | set(extra["seeds"]))
+    into["runs"] = sorted(runs, key=lambda r: (into["envs"].index(r["env_id"]), r["seed"]))
+    into["complete"] = len(into["runs"]) == len(into["envs"]) * len(into["seeds"])
+    into.setdefault("merged_from", []).append({"file": str(source), "wall_s": extra.get("wall_s")})
+    target.write_text(json.dumps(into, indent=2) + "\n")
+    render(target, args)
+
+
 def main() -> None:
     """Parse flags, run every env x seed (jobs in parallel), write the JSON and markdown."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,11 +201,17 @@ def main() -> None:
                         help="config override passed to every run, e.g. --set learning_rate=1e-4")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench-mujoco"))
     parser.add_argument("--out", default=None, help="results stem (default benchmarks/results/mujoco-<preset>)")
+    parser.add_argument("--merge", metavar="JSON", help="with --add-to: fold the runs of another results JSON "
+                        "(same preset, steps and overrides, e.g. measured at the same time into another file) "
+                        "into it and rewrite its markdown, running nothing")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the markdown of an earlier results JSON "
                         "(e.g. a table cut short), running nothing")
     args = parser.parse_args()
     if args.render:
         render(Path(args.render), args)
+        return
+    if args.merge:
+        merge(Path(args.merge), Path(args.add_to), args)
         return
     args.env_list = args.envs.split(",")
     args.seed_list = ([int(x) for x in args.seed_list.split(",")] if args.seed_list

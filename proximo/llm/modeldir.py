@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 
 from proximo.errors import ProximoError
+from proximo.llm.models import quiet_transformers
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 TURN_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -77,8 +78,7 @@ def make_model_dir(directory: str | Path, texts: Iterable[str], family: str = "l
                             tokenizer.pad_token_id, hidden, layers, heads, max_positions, seed)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    from transformers.utils import logging as transformers_logging
-    transformers_logging.disable_progress_bar()
+    quiet_transformers()
     model.save_pretrained(str(directory), safe_serialization=True)
     tokenizer.save_pretrained(str(directory))
     return directory

@@ -82,8 +82,7 @@ def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str
         return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None
     directory = resolve_model_dir(source)
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as transformers_logging
-    transformers_logging.disable_progress_bar()  # a bar per load would bury proximo's own progress lines
+    quiet_transformers()
     try:
         from huggingface_hub.errors import StrictDataclassError
     except ImportError:  # huggingface_hub before 0.32 validates no config fields itself
@@ -104,8 +103,15 @@ def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str
     return model.eval(), load_tokenizer(directory), directory
 
 
+def quiet_transformers() -> None:
+    """Turn off transformers' progress bars: a bar per load or save would bury proximo's own progress lines."""
+    from transformers.utils import logging as transformers_logging
+    transformers_logging.disable_progress_bar()
+
+
 def save_model(model: nn.Module, tokenizer, directory: Path, heads: dict[str, nn.Module] | None = None) -> None:
     """Write model (safetensors + config.json), tokenizer and heads into directory."""
+    quiet_transformers()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(directory), safe_serialization=True)

@@ -109,12 +109,3 @@ class Precision:
         optimizer.clip_grad_norm_(max_grad_norm)
         optimizer.step()
         return True
-
-    def state_dict(self) -> dict:
-        """Loss-scale state (float16) for checkpoints."""
-        return {"scale": self.scale, "good_steps": self.good_steps, "skipped_steps": self.skipped_steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore state_dict()."""
-        self.scale, self.good_steps = float(state["scale"]), int(state["good_steps"])
-        self.skipped_steps = int(state.get("skipped_steps", 0))

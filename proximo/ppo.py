@@ -7,8 +7,10 @@ normalization, the target_kl stop and the statistics. How one minibatch becomes 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from proximo.core.advantages import normalize
@@ -186,3 +188,65 @@ def _mean_of_means(chunks: list[torch.Tensor], per_sample) -> float:
     if len({chunk.numel() for chunk in chunks}) == 1:
         return float(per_sample(torch.cat(chunks)).mean())
     return float(torch.stack([per_sample(chunk).mean() for chunk in chunks]).mean())
+
+
+def population_update(learner, columns: Minibatch, settings, n_epochs: int, batch: int, normalize_advantage: bool,
+                      generators: list[torch.Generator]) -> list[dict[str, float]]:
+    """One PPO update of K agents at once (proximo/population/): columns are [K, T * N, ...] (agent k's
+    rollout in a solo run's sample order), settings an AgentSettings of [K] arrays, generators each
+    agent's torch generator (its shuffles are a solo run's). Returns each agent's statistics, the dict
+    ppo_update returns for one run.
+
+    Per minibatch index one batched learner step serves every agent, each on its own shuffled
+    minibatch; an agent whose KL passes its limit stops there for this update, as a solo run stops,
+    while the others go on. Statistics are gathered per agent once the update ends."""
+    k, total = columns.returns.shape[:2]
+    agents = torch.arange(k)[:, None]
+    whole = None
+    if batch >= total:
+        advantages = normalize(columns.advantages, dim=-1) if normalize_advantage else columns.advantages
+        whole = [replace(columns, advantages=advantages)]
+    learner.begin_update()
+    active = np.ones(k, dtype=bool)
+    records: list[tuple[int, object]] = []  # (epoch, step result) of every minibatch step taken
+    for epoch in range(n_epochs):
+        if whole is not None:
+            minibatches = whole
+        else:
+            order = torch.stack([torch.randperm(total, generator=g) for g in generators])
+            shuffled = {name: getattr(columns, name)[agents, order] for name in Minibatch.PER_SAMPLE
+                        if getattr(columns, name) is not None}
+            if normalize_advantage:
+                adv = shuffled["advantages"]
+                if total % batch == 0:
+                    shuffled["advantages"] = normalize(adv.view(k, total // batch, batch), dim=-1).view(k, total)
+                else:
+                    shuffled["advantages"] = torch.cat([normalize(chunk, dim=-1) for chunk in adv.split(batch, 1)], 1)
+            minibatches = (Minibatch(**{name: column[:, start:start + batch] for name, column in shuffled.items()})
+                           for start in range(0, total, batch))
+        for minibatch in minibatches:
+            result = learner.step(minibatch, settings, active)
+            records.append((epoch, result))
+            active &= result.stepped.numpy()
+            if not active.any():
+                break
+        if not active.any():
+            break
+    return [_agent_statistics(columns, settings, records, agent) for agent in range(k)]
+
+
+def _agent_statistics(columns: Minibatch, settings, records: list, agent: int) -> dict[str, float]:
+    """Agent `agent`'s update statistics from the batched records, through the solo path (_statistics)."""
+    losses, grad_norms, epochs = [], [], {}
+    stopped = False
+    for epoch, result in records:
+        if not bool(result.stepped[agent]):
+            stopped = True
+            break
+        losses.append(result.losses[agent])
+        grad_norms.append(result.grad_norm[agent])
+        epochs.setdefault(epoch, []).append(result.log_ratio[agent])
+    rollout = SimpleNamespace(returns=columns.returns[agent], values=columns.old_values[agent],
+                              advantages=columns.advantages[agent])
+    return _statistics(rollout, SimpleNamespace(clip_range=float(settings.stat_clip_range[agent])), losses,
+                       grad_norms, list(epochs.values()), stopped)

@@ -213,7 +213,9 @@ def population_update(learner, columns: Minibatch, settings, n_epochs: int, batc
         if whole is not None:
             minibatches = whole
         else:
-            order = torch.stack([torch.randperm(total, generator=g) for g in generators])
+            # Only agents still stepping draw their shuffle: a stopped solo run draws no more epochs.
+            order = torch.stack([torch.randperm(total, generator=g) if on else torch.arange(total)
+                                 for g, on in zip(generators, active)])
             shuffled = {name: getattr(columns, name)[agents, order] for name in Minibatch.PER_SAMPLE
                         if getattr(columns, name) is not None}
             if normalize_advantage:

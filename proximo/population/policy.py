@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN
-from proximo.nn.numpy_mlp import linear, mlp_forward
+from proximo.nn.numpy_mlp import NUMPY_ACTIVATIONS, linear, mlp_forward
 from proximo.nn.policy import ActorCritic, RolloutActor, plain_mlp_layers
 from proximo.population.stack import GroupedRunningMeanStd, StackedParameters
 
@@ -31,7 +31,9 @@ def population_support(policy: ActorCritic) -> str | None:
         return "a recurrent core"
     if policy.shared_network:
         return "a shared actor-critic trunk"
-    return f"{policy.action_head.kind} actions or the {policy.activation} activation"
+    if policy.activation not in NUMPY_ACTIVATIONS:
+        return f"the {policy.activation} activation (the batched path has {', '.join(NUMPY_ACTIVATIONS)})"
+    return f"{policy.action_head.kind} actions (the batched path has Discrete and Box)"
 
 
 class PopulationPolicy:

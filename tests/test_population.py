@@ -190,3 +190,32 @@ def test_population_agent_steps_counts(tmp_path):
     data = __import__("json").loads((tmp_path / "population.json").read_text())
     assert data["members"] == ["s1", "s2"] and len(data["results"]) == 2
     assert data["agent_steps_per_s"] > 0 and np.isfinite(data["results"][0]["eval_return_mean"])
+
+
+def test_a_packed_sweep_trial_is_the_trial_run_alone(tmp_path):
+    # run_pack (one Ray task of `proximo sweep --pack`) trains trials as one population, each in its own run
+    # directory; a trial's result is the one run_trial gives it alone.
+    from proximo.sweep.runner import RunOptions, make_packs
+    from proximo.sweep.spec import SweepSpec
+    from proximo.sweep.trial import read_summary, run_pack, run_trial
+
+    spec = SweepSpec(envs=["CartPole-v1"], preset="cartpole", base={"total_steps": 512, "eval_episodes": 1},
+                     grid={"clip_range": [0.1, 0.3]}, seeds=[1, 2])
+    options = RunOptions(pack="auto", max_pack=3)
+    trials = spec.trials()
+    packs, alone = make_packs(trials, spec, options)
+    assert [len(p.trials) for p in packs] == [2, 2] and not alone  # 4 trials, at most 3 a pack: split evenly
+    configs = [t.config for t in packs[0].trials]
+    dirs = [str(tmp_path / "packed" / t.name) for t in packs[0].trials]
+    run_pack("CartPole-v1", configs, dirs, str(tmp_path / "pack"))
+    for trial, run_dir in zip(packs[0].trials, dirs):
+        alone_dir = tmp_path / "alone" / trial.name
+        run_trial("CartPole-v1", trial.config, str(alone_dir))
+        packed, solo = read_summary(Path(run_dir)), read_summary(alone_dir)
+        assert packed["train_return_last100_mean"] == solo["train_return_last100_mean"]
+        assert packed["eval_return_mean"] == solo["eval_return_mean"]
+        assert packed["population"]["agents"] == 2
+    with pytest.raises(ConfigError, match="--pack force: trial .* cannot train in a population"):
+        lstm = SweepSpec(envs=["CartPole-v1"], base={"recurrent": "lstm", "n_steps": 64, "batch_size": 64},
+                         seeds=[1, 2])
+        make_packs(lstm.trials(), lstm, RunOptions(pack="force"))

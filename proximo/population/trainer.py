@@ -86,6 +86,27 @@ def pack_obstacle(configs: list[PPOConfig]) -> str | None:
     return None
 
 
+_SPACES: dict[str, tuple] = {}
+
+
+def batchable(env_id: str, config: PPOConfig) -> str | None:
+    """Why a run of env_id with config cannot be an agent of a population, or None when it can (the policy
+    fits the batched path, on the CPU, without a stopping rule of its own)."""
+    if config.device not in ("auto", "cpu"):
+        return f"device {config.device}"
+    if config.learner == "torch":
+        return "learner torch"
+    if config.stop_at_return is not None or config.stop_patience:
+        return "a stopping rule of its own (stop_at_return / stop_patience)"
+    if env_id not in _SPACES:
+        from proximo.envs.make import make_single_env
+
+        probe = make_single_env(env_id)
+        _SPACES[env_id] = (probe.observation_space, probe.action_space)
+        probe.close()
+    return population_support(build_policy(*_SPACES[env_id], config))
+
+
 def member_names(configs: list[PPOConfig]) -> list[str]:
     """Default run-directory names of the agents: s<seed>, with a number when two agents share a seed."""
     names = [f"s{c.seed}" for c in configs]
@@ -464,6 +485,13 @@ class Member(Trainer):
     def _check_finite_parameters(self) -> None:
         """The population checks every agent's parameters at once after each update."""
 
+    def summary_extra(self) -> dict[str, Any]:
+        """What a member's summary.json adds to a solo one's: the population it trained in (its wall time is
+        the population's, shared by all its agents)."""
+        population = self.population
+        return {"population": {"agents": population.k, "index": self.k,
+                               "run_dir": None if population.run_dir is None else str(population.run_dir)}}
+
 
 class _MemberOptimizer:
     """Agent k's Adam state as a solo run's FlatOptimizer shows it (torch Adam state_dict of one flat
@@ -591,6 +619,6 @@ def resume_population(run_dir: str | Path, verbose: bool = True, tensorboard: bo
     return population
 
 
-__all__ = ["Population", "parse_seeds", "pack_obstacle", "population_configs", "resume_population", "is_population",
+__all__ = ["Population", "parse_seeds", "pack_obstacle", "batchable", "population_configs", "resume_population", "is_population",
            "read_population", "PER_AGENT_FIELDS", "member_names"]
 

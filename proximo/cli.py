@@ -356,8 +356,11 @@ def _launch_train(args: argparse.Namespace) -> int:
     if launched_by_torchrun():
         raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out (--nproc-per-node sets the "
                           "process count)")
-    plan = train_plan(args)
-    check_divides(PPOConfig.from_dict(plan["config"]).batch_size, args.nproc)
+    from proximo.config import planning_processes
+
+    with planning_processes(args.nproc):
+        plan = train_plan(args)
+        check_divides(PPOConfig.from_dict(plan["config"]).batch_size, args.nproc)
     if args.nproc == 1:
         return _train(args, World.local())
     make_single_env(plan["env_id"], **plan["env_kwargs"]).close()  # a wrong env id: one line here, not K there

@@ -41,7 +41,7 @@ def latency_worker(out: Path, repeats: int) -> None:
     """Under torchrun: time world.all_reduce_sum_ for each size in LATENCY_SIZES; rank 0 writes JSON."""
     import torch
 
-    from proximo.learners.distributed import init_world
+    from proximo.distributed import init_world
     world = init_world(torch.device("cpu"))
     results = []
     for size in LATENCY_SIZES:

@@ -206,7 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train, write the run directory, print the summary (under torchrun: one rank of a run)."""
     import torch
 
-    from proximo.learners.distributed import World, init_world, launched_by_torchrun
+    from proximo.distributed import World, init_world, launched_by_torchrun
 
     from proximo.population.trainer import is_population
 
@@ -349,7 +349,7 @@ def _launch_train(args: argparse.Namespace) -> int:
     """`train --nproc K`: check the run here, then start K ranks of it under torchrun on this machine."""
     from proximo.config import PPOConfig
     from proximo.envs.make import make_single_env
-    from proximo.learners.distributed import World, check_divides, launch_local, launched_by_torchrun
+    from proximo.distributed import World, check_divides, launch_local, launched_by_torchrun
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")

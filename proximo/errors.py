@@ -13,6 +13,10 @@ class DistributedError(ProximoError):
     """The process group could not start, or a collective failed because another rank died or hung."""
 
 
+class NonFiniteError(ProximoError):
+    """An observation, reward or loss became NaN or infinite."""
+
+
 class EchoedError(ProximoError):
     """Rank 0's error, raised on the other ranks too so that they stop with it; rank 0 alone prints it."""
 

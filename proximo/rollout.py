@@ -15,8 +15,8 @@ from proximo.envs.guard import FAULT_KEY, EnvFaultError
 from proximo.envs.masks import ActionMaskSource
 from proximo.envs.snapshot import restore_vector_env, snapshot_vector_env
 from proximo.checkpoint import CheckpointError
-from proximo.errors import ProximoError
-from proximo.learners.distributed import World
+from proximo.errors import NonFiniteError
+from proximo.distributed import World
 from proximo.nn.normalize import RunningMeanStd
 from proximo.nn.policy import ActorCritic
 
@@ -167,10 +167,6 @@ class EpisodeTracker:
     def mean_length(self) -> float:
         """Mean length of the last finished episodes (NaN before the first)."""
         return float(np.mean(self.lengths)) if self.lengths else float("nan")
-
-
-class NonFiniteError(ProximoError):
-    """An observation, reward or loss became NaN or infinite."""
 
 
 class EnvFaultWarning(UserWarning):

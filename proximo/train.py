@@ -34,7 +34,7 @@ from proximo.envs.make import EnvLike, make_vector_env
 from proximo.envs.masks import ActionMaskSource, mask_width
 from proximo.envs.snapshot import decode_value, encode_value, vector_env_obstacle
 from proximo.evaluate import evaluate_policy
-from proximo.learners.distributed import (
+from proximo.distributed import (
     DistributedError, World, broadcast_module_, broadcast_optimizer_, check_divides, rank_seed,
 )
 from proximo.metrics import MetricsWriter, Progress
@@ -100,7 +100,7 @@ def place_policy(policy: ActorCritic, config: PPOConfig) -> str:
 class Trainer:
     """Owns the envs, policy, optimizer and run directory of one PPO run.
 
-    With a World of K processes (proximo/learners/distributed.py) this is one rank of a run: it
+    With a World of K processes (proximo/distributed.py) this is one rank of a run: it
     steps its own num_envs envs, seeded with rank_seed(seed, rank); config.batch_size is the
     global minibatch (batch_size / K samples per rank) and total_steps and global_step count the
     steps of all ranks. Rank 0 alone writes the run directory and prints.

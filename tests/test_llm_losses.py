@@ -158,16 +158,18 @@ def test_aggregate_loss_rejects_bad_modes():
         aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "constant", None)
 
 
-def test_minibatch_indices_keep_groups_whole_and_cover_every_row():
-    from proximo.llm.rl import minibatch_indices
+def test_the_one_shuffler_keeps_groups_whole_and_covers_every_row():
+    from proximo.ppo import minibatch_rows
     torch.manual_seed(0)
-    batches = list(minibatch_indices(24, 3, 2, group_size=4))
+    batches = [rows for _ in range(2) for rows in minibatch_rows(24, 8, block=4)]
     assert len(batches) == 6 and all(len(b) == 8 for b in batches)
     for epoch in (batches[:3], batches[3:]):
         assert sorted(torch.cat(epoch).tolist()) == list(range(24))
         for b in epoch:
             groups = (b // 4).tolist()
             assert all(groups.count(g) == 4 for g in set(groups))
+            for start in (0, 4):  # each group's rows together and in order
+                assert b[start:start + 4].tolist() == list(range(int(b[start]), int(b[start]) + 4))
     # 5 groups do not split into 2 minibatches: rows are shuffled one by one, still a full cover
-    rows = list(minibatch_indices(20, 2, 1, group_size=4))
+    rows = minibatch_rows(20, 10, block=4)
     assert sorted(torch.cat(rows).tolist()) == list(range(20))

@@ -1,12 +1,14 @@
 """The learner boundary: what the PPO update loop asks of a gradient backend.
 
-ppo_update (proximo/ppo.py) owns epochs, shuffling, minibatches, advantage normalization, the
-target_kl stop and the statistics. A Learner owns one minibatch step: the forward pass, the loss,
-its gradient, the all-reduce across ranks, the norm clipping and the optimizer step. Backends:
+The update loop (proximo/ppo.py run_update, for classic PPO, GRPO and PPO-RLHF alike) owns epochs,
+shuffling, minibatches, the target_kl stop and the statistics. A Learner owns one minibatch step: the
+forward pass, the loss, its gradient, the all-reduce across ranks, the KL gate, the norm clipping and
+the optimizer step. Backends:
 - numpy (proximo/learners/numpy_mlp.py): the hand-written MLP backward, CPU only;
-- torch (proximo/learners/torch.py): autograd, any device and any policy.
-Both run over several processes the same way: the flat gradient is all-reduced through the
-learner's World (proximo/learners/distributed.py) before it is clipped and stepped.
+- torch (proximo/learners/torch.py): autograd, any device and any policy;
+- the language-model learners (proximo/llm/learners.py): token losses in micro-batches under autocast.
+All run over several processes the same way: the flat gradient is all-reduced through the learner's
+World (proximo/distributed.py) before it is clipped and stepped, in _reduce_clip_step's tail.
 """
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from typing import ClassVar
 import torch
 
 from proximo.core.kl import kl_estimate
+from proximo.distributed import World
+from proximo.errors import NonFiniteError
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.nn.policy import ActorCritic
-from proximo.rollout import NonFiniteError
 
 
 @dataclass
@@ -57,10 +60,15 @@ class LossSettings:
 class StepResult:
     """What one minibatch step reports; tensors stay on the device until the update ends."""
 
-    stepped: bool               # False: the minibatch's KL passed kl_limit, no step was taken
-    log_ratio: torch.Tensor     # [B] log pi_new - log pi_old at the parameters before the step
-    losses: torch.Tensor | None = None     # [3]: policy loss, value loss, mean entropy
-    grad_norm: torch.Tensor | None = None  # 0-d, before clipping (after the all-reduce)
+    stepped: bool | torch.Tensor  # False: the minibatch's KL passed kl_limit, no step was taken; a population's
+                                  # learner reports [K] bool (and [K, ...] in every field below)
+    log_ratio: torch.Tensor     # [B] log pi_new - log pi_old per sample at the parameters before the step
+                                # (a language model's samples: its real response tokens, or its sequences)
+    losses: torch.Tensor | None = None     # [3]: policy loss, value loss, mean entropy; this rank's additive
+                                           # share (summed over the ranks it is the minibatch's value)
+    grad_norm: torch.Tensor | None = None  # 0-d, before clipping (after the all-reduce); None: no step was
+                                           # applied although the loop goes on (a float16 overflow)
+    extra: dict[str, torch.Tensor] | None = None  # further 0-d statistics, additive shares like losses
 
 
 class Learner:
@@ -68,9 +76,7 @@ class Learner:
 
     name: ClassVar[str] = "base"
 
-    def __init__(self, policy: ActorCritic, optimizer: FlatOptimizer, world=None) -> None:
-        from proximo.learners.distributed import World  # a module of its own: torch.distributed
-
+    def __init__(self, policy: ActorCritic, optimizer: FlatOptimizer, world: World | None = None) -> None:
         self.policy, self.optimizer = policy, optimizer
         self.world = world if world is not None else World.local()
 
@@ -97,21 +103,42 @@ class Learner:
 
     def _reduce_clip_step(self, log_ratio: torch.Tensor, settings: LossSettings,
                           kl_limit: float | None) -> torch.Tensor | None:
-        """All-reduce the gradient (ranks > 1), clip and step; returns the norm, or None when the
-        global KL passed kl_limit (decided after the all-reduce, which carries it)."""
-        if self.world.size > 1:
-            grad = self.optimizer.grad
-            if kl_limit is not None:
-                packed = torch.cat([grad, mean_k3(log_ratio).to(grad.dtype).view(1)])
-                self.world.all_reduce_sum_(packed).div_(self.world.size)
-                grad.copy_(packed[:-1])
-                if float(packed[-1]) > kl_limit:
-                    return None
-            else:
-                self.world.all_reduce_sum_(grad).div_(self.world.size)
-        norm = self.optimizer.clip_grad_norm_(settings.max_grad_norm)
-        self.optimizer.step()
-        return norm
+        """All-reduce the gradient (ranks > 1: the mean of the ranks' minibatch means), clip and step;
+        returns the norm, or None when the global KL passed kl_limit (decided after the all-reduce, which
+        carries it)."""
+        if self.world.size > 1:  # (one process gated before its backward: _kl_exceeded_before_backward)
+            kl = None if kl_limit is None else torch.stack([mean_k3(log_ratio), torch.ones_like(log_ratio[0])])
+            if self._all_reduce_gradient(kl, average=True, kl_limit=kl_limit):
+                return None
+        return self._clip_and_step(settings.max_grad_norm)
+
+    def _all_reduce_gradient(self, kl: torch.Tensor | None, average: bool, kl_limit: float | None) -> bool:
+        """Sum the flat gradient over the ranks (average: then divide by their count), in one collective
+        with kl, this rank's [sum, count] of per-sample k3 KL (or None); returns True when the pooled mean
+        KL passed kl_limit (the step must not be taken). One process: no collective, the gate alone."""
+        if self.world.size == 1:
+            return kl is not None and float(kl[0] / kl[1]) > kl_limit
+        grad = self.optimizer.grad
+        if kl is None:
+            self.world.all_reduce_sum_(grad)
+            if average:
+                grad.div_(self.world.size)
+            return False
+        packed = torch.cat([grad, kl.to(grad.dtype)])
+        self.world.all_reduce_sum_(packed)
+        if average:
+            packed[:-2].div_(self.world.size)
+        grad.copy_(packed[:-2])
+        return float(packed[-2] / packed[-1]) > kl_limit
+
+    def _clip_and_step(self, max_grad_norm: float | None) -> torch.Tensor | None:
+        """The one tail of every step: clip the gradient's norm, take the optimizer step; returns the norm
+        before clipping (language-model learners go through Precision.step, which unscales first)."""
+        return self.optimizer.clip_and_step(max_grad_norm)
+
+    def _share(self, losses: torch.Tensor) -> torch.Tensor:
+        """A rank's minibatch means [3] as its additive share of the global ones (equal shares per rank)."""
+        return losses / self.world.size if self.world.size > 1 else losses
 
 
 def k3(log_ratio: torch.Tensor) -> torch.Tensor:

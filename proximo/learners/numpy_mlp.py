@@ -139,4 +139,4 @@ class NumpyMLPLearner(Learner):
         norm = self._reduce_clip_step(log_ratio, settings, kl_limit)
         if norm is None:
             return StepResult(False, log_ratio)
-        return StepResult(True, log_ratio, torch.tensor((pg_loss, vf_loss, ent_mean)), norm)
+        return StepResult(True, log_ratio, self._share(torch.tensor((pg_loss, vf_loss, ent_mean))), norm)

@@ -114,6 +114,13 @@ class FlatOptimizer:
         """One Adam/AdamW step on the current gradient."""
         self.optimizer.step()
 
+    def clip_and_step(self, max_norm: float | None) -> torch.Tensor:
+        """The tail of every proximo optimizer step (classic learners, LLM learners through Precision.step,
+        SFT, the reward model): clip the gradient to max_norm, step; returns the norm before clipping."""
+        norm = self.clip_grad_norm_(max_norm)
+        self.step()
+        return norm
+
     def state_dict(self) -> dict[str, Any]:
         """The wrapped optimizer's state_dict (moments and step counts)."""
         return self.optimizer.state_dict()

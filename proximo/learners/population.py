@@ -23,7 +23,7 @@ import torch
 
 from proximo.core.objectives import entropy_bonus_np, policy_loss_np, value_loss_np
 from proximo.errors import ProximoError
-from proximo.learners.base import k3
+from proximo.learners.base import StepResult, k3
 from proximo.nn.distributions import (
     categorical_backward_np, categorical_np, diag_gaussian_backward_np, diag_gaussian_np,
 )
@@ -48,16 +48,6 @@ class AgentSettings:
     max_grad_norm: np.ndarray
     kl_limit: np.ndarray         # 1.5 x target_kl
     learning_rate: np.ndarray
-
-
-@dataclass
-class AgentStep:
-    """What one batched minibatch step reports, per agent (tensors, [K] or [K, B])."""
-
-    stepped: torch.Tensor     # [K] bool: agents whose step was taken (active and under their KL limit)
-    log_ratio: torch.Tensor   # [K, B] before the step
-    losses: torch.Tensor      # [K, 3]: policy loss, value loss, mean entropy
-    grad_norm: torch.Tensor   # [K] before clipping
 
 
 class StackedAdam:
@@ -135,7 +125,8 @@ class PopulationLearner:
         self.log_std = names[id(policy.action_head)] + ".log_std" if self.kind == "box" else None
 
     def begin_update(self) -> None:
-        """Take fresh stacked NumPy views of the weights and their gradients."""
+        """Every agent steps again; take fresh stacked NumPy views of the weights and their gradients."""
+        self.active = np.ones(self.k, dtype=bool)
         view = self.stack.view
 
         def net(names: list[str]) -> tuple[list, list, list, list]:
@@ -151,8 +142,11 @@ class PopulationLearner:
             self.ls_grad = view(self.log_std, True).numpy()[:, None]
         self.grads = self.stack.rows(grad=True).numpy()
 
-    def step(self, minibatch, settings: AgentSettings, active: np.ndarray) -> AgentStep:
-        """Loss, gradient and step of every active agent on its own minibatch ([K, B, ...] tensors)."""
+    def step(self, minibatch, settings: AgentSettings, kl_limit: float | None = None) -> StepResult:
+        """Loss, gradient and step of every agent still active in this update, each on its own minibatch
+        ([K, B, ...] tensors). An agent whose mean k3 KL passes settings.kl_limit is not stepped and stays
+        inactive until the next update (kl_limit, one run's limit, is unused: each agent has its own)."""
+        active = self.active
         k = self.k
         x, actions = minibatch.obs.numpy(), minibatch.actions.numpy()
         old_log_probs = minibatch.old_log_probs.numpy()
@@ -211,10 +205,11 @@ class PopulationLearner:
             grads[clipped] *= scale[clipped, None].astype(np.float32)
         agents = np.flatnonzero(stepping)
         self.optimizer.step(agents, settings.learning_rate)
+        self.active = stepping
         # float32 statistics, as a solo step's torch.tensor of Python floats
         losses = torch.from_numpy(np.stack([pg_loss, vf_loss, np.broadcast_to(ent_mean, (k,))], axis=1)
                                   .astype(np.float32))
-        return AgentStep(torch.from_numpy(stepping), log_ratio, losses, torch.from_numpy(norms.astype(np.float32)))
+        return StepResult(torch.from_numpy(stepping), log_ratio, losses, torch.from_numpy(norms.astype(np.float32)))
 
 
 class NonFiniteAgentError(ProximoError):

@@ -40,4 +40,4 @@ class TorchLearner(Learner):
         norm = self._reduce_clip_step(log_ratio, settings, kl_limit)
         if norm is None:
             return StepResult(False, log_ratio)
-        return StepResult(True, log_ratio, losses, norm)
+        return StepResult(True, log_ratio, self._share(losses), norm)

@@ -327,7 +327,7 @@ def _train_on_ranks(trainer) -> dict[str, Any] | None:
 def _one_voice():
     """Under torchrun every rank fails the same construction check: rank 0 alone says it (the others exit
     quietly with status 2)."""
-    from proximo.learners.distributed import launched_by_torchrun
+    from proximo.distributed import launched_by_torchrun
     try:
         yield
     except ProximoError as exc:
@@ -340,7 +340,7 @@ def _launch_rl(args: argparse.Namespace, kind: str, config_cls, fields: dict[str
                handler) -> int:
     """`llm grpo|rlhf --nproc K`: check the split here (one line, not K), then start K ranks under torchrun."""
     from proximo.cli import _is_nproc_token
-    from proximo.learners.distributed import launch_local, launched_by_torchrun
+    from proximo.distributed import launch_local, launched_by_torchrun
     from proximo.llm.rl import split_prompts
     from proximo.llm.run import default_run_dir
 
@@ -364,7 +364,7 @@ def _launch_rl(args: argparse.Namespace, kind: str, config_cls, fields: dict[str
 
 def _refuse_torchrun(command: str) -> None:
     """SFT and reward-model training are single-process: K ranks would be K copies writing one directory."""
-    from proximo.learners.distributed import launched_by_torchrun
+    from proximo.distributed import launched_by_torchrun
     if launched_by_torchrun():
         raise ProximoError(f"`proximo llm {command}` runs in one process; start it without torchrun (data "
                            f"parallel is wired for `llm grpo` and `llm rlhf`: --nproc K)")

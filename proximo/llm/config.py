@@ -159,6 +159,8 @@ class _RLConfig(_LLMConfig):
     kl_coef: float = 0.0                    # beta on the KL to the frozen reference (its start if adaptive)
     micro_batch_size: int = 0               # rows per forward/backward pass; gradients accumulate over a
                                             # minibatch's micro-batches (one optimizer step). 0: whole minibatch
+    target_kl: float | None = None          # stop a step's epochs at a minibatch whose mean k3 KL to the
+                                            # rollout policy passes 1.5 x this (as classic PPO); None: never
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
@@ -174,6 +176,8 @@ class _RLConfig(_LLMConfig):
             raise ConfigError(f"clip_range_high must lie in (0, 10) or be None, got {self.clip_range_high}")
         if self.kl_coef < 0:
             raise ConfigError(f"kl_coef must not be negative, got {self.kl_coef}")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ConfigError(f"target_kl must be positive or None, got {self.target_kl}")
 
     @property
     def rollout_size(self) -> int:

@@ -7,22 +7,91 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+from proximo.core import masked_mean
 from proximo.errors import ProximoError
 from proximo.llm.config import GRPOConfig
 from proximo.llm.generation import Sampler, concat_rollouts, response_logprobs
-from proximo.llm.losses import (  # noqa: F401 - grpo_token_loss is imported from here by callers
+from proximo.llm.learners import TokenLearner, TokenMinibatch
+from proximo.llm.losses import (
     aggregation_name, group_advantages, grpo_token_loss, informative_groups, loss_normalizer, pooled_moments,
     reinforce_pp_advantages, truncated_rows,
 )
-from proximo.llm.rl import RLTrainer, micro_batches, minibatch_indices
+from proximo.llm.rl import RLTrainer
 from proximo.llm.run import RewardFn
 from proximo.learners.optimizer import FlatOptimizer
+from proximo.ppo import minibatch_rows, run_update
+
+
+@dataclass
+class GRPOSettings:
+    """The values of one GRPO update a minibatch step takes (from GRPOConfig and the collected batch)."""
+
+    clip_range: float             # lower clip eps (GSPO: seq_clip_range)
+    clip_range_high: float | None  # upper clip eps (None: clip_range)
+    kl_coef: float                # beta of the k3 KL to the reference in the loss (0 for REINFORCE++)
+    ent_coef: float               # entropy bonus, a token mean over the minibatch
+    loss_aggregation: str         # grpo | bnpo | dr_grpo | dapo (proximo.llm.losses.aggregate_loss)
+    loss_constant: float          # dr_grpo's normalizer
+    importance_sampling: str      # token | sequence (GSPO)
+    num_minibatches: int          # minibatches per epoch (dapo divides the batch's tokens by it)
+    batch_tokens: float           # loss-mask tokens of the whole generation batch, every rank's (dapo)
+    micro_batch_size: int         # rows per forward/backward pass (0: the whole minibatch)
+    temperature: float            # the sampling temperature the log-probs are taken at
+    max_grad_norm: float | None   # clip the gradient to this norm (None: no clipping)
+
+
+class GRPOLearner(TokenLearner):
+    """GRPO's minibatch step: proximo.llm.losses.grpo_token_loss (clipped token or sequence ratio, k3 KL to
+    the reference, the grpo | bnpo | dr_grpo | dapo aggregation) minus the entropy bonus."""
+
+    name = "grpo"
+
+    def minibatch_counts(self, batch, rows: torch.Tensor, settings: GRPOSettings) -> dict[str, float]:
+        """The aggregation's normalizer and the loss-mask tokens of the minibatch, over every rank."""
+        mask = batch.mask[rows]
+        tokens = float(mask.sum())
+        if aggregation_name(settings.loss_aggregation) == "dapo":
+            normalizer = settings.batch_tokens / settings.num_minibatches
+            tokens, = self.global_sum(tokens)
+        else:
+            normalizer, tokens = self.global_sum(
+                loss_normalizer(mask, settings.loss_aggregation, settings.loss_constant), tokens)
+        return {"normalizer": normalizer, "tokens": max(tokens, 1.0)}
+
+    def part_loss(self, batch, part: torch.Tensor, counts: dict[str, float], settings: GRPOSettings):
+        """The part's GRPO loss; its samples are its real tokens (its sequences under GSPO)."""
+        b, trainer = batch, self.trainer
+        m = b.mask[part]
+        old = b.old_logp[part]
+        logp, entropy, _ = response_logprobs(trainer.model, b.input_ids[part], b.attention[part], b.width,
+                                             settings.temperature, with_entropy=True,
+                                             groups=trainer.shared_prompt_groups(b.groups[part]))
+        loss, _, kl_ref = grpo_token_loss(
+            logp, old, None if b.ref_logp is None else b.ref_logp[part], b.advantages[part], m,
+            settings.clip_range, settings.clip_range_high, settings.kl_coef, settings.loss_aggregation,
+            settings.loss_constant, settings.importance_sampling, settings.batch_tokens,
+            settings.num_minibatches, counts["normalizer"])
+        # The entropy bonus is a token mean over the minibatch, split the same way.
+        entropy_share = (entropy.detach() * m).sum() / counts["tokens"]
+        total = loss
+        if settings.ent_coef > 0:
+            total = loss - settings.ent_coef * (entropy * m).sum() / counts["tokens"]
+        with torch.no_grad():
+            if settings.importance_sampling == "sequence":
+                rows = m.sum(1) > 0
+                log_ratio = (masked_mean(logp.float(), m, dim=1) - masked_mean(old, m, dim=1))[rows]
+            else:
+                log_ratio = (logp.float() - old)[m.to(torch.bool)]
+        share = float(m.sum()) / counts["tokens"]  # this part's weight in token means over the minibatch
+        losses = torch.stack([loss.detach().float(), loss.new_zeros((), dtype=torch.float32), entropy_share.float()])
+        return total, log_ratio, losses, {"kl_ref": (kl_ref.float() * share).reshape(())}
 
 
 class GRPO(RLTrainer):
@@ -33,6 +102,7 @@ class GRPO(RLTrainer):
     engine (proximo.llm.generation.Sampler), default the built-in KV-cache sampler."""
 
     kind = "grpo"
+    learner_class = GRPOLearner
 
     def __init__(self, model: str | Path = "tiny", reward_fn: RewardFn | str | list | None = None,
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
@@ -152,78 +222,42 @@ class GRPO(RLTrainer):
                                gen_tokens=sum(float(p.rollout.response_mask.sum()) for p in parts))
 
     def learn(self, batch_data: SimpleNamespace, optimizer: FlatOptimizer) -> dict[str, float]:
-        """n_epochs x num_minibatches optimizer steps on one collected batch; returns the row of statistics."""
+        """n_epochs x num_minibatches optimizer steps on one collected batch (proximo.ppo.run_update, the
+        loop every proximo trainer updates through, with a GRPOLearner); returns the row of statistics."""
         cfg: GRPOConfig = self.config
         b = batch_data
-        mask, ref_logp = b.mask, b.ref_logp
-        constant = cfg.loss_constant or float(self.max_new_tokens)
         sequence = cfg.importance_sampling == "sequence"
         low, high = (cfg.seq_clip_range, cfg.seq_clip_range_high) if sequence else (cfg.clip_range, cfg.clip_range_high)
-        # REINFORCE++ has the KL in its rewards already; the loss adds no second KL term.
-        kl_coef = 0.0 if cfg.advantage_estimator.startswith("reinforce++") else cfg.kl_coef
-        # dapo divides every minibatch by the whole batch's (loss-mask) tokens, over all ranks, over the
-        # minibatch count.
-        batch_tokens = self.global_sum(float(mask.sum()))[0]
-        stats = {"policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl_ref": 0.0}
+        settings = GRPOSettings(
+            clip_range=low, clip_range_high=high,
+            # REINFORCE++ has the KL in its rewards already; the loss adds no second KL term.
+            kl_coef=0.0 if cfg.advantage_estimator.startswith("reinforce++") else cfg.kl_coef,
+            ent_coef=cfg.ent_coef, loss_aggregation=cfg.loss_aggregation,
+            loss_constant=cfg.loss_constant or float(self.max_new_tokens),
+            importance_sampling=cfg.importance_sampling, num_minibatches=cfg.num_minibatches,
+            # dapo divides every minibatch by the whole batch's (loss-mask) tokens, over all ranks, over the
+            # minibatch count.
+            batch_tokens=self.global_sum(float(b.mask.sum()))[0],
+            micro_batch_size=cfg.micro_batch_size, temperature=cfg.temperature, max_grad_norm=cfg.max_grad_norm)
+        size = b.batch // cfg.num_minibatches
+
+        def minibatches(epoch: int) -> list[TokenMinibatch]:
+            # Whole groups per minibatch (their rows then share one prompt pass) where they split evenly.
+            return [TokenMinibatch(b, rows) for rows in minibatch_rows(b.batch, size, b.group)]
+        kl_limit = None if cfg.target_kl is None else 1.5 * cfg.target_kl
         with self.learning_passes():
-            count = self._optimizer_steps(b, optimizer, stats, batch_tokens, constant, low, high, kl_coef)
+            row = run_update(self.learner_for(optimizer), settings, cfg.n_epochs, minibatches, kl_limit, low, high)
+        row.pop("value_loss")  # no critic
         seconds = time.perf_counter() - b.started
-        # Each rank's parts are divided by the global minibatch's counts: their sum over ranks is the
-        # whole minibatch's loss and token means. Rates add up: the ranks run at once.
-        names = list(stats)
-        totals = self.global_sum(*(stats[k] for k in names), b.tokens, b.batch,
-                                 b.gen_tokens / max(b.gen_s, 1e-9), b.tokens / seconds)
-        row = {key: value / count for key, value in zip(names, totals)}
-        tokens, batch, gen_rate, rate = totals[len(names):]
-        if ref_logp is None:
+        # Rates add up: the ranks run at once.
+        tokens, batch, gen_rate, rate = self.global_sum(b.tokens, b.batch, b.gen_tokens / max(b.gen_s, 1e-9),
+                                                        b.tokens / seconds)
+        if b.ref_logp is None:
             row["kl_ref"] = None
         row.update(b.stats)
         row.update({
             "accuracy": row["reward"] if self.task is not None and self.reward_is_task else None,
-            "optimizer_steps": count, "response_length": tokens / batch, "kl_coef": cfg.kl_coef,
+            "optimizer_steps": int(row["minibatches"]), "response_length": tokens / batch, "kl_coef": cfg.kl_coef,
             "learning_rate": cfg.learning_rate, "gen_tokens_per_s": gen_rate, "tokens_per_s": rate,
         })
         return row
-
-    def _optimizer_steps(self, b: SimpleNamespace, optimizer: FlatOptimizer, stats: dict[str, float],
-                         batch_tokens: float, constant: float, low: float, high: float | None,
-                         kl_coef: float) -> int:
-        """The n_epochs x num_minibatches optimizer steps of learn(), adding into stats; returns the count."""
-        cfg: GRPOConfig = self.config
-        mask, old_logp, ref_logp = b.mask, b.old_logp, b.ref_logp
-        count = 0
-        for idx in minibatch_indices(b.batch, cfg.num_minibatches, cfg.n_epochs, b.group):
-            # One optimizer step per minibatch however many micro-batches (and ranks) it is computed in:
-            # each part's loss is divided by the whole minibatch's count, so the summed gradients are
-            # the minibatch's gradient exactly.
-            if aggregation_name(cfg.loss_aggregation) == "dapo":
-                normalizer = batch_tokens / cfg.num_minibatches
-            else:
-                normalizer = self.global_sum(loss_normalizer(mask[idx], cfg.loss_aggregation, constant))[0]
-            minibatch_tokens = max(self.global_sum(float(mask[idx].sum()))[0], 1.0)
-            optimizer.zero_grad()
-            for part in micro_batches(idx, cfg.micro_batch_size):
-                m = mask[part]
-                with self.precision.autocast():
-                    logp, entropy, _ = response_logprobs(self.model, b.input_ids[part], b.attention[part], b.width,
-                                                         cfg.temperature, with_entropy=True,
-                                                         groups=self.shared_prompt_groups(b.groups[part]))
-                    loss, out, kl_ref = grpo_token_loss(
-                        logp, old_logp[part], None if ref_logp is None else ref_logp[part], b.advantages[part], m,
-                        low, high, kl_coef, cfg.loss_aggregation, constant, cfg.importance_sampling, batch_tokens,
-                        cfg.num_minibatches, normalizer)
-                    # The entropy bonus is a token mean over the minibatch, split the same way.
-                    entropy_sum = (entropy * m).sum()
-                    if cfg.ent_coef > 0:
-                        loss = loss - cfg.ent_coef * entropy_sum / minibatch_tokens
-                self.precision.backward(loss)
-                share = float(m.sum()) / minibatch_tokens  # this part's weight in token-mean statistics
-                stats["policy_loss"] += float(loss.detach())
-                stats["clip_fraction"] += float(out.clip_fraction) * share
-                stats["approx_kl"] += float(out.approx_kl_k3) * share
-                stats["entropy"] += float(entropy_sum.detach()) / minibatch_tokens
-                stats["kl_ref"] += float(kl_ref) * share
-            self.sync_gradients(optimizer)
-            self.precision.step(optimizer, cfg.max_grad_norm)
-            count += 1
-        return count

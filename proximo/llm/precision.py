@@ -64,6 +64,7 @@ class Precision:
         self.growth_interval = growth_interval
         self.good_steps = 0
         self.skipped_steps = 0
+        self.last_grad_norm: torch.Tensor | None = None  # the last step's gradient norm before clipping
 
     @property
     def mixed(self) -> bool:
@@ -90,7 +91,8 @@ class Precision:
         (loss * self.scale if self.scaling else loss).backward()
 
     def step(self, optimizer, max_grad_norm: float | None) -> bool:
-        """Unscale, clip and step; returns False when a float16 overflow skipped the step."""
+        """Unscale, clip and step (optimizer.clip_and_step, the tail every proximo step shares); returns
+        False when a float16 overflow skipped the step. last_grad_norm keeps the norm before clipping."""
         if self.scaling:
             grads = [optimizer.grad] if optimizer.grad is not None else [p.grad for p in optimizer.params
                                                                          if p.grad is not None]
@@ -98,6 +100,7 @@ class Precision:
                 grad.div_(self.scale)
             norm = float(optimizer.grad_norm())
             if not math.isfinite(norm):
+                self.last_grad_norm = None
                 self.scale /= 2.0
                 self.good_steps = 0
                 self.skipped_steps += 1
@@ -106,6 +109,5 @@ class Precision:
             self.good_steps += 1
             if self.good_steps % self.growth_interval == 0:
                 self.scale *= 2.0
-        optimizer.clip_grad_norm_(max_grad_norm)
-        optimizer.step()
+        self.last_grad_norm = optimizer.clip_and_step(max_grad_norm)
         return True

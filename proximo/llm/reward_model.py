@@ -19,6 +19,7 @@ from proximo.llm.generation import pad_responses
 from proximo.llm.labeled_data import load_train_eval, preference_triples
 from proximo.llm.losses import bradley_terry_loss, last_token_index
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size, load_head, load_model, resolve_model_dir
+from proximo.llm.precision import Precision
 from proximo.llm.run import LLMRun, encode_prompts, make_optimizer
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
@@ -131,6 +132,9 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
         train_pairs = task.preference_pairs(rng, cfg.train_pairs)
         eval_pairs = task.preference_pairs(rng, cfg.eval_pairs, held_out=True)
     optimizer = make_optimizer(rm, cfg)
+    # Every proximo optimizer step ends in the same tail (Precision.step -> FlatOptimizer.clip_and_step); the
+    # reward model trains in float32 where it was loaded (its device and dtype fields are not wired yet).
+    precision = Precision(next(rm.parameters()).device)
     before = pairwise_accuracy(rm, eval_pairs)
     run.log(0, {"eval_sampled_accuracy": before}, 0.0, before)
     started, progress = time.perf_counter(), SimpleNamespace(global_step=0, accuracy=before, loss=float("nan"))
@@ -145,9 +149,8 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
         scores = rm.score_texts(prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch])
         loss = bradley_terry_loss(scores[:cfg.batch_size], scores[cfg.batch_size:])
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.clip_grad_norm_(cfg.max_grad_norm)
-        optimizer.step()
+        precision.backward(loss)
+        precision.step(optimizer, cfg.max_grad_norm)
         progress.loss = float(loss.detach())
         return {"global_step": progress.global_step, "update": progress.global_step, "loss": progress.loss,
                 "learning_rate": cfg.learning_rate}

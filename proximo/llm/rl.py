@@ -19,7 +19,7 @@ all-reduce; ZeRO-3 / FSDP: + parameters, all-gathered layer by layer for each fo
 so a model whose replica, fp32 master weights and two Adam moments (~16 bytes per trained parameter)
 do not fit one device still trains; proximo keeps a full replica per rank. Wiring FSDP would take:
 wrapping the policy (torch.distributed.fsdp fully_shard per transformer block) in place of the flat
-FlatOptimizer buffer and sync_gradients (FSDP reduce-scatters itself; a per-shard AdamW), generation
+FlatOptimizer buffer and the learner's gradient all-reduce (FSDP reduce-scatters itself; a per-shard AdamW), generation
 from the sharded model (an all-gather per layer per decoded token, or summoning full parameters for
 sampling), the reference kept sharded or as a LoRA-off pass, and checkpoints gathered on rank 0 or
 saved as sharded state dicts."""
@@ -34,12 +34,13 @@ from typing import Any
 import torch
 
 from proximo.errors import ConfigError, ProximoError
-from proximo.learners.distributed import (
+from proximo.distributed import (
     World, broadcast_module_, broadcast_parameters_, init_world, launched_by_torchrun, rank_seed,
 )
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import KVCacheSampler, Rollout, Sampler, generate, pad_prompts, response_logprobs
 from proximo.llm.data import PromptDataset, render_prompt
+from proximo.llm.learners import TokenLearner, micro_batches  # noqa: F401 - micro_batches is imported from here too
 from proximo.llm.lora import LoRA
 from proximo.llm.models import enable_gradient_checkpointing, load_model, position_limit
 from proximo.llm.precision import Precision, resolve_llm_device
@@ -50,31 +51,6 @@ from proximo.llm.run import (
 from proximo.callbacks import Callback, CallbackList, CheckpointEvery, as_callbacks, run_loop
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
-
-
-def minibatch_indices(batch: int, num_minibatches: int, n_epochs: int, group_size: int = 1):
-    """Index tensors of the minibatches of n_epochs shuffled passes over `batch` rollouts. With
-    group_size > 1 (rows laid out as consecutive groups) whole groups are shuffled and kept together,
-    so a minibatch holds every row of the groups it has (they then share one prompt pass)."""
-    groups = batch // group_size
-    if group_size > 1 and (batch % group_size or groups % num_minibatches):
-        group_size, groups = 1, batch  # groups do not split evenly into minibatches: shuffle rows
-    size = batch // num_minibatches
-    offsets = torch.arange(group_size)
-    for _ in range(n_epochs):
-        order = torch.randperm(groups)
-        if group_size > 1:
-            order = (order[:, None] * group_size + offsets).reshape(-1)
-        for start in range(0, batch, size):
-            yield order[start:start + size]
-
-
-def micro_batches(idx: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """The rows idx [K] of a minibatch in consecutive parts of at most size rows (size 0: one part).
-    Consecutive, so the rows of a group (laid out together) stay together as far as size allows."""
-    if size <= 0 or size >= len(idx):
-        return [idx]
-    return list(torch.split(idx, size))
 
 
 def split_prompts(config, size: int) -> int:
@@ -258,10 +234,14 @@ class RLTrainer:
         total = torch.tensor(values, dtype=torch.float64)
         return self.world.all_reduce_sum_(total).tolist()
 
-    def sync_gradients(self, optimizer: FlatOptimizer) -> None:
-        """Sum the gradient over the ranks (each rank's loss is already divided by the global count)."""
-        if self.world.size > 1:
-            self.world.all_reduce_sum_(optimizer.grad)
+    learner_class: type[TokenLearner] = TokenLearner  # the algorithm's minibatch step (proximo/llm/learners.py)
+
+    def learner_for(self, optimizer: FlatOptimizer) -> TokenLearner:
+        """The learner that steps optimizer (built once per optimizer): what run_update hands minibatches to."""
+        learner = getattr(self, "_learner", None)
+        if learner is None or learner.optimizer is not optimizer:
+            learner = self._learner = self.learner_class(self, optimizer)
+        return learner
 
     @contextmanager
     def learning_passes(self):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,16 +19,62 @@ from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.config import RLHFConfig
 from proximo.llm.data import render_prompt
 from proximo.llm.generation import response_logprobs
-from proximo.learners.distributed import broadcast_module_
+from proximo.distributed import broadcast_module_
 from proximo.llm.losses import pooled_moments, pooled_whiten, rlhf_token_rewards, token_gae
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size
 from proximo.llm.reward_model import RewardModel
 from proximo.llm.rewards import completion_text
-from proximo.llm.rl import RLTrainer, micro_batches, minibatch_indices
+from proximo.llm.learners import TokenLearner, TokenMinibatch
+from proximo.llm.rl import RLTrainer
 from proximo.llm.run import RewardFn
 from proximo.nn.normalize import RunningMeanStd
+from proximo.ppo import minibatch_rows, run_update
 
 VALUE_HEAD = "value"
+
+
+@dataclass
+class RLHFSettings:
+    """The values of one PPO-RLHF update a minibatch step takes (from RLHFConfig)."""
+
+    clip_range: float
+    clip_range_high: float | None
+    clip_range_vf: float | None   # value clipping around the rollout's values (None: off)
+    vf_coef: float
+    ent_coef: float
+    micro_batch_size: int
+    temperature: float
+    max_grad_norm: float | None
+
+
+class RLHFLearner(TokenLearner):
+    """PPO-RLHF's minibatch step: proximo.core's clipped policy loss and clipped value loss on tokens, minus
+    the entropy bonus; every term a token mean over the minibatch."""
+
+    name = "rlhf"
+
+    def minibatch_counts(self, batch, rows: torch.Tensor, settings: RLHFSettings) -> dict[str, float]:
+        """The minibatch's loss-mask tokens over every rank."""
+        tokens, = self.global_sum(float(batch.mask[rows].sum()))
+        return {"tokens": max(tokens, 1.0)}
+
+    def part_loss(self, batch, part: torch.Tensor, counts: dict[str, float], settings: RLHFSettings):
+        """The part's policy, value and entropy terms, weighted by its share of the minibatch's tokens."""
+        b = batch
+        m = b.mask[part]
+        share = float(m.sum()) / counts["tokens"]
+        logp, entropy, values = self.trainer._forward(b.input_ids[part], b.attention[part], b.width,
+                                                      with_entropy=True)
+        old = b.old_logp[part]
+        out = policy_loss(logp, old, b.advantages[part], "clip", settings.clip_range, settings.clip_range_high,
+                          mask=m, stats=False)
+        v_loss = value_loss(values.float(), b.old_values[part], b.returns[part], settings.clip_range_vf, mask=m)
+        mean_entropy = masked_mean(entropy, m)
+        loss = out.loss + settings.vf_coef * v_loss - settings.ent_coef * mean_entropy
+        with torch.no_grad():
+            log_ratio = (logp.float() - old)[m.to(torch.bool)]
+            losses = torch.stack([out.loss.float(), v_loss.float(), mean_entropy.float()]) * share
+        return loss * share, log_ratio, losses, {}
 
 
 class RLHF(RLTrainer):
@@ -41,6 +88,7 @@ class RLHF(RLTrainer):
     over-optimization) is visible."""
 
     kind = "rlhf"
+    learner_class = RLHFLearner
 
     def __init__(self, model: str | Path = "tiny", reward_model: str | Path | RewardModel | None = None,
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
@@ -151,56 +199,36 @@ class RLHF(RLTrainer):
         cfg: RLHFConfig = self.config
         b = batch_data
         started, prompts, completions, scores, gen_s, beta = b.started, b.prompts, b.completions, b.scores, b.gen_s, b.beta
-        input_ids, attention, mask, width = b.input_ids, b.attention, b.mask, b.width
-        old_logp, old_values, advantages, returns, kl_tokens = b.old_logp, b.old_values, b.advantages, b.returns, b.kl_tokens
+        mask, kl_tokens = b.mask, b.kl_tokens
         batch = len(prompts)
-        stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0}
-        count = 0
+        settings = RLHFSettings(clip_range=cfg.clip_range, clip_range_high=cfg.clip_range_high,
+                                clip_range_vf=cfg.clip_range_vf, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
+                                micro_batch_size=cfg.micro_batch_size, temperature=cfg.temperature,
+                                max_grad_norm=cfg.max_grad_norm)
+        size = batch // cfg.num_minibatches
+
+        def minibatches(epoch: int) -> list[TokenMinibatch]:
+            return [TokenMinibatch(b, rows) for rows in minibatch_rows(batch, size)]
+        kl_limit = None if cfg.target_kl is None else 1.5 * cfg.target_kl
         with self.learning_passes():
-            for idx in minibatch_indices(batch, cfg.num_minibatches, cfg.n_epochs):
-                # Every term is a token mean over the minibatch: a micro-batch's (or a rank's) part weighs by
-                # its share of the minibatch's tokens, so the accumulated gradient is the minibatch's.
-                minibatch_tokens = max(self.global_sum(float(mask[idx].sum()))[0], 1.0)
-                optimizer.zero_grad()
-                for part in micro_batches(idx, cfg.micro_batch_size):
-                    m = mask[part]
-                    share = float(m.sum()) / minibatch_tokens
-                    with self.precision.autocast():
-                        logp, entropy, values = self._forward(input_ids[part], attention[part], width,
-                                                              with_entropy=True)
-                        out = policy_loss(logp, old_logp[part], advantages[part], "clip", cfg.clip_range,
-                                          cfg.clip_range_high, mask=m)
-                        v_loss = value_loss(values.float(), old_values[part], returns[part], cfg.clip_range_vf,
-                                            mask=m)
-                        mean_entropy = masked_mean(entropy, m)
-                        loss = out.loss + cfg.vf_coef * v_loss - cfg.ent_coef * mean_entropy
-                    self.precision.backward(loss * share)
-                    stats["policy_loss"] += float(out.loss.detach()) * share
-                    stats["value_loss"] += float(v_loss.detach()) * share
-                    stats["clip_fraction"] += float(out.clip_fraction) * share
-                    stats["approx_kl"] += float(out.approx_kl_k3) * share
-                    stats["entropy"] += float(mean_entropy.detach()) * share
-                self.sync_gradients(optimizer)
-                self.precision.step(optimizer, cfg.max_grad_norm)
-                count += 1
-        # Statistics of the whole step, over every rank's rollouts: each rank's parts are already weighted by
-        # their share of the global minibatch, so they add up; rates add up too (the ranks run at once).
-        # The true reward (the task's or the --reward functions') of the step's samples, unscored (NaN) ones out.
+            # proximo.ppo.run_update: the loop every proximo trainer updates through, with an RLHFLearner.
+            row = run_update(self.learner_for(optimizer), settings, cfg.n_epochs, minibatches, kl_limit,
+                             cfg.clip_range, cfg.clip_range_high)
+        # Statistics of the whole step, over every rank's rollouts (run_update's are pooled already); rates add
+        # up (the ranks run at once). The true reward (the task's or the --reward functions') of the step's samples, unscored (NaN) ones out.
         true_sum, true_count = 0.0, 0.0
         if self.true_reward:
             true = self.score(self.dataset, b.rows, prompts, completions)[0]
             scored = true[~torch.isnan(true)]
             true_sum, true_count = float(scored.sum()), float(len(scored))
-        names = list(stats)
         tokens = float(mask.sum())
-        totals = self.global_sum(*(stats[k] for k in names), float(kl_tokens.sum()), batch, tokens, true_sum,
-                                 true_count, tokens / max(gen_s, 1e-9), tokens / (time.perf_counter() - started))
-        kl_sum, rows, tokens, true_sum, true_count, gen_rate, rate = totals[len(names):]
+        kl_sum, rows, tokens, true_sum, true_count, gen_rate, rate = self.global_sum(
+            float(kl_tokens.sum()), batch, tokens, true_sum, true_count, tokens / max(gen_s, 1e-9),
+            tokens / (time.perf_counter() - started))
         # KL per sequence (sum over its tokens), the quantity the adaptive controller targets: the same on every rank.
         sequence_kl = kl_sum / rows
         self.kl_controller.update(sequence_kl)
         score_mean, score_var = pooled_moments(scores, None, self.global_sum)
-        row = {key: value / count for key, value in zip(names, totals)}
         row.update({
             "score": score_mean, "reward": score_mean, "reward_std": score_var ** 0.5,
             "accuracy": true_sum / true_count if true_count else None,

@@ -16,6 +16,7 @@ from proximo.llm.config import SFTConfig
 from proximo.llm.labeled_data import load_train_eval, sft_examples
 from proximo.llm.generation import pad_responses, response_logprobs
 from proximo.llm.models import load_model
+from proximo.llm.precision import Precision
 from proximo.llm.run import LLMRun, encode_prompts, evaluate, make_optimizer
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
@@ -150,6 +151,9 @@ class SFT:
         callback: as for every proximo trainer (proximo/callbacks.py); False from one stops training."""
         cfg = self.config
         optimizer = make_optimizer(self.model, cfg)
+        # Every proximo optimizer step ends in the same tail (Precision.step -> FlatOptimizer.clip_and_step);
+        # SFT runs in float32 where the model was loaded (its device and dtype fields are not wired yet).
+        precision = Precision(next(self.model.parameters()).device)
         self.step_count, self.tokens, self.started = 0, 0, time.perf_counter()
         self.last_loss = float("nan")
 
@@ -166,9 +170,8 @@ class SFT:
                 group["lr"] = lr
             loss, count = sft_loss(self.model, self.tokenizer, [p for p, _ in batch], [a for _, a in batch])
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.clip_grad_norm_(cfg.max_grad_norm)
-            optimizer.step()
+            precision.backward(loss)
+            precision.step(optimizer, cfg.max_grad_norm)
             self.tokens += count
             self.last_loss = float(loss.detach())
             return {"global_step": step, "update": step, "loss": self.last_loss, "learning_rate": lr}

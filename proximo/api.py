@@ -21,7 +21,8 @@ class PPO:
     """
 
     def __init__(self, env: EnvLike, preset: str | None = None, run_dir: str | Path | None = None,
-                 env_kwargs: dict | None = None, verbose: bool = False, **config_overrides: Any) -> None:
+                 env_kwargs: dict | None = None, verbose: bool = False, seeds: list[int] | None = None,
+                 **config_overrides: Any) -> None:
         # An env id picks the preset's per-env entry exactly as `proximo train ENV --preset P` does.
         env_id = env if isinstance(env, str) else None
         self.config: PPOConfig = make_config(preset, env_id, **config_overrides)
@@ -29,9 +30,35 @@ class PPO:
         if verbose and self.preset_note:
             print(self.preset_note)
         self.env, self.env_kwargs = env, dict(env_kwargs or {})
+        self.summary: dict[str, Any] = {}
+        self._population = None
+        self._member_of: PPO | None = None
+        if seeds is not None:
+            # K agents, one per seed, as one batched population (proximo/population/): self.agents[k] is
+            # agent k (its policy, predict, save), run_dir/s<seed> its run directory.
+            from proximo.population.trainer import Population, population_configs
+
+            if "seed" in config_overrides:
+                raise ProximoError("seeds= sets every agent's seed; leave out seed=")
+            self._population = Population(env, population_configs(self.config, list(seeds)), run_dir,
+                                          self.env_kwargs, verbose)
+            self._population.open()
+            self._trainer = None
+            self.policy = None
+            self.agents = [self._member(member) for member in self._population.members]
+            self.summaries: list[dict[str, Any]] = []
+            return
         self._trainer: Trainer | None = Trainer(env, self.config, run_dir, self.env_kwargs, verbose=verbose)
         self.policy: ActorCritic = self._trainer.policy
-        self.summary: dict[str, Any] = {}
+
+    def _member(self, member) -> "PPO":
+        """Agent `member` of this population as a PPO object of its own (predict, save; training is the population's)."""
+        agent = PPO.__new__(PPO)
+        agent.config, agent.env, agent.env_kwargs = member.config, self.env, self.env_kwargs
+        agent._trainer, agent.policy, agent.summary, agent._population, agent._member_of = None, member.policy, {}, \
+            None, self
+        agent.preset_note = self.preset_note
+        return agent
 
     def learn(self, total_steps: int | None = None, callback: Any = None) -> "PPO":
         """Train for total_steps more env steps (default: config.total_steps); returns self.
@@ -39,6 +66,15 @@ class PPO:
         callback: a function of each update's metrics row, a proximo.callbacks.Callback, or a list of
         them; one returning False stops training after that update (self.summary["stopped_by"] says why).
         """
+        if self._population is not None:
+            steps = total_steps if total_steps is not None else self.config.total_steps
+            self.summaries = self._population.train(self._population.global_step + steps)
+            for agent, summary in zip(self.agents, self.summaries):
+                agent.summary = summary
+            return self
+        if self._member_of is not None:
+            raise ProximoError("this agent trains with its population: call learn() on the PPO(..., seeds=[...]) "
+                               "object")
         if self._trainer is None:
             if not isinstance(self.env, str):
                 raise ProximoError("this agent was loaded without an env; create PPO(env, ...) to train")
@@ -51,7 +87,11 @@ class PPO:
 
     @property
     def num_timesteps(self) -> int:
-        """Env steps trained so far."""
+        """Env steps trained so far (by each agent, for a population)."""
+        if self._population is not None:
+            return self._population.global_step
+        if self._member_of is not None:
+            return self._member_of.num_timesteps
         return self._trainer.global_step if self._trainer is not None else 0
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True,
@@ -64,6 +104,9 @@ class PPO:
         [B, mask_dim] (or [mask_dim]) bool limits the choice to legal actions; a Dict observation
         holding an "action_mask" key supplies them itself.
         """
+        if self._population is not None:
+            raise ProximoError(f"this is a population of {len(self.agents)} agents: predict with one of them, "
+                               "agent.agents[k].predict(...)")
         policy = self.policy
         space = policy.observation_space
         single = _is_single(observation, space)
@@ -103,6 +146,9 @@ class PPO:
 
     def save(self, directory: str | Path) -> None:
         """Save the policy (weights, normalization statistics, spaces, config) to a folder."""
+        if self._population is not None:
+            raise ProximoError("this is a population: save one agent (agent.agents[k].save(...)); every agent's run "
+                               "directory already holds its policy/")
         save_policy(Path(directory), self.policy, self.config, self.env, self.env_kwargs)
 
     @classmethod
@@ -116,6 +162,7 @@ class PPO:
         agent.config = PPOConfig.from_dict(meta["config"])
         agent.env, agent.env_kwargs = meta.get("env_id"), meta.get("env_kwargs", {})
         agent._trainer, agent.policy, agent.summary = None, policy, {}
+        agent._population, agent._member_of = None, None
         return agent
 
 

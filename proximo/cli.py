@@ -112,6 +112,9 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    train.add_argument("--seeds", metavar="LIST",
+                       help="train one agent per seed (1-16, 1,3,5 or 1-4,9) as one batched population in this "
+                            "process; each writes its own run directory RUN_DIR/s<seed>")
     train.add_argument("--nproc", type=int, metavar="K",
                        help="train with K processes on this machine (re-launches itself under torchrun; batch_size "
                             "stays the global minibatch, total_steps counts all processes' steps)")
@@ -205,6 +208,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from proximo.distributed import World, init_world, launched_by_torchrun
 
+    from proximo.population.trainer import is_population
+
+    if args.seeds is not None or (args.resume is not None and is_population(args.resume)):
+        if args.nproc is not None:
+            raise ConfigError("--seeds trains its agents in one process; leave out --nproc")
+        return _train_population(args)
     if args.nproc is not None:
         return _launch_train(args)
     # With GPUs each rank takes its own (LOCAL_RANK); a CPU policy there still reduces through gloo.
@@ -260,6 +269,82 @@ def _train(args: argparse.Namespace, world) -> int:
     return 0
 
 
+def _train_population(args: argparse.Namespace) -> int:
+    """`train ENV --seeds LIST` (or `--resume` of a population): K agents as one batch in this process."""
+    import numpy as np
+
+    from proximo.checkpoint import ensure_run_dir
+    from proximo.config import describe_preset, make_config
+    from proximo.population.trainer import (
+        Population, parse_seeds, population_configs, resume_population,
+    )
+    from proximo.train import TrainingInterrupted
+
+    quiet = args.quiet
+    if args.resume is not None:
+        if args.seeds is not None:
+            raise ConfigError("--resume keeps the population's seeds; leave out --seeds")
+        overrides = config_overrides(args)
+        changeable = {key: overrides.pop(key) for key in RESUME_CHANGEABLE if key in overrides}
+        if overrides:
+            raise ConfigError(f"--resume keeps the run's config; only "
+                              f"{', '.join('--' + k.replace('_', '-') for k in RESUME_CHANGEABLE)} may change, "
+                              f"got {sorted(overrides)}")
+        population = resume_population(args.resume, verbose=not quiet, tensorboard=not args.no_tensorboard,
+                                       changes=changeable)
+        run_dir = population.run_dir
+        if not quiet:
+            print(f"proximo: resuming the population {run_dir} ({population.k} agents) from step "
+                  f"{population.global_step:,}", file=sys.stderr)
+    else:
+        if not args.env_id:
+            raise ProximoError("train --seeds needs an env id (e.g. `proximo train CartPole-v1 --seeds 1-8`)")
+        seeds = parse_seeds(args.seeds)
+        overrides = config_overrides(args)
+        if getattr(args, "preset_file", None) is not None:
+            from proximo.config import load_preset_file
+
+            overrides = {**load_preset_file(args.preset_file), **overrides}
+        if "seed" in overrides:
+            raise ConfigError("--seeds sets every agent's seed; leave out --seed")
+        config = make_config(args.preset, args.env_id, **overrides)
+        label = args.env_id.replace("/", "_") + (f"-{args.preset}" if args.preset else "")
+        run_dir = ensure_run_dir(args.run_dir or Path("runs") / f"{label}-seeds{args.seeds.replace(',', '_')}-"
+                                 f"{time.strftime('%Y%m%d-%H%M%S')}", create=False)
+        note = describe_preset(args.preset, args.env_id, overrides)
+        if note:
+            print(note, flush=True)
+        population = Population(args.env_id, population_configs(config, seeds), run_dir, verbose=not quiet,
+                                tensorboard=not args.no_tensorboard)
+        population.open()
+    total = population.configs[0].total_steps
+    if not quiet:
+        print(f"proximo: training {population.k} agents of {population.env} for {total:,} steps each, as one "
+              f"batch in this process -> {run_dir}", file=sys.stderr)
+    try:
+        summaries = population.train(total)
+    except TrainingInterrupted as stop:
+        print(f"proximo: stopped by {signal_name(stop.signum)} at step {stop.step:,}; every agent's checkpoint is "
+              f"saved; continue with `proximo train --resume {run_dir}`", file=sys.stderr)
+        return 128 + stop.signum
+    wall = population.members[0].wall_time_s
+    print(f"run: {run_dir}  ({population.k} agents, one process)")
+    print(f"steps: {total:,} each  time: {wall:.1f} s  agent-steps/s: {total * population.k / max(wall, 1e-9):,.0f}")
+    for name, summary in zip(population.names, summaries):
+        print(f"  {name}: eval return ({summary['eval_episodes']} episodes) {summary['eval_return_mean']:.1f} +- "
+              f"{summary['eval_return_std']:.1f}; last-100 training {summary['train_return_last100_mean']:.1f}")
+    returns = np.array([s["eval_return_mean"] for s in summaries])
+    print(f"eval return over {len(returns)} agents: {returns.mean():.1f} +- {returns.std():.1f}")
+    return 0
+
+
+def signal_name(signum: int) -> str:
+    """SIGINT / SIGTERM for a signal number."""
+    import signal
+
+    return signal.Signals(signum).name
+
+
 def _launch_train(args: argparse.Namespace) -> int:
     """`train --nproc K`: check the run here, then start K ranks of it under torchrun on this machine."""
     from proximo.config import PPOConfig
@@ -271,8 +356,11 @@ def _launch_train(args: argparse.Namespace) -> int:
     if launched_by_torchrun():
         raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out (--nproc-per-node sets the "
                           "process count)")
-    plan = train_plan(args)
-    check_divides(PPOConfig.from_dict(plan["config"]).batch_size, args.nproc)
+    from proximo.config import planning_processes
+
+    with planning_processes(args.nproc):
+        plan = train_plan(args)
+        check_divides(PPOConfig.from_dict(plan["config"]).batch_size, args.nproc)
     if args.nproc == 1:
         return _train(args, World.local())
     make_single_env(plan["env_id"], **plan["env_kwargs"]).close()  # a wrong env id: one line here, not K there

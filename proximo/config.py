@@ -1,9 +1,12 @@
 """One typed config for a PPO run, its validation and the named presets."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import math
+import os
 import re
 import typing
 from pathlib import Path
@@ -19,6 +22,30 @@ from proximo.errors import ConfigError
 from proximo.tracking import TRACKERS
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
+# How many processes a config being built will run on: set around planning a `--nproc K` launch; under
+# torchrun every rank reads WORLD_SIZE. batch_size (the global minibatch) is checked against all of them.
+_PLANNED_PROCESSES: contextvars.ContextVar[int | None] = contextvars.ContextVar("planned_processes", default=None)
+
+
+def planned_processes() -> int:
+    """Processes the run being configured will have: a --nproc plan's K, else torchrun's WORLD_SIZE, else 1."""
+    planned = _PLANNED_PROCESSES.get()
+    if planned is not None:
+        return planned
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+@contextlib.contextmanager
+def planning_processes(count: int):
+    """Validate configs built inside as configs of a run over `count` processes (`train --nproc count`)."""
+    token = _PLANNED_PROCESSES.set(count)
+    try:
+        yield
+    finally:
+        _PLANNED_PROCESSES.reset(token)
 ENV_BACKENDS = ("sync", "async")
 LEARNERS = ("auto", "numpy", "torch")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
@@ -174,12 +201,17 @@ class PPOConfig:
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if not self.net_arch or any(width < 1 for width in self.net_arch):
             raise ConfigError(f"net_arch must be a non-empty list of positive widths, got {self.net_arch}")
-        if self.rollout_size % self.batch_size != 0:
-            divisors = [d for d in range(1, self.rollout_size + 1) if self.rollout_size % d == 0]
+        # batch_size is the global minibatch: it must divide the rollout of every process together.
+        processes = planned_processes()
+        rollout = self.rollout_size * processes
+        if rollout % self.batch_size != 0:
+            divisors = [d for d in range(processes, rollout + 1, processes) if rollout % d == 0]
             near = min(divisors, key=lambda d: abs(d - self.batch_size))
             raise ConfigError(
-                f"batch_size {self.batch_size} does not divide num_envs x n_steps = "
-                f"{self.num_envs} x {self.n_steps} = {self.rollout_size}; use a divisor such as {near}")
+                f"batch_size {self.batch_size} does not divide "
+                + (f"{processes} processes x num_envs x n_steps = {processes} x " if processes > 1
+                   else "num_envs x n_steps = ")
+                + f"{self.num_envs} x {self.n_steps} = {rollout}; use a divisor such as {near}")
         for name in ("frame_stack", "frame_skip", "screen_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)} (the Atari default is "

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+import numpy as np
 import torch
 
 from proximo.core.advantages import normalize
@@ -93,14 +94,19 @@ def minibatch_rows(total: int, batch: int, block: int = 1, shuffle: Shuffle | No
 # the one loop ---------------------------------------------------------------------------------------
 def run_update(learner: Learner, settings: Any, n_epochs: int, minibatches: Callable[[int], Iterable[Any]],
                kl_limit: float | None = None, clip_range: float = 0.2,
-               clip_range_high: float | None = None) -> dict[str, Any]:
+               clip_range_high: float | None = None, per_agent: Callable[[list], list] | None = None) -> Any:
     """Up to n_epochs passes of learner.step over minibatches(epoch); returns the update's statistics.
 
     A step that reports stepped False (its KL passed kl_limit) ends the update there. The statistics
     (update_statistics) are means over the stepped minibatches of each minibatch's value over every
     rank's samples; clip_range (and clip_range_high for the upper side) define the clip fraction.
+
+    A population's learner (proximo/learners/population.py) steps K agents at once and reports stepped
+    per agent; the update goes on while any agent steps, and per_agent(records) turns the (epoch, step
+    result) of every step into each agent's statistics (population_update).
     """
     learner.begin_update()
+    records: list[tuple[int, Any]] = []
     # Statistics stay tensors until the end: one host read per update, not several per minibatch.
     losses: list[torch.Tensor] = []
     grad_norms: list[torch.Tensor] = []
@@ -114,6 +120,8 @@ def run_update(learner: Learner, settings: Any, n_epochs: int, minibatches: Call
                 result = learner.step(minibatch, settings, kl_limit)
             except NonFiniteError as exc:
                 raise NonFiniteError(f"{exc} (epoch {epoch})") from None
+            if per_agent is not None:
+                records.append((epoch, result))
             if not _any(result.stepped):
                 stopped = True
                 break
@@ -127,6 +135,8 @@ def run_update(learner: Learner, settings: Any, n_epochs: int, minibatches: Call
             epoch_log_ratios.append(log_ratios)
         if stopped:
             break
+    if per_agent is not None:
+        return per_agent(records)
     return update_statistics(losses, grad_norms, epoch_log_ratios, extras, stopped, clip_range, clip_range_high,
                              learner.world)
 
@@ -296,3 +306,61 @@ def _shuffled_minibatches(columns: Minibatch, batch: int, sequence_length: int, 
         if states is not None:
             rows["rnn_states"] = states[start // sequence_length:(start + batch) // sequence_length]
         yield Minibatch(**rows)
+
+
+# a population: K agents' rollouts in minibatches, one batched step per minibatch index ------------------
+def population_update(learner, columns: Minibatch, settings, n_epochs: int, batch: int, normalize_advantage: bool,
+                      generators: list[torch.Generator]) -> list[dict[str, Any]]:
+    """One PPO update of K agents at once (proximo/population/); returns each agent's statistics, the dict
+    ppo_update returns for a solo run.
+
+    columns are [K, T * N, ...] (agent k's rollout in a solo run's sample order), settings an
+    AgentSettings of [K] arrays, generators each agent's torch generator: an agent's shuffles are the ones
+    its solo run draws. Per minibatch index one batched learner step serves every agent, each on its own
+    shuffled minibatch; an agent whose KL passes its limit stops there for this update, as a solo run
+    stops (it draws no more shuffles either), while the others go on."""
+    k, total = columns.returns.shape[:2]
+    agents = torch.arange(k)[:, None]
+    whole = None
+    if batch >= total:
+        advantages = normalize(columns.advantages, dim=-1) if normalize_advantage else columns.advantages
+        whole = [replace(columns, advantages=advantages)]
+
+    def minibatches(epoch: int) -> Iterable[Minibatch]:
+        if whole is not None:
+            return whole
+        order = torch.stack([torch.randperm(total, generator=g) if on else torch.arange(total)
+                             for g, on in zip(generators, learner.active)])
+        shuffled = {name: getattr(columns, name)[agents, order] for name in Minibatch.PER_SAMPLE
+                    if getattr(columns, name) is not None}
+        if normalize_advantage:
+            adv = shuffled["advantages"]
+            if total % batch == 0:
+                shuffled["advantages"] = normalize(adv.view(k, total // batch, batch), dim=-1).view(k, total)
+            else:
+                shuffled["advantages"] = torch.cat([normalize(chunk, dim=-1) for chunk in adv.split(batch, 1)], 1)
+        return (Minibatch(**{name: column[:, start:start + batch] for name, column in shuffled.items()})
+                for start in range(0, total, batch))
+
+    def per_agent(records: list) -> list[dict[str, Any]]:
+        return [_agent_statistics(columns, records, agent, float(settings.stat_clip_range[agent]))
+                for agent in range(k)]
+    return run_update(learner, settings, n_epochs, minibatches, per_agent=per_agent)
+
+
+def _agent_statistics(columns: Minibatch, records: list, agent: int, clip_range: float) -> dict[str, Any]:
+    """Agent `agent`'s statistics from the batched step records, through the path a solo run's take."""
+    losses, grad_norms, epochs = [], [], {}
+    stopped = False
+    for epoch, result in records:
+        if not bool(result.stepped[agent]):
+            stopped = True  # its first step not taken: where a solo run's update ended
+            break
+        losses.append(result.losses[agent])
+        grad_norms.append(result.grad_norm[agent])
+        epochs.setdefault(epoch, []).append(result.log_ratio[agent])
+    stats = update_statistics(losses, grad_norms, list(epochs.values()), [], stopped, clip_range)
+    returns = columns.returns[agent]
+    stats.update(explained_variance=explained_variance(columns.old_values[agent], returns),
+                 advantage_std=float(columns.advantages[agent].std()) if returns.numel() > 1 else 0.0)
+    return stats

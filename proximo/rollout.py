@@ -18,7 +18,7 @@ from proximo.checkpoint import CheckpointError
 from proximo.errors import NonFiniteError
 from proximo.distributed import World
 from proximo.nn.normalize import RunningMeanStd
-from proximo.nn.policy import ActorCritic, RolloutActor
+from proximo.nn.policy import ActorCritic
 
 
 @dataclass
@@ -93,6 +93,10 @@ class RewardScaler(nn.Module):
         running = self.running_return.numpy()
         running[:] = running * self.gamma + rewards
         return running
+
+    def moments(self, returns: np.ndarray) -> np.ndarray:
+        """The packed moments of running returns [N] that return_rms merges (RunningMeanStd.moments)."""
+        return self.return_rms.moments(returns)
 
     def scale(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
         """Rewards [N] divided by the return's running std and clipped; dones reset their running returns."""
@@ -282,7 +286,7 @@ class RolloutCollector:
         truncation_fixes: list[tuple[int, np.ndarray, torch.Tensor]] = []
         # Speed: a fused NumPy actor-critic for this rollout with its noise drawn up front (CPU MLPs);
         # other policies act through torch.
-        actor = RolloutActor(policy) if RolloutActor.supports(policy) else None
+        actor = policy.rollout_actor()
         masked, recurrent = self.mask_source is not None, policy.is_recurrent
         if masked:
             masks_out = buf.action_masks.numpy() if device.type == "cpu" else buf.action_masks
@@ -356,10 +360,8 @@ class RolloutCollector:
                 if bootstrap.any():
                     envs_idx = np.flatnonzero(bootstrap)
                     final = infos["final_obs"]
-                    final_x = policy.prepare(_stack_obs([final[i] for i in envs_idx]), len(envs_idx))
-                    # A recurrent critic reads the final observation from the state the step left.
-                    final_values = (policy.value(final_x, state[torch.from_numpy(envs_idx).to(device)])
-                                    if recurrent else policy.value(final_x))
+                    final_values = policy.final_values(_stack_obs([final[i] for i in envs_idx]), envs_idx,
+                                                       state if recurrent else None)
                     truncation_fixes.append((t, envs_idx, final_values))
                 if recurrent:
                     self.episode_starts = dones.copy()
@@ -412,7 +414,8 @@ class RolloutCollector:
             parts.append(self.obs_rms.moments(obs))
         return_rms = self.reward_scaler.return_rms if self.reward_scaler is not None else None
         if return_rms is not None:
-            parts.append(return_rms.moments(returns) if returns is not None else np.zeros(return_rms.moments_size))
+            parts.append(self.reward_scaler.moments(returns) if returns is not None
+                         else np.zeros(return_rms.moments_size))
         packed = np.concatenate(parts)
         self.world.all_reduce_sum_(torch.from_numpy(packed))
         split = self.obs_rms.moments_size if self.obs_rms is not None else 0

@@ -356,7 +356,8 @@ class Trainer:
         summary: dict[str, Any] = {
             "env_id": env_name(self.env), "global_step": self.global_step, "updates": self.update_index,
             "wall_time_s": self.wall_time_s, "sps": self.global_step / max(self.wall_time_s, 1e-9),
-            "world_size": world.size, "backend": world.backend, "stopped_by": self.stopped_by}
+            "world_size": world.size, "backend": world.backend, "stopped_by": self.stopped_by,
+            **self.summary_extra()}
         if not world.is_main:
             return summary  # rank 0 evaluates and reports; nothing collective follows, so no one waits
         eval_returns, eval_lengths = evaluate_policy(
@@ -378,6 +379,10 @@ class Trainer:
             save_policy(self.run_dir / "policy", self.policy, config, self.env, self.env_kwargs)
             RunDir(self.run_dir).write_summary(summary)
         return summary
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Fields a kind of run adds to summary.json (a population's agents say which population)."""
+        return {}
 
     def _open_run_dir(self) -> MetricsWriter | None:
         if not self.writes:

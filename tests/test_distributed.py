@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from proximo.errors import ConfigError
 import torch
 
 from proximo.checkpoint import load_tensors
@@ -236,6 +238,40 @@ def test_two_ranks_of_n_envs_keep_the_statistics_of_one_process_with_2n(tmp_path
     assert one["obs.count"] > 1000 and one.keys() == ranks.keys()
     for key in one:  # the same numbers, summed in another order
         np.testing.assert_allclose(ranks[key], one[key], rtol=1e-12, atol=0, err_msg=key)
+
+
+def test_batch_size_is_the_global_minibatch_of_every_process_rollout(capsys, monkeypatch):
+    from proximo.config import make_config, planning_processes
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    # one process: its 4 envs x 32 steps = 128 samples cannot fill one minibatch of 256
+    line = _one_line_error(capsys, ["train", "CartPole-v1", "--preset", "cartpole", "--num-envs", "4"])
+    assert "batch_size 256 does not divide num_envs x n_steps = 4 x 32 = 128" in line
+    with planning_processes(2):  # `--nproc 2`: 2 x 4 x 32 = 256 samples per update, one minibatch
+        assert make_config("cartpole", "CartPole-v1", num_envs=4).batch_size == 256
+    with pytest.raises(ConfigError, match=r"does not divide 3 processes x num_envs x n_steps = 3 x 4 x 32 = 384; "
+                                          r"use a divisor such as 192"):
+        with planning_processes(3):
+            make_config("cartpole", "CartPole-v1", num_envs=4)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun every rank knows the world it is in
+    assert make_config("cartpole", "CartPole-v1", num_envs=4).num_envs == 4
+
+
+def test_plain_torchrun_accepts_a_minibatch_of_both_ranks_rollouts(tmp_path):
+    # The round-2 defect: torchrun --nproc-per-node 2 with 4 envs each was refused ("batch_size 256 does not
+    # divide 4 x 32 = 128") although the two ranks' rollouts make 256 together.
+    run_dir = tmp_path / "run"
+    launch = Launch(_torchrun(2, "proximo", "train", "CartPole-v1", "--preset", "cartpole", "--num-envs", "4",
+                              "--total-steps", "512", "--eval-episodes", "1", "--quiet", "--no-tensorboard",
+                              "--run-dir", str(run_dir)), tmp_path, "global-batch", logs=tmp_path)
+    try:
+        assert launch.wait(120) == 0, launch.stderr()[-3000:]
+    finally:
+        launch.close()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_step"] == 512
+    rows = [json.loads(line) for line in (run_dir / "updates.jsonl").read_text().splitlines()]
+    assert all(row["minibatches"] == 20 for row in rows)  # 20 epochs of one 256-sample minibatch (128 per rank)
 
 
 # two processes -------------------------------------------------------------------------------------------

@@ -81,34 +81,56 @@ def policy_loss(
 
 
 def policy_loss_np(logp_new: np.ndarray, logp_old: np.ndarray, advantages: np.ndarray, objective: str = "clip",
-                   clip_range: float = 0.2, clip_range_high: float | None = None, kl_coef: float = 0.0
-                   ) -> tuple[float, np.ndarray]:
+                   clip_range: float | np.ndarray = 0.2, clip_range_high: float | None = None,
+                   kl_coef: float | np.ndarray = 0.0) -> tuple[float | np.ndarray, np.ndarray]:
     """policy_loss (unmasked mean) in NumPy on [B] arrays: (loss, d loss / d logp_new [B]).
+
+    [K, B] arrays are K agents at once (proximo/population.py), with clip_range and kl_coef floats or
+    [K, 1] arrays; the loss is then [K], each agent's mean over its own B samples. objective
+    clip_kl is the form every objective takes there: -min(r A, clip(r, 1 - eps, 1 + eps) A) + beta k3,
+    which is clip with beta 0, and none or a KL objective with eps = inf (the same floating-point
+    operations as those objectives: a zero beta adds an exact 0, an infinite eps clips nothing).
 
     The gradient is autograd's for policy_loss, ties included: where r A equals the clipped term
     inside the band, torch's split of the tie plus clamp's pass-through add up to the full -A r / B;
     outside the band the clipped term is constant and carries none.
     """
-    batch = logp_new.shape[0]
+    batch = logp_new.shape[-1]
     log_ratio = logp_new - logp_old
     ratio = np.exp(log_ratio)
     surrogate = ratio * advantages
-    if objective == "clip":
+    if objective in ("clip", "clip_kl"):
         high = clip_range if clip_range_high is None else clip_range_high
-        clipped = np.clip(ratio, 1.0 - clip_range, 1.0 + high) * advantages
-        loss = -np.minimum(surrogate, clipped).mean()
+        # The band in the ratio's dtype, as a Python float's would be: per-agent float64 bounds must not
+        # promote the float32 terms.
+        low_bound = np.asarray(1.0 - clip_range, dtype=ratio.dtype)
+        high_bound = np.asarray(1.0 + high, dtype=ratio.dtype)
+        clipped = np.clip(ratio, low_bound, high_bound) * advantages
+        terms = np.minimum(surrogate, clipped)
         grad = np.where(surrogate <= clipped, -surrogate, 0.0)
+        if objective == "clip_kl":
+            penalized = np.asarray(kl_coef) > 0  # a zero beta adds an exact 0 (never 0 x an infinite KL)
+            with np.errstate(invalid="ignore", over="ignore"):
+                kl = np.expm1(log_ratio) - log_ratio
+                terms = terms - np.where(penalized, kl_coef * kl, 0.0)
+                grad = grad + np.where(penalized, kl_coef * (ratio - 1.0), 0.0)
+        loss = -terms.mean(-1)
     elif objective == "none":
-        loss = -surrogate.mean()
+        loss = -surrogate.mean(-1)
         grad = -surrogate
     elif objective in ("adaptive_kl", "fixed_kl"):
         # k3 = (r - 1) - log r, so d k3 / d log pi_new = r - 1
         kl = np.expm1(log_ratio) - log_ratio
-        loss = -(surrogate - kl_coef * kl).mean()
+        loss = -(surrogate - kl_coef * kl).mean(-1)
         grad = -surrogate + kl_coef * (ratio - 1.0)
     else:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
-    return float(loss), (grad / batch).astype(logp_new.dtype, copy=False)
+    return _scalar_or_per_agent(loss), (grad / batch).astype(logp_new.dtype, copy=False)
+
+
+def _scalar_or_per_agent(value: np.ndarray) -> float | np.ndarray:
+    """A float for one network's loss, the [K] array of a stack's."""
+    return float(value) if np.ndim(value) == 0 else value
 
 
 def value_loss(
@@ -128,25 +150,26 @@ def value_loss(
 
 
 def value_loss_np(values_new: np.ndarray, values_old: np.ndarray, returns: np.ndarray,
-                  clip_range_vf: float | None = None) -> tuple[float, np.ndarray]:
-    """value_loss (unmasked mean) in NumPy on [B] arrays: (loss, d loss / d values_new [B])."""
-    batch = values_new.shape[0]
+                  clip_range_vf: float | np.ndarray | None = None) -> tuple[float | np.ndarray, np.ndarray]:
+    """value_loss (unmasked mean) in NumPy on [B] arrays: (loss, d loss / d values_new [B]); [K, B] arrays
+    are K agents (clip_range_vf then also a [K, 1] array, inf for an agent without the clip)."""
+    batch = values_new.shape[-1]
     error = values_new - returns
     squared = np.square(error)
     if clip_range_vf is None:
-        loss = squared.mean()
+        loss = squared.mean(-1)
         grad = error
     else:
         delta = values_new - values_old
         clipped_error = values_old + np.clip(delta, -clip_range_vf, clip_range_vf) - returns
         squared_clipped = np.square(clipped_error)
-        loss = np.maximum(squared, squared_clipped).mean()
+        loss = np.maximum(squared, squared_clipped).mean(-1)
         # Inside the band both errors are equal and their gradients add up to the full one; outside
         # it the clipped error is constant and only a larger unclipped error counts (half at a tie).
         inside = np.abs(delta) <= clip_range_vf
         grad = np.where(inside | (squared > squared_clipped), error,
                         np.where(squared == squared_clipped, 0.5 * error, 0.0))
-    return float(loss), (grad * (2.0 / batch)).astype(values_new.dtype, copy=False)
+    return _scalar_or_per_agent(loss), (grad * (2.0 / batch)).astype(values_new.dtype, copy=False)
 
 
 def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -154,10 +177,11 @@ def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor | None = None) -> to
     return masked_mean(entropy, mask)
 
 
-def entropy_bonus_np(entropy: np.ndarray) -> tuple[float, float]:
+def entropy_bonus_np(entropy: np.ndarray) -> tuple[float | np.ndarray, float]:
     """entropy_bonus (unmasked mean) in NumPy: (mean entropy, d mean / d entropy_i = 1 / B).
 
-    A scalar entropy (a state-independent Gaussian's) counts as that value for every sample.
+    A scalar entropy (a state-independent Gaussian's) counts as that value for every sample. [K, B]
+    (or [K, 1] for K Gaussians) is K agents: the mean is then [K].
     """
-    batch = entropy.shape[0] if entropy.ndim else 1
-    return float(entropy.mean()), 1.0 / batch
+    batch = entropy.shape[-1] if entropy.ndim else 1
+    return _scalar_or_per_agent(entropy.mean(-1) if entropy.ndim else entropy), 1.0 / batch

@@ -232,32 +232,39 @@ def restore_env(env: gym.Env, snapshot: dict[str, Any]) -> None:
     _set_base_state(layers[-1], snapshot["base"])
 
 
-def snapshot_vector_env(envs: gym.vector.VectorEnv) -> dict[str, Any] | None:
-    """The JSON state of every sub-env of a Sync/AsyncVectorEnv, or None if any cannot be saved."""
+def snapshot_vector_env(envs: gym.vector.VectorEnv, rows: slice | None = None) -> dict[str, Any] | None:
+    """The JSON state of every sub-env of a Sync/AsyncVectorEnv, or None if any cannot be saved.
+
+    rows: only those sub-envs of a SyncVectorEnv (one agent's envs in a population), saved as a vector
+    env of their own."""
     if isinstance(envs, gym.vector.SyncVectorEnv):
-        subs = [snapshot_env(env) for env in envs.envs]
-        autoreset = envs._autoreset_envs.tolist()
+        rows = rows or slice(None)
+        subs = [snapshot_env(env) for env in envs.envs[rows]]
+        autoreset = envs._autoreset_envs[rows].tolist()
     else:
         subs = list(envs.call("proximo_snapshot"))
         autoreset = None
     if any(sub is None for sub in subs):
         return None
-    return {"version": SNAPSHOT_VERSION, "num_envs": envs.num_envs, "envs": subs, "autoreset_envs": autoreset}
+    return {"version": SNAPSHOT_VERSION, "num_envs": len(subs), "envs": subs, "autoreset_envs": autoreset}
 
 
-def restore_vector_env(envs: gym.vector.VectorEnv, snapshot: dict[str, Any]) -> None:
-    """Restore every sub-env from snapshot_vector_env()'s output (call after envs.reset())."""
+def restore_vector_env(envs: gym.vector.VectorEnv, snapshot: dict[str, Any], rows: slice | None = None) -> None:
+    """Restore every sub-env (or the SyncVectorEnv's sub-envs `rows`) from snapshot_vector_env()'s output
+    (call after envs.reset())."""
     if snapshot.get("version") != SNAPSHOT_VERSION:
         raise CheckpointError(f"env snapshot version {snapshot.get('version')} is not {SNAPSHOT_VERSION}; "
                               "this checkpoint is from another proximo version")
-    if snapshot["num_envs"] != envs.num_envs:
-        raise CheckpointError(f"the checkpoint has {snapshot['num_envs']} envs, this run has {envs.num_envs}; "
+    rows = rows or slice(None)
+    count = len(range(envs.num_envs)[rows])
+    if snapshot["num_envs"] != count:
+        raise CheckpointError(f"the checkpoint has {snapshot['num_envs']} envs, this run has {count}; "
                               "resume with the same num_envs")
     if isinstance(envs, gym.vector.SyncVectorEnv):
-        for env, sub in zip(envs.envs, snapshot["envs"]):
+        for env, sub in zip(envs.envs[rows], snapshot["envs"]):
             restore_env(env, sub)
         if snapshot["autoreset_envs"] is not None:
-            envs._autoreset_envs = np.array(snapshot["autoreset_envs"], dtype=np.bool_)
+            envs._autoreset_envs[rows] = np.array(snapshot["autoreset_envs"], dtype=np.bool_)
     else:
         envs.set_attr("proximo_pending_snapshot", snapshot["envs"])
         envs.call("proximo_apply_snapshot")

@@ -60,7 +60,8 @@ class LossSettings:
 class StepResult:
     """What one minibatch step reports; tensors stay on the device until the update ends."""
 
-    stepped: bool               # False: the minibatch's KL passed kl_limit, no step was taken
+    stepped: bool | torch.Tensor  # False: the minibatch's KL passed kl_limit, no step was taken; a population's
+                                  # learner reports [K] bool (and [K, ...] in every field below)
     log_ratio: torch.Tensor     # [B] log pi_new - log pi_old per sample at the parameters before the step
                                 # (a language model's samples: its real response tokens, or its sequences)
     losses: torch.Tensor | None = None     # [3]: policy loss, value loss, mean entropy; this rank's additive

@@ -107,12 +107,13 @@ def categorical_np(logits: np.ndarray, actions: np.ndarray, mask: np.ndarray | N
 
 def categorical_backward_np(cache: tuple, actions: np.ndarray, grad_log_probs: np.ndarray,
                             grad_entropy: float) -> np.ndarray:
-    """d loss / d logits [B, n] from d loss / d log_prob [B] and a per-sample d loss / d entropy."""
+    """d loss / d logits [B, n] from d loss / d log_prob [B] and a per-sample d loss / d entropy (a float,
+    or [B, 1] per row)."""
     log_softmax, probs, entropy = cache
     # d log pi(a) / d logits = onehot(a) - p;  d H / d logits = -p (log p + H)
     grad_logits = probs * -grad_log_probs[:, None]
     grad_logits[np.arange(len(actions)), actions] += grad_log_probs
-    if grad_entropy != 0.0:
+    if np.any(grad_entropy != 0.0):  # a float, or per row [B, 1]
         grad_logits -= grad_entropy * probs * (log_softmax + entropy[:, None])
     return grad_logits
 
@@ -120,23 +121,32 @@ def categorical_backward_np(cache: tuple, actions: np.ndarray, grad_log_probs: n
 def diag_gaussian_np(mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """DiagGaussianDist in NumPy for mean [B, d] and the raw log-std parameter [d]:
-    (log_prob(actions) [B], entropy (0-d: the same for every state), cache for the backward)."""
+    (log_prob(actions) [B], entropy (0-d: the same for every state), cache for the backward).
+    K agents at once: mean [K, B, d] and log_std [K, 1, d] give log-probs [K, B] and entropy [K, 1]."""
     clamped = np.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
     z = (actions - mean) * np.exp(-clamped)
-    d = mean.shape[1]
-    log_probs = -0.5 * np.einsum("ij,ij->i", z, z) - (clamped.sum() + _HALF_LOG_2PI * d)
-    entropy = np.asarray(d * (0.5 + _HALF_LOG_2PI) + clamped.sum(), dtype=mean.dtype)
+    d = mean.shape[-1]
+    if mean.ndim == 2:
+        log_probs = -0.5 * np.einsum("ij,ij->i", z, z) - (clamped.sum() + _HALF_LOG_2PI * d)
+        entropy = np.asarray(d * (0.5 + _HALF_LOG_2PI) + clamped.sum(), dtype=mean.dtype)
+    else:
+        log_norm = clamped.sum(-1) + _HALF_LOG_2PI * d  # [K, 1]
+        log_probs = -0.5 * np.einsum("kij,kij->ki", z, z) - log_norm
+        entropy = (d * (0.5 + _HALF_LOG_2PI) + clamped.sum(-1)).astype(mean.dtype)
     return log_probs.astype(mean.dtype, copy=False), entropy, (z, clamped)
 
 
 def diag_gaussian_backward_np(cache: tuple, log_std: np.ndarray, grad_log_probs: np.ndarray,
                               grad_entropy: float) -> tuple[np.ndarray, np.ndarray]:
     """(d loss / d mean [B, d], d loss / d log_std [d]) from d loss / d log_prob [B] and
-    d loss / d entropy (the 0-d entropy's total weight)."""
+    d loss / d entropy (the 0-d entropy's total weight); per agent for [K, B, d] caches ([K, 1, d] log-std)."""
     z, clamped = cache
     # d log pi / d mean = z / std;  d log pi / d log_std = z^2 - 1;  d H / d log_std = 1
-    grad_mean = (grad_log_probs[:, None] * z) * np.exp(-clamped)
-    grad_log_std = grad_log_probs @ (np.square(z) - 1.0) + grad_entropy
+    grad_mean = (grad_log_probs[..., None] * z) * np.exp(-clamped)
+    if z.ndim == 2:
+        grad_log_std = grad_log_probs @ (np.square(z) - 1.0) + grad_entropy
+    else:
+        grad_log_std = np.matmul(grad_log_probs[:, None, :], np.square(z) - 1.0) + grad_entropy
     # torch.clamp passes the gradient only inside [min, max]
     grad_log_std *= (log_std >= LOG_STD_MIN) & (log_std <= LOG_STD_MAX)
     return grad_mean, grad_log_std

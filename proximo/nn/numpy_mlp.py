@@ -5,6 +5,9 @@ arithmetic, dominates. A [256, 64] x [64, 64] matmul takes ~10 us in NumPy and ~
 this CPU, an elementwise op ~1 us against ~6 us. The rollout actor (proximo/nn/policy.py,
 RolloutActor) and the NumPy learner (proximo/learners/numpy_mlp.py) both run their networks here.
 Weights are [out, in] as in torch.nn.Linear, so NumPy views of torch parameters work unchanged.
+Every function also takes a leading agent axis K (x [K, B, in], weights [K, out, in], biases
+[K, 1, out]): K independent networks of one shape in one call each (proximo/population.py), each
+agent's matrices going through the same BLAS call a single network's would.
 """
 from __future__ import annotations
 
@@ -30,9 +33,19 @@ def activation_backward_(grad: np.ndarray, output: np.ndarray, activation: str) 
     return grad
 
 
+def _t(matrix: np.ndarray) -> np.ndarray:
+    """The transpose of the last two axes (a view): .T for one matrix, per agent for a stack."""
+    return np.swapaxes(matrix, -1, -2)
+
+
+def _ones(x: np.ndarray) -> np.ndarray:
+    """The row of ones whose product with a gradient [..., B, W] sums it over B into a bias's shape."""
+    return np.ones(x.shape[-2] if x.ndim == 2 else (1, x.shape[-2]), dtype=x.dtype)
+
+
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """x [B, in] @ weight[out, in].T + bias [out] -> [B, out]."""
-    z = x @ weight.T
+    """x [B, in] @ weight[out, in].T + bias [out] -> [B, out] (or per agent: [K, B, in], [K, out, in], [K, 1, out])."""
+    z = x @ _t(weight)
     z += bias
     return z
 
@@ -52,11 +65,11 @@ def mlp_backward(weights: list[np.ndarray], grad_weights: list[np.ndarray], grad
     """Write d(loss)/d(weights, biases) of the stack into grad_weights / grad_biases, given
     d(loss)/d(output of the last layer) grad_top [B, W] (the stack's input gradient is not needed)."""
     # Column sums as ones @ grad: one BLAS call, ~1 us against ~4 us for sum(axis=0) here.
-    ones = np.ones(x.shape[0], dtype=x.dtype)
+    ones = _ones(x)
     grad = grad_top
     for k in range(len(weights) - 1, -1, -1):
         activation_backward_(grad, hidden[k], activation)
-        np.matmul(grad.T, hidden[k - 1] if k else x, out=grad_weights[k])
+        np.matmul(_t(grad), hidden[k - 1] if k else x, out=grad_weights[k])
         np.matmul(ones, grad, out=grad_biases[k])
         if k:
             grad = grad @ weights[k]
@@ -66,9 +79,8 @@ def head_backward(weight: np.ndarray, grad_weight: np.ndarray, grad_bias: np.nda
                   grad_out: np.ndarray) -> np.ndarray:
     """Gradients of an output Linear layer (no activation) into grad_weight/grad_bias; returns the
     gradient with respect to its input features [B, in]."""
-    ones = np.ones(features.shape[0], dtype=features.dtype)
-    np.matmul(grad_out.T, features, out=grad_weight)
-    np.matmul(ones, grad_out, out=grad_bias)
+    np.matmul(_t(grad_out), features, out=grad_weight)
+    np.matmul(_ones(features), grad_out, out=grad_bias)
     # A one-column grad_out (the value head) makes the matmul an outer product, which BLAS does
     # ~3x slower than broadcasting.
-    return grad_out * weight if grad_out.shape[1] == 1 else grad_out @ weight
+    return grad_out * weight if grad_out.shape[-1] == 1 else grad_out @ weight

@@ -294,6 +294,18 @@ class ActorCritic(nn.Module):
         actions, _ = self._sample(self.action_head(latent_pi[0], masks), deterministic)
         return actions, new_state[:, :self.actor_state_size]
 
+    def rollout_actor(self) -> "RolloutActor | None":
+        """The fused NumPy actor-critic for one rollout where it supports this policy (CPU MLPs), else None."""
+        return RolloutActor(self) if RolloutActor.supports(self) else None
+
+    def final_values(self, observations, envs: np.ndarray, state: torch.Tensor | None = None) -> torch.Tensor:
+        """V [R] of raw final observations of the envs `envs` [R] (their truncated episodes' last); a
+        recurrent critic reads them from state [N, state_size], the state the step left, at those rows."""
+        x = self.prepare(observations, len(envs))
+        if state is None:
+            return self.value(x)
+        return self.value(x, state[torch.from_numpy(envs).to(state.device)])
+
     def to_env_actions(self, actions: torch.Tensor | np.ndarray) -> np.ndarray:
         """Actions as the env wants them: Box actions clipped to bounds (log-probs keep the raw sample)."""
         array = actions if isinstance(actions, np.ndarray) else actions.detach().cpu().numpy()
@@ -345,6 +357,11 @@ class RolloutActor:
                 # log N(mean + std z | mean, std) = -|z|^2 / 2 - sum(log_std) - d log(2 pi) / 2
                 self.log_prob_const = float(-(log_std.sum() + _HALF_LOG_2PI * self.n_out))
 
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """The fused network's output [B, n_out + 1] (action head, then value) for x [B, D]."""
+        hidden = mlp_forward(self.weights, self.biases, x, self.activation)[-1]
+        return linear(hidden, self.out_weight, self.out_bias)
+
     @staticmethod
     def supports(policy: ActorCritic) -> bool:
         """True on the CPU for flat observations, separate plain tanh/relu Linear stacks of equal depth
@@ -372,8 +389,7 @@ class RolloutActor:
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(actions, their log-probs [B], values [B]) at rollout step t (of draw()) for normalized
         observations x [B, D] float32; masks [B, n] bool (Discrete) restricts the draw to legal actions."""
-        hidden = mlp_forward(self.weights, self.biases, x, self.activation)[-1]
-        out = linear(hidden, self.out_weight, self.out_bias)
+        out = self.outputs(x)
         head, values = out[:, :self.n_out], out[:, self.n_out]
         if self.kind == "discrete":
             last = self.n_out - 1

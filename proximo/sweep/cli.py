@@ -10,8 +10,8 @@ from typing import Any
 from proximo.errors import ConfigError
 
 
-def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
-    """--workers, --address, --cpus-per-trial, --retries, --progress-every: how (not what) to run."""
+def add_cluster_flags(parser: argparse.ArgumentParser, pack_default: str = "off") -> None:
+    """--workers, --address, --cpus-per-trial, --retries, --progress-every, --pack: how (not what) to run."""
     group = parser.add_argument_group("cluster")
     group.add_argument("--workers", type=int, metavar="N",
                        help="CPUs of the local Ray cluster (default: all of this machine's); not with --address")
@@ -23,6 +23,12 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
                        help="extra attempts of a trial whose worker dies (default 2); its own errors are not retried")
     group.add_argument("--progress-every", type=float, default=30.0, metavar="S",
                        help="seconds between plain progress lines when not on a terminal (default 30)")
+    group.add_argument("--pack", nargs="?", const="auto", default=pack_default, choices=("off", "auto", "force"),
+                       help="train trials that share an env, network shape, n_steps and batch size as batched "
+                            "populations, one Ray task each (auto: those that can, the rest alone; force: refuse "
+                            f"a grid with trials that cannot; off: one task a trial; default {pack_default})")
+    group.add_argument("--max-pack", type=int, default=32, metavar="K",
+                       help="at most K trials per population (default 32); a larger group splits evenly")
 
 
 def run_options(args: argparse.Namespace, title: str) -> Any:
@@ -31,8 +37,11 @@ def run_options(args: argparse.Namespace, title: str) -> Any:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if getattr(args, "max_pack", 32) < 1:
+        raise ConfigError(f"--max-pack must be at least 1, got {args.max_pack}")
     return RunOptions(address=args.address, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
                       retries=args.retries, progress_every_s=args.progress_every, title=title,
+                      pack=getattr(args, "pack", "off"), max_pack=getattr(args, "max_pack", 32),
                       command="proximo " + " ".join(shlex.quote(a) for a in getattr(args, "argv", [])))
 
 

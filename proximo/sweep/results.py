@@ -44,7 +44,8 @@ def trial_rows(trials: list[Trial], sweep_dir: Path, run_dirs: dict[str, Path]) 
                        eval_return_mean=summary.get("eval_return_mean"),
                        eval_return_std=summary.get("eval_return_std"),
                        train_return_last100=summary.get("train_return_last100_mean"),
-                       sps=summary.get("sps"), wall_time_s=summary.get("wall_time_s"))
+                       sps=summary.get("sps"), wall_time_s=summary.get("wall_time_s"),
+                       population=(summary.get("population") or {}).get("run_dir"))
         elif trial.name in failures:
             row.update(status="failed", error=failures[trial.name])
         else:

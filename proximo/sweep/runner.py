@@ -12,10 +12,11 @@ from proximo.envs.make import make_single_env
 from proximo.errors import ConfigError, ProximoError
 from proximo.sweep.results import read_failures, trial_rows, write_failures, write_results
 from proximo.sweep.spec import SweepSpec, Trial
-from proximo.sweep.trial import is_finished, run_trial
+from proximo.sweep.trial import is_finished, run_pack, run_trial
 
 SPEC_FILE = "sweep.json"
 RUNS = "runs"
+PACKS = "packs"  # one folder per population of packed trials (its population.json and pack.log)
 
 
 @dataclass
@@ -30,6 +31,8 @@ class RunOptions:
     checkpoints_per_trial: int = 10  # when the config sets no save_every: about this many per trial
     title: str = "proximo sweep"
     command: str | None = None       # the command line, recorded in results.md
+    pack: str = "off"                # off | auto | force: trials that can share a population run as one
+    max_pack: int = 32               # at most this many trials per population
 
 
 def trial_config(trial: Trial, spec: SweepSpec, options: RunOptions) -> dict[str, Any]:
@@ -73,6 +76,60 @@ def _remote_trial(env_id: str, config: dict[str, Any], run_dir: str) -> dict[str
     return run_trial(env_id, config, run_dir)
 
 
+def _remote_pack(env_id: str, configs: list[dict[str, Any]], run_dirs: list[str], pack_dir: str
+                 ) -> list[dict[str, Any]]:
+    """The body of one Ray task that trains a pack of trials as one population."""
+    return run_pack(env_id, configs, run_dirs, pack_dir)
+
+
+@dataclass
+class Pack:
+    """Trials of one env that train as one population (proximo/population/), each in its own run directory."""
+
+    name: str
+    env_id: str
+    trials: list[Trial]
+
+
+def make_packs(trials: list[Trial], spec: SweepSpec, options: RunOptions) -> tuple[list[Pack], list[Trial]]:
+    """(packs, trials that run alone): trials grouped by env and everything a population must share, in sweep
+    order, each group split evenly into packs of at most options.max_pack; a group of one, or a policy the
+    batched path cannot train, runs alone. With pack=force a trial that would run alone is a ConfigError."""
+    from proximo.config import PPOConfig
+    from proximo.population.trainer import PER_AGENT_FIELDS, batchable
+
+    groups: dict[tuple, list[Trial]] = {}
+    alone: list[Trial] = []
+    for trial in trials:
+        config = trial_config(trial, spec, options)
+        why = batchable(trial.env_id, PPOConfig.from_dict(config))
+        if why is not None:
+            if options.pack == "force":
+                raise ConfigError(f"--pack force: trial {trial.name} cannot train in a population ({why}); use "
+                                  "--pack auto to run such trials alone")
+            alone.append(trial)
+            continue
+        key = (trial.env_id, json.dumps({k: v for k, v in sorted(config.items()) if k not in PER_AGENT_FIELDS},
+                                        sort_keys=True, default=str))
+        groups.setdefault(key, []).append(trial)
+    packs: list[Pack] = []
+    for (env_id, _), members in groups.items():
+        if len(members) == 1:
+            if options.pack == "force":
+                raise ConfigError(f"--pack force: trial {members[0].name} shares its env and shape with no other "
+                                  "trial, so it has no population to join; use --pack auto")
+            alone.extend(members)
+            continue
+        count = -(-len(members) // options.max_pack)
+        size = -(-len(members) // count)
+        for start in range(0, len(members), size):
+            part = members[start:start + size]
+            packs.append(Pack(f"{len(packs):03d}_{part[0].name}_x{len(part)}", env_id, part))
+    if options.pack == "force" and alone:
+        raise ConfigError(f"--pack force: {len(alone)} trial(s) cannot share a population")
+    return packs, alone
+
+
 def _error_text(exc: BaseException) -> str:
     """The cause of a failed Ray task in one line: the trial's own exception where there is one."""
     cause = getattr(exc, "cause", None)
@@ -101,6 +158,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RunOptions) -> li
         raise ConfigError(f"--cpus-per-trial must be at least 1, got {options.cpus_per_trial}")
     if options.retries < 0:
         raise ConfigError(f"--retries must not be negative, got {options.retries}")
+    packs, _ = make_packs(trials, spec, options) if options.pack != "off" else ([], trials)
     prepare_dir(sweep_dir, spec)
     run_dirs = {t.name: sweep_dir / RUNS / t.name for t in trials}
     todo = [t for t in trials if not is_finished(run_dirs[t.name])]
@@ -109,7 +167,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RunOptions) -> li
         if not todo:
             say(f"proximo: all {len(trials)} trials in {sweep_dir} are finished; nothing to run")
         else:
-            _run_on_ray(todo, spec, sweep_dir, run_dirs, options, len(trials), say)
+            _run_on_ray(todo, spec, sweep_dir, run_dirs, options, len(trials), say, packs)
     finally:  # an interrupted sweep still tables what finished
         rows = trial_rows(trials, sweep_dir, run_dirs)
         write_results(sweep_dir, rows, options.title, options.command)
@@ -123,13 +181,13 @@ def _printer():
 
 
 def _run_on_ray(todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: dict[str, Path],
-                options: RunOptions, total: int, say) -> None:
+                options: RunOptions, total: int, say, packs: list[Pack] | None = None) -> None:
     from proximo.sweep.cluster import connect, import_ray
 
     owned = not import_ray().is_initialized()  # a cluster the caller already joined is theirs to shut down
     ray = connect(options.address, options.workers, options.cpus_per_trial)
     try:
-        failures = _drive(ray, todo, spec, sweep_dir, run_dirs, options, total, say)
+        failures = _drive(ray, todo, spec, sweep_dir, run_dirs, options, total, say, packs or [])
     finally:
         if owned:
             ray.shutdown()
@@ -139,7 +197,7 @@ def _run_on_ray(todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: d
 
 
 def _drive(ray, todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: dict[str, Path],
-           options: RunOptions, total: int, say) -> dict[str, str]:
+           options: RunOptions, total: int, say, packs: list[Pack]) -> dict[str, str]:
     """Submit the trials as Ray tasks and collect them as they finish; returns the failures."""
     from proximo.sweep.cluster import cluster_cpus
     from proximo.sweep.progress import SweepProgress
@@ -158,7 +216,26 @@ def _drive(ray, todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: d
                                              retry_exceptions=False)
     failures = read_failures(sweep_dir)
     pending = {}
+    unfinished = {t.name for t in todo}
+    packed = set()
+    pack_task = ray.remote(_remote_pack).options(num_cpus=options.cpus_per_trial, max_retries=options.retries,
+                                                 retry_exceptions=False)
+    for pack in packs:
+        if not any(t.name in unfinished for t in pack.trials):
+            continue
+        for trial in pack.trials:
+            failures.pop(trial.name, None)
+            packed.add(trial.name)
+        ref = pack_task.remote(pack.env_id, [trial_config(t, spec, options) for t in pack.trials],
+                               [str(run_dirs[t.name].resolve()) for t in pack.trials],
+                               str((sweep_dir / PACKS / pack.name).resolve()))
+        pending[ref] = pack
+    if packed:
+        say(f"proximo: {len(packed)} trials train as {sum(isinstance(v, Pack) for v in pending.values())} batched "
+            f"populations (--pack {options.pack}), {len(todo) - len(packed)} alone")
     for trial in todo:
+        if trial.name in packed:
+            continue
         failures.pop(trial.name, None)  # a trial that failed before gets its attempts again
         ref = task.remote(trial.env_id, trial_config(trial, spec, options), str(run_dirs[trial.name]))
         pending[ref] = trial
@@ -168,15 +245,18 @@ def _drive(ray, todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: d
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
-                trial = pending.pop(ref)
+                item = pending.pop(ref)
+                members = item.trials if isinstance(item, Pack) else [item]
                 try:
-                    summary = ray.get(ref)
+                    result = ray.get(ref)
                 except Exception as exc:  # the trial's own error, or the worker died past its retries
-                    failures[trial.name] = _error_text(exc)
+                    for trial in members:
+                        failures[trial.name] = _error_text(exc)
+                        progress.failed(trial, failures[trial.name])
                     write_failures(sweep_dir, failures)
-                    progress.failed(trial, failures[trial.name])
                 else:
-                    progress.finished(trial, summary)
+                    for trial, summary in zip(members, result if isinstance(item, Pack) else [result]):
+                        progress.finished(trial, summary)
             progress.tick()
     except KeyboardInterrupt:
         progress.close()

@@ -288,7 +288,7 @@ def register_paper(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("--eval-episodes", type=int, default=5,
                        help="deterministic evaluation episodes per run (not part of the paper's score; default 5)")
     table.add_argument("--random-episodes", type=int, default=100, help="episodes of the random policy per env")
-    add_cluster_flags(table)
+    add_cluster_flags(table, pack_default="auto")
     table.set_defaults(handler=cmd_table1)
     rand = sub.add_parser("random", help="measure the random policy's return on the paper's tasks")
     rand.add_argument("--envs", default="all")
@@ -334,7 +334,10 @@ def cmd_table1(args: argparse.Namespace) -> int:
 
     meta = {"command": options.command, "envs": envs, "steps": args.steps, "seeds": spec.seeds,
             "sweep_dir": str(args.sweep_dir), "trials": len(rows), "trials_done": len(done),
-            "trial_time_s": float(sum(r["wall_time_s"] or 0.0 for r in done)),
+            # a population's agents share its wall time: each population counts once
+            "trial_time_s": float(sum(wall for wall in {r.get("population") or r["trial"]: r["wall_time_s"] or 0.0
+                                                        for r in done}.values())),
+            "populations": len({r["population"] for r in done if r.get("population")}),
             "this_invocation_s": time.time() - started,
             "sps": float(np.mean([r["sps"] for r in done])) if done else math.nan,
             "machine": f"{platform.machine()} {platform.processor() or ''} with "

@@ -99,6 +99,57 @@ def run_trial(env_id: str, config: dict[str, Any], run_dir: str, reporter: Calla
     return summary
 
 
+def run_pack(env_id: str, configs: list[dict[str, Any]], run_dirs: list[str], pack_dir: str) -> list[dict[str, Any]]:
+    """Train the trials run_dirs (their configs) as one batched population (proximo/population/), each in its
+    own run directory; returns their summaries. Finished packs are returned as they are; an interrupted one
+    resumes from the newest step at which every member has a checkpoint (else it starts afresh). The
+    population's log goes to pack_dir/pack.log."""
+    from proximo.config import PPOConfig
+    from proximo.population.trainer import Population
+
+    dirs = [Path(d) for d in run_dirs]
+    if all(is_finished(d) for d in dirs):
+        return [read_summary(d) for d in dirs]
+    pack = Path(pack_dir)
+    pack.mkdir(parents=True, exist_ok=True)
+    attempts = int(read_json_or_empty(pack / "pack.json").get("attempts", 0)) + 1
+    atomic_write_json(pack / "pack.json", {"attempts": attempts, "pid": os.getpid(), "status": "running",
+                                           "started": time.time(), "members": [str(d) for d in dirs]})
+    for run_dir in dirs:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = trial_state(run_dir)
+        atomic_write_json(run_dir / TRIAL_META, {**state, "attempts": int(state.get("attempts", 0)) + 1,
+                                                 "pid": os.getpid(), "status": "running", "started": time.time(),
+                                                 "pack": str(pack)})
+    with output_to(pack / "pack.log"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        print(f"proximo: attempt {attempts} of a population of {len(dirs)} {env_id} trials in pid {os.getpid()}",
+              flush=True)
+        ppo_configs = [PPOConfig.from_dict(c) for c in configs]
+
+        def build() -> Population:
+            # absolute member names: each member's run directory is its trial's own
+            return Population(env_id, ppo_configs, pack, verbose=False, tensorboard=False,
+                              names=[str(d) for d in dirs])
+        population = build()
+        resumed_from = None
+        try:
+            population.load()
+            resumed_from = population.global_step
+            print(f"proximo: resuming the population from step {population.global_step:,}", flush=True)
+        except CheckpointError as exc:
+            print(f"proximo: starting the population afresh ({exc})", flush=True)
+            population = build()
+        population.open()
+        summaries = population.train(ppo_configs[0].total_steps)
+    for run_dir in dirs:
+        atomic_write_json(run_dir / TRIAL_META, {**trial_state(run_dir), "status": "done",
+                                                 "resumed_from": resumed_from, "finished": time.time()})
+    atomic_write_json(pack / "pack.json", {**read_json_or_empty(pack / "pack.json"), "status": "done",
+                                           "finished": time.time()})
+    return summaries
+
+
 def _resume(trainer, checkpoints: list[Path]) -> str | None:
     """Load the newest checkpoint that loads (a kill may have damaged the newest); its name, or None."""
     for folder in reversed(checkpoints):

@@ -425,10 +425,6 @@ class Member(Trainer):
     def __init__(self, population: Population, k: int, config: PPOConfig, policy: ActorCritic,
                  tensorboard: bool) -> None:
         # Trainer.__init__ builds envs and a learner of its own; a member has views of the population's.
-        from proximo.core.kl import AdaptiveKLController, FixedKLController
-        from proximo.core.schedules import Schedule
-        from proximo.diagnostics import HealthMonitor
-
         self.population, self.k, self.name = population, k, population.names[k]
         self.env, self.config, self.env_kwargs = population.env, config, population.env_kwargs
         self.world = World.local()
@@ -442,26 +438,8 @@ class Member(Trainer):
         scaler = population.collector.reward_scaler
         self.reward_scaler = _MemberRewardScaler(scaler, k, population.n, policy) if scaler is not None else None
         self.collector = _MemberCollector(population.collector, k, population.n)
-        self.lr_schedule = Schedule(config.lr_schedule, config.learning_rate)
-        self.clip_schedule = Schedule(config.clip_schedule, config.clip_range)
-        self.ent_schedule = Schedule(config.ent_schedule, config.ent_coef)
-        self.kl_controller = (AdaptiveKLController(config.kl_coef, config.kl_target)
-                              if config.objective == "adaptive_kl" else FixedKLController(config.kl_coef))
-        self.global_step = 0
-        self.update_index = 0
-        self.wall_time_s = 0.0
-        self._train_started: float | None = None
-        self.run_dir = population.run_dir / self.name if population.run_dir is not None else None
-        self.tensorboard = tensorboard
-        self.last_stats: dict[str, Any] = {}
-        self.monitor = HealthMonitor.from_config(config) if config.diagnostics else None
-        self._stop_signal = None
-        self.pending_stop = None
-        self.stopped_by = None
-        self.last_checkpoint_step = None
-        self._horizon = None
-        self._horizon_before_resume = None
-        self.on_update = None
+        run_dir = population.run_dir / self.name if population.run_dir is not None else None
+        self._init_run_state(config, run_dir, tensorboard)
         self._learning_rate = config.learning_rate
 
     def rank_state_parts(self) -> dict[str, Any]:

@@ -143,6 +143,11 @@ class Trainer:
                                           config.normalize_obs, self.reward_scaler,
                                           rank_seed(config.seed, world.rank), world, self.mask_source,
                                           config.sequence_length)
+        self._init_run_state(config, run_dir, tensorboard)
+
+    def _init_run_state(self, config: PPOConfig, run_dir: str | Path | None, tensorboard: bool) -> None:
+        """What one agent's run keeps beside its networks and envs: schedules, KL controller, counters, run
+        directory, health monitor and stop flags (a population's members keep theirs the same way)."""
         self.lr_schedule = Schedule(config.lr_schedule, config.learning_rate)
         self.clip_schedule = Schedule(config.clip_schedule, config.clip_range)
         self.ent_schedule = Schedule(config.ent_schedule, config.ent_coef)
@@ -156,7 +161,7 @@ class Trainer:
         self.tensorboard = tensorboard
         self.last_stats: dict[str, Any] = {}
         # names PPO's failure modes as they happen (see proximo/diagnostics.py)
-        self.monitor = HealthMonitor.from_config(config) if config.diagnostics and world.is_main else None
+        self.monitor = HealthMonitor.from_config(config) if config.diagnostics and self.world.is_main else None
         self._stop_signal: int | None = None  # the signal this process received
         self.pending_stop: int | None = None  # the signal any rank received: stop after this update
         self.stopped_by: str | None = None  # what stopped the last train() call early (a callback), if anything

@@ -219,3 +219,39 @@ def test_a_packed_sweep_trial_is_the_trial_run_alone(tmp_path):
         lstm = SweepSpec(envs=["CartPole-v1"], base={"recurrent": "lstm", "n_steps": 64, "batch_size": 64},
                          seeds=[1, 2])
         make_packs(lstm.trials(), lstm, RunOptions(pack="force"))
+
+
+@pytest.mark.parametrize("env,extra", [("CartPole-v1", {}), ("Pendulum-v1", {"normalize_obs": True})])
+def test_the_torch_population_learner_matches_the_numpy_one(env, extra):
+    # The torch path (a GPU's, here on the CPU with learner=torch) against the NumPy reference: the same
+    # agents, rollouts and shuffles; parameters agree to float32 rounding (autograd and BLAS sum in other
+    # orders), mixed per-agent settings included.
+    from proximo.population.policy import PopulationActor, TorchPopulationActor
+
+    base = make_config(None, env, num_envs=2, n_steps=32, batch_size=16, n_epochs=2, net_arch=[16, 16],
+                       total_steps=128, **extra)
+    configs = [base.replace(seed=1, objective="clip", ent_coef=0.01),
+               base.replace(seed=2, objective="fixed_kl", kl_coef=0.5, clip_range_vf=0.3, learning_rate=1e-3)]
+    numpy_pop = Population(env, configs, None, verbose=False, tensorboard=False)
+    torch_pop = Population(env, [c.replace(learner="torch") for c in configs], None, verbose=False, tensorboard=False)
+    assert torch_pop.learner.name == "population-torch" and numpy_pop.learner.name == "population-numpy"
+    x = np.random.default_rng(0).standard_normal((4, numpy_pop.policy.obs_shape[0])).astype(np.float32)
+    np.testing.assert_allclose(TorchPopulationActor(torch_pop.policy).outputs(x),
+                               PopulationActor(numpy_pop.policy).outputs(x), rtol=1e-5, atol=1e-6)
+    numpy_pop.train(64)  # one update: the same rollout, so any difference is the learners'
+    torch_pop.train(64)
+    for a, b in zip(numpy_pop.members, torch_pop.members):
+        for name, value in a.policy.state_dict().items():
+            torch.testing.assert_close(b.policy.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_auto_takes_a_gpu_for_a_population_wide_enough(monkeypatch):
+    import proximo.devices as devices
+    from proximo.population.trainer import population_device
+
+    assert population_device("auto", 16, 64)[0].type == "cpu"  # no GPU on this machine
+    monkeypatch.setattr(devices, "accelerator", lambda: "cuda")
+    device, why = population_device("auto", 16, 64)
+    assert device.type == "cuda" and "16 agents x 64 units batch like one 1024-unit MLP" in why
+    device, why = population_device("auto", 4, 64)
+    assert device.type == "cpu" and "4 agents x 64 units stay under 1024" in why

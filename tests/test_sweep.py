@@ -318,3 +318,30 @@ def test_tune_writes_a_preset_file_that_train_loads(cluster, tmp_path):
                                       "--run-dir", str(tmp_path / "run")])
     config = train_plan(args)["config"]
     assert config["learning_rate"] == best["config"]["learning_rate"] and config["n_steps"] == 32
+
+
+def test_table1_reports_what_the_doctor_says_of_each_settings_runs(tmp_path):
+    # Two real runs under one sweep folder: lr 0.05 x 30 epochs fires kl_spike (tests/test_diagnostics.py's
+    # recipe), the other is a short healthy run; doctor_summary counts them per setting.
+    from proximo.config import make_config
+    from proximo.sweep.table1 import doctor_summary, markdown
+    from proximo.train import Trainer
+
+    runs = {"clip": make_config("cartpole", "CartPole-v1", total_steps=8_192, eval_episodes=1),
+            "none": make_config(None, "CartPole-v1", num_envs=8, n_steps=32, batch_size=256, total_steps=8_192,
+                                eval_episodes=1, objective="none", learning_rate=0.05, n_epochs=30)}
+    for name, config in runs.items():
+        Trainer("CartPole-v1", config, tmp_path / "runs" / name, verbose=False, tensorboard=False).train()
+    rows = [{"status": "done", "setting": "objective=clip,clip_range=0.2", "run_dir": "runs/clip"},
+            {"status": "done", "setting": "objective=none", "run_dir": "runs/none"}]
+    summary = doctor_summary(rows, tmp_path)
+    assert summary["no clipping or penalty"]["rules"].get("kl_spike") == 1
+    assert summary["no clipping or penalty"]["healthy"] == 0
+    assert summary["clipping, eps = 0.2"] == {"runs": 1, "healthy": 1, "rules": {}}
+    data = {"envs": [], "raw": {}, "seeds": [1], "steps": 8192, "command": "c", "machine": "m", "score": {},
+            "per_seed": {}, "paper": dict(zip([n for n, _ in SETTINGS], [0.0] * 11)), "skipped": [], "verdict": [],
+            "per_env": {}, "random": {}, "doctor": summary, "sweep_dir": str(tmp_path), "trials_done": 2, "trials": 2,
+            "trial_time_s": 60.0, "populations": 1, "sps": 1000.0}
+    text = markdown(data)
+    line = next(row for row in text.splitlines() if row.startswith("| no clipping or penalty | 0/1 |"))
+    assert "kl_spike (1)" in line and "1 batched populations" in text

@@ -42,11 +42,14 @@ def policy_loss(
     clip:        -min(r A, clip(r, 1 - eps, 1 + eps_high) A)       (PPO-Clip; eps_high defaults to eps)
     adaptive_kl / fixed_kl: -(r A - beta KL(old || new))          (PPO-Penalty, KL by the k3 estimator)
     none:        -r A                                             (the paper's no-clip ablation)
+    clip_kl:     -(min(r A, clip(r, ...) A) - beta KL)            (both; each of the above for its eps and
+                 beta, which may be tensors broadcasting against the samples: a population's per-agent
+                 [K, 1] values, eps inf for no clip, beta 0 for no KL term)
     with r = exp(logp_new - logp_old). The scalar loss is the (masked) mean over samples.
     stats=False skips the statistics (approx_kl_k1, approx_kl_k3, clip_fraction come back as None),
     for callers that derive them later from the ratios in one pass.
     """
-    if objective not in OBJECTIVES:
+    if objective not in OBJECTIVES and objective != "clip_kl":
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     if not (logp_new.shape == logp_old.shape == advantages.shape):
         raise ValueError(
@@ -57,7 +60,7 @@ def policy_loss(
     eps_low = clip_range
     eps_high = clip_range if clip_range_high is None else clip_range_high
     surrogate = ratio * advantages
-    if objective in ("adaptive_kl", "fixed_kl"):
+    if objective in ("adaptive_kl", "fixed_kl", "clip_kl"):
         kl_k3 = kl_estimate(logp_old, logp_new, "k3")
     elif stats:
         with torch.no_grad():  # only a statistic here; keeping it out of the graph saves backward work
@@ -67,6 +70,11 @@ def policy_loss(
         per_sample = -torch.minimum(surrogate, clipped)
     elif objective == "none":
         per_sample = -surrogate
+    elif objective == "clip_kl":
+        clipped = torch.clamp(ratio, 1.0 - torch.as_tensor(eps_low), 1.0 + torch.as_tensor(eps_high)) * advantages
+        beta = torch.as_tensor(kl_coef, dtype=ratio.dtype, device=ratio.device)
+        # a zero beta adds an exact 0 (never 0 x an infinite KL)
+        per_sample = -(torch.minimum(surrogate, clipped) - torch.where(beta > 0, beta * kl_k3, 0.0))
     else:
         per_sample = -(surrogate - kl_coef * kl_k3)
     if not stats:
@@ -137,16 +145,19 @@ def value_loss(
     values_new: torch.Tensor,
     values_old: torch.Tensor,
     returns: torch.Tensor,
-    clip_range_vf: float | None = None,
+    clip_range_vf: float | torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    dim: int | None = None,
 ) -> torch.Tensor:
-    """Squared error (V - R)^2, averaged; with clip_range_vf, the pessimistic max of the clipped and
-    unclipped errors, where the clipped prediction is V_old + clip(V - V_old, -c, c)."""
+    """Squared error (V - R)^2, averaged (over dim only, if given: a population's [K, B] per agent); with
+    clip_range_vf, the pessimistic max of the clipped and unclipped errors, where the clipped prediction is
+    V_old + clip(V - V_old, -c, c) (c may be a tensor broadcasting against the samples)."""
     error = (values_new - returns).square()
     if clip_range_vf is not None:
-        clipped = values_old + torch.clamp(values_new - values_old, -clip_range_vf, clip_range_vf)
+        c = torch.as_tensor(clip_range_vf, dtype=values_new.dtype, device=values_new.device)
+        clipped = values_old + torch.clamp(values_new - values_old, -c, c)
         error = torch.maximum(error, (clipped - returns).square())
-    return masked_mean(error, mask)
+    return masked_mean(error, mask, dim)
 
 
 def value_loss_np(values_new: np.ndarray, values_old: np.ndarray, returns: np.ndarray,
@@ -172,9 +183,9 @@ def value_loss_np(values_new: np.ndarray, values_old: np.ndarray, returns: np.nd
     return _scalar_or_per_agent(loss), (grad * (2.0 / batch)).astype(values_new.dtype, copy=False)
 
 
-def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean policy entropy (nats); the loss subtracts ent_coef times this."""
-    return masked_mean(entropy, mask)
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor | None = None, dim: int | None = None) -> torch.Tensor:
+    """Mean policy entropy (nats), over dim only if given; the loss subtracts ent_coef times this."""
+    return masked_mean(entropy, mask, dim)
 
 
 def entropy_bonus_np(entropy: np.ndarray) -> tuple[float | np.ndarray, float]:

@@ -212,6 +212,84 @@ class PopulationLearner:
         return StepResult(torch.from_numpy(stepping), log_ratio, losses, torch.from_numpy(norms.astype(np.float32)))
 
 
+class TorchPopulationLearner(PopulationLearner):
+    """The same batched step in torch on any device (a GPU for large populations): a stacked forward by
+    batched matmuls, core/objectives.py's torch losses with per-agent [K, 1] settings, autograd into the
+    flat gradient (agent k's loss reaches only its own row), then the per-agent tail shared with the NumPy
+    learner. tests/test_population.py checks it against PopulationLearner."""
+
+    name = "population-torch"
+
+    def begin_update(self) -> None:
+        """Every agent steps again."""
+        self.active = np.ones(self.k, dtype=bool)
+
+    def _forward(self, names: list[str], x: torch.Tensor) -> torch.Tensor:
+        view = self.stack.view
+        for name in names:
+            weight, bias = view_param(self.stack, name + ".weight"), view_param(self.stack, name + ".bias")
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+            x = torch.tanh(x) if self.activation == "tanh" else torch.relu(x)
+        return x
+
+    def step(self, minibatch, settings: AgentSettings, kl_limit: float | None = None) -> StepResult:
+        """Loss, autograd backward and step of every agent still active in this update (as PopulationLearner)."""
+        from proximo.core.objectives import entropy_bonus, policy_loss, value_loss
+        from proximo.nn.distributions import CategoricalDist, DiagGaussianDist
+
+        stack, active = self.stack, self.active
+        device = stack.flat.device
+        column = lambda values: torch.as_tensor(values, dtype=torch.float32, device=device)[:, None]  # noqa: E731
+        x = minibatch.obs
+        latent_pi, latent_vf = self._forward(self.pi, x), self._forward(self.vf, x)
+        head = torch.baddbmm(view_param(stack, self.head + ".bias").unsqueeze(1), latent_pi,
+                             view_param(stack, self.head + ".weight").transpose(1, 2))
+        values = torch.baddbmm(view_param(stack, self.value_head + ".bias").unsqueeze(1), latent_vf,
+                               view_param(stack, self.value_head + ".weight").transpose(1, 2)).squeeze(-1)
+        if self.kind == "discrete":
+            dist = CategoricalDist(head, minibatch.action_masks)
+        else:
+            dist = DiagGaussianDist(head, view_param(stack, self.log_std).unsqueeze(1))
+        log_probs, entropy = dist.log_prob(minibatch.actions), dist.entropy()
+        log_ratio = (log_probs.detach() - minibatch.old_log_probs).float()
+        kl = k3(log_ratio).mean(-1).cpu().numpy()
+        stepping = active & ~(kl > settings.kl_limit)
+        pg = policy_loss(log_probs, minibatch.old_log_probs, minibatch.advantages, "clip_kl",
+                         column(settings.clip_range), kl_coef=column(settings.kl_coef), stats=False).per_sample.mean(-1)
+        clip_vf = None if np.isinf(settings.clip_range_vf).all() else column(settings.clip_range_vf)
+        vf = value_loss(values, minibatch.old_values, minibatch.returns, clip_vf, dim=-1)
+        ent = entropy_bonus(entropy, dim=-1)
+        ent_coef, vf_coef = column(settings.ent_coef)[:, 0], column(settings.vf_coef)[:, 0]
+        total = pg + vf_coef * vf - ent_coef * ent  # [K]: agent k's loss depends on its parameters alone
+        finite = torch.isfinite(total.detach()).cpu().numpy()
+        bad = stepping & ~finite
+        if bad.any():
+            agent = int(np.flatnonzero(bad)[0])
+            raise NonFiniteAgentError(agent, float(total[agent]), float(pg[agent]), float(vf[agent]),
+                                      float(ent[agent]))
+        stack.flat.grad.zero_()
+        total.sum().backward()
+        grads = stack.rows(grad=True)
+        norms = torch.linalg.vector_norm(grads, dim=1)
+        scale = torch.clamp(column(settings.max_grad_norm)[:, 0] / (norms + 1e-6), max=1.0)
+        grads.mul_(scale[:, None])
+        agents = np.flatnonzero(stepping)
+        self.optimizer.step(agents, settings.learning_rate)
+        self.active = stepping
+        losses = torch.stack([pg.detach(), vf.detach(), ent.detach()], dim=1).float().cpu()
+        return StepResult(torch.from_numpy(stepping), log_ratio.cpu(), losses, norms.detach().float().cpu())
+
+
+def view_param(stack: StackedParameters, name: str) -> torch.Tensor:
+    """Parameter `name` of every agent [K, ...] as a differentiable view of the flat Parameter (autograd then
+    writes each agent's gradient into its own row of flat.grad)."""
+    shape = stack.shapes[name]
+    strides = [1] * len(shape)
+    for axis in range(len(shape) - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * shape[axis + 1]
+    return stack.flat.as_strided((stack.k, *shape), (stack.stride, *strides), stack.offsets[name])
+
+
 class NonFiniteAgentError(ProximoError):
     """Agent k's loss became NaN or infinite."""
 

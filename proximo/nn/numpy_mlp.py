@@ -29,7 +29,9 @@ def activation_backward_(grad: np.ndarray, output: np.ndarray, activation: str) 
     if activation == "relu":
         grad *= output > 0
     else:
-        grad *= 1.0 - np.square(output)
+        derivative = np.square(output)
+        np.subtract(1.0, derivative, out=derivative)  # 1 - y^2 in one buffer: the same values, one allocation
+        grad *= derivative
     return grad
 
 

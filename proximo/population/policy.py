@@ -68,8 +68,8 @@ class PopulationPolicy:
         return x if self.obs_rms is None else self.obs_rms.normalize(x, self.clip_obs)
 
     def prepare_encoded(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoded observations [K * N, ...] -> normalized (the population lives on the CPU)."""
-        return self.normalize(x)
+        """Encoded observations [K * N, ...] (on the host) -> normalized, on the population's device."""
+        return self.normalize(x).to(self.device)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """V [K * N] of normalized observations, each agent's rows by its own critic.
@@ -80,7 +80,7 @@ class PopulationPolicy:
 
     def final_values(self, observations, envs: np.ndarray, state: torch.Tensor | None = None) -> torch.Tensor:
         """V [R] of raw final observations of envs [R] (truncated episodes), each by its agent's member."""
-        values = torch.empty(len(envs))
+        values = torch.empty(len(envs), device=self.device)
         agents = envs // self.n
         for k in np.unique(agents):
             rows = np.flatnonzero(agents == k)
@@ -90,8 +90,9 @@ class PopulationPolicy:
         return values
 
     def rollout_actor(self) -> "PopulationActor":
-        """The fused actor of all K agents for the next rollout (built from the current weights)."""
-        return PopulationActor(self)
+        """The fused actor of all K agents for the next rollout (built from the current weights); its network
+        runs on the population's device (TorchPopulationActor off the CPU)."""
+        return PopulationActor(self) if self.device.type == "cpu" else TorchPopulationActor(self)
 
     def to_env_actions(self, actions: torch.Tensor | np.ndarray) -> np.ndarray:
         """Actions as the env wants them (clipped to a Box's bounds), as a solo policy gives them."""
@@ -157,6 +158,48 @@ class PopulationActor(RolloutActor):
         else:
             self.noise = np.concatenate([torch.rand(n_steps, self.n, dtype=torch.float64, generator=g).numpy()
                                          for g in self.generators], axis=1)
+
+
+class TorchPopulationActor(PopulationActor):
+    """PopulationActor whose fused network runs in torch on the population's device (a GPU): the same
+    weights, noise and sampling, with the [K * N, n_out + 1] outputs brought to the host for the envs."""
+
+    def __init__(self, population: PopulationPolicy) -> None:
+        with torch.no_grad():
+            host = {name: population.stack.view(name).cpu() for name in population.stack.names}
+        self._device = population.device
+        super().__init__(_HostStack(population, host))
+        device = self._device
+        self.t_weights = [torch.from_numpy(w).to(device) for w in self.weights]
+        self.t_biases = [torch.from_numpy(b).to(device) for b in self.biases]
+        self.t_out = (torch.from_numpy(self.out_weight).to(device), torch.from_numpy(self.out_bias).to(device))
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """Every agent's fused output for its rows of x [K * N, D], computed on the device."""
+        with torch.no_grad():
+            h = torch.from_numpy(np.ascontiguousarray(x)).to(self._device).view(self.k, self.n, -1)
+            for weight, bias in zip(self.t_weights, self.t_biases):
+                h = torch.baddbmm(bias, h, weight.transpose(1, 2))
+                h = torch.tanh(h) if self.activation == "tanh" else torch.relu(h)
+            out = torch.baddbmm(self.t_out[1], h, self.t_out[0].transpose(1, 2))
+            return out.reshape(self.k * self.n, -1).cpu().numpy()
+
+
+class _HostStack:
+    """A population's policy seen with host copies of its stacked weights (what PopulationActor reads)."""
+
+    def __init__(self, population: PopulationPolicy, host: dict[str, torch.Tensor]) -> None:
+        self.members, self.k, self.n, self.generators = (population.members, population.k, population.n,
+                                                         population.generators)
+        self.stack = _HostViews(host)
+
+
+class _HostViews:
+    def __init__(self, host: dict[str, torch.Tensor]) -> None:
+        self.host = host
+
+    def view(self, name: str) -> torch.Tensor:
+        return self.host[name]
 
 
 def _param_name(policy: ActorCritic, module) -> str:

@@ -36,7 +36,10 @@ from proximo.envs.make import EnvLike, make_vector_env
 from proximo.envs.snapshot import restore_vector_env, snapshot_vector_env
 from proximo.errors import ConfigError, ProximoError
 from proximo.learners.distributed import World
-from proximo.learners.population import AgentSettings, PopulationLearner, StackedAdam, column_or_inf
+from proximo.devices import WIDE_MLP, resolve_device
+from proximo.learners.population import (
+    AgentSettings, PopulationLearner, StackedAdam, TorchPopulationLearner, column_or_inf,
+)
 from proximo.metrics import Progress
 from proximo.nn.normalize import RunningMeanStd
 from proximo.nn.policy import ActorCritic
@@ -92,10 +95,6 @@ _SPACES: dict[str, tuple] = {}
 def batchable(env_id: str, config: PPOConfig) -> str | None:
     """Why a run of env_id with config cannot be an agent of a population, or None when it can (the policy
     fits the batched path, on the CPU, without a stopping rule of its own)."""
-    if config.device not in ("auto", "cpu"):
-        return f"device {config.device}"
-    if config.learner == "torch":
-        return "learner torch"
     if config.stop_at_return is not None or config.stop_patience:
         return "a stopping rule of its own (stop_at_return / stop_patience)"
     if env_id not in _SPACES:
@@ -134,6 +133,20 @@ def _rss_bytes() -> int:
         return 0
 
 
+def population_device(requested: str, agents: int, widest_layer: int) -> tuple[torch.device, str]:
+    """(device, why) of a population: as a solo run's (proximo/devices.py), except that `auto` counts the K
+    agents' stacked matmuls as one network K times as wide: a GPU pays once K x width reaches WIDE_MLP."""
+    device, why = resolve_device(requested, False, widest_layer)
+    if requested == "auto" and device.type == "cpu" and agents * widest_layer >= WIDE_MLP:
+        wide, _ = resolve_device("auto", False, agents * widest_layer)
+        if wide.type != "cpu":
+            return wide, (f"auto: {wide.type} found, and {agents} agents x {widest_layer} units batch like one "
+                          f"{agents * widest_layer}-unit MLP (at least {WIDE_MLP})")
+    if requested == "auto" and device.type == "cpu":
+        why = f"{why}; {agents} agents x {widest_layer} units stay under {WIDE_MLP}" if "found," in why else why
+    return device, why
+
+
 class Population:
     """K agents of one env (configs: one PPOConfig per agent, see PER_AGENT_FIELDS) trained as one batch;
     run_dir/<name> is agent k's run directory (names: member_names by default)."""
@@ -147,11 +160,6 @@ class Population:
         if obstacle is not None:
             raise ConfigError(f"these agents cannot share a population: {obstacle}")
         config = configs[0]
-        if config.device not in ("auto", "cpu"):
-            raise ConfigError(f"device={config.device}: populations run on the CPU today; use device cpu (or auto)")
-        if config.learner == "torch":
-            raise ConfigError("learner=torch: a population steps all agents through its batched NumPy learner; "
-                              "use learner auto")
         if config.stop_at_return is not None or config.stop_patience:
             raise ConfigError("stop_at_return / stop_patience stop one run; a population trains every agent to "
                               "total_steps (evaluate each agent's run directory afterwards)")
@@ -181,9 +189,18 @@ class Population:
         why = population_support(policies[0])
         if why is not None:
             raise ConfigError(f"this policy cannot be batched in a population: {why}; train it solo (without --seeds)")
+        device, why_device = population_device(config.device, self.k, max(config.net_arch))
+        for policy in policies:
+            policy.to(device)
         self.stack = StackedParameters(policies)
         self.optimizer = StackedAdam(self.stack, (0.9, 0.999), np.array([c.adam_eps for c in configs]))
-        self.learner = PopulationLearner(policies[0], self.stack, self.optimizer)
+        # The NumPy learner on the CPU (the fastest there, and bitwise a solo run's); torch elsewhere, or asked for.
+        torch_learner = device.type != "cpu" or config.learner == "torch"
+        self.learner = (TorchPopulationLearner if torch_learner else PopulationLearner)(policies[0], self.stack,
+                                                                                      self.optimizer)
+        self.device_choice = f"{device} ({why_device})"
+        self.learner_choice = (f"{self.learner.name}: {self.k} agents batched"
+                               + (" (learner=torch)" if config.learner == "torch" and device.type == "cpu" else ""))
         self.policy = PopulationPolicy(policies, self.stack, self.n, self.generators)
         scaler = (PopulationRewardScaler(self.k, self.n, np.array([c.gamma for c in configs]),
                                          np.array([c.clip_reward for c in configs]))
@@ -299,10 +316,11 @@ class Population:
         returns = torch.empty_like(buffer.rewards)
         for member in self.members:
             rows = slice(member.k * n, (member.k + 1) * n)
-            adv, ret = gae(buffer.rewards[:, rows], buffer.values[:, rows], buffer.next_values[:, rows],
-                           buffer.terminated[:, rows], buffer.truncated[:, rows], member.config.gamma,
-                           member.config.gae_lambda)
-            advantages[:, rows], returns[:, rows] = adv, ret
+            # on the host, as a solo rollout's compute_advantages runs it (a T-step recursion)
+            host = [column[:, rows].cpu() for column in (buffer.rewards, buffer.values, buffer.next_values,
+                                                         buffer.terminated, buffer.truncated)]
+            adv, ret = gae(*host, member.config.gamma, member.config.gae_lambda)
+            advantages[:, rows], returns[:, rows] = adv.to(advantages.device), ret.to(returns.device)
         buffer.advantages, buffer.returns = advantages, returns
 
         def per_agent(column: torch.Tensor | None) -> torch.Tensor | None:
@@ -407,10 +425,6 @@ class Member(Trainer):
     def __init__(self, population: Population, k: int, config: PPOConfig, policy: ActorCritic,
                  tensorboard: bool) -> None:
         # Trainer.__init__ builds envs and a learner of its own; a member has views of the population's.
-        from proximo.core.kl import AdaptiveKLController, FixedKLController
-        from proximo.core.schedules import Schedule
-        from proximo.diagnostics import HealthMonitor
-
         self.population, self.k, self.name = population, k, population.names[k]
         self.env, self.config, self.env_kwargs = population.env, config, population.env_kwargs
         self.world = World.local()
@@ -418,32 +432,14 @@ class Member(Trainer):
         self.policy = policy
         self.optimizer = _MemberOptimizer(population, k, config)
         self.mask_source = population.collector.mask_source
-        self.device_choice = "cpu (populations run on the CPU)"
-        self.learner_choice = f"population-numpy: {population.k} agents batched"
+        self.device_choice = population.device_choice
+        self.learner_choice = population.learner_choice
         self.envs = population.envs
         scaler = population.collector.reward_scaler
         self.reward_scaler = _MemberRewardScaler(scaler, k, population.n, policy) if scaler is not None else None
         self.collector = _MemberCollector(population.collector, k, population.n)
-        self.lr_schedule = Schedule(config.lr_schedule, config.learning_rate)
-        self.clip_schedule = Schedule(config.clip_schedule, config.clip_range)
-        self.ent_schedule = Schedule(config.ent_schedule, config.ent_coef)
-        self.kl_controller = (AdaptiveKLController(config.kl_coef, config.kl_target)
-                              if config.objective == "adaptive_kl" else FixedKLController(config.kl_coef))
-        self.global_step = 0
-        self.update_index = 0
-        self.wall_time_s = 0.0
-        self._train_started: float | None = None
-        self.run_dir = population.run_dir / self.name if population.run_dir is not None else None
-        self.tensorboard = tensorboard
-        self.last_stats: dict[str, Any] = {}
-        self.monitor = HealthMonitor.from_config(config) if config.diagnostics else None
-        self._stop_signal = None
-        self.pending_stop = None
-        self.stopped_by = None
-        self.last_checkpoint_step = None
-        self._horizon = None
-        self._horizon_before_resume = None
-        self.on_update = None
+        run_dir = population.run_dir / self.name if population.run_dir is not None else None
+        self._init_run_state(config, run_dir, tensorboard)
         self._learning_rate = config.learning_rate
 
     def rank_state_parts(self) -> dict[str, Any]:

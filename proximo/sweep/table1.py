@@ -162,14 +162,37 @@ def _label(settings: dict[str, Any]) -> str:
     return setting_label(settings)
 
 
-def report(rows: list[dict[str, Any]], random: dict[str, dict[str, float]], meta: dict[str, Any]) -> dict[str, Any]:
-    """Everything of the table as JSON: raw returns, random returns, normalized scores, the paper's, the verdict."""
+def report(rows: list[dict[str, Any]], random: dict[str, dict[str, float]], meta: dict[str, Any],
+           sweep_dir: Path | None = None) -> dict[str, Any]:
+    """Everything of the table as JSON: raw returns, random returns, normalized scores, the paper's, the verdict,
+    and (with sweep_dir) what the doctor says of each setting's runs."""
     raw = collect_raw(rows)
     result = normalize(raw, {env: r["mean"] for env, r in random.items()})
     checks = verdict(result["score"])
     return {**meta, "raw": raw, "random": random, **result,
             "paper": dict(zip([name for name, _ in SETTINGS], PAPER)),
-            "verdict": [{"claim": claim, "holds": holds} for claim, holds in checks]}
+            "verdict": [{"claim": claim, "holds": holds} for claim, holds in checks],
+            "doctor": doctor_summary(rows, sweep_dir) if sweep_dir is not None else {}}
+
+
+def doctor_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per setting: how many of its finished runs each health rule fired in (proximo doctor's replay of
+    every run's rows), and how many runs were healthy."""
+    from proximo.doctor import examine
+
+    by_label = {_label(settings): name for name, settings in SETTINGS}
+    summary: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] != "done":
+            continue
+        name = by_label.get(row["setting"], row["setting"])
+        entry = summary.setdefault(name, {"runs": 0, "healthy": 0, "rules": {}})
+        report = examine(sweep_dir / row["run_dir"])
+        entry["runs"] += 1
+        entry["healthy"] += int(report.healthy)
+        for rule in report.episodes_by_rule():
+            entry["rules"][rule] = entry["rules"].get(rule, 0) + 1
+    return summary
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -212,10 +235,27 @@ def markdown(data: dict[str, Any]) -> str:
     for name in names:
         cells = [f"{data['per_env'][e][name]:.2f}" if name in data["per_env"].get(e, {}) else "" for e in envs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Sweep: {data['sweep_dir']} ({data['trials_done']}/{data['trials']} trials finished; their training "
-              f"took {data['trial_time_s'] / 60:.1f} min in all, at a mean {data['sps']:,.0f} steps/s per trial on "
-              "one core each).", ""]
-    lines += full_scale(data["sps"])
+    if data.get("doctor"):
+        lines += ["", "## What the doctor says", "",
+                  "Each run's rows replayed through proximo's health rules (`proximo doctor RUN`): per setting, in how "
+                  "many of its runs each rule fired.", "", "| setting | healthy runs | rules that fired (runs) |",
+                  "|---|---|---|"]
+        for name in names:
+            entry = data["doctor"].get(name)
+            if entry:
+                fired = ", ".join(f"{rule} ({count})" for rule, count in sorted(entry["rules"].items(),
+                                                                                key=lambda item: -item[1]))
+                lines.append(f"| {name} | {entry['healthy']}/{entry['runs']} | {fired or '-'} |")
+    populations = data.get("populations", 0)
+    if populations:
+        lines += ["", f"Sweep: {data['sweep_dir']} ({data['trials_done']}/{data['trials']} trials finished, trained as "
+                  f"{populations} batched populations of one env's settings and seeds, one core each; their "
+                  f"training took {data['trial_time_s'] / 3600:.2f} CPU-hours in all).", ""]
+    else:
+        lines += ["", f"Sweep: {data['sweep_dir']} ({data['trials_done']}/{data['trials']} trials finished; their "
+                  f"training took {data['trial_time_s'] / 60:.1f} min in all, at a mean {data['sps']:,.0f} steps/s "
+                  "per trial on one core each).", ""]
+        lines += full_scale(data["sps"])
     return "\n".join(lines) + "\n"
 
 
@@ -342,7 +382,7 @@ def cmd_table1(args: argparse.Namespace) -> int:
             "sps": float(np.mean([r["sps"] for r in done])) if done else math.nan,
             "machine": f"{platform.machine()} {platform.processor() or ''} with "
                        f"{__import__('os').cpu_count()} cores, torch {torch.__version__}".replace("  ", " ")}
-    data = report(rows, random, meta)
+    data = report(rows, random, meta, args.sweep_dir)
     prefixes = [args.sweep_dir / "table1"] + ([args.output] if args.output else [])
     for prefix in prefixes:
         atomic_write_json(prefix.with_suffix(".json"), data)

@@ -227,7 +227,7 @@ def register_tune(subparsers: argparse._SubParsersAction) -> None:
     from proximo.sweep.cli import add_cluster_flags
 
     parser = subparsers.add_parser("tune", help="search hyperparameters (Optuna TPE on Ray Tune, ASHA early stop)")
-    parser.add_argument("env_id")
+    parser.add_argument("env_id", help="gymnasium id, e.g. CartPole-v1")
     parser.add_argument("--space", action="append", default=[], metavar="FIELD=KIND(ARGS)",
                         help="a searched field, e.g. learning_rate=loguniform(1e-5,1e-2), n_epochs=int(3,20), "
                              "objective=choice(clip,adaptive_kl); repeat for more")

@@ -16,6 +16,7 @@ from proximo.envs.masks import MASKING_MODES
 from proximo.nn.recurrent import RECURRENT_KINDS
 from proximo.diagnostics import DiagnosticsConfig, threshold_fields
 from proximo.errors import ConfigError
+from proximo.extras import install_hint
 from proximo.fielddoc import check_choices, doc
 from proximo.tracking import TRACKERS
 
@@ -458,8 +459,8 @@ def read_mapping(path: Path, what: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise ConfigError(f"{what} {path} is YAML, and PyYAML is not installed; install it with "
-                              "`pip install -e '.[ray]'` or write the file as JSON") from None
+            raise ConfigError(f"{what} {path} is YAML, which needs {install_hint('yaml')} (or write the "
+                              "file as JSON)") from None
     try:
         if yaml_file:
             data = yaml.safe_load(text)

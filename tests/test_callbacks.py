@@ -172,6 +172,7 @@ def test_cli_stop_patience_without_eval_every_is_one_line(tmp_path):
 
 
 def test_llm_trainers_take_the_same_callbacks(tmp_path):
+    pytest.importorskip("transformers", reason="the LLM trainers need the llm extra: pip install -e '.[llm]'")
     from proximo.llm.grpo import GRPO
 
     recorder = Recorder(stop_at_update=10**9)

@@ -279,7 +279,7 @@ def test_an_unknown_env_fails_before_any_trial(capsys, tmp_path):
 def test_without_ray_the_error_names_the_extra(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     err = _one_line_error(capsys, ["sweep", "CartPole-v1", "--sweep-dir", str(tmp_path / "s")])
-    assert "Ray, which is not installed" in err and "pip install -e '.[ray]'" in err
+    assert "ray, which is not installed" in err and "pip install -e '.[ray]'" in err
 
 
 @pytest.mark.parametrize("argv,fragment", [

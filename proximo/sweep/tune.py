@@ -16,6 +16,7 @@ from typing import Any
 
 from proximo.checkpoint import atomic_write_bytes, atomic_write_json
 from proximo.config import PPOConfig, field_types, make_config
+from proximo.extras import need
 from proximo.errors import ConfigError
 from proximo.sweep.spec import config_field, parse_value
 
@@ -112,6 +113,7 @@ def run_tune(env_id: str, preset: str | None, base: dict[str, Any], space: list[
     from proximo.sweep.cluster import connect, import_ray
 
     import_ray()
+    need("optuna", "proximo tune")
     try:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler

@@ -23,10 +23,11 @@ RESULTS = "benchmarks/results"
 
 
 def on_files(files, config):
-    """Publish benchmarks/results/* at benchmarks/results/ (kept out of the navigation)."""
-    for path in sorted((ROOT / RESULTS).iterdir()):
+    """Publish benchmarks/README.md and benchmarks/results/* under benchmarks/ (kept out of the navigation)."""
+    paths = [ROOT / "benchmarks" / "README.md", *sorted((ROOT / RESULTS).iterdir())]
+    for path in paths:
         if path.is_file():
-            file = File(f"{RESULTS}/{path.name}", str(ROOT), config["site_dir"], config["use_directory_urls"],
+            file = File(str(path.relative_to(ROOT)), str(ROOT), config["site_dir"], config["use_directory_urls"],
                         inclusion=InclusionLevel.NOT_IN_NAV)
             files.append(file)
     return files

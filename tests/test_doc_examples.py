@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import shlex
 import subprocess
@@ -50,7 +49,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        page = self.page.relative_to(ROOT) if self.page.is_relative_to(ROOT) else self.page.name
+        return f"{page}:{self.line}"
 
     def option(self, name: str) -> list[str]:
         return [d[len(name):].strip() for d in self.directives if d.split(" ", 1)[0] == name]
@@ -209,16 +209,17 @@ def test_every_page_parses_and_says_why_it_skips():
 
 
 def test_the_harness_catches_drift(tmp_path, monkeypatch):
-    """A documented flag that no longer exists, or a transcript that changed, fails."""
+    """A documented flag that no longer exists, or a transcript whose output changed, fails."""
     page = tmp_path / "page.md"
     page.write_text("```bash\nproximo train CartPole-v1 --no-such-flag 1\n```\n")
+    (tmp_path / "a").mkdir()
     with pytest.raises(AssertionError, match="exited 2"):
-        run_page(page, tmp_path, monkeypatch, include_slow=False)
+        run_page(page, tmp_path / "a", monkeypatch, include_slow=False)
     page.write_text("```console\n$ proximo train CartPole-v1 --batch-size 100 --n-steps 64\n"
                     "proximo: error: something else\n```\n")
+    (tmp_path / "b").mkdir()
     with pytest.raises(AssertionError, match="did not print"):
-        run_page(page, tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path, monkeypatch,
-                 include_slow=False)
+        run_page(page, tmp_path / "b", monkeypatch, include_slow=False)
 
 
 if __name__ == "__main__":  # python tests/test_doc_examples.py: list every page's blocks and how each is run

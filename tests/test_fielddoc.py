@@ -92,3 +92,9 @@ def test_reference_lists_every_field():
     assert "| `diag` |" not in text  # the nested config is listed by its flat fields
     grpo = reference_markdown(GRPOConfig)
     assert "One of: `grpo`, `bnpo`, `dr_grpo`, `dapo`." in grpo
+
+
+if __name__ == "__main__":  # python tests/test_fielddoc.py: the count of flags without a meaning, per command
+    for command, command_parser in subcommand_parsers(build_parser()).items():
+        options = [a for a in command_parser._actions if a.option_strings and a.dest != "help"]
+        print(f"{command}: {len(undocumented_flags(command_parser))} of {len(options)} flags without a meaning")

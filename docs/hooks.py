@@ -56,7 +56,7 @@ def _config_reference(match: re.Match) -> str:
 
 def _cli_reference() -> str:
     from proximo.cli import build_parser
-    from proximo.fielddoc import subcommand_parsers
+    from proximo.fielddoc import table_cell, subcommand_parsers
 
     out = []
     for name, parser in subcommand_parsers(build_parser()).items():
@@ -74,7 +74,7 @@ def _cli_reference() -> str:
                 if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                     continue
                 flag = ", ".join(action.option_strings) or action.dest
-                text = (action.help or "").replace("%%", "%").replace("|", "\\|")
+                text = table_cell((action.help or "").replace("%%", "%"))
                 rows.append(f"| `{flag}` | {text} |")
         if sub is not None:
             out.append("Subcommands: " + ", ".join(f"`{name} {s}`" for s in sub.choices) + ".\n")

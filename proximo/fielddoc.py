@@ -116,6 +116,11 @@ def _type_text(hint: Any) -> str:
     return str(text).replace("typing.", "").replace("NoneType", "None")
 
 
+def table_cell(text: str) -> str:
+    """Text for a markdown table cell: pipes escaped, <eos>-like words shown rather than read as HTML."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def reference_markdown(cls: type, flat: dict[str, tuple[type, str, Any]] | None = None) -> str:
     """A markdown table of a config class's fields: flag, type, default and meaning (with choices).
 
@@ -134,7 +139,7 @@ def reference_markdown(cls: type, flat: dict[str, tuple[type, str, Any]] | None 
     for name, (owner, owner_name, default) in (flat or {}).items():
         entries.append((name, owner, owner_name, typing.get_type_hints(owner)[owner_name], default))
     for name, owner, owner_name, hint, default in entries:
-        text = meaning(owner, owner_name).replace("|", "\\|")
+        text = table_cell(meaning(owner, owner_name))
         allowed = choices(owner, owner_name)
         if allowed:
             text += " One of: " + ", ".join(f"`{c}`" for c in allowed) + "."

@@ -318,3 +318,19 @@ def test_tune_writes_a_preset_file_that_train_loads(cluster, tmp_path):
                                       "--run-dir", str(tmp_path / "run")])
     config = train_plan(args)["config"]
     assert config["learning_rate"] == best["config"]["learning_rate"] and config["n_steps"] == 32
+
+
+def test_plot_finds_the_trials_of_a_two_field_grid(tmp_path):
+    """sweep.json keeps its keys sorted; the trial folders are named in the grid's own order (found by the docs'
+    sweep example: `proximo plot` of `--grid objective=... --grid clip_range=...` drew nothing)."""
+    from proximo.checkpoint import atomic_write_json
+    from proximo.sweep.plots import sweep_groups
+
+    spec = SweepSpec(envs=["CartPole-v1"], preset="cartpole", base={}, seeds=[1],
+                     grid={"objective": ["clip", "none"], "clip_range": [0.1, 0.2]})
+    atomic_write_json(tmp_path / "sweep.json", spec.to_dict())
+    for trial in spec.trials():
+        (tmp_path / "runs" / trial.name).mkdir(parents=True)
+    groups = sweep_groups(tmp_path)["CartPole-v1"]
+    assert all(path.is_dir() for paths in groups.values() for path in paths)
+    assert list(groups)[0] == "objective=clip,clip_range=0.1"

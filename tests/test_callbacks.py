@@ -81,11 +81,11 @@ def test_run_loop_stops_before_learning_when_on_rollout_end_says_so():
     assert stopped == "NoLearning" and learned == []
 
 
-def test_stop_at_return_on_the_readme_example_stops_early():
-    """The README's first callback example, with a lower threshold so it stops within seconds (seed 1:
+def test_stop_at_return_on_the_docs_example_stops_early():
+    """The docs' first callback example, with a lower threshold so it stops within seconds (seed 1:
     CartPole's training return passes 100 well before 30k steps with the cartpole preset)."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Callbacks, evaluation and early stopping"):]
+    text = (ROOT / "docs" / "guides" / "callbacks-tracking.md").read_text()
+    section = text[text.index("## Callbacks"):]
     start = section.index("```python") + len("```python")
     code = section[start:section.index("```", start)]
     assert 'agent.learn(100_000, callback=lambda row: row["episode_return_mean"] < 475)' in code

@@ -2,24 +2,35 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# requirements.txt pins the CPU torch wheel; as constraints (-c) on every install line, nothing replaces it.
 PIP := $(PY) -m pip
+CONSTRAINED := $(PIP) install -q -c requirements.txt
+CORE_STAMP := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
+# Every extra the test suite and the docs build use.
+ALL_EXTRAS := dev,docs,llm,atari,video,ray,export,wandb
 SEED ?= 1
 DEMO_DIR ?= demo
 
-.PHONY: demo test test-all install clean bench
+.PHONY: demo test test-all install docs clean bench
 
-$(STAMP): pyproject.toml requirements.txt
+# The core install: what `make demo` needs (torch, gymnasium, proximo and its plotting).
+$(CORE_STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned, so no later requirement pulls a CUDA build.
 	$(PIP) install -q -r requirements.txt
-	$(PIP) install -q -e ".[dev,llm,atari,video,ray,export,wandb]"
+	$(CONSTRAINED) -e .
+	touch $(CORE_STAMP)
+
+# Everything: the tests, the docs and every optional feature.
+$(STAMP): $(CORE_STAMP)
+	$(CONSTRAINED) -e ".[$(ALL_EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	$(VENV)/bin/proximo train CartPole-v1 --preset cartpole --seed $(SEED) --run-dir $(DEMO_DIR)/cartpole-s$(SEED)
 	$(VENV)/bin/proximo plot $(DEMO_DIR)/cartpole-s$(SEED) -o $(DEMO_DIR)/cartpole-s$(SEED)/curve.png
 	@echo "learning curve: $(DEMO_DIR)/cartpole-s$(SEED)/curve.png"
@@ -30,9 +41,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
+# The documentation site, built strictly: a broken link or API reference fails (CI runs this).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
-	$(PIP) install -q -e ".[bench]"
+	$(CONSTRAINED) -e ".[bench]"
 	$(PY) benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) runs demo .pytest_cache
+	rm -rf $(VENV) runs demo site .pytest_cache

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from proximo.config import PRESETS, PPOConfig, field_types
-from proximo.diagnostics import threshold_fields
+from proximo.diagnostics import RULES
 from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, EchoedError, ProximoError
+from proximo.fielddoc import help_line
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
 COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli",
@@ -79,17 +80,17 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
     """One --dashed-flag per PPOConfig field (default: unset, so presets apply)."""
     group = parser.add_argument_group("config fields (override the preset)")
     defaults = PPOConfig().flat_dict()
-    # A threshold's help says why its default is what it is (the Rule's own reason).
-    reasons = {f"diag_{f.name}": f.metadata["reason"] for f in threshold_fields()
-               if f.metadata.get("reason")}
+    # Each help line is read from the field's definition (proximo/fielddoc.py); a threshold's says why its
+    # default is what it is (the Rule's own reason).
+    thresholds = RULES.config_class()
     for name, hint in field_types().items():
         if name in skip:
             continue
         flags = [f"--{name.replace('_', '-')}", *FLAG_ALIASES.get(name, ())]
-        why = f": {reasons[name]}".replace("%", "%%") if name in reasons else ""
+        owner, field_name = (thresholds, name[5:]) if name.startswith("diag_") else (PPOConfig, name)
         group.add_argument(*flags, dest=f"cfg_{name}",
                            type=_parser_for(hint), default=None, metavar="V",
-                           help=f"default {defaults[name]}{why}")
+                           help=help_line(owner, field_name, defaults[name]))
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,12 +123,13 @@ def build_parser() -> ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     evaluate = sub.add_parser("eval", help="evaluate a trained policy deterministically")
-    evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--episodes", type=int, default=10)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("run_dir", type=Path,
+                          help="a run directory, a folder written by PPO.save, or a checkpoint folder")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the first episode's reset (default 0)")
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     evaluate.add_argument("--video", type=Path, metavar="DIR", help="also record episodes as mp4 files into DIR")
-    evaluate.add_argument("--video-episodes", type=int, default=1, help="how many episodes to record")
+    evaluate.add_argument("--video-episodes", type=int, default=1, help="how many episodes to record (default 1)")
     evaluate.add_argument("--checkpoint", metavar="STEP_N", help="evaluate this checkpoint (step_N or a checkpoint "
                           "folder) instead of the final policy; without policy/ the newest intact one is used")
     evaluate.set_defaults(handler=cmd_eval)

@@ -10,7 +10,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from proximo.core.objectives import OBJECTIVES
@@ -19,6 +19,8 @@ from proximo.envs.masks import MASKING_MODES
 from proximo.nn.recurrent import RECURRENT_KINDS
 from proximo.diagnostics import DiagnosticsConfig, threshold_fields
 from proximo.errors import ConfigError
+from proximo.extras import install_hint
+from proximo.fielddoc import check_choices, doc
 from proximo.tracking import TRACKERS
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
@@ -59,76 +61,85 @@ class PPOConfig:
     """
 
     # rollout
-    num_envs: int = 1                      # N parallel actors
-    n_steps: int = 2048                    # T steps per actor per rollout
-    total_steps: int = 1_000_000           # env steps over all actors
-    seed: int = 1
+    num_envs: int = doc(1, "parallel envs (actors, N) stepped together")
+    n_steps: int = doc(2048, "steps per env per rollout (the horizon T); a rollout is num_envs x n_steps samples")
+    total_steps: int = doc(1_000_000, "env steps to train for, counted over all envs (and all processes)")
+    seed: int = doc(1, "seed of the envs, the network's initialization and the minibatch shuffling")
     # optimization
-    learning_rate: float = 3e-4
-    lr_schedule: str = "constant"          # constant | linear | cosine (to 0 at the end)
-    batch_size: int = 64                   # minibatch size
-    n_epochs: int = 10                     # K epochs over each rollout
-    adam_eps: float = 1e-5
-    max_grad_norm: float | None = 0.5      # None disables gradient clipping
+    learning_rate: float = doc(3e-4, "Adam step size (its start, under lr_schedule)")
+    lr_schedule: str = doc("constant", "how the learning rate moves over the run (linear, cosine: to 0 at the end)",
+                           choices=SCHEDULES)
+    batch_size: int = doc(64, "minibatch size in samples; must divide num_envs x n_steps")
+    n_epochs: int = doc(10, "passes (K epochs) over each rollout")
+    adam_eps: float = doc(1e-5, "Adam's epsilon")
+    max_grad_norm: float | None = doc(0.5, "clip the gradient's global norm to this; none: no clipping")
     # advantages
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    normalize_advantage: bool = True       # per minibatch
+    gamma: float = doc(0.99, "discount factor")
+    gae_lambda: float = doc(0.95, "GAE lambda: 1 is the Monte Carlo return, 0 one-step TD")
+    normalize_advantage: bool = doc(True, "standardize advantages within each minibatch")
     # objective
-    objective: str = "clip"                # clip | adaptive_kl | fixed_kl | none
-    clip_range: float = 0.2
-    clip_schedule: str = "constant"
-    clip_range_vf: float | None = None     # None: unclipped value loss
-    kl_coef: float = 1.0                   # beta of the KL-penalty objectives (its start, if adaptive)
-    kl_target: float = 0.01                # d_targ of adaptive_kl
-    ent_coef: float = 0.0
-    ent_schedule: str = "constant"
-    vf_coef: float = 0.5
-    target_kl: float | None = None         # stop an update's epochs early past 1.5 x this KL
+    objective: str = doc("clip", "the policy loss: PPO-Clip, an adaptive or fixed KL penalty, or none, the "
+                         "paper's unconstrained ablation", choices=OBJECTIVES)
+    clip_range: float = doc(0.2, "PPO-Clip's epsilon: the ratio is clipped to [1 - eps, 1 + eps]")
+    clip_schedule: str = doc("constant", "how clip_range moves over the run", choices=SCHEDULES)
+    clip_range_vf: float | None = doc(None, "clip the value update to this distance from the old value; none: "
+                                      "unclipped value loss")
+    kl_coef: float = doc(1.0, "beta of the KL-penalty objectives (its start, if adaptive)")
+    kl_target: float = doc(0.01, "d_targ of adaptive_kl: beta halves below d_targ / 1.5 and doubles above 1.5 d_targ")
+    ent_coef: float = doc(0.0, "weight of the entropy bonus (c2)")
+    ent_schedule: str = doc("constant", "how ent_coef moves over the run", choices=SCHEDULES)
+    vf_coef: float = doc(0.5, "weight of the value loss (c1)")
+    target_kl: float | None = doc(None, "stop an update's epochs early once the KL passes 1.5 x this; none: never")
     # normalization
-    normalize_obs: bool = False
-    normalize_reward: bool = False         # divide rewards by the std of the discounted return
-    clip_obs: float = 10.0
-    clip_reward: float = 10.0
+    normalize_obs: bool = doc(False, "standardize observations by running statistics (saved with the policy)")
+    normalize_reward: bool = doc(False, "divide rewards by the running std of the discounted return")
+    clip_obs: float = doc(10.0, "clip normalized observations to +- this")
+    clip_reward: float = doc(10.0, "clip scaled rewards to +- this")
     # network
-    net_arch: list[int] = field(default_factory=lambda: [64, 64])
-    activation: str = "tanh"
-    shared_network: bool = False           # one trunk for actor and critic
-    ortho_init: bool = True
-    log_std_init: float = 0.0
+    net_arch: list[int] = doc([64, 64], "hidden layer widths of the actor and the critic MLPs (e.g. 256,256)")
+    activation: str = doc("tanh", "activation of the hidden layers", choices=ACTIVATIONS)
+    shared_network: bool = doc(False, "one trunk for actor and critic instead of two networks")
+    ortho_init: bool = doc(True, "orthogonal initialization (gain sqrt 2 hidden, 0.01 policy head, 1 value head)")
+    log_std_init: float = doc(0.0, "initial log standard deviation of Gaussian (Box) actions")
     # memory (proximo/nn/recurrent.py) and legal actions (proximo/envs/masks.py)
-    recurrent: str = "none"                # none | lstm | gru (CLI: also --policy lstm|gru)
-    rnn_hidden: int = 128                  # units of the recurrent core
-    rnn_layers: int = 1
-    bptt_len: int = 0                      # steps per trained sequence; 0: the whole n_steps
-    action_masking: str = "auto"           # auto: use the env's masks if it has any | on: require | off
+    recurrent: str = doc("none", "recurrent core of the policy (CLI: also --policy lstm|gru)", choices=RECURRENT_KINDS)
+    rnn_hidden: int = doc(128, "units of the recurrent core")
+    rnn_layers: int = doc(1, "stacked layers of the recurrent core")
+    bptt_len: int = doc(0, "steps per trained sequence of a recurrent policy; 0: the whole n_steps")
+    action_masking: str = doc("auto", "legal-action masks: auto uses the env's if it has any, on requires them, off "
+                              "ignores them", choices=MASKING_MODES)
     # pixels: the Atari pipeline of ALE ids (proximo/envs/atari.py); other envs ignore these
-    frame_stack: int = 4                   # frames stacked into one observation
-    frame_skip: int = 4                    # emulator frames per agent step, max-pooled over the last two
-    noop_max: int = 30                     # up to this many no-ops after a reset
-    screen_size: int = 84                  # square grey frames of this side
-    sticky_actions: float = 0.0            # ALE repeat_action_probability (0: the paper's era; v5's own is 0.25)
-    episodic_life: bool = True             # a lost life ends the training episode (logged returns: whole games)
-    sign_rewards: bool = True              # train on sign(reward) (logged returns: the true score)
+    frame_stack: int = doc(4, "Atari: frames stacked into one observation")
+    frame_skip: int = doc(4, "Atari: emulator frames per agent step, max-pooled over the last two")
+    noop_max: int = doc(30, "Atari: up to this many no-ops after a reset; 0: off")
+    screen_size: int = doc(84, "Atari: side of the square grey frames")
+    sticky_actions: float = doc(0.0, "Atari: ALE repeat_action_probability (0: the paper's era; v5's own is 0.25)")
+    episodic_life: bool = doc(True, "Atari: a lost life ends the training episode (logged returns: whole games)")
+    sign_rewards: bool = doc(True, "Atari: train on sign(reward) (logged returns: the true score)")
     # machinery
-    env_backend: str = "sync"              # sync | async (gymnasium vector envs)
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N | mps (auto: a GPU only where it pays)
-    learner: str = "auto"                  # auto | numpy | torch: the gradient backend (proximo/learners)
-    torch_threads: int = 0                 # 0: proximo picks (1 for small MLPs)
-    eval_episodes: int = 10
-    eval_every: int = 0                    # env steps between evaluations on a separate env (best/ kept); 0: off
-    stop_at_return: float | None = None    # stop once the eval return (or without eval_every, the training return) reaches this
-    stop_patience: int = 0                 # stop after this many evaluations without improvement; 0: never
-    save_every: int = 0                    # env steps between checkpoints; 0: only at the end
-    keep_checkpoints: int = 3
-    log_every: int = 1                     # updates between metric rows
-    track: str = "none"                    # none | wandb: also send metrics, config and doctor findings to W&B
-    track_project: str | None = None       # W&B project (None: $WANDB_PROJECT, else "proximo")
-    track_run_name: str | None = None      # W&B run name (None: $WANDB_NAME, else the run directory's name)
+    env_backend: str = doc("sync", "gymnasium vector env: all envs in this process, or one subprocess each",
+                           choices=ENV_BACKENDS)
+    device: str = doc("auto", "where the networks and the update run: auto | cpu | cuda | cuda:N | mps (auto: a GPU "
+                      "only where it pays)")
+    learner: str = doc("auto", "the gradient backend (proximo/learners): numpy's hand-written MLP backward or torch "
+                       "autograd", choices=LEARNERS)
+    torch_threads: int = doc(0, "torch CPU threads; 0: proximo picks (1 for small MLPs)")
+    eval_episodes: int = doc(10, "deterministic evaluation episodes at the end (and at each eval_every)")
+    eval_every: int = doc(0, "env steps between evaluations on a separate env (best/ kept); 0: off")
+    stop_at_return: float | None = doc(None, "stop once the eval return (or without eval_every, the training "
+                                       "return) reaches this; none: never")
+    stop_patience: int = doc(0, "stop after this many evaluations without improvement; 0: never")
+    save_every: int = doc(0, "env steps between checkpoints; 0: only at the end")
+    keep_checkpoints: int = doc(3, "newest checkpoints kept on disk")
+    log_every: int = doc(1, "updates between metric rows")
+    track: str = doc("none", "also send metrics, config and doctor findings to Weights & Biases", choices=TRACKERS)
+    track_project: str | None = doc(None, "W&B project (none: $WANDB_PROJECT, else proximo)")
+    track_run_name: str | None = doc(None, "W&B run name (none: $WANDB_NAME, else the run directory's name)")
     # health rules (proximo/diagnostics.py: each rule's thresholds, with why each default has its value)
-    diagnostics: bool = True               # warn during training when a rule fires
+    diagnostics: bool = doc(True, "warn during training when a health rule fires")
     # the thresholds, nested; flags, presets and from_dict also take them flat as diag_<name> (--diag-kl-max)
-    diag: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    diag: DiagnosticsConfig = doc(default_factory=DiagnosticsConfig,
+                                  meaning="the health rules' thresholds (flags: --diag-NAME)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -170,11 +181,9 @@ class PPOConfig:
         for name in ("kl_coef", "kl_target", "ent_coef", "vf_coef"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        check_choices(self)  # every field declared with choices= (objective, schedules, learner, ...)
         if self.objective == "adaptive_kl" and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be positive for adaptive_kl, got {self.kl_target}")
-        _check_choice("objective", self.objective, OBJECTIVES)
-        _check_choice("recurrent", self.recurrent, RECURRENT_KINDS)
-        _check_choice("action_masking", self.action_masking, MASKING_MODES)
         for name in ("rnn_hidden", "rnn_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -191,12 +200,6 @@ class PPOConfig:
                     f"batch_size {self.batch_size} is not a whole number of {length}-step sequences (a recurrent "
                     f"policy trains on whole sequences); set batch_size to a multiple of {length}, or bptt_len "
                     f"to a divisor of both {self.batch_size} and n_steps {self.n_steps}")
-        for name in ("lr_schedule", "clip_schedule", "ent_schedule"):
-            _check_choice(name, getattr(self, name), SCHEDULES)
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_choice("env_backend", self.env_backend, ENV_BACKENDS)
-        _check_choice("learner", self.learner, LEARNERS)
-        _check_choice("track", self.track, TRACKERS)
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if not self.net_arch or any(width < 1 for width in self.net_arch):
@@ -258,11 +261,6 @@ class PPOConfig:
     def replace(self, **overrides: Any) -> "PPOConfig":
         """A validated copy with some fields changed."""
         return PPOConfig.from_dict({**self.to_dict(), **overrides})
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def field_types() -> dict[str, Any]:
@@ -493,8 +491,8 @@ def read_mapping(path: Path, what: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise ConfigError(f"{what} {path} is YAML, and PyYAML is not installed; install it with "
-                              "`pip install -e '.[ray]'` or write the file as JSON") from None
+            raise ConfigError(f"{what} {path} is YAML, which needs {install_hint('yaml')} (or write the "
+                              "file as JSON)") from None
     try:
         if yaml_file:
             data = yaml.safe_load(text)

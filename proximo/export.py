@@ -26,13 +26,14 @@ from torch import nn
 
 from proximo import __version__
 from proximo.errors import ProximoError
+from proximo.extras import install_hint
 from proximo.nn.policy import ActorCritic
 from proximo.spaces_json import space_to_json
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "obs", "action"
 ONNX_OPSET = 17
-INSTALL_HINT = "install the export extra: pip install -e '.[export]'"
+INSTALL_HINT = install_hint("onnx")
 
 
 class ExportError(ProximoError):
@@ -143,7 +144,7 @@ def _export_onnx(module: DeterministicPolicy, path: Path, info: dict[str, str]) 
     try:
         import onnx
     except ImportError:
-        raise ExportError(f"--format onnx needs the onnx package; {INSTALL_HINT}") from None
+        raise ExportError(f"--format onnx needs {INSTALL_HINT}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter is deprecated
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

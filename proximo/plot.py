@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", type=Path,
                         help="the PNG (default curve.png; for a sweep directory DIR/curves.png)")
     parser.add_argument("--y", default="episode_return_mean", help="metrics.csv column to draw")
-    parser.add_argument("--title")
+    parser.add_argument("--title", help="the figure's title (default: proximo learning curve)")
     parser.set_defaults(handler=_cmd_plot)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from proximo.errors import ConfigError, ProximoError
+from proximo.extras import install_hint
 
 TRACKERS = ("none", "wandb")
 DEFAULT_PROJECT = "proximo"
@@ -31,8 +32,7 @@ class WandbTracker:
         try:
             import wandb
         except ImportError:
-            raise ConfigError("--track wandb needs the wandb package; install it with pip install -e '.[wandb]' "
-                              "(or train with --track none)") from None
+            raise ConfigError(f"--track wandb needs {install_hint('wandb')} (or train with --track none)") from None
         self.run_dir = Path(run_dir)
         self._wandb = wandb
         directory = os.environ.get("WANDB_DIR") or str(self.run_dir)

@@ -8,6 +8,7 @@ import numpy as np
 
 from proximo.envs.make import EnvLike, make_single_env
 from proximo.errors import ProximoError
+from proximo.extras import install_hint
 from proximo.evaluate import EpisodeActor
 from proximo.nn.policy import ActorCritic
 
@@ -21,7 +22,7 @@ def record_episodes(policy: ActorCritic, env: EnvLike, out_dir: Path, episodes: 
     try:
         import imageio.v2 as imageio
     except ImportError as exc:
-        raise ProximoError("recording videos needs imageio: pip install 'proximo[video]'") from exc
+        raise ProximoError(f"recording videos needs {install_hint('imageio')}") from exc
     try:
         single = make_single_env(env, render_mode="rgb_array", **(env_kwargs or {}))
     except ProximoError as exc:
@@ -49,7 +50,8 @@ def record_episodes(policy: ActorCritic, env: EnvLike, out_dir: Path, episodes: 
         if isinstance(exc, ProximoError):
             raise
         if type(exc).__name__ == "DependencyNotInstalled":
-            raise ProximoError(f"rendering needs a package that is missing: {exc}") from exc
+            hint = install_hint("pygame") if "pygame" in str(exc) else str(exc)
+            raise ProximoError(f"rendering this env needs {hint}") from exc
         raise
     finally:
         single.close()

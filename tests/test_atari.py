@@ -224,7 +224,7 @@ def test_bad_pixel_input_is_one_line(capsys, argv, fragment):
 def test_atari_id_without_ale_py_names_the_extra(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ale_py", None)  # import ale_py now raises ImportError
     err = _one_line_error(capsys, ["train", "ALE/Pong-v5", "--preset", "paper-atari"])
-    assert "needs ale-py" in err and "pip install 'proximo[atari]'" in err
+    assert "needs ale-py" in err and "pip install -e '.[atari]'" in err
 
 
 def test_eval_video_of_an_atari_run_shows_the_real_game_in_colour(tmp_path, capsys):

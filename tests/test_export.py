@@ -150,9 +150,9 @@ def test_a_damaged_policy_file_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "policy.safetensors" in err, err
 
 
-def test_the_readme_snippet_runs_with_onnxruntime_alone(cartpole_run, tmp_path, capsys):
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Export"):]
+def test_the_docs_snippet_runs_with_onnxruntime_alone(cartpole_run, tmp_path, capsys):
+    text = (ROOT / "docs" / "guides" / "export.md").read_text()
+    section = text[text.index("# Export"):]
     start = section.index("```python") + len("```python")
     code = section[start:section.index("```", start)]
     assert 'InferenceSession("policy.onnx"' in code

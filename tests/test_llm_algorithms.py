@@ -163,7 +163,7 @@ def test_config_accepts_old_spellings_and_rejects_bad_values():
     assert (old.scale_rewards, old.loss_aggregation) == ("none", "dr_grpo")
     assert GRPOConfig(scale_rewards=True).scale_rewards == "group"
     assert GRPOConfig(scale_rewards="false").scale_rewards == "none"
-    for bad, message in [(dict(scale_rewards="std"), "scale_rewards must be group, batch or none"),
+    for bad, message in [(dict(scale_rewards="std"), "scale_rewards must be one of group, batch, none"),
                          (dict(advantage_estimator="ppo"), "advantage_estimator must be one of"),
                          (dict(importance_sampling="seq"), "importance_sampling must be one of"),
                          (dict(importance_sampling="sequence", advantage_estimator="reinforce++"), "GSPO"),

@@ -311,9 +311,9 @@ def test_cli_trains_and_evaluates_a_recurrent_masked_agent(tmp_path):
     assert done.returncode == 0 and "return" in done.stdout, done.stderr
 
 
-def test_the_readme_example_of_a_recurrent_masked_agent_runs():
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Memory and legal actions"):]
+def test_the_docs_example_of_a_recurrent_masked_agent_runs():
+    text = (ROOT / "docs" / "guides" / "recurrent-masked.md").read_text()
+    section = text[text.index("# Recurrent and masked policies"):]
     code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
     assert "agent.learn(30_000)" in code
     namespace: dict = {}

@@ -179,6 +179,7 @@ def test_resume_with_a_new_horizon_warns_that_annealed_schedules_jump(tmp_path):
 
 
 def test_atari_snapshot_round_trips_without_sticky_actions_and_explains_why_not_with_them():
+    pytest.importorskip("ale_py", reason="the Atari snapshot needs ale-py: pip install -e '.[atari]'")
     from proximo.envs.atari import PixelOptions
     from proximo.envs.make import make_single_env
     from proximo.envs.snapshot import why_unsnapshottable

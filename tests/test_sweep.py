@@ -279,7 +279,7 @@ def test_an_unknown_env_fails_before_any_trial(capsys, tmp_path):
 def test_without_ray_the_error_names_the_extra(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     err = _one_line_error(capsys, ["sweep", "CartPole-v1", "--sweep-dir", str(tmp_path / "s")])
-    assert "Ray, which is not installed" in err and "pip install -e '.[ray]'" in err
+    assert "ray, which is not installed" in err and "pip install -e '.[ray]'" in err
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -345,3 +345,19 @@ def test_table1_reports_what_the_doctor_says_of_each_settings_runs(tmp_path):
     text = markdown(data)
     line = next(row for row in text.splitlines() if row.startswith("| no clipping or penalty | 0/1 |"))
     assert "kl_spike (1)" in line and "1 batched populations" in text
+
+
+def test_plot_finds_the_trials_of_a_two_field_grid(tmp_path):
+    """sweep.json keeps its keys sorted; the trial folders are named in the grid's own order (found by the docs'
+    sweep example: `proximo plot` of `--grid objective=... --grid clip_range=...` drew nothing)."""
+    from proximo.checkpoint import atomic_write_json
+    from proximo.sweep.plots import sweep_groups
+
+    spec = SweepSpec(envs=["CartPole-v1"], preset="cartpole", base={}, seeds=[1],
+                     grid={"objective": ["clip", "none"], "clip_range": [0.1, 0.2]})
+    atomic_write_json(tmp_path / "sweep.json", spec.to_dict())
+    for trial in spec.trials():
+        (tmp_path / "runs" / trial.name).mkdir(parents=True)
+    groups = sweep_groups(tmp_path)["CartPole-v1"]
+    assert all(path.is_dir() for paths in groups.values() for path in paths)
+    assert list(groups)[0] == "objective=clip,clip_range=0.1"

@@ -30,6 +30,7 @@ from gymnasium.wrappers import (
 )
 
 from proximo.errors import ProximoError
+from proximo.extras import install_hint, need
 
 GAME_KEY = "game"                    # info key of a finished game's true statistics {"r", "l", "t"}
 GAME_SCORES = "proximo_game_scores"  # metadata flag: episodes end on lost lives, whole games report GAME_KEY
@@ -79,14 +80,14 @@ def register_pixel_family(env_id: str) -> None:
         try:
             import ale_py
         except ImportError as exc:
-            raise ProximoError(f"{env_id} needs ale-py, which is not installed: pip install 'proximo[atari]'") from exc
+            raise ProximoError(f"{env_id} needs {install_hint('ale_py')}") from exc
+        need("cv2", f"{env_id}'s frame pipeline")  # AtariPreprocessing resizes with OpenCV
         gym.register_envs(ale_py)
     elif is_minatar_id(env_id) and env_id not in gym.registry:
         try:
             import minatar.gym
         except ImportError as exc:
-            raise ProximoError(f"{env_id} needs minatar, which is not installed: pip install 'proximo[atari]'") \
-                from exc
+            raise ProximoError(f"{env_id} needs {install_hint('minatar')}") from exc
         minatar.gym.register_envs()
 
 

@@ -283,7 +283,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("check", help="check that an env gives proximo what it needs")
     parser.add_argument("env_id", help="gymnasium id, e.g. Hopper-v5")
     parser.add_argument("--steps", type=int, default=200, help="random steps to take (default 200)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the env's reset and the random actions (default 0)")
     parser.set_defaults(handler=cmd_check)
 
 

@@ -21,15 +21,15 @@ FIELD_ALIASES = {"n_epochs": ("--num-iterations",), "num_minibatches": ("--steps
 def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
     """One --dashed-flag per config field, unset by default so the dataclass defaults apply."""
     from proximo.cli import _parser_for
+    from proximo.fielddoc import help_line
 
     group = parser.add_argument_group(f"{config_cls.__name__} fields")
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
-        default = field.default
         group.add_argument(f"--{field.name.replace('_', '-')}", *FIELD_ALIASES.get(field.name, ()),
                            dest=f"cfg_{field.name}",
                            type=_parser_for(hints[field.name]), default=None, metavar="V",
-                           help=f"default {default}")
+                           help=help_line(config_cls, field.name, field.default))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +108,8 @@ def register(subparsers) -> None:
     new = sub.add_parser("new-model", help="make a fresh model directory (transformers LM from a config, a BPE "
                                            "tokenizer trained on your text, chat template): no download")
     new.add_argument("directory", type=Path, help="where to write it (config.json, model.safetensors, tokenizer)")
-    new.add_argument("--family", default="llama", help="llama or gpt2")
+    new.add_argument("--family", default="llama",
+                     help="model architecture: llama (default) or gpt2")
     source = new.add_mutually_exclusive_group()
     source.add_argument("--texts", type=Path, metavar="FILE",
                         help="tokenizer training text: a .txt file (one text per line) or a dataset file whose "
@@ -116,20 +117,23 @@ def register(subparsers) -> None:
     source.add_argument("--task", default=None, help="train the tokenizer on a built-in task's prompts and answers "
                                                      "(default: add)")
     new.add_argument("--digits", type=int, default=None, help="size of --task's problems")
-    new.add_argument("--vocab-size", type=int, default=512)
-    new.add_argument("--hidden", type=int, default=128)
-    new.add_argument("--layers", type=int, default=3)
-    new.add_argument("--heads", type=int, default=4)
-    new.add_argument("--max-positions", type=int, default=128)
-    new.add_argument("--seed", type=int, default=0)
+    new.add_argument("--vocab-size", type=int, default=512,
+                     help="tokens the BPE tokenizer learns, special ones included (default 512)")
+    new.add_argument("--hidden", type=int, default=128, help="hidden size of the model (default 128)")
+    new.add_argument("--layers", type=int, default=3, help="transformer blocks (default 3)")
+    new.add_argument("--heads", type=int, default=4, help="attention heads per block (default 4)")
+    new.add_argument("--max-positions", type=int, default=128,
+                     help="longest sequence the model takes, in tokens (default 128)")
+    new.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     new.set_defaults(handler=cmd_new_model)
 
     ev = sub.add_parser("eval", help="held-out accuracy of a model on a built-in task (sampled and greedy)")
     ev.add_argument("run_dir", help="run directory or model directory")
     ev.add_argument("--task", default=None, help="task (default: the run's task)")
-    ev.add_argument("--digits", type=int, default=None)
-    ev.add_argument("--prompts", type=int, default=500, help="held-out prompts")
-    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--digits", type=int, default=None, help="task size (default: the run's, else the task's own)")
+    ev.add_argument("--prompts", type=int, default=500, help="held-out prompts (default 500)")
+    ev.add_argument("--temperature", type=float, default=1.0,
+                    help="sampling temperature of the sampled accuracy (default 1.0)")
     ev.set_defaults(handler=cmd_eval)
 
 

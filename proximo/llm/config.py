@@ -7,45 +7,50 @@ from dataclasses import dataclass
 from typing import Any
 
 from proximo.config import check_field_types
+from proximo.fielddoc import check_choices, doc
 from proximo.core.kl import KL_ESTIMATORS
-from proximo.errors import ConfigError, ProximoError
+from proximo.errors import ConfigError
 from proximo.llm.losses import (
-    ADVANTAGE_ESTIMATORS, AGGREGATION_ALIASES, IMPORTANCE_SAMPLING, LOSS_AGGREGATIONS, aggregation_name,
-    scaling_name,
+    ADVANTAGE_ESTIMATORS, AGGREGATION_ALIASES, IMPORTANCE_SAMPLING, LOSS_AGGREGATIONS, REWARD_SCALINGS,
+    aggregation_name, scaling_name,
 )
 from proximo.tracking import TRACKERS
 
 KL_CONTROLLERS = ("adaptive", "fixed")
+PAIR_SOURCES = ("corrupt", "samples")
+CRITICS = ("reward_model", "head")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # the keys of proximo/llm/precision.py DTYPES (tested equal)
 
 
 @dataclass
 class _LLMConfig:
     """Fields every LLM run has."""
 
-    task: str = "add"                       # built-in task giving prompts, rewards and held-out prompts
-    digits: int | None = None               # task size (add: operand digits, default 3; sort: length, 5)
-    seed: int = 1
-    learning_rate: float = 1e-4
-    adam_eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    max_new_tokens: int | None = None       # None: the task's answer length + 1 (for <eos>)
-    temperature: float = 1.0                # sampling temperature of rollouts and of sampled evaluation
-    eval_every: int = 20                    # steps between held-out evaluations (0: only start and end)
-    num_eval_prompts: int = 500             # held-out prompts per evaluation
-    save_every: int = 0                     # steps between checkpoints; 0: only the final model
-    torch_threads: int = 1                  # 0: torch's default; 1 is fastest for tiny models on shared CPUs
-    lora_r: int = 0                         # LoRA rank (peft); 0: train every weight
-    lora_alpha: float = 16.0                # LoRA scale alpha (the update is scaled by alpha / r)
-    lora_target: str = ""                   # comma-separated module names; "": peft's default for the family
-    device: str = "auto"                    # auto (a GPU when torch sees one) | cpu | cuda | cuda:N | mps
-    dtype: str = "float32"                  # float32 | bfloat16 | float16: autocast passes, fp32 master weights
-                                            # and Adam state; frozen weights stored in it (proximo/llm/precision.py)
-    gradient_checkpointing: bool = False    # recompute activations in backward (less memory, ~30% more time)
-    max_prompt_tokens: int | None = None    # longer prompts keep their last this-many tokens (counted per step
-                                            # as prompt_truncated_fraction); None: a prompt too long is an error
-    track: str = "none"                     # none | wandb (proximo/tracking.py), as for classic runs
-    track_project: str | None = None        # W&B project (None: $WANDB_PROJECT, else "proximo")
-    track_run_name: str | None = None       # W&B run name (None: $WANDB_NAME, else the run directory's name)
+    task: str = doc("add", "built-in task giving prompts, rewards and held-out prompts: add or sort (a --dataset "
+                    "run has none)")
+    digits: int | None = doc(None, "task size: add's operand digits, sort's length; none: the task's own (3, 5)")
+    seed: int = doc(1, "seed of the model's initialization, the prompts and the sampling")
+    learning_rate: float = doc(1e-4, "AdamW step size")
+    adam_eps: float = doc(1e-8, "AdamW's epsilon")
+    max_grad_norm: float | None = doc(1.0, "clip the gradient's global norm to this; none: no clipping")
+    max_new_tokens: int | None = doc(None, "longest completion in tokens; none: the task's answer length + 1 (<eos>)")
+    temperature: float = doc(1.0, "sampling temperature of rollouts and of sampled evaluation")
+    eval_every: int = doc(20, "steps between held-out evaluations; 0: only at the start and the end")
+    num_eval_prompts: int = doc(500, "held-out prompts per evaluation")
+    save_every: int = doc(0, "steps between checkpoints; 0: only the final model")
+    torch_threads: int = doc(1, "torch CPU threads; 0: torch's default (1 is fastest for tiny models on shared CPUs)")
+    lora_r: int = doc(0, "LoRA rank (peft adapters); 0: train every weight")
+    lora_alpha: float = doc(16.0, "LoRA scale alpha: the adapter's update is scaled by alpha / r")
+    lora_target: str = doc("", "comma-separated module names LoRA adapts; empty: peft's default for the family")
+    device: str = doc("auto", "where the model runs: auto (a GPU when torch sees one) | cpu | cuda | cuda:N | mps")
+    dtype: str = doc("float32", "precision of forward and backward passes (autocast; master weights and Adam stay "
+                     "float32, frozen weights are stored in it)", choices=DTYPE_NAMES)
+    gradient_checkpointing: bool = doc(False, "recompute activations in backward: less memory, ~30% more time")
+    max_prompt_tokens: int | None = doc(None, "longer prompts keep their last this-many tokens (logged as "
+                                        "prompt_truncated_fraction); none: a prompt too long is an error")
+    track: str = doc("none", "also send metrics, config and findings to Weights & Biases", choices=TRACKERS)
+    track_project: str | None = doc(None, "W&B project (none: $WANDB_PROJECT, else proximo)")
+    track_run_name: str | None = doc(None, "W&B run name (none: $WANDB_NAME, else the run directory's name)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -53,6 +58,7 @@ class _LLMConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
         check_field_types(self)
+        check_choices(self)
         for name in ("learning_rate", "adam_eps", "temperature"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -60,17 +66,12 @@ class _LLMConfig:
         for name in ("eval_every", "save_every", "torch_threads", "lora_r"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.track not in TRACKERS:
-            raise ConfigError(f"track must be one of {', '.join(TRACKERS)}; got {self.track!r}")
         if self.num_eval_prompts < 1:
             raise ConfigError(f"num_eval_prompts must be at least 1, got {self.num_eval_prompts}")
         if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 65_536:
             raise ConfigError(f"max_new_tokens must lie in 1..65536 (or None for the task's), got {self.max_new_tokens}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 2:
             raise ConfigError(f"max_prompt_tokens must be at least 2 (or None), got {self.max_prompt_tokens}")
-        from proximo.llm.precision import DTYPES
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -101,14 +102,14 @@ class SFTConfig(_LLMConfig):
     """Supervised fine-tuning on a task's exact answers, stopped at a target held-out accuracy."""
 
     learning_rate: float = 1e-3
-    batch_size: int = 256
-    max_steps: int = 20_000
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
+    batch_size: int = doc(256, "examples per optimizer step")
+    max_steps: int = doc(20_000, "optimizer steps at most")
+    warmup_steps: int = doc(100, "steps of linear learning-rate warm-up")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
     eval_every: int = 50
-    target_accuracy: float | None = 0.4     # stop once held-out sampled accuracy reaches this (None: never); with
-                                            # a dataset: greedy exact match, and only when set explicitly
-    max_time_s: float | None = None         # stop after this much wall time
+    target_accuracy: float | None = doc(0.4, "stop once held-out sampled accuracy reaches this (with a dataset: "
+                                        "greedy exact match, only when set); none: never")
+    max_time_s: float | None = doc(None, "stop after this much wall time in seconds; none: no limit")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
@@ -127,14 +128,14 @@ class RewardModelConfig(_LLMConfig):
     """A scalar reward head on a causal LM, trained with the Bradley-Terry loss on preference pairs."""
 
     learning_rate: float = 3e-4
-    batch_size: int = 64
-    max_steps: int = 600
-    train_pairs: int = 20_000               # task pairs drawn (a --dataset trains on all its rows instead)
-    eval_pairs: int = 500                   # held-out pairs scored (task pairs, or the first of a dataset's)
+    batch_size: int = doc(64, "preference pairs per optimizer step")
+    max_steps: int = doc(600, "optimizer steps")
+    train_pairs: int = doc(20_000, "task pairs drawn (a --dataset trains on all its rows instead)")
+    eval_pairs: int = doc(500, "held-out pairs scored (task pairs, or the first of a dataset's)")
     eval_every: int = 100
-    pair_source: str = "corrupt"            # corrupt: rule-made wrong answers; samples: the init model's own
-                                            # wrong samples (needs a model that already half-solves the task)
-                                            # (task pairs only; unused with a dataset)
+    pair_source: str = doc("corrupt", "task pairs' wrong answers: corrupt makes them by rule, samples takes the init "
+                           "model's own wrong samples (needs a model that half-solves the task)",
+                           choices=PAIR_SOURCES)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
@@ -142,25 +143,23 @@ class RewardModelConfig(_LLMConfig):
         for name in ("batch_size", "max_steps", "train_pairs", "eval_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.pair_source not in ("corrupt", "samples"):
-            raise ConfigError(f"pair_source must be corrupt or samples; got {self.pair_source!r}")
 
 
 @dataclass
 class _RLConfig(_LLMConfig):
     """Fields shared by GRPO and PPO-RLHF."""
 
-    steps: int = 200                        # rollout + update rounds
-    prompts_per_step: int = 32
-    n_epochs: int = 1                       # K passes over each rollout
-    num_minibatches: int = 2                # minibatches per epoch
-    clip_range: float = 0.2
-    clip_range_high: float | None = None    # separate upper clip ("clip-higher"); None: same as clip_range
-    kl_coef: float = 0.0                    # beta on the KL to the frozen reference (its start if adaptive)
-    micro_batch_size: int = 0               # rows per forward/backward pass; gradients accumulate over a
-                                            # minibatch's micro-batches (one optimizer step). 0: whole minibatch
-    target_kl: float | None = None          # stop a step's epochs at a minibatch whose mean k3 KL to the
-                                            # rollout policy passes 1.5 x this (as classic PPO); None: never
+    steps: int = doc(200, "rollout + update rounds")
+    prompts_per_step: int = doc(32, "prompts sampled per step (over all processes)")
+    n_epochs: int = doc(1, "passes (K epochs) over each rollout; TRL's num_iterations")
+    num_minibatches: int = doc(2, "optimizer steps per epoch; TRL's steps_per_generation")
+    clip_range: float = doc(0.2, "PPO clip epsilon of the token ratio (its lower side with clip_range_high)")
+    clip_range_high: float | None = doc(None, "separate upper clip (clip-higher); none: the same as clip_range")
+    kl_coef: float = doc(0.0, "beta on the KL to the frozen reference policy (its start if adaptive)")
+    micro_batch_size: int = doc(0, "rows per forward/backward pass, gradients accumulated to one optimizer step; "
+                                "0: the whole minibatch")
+    target_kl: float | None = doc(None, "stop a step's epochs at a minibatch whose mean k3 KL to the rollout policy "
+                                  "passes 1.5 x this (as classic PPO); none: never")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
@@ -198,47 +197,39 @@ class GRPOConfig(_RLConfig):
     log-probs kept from generation time."""
 
     learning_rate: float = 5e-5
-    group_size: int = 8                     # G completions per prompt
-    advantage_estimator: str = "grpo"       # grpo (group mean baseline) | rloo (leave-one-out) | reinforce++
-                                            # (per-token KL in the reward, batch-standardized returns) |
-                                            # reinforce++-baseline (the same on scores minus their group mean)
-    scale_rewards: str = "group"            # group | batch | none: divide advantages by the group's or the
-                                            # batch's reward std, or not (Dr. GRPO); true/false = group/none
-    loss_aggregation: str = "bnpo"          # grpo (seq mean) | bnpo (minibatch token mean) | dr_grpo
-                                            # (constant) | dapo (token mean of the whole generation batch)
-    loss_constant: float | None = None      # normalizer of dr_grpo (None: max_new_tokens)
-    importance_sampling: str = "token"      # token (PPO ratio per token) | sequence (GSPO ratio per sequence)
-    seq_clip_range: float = 3e-4            # GSPO's lower clip on the sequence ratio (paper: 3e-4)
-    seq_clip_range_high: float = 4e-4       # GSPO's upper clip (paper: 4e-4)
-    dynamic_sampling: bool = False          # DAPO: drop groups whose rewards are all equal, draw more prompts
-    max_extra_draws: int = 4                # extra generation rounds per step dynamic sampling may take
-    mask_truncated: bool = False            # completions cut at max_new_tokens (no <eos>) get loss mask 0
-                                            # (their rewards still count in the group statistics)
-    ent_coef: float = 0.0
-    keep_reference: bool | None = None      # hold a frozen copy of the initial policy for the kl_ref metric;
-                                            # None: only when kl_coef > 0 uses it (LoRA's reference is free)
+    group_size: int = doc(8, "completions per prompt (G)")
+    advantage_estimator: str = doc("grpo", "baseline of the advantages: group mean, leave-one-out (rloo), "
+                                   "REINFORCE++ (per-token KL in the reward, batch-standardized returns) or "
+                                   "REINFORCE++ on scores minus their group mean", choices=ADVANTAGE_ESTIMATORS)
+    scale_rewards: str = doc("group", "divide advantages by the group's or the batch's reward std, or not "
+                             "(Dr. GRPO); true/false read as group/none", choices=REWARD_SCALINGS)
+    loss_aggregation: str = doc("bnpo", "how token losses average: per-sequence mean (grpo), minibatch token mean "
+                                "(bnpo), a constant (dr_grpo) or the generation batch's token mean (dapo)",
+                                choices=LOSS_AGGREGATIONS)
+    loss_constant: float | None = doc(None, "normalizer of dr_grpo; none: max_new_tokens")
+    importance_sampling: str = doc("token", "PPO ratio per token, or GSPO's ratio per sequence",
+                                   choices=IMPORTANCE_SAMPLING)
+    seq_clip_range: float = doc(3e-4, "GSPO's lower clip on the sequence ratio (paper: 3e-4)")
+    seq_clip_range_high: float = doc(4e-4, "GSPO's upper clip on the sequence ratio (paper: 4e-4)")
+    dynamic_sampling: bool = doc(False, "DAPO: drop groups whose rewards are all equal and draw more prompts")
+    max_extra_draws: int = doc(4, "extra generation rounds per step dynamic sampling may take")
+    mask_truncated: bool = doc(False, "completions cut at max_new_tokens (no <eos>) get loss mask 0 (their rewards "
+                               "still count in the group statistics)")
+    ent_coef: float = doc(0.0, "weight of the entropy bonus")
+    keep_reference: bool | None = doc(None, "hold a frozen copy of the initial policy for the kl_ref metric; none: "
+                                      "only when kl_coef > 0 needs it (LoRA's reference is free)")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
-        # Old spellings: scale_rewards was a bool, loss_aggregation seq-mean | token-mean | constant.
-        if isinstance(self.scale_rewards, bool):
+        # Old spellings: scale_rewards was a bool (true/false), loss_aggregation seq-mean | token-mean | constant.
+        if isinstance(self.scale_rewards, bool) or str(self.scale_rewards).lower() in ("true", "false"):
             self.scale_rewards = scaling_name(self.scale_rewards)
         if isinstance(self.loss_aggregation, str) and self.loss_aggregation in AGGREGATION_ALIASES:
             self.loss_aggregation = aggregation_name(self.loss_aggregation)
-        super().validate()
+        super().validate()  # checks every choice field too (scale_rewards, loss_aggregation, ...)
         if self.group_size < 2:
             raise ConfigError(f"group_size must be at least 2 (advantages are relative within a group), "
                               f"got {self.group_size}")
-        try:
-            self.scale_rewards = scaling_name(self.scale_rewards)
-        except ProximoError:
-            raise ConfigError(f"scale_rewards must be group, batch or none (or true/false); "
-                              f"got {self.scale_rewards!r}") from None
-        choices = (("loss_aggregation", LOSS_AGGREGATIONS), ("advantage_estimator", ADVANTAGE_ESTIMATORS),
-                   ("importance_sampling", IMPORTANCE_SAMPLING))
-        for name, allowed in choices:
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.importance_sampling == "sequence" and self.advantage_estimator.startswith("reinforce++"):
             raise ConfigError("importance_sampling sequence (GSPO) needs one advantage per sequence; "
                               "use advantage_estimator grpo or rloo with it")
@@ -268,33 +259,29 @@ class RLHFConfig(_RLConfig):
     n_epochs: int = 2
     num_minibatches: int = 4
     kl_coef: float = 0.05
-    kl_estimator: str = "k1"                # estimator of the per-token KL penalty in the reward
-    kl_controller: str = "fixed"            # fixed | adaptive (the PPO paper's halve/double rule)
-    kl_target: float = 0.5                  # target KL per sequence (nats) of the adaptive controller
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    vf_coef: float = 0.5
-    clip_range_vf: float | None = 0.2
-    ent_coef: float = 0.0
-    whiten_advantages: bool = True
-    normalize_scores: bool = False          # standardize reward-model scores by their running mean/std
-    critic: str = "reward_model"            # reward_model: a separate value model initialized from the reward
-                                            # model (InstructGPT); head: a value head on the policy's trunk
+    kl_estimator: str = doc("k1", "estimator of the per-token KL penalty in the reward", choices=KL_ESTIMATORS)
+    kl_controller: str = doc("fixed", "KL coefficient: fixed, or adaptive by the PPO paper's halve/double rule",
+                             choices=KL_CONTROLLERS)
+    kl_target: float = doc(0.5, "target KL per sequence (nats) of the adaptive controller")
+    gamma: float = doc(1.0, "discount over tokens")
+    gae_lambda: float = doc(0.95, "GAE lambda over tokens")
+    vf_coef: float = doc(0.5, "weight of the value loss")
+    clip_range_vf: float | None = doc(0.2, "clip the value update to this distance from the old value; none: "
+                                      "unclipped")
+    ent_coef: float = doc(0.0, "weight of the entropy bonus")
+    whiten_advantages: bool = doc(True, "standardize advantages over the batch's response tokens")
+    normalize_scores: bool = doc(False, "standardize reward-model scores by their running mean and std")
+    critic: str = doc("reward_model", "the value model: a separate one initialized from the reward model "
+                      "(InstructGPT), or a value head on the policy's trunk", choices=CRITICS)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
         super().validate()
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ConfigError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; got {self.kl_estimator!r}")
-        if self.kl_controller not in KL_CONTROLLERS:
-            raise ConfigError(f"kl_controller must be one of {', '.join(KL_CONTROLLERS)}; got {self.kl_controller!r}")
         if self.kl_controller == "adaptive" and not self.kl_target > 0:
             raise ConfigError(f"kl_target must be positive for the adaptive controller, got {self.kl_target}")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.critic not in ("reward_model", "head"):
-            raise ConfigError(f"critic must be reward_model or head; got {self.critic!r}")
         if self.vf_coef < 0 or self.ent_coef < 0:
             raise ConfigError("vf_coef and ent_coef must not be negative")
         if self.clip_range_vf is not None and not self.clip_range_vf > 0:

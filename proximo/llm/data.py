@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from proximo.errors import ProximoError
+from proximo.extras import install_hint
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -52,7 +53,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError:
-        raise ProximoError("reading a dataset file needs the `datasets` package: pip install datasets") from None
+        raise ProximoError(f"reading a dataset file needs {install_hint('datasets')}") from None
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     if not path.exists():

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from proximo.errors import ProximoError
+from proximo.extras import install_hint
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -32,7 +33,7 @@ class LoRA:
             from peft import LoraConfig, get_peft_model
             from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
         except ImportError:
-            raise ProximoError("lora_r > 0 needs peft; install it with `pip install -e '.[llm]'`") from None
+            raise ProximoError(f"lora_r > 0 needs {install_hint('peft')}") from None
         family = getattr(model.config, "model_type", "")
         wanted = [t.strip() for t in targets.split(",") if t.strip()] or list(DEFAULT_TARGETS.get(family, []))
         have = linear_module_names(model)

@@ -15,6 +15,7 @@ from torch import nn
 
 from proximo.checkpoint import CheckpointError, atomic_save_tensors, load_tensors
 from proximo.errors import ProximoError
+from proximo.extras import need
 from proximo.llm.tokenizer import CharTokenizer, load_tokenizer
 
 # Built-in shapes: about 0.6M (tiny), 0.6M Llama-style (tiny-llama) and 2.4M (small) parameters.
@@ -28,6 +29,7 @@ MAX_POSITIONS = 64
 
 def build_builtin(name: str, vocab_size: int, seed: int | None = None) -> nn.Module:
     """A freshly initialized built-in causal LM ('tiny', 'tiny-llama' or 'small') for vocab_size ids."""
+    need("transformers", "a language model")
     if name not in BUILTIN_MODELS:
         raise ProximoError(f"unknown built-in model {name!r}; choose one of {', '.join(BUILTIN_MODELS)} "
                            f"or give a model directory")
@@ -77,6 +79,7 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str | None = None):
     """(model, tokenizer, model_dir or None) for a built-in name or a local directory (no downloads)."""
+    need("transformers", "a language model")
     if isinstance(source, str) and source in BUILTIN_MODELS:
         tokenizer = CharTokenizer() if tokenizer_chars is None else CharTokenizer(tokenizer_chars)
         return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None

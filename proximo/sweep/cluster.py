@@ -9,8 +9,9 @@ from typing import Any
 
 import proximo
 from proximo.errors import ConfigError, ProximoError
+from proximo.extras import install_hint
 
-RAY_EXTRA = "install it with `pip install -e '.[ray]'` (or `pip install \"ray[tune]\" optuna`)"
+RAY_EXTRA = install_hint("ray")
 
 
 def import_ray():
@@ -18,7 +19,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise ProximoError(f"sweeps run on Ray, which is not installed; {RAY_EXTRA}") from None
+        raise ProximoError(f"sweeps run on Ray and need {RAY_EXTRA}") from None
     return ray
 
 

@@ -1,6 +1,7 @@
 """`proximo plot SWEEP_DIR`: one learning curve per setting (mean over seeds, min-max band), a panel per env."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -18,10 +19,18 @@ def sweep_groups(sweep_dir: Path) -> dict[str, dict[str, list[Path]]]:
     from proximo.sweep.spec import SweepSpec
 
     data = json.loads((Path(sweep_dir) / "sweep.json").read_text())
-    spec = SweepSpec(envs=data["envs"], preset=data["preset"], base=data["base"], grid=data["grid"],
-                     seeds=data["seeds"], settings=data.get("settings"))
+    # sweep.json is written with sorted keys, which loses the order of the grid's fields that the trial folders
+    # are named in (objective=clip,clip_range=0.1): take the order whose folders exist.
+    grid = data["grid"]
+    for order in itertools.permutations(grid):
+        spec = SweepSpec(envs=data["envs"], preset=data["preset"], base=data["base"],
+                         grid={name: grid[name] for name in order}, seeds=data["seeds"],
+                         settings=data.get("settings"))
+        trials = spec.trials()
+        if any((Path(sweep_dir) / RUNS / trial.name).exists() for trial in trials):
+            break
     groups: dict[str, dict[str, list[Path]]] = {}
-    for trial in spec.trials():
+    for trial in trials:
         groups.setdefault(trial.env_id, {}).setdefault(trial.setting, []).append(Path(sweep_dir) / RUNS / trial.name)
     return groups
 

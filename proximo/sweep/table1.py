@@ -331,8 +331,8 @@ def register_paper(subparsers: argparse._SubParsersAction) -> None:
     add_cluster_flags(table, pack_default="auto")
     table.set_defaults(handler=cmd_table1)
     rand = sub.add_parser("random", help="measure the random policy's return on the paper's tasks")
-    rand.add_argument("--envs", default="all")
-    rand.add_argument("--episodes", type=int, default=100)
+    rand.add_argument("--envs", default="all", help="all, or a comma list such as hopper,walker2d")
+    rand.add_argument("--episodes", type=int, default=100, help="episodes of the random policy per env (default 100)")
     rand.add_argument("--output", type=Path, help="write the JSON here")
     rand.set_defaults(handler=cmd_random)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from proximo.checkpoint import atomic_write_bytes, atomic_write_json
 from proximo.config import PPOConfig, field_types, make_config
+from proximo.extras import need
 from proximo.errors import ConfigError
 from proximo.sweep.spec import config_field, parse_value
 
@@ -112,6 +113,7 @@ def run_tune(env_id: str, preset: str | None, base: dict[str, Any], space: list[
     from proximo.sweep.cluster import connect, import_ray
 
     import_ray()
+    need("optuna", "proximo tune")
     try:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
@@ -227,7 +229,7 @@ def register_tune(subparsers: argparse._SubParsersAction) -> None:
     from proximo.sweep.cli import add_cluster_flags
 
     parser = subparsers.add_parser("tune", help="search hyperparameters (Optuna TPE on Ray Tune, ASHA early stop)")
-    parser.add_argument("env_id")
+    parser.add_argument("env_id", help="gymnasium id, e.g. CartPole-v1")
     parser.add_argument("--space", action="append", default=[], metavar="FIELD=KIND(ARGS)",
                         help="a searched field, e.g. learning_rate=loguniform(1e-5,1e-2), n_epochs=int(3,20), "
                              "objective=choice(clip,adaptive_kl); repeat for more")

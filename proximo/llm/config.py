@@ -274,8 +274,10 @@ class RLHFConfig(_RLConfig):
     ent_coef: float = 0.0
     whiten_advantages: bool = True
     normalize_scores: bool = False          # standardize reward-model scores by their running mean/std
-    critic: str = "reward_model"            # reward_model: a separate value model initialized from the reward
-                                            # model (InstructGPT); head: a value head on the policy's trunk
+    critic: str = "auto"                    # reward_model: a separate value model initialized from the reward
+                                            # model (InstructGPT; it must read the policy's tokens); head: a value
+                                            # head on the policy's trunk; auto: reward_model when a reward model
+                                            # reads the policy's tokens, else head
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
@@ -289,8 +291,8 @@ class RLHFConfig(_RLConfig):
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.critic not in ("reward_model", "head"):
-            raise ConfigError(f"critic must be reward_model or head; got {self.critic!r}")
+        if self.critic not in ("auto", "reward_model", "head"):
+            raise ConfigError(f"critic must be auto, reward_model or head; got {self.critic!r}")
         if self.vf_coef < 0 or self.ent_coef < 0:
             raise ConfigError("vf_coef and ent_coef must not be negative")
         if self.clip_range_vf is not None and not self.clip_range_vf > 0:

@@ -154,3 +154,17 @@ def test_damaged_folders_are_one_line_exit_2_and_never_unpickled(sharded_spm, tm
                  *QUIET]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_a_folder_saved_in_bf16_loads_as_float32_master_weights(tmp_path):
+    """Published models are mostly saved in bf16 and transformers 5 would load them so; the policy's trained
+    weights must be the optimizer's float32 master copy (frozen ones are cast down by the run's dtype)."""
+    from proximo.llm.modeldir import make_model_dir
+    folder = make_model_dir(tmp_path / "m", _texts()[:200], **SMALL)
+    model, _, _ = load_model(folder)
+    model.to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"))
+    shutil.copy(folder / "tokenizer.json", tmp_path / "bf16")
+    shutil.copy(folder / "tokenizer_config.json", tmp_path / "bf16")
+    loaded, _, _ = load_model(tmp_path / "bf16")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert all(torch.equal(a.float(), b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

@@ -159,8 +159,11 @@ def is_sequence_classifier(directory: str | Path) -> bool:
 
 
 def load_pretrained(directory: Path, auto_class, **kwargs) -> nn.Module:
-    """auto_class.from_pretrained(directory) from safetensors only (weights_files checked first), in eval
-    mode; one-line ProximoError for what transformers raises on a damaged folder."""
+    """auto_class.from_pretrained(directory) from safetensors only (weights_files checked first), in float32
+    and eval mode; one-line ProximoError for what transformers raises on a damaged folder. float32 whatever
+    dtype the folder was saved in (published models mostly bf16, which transformers 5 would keep): trained
+    weights are the optimizer's float32 master copy, and frozen ones are cast to the run's dtype after."""
+    kwargs.setdefault("dtype", torch.float32)
     weights_files(directory)
     quiet_transformers()
     try:

@@ -5,6 +5,7 @@ with an adaptive or fixed KL coefficient (proximo.core.kl controllers)."""
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -126,11 +127,15 @@ class RLHF(RLTrainer):
     def _sequence_rewards(self, prompts: list[str], rows: list[int] | None, completions: list[str],
                           rollout) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """(rewards [B] float32 with 0 where no source scored the sample, valid [B] bool, {reward_<name>: the
-        mean of that source's scores}) of the training reward for one rollout."""
+        mean over ranks of each rank's mean score of that source}) of the training reward for one rollout."""
         rewards, means = self.score(self.dataset, rows, prompts, completions, self.train_rewards, rollout)
         valid = ~torch.isnan(rewards)
-        return torch.nan_to_num(rewards).to(self.device), valid.to(self.device), {
-            f"reward_{name}": value for name, value in means.items()}
+        stats = {}
+        for name, value in means.items():
+            scored = not math.isnan(value)
+            total, ranks = self.global_sum(value if scored else 0.0, float(scored))
+            stats[f"reward_{name}"] = total / ranks if ranks else math.nan
+        return torch.nan_to_num(rewards).to(self.device), valid.to(self.device), stats
 
     def collect(self) -> SimpleNamespace:
         """Sample one completion per prompt; score it, per-token rewards with the KL penalty, GAE."""
@@ -231,7 +236,7 @@ class RLHF(RLTrainer):
             "response_length": tokens / rows, "learning_rate": cfg.learning_rate, "gen_tokens_per_s": gen_rate,
             "tokens_per_s": rate,
         })
-        row.update(b.reward_stats)  # each reward source's mean score (this rank's)
+        row.update(b.reward_stats)  # each reward source's mean score
         return row
 
 

@@ -168,3 +168,19 @@ def test_a_folder_saved_in_bf16_loads_as_float32_master_weights(tmp_path):
     loaded, _, _ = load_model(tmp_path / "bf16")
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
     assert all(torch.equal(a.float(), b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_a_lora_run_in_bf16_reads_its_frozen_base_in_bf16_and_trains_a_float32_adapter(tmp_path):
+    from proximo.llm import GRPO
+    from proximo.llm.modeldir import make_model_dir
+    folder = make_model_dir(tmp_path / "m", _texts()[:200], **SMALL)
+    reference, _, _ = load_model(folder)
+    trainer = GRPO(folder, reward_fn=lambda p, c: [1.0] * len(c), prompts=["1+2="], lora_r=4, dtype="bfloat16",
+                   device="cpu", group_size=2, prompts_per_step=1, num_minibatches=1, max_new_tokens=2,
+                   num_eval_prompts=1, tensorboard=False, run_dir=tmp_path / "run")
+    base = {n.replace("base_layer.", ""): p for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert {p.dtype for p in base.values()} == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
+    # the same values as reading float32 and casting down
+    for name, value in reference.named_parameters():
+        assert torch.equal(base[name], value.to(torch.bfloat16)), name

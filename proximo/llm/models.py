@@ -183,8 +183,11 @@ def load_pretrained(directory: Path, auto_class, **kwargs) -> nn.Module:
     return model.eval()
 
 
-def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str | None = None):
-    """(model, tokenizer, model_dir or None) for a built-in name or a local directory (no downloads)."""
+def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str | None = None,
+               dtype: torch.dtype = torch.float32):
+    """(model, tokenizer, model_dir or None) for a built-in name or a local directory (no downloads). A
+    directory's weights are read in dtype (float32 by default: trained weights are the float32 master
+    copy; a LoRA run in bf16 reads its frozen base straight in bf16, with no float32 copy on the way)."""
     if isinstance(source, str) and source in BUILTIN_MODELS:
         tokenizer = CharTokenizer() if tokenizer_chars is None else CharTokenizer(tokenizer_chars)
         return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None
@@ -194,7 +197,7 @@ def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str
                            f"{model_architectures(directory)[0]}), not a causal LM; give it as --reward-model or "
                            f"--reward, and a causal LM as the policy")
     from transformers import AutoModelForCausalLM
-    model = load_pretrained(directory, AutoModelForCausalLM)
+    model = load_pretrained(directory, AutoModelForCausalLM, dtype=dtype)
     return model, load_tokenizer(directory), directory
 
 

@@ -161,7 +161,10 @@ class RLTrainer:
         self.eval_rows = "training" if self.task is None and self.eval_dataset is self.dataset else "held-out"
         self.precision = Precision(self.device, config.dtype)
         self.sampler: Sampler = sampler if sampler is not None else KVCacheSampler()
-        self.model, self.tokenizer, self.model_dir = load_model(model, seed=config.seed)
+        # Under LoRA every base weight stays frozen, stored in the run's dtype (cast_frozen below): read them
+        # in it at once, without a float32 copy of the whole model on the way (peft keeps its adapter float32).
+        frozen_base = self.precision.dtype if config.lora_r and self.precision.mixed else torch.float32
+        self.model, self.tokenizer, self.model_dir = load_model(model, seed=config.seed, dtype=frozen_base)
         if self.model_dir is None:
             broadcast_module_(self.model, self.world)  # built from the seed, not read: make sure it is rank 0's
         self.max_new_tokens = config.max_new_tokens or (self.task.max_new_tokens if self.task else 16)

@@ -485,6 +485,9 @@ def _eval_rewards(args: argparse.Namespace, record: dict[str, Any], task):
     if not specs:
         why = "an sft run trains on no reward" if record.get("kind") == "sft" else "it records none"
         raise ProximoError(f"{args.run_dir}: no reward to score with ({why}); give --reward MODULE:FUNCTION")
+    if any(name.startswith("task:") for name in names):
+        raise ProximoError(f"{args.run_dir}: the run's reward is its task's exact answer, which scores only that "
+                           f"task's prompts; give --reward MODULE:FUNCTION for --dataset")
     missing = [name for name, spec in zip(names, specs) if spec is None]
     if missing:
         raise ProximoError(f"{args.run_dir}: the run's reward {', '.join(missing)} was a Python object, not a spec "

@@ -346,6 +346,55 @@ def run_child(args, side: str, model_dir: Path, prompts_file: Path) -> dict:
     return result
 
 
+def _rate(value: float) -> str:
+    """A rate with enough digits to read: 1,234 or 2.98."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def markdown(result: dict) -> list[str]:
+    """The results file's lines for a result dict (as written to the JSON)."""
+    settings, runs, summary = result["settings"], result["runs"], result["median"]
+    model, lora_r = settings["model"], settings["lora_r"]
+    what = {"tiny": "tiny char GPT-2", "bpe-llama": "tiny Llama + BPE tokenizer with a chat template",
+            "llama-100m": "Llama of 0.11B parameters (hidden 768, 12 layers, 12 heads, 512-token BPE vocabulary) "
+                          "built from a config"}[model]
+    if settings.get("dtype") == "bfloat16":
+        what += ", bf16"
+    if settings.get("gradient_checkpointing"):
+        what += ", gradient checkpointing"
+    what += f", LoRA r={lora_r} alpha={settings['lora_alpha']:g} on {'/'.join(settings['lora_targets'])}" \
+        if lora_r else ", full fine-tuning"
+    md = [f"# GRPO step speed and memory: proximo vs TRL GRPOTrainer ({what}; same settings)", "",
+          f"Machine: {result['machine']}. Model: {result['parameters']:,} parameters. "
+          f"Settings: {json.dumps(settings)}", "",
+          f"Command: `{result['command']}`", ""]
+    if result.get("provisional"):
+        md += ["**Provisional**: taken while other jobs shared this machine's cores; the ratios are indicative, "
+               "the absolute rates low. Rerun the command above without --provisional on a quiet machine for the "
+               "figures to quote.", ""]
+    md += [
+          "| side | completion tokens/s (median) | runs (tokens/s, in order A B A B) | tokens per CPU s (median) | "
+          "tokens per completion | peak RSS MiB | RSS after model load MiB | peak over load MiB |",
+          "|---|---|---|---|---|---|---|---|"]
+    for side in SIDES:
+        m = summary[side]
+        each = ", ".join(_rate(r["tokens_per_s"]) for r in runs[side])
+        md.append(f"| {side} | {_rate(m['tokens_per_s'])} | {each} | {_rate(m['tokens_per_cpu_s'])} | "
+                  f"{m['tokens_per_completion']:.2f} | {m['peak_rss_mib']:.0f} | {m['rss_after_load_mib']:.0f} | "
+                  f"{m['peak_over_load_mib']:.0f} |")
+    md += ["", f"Ratio proximo / TRL: {result['ratio_proximo_over_trl']:.2f}x in completion tokens per wall second, "
+           f"{result['ratio_per_cpu_s_proximo_over_trl']:.2f}x per CPU second of the child (the steadier figure when "
+           f"the machine is shared: other jobs' load stretches wall time, not CPU time). Torch threads "
+           f"seen: {result['threads_seen']}. Prompt tokens of the first prompt on each side: "
+           f"{result['prompt_tokens']}.", "",
+           "Each run is one child process (model load, one warm-up step, then the timed steps); memory figures are "
+           "medians over runs of the child's peak RSS (kernel rusage) and of that peak minus the RSS right after "
+           "the model was loaded (imports included in both). Tokens are those each side actually generated, "
+           "eos included (proximo: the response masks of the rollouts its sampler handed the trainer; TRL: the "
+           "completion_ids given to the reward); a side that counted none stops the benchmark."]
+    return md
+
+
 def main() -> None:
     """Alternate proximo and TRL runs (each in a child process), report the median tokens/s and memory of
     each and their ratio."""
@@ -364,6 +413,8 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
     parser.add_argument("--profile", action="store_true", help="print proximo's per-part step time; no TRL run")
     parser.add_argument("--out", default=None, help="results file stem (default from --model and --lora-r)")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="rewrite the markdown of an existing results JSON (no run)")
     parser.add_argument("--provisional", action="store_true",
                         help="say in the results that the machine was shared while they were taken")
     # Internal: how the parent starts one side's run in a child process.
@@ -372,6 +423,9 @@ def main() -> None:
     parser.add_argument("--prompts-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.render:
+        args.render.with_suffix(".md").write_text("\n".join(markdown(json.loads(args.render.read_text()))) + "\n")
+        return
     torch.set_num_threads(args.threads)
     if args.child:
         prompts = json.loads(args.prompts_file.read_text())
@@ -399,7 +453,7 @@ def main() -> None:
                                                   / sum(r["completions"] for r in runs[side]))
     import trl
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("profile", "child", "model_dir", "prompts_file", "result_file", "out")}
+                if k not in ("profile", "child", "model_dir", "prompts_file", "result_file", "out", "render")}
     if args.lora_r:
         settings["lora_targets"] = lora_targets(model_dir)
     stem = args.out or "llm_grpo_speed" + ("" if args.model == "tiny" else "_" + args.model.replace("-", "_")) + (
@@ -420,42 +474,7 @@ def main() -> None:
               "threads_seen": {side: sorted({r["threads"] for r in runs[side]}) for side in SIDES}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    what = {"tiny": "tiny char GPT-2", "bpe-llama": "tiny Llama + BPE tokenizer with a chat template",
-            "llama-100m": "Llama of 0.11B parameters (hidden 768, 12 layers, 12 heads, 512-token BPE vocabulary) "
-                          "built from a config"}[args.model]
-    if args.dtype == "bfloat16":
-        what += ", bf16"
-    if args.gradient_checkpointing:
-        what += ", gradient checkpointing"
-    what += f", LoRA r={args.lora_r} alpha={args.lora_alpha:g} on {'/'.join(settings['lora_targets'])}" \
-        if args.lora_r else ", full fine-tuning"
-    md = [f"# GRPO step speed and memory: proximo vs TRL GRPOTrainer ({what}; same settings)", "",
-          f"Machine: {result['machine']}. Model: {result['parameters']:,} parameters. "
-          f"Settings: {json.dumps(settings)}", "",
-          f"Command: `{result['command']}`", ""]
-    if args.provisional:
-        md += ["**Provisional**: taken while other jobs shared this machine's cores; the ratios are indicative, "
-               "the absolute rates low. Rerun the command above on a quiet machine for the figures to quote.", ""]
-    md += [
-          "| side | completion tokens/s (median) | runs (tokens/s, in order A B A B) | tokens per CPU s (median) | "
-          "tokens per completion | peak RSS MiB | RSS after model load MiB | peak over load MiB |",
-          "|---|---|---|---|---|---|---|---|"]
-    for side in SIDES:
-        m = summary[side]
-        each = ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs[side])
-        md.append(f"| {side} | {m['tokens_per_s']:,.0f} | {each} | {m['tokens_per_cpu_s']:,.0f} | "
-                  f"{m['tokens_per_completion']:.2f} | {m['peak_rss_mib']:.0f} | {m['rss_after_load_mib']:.0f} | "
-                  f"{m['peak_over_load_mib']:.0f} |")
-    md += ["", f"Ratio proximo / TRL: {result['ratio_proximo_over_trl']:.2f}x in completion tokens per wall second, "
-           f"{result['ratio_per_cpu_s_proximo_over_trl']:.2f}x per CPU second of the child (the steadier figure when "
-           f"the machine is shared: other jobs' load stretches wall time, not CPU time). Torch threads "
-           f"seen: {result['threads_seen']}. Prompt tokens of the first prompt on each side: "
-           f"{result['prompt_tokens']}.", "",
-           "Each run is one child process (model load, one warm-up step, then the timed steps); memory figures are "
-           "medians over runs of the child's peak RSS (kernel rusage) and of that peak minus the RSS right after "
-           "the model was loaded (imports included in both). Tokens are those each side actually generated, "
-           "eos included (proximo: the response masks of the rollouts its sampler handed the trainer; TRL: the "
-           "completion_ids given to the reward); a side that counted none stops the benchmark."]
+    md = markdown(result)
     (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -392,6 +392,13 @@ def markdown(result: dict) -> list[str]:
            "the model was loaded (imports included in both). Tokens are those each side actually generated, "
            "eos included (proximo: the response masks of the rollouts its sampler handed the trainer; TRL: the "
            "completion_ids given to the reward); a side that counted none stops the benchmark."]
+    if result.get("profile"):
+        profile = result["profile"]
+        md += ["", f"Where proximo's step goes (`{profile['command']}`, ms per step; timers around the parts the "
+                   "trainer calls):", "", "| part | ms/step |", "|---|---|"]
+        md += [f"| {part} | {ms:,.0f} |" for part, ms in profile["ms_per_step"].items()]
+        if profile.get("note"):
+            md += ["", profile["note"] + "."]
     return md
 
 

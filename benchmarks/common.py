@@ -39,6 +39,38 @@ def write_results(stem: Path, data: dict, markdown: str) -> None:
     stem.with_suffix(".md").write_text(markdown)
 
 
+def require_counted(what: str, value: float) -> float:
+    """value, or SystemExit naming what was counted as nothing: a speed benchmark that counts no tokens
+    measures nothing, and must say so instead of printing 0 tokens/s (or a ratio of it)."""
+    if not value > 0:
+        raise SystemExit(f"benchmark counted no {what} (got {value!r}): what it wraps is no longer on the "
+                         "trainer's path, so it measures nothing; fix the counting before reading any figure")
+    return value
+
+
+def summary_speeds(summary: dict) -> dict:
+    """A proximo LLM run summary's gen_tokens_per_s and step_tokens_per_s, each required to be counted."""
+    return {key: require_counted(f"tokens ({key} of the run summary)", summary[key])
+            for key in ("gen_tokens_per_s", "step_tokens_per_s")}
+
+
+def parameter_count(model_dir) -> int:
+    """Parameters stored in a model directory's safetensors files (read from their headers, no weights)."""
+    from safetensors import safe_open
+
+    from proximo.llm.models import weights_files
+    total = 0
+    for path in weights_files(model_dir):
+        with safe_open(str(path), "pt") as handle:
+            for name in handle.keys():
+                shape = handle.get_slice(name).get_shape()
+                count = 1
+                for size in shape:
+                    count *= size
+                total += count
+    return total
+
+
 def timed(totals: dict, label, function):
     """function wrapped to add its wall seconds to totals[label] (label may be a callable of (args, kwargs))."""
     def wrapper(*args, **kwargs):

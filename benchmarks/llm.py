@@ -14,9 +14,12 @@ rank, alpha and target modules (peft's default for the model family).
 
 Each run of a side is its own child process, alternating proximo, TRL, proximo, TRL, ...; the figure is
 completion tokens per second of wall time over whole steps (generation + update) after one warm-up
-step, counting the tokens each side actually generated (eos included: proximo's response masks, TRL's
-completion_ids). Memory is the child's peak RSS (its rusage from wait4) and that peak over the RSS right
-after the model was loaded. The ratio proximo / TRL is what counts (BENCHMARKS.md).
+step, counting the tokens each side actually generated (eos included): proximo's from the rollouts its
+trainer trains on (a counting wrapper of the sampler it is given, the one path every rollout takes), TRL's
+from the completion_ids it hands its reward functions. A side that counts no tokens or completions stops
+the benchmark with an error (a wrapper off the trainer's path once printed proximo at 0 tokens/s). Memory
+is the child's peak RSS (its rusage from wait4) and that peak over the RSS right after the model was
+loaded. The ratio proximo / TRL is what counts (BENCHMARKS.md).
 Writes benchmarks/results/llm_grpo_speed[_<model>][_lora<R>].json and .md. Needs TRL:
 `pip install -e .[bench-llm]`.
 """
@@ -38,11 +41,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import timed  # noqa: E402
+from common import parameter_count, require_counted, timed  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS_SEEN: dict[str, int] = {}  # torch threads each side actually ran with
-MODELS = ("tiny", "bpe-llama")
+MODELS = ("tiny", "bpe-llama", "llama-100m")
+# (hidden, layers, heads) of the Llama shapes built from a config (4x MLP, a 512-token BPE vocabulary).
+LLAMA_SHAPES = {"bpe-llama": (128, 3, 4), "llama-100m": (768, 12, 12)}
 SIDES = ("proximo", "trl")
 
 
@@ -105,7 +110,23 @@ class CountingReward:
         return out
 
 
-def _proximo_grpo(model_dir: Path, prompts: list, args, reward):
+def counting_sampler():
+    """proximo's built-in sampler, counting the completion tokens (eos included) and completions of every
+    rollout it returns: the rollouts the trainer trains on (GRPO takes it as sampler=)."""
+    from proximo.llm.generation import KVCacheSampler
+
+    class CountingSampler(KVCacheSampler):
+        tokens = completions = 0
+
+        def generate(self, *args, **kwargs):
+            rollout = super().generate(*args, **kwargs)
+            self.tokens += int(rollout.response_mask.sum())
+            self.completions += int(rollout.response_mask.shape[0])
+            return rollout
+    return CountingSampler()
+
+
+def _proximo_grpo(model_dir: Path, prompts: list, args, reward, sampler=None):
     """proximo's GRPO trainer with the benchmark's settings (one update per generation, no KL)."""
     from proximo.llm import GRPO
     lora = (dict(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_target=",".join(lora_targets(model_dir)))
@@ -116,7 +137,13 @@ def _proximo_grpo(model_dir: Path, prompts: list, args, reward):
                 tensorboard=False, group_size=args.group_size, prompts_per_step=args.prompts_per_step,
                 num_minibatches=1, n_epochs=1, max_new_tokens=args.max_new_tokens, kl_coef=0.0,
                 learning_rate=1e-5, torch_threads=args.threads, num_eval_prompts=1, eval_every=0,
-                **source, **lora)
+                sampler=sampler, **source, **lora, **_precision(args))
+
+
+def _precision(args) -> dict:
+    """proximo's dtype and gradient-checkpointing fields for the benchmark's --dtype and
+    --gradient-checkpointing."""
+    return dict(dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing)
 
 
 def run_proximo(model_dir: Path, prompts: list, args) -> dict:
@@ -124,23 +151,19 @@ def run_proximo(model_dir: Path, prompts: list, args) -> dict:
     and completions counted, and the RSS right after the model was loaded."""
     import proximo.llm.rl as rl_module
     reward = CountingReward()
-    counted = {"tokens": 0, "rss_after_load_mib": None}
-    generate, load_model = rl_module.generate, rl_module.load_model
+    sampler = counting_sampler()
+    counted = {"rss_after_load_mib": None}
+    load_model = rl_module.load_model
 
-    # Wrapped where rl.py calls them: the rollout's generate (to count the tokens really sampled, eos
-    # included) and load_model (to read the RSS at the same point as TRL's side, weights just loaded).
-    def counting_generate(*a, **k):
-        rollout = generate(*a, **k)
-        counted["tokens"] += int(rollout.response_mask.sum())
-        return rollout
-
+    # Wrapped where rl.py calls it, to read the RSS at the same point as TRL's side: weights just loaded.
     def measured_load(*a, **k):
         out = load_model(*a, **k)
         counted["rss_after_load_mib"] = rss_mib()
         return out
 
-    rl_module.generate, rl_module.load_model = counting_generate, measured_load
-    trainer = _proximo_grpo(model_dir, prompts, args, reward)
+    rl_module.load_model = measured_load
+    trainer = _proximo_grpo(model_dir, prompts, args, reward, sampler)
+    require_counted("model load (the RSS probe is off rl.py's path)", counted["rss_after_load_mib"] or 0)
     optimizer = trainer.make_optimizer()
 
     def one_step() -> None:
@@ -152,13 +175,16 @@ def run_proximo(model_dir: Path, prompts: list, args) -> dict:
 
     one_step()
     THREADS_SEEN["proximo"] = torch.get_num_threads()
-    counted["tokens"], reward.completions = 0, 0
+    sampler.tokens, sampler.completions, reward.completions = 0, 0, 0
     started, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         one_step()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"tokens_per_s": counted["tokens"] / seconds, "tokens_per_cpu_s": counted["tokens"] / cpu,
-            "tokens": counted["tokens"], "completions": reward.completions, "seconds": seconds, "cpu_s": cpu,
+    # Every rollout the trainer sampled was scored: the two counts of completions must agree.
+    if sampler.completions != reward.completions:
+        raise SystemExit(f"proximo sampled {sampler.completions} completions but scored {reward.completions}")
+    return {"tokens_per_s": sampler.tokens / seconds, "tokens_per_cpu_s": sampler.tokens / cpu,
+            "tokens": sampler.tokens, "completions": sampler.completions, "seconds": seconds, "cpu_s": cpu,
             "rss_after_load_mib": counted["rss_after_load_mib"]}
 
 
@@ -170,8 +196,9 @@ def profile_proximo(model_dir: Path, prompts: list[str], args) -> dict[str, floa
     import proximo.llm.rl as rl_module
     totals: dict[str, float] = collections.defaultdict(float)
 
-    # Patched on the modules that call them; restored below so that later runs are untouched.
-    patches = [(rl_module, "generate", "generation"), (rl_module, "encode_prompts", "encode/decode"),
+    # Patched on the objects whose methods the trainer calls; restored below so that later runs are untouched.
+    sampler = counting_sampler()
+    patches = [(sampler, "generate", "generation"), (rl_module, "prompt_token_ids", "encode/decode"),
                (rl_module, "decode_responses", "encode/decode"), (rl_module.RLTrainer, "score", "reward"),
                (grpo_module, "grpo_token_loss", "loss"),
                (grpo_module, "response_logprobs",
@@ -179,7 +206,7 @@ def profile_proximo(model_dir: Path, prompts: list[str], args) -> dict[str, floa
                (torch.Tensor, "backward", "backward")]
     originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     reward = CountingReward()
-    trainer = _proximo_grpo(model_dir, prompts, args, reward)
+    trainer = _proximo_grpo(model_dir, prompts, args, reward, sampler)
     optimizer = trainer.make_optimizer()
     optimizer.step = timed(totals, "optimizer + clip", optimizer.step)
     optimizer.clip_grad_norm_ = timed(totals, "optimizer + clip", optimizer.clip_grad_norm_)
@@ -197,6 +224,8 @@ def profile_proximo(model_dir: Path, prompts: list[str], args) -> dict[str, floa
     finally:
         for obj, name, original in originals:
             setattr(obj, name, original)
+    for part in ("generation", "encode/decode", "reward", "training forward", "backward"):
+        require_counted(f"time in {part} (its timer is off the trainer's path)", totals.get(part, 0.0))
     out = {k: 1000 * v / args.steps for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     out["rest"] = 1000 * elapsed / args.steps - sum(out.values())
     out["step"] = 1000 * elapsed / args.steps
@@ -222,15 +251,19 @@ def run_trl(model_dir: Path, prompts: list, args) -> dict:
                 THREADS_SEEN["trl"] = torch.get_num_threads()
             marks["end"], marks["cpu_end"] = time.perf_counter(), time.process_time()
 
+    low = args.dtype == "bfloat16"
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, num_generations=args.group_size,
         max_completion_length=args.max_new_tokens, max_steps=args.steps + 1, learning_rate=1e-5, beta=0.0,
         num_iterations=1, gradient_accumulation_steps=1, temperature=1.0, logging_steps=1000,
         save_strategy="no", report_to="none", use_cpu=True, disable_dropout=True, seed=1,
-        gradient_checkpointing=False,
-        dataloader_num_workers=0, bf16=False, fp16=False)
+        gradient_checkpointing=args.gradient_checkpointing,
+        dataloader_num_workers=0, bf16=low, fp16=False)
     dataset = Dataset.from_dict({"prompt": prompts * 64})
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+    # bf16: the weights loaded in bf16 (peft keeps its adapter in float32), as proximo stores frozen weights
+    # in bf16 and trains float32 adapters; autocast on both sides.
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True,
+                                                 **({"dtype": torch.bfloat16} if low else {}))
     rss_after_load = rss_mib()
     if args.model == "tiny":
         tokenizer = hf_char_tokenizer()
@@ -281,8 +314,9 @@ def make_bench_model(args, directory: Path) -> tuple[Path, list]:
     from proximo.llm.modeldir import make_model_dir, task_texts
     from proximo.llm.tasks import get_task
     task = get_task("add", 2)  # the model llm_dataset_grpo.py --model bpe-llama trains: same task, same shape
-    model_dir = make_model_dir(directory / "bpe-llama", task_texts(task, 4000), family="llama", hidden=128,
-                               layers=3, heads=4, seed=0)
+    hidden, layers, heads = LLAMA_SHAPES[args.model]
+    model_dir = make_model_dir(directory / args.model, task_texts(task, 4000), family="llama", hidden=hidden,
+                               layers=layers, heads=heads, max_positions=256, seed=0)
     return model_dir, [[{"role": "user", "content": p}] for p in task.sample_prompts(rng, 256)]
 
 
@@ -292,7 +326,8 @@ def child_argv(args, side: str, model_dir: Path, prompts_file: Path, result_file
             "--model-dir", str(model_dir), "--prompts-file", str(prompts_file), "--result-file", str(result_file),
             "--steps", str(args.steps), "--prompts-per-step", str(args.prompts_per_step),
             "--group-size", str(args.group_size), "--max-new-tokens", str(args.max_new_tokens),
-            "--threads", str(args.threads), "--lora-r", str(args.lora_r), "--lora-alpha", str(args.lora_alpha)]
+            "--threads", str(args.threads), "--lora-r", str(args.lora_r), "--lora-alpha", str(args.lora_alpha),
+            "--dtype", args.dtype, *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])]
 
 
 def run_child(args, side: str, model_dir: Path, prompts_file: Path) -> dict:
@@ -304,9 +339,67 @@ def run_child(args, side: str, model_dir: Path, prompts_file: Path) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"the {side} child failed with exit status {process.returncode}")
     result = json.loads(result_file.read_text())
+    require_counted(f"completion tokens on the {side} side", result["tokens"])
+    require_counted(f"completions on the {side} side", result["completions"])
     result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
     result["peak_over_load_mib"] = result["peak_rss_mib"] - result["rss_after_load_mib"]
     return result
+
+
+def _rate(value: float) -> str:
+    """A rate with enough digits to read: 1,234 or 2.98."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def markdown(result: dict) -> list[str]:
+    """The results file's lines for a result dict (as written to the JSON)."""
+    settings, runs, summary = result["settings"], result["runs"], result["median"]
+    model, lora_r = settings["model"], settings["lora_r"]
+    what = {"tiny": "tiny char GPT-2", "bpe-llama": "tiny Llama + BPE tokenizer with a chat template",
+            "llama-100m": "Llama of 0.11B parameters (hidden 768, 12 layers, 12 heads, 512-token BPE vocabulary) "
+                          "built from a config"}[model]
+    if settings.get("dtype") == "bfloat16":
+        what += ", bf16"
+    if settings.get("gradient_checkpointing"):
+        what += ", gradient checkpointing"
+    what += f", LoRA r={lora_r} alpha={settings['lora_alpha']:g} on {'/'.join(settings['lora_targets'])}" \
+        if lora_r else ", full fine-tuning"
+    md = [f"# GRPO step speed and memory: proximo vs TRL GRPOTrainer ({what}; same settings)", "",
+          f"Machine: {result['machine']}. Model: {result['parameters']:,} parameters. "
+          f"Settings: {json.dumps(settings)}", "",
+          f"Command: `{result['command']}`", ""]
+    if result.get("provisional"):
+        md += ["**Provisional**: taken while other jobs shared this machine's cores; the ratios are indicative, "
+               "the absolute rates low. Rerun the command above without --provisional on a quiet machine for the "
+               "figures to quote.", ""]
+    md += [
+          "| side | completion tokens/s (median) | runs (tokens/s, in order A B A B) | tokens per CPU s (median) | "
+          "tokens per completion | peak RSS MiB | RSS after model load MiB | peak over load MiB |",
+          "|---|---|---|---|---|---|---|---|"]
+    for side in SIDES:
+        m = summary[side]
+        each = ", ".join(_rate(r["tokens_per_s"]) for r in runs[side])
+        md.append(f"| {side} | {_rate(m['tokens_per_s'])} | {each} | {_rate(m['tokens_per_cpu_s'])} | "
+                  f"{m['tokens_per_completion']:.2f} | {m['peak_rss_mib']:.0f} | {m['rss_after_load_mib']:.0f} | "
+                  f"{m['peak_over_load_mib']:.0f} |")
+    md += ["", f"Ratio proximo / TRL: {result['ratio_proximo_over_trl']:.2f}x in completion tokens per wall second, "
+           f"{result['ratio_per_cpu_s_proximo_over_trl']:.2f}x per CPU second of the child (the steadier figure when "
+           f"the machine is shared: other jobs' load stretches wall time, not CPU time). Torch threads "
+           f"seen: {result['threads_seen']}. Prompt tokens of the first prompt on each side: "
+           f"{result['prompt_tokens']}.", "",
+           "Each run is one child process (model load, one warm-up step, then the timed steps); memory figures are "
+           "medians over runs of the child's peak RSS (kernel rusage) and of that peak minus the RSS right after "
+           "the model was loaded (imports included in both). Tokens are those each side actually generated, "
+           "eos included (proximo: the response masks of the rollouts its sampler handed the trainer; TRL: the "
+           "completion_ids given to the reward); a side that counted none stops the benchmark."]
+    if result.get("profile"):
+        profile = result["profile"]
+        md += ["", f"Where proximo's step goes (`{profile['command']}`, ms per step; timers around the parts the "
+                   "trainer calls):", "", "| part | ms/step |", "|---|---|"]
+        md += [f"| {part} | {ms:,.0f} |" for part, ms in profile["ms_per_step"].items()]
+        if profile.get("note"):
+            md += ["", profile["note"] + "."]
+    return md
 
 
 def main() -> None:
@@ -322,14 +415,24 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: autocast passes and frozen weights in bf16 on both sides")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
     parser.add_argument("--profile", action="store_true", help="print proximo's per-part step time; no TRL run")
     parser.add_argument("--out", default=None, help="results file stem (default from --model and --lora-r)")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="rewrite the markdown of an existing results JSON (no run)")
+    parser.add_argument("--provisional", action="store_true",
+                        help="say in the results that the machine was shared while they were taken")
     # Internal: how the parent starts one side's run in a child process.
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prompts-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.render:
+        args.render.with_suffix(".md").write_text("\n".join(markdown(json.loads(args.render.read_text()))) + "\n")
+        return
     torch.set_num_threads(args.threads)
     if args.child:
         prompts = json.loads(args.prompts_file.read_text())
@@ -357,13 +460,16 @@ def main() -> None:
                                                   / sum(r["completions"] for r in runs[side]))
     import trl
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("profile", "child", "model_dir", "prompts_file", "result_file", "out")}
+                if k not in ("profile", "child", "model_dir", "prompts_file", "result_file", "out", "render")}
     if args.lora_r:
         settings["lora_targets"] = lora_targets(model_dir)
     stem = args.out or "llm_grpo_speed" + ("" if args.model == "tiny" else "_" + args.model.replace("-", "_")) + (
-        f"_lora{args.lora_r}" if args.lora_r else "")
-    result = {"machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
-                         f"trl {trl.__version__}",
+        f"_lora{args.lora_r}" if args.lora_r else "") + ("_bf16" if args.dtype == "bfloat16" else "") + (
+        "_gc" if args.gradient_checkpointing else "")
+    from common import cpu_model
+    result = {"machine": f"{platform.machine()} ({cpu_model()}, {os.cpu_count()} cores), torch {torch.__version__}, "
+                         f"{args.threads} thread(s), trl {trl.__version__}",
+              "provisional": args.provisional, "parameters": parameter_count(model_dir),
               "command": "python benchmarks/llm.py " + shlex.join(sys.argv[1:]),
               "settings": settings, "prompt_tokens": prompt_token_counts(model_dir, prompts, args),
               "runs": runs, "median": summary,
@@ -375,30 +481,7 @@ def main() -> None:
               "threads_seen": {side: sorted({r["threads"] for r in runs[side]}) for side in SIDES}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    what = {"tiny": "tiny char GPT-2", "bpe-llama": "tiny Llama + BPE tokenizer with a chat template"}[args.model]
-    what += f", LoRA r={args.lora_r} alpha={args.lora_alpha:g} on {'/'.join(settings['lora_targets'])}" \
-        if args.lora_r else ", full fine-tuning"
-    md = [f"# GRPO step speed and memory: proximo vs TRL GRPOTrainer ({what}; same settings)", "",
-          f"Machine: {result['machine']}. Settings: {json.dumps(settings)}", "",
-          f"Command: `{result['command']}`", "",
-          "| side | completion tokens/s (median) | runs (tokens/s, in order A B A B) | tokens per CPU s (median) | "
-          "tokens per completion | peak RSS MiB | RSS after model load MiB | peak over load MiB |",
-          "|---|---|---|---|---|---|---|---|"]
-    for side in SIDES:
-        m = summary[side]
-        each = ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs[side])
-        md.append(f"| {side} | {m['tokens_per_s']:,.0f} | {each} | {m['tokens_per_cpu_s']:,.0f} | "
-                  f"{m['tokens_per_completion']:.2f} | {m['peak_rss_mib']:.0f} | {m['rss_after_load_mib']:.0f} | "
-                  f"{m['peak_over_load_mib']:.0f} |")
-    md += ["", f"Ratio proximo / TRL: {result['ratio_proximo_over_trl']:.2f}x in completion tokens per wall second, "
-           f"{result['ratio_per_cpu_s_proximo_over_trl']:.2f}x per CPU second of the child (the steadier figure when "
-           f"the machine is shared: other jobs' load stretches wall time, not CPU time). Torch threads "
-           f"seen: {result['threads_seen']}. Prompt tokens of the first prompt on each side: "
-           f"{result['prompt_tokens']}.", "",
-           "Each run is one child process (model load, one warm-up step, then the timed steps); memory figures are "
-           "medians over runs of the child's peak RSS (kernel rusage) and of that peak minus the RSS right after "
-           "the model was loaded (imports included in both). Tokens are those each side actually generated, "
-           "eos included (proximo: the rollouts' response masks; TRL: the completion_ids given to the reward)."]
+    md = markdown(result)
     (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -16,10 +16,14 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import summary_speeds  # noqa: E402
 
 from proximo.llm import GRPO, SFT
 
@@ -56,7 +60,7 @@ def run_seed(seed: int, args: argparse.Namespace, root: Path) -> dict:
         "greedy_before": before["eval_greedy_accuracy"], "greedy_after": after["eval_greedy_accuracy"],
         "sampled_gain_points": 100 * (after["eval_sampled_accuracy"] - before["eval_sampled_accuracy"]),
         "greedy_change_points": 100 * (after["eval_greedy_accuracy"] - before["eval_greedy_accuracy"]),
-        "grpo_steps": summary["steps"], "gen_tokens_per_s": summary["gen_tokens_per_s"],
+        "grpo_steps": summary["steps"], "gen_tokens_per_s": summary_speeds(summary)["gen_tokens_per_s"],
         "grpo_step_tokens_per_s": summary["step_tokens_per_s"],
         "sft_wall_s": round(sft_wall, 1), "sft_cpu_s": round(sft_cpu, 1),
         "grpo_wall_s": summary["wall_time_s"], "grpo_cpu_s": summary["cpu_time_s"],

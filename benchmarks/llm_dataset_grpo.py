@@ -41,7 +41,9 @@ from pathlib import Path
 
 import torch
 
-from proximo.llm import GRPO
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import summary_speeds  # noqa: E402
+from proximo.llm import GRPO  # noqa: E402
 from proximo.llm.data import render_prompt
 from proximo.llm.modeldir import make_model_dir, task_texts
 from proximo.llm.models import load_model, save_model
@@ -146,7 +148,7 @@ def run_seed(seed: int, args, root: Path, warm_dir: Path, train_path: Path, eval
         "greedy_before": before["eval_greedy_accuracy"], "greedy_after": after["eval_greedy_accuracy"],
         "sampled_gain_points": 100 * (after["eval_sampled_accuracy"] - before["eval_sampled_accuracy"]),
         "greedy_change_points": 100 * (after["eval_greedy_accuracy"] - before["eval_greedy_accuracy"]),
-        "grpo_steps": summary["steps"], "gen_tokens_per_s": summary["gen_tokens_per_s"],
+        "grpo_steps": summary["steps"], "gen_tokens_per_s": summary_speeds(summary)["gen_tokens_per_s"],
         "grpo_wall_s": summary["wall_time_s"], "grpo_cpu_s": summary["cpu_time_s"],
         **({"lora": summary["lora"]} if "lora" in summary else {}),
     }

@@ -5,13 +5,13 @@ template, proximo.llm.modeldir):
     proximo llm sft  --model MODEL --dataset sft.jsonl --eval-dataset sft_eval.jsonl --target-accuracy T
     proximo llm rm   --init SFT --dataset prefs.jsonl --eval-dataset prefs_eval.jsonl
     proximo llm rlhf --init SFT --reward-model RM --dataset prompts.jsonl --eval-dataset prompts_eval.jsonl \\
-                     --reward proximo:exact_match
+                     --eval-reward proximo:exact_match
 
 Data: the built-in `add` task (2-digit operands) as chat rows: training rows from the task's training
 partition, held-out rows from its held-out partition (disjoint problems). Preference pairs: chosen = the
 exact sum, rejected = a plausible wrong sum (Task.corrupt: half the time one digit off by one, else a digit
 changed, dropped, added or swapped). The RM alone drives RLHF; exact match against the `answer` column
-(--reward) is measured only, on the training samples of each step and on the held-out prompts every
+(--eval-reward) is measured only, on the training samples of each step and on the held-out prompts every
 --eval-every steps, so that reward over-optimization shows as a rising RM score over a flat or falling
 true accuracy.
 
@@ -163,7 +163,7 @@ def main() -> None:
         run = args.root / f"rlhf-kl{coef}"
         seconds = cli(["llm", "rlhf", "--init", str(sft), "--reward-model", str(rm),
                        "--dataset", str(files["prompts"]), "--eval-dataset", str(files["prompts_eval"]),
-                       "--reward", "proximo:exact_match", "--steps", str(args.rl_steps),
+                       "--eval-reward", "proximo:exact_match", "--steps", str(args.rl_steps),
                        "--eval-every", str(args.rl_eval_every), "--prompts-per-step", str(args.rl_prompts),
                        "--learning-rate", str(args.rl_lr), "--kl-coef", str(coef),
                        "--max-new-tokens", str(task.max_new_tokens), "--run-dir", str(run), *common])
@@ -195,7 +195,7 @@ def main() -> None:
         f"{args.sft_target} --max-steps {args.sft_max_steps} --batch-size {args.sft_batch} --eval-every {args.sft_eval_every}",
         f"    proximo llm rm --init sft --dataset prefs.jsonl --eval-dataset prefs_eval.jsonl --max-steps {args.rm_steps}",
         f"    proximo llm rlhf --init sft --reward-model rm --dataset prompts.jsonl --eval-dataset prompts_eval.jsonl "
-        f"--reward proximo:exact_match --steps {args.rl_steps} --eval-every {args.rl_eval_every} --prompts-per-step "
+        f"--eval-reward proximo:exact_match --steps {args.rl_steps} --eval-every {args.rl_eval_every} --prompts-per-step "
         f"{args.rl_prompts} --learning-rate {args.rl_lr} --kl-coef BETA --max-new-tokens {task.max_new_tokens}  "
         f"# BETA in {', '.join(map(str, args.kl_coefs))}",
         "", f"Model: tiny Llama (hidden 128, 3 layers) + BPE tokenizer with a chat template (proximo.llm.modeldir), "

@@ -191,7 +191,8 @@ def test_cli_grpo_on_a_jsonl_dataset_with_a_reward_module(tmp_path, capsys):
                  "--loss-aggregation", "dapo", "--advantage-estimator", "rloo", "--num-iterations", "2",
                  "--steps-per-generation", "2", "--run-dir", str(tmp_path / "run"), "--quiet", "--no-tensorboard"])
     assert code == 0, capsys.readouterr().err
-    assert "held-out sampled accuracy" in capsys.readouterr().out
+    # the figure says what it is: the weighted reward, not an accuracy
+    assert "mean weighted reward (0.5 x has_digit + 1 x exact_match) on 2 held-out prompts:" in capsys.readouterr().out
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["config"]["n_epochs"] == 2 and config["config"]["num_minibatches"] == 2
     assert config["dataset"] == str(data)

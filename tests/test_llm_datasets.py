@@ -111,7 +111,7 @@ def test_rlhf_cli_on_a_prompt_jsonl_with_a_reward_model_end_to_end(model_dir, tm
     prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": _user(p), "answer": TASK.answer(p)} for p in _prompts(24)])
     run = tmp_path / "rlhf"
     code = main(["llm", "rlhf", "--init", str(model_dir), "--reward-model", str(tmp_path / "rm"),
-                 "--dataset", str(prompts), "--eval-fraction", "0.25", "--reward", "proximo:exact_match",
+                 "--dataset", str(prompts), "--eval-fraction", "0.25", "--eval-reward", "proximo:exact_match",
                  "--steps", "2", "--prompts-per-step", "8", "--num-minibatches", "2", "--n-epochs", "1",
                  "--max-new-tokens", "4", "--eval-every", "1", "--run-dir", str(run), *QUIET])
     out = capsys.readouterr()
@@ -122,11 +122,13 @@ def test_rlhf_cli_on_a_prompt_jsonl_with_a_reward_model_end_to_end(model_dir, tm
     import csv
     with open(run / "metrics.csv") as handle:
         steps = [r for r in csv.DictReader(handle) if r["global_step"] != "0"]
-    # --reward measures the training samples too (the RM alone trains): the true-accuracy column is filled.
+    # --eval-reward measures the training samples too (the RM alone trains): the true-accuracy column is filled.
     assert len(steps) == 2 and all(r["accuracy"] != "" and r["score"] != "" for r in steps)
     config = json.loads((run / "config.json").read_text())
-    assert config["rewards"] == ["exact_match"] and config["dataset"] == str(prompts)
-    assert "reward-model score" in out.out and "held-out greedy accuracy" in out.out
+    assert config["rewards"] == ["reward_model"] and config["eval_rewards"] == ["exact_match"]
+    assert config["dataset"] == str(prompts)
+    assert "training reward (mean reward (reward_model))" in out.out
+    assert "accuracy (exact_match) on 6 held-out prompts:" in out.out and "greedy: " in out.out
 
 
 @pytest.mark.parametrize("command, rows, message", [
@@ -153,11 +155,11 @@ def test_bad_dataset_input_is_one_line_and_exit_2(tmp_path, capsys, command, row
     assert message.format(file=data) in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_rlhf_reward_needs_a_dataset(tmp_path, capsys):
-    assert main(["llm", "rlhf", "--init", "tiny", "--reward-model", str(tmp_path), "--reward",
+def test_rlhf_eval_reward_needs_a_dataset(tmp_path, capsys):
+    assert main(["llm", "rlhf", "--init", "tiny", "--reward-model", str(tmp_path), "--eval-reward",
                  "proximo:exact_match", *QUIET]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--reward scores held-out rows of a --dataset" in err and len(err.splitlines()) == 1
+    assert "--eval-reward scores held-out rows of a --dataset" in err and len(err.splitlines()) == 1
 
 
 def test_python_api_messages_sft_and_implicit_prompt_rm(model_dir, tmp_path):

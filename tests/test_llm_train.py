@@ -57,12 +57,15 @@ def test_sft_then_grpo_cli_and_rlhf_end_to_end(tmp_path, capsys):
     rows, grpo_summary = _check_run_dir(tmp_path / "grpo", "grpo")
     assert json.loads((tmp_path / "grpo" / "config.json").read_text())["config"]["digits"] == 2
     assert len(rows) == 3 and float(rows[1]["kl_ref"]) >= 0.0 and rows[1]["entropy"] != ""
-    assert "held-out sampled accuracy" in capsys.readouterr().out
+    assert "accuracy (exact answers of the add task) on 16 held-out prompts:" in capsys.readouterr().out
 
     rm_summary = train_reward_model(sft_dir, run_dir=rm_dir, max_steps=3, batch_size=8, train_pairs=64,
                                     eval_pairs=16, digits=2, **FAST)
     assert 0.0 <= rm_summary["pairwise_accuracy"] <= 1.0
-    assert (rm_dir / "model" / "reward_head.safetensors").is_file()
+    # saved in transformers' reward-model form: a sequence classifier with one label, no proximo head file
+    rm_config = json.loads((rm_dir / "model" / "config.json").read_text())
+    assert rm_config["architectures"] == ["GPT2ForSequenceClassification"] and len(rm_config["id2label"]) == 1
+    assert not (rm_dir / "model" / "reward_head.safetensors").exists()
     trainer = RLHF(sft_dir, reward_model=rm_dir, run_dir=tmp_path / "rlhf", steps=2, prompts_per_step=8,
                    num_minibatches=2, digits=2, **FAST)
     # the critic starts as a copy of the reward model: same score for the same text
@@ -122,7 +125,7 @@ def test_reward_model_scores_and_round_trips(tmp_path):
     (lambda: get_task("multiply"), "unknown task 'multiply'"),
     (lambda: GRPO("huge"), "unknown built-in model|neither a model directory"),
     (lambda: GRPO("tiny", task="", prompts=["a"]), "pass both prompts"),
-    (lambda: RLHF("tiny"), "needs reward_model"),
+    (lambda: RLHF("tiny"), "needs a reward: reward_model=DIR"),
 ])
 def test_bad_inputs_raise_clear_errors(make, message):
     with pytest.raises(ProximoError, match=message):

@@ -133,7 +133,8 @@ def test_a_model_directory_with_only_pickle_weights_is_refused_in_one_line(tmp_p
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save(folder)
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")  # the name is what matters here
-    with pytest.raises(ProximoError, match=r"has no model.safetensors; proximo loads only safetensors weights"):
+    with pytest.raises(ProximoError, match=r"holds only pickle weights \(pytorch_model.bin\); proximo loads only "
+                                           r"safetensors"):
         load_model(folder)
     done = subprocess.run([sys.executable, "-m", "proximo", "llm", "grpo", "--init", str(folder), "--steps", "1"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)

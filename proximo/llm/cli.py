@@ -65,14 +65,22 @@ def register(subparsers) -> None:
     _add_fields(rm, RewardModelConfig)
     rm.set_defaults(handler=cmd_rm)
 
-    rlhf = sub.add_parser("rlhf", help="PPO-RLHF against a reward model")
+    rlhf = sub.add_parser("rlhf", help="PPO-RLHF against a reward model and/or reward functions")
     rlhf.add_argument("--init", required=True, help="policy: run directory (e.g. of `llm sft`) or model directory")
-    rlhf.add_argument("--reward-model", required=True, type=Path, help="run directory of `proximo llm rm`")
-    _dataset_args(rlhf, "prompts: a 'prompt' column (string or chat messages); other columns go to --reward")
+    rlhf.add_argument("--reward-model", type=Path,
+                      help="reward model: a run directory of `proximo llm rm` or a transformers sequence classifier "
+                           "with num_labels 1 (TRL's RewardTrainer writes one); the first of the training rewards")
+    _dataset_args(rlhf, "prompts: a 'prompt' column (string or chat messages); other columns go to the rewards")
     rlhf.add_argument("--reward", action="append", metavar="MODULE:FUNCTION",
-                      help="true reward for held-out evaluation and the training rows' accuracy column only (the "
-                           "reward model alone drives training), e.g. proximo:exact_match with an 'answer' column; "
-                           "repeatable. Without it a dataset run evaluates the reward model's score")
+                      help="a training reward (with or instead of --reward-model), as for `llm grpo`: "
+                           "package.module:function, path/to/file.py:function, a built-in (proximo:exact_match, ...) "
+                           "or another reward-model directory; repeatable")
+    rlhf.add_argument("--reward-weights", type=float, nargs="+", metavar="W",
+                      help="one weight per reward: --reward-model first, then each --reward (default 1 each)")
+    rlhf.add_argument("--eval-reward", action="append", metavar="MODULE:FUNCTION",
+                      help="true reward, measured only: held-out evaluation and the training rows' accuracy "
+                           "column (e.g. proximo:exact_match with an 'answer' column); repeatable. Without it a "
+                           "dataset run evaluates the training reward")
     rlhf.add_argument("--nproc", type=int, metavar="K",
                       help="train with K data-parallel processes on this machine (re-launches itself under "
                            "torchrun; prompts_per_step is the step's total, split evenly over them)")
@@ -107,9 +115,14 @@ def register(subparsers) -> None:
 
     new = sub.add_parser("new-model", help="make a fresh model directory (transformers LM from a config, a BPE "
                                            "tokenizer trained on your text, chat template): no download")
-    new.add_argument("directory", type=Path, help="where to write it (config.json, model.safetensors, tokenizer)")
-    new.add_argument("--family", default="llama",
-                     help="model architecture: llama (default) or gpt2")
+    new.add_argument("directory", type=Path, help="where to write it (config.json, safetensors weights, tokenizer)")
+    new.add_argument("--family", default="llama", help="llama, mistral or gpt2")
+    new.add_argument("--tokenizer", default="bpe", choices=("bpe", "sentencepiece"),
+                     help="bpe: byte-level BPE saved as tokenizer.json; sentencepiece: tokenizer.model as the "
+                          "Llama-2 / Mistral family ship it (no pad token, chat template in tokenizer_config.json)")
+    new.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                     help="write the weights as shards of at most SIZE (e.g. 200KB, 2GB) with "
+                          "model.safetensors.index.json, as save_pretrained does for large models")
     source = new.add_mutually_exclusive_group()
     source.add_argument("--texts", type=Path, metavar="FILE",
                         help="tokenizer training text: a .txt file (one text per line) or a dataset file whose "
@@ -127,13 +140,21 @@ def register(subparsers) -> None:
     new.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     new.set_defaults(handler=cmd_new_model)
 
-    ev = sub.add_parser("eval", help="held-out accuracy of a model on a built-in task (sampled and greedy)")
-    ev.add_argument("run_dir", help="run directory or model directory")
-    ev.add_argument("--task", default=None, help="task (default: the run's task)")
-    ev.add_argument("--digits", type=int, default=None, help="task size (default: the run's, else the task's own)")
-    ev.add_argument("--prompts", type=int, default=500, help="held-out prompts (default 500)")
-    ev.add_argument("--temperature", type=float, default=1.0,
-                    help="sampling temperature of the sampled accuracy (default 1.0)")
+    ev = sub.add_parser("eval", help="score a policy, sampled and greedy, on its run's held-out prompts with its "
+                                     "run's rewards, on a built-in task, or on --dataset with --reward")
+    ev.add_argument("run_dir", help="run directory (grpo, rlhf, sft) or model directory")
+    ev.add_argument("--task", default=None, help="score on a built-in task's held-out prompts (default: the run's "
+                                                 "task, when it trained on one)")
+    ev.add_argument("--digits", type=int, default=None)
+    ev.add_argument("--dataset", metavar="FILE", help="prompts to score (every row, up to --prompts) in place of "
+                                                      "the run's held-out rows")
+    ev.add_argument("--reward", action="append", metavar="MODULE:FUNCTION",
+                    help="reward to score with (as for `llm grpo`; repeatable) in place of the run's")
+    ev.add_argument("--reward-weights", type=float, nargs="+", metavar="W", help="one weight per --reward")
+    ev.add_argument("--prompts", type=int, default=None,
+                    help="at most this many prompts (default: the run's num_eval_prompts, else 500)")
+    ev.add_argument("--temperature", type=float, default=None, help="of the sampled pass (default: the run's)")
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's")
     ev.set_defaults(handler=cmd_eval)
 
 
@@ -172,10 +193,31 @@ def _run_task(init: str | Path) -> dict[str, Any]:
     return {}
 
 
-def _print_eval(summary: dict[str, Any]) -> None:
+ACCURACY_REWARDS = ("exact_match", "numeric_match")  # 0/1 per sample: their mean is an accuracy
+
+
+def reward_label(names: list[str], weights: list[float]) -> str:
+    """What a mean of these rewards is, in words: 'accuracy (exact_match)', 'mean reward (f)', or 'mean
+    weighted reward (1 x f + 0.2 x g)'."""
+    if len(names) == 1 and weights[0] == 1.0:
+        task = names[0].startswith("task:")
+        kind = "accuracy" if task or names[0] in ACCURACY_REWARDS else "mean reward"
+        return f"{kind} ({'exact answers of the ' + names[0][5:] + ' task' if task else names[0]})"
+    return "mean weighted reward (" + " + ".join(f"{w:g} x {n}" for n, w in zip(names, weights)) + ")"
+
+
+def _print_eval(summary: dict[str, Any], trainer) -> None:
+    """The held-out figures before -> after training, each named for what it is."""
     before, after = summary["before"], summary["after"]
-    print(f"held-out sampled accuracy: {before['eval_sampled_accuracy']:.3f} -> {after['eval_sampled_accuracy']:.3f}")
-    print(f"held-out greedy accuracy:  {before['eval_greedy_accuracy']:.3f} -> {after['eval_greedy_accuracy']:.3f}")
+    names = [f"task:{trainer.task.name}"] if trainer.reward_is_task and trainer.task is not None \
+        else trainer.rewards.names
+    what = reward_label(names, trainer.rewards.weights)
+    where = (f"{len(trainer.eval_prompts)} held-out prompts" if trainer.eval_rows == "held-out" else
+             f"{len(trainer.eval_prompts)} training prompts (nothing held out)")
+    print(f"{what} on {where}:")
+    print(f"  sampled (temperature {trainer.config.temperature:g}): {before['eval_sampled_accuracy']:.3f} -> "
+          f"{after['eval_sampled_accuracy']:.3f}")
+    print(f"  greedy: {before['eval_greedy_accuracy']:.3f} -> {after['eval_greedy_accuracy']:.3f}")
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -215,18 +257,26 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_rlhf(args: argparse.Namespace) -> int:
-    """PPO-RLHF from --init against --reward-model."""
+    """PPO-RLHF from --init against --reward-model and/or --reward functions."""
     init = _init_source(args.init)
     data = _dataset_kwargs(args)
-    if args.reward and not data:
-        raise ProximoError("--reward scores held-out rows of a --dataset; give --dataset (on a task the task's "
+    if args.reward_model is None and not args.reward:
+        raise ProximoError("give the training reward: --reward-model DIR (a `proximo llm rm` run or a transformers "
+                           "reward model) and/or --reward MODULE:FUNCTION")
+    if args.eval_reward and not data:
+        raise ProximoError("--eval-reward scores held-out rows of a --dataset; give --dataset (on a task the task's "
                            "exact answers are the true reward)")
+    count = int(args.reward_model is not None) + len(args.reward or [])
+    if args.reward_weights is not None and len(args.reward_weights) != count:
+        raise ProximoError(f"{len(args.reward_weights)} --reward-weights for {count} rewards; give one per reward "
+                           f"(--reward-model first, then each --reward)")
     inherited = {} if data else _run_task(init)
     if args.nproc is not None:
         return _launch_rl(args, "rlhf", RLHFConfig, {**inherited, **_overrides(args)}, bool(data), cmd_rlhf)
     from proximo.llm.rlhf import RLHF  # after the launch: the launcher itself trains nothing
     with _one_voice():
-        trainer = RLHF(init, reward_model=args.reward_model, eval_reward_fn=args.reward, run_dir=args.run_dir,
+        trainer = RLHF(init, reward_model=args.reward_model, reward_fn=args.reward,
+                       reward_weights=args.reward_weights, eval_reward_fn=args.eval_reward, run_dir=args.run_dir,
                        verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
                        **{**inherited, **_overrides(args)})
     summary = _train_on_ranks(trainer)
@@ -234,11 +284,11 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
         return 0
     print(f"run: {summary['run_dir']}")
     first, last = trainer.history[0], trainer.history[-1]
-    print(f"reward-model score: {first['score']:.3f} -> {last['score']:.3f}  "
+    trained = trainer.train_rewards
+    print(f"training reward ({reward_label(trained.names, trained.weights)}) of the step's samples: "
+          f"{first['score']:.3f} -> {last['score']:.3f}  "
           f"KL to reference (per token, last 10 steps): {summary['kl_ref_last10']:.4f}")
-    if data and not args.reward:
-        print("(no --reward: the held-out numbers below are reward-model scores, not accuracies)")
-    _print_eval(summary)
+    _print_eval(summary, trainer)
     return 0
 
 
@@ -272,7 +322,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     print(f"run: {summary['run_dir']}")
     print(f"steps: {summary['steps']}  time: {summary['wall_time_s']:.1f} s  "
           f"generated tokens/s: {summary['gen_tokens_per_s']:,.0f}")
-    _print_eval(summary)
+    _print_eval(summary, trainer)
     return 0
 
 
@@ -309,7 +359,8 @@ def cmd_new_model(args: argparse.Namespace) -> int:
         raise ProximoError(f"{args.directory} exists and is not empty; pick a new directory")
     texts = _training_texts(args.texts) if args.texts else task_texts(get_task(args.task or "add", args.digits))
     directory = make_model_dir(args.directory, texts, args.family, args.vocab_size, args.hidden, args.layers,
-                               args.heads, args.max_positions, args.seed)
+                               args.heads, args.max_positions, args.seed, tokenizer=args.tokenizer,
+                               max_shard_size=args.max_shard_size)
     from proximo.llm.models import load_model
     model, tokenizer, _ = load_model(directory)
     print(f"wrote {directory}: {args.family}, {sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -374,19 +425,125 @@ def _refuse_torchrun(command: str) -> None:
                            f"parallel is wired for `llm grpo` and `llm rlhf`: --nproc K)")
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Print held-out sampled and greedy accuracy of a model on a task."""
-    from proximo.llm.models import load_model
-    from proximo.llm.run import evaluate
+def _run_record(path: Path) -> dict[str, Any]:
+    """config.json of the proximo run that path is (or whose model/ or checkpoints/step_N/ folder it is);
+    {} for a plain model directory."""
+    from proximo.checkpoint import load_json
+    for folder in (path, path.parent, path.parent.parent):
+        config = folder / "config.json"
+        if config.is_file():
+            data = load_json(config)
+            if isinstance(data, dict) and "kind" in data and "config" in data:
+                return data
+    return {}
+
+
+def _eval_prompts(args: argparse.Namespace, record: dict[str, Any]):
+    """(PromptDataset or None, task or None, a sentence saying which prompts) for `llm eval`."""
+    from proximo.llm.data import PromptDataset
     from proximo.llm.tasks import get_task
-    if args.prompts < 1:
+    cfg = record.get("config", {})
+    if args.task is not None:
+        if args.dataset is not None:
+            raise ProximoError("give --task or --dataset, not both")
+        task = get_task(args.task, args.digits)
+        return None, task, f"held-out prompts of the {task.name} task (digits {task.digits})"
+    if args.dataset is not None:
+        return PromptDataset.load(args.dataset), None, f"rows of {args.dataset}"
+    if record.get("eval_dataset_file"):
+        return (PromptDataset.load(record["eval_dataset_file"]), None,
+                f"the run's held-out rows ({record['eval_dataset_file']})")
+    if record.get("dataset_file"):
+        data = PromptDataset.load(record["dataset_file"])
+        if record.get("eval_fraction") is not None:
+            held = data.split(record["eval_fraction"], cfg.get("seed", 1))[1]
+            return held, None, (f"the run's held-out rows of {record['dataset_file']} (eval_fraction "
+                                f"{record['eval_fraction']:g}, seed {cfg.get('seed', 1)})")
+        return data, None, f"the run's training rows ({record['dataset_file']}; it held none out)"
+    if record.get("kind") == "sft" and not cfg.get("task"):
+        raise ProximoError(f"{args.run_dir} is an sft run on a dataset, which has no prompts-only held-out set or "
+                           f"reward; give --dataset FILE (a 'prompt' column) and --reward MODULE:FUNCTION")
+    if record.get("dataset") or record.get("eval_dataset"):
+        raise ProximoError(f"{args.run_dir}: the run's prompts were given in Python, not as a file; give "
+                           f"--dataset FILE (and --reward)")
+    if cfg.get("task"):
+        task = get_task(args.task or cfg["task"], args.digits or cfg.get("digits"))
+        return None, task, f"held-out prompts of the {task.name} task (digits {task.digits})"
+    raise ProximoError(f"{args.run_dir} is no run of `proximo llm grpo|rlhf|sft` (a plain model directory); say "
+                       f"what to score on: --task NAME, or --dataset FILE with --reward")
+
+
+def _eval_rewards(args: argparse.Namespace, record: dict[str, Any], task):
+    """(RewardSet, the names of its rewards as _print labels them) for `llm eval`."""
+    from proximo.llm.rewards import RewardSet
+    if args.reward_weights is not None and not args.reward:
+        raise ProximoError("--reward-weights needs --reward functions to weigh")
+    if args.reward:
+        rewards = RewardSet(args.reward, args.reward_weights)
+        return rewards, rewards.names
+    if task is not None:
+        return RewardSet(task.reward), [f"task:{task.name}"]
+    specs, names = record.get("eval_reward_specs"), record.get("eval_rewards") or []
+    if not specs:
+        why = "an sft run trains on no reward" if record.get("kind") == "sft" else "it records none"
+        raise ProximoError(f"{args.run_dir}: no reward to score with ({why}); give --reward MODULE:FUNCTION")
+    if any(name.startswith("task:") for name in names):
+        raise ProximoError(f"{args.run_dir}: the run's reward is its task's exact answer, which scores only that "
+                           f"task's prompts; give --reward MODULE:FUNCTION for --dataset")
+    missing = [name for name, spec in zip(names, specs) if spec is None]
+    if missing:
+        raise ProximoError(f"{args.run_dir}: the run's reward {', '.join(missing)} was a Python object, not a spec "
+                           f"proximo can load again; give --reward MODULE:FUNCTION")
+    rewards = RewardSet(specs, record.get("eval_reward_weights"))
+    return rewards, rewards.names
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a policy, sampled and greedy, on the run's held-out prompts with the run's rewards (or a task,
+    or --dataset with --reward); print each figure with what it is."""
+    from proximo.llm.data import render_prompt
+    from proximo.llm.models import load_model
+    from proximo.llm.rewards import score_samples
+    from proximo.llm.run import evaluate
+    if args.prompts is not None and args.prompts < 1:
         raise ProximoError(f"--prompts must be at least 1, got {args.prompts}")
-    saved = _run_task(Path(args.run_dir))
-    task = get_task(args.task or saved.get("task") or "add", args.digits or saved.get("digits"))
-    model, tokenizer, _ = load_model(Path(args.run_dir))
-    prompts = task.held_out_prompts(args.prompts)
-    sampled = evaluate(model, tokenizer, prompts, task.reward, task.max_new_tokens, args.temperature)
-    greedy = evaluate(model, tokenizer, prompts, task.reward, task.max_new_tokens, greedy=True)
-    print(f"{task.name} (digits {task.digits}), {len(prompts)} held-out prompts: "
-          f"sampled accuracy {sampled['reward']:.3f} (temperature {args.temperature})  greedy {greedy['reward']:.3f}")
+    path = Path(args.run_dir)
+    record = _run_record(path)
+    if record.get("kind") == "rm":
+        raise ProximoError(f"{path} is a reward-model run; `llm eval` scores policies (its held-out pairwise "
+                           f"accuracy is in its summary.json)")
+    cfg = record.get("config", {})
+    data, task, which = _eval_prompts(args, record)
+    rewards, names = _eval_rewards(args, record, task)
+    model, tokenizer, _ = load_model(path)
+    count = args.prompts or cfg.get("num_eval_prompts") or 500
+    temperature = args.temperature if args.temperature is not None else cfg.get("temperature", 1.0)
+    max_prompt_tokens = cfg.get("max_prompt_tokens")
+    if task is not None:
+        prompts, dataset = task.held_out_prompts(count), None
+        max_new = args.max_new_tokens or task.max_new_tokens
+    else:
+        dataset = type(data)(data.rows[:count], data.source)
+        prompts = [render_prompt(p, tokenizer) for p in dataset.prompts(range(len(dataset)))]
+        max_new = args.max_new_tokens or cfg.get("max_new_tokens") or 16
+    scored = [0, 0]
+    slot = 0
+
+    def score(start: int, completions: list[str]):
+        rows = list(range(start, start + len(completions)))
+        values = score_samples(rewards, dataset, rows, prompts[start:start + len(completions)], completions)[0]
+        scored[slot] += int((~values.isnan()).sum())
+        return values
+
+    sampled = evaluate(model, tokenizer, prompts, None, max_new, temperature, score=score,
+                       max_prompt_tokens=max_prompt_tokens)
+    slot = 1
+    greedy = evaluate(model, tokenizer, prompts, None, max_new, greedy=True, score=score,
+                      max_prompt_tokens=max_prompt_tokens)
+    kind = f"{record['kind']} run" if record else "model directory"
+    print(f"model: {path} ({kind})")
+    print(f"prompts: {len(prompts)} {which}")
+    print(f"{reward_label(names, rewards.weights)}, mean over the scored samples:")
+    print(f"  sampled (temperature {temperature:g}): {sampled['reward']:.3f} ({scored[0]} of {len(prompts)} scored)")
+    print(f"  greedy: {greedy['reward']:.3f} ({scored[1]} of {len(prompts)} scored)")
     return 0

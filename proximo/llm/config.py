@@ -18,7 +18,7 @@ from proximo.tracking import TRACKERS
 
 KL_CONTROLLERS = ("adaptive", "fixed")
 PAIR_SOURCES = ("corrupt", "samples")
-CRITICS = ("reward_model", "head")
+CRITICS = ("auto", "reward_model", "head")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # the keys of proximo/llm/precision.py DTYPES (tested equal)
 
 
@@ -271,8 +271,9 @@ class RLHFConfig(_RLConfig):
     ent_coef: float = doc(0.0, "weight of the entropy bonus")
     whiten_advantages: bool = doc(True, "standardize advantages over the batch's response tokens")
     normalize_scores: bool = doc(False, "standardize reward-model scores by their running mean and std")
-    critic: str = doc("reward_model", "the value model: a separate one initialized from the reward model "
-                      "(InstructGPT), or a value head on the policy's trunk", choices=CRITICS)
+    critic: str = doc("auto", "the value model: reward_model (a separate one initialized from the reward model, as "
+                      "InstructGPT; it must read the policy's tokens), head (a value head on the policy's trunk), "
+                      "auto (reward_model when a reward model reads the policy's tokens, else head)", choices=CRITICS)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""

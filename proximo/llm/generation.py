@@ -7,6 +7,7 @@ after <eos> are padding). Positions count only real tokens, so padding never cha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,12 +88,13 @@ def pad_responses(responses: list[list[int]], pad_id: int, width: int | None = N
 
 
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-             eos_id: int, pad_id: int, temperature: float = 1.0, greedy: bool = False,
+             eos_id: int | Sequence[int], pad_id: int, temperature: float = 1.0, greedy: bool = False,
              generator: torch.Generator | None = None, repeats: int = 1) -> Rollout:
     """Sample up to max_new_tokens per left-padded prompt [B, P], reusing the KV cache; a row stops
-    after its <eos>. With repeats > 1 each prompt is sampled repeats times (rows: prompt 0 repeats
-    times, then prompt 1, ...; [B * repeats, ...]) from one shared prefill of the prompt. Returns a
-    Rollout whose logprobs are those of the sampled tokens."""
+    after its <eos> (eos_id: one id, or several stop ids such as a tokenizer's stop_ids). With repeats > 1
+    each prompt is sampled repeats times (rows: prompt 0 repeats times, then prompt 1, ...;
+    [B * repeats, ...]) from one shared prefill of the prompt. Returns a Rollout whose logprobs are those
+    of the sampled tokens."""
     if repeats < 1:
         raise ProximoError(f"repeats must be at least 1, got {repeats}")
     # Generation runs where the model lives; callers hand over host tensors.
@@ -105,6 +107,16 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.repeat_interleave(repeats, 0)
     # Cloned outside inference mode so that training code may use them next to autograd tensors.
     return Rollout(prompt_ids.clone(), prompt_mask.long().clone(), tokens.clone(), mask.clone(), logprobs.clone())
+
+
+def stop_tensor(eos_id: int | Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The stop ids as a tensor: a 0-d one for a single id (the fast compare), else 1-d."""
+    if isinstance(eos_id, int):
+        return torch.tensor(eos_id, device=device)
+    ids = [int(i) for i in eos_id]
+    if not ids:
+        raise ProximoError("generation needs at least one stop (eos) id")
+    return torch.tensor(ids[0] if len(ids) == 1 else ids, device=device)
 
 
 def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, greedy, generator,
@@ -129,6 +141,7 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temp
     logprobs = torch.zeros((batch, max_new_tokens), device=device)
     alive_mask = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)
     alive = torch.ones(batch, dtype=torch.bool, device=device)
+    stops = stop_tensor(eos_id, device)
     length = 0
     for step in range(max_new_tokens):
         logp = F.log_softmax(next_logits.float() / (1.0 if greedy else temperature), dim=-1)
@@ -141,7 +154,7 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temp
         logprobs[:, step] = torch.where(alive, logp.gather(-1, token[:, None]).squeeze(-1), 0.0)
         alive_mask[:, step] = alive.long()
         length = step + 1
-        alive = alive & (token != eos_id)
+        alive = alive & (token != stops if stops.dim() == 0 else ~torch.isin(token, stops))
         if not bool(alive.any()) or step == max_new_tokens - 1:
             break
         # Finished rows keep stepping with a masked pad token; masking keeps them out of every later key.
@@ -163,8 +176,9 @@ class Sampler:
     exact_logprobs = True
 
     def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-                 eos_id: int, pad_id: int, temperature: float = 1.0, repeats: int = 1) -> Rollout:
-        """A Rollout of repeats samples per left-padded prompt [B, P] (rows grouped by prompt)."""
+                 eos_id: int | Sequence[int], pad_id: int, temperature: float = 1.0, repeats: int = 1) -> Rollout:
+        """A Rollout of repeats samples per left-padded prompt [B, P] (rows grouped by prompt); a row ends
+        at its first stop id (eos_id: one id or several)."""
         raise NotImplementedError
 
     def sync_weights(self, model) -> None:

@@ -117,6 +117,7 @@ class GRPO(RLTrainer):
         super().__init__(model, GRPOConfig(**config), reward_fn, prompts, eval_prompts, run_dir, verbose,
                          tensorboard, dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction,
                          reward_weights=reward_weights, sampler=sampler)
+        self.prepare_reward_models(self.rewards)
 
     def needs_reference_copy(self) -> bool:
         """A copy of the initial policy only when a KL term uses it, or keep_reference asks for the kl_ref
@@ -132,7 +133,8 @@ class GRPO(RLTrainer):
         rollout, completions, gen_s = self.rollout(unique, repeats=group)
         texts = [p for p in unique for _ in range(group)]
         rep_rows = None if rows is None else [r for r in rows for _ in range(group)]
-        rewards, per_fn = self.score(self.dataset, rep_rows, texts, completions)
+        # A reward model that shares the policy's tokenizer scores the sampled ids (no decode and re-encode).
+        rewards, per_fn = self.score(self.dataset, rep_rows, texts, completions, rollout=rollout)
         return SimpleNamespace(rollout=rollout, rewards=rewards, per_fn=per_fn, gen_s=gen_s, n=n)
 
     def collect(self) -> SimpleNamespace:
@@ -165,7 +167,7 @@ class GRPO(RLTrainer):
         valid = ~torch.isnan(rewards)
         scores = torch.nan_to_num(rewards)
         input_ids, attention, response_mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
-        truncated = truncated_rows(rollout.response_ids, response_mask, self.tokenizer.eos_id)
+        truncated = truncated_rows(rollout.response_ids, response_mask, self.tokenizer.stop_ids)
         keep_rows = valid & ~truncated if cfg.mask_truncated else valid
         loss_mask = response_mask * keep_rows[:, None].to(response_mask.dtype)
         width = rollout.prompt_ids.shape[1]

@@ -5,7 +5,7 @@ token batches are [B, L] with a mask that is 1 on real response tokens."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -134,9 +134,12 @@ def informative_groups(rewards: torch.Tensor, group_size: int, valid: torch.Tens
     return (okg.sum(1) >= 2) & (high > low)
 
 
-def truncated_rows(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """[B] bool: rows of right-padded responses [B, R] that end without an <eos> (cut at max_new_tokens)."""
-    ended = ((response_ids == eos_id) & response_mask.to(torch.bool)).any(dim=1)
+def truncated_rows(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_id: int | Sequence[int]
+                   ) -> torch.Tensor:
+    """[B] bool: rows of right-padded responses [B, R] that end without an <eos> (cut at max_new_tokens);
+    eos_id: one id or several stop ids (a tokenizer's stop_ids)."""
+    stops = torch.as_tensor(eos_id, device=response_ids.device)
+    ended = (torch.isin(response_ids, stops) & response_mask.to(torch.bool)).any(dim=1)
     return ~ended
 
 

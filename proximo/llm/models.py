@@ -1,8 +1,10 @@
 """Causal LMs for proximo.llm: a built-in tiny GPT-2/Llama built from a config (no downloads), any
 transformers causal LM in a local directory, and the small linear heads (value, reward) on top.
 
-A model directory is transformers' save_pretrained layout (config.json + model.safetensors) plus the
-tokenizer files; heads live next to it as <name>_head.safetensors. Nothing is ever unpickled.
+A model directory is transformers' save_pretrained layout (config.json + model.safetensors, or the
+shards model-0000K-of-0000N.safetensors that model.safetensors.index.json lists) plus the tokenizer files;
+heads live next to it as <name>_head.safetensors. Nothing is ever unpickled: weights_files checks every
+weight file is present and is safetensors before transformers opens any.
 """
 from __future__ import annotations
 
@@ -72,38 +74,134 @@ def resolve_model_dir(path: str | Path) -> Path:
         return path
     if is_model_dir(path / "model"):
         return path / "model"
-    raise ProximoError(f"{path} is neither a model directory (config.json + model.safetensors) nor a "
+    raise ProximoError(f"{path} is neither a model directory (config.json + safetensors weights) nor a "
                        f"proximo run directory with a model/ folder; pass one of those or a built-in "
                        f"name ({', '.join(BUILTIN_MODELS)})")
 
 
-def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str | None = None):
-    """(model, tokenizer, model_dir or None) for a built-in name or a local directory (no downloads)."""
-    need("transformers", "a language model")
-    if isinstance(source, str) and source in BUILTIN_MODELS:
-        tokenizer = CharTokenizer() if tokenizer_chars is None else CharTokenizer(tokenizer_chars)
-        return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None
-    directory = resolve_model_dir(source)
-    from transformers import AutoModelForCausalLM
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+# What other tools save in pickle (torch.load) form; proximo names them to say why it will not read them.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _check_safetensors_file(path: Path, directory: Path) -> None:
+    """Raise unless path starts as a safetensors file does: an 8-byte little-endian header length, then a
+    JSON object of that length inside the file (a pickle or zip archive renamed .safetensors fails here)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    length = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    if len(head) < 9 or not 2 <= length <= size - 8 or head[8:9] != b"{":
+        raise ProximoError(f"{path} is not a safetensors file (its first bytes are no safetensors header); "
+                           f"proximo loads only safetensors weights: re-save the model in {directory} with "
+                           "save_pretrained(safe_serialization=True)")
+
+
+def weights_files(directory: str | Path) -> list[Path]:
+    """The safetensors weight files of a model directory: model.safetensors, or every shard that
+    model.safetensors.index.json names, each checked to exist inside the directory and to be safetensors.
+    ProximoError in one line otherwise (a missing shard, a pickle file named by the index, pickle weights
+    only): no weight file is opened by torch.load, ever."""
+    directory = Path(directory)
+    single, index = directory / SAFETENSORS_FILE, directory / SAFETENSORS_INDEX
+    resave = "re-save it with save_pretrained(safe_serialization=True)"
+    if single.is_file():
+        _check_safetensors_file(single, directory)
+        return [single]
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+            raise ProximoError(f"{index} is not a valid index ({type(exc).__name__}); copy the file again or "
+                               f"{resave}") from None
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise ProximoError(f"{index} has no \"weight_map\" of tensor names to shard files; copy the file again "
+                               f"or {resave}")
+        shards = []
+        for name in sorted(set(weight_map.values())):
+            shard = directory / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ProximoError(f"{index} names shard {name!r}, outside the model directory; a shard must be a "
+                                   "file name inside it")
+            if not name.endswith(".safetensors"):
+                kind = "a pickle file" if name.endswith(PICKLE_SUFFIXES) else "not a .safetensors file"
+                raise ProximoError(f"{index} names shard {name}, {kind}; proximo never unpickles weights: "
+                                   f"{resave}")
+            if not shard.is_file():
+                listed = len(set(weight_map.values()))
+                raise ProximoError(f"shard {name} (one of {listed} listed in {index.name}) is missing from "
+                                   f"{directory}; copy every shard (an interrupted download?)")
+            _check_safetensors_file(shard, directory)
+            shards.append(shard)
+        return shards
+    pickles = sorted(p.name for p in directory.iterdir() if p.name.endswith(PICKLE_SUFFIXES)
+                     or p.name.endswith(".bin.index.json"))
+    if pickles:
+        raise ProximoError(f"{directory} holds only pickle weights ({', '.join(pickles[:3])}); proximo loads only "
+                           f"safetensors: load it once in transformers and {resave}")
+    raise ProximoError(f"{directory} has no weights ({SAFETENSORS_FILE} or {SAFETENSORS_INDEX} with its shards); "
+                       f"save the model there with save_pretrained")
+
+
+def model_architectures(directory: str | Path) -> list[str]:
+    """The "architectures" config.json names (e.g. ["LlamaForCausalLM"]; [] when it names none)."""
+    try:
+        data = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    names = data.get("architectures") if isinstance(data, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def is_sequence_classifier(directory: str | Path) -> bool:
+    """True if config.json says the model is a transformers sequence classifier (a reward model's form)."""
+    return any(name.endswith("ForSequenceClassification") for name in model_architectures(directory))
+
+
+def load_pretrained(directory: Path, auto_class, **kwargs) -> nn.Module:
+    """auto_class.from_pretrained(directory) from safetensors only (weights_files checked first), in float32
+    and eval mode; one-line ProximoError for what transformers raises on a damaged folder. float32 whatever
+    dtype the folder was saved in (published models mostly bf16, which transformers 5 would keep): trained
+    weights are the optimizer's float32 master copy, and frozen ones are cast to the run's dtype after."""
+    kwargs.setdefault("dtype", torch.float32)
+    weights_files(directory)
     quiet_transformers()
     try:
         from huggingface_hub.errors import StrictDataclassError
     except ImportError:  # huggingface_hub before 0.32 validates no config fields itself
         StrictDataclassError = ValueError
-    if not (directory / "model.safetensors").is_file():
-        raise ProximoError(f"{directory} has no model.safetensors; proximo loads only safetensors weights "
-                           f"(re-save with save_pretrained(safe_serialization=True))")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, use_safetensors=True)
+        model = auto_class.from_pretrained(str(directory), local_files_only=True, use_safetensors=True, **kwargs)
     # What transformers raises for a damaged config.json or weights file (found by tests/test_fuzz.py): wrong
     # value types (TypeError, and huggingface_hub's strict-dataclass errors), missing fields, weights of other
     # shapes (RuntimeError), a corrupt safetensors file.
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, SafetensorError,
             StrictDataclassError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ProximoError(f"cannot load a causal LM from {directory}: {detail}") from None
+        raise ProximoError(f"cannot load a model from {directory}: {detail}") from None
     # Dropout stays off: PPO ratios and KL terms assume the sampler and the learner are one function.
-    return model.eval(), load_tokenizer(directory), directory
+    return model.eval()
+
+
+def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str | None = None,
+               dtype: torch.dtype = torch.float32):
+    """(model, tokenizer, model_dir or None) for a built-in name or a local directory (no downloads). A
+    directory's weights are read in dtype (float32 by default: trained weights are the float32 master
+    copy; a LoRA run in bf16 reads its frozen base straight in bf16, with no float32 copy on the way)."""
+    need("transformers", "a language model")
+    if isinstance(source, str) and source in BUILTIN_MODELS:
+        tokenizer = CharTokenizer() if tokenizer_chars is None else CharTokenizer(tokenizer_chars)
+        return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None
+    directory = resolve_model_dir(source)
+    if is_sequence_classifier(directory):
+        raise ProximoError(f"{directory} holds a sequence-classification model (a reward model: "
+                           f"{model_architectures(directory)[0]}), not a causal LM; give it as --reward-model or "
+                           f"--reward, and a causal LM as the policy")
+    from transformers import AutoModelForCausalLM
+    model = load_pretrained(directory, AutoModelForCausalLM, dtype=dtype)
+    return model, load_tokenizer(directory), directory
 
 
 def quiet_transformers() -> None:
@@ -112,12 +210,15 @@ def quiet_transformers() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def save_model(model: nn.Module, tokenizer, directory: Path, heads: dict[str, nn.Module] | None = None) -> None:
-    """Write model (safetensors + config.json), tokenizer and heads into directory."""
+def save_model(model: nn.Module, tokenizer, directory: Path, heads: dict[str, nn.Module] | None = None,
+               max_shard_size: str | int | None = None) -> None:
+    """Write model (safetensors + config.json; shards + index past max_shard_size, transformers' default
+    when None), tokenizer and heads into directory."""
     quiet_transformers()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory), safe_serialization=True)
+    shard = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(str(directory), safe_serialization=True, **shard)
     tokenizer.save(directory)
     for name, head in (heads or {}).items():
         atomic_save_tensors(directory / f"{name}_head.safetensors", head.state_dict())
@@ -165,10 +266,17 @@ def load_head(directory: Path, name: str, width: int) -> "ScalarHead":
 
 
 class ScalarHead(nn.Module):
-    """A linear map from the last hidden state [B, L, H] to one scalar per position [B, L]."""
+    """A linear map from the last hidden state [B, L, H] to one scalar per position [B, L]. linear: an
+    existing nn.Linear(H, 1) to use (shared, not copied), such as a sequence classifier's score layer."""
 
-    def __init__(self, width: int, init_std: float = 0.0) -> None:
+    def __init__(self, width: int, init_std: float = 0.0, linear: nn.Linear | None = None) -> None:
         super().__init__()
+        if linear is not None:
+            if linear.out_features != 1 or linear.in_features != width:
+                raise ProximoError(f"a scalar head maps {width} features to 1; this layer maps "
+                                   f"{linear.in_features} to {linear.out_features}")
+            self.linear = linear
+            return
         self.linear = nn.Linear(width, 1)
         nn.init.normal_(self.linear.weight, std=init_std) if init_std > 0 else nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)

@@ -1,9 +1,15 @@
-"""A reward model: a scalar head on a causal LM's last hidden state, read at the last real token,
+"""A reward model: a linear head on a transformer's last hidden state, read at one token per sequence,
 trained on preference pairs with the Bradley-Terry loss; reports held-out pairwise accuracy. Pairs come
 from a built-in task (rule-made corruptions or the model's own wrong samples) or from your preference
-dataset (prompt / chosen / rejected, read by proximo.llm.labeled_data)."""
+dataset (prompt / chosen / rejected, read by proximo.llm.labeled_data).
+
+A reward model is saved in transformers' form, XForSequenceClassification with num_labels 1 (what TRL's
+RewardTrainer writes and most published reward models are), so AutoModelForSequenceClassification and
+other tools load it, and any such folder works as a proximo reward. proximo's older form (a causal LM +
+reward_head.safetensors) still loads."""
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,30 +24,91 @@ from proximo.errors import ProximoError
 from proximo.llm.generation import pad_responses
 from proximo.llm.labeled_data import load_train_eval, preference_triples
 from proximo.llm.losses import bradley_terry_loss, last_token_index
-from proximo.llm.models import ScalarHead, forward_hidden, hidden_size, load_head, load_model, resolve_model_dir
+from proximo.llm.models import (
+    ScalarHead, forward_hidden, hidden_size, is_model_dir, is_sequence_classifier, load_head, load_model,
+    load_pretrained, resolve_model_dir,
+)
 from proximo.llm.precision import Precision
 from proximo.llm.run import LLMRun, encode_prompts, make_optimizer
+from proximo.llm.tokenizer import load_tokenizer
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
 
-REWARD_HEAD = "reward"
+REWARD_HEAD = "reward"  # proximo's older form: model/reward_head.safetensors beside a causal LM
+
+
+def is_reward_model_dir(path: str | Path) -> bool:
+    """True for a folder (or a run directory's model/) holding a reward model in either form."""
+    path = Path(path)
+    for folder in (path, path / "model"):
+        if is_model_dir(folder) and (is_sequence_classifier(folder)
+                                     or (folder / f"{REWARD_HEAD}_head.safetensors").is_file()):
+            return True
+    return False
 
 
 class RewardModel(nn.Module):
-    """Causal LM backbone + linear head; score(ids [B, L], mask [B, L]) -> [B] at the last real token."""
+    """A transformer + linear head; score(ids [B, L], mask [B, L]) -> [B], read at one token per row.
 
-    def __init__(self, backbone: nn.Module, tokenizer, head: ScalarHead | None = None) -> None:
+    backbone: a transformers model whose base_model is the trunk (a causal LM, or a sequence classifier).
+    pad_id None: the score is read at each row's last real token (proximo's older form); an id: at the last
+    real token that is not pad_id, as transformers' sequence classifiers read theirs (with pad = eos, as
+    TRL's RewardTrainer sets for a tokenizer without a pad token, that is the token before the eos)."""
+
+    def __init__(self, backbone: nn.Module, tokenizer, head: ScalarHead | None = None,
+                 pad_id: int | None = None) -> None:
         super().__init__()
         self.backbone, self.tokenizer = backbone, tokenizer
         self.head = head if head is not None else ScalarHead(hidden_size(backbone))
+        self.pad_id = pad_id
+
+    @classmethod
+    def from_classifier(cls, classifier: nn.Module, tokenizer, source: str = "the model") -> "RewardModel":
+        """A reward model on a transformers XForSequenceClassification with one label (its score layer is
+        the head, shared); ProximoError in one line for another label count or a model without `score`."""
+        labels = getattr(classifier.config, "num_labels", None)
+        if labels != 1:
+            raise ProximoError(f"{source} is a sequence classifier with {labels} labels; a reward model has one "
+                               f"(num_labels=1, one score per sequence): train it as TRL's RewardTrainer or "
+                               f"`proximo llm rm` does")
+        layer = getattr(classifier, "score", None)
+        if not isinstance(layer, nn.Linear):
+            raise ProximoError(f"{source} ({type(classifier).__name__}) has no linear `score` layer; proximo reads "
+                               f"decoder reward models (LlamaForSequenceClassification and the like)")
+        return cls(classifier, tokenizer, ScalarHead(hidden_size(classifier), linear=layer),
+                   pad_id=classifier.config.pad_token_id)
+
+    @classmethod
+    def from_causal_lm(cls, model: nn.Module, tokenizer) -> "RewardModel":
+        """A new reward model in transformers' sequence-classifier form on the trunk of a causal LM (its
+        weights copied, the LM head dropped) with a zero score layer: every score starts at 0."""
+        from transformers import AutoModelForSequenceClassification
+        config = copy.deepcopy(model.config)
+        config.num_labels = 1
+        config.pad_token_id = tokenizer.pad_id  # where transformers looks for the last non-pad token
+        config.architectures = None  # save_pretrained writes the classifier's own
+        classifier = AutoModelForSequenceClassification.from_config(config)
+        classifier.base_model.load_state_dict(model.base_model.state_dict())
+        nn.init.zeros_(classifier.score.weight)
+        return cls.from_classifier(classifier.to(next(model.parameters()).device).eval(), tokenizer)
+
+    def pool_index(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Index [B] of the token each row's score is read at (see the class docstring)."""
+        read = attention_mask.bool()
+        if self.pad_id is not None:
+            not_pad = read & (input_ids != self.pad_id)
+            read = torch.where(not_pad.any(1, keepdim=True), not_pad, read)
+        positions = torch.arange(read.shape[1], device=read.device).expand_as(read)
+        return (positions * read.long()).argmax(dim=1)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One scalar per sequence [B] (float32, on the model's device), read at each row's last real token."""
+        """One scalar per sequence [B] (float32, on the model's device), read at pool_index."""
         device = next(self.backbone.parameters()).device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         _, hidden = forward_hidden(self.backbone, input_ids, attention_mask, with_logits=False)
-        values = self.head(hidden).float()
-        return values[torch.arange(values.shape[0], device=device), last_token_index(attention_mask)]
+        index = self.pool_index(input_ids, attention_mask)
+        rows = torch.arange(hidden.shape[0], device=device)
+        return self.head(hidden[rows, index][:, None, :]).float()[:, 0]
 
     def score_texts(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """Scores [B] of prompt + completion + <eos> texts."""
@@ -50,12 +117,30 @@ class RewardModel(nn.Module):
                                     self.tokenizer.pad_id)
         return self.score(torch.cat([ids, rids], 1), torch.cat([mask, rmask], 1))
 
+    def export(self) -> tuple[nn.Module, dict[str, nn.Module]]:
+        """(model to save_pretrained, heads to save beside it): the classifier alone, or for the older form
+        the causal LM and its reward head."""
+        return (self.backbone, {}) if _is_classifier(self.backbone) else (self.backbone, {REWARD_HEAD: self.head})
+
     @classmethod
     def load(cls, path: str | Path) -> "RewardModel":
-        """A reward model saved by `proximo llm rm` (a run directory or its model/ folder)."""
+        """A reward model from a folder or run directory: transformers' sequence-classifier form (num_labels
+        1; TRL's, `proximo llm rm`'s) or proximo's older causal LM + reward_head.safetensors."""
         directory = resolve_model_dir(path)
+        if is_sequence_classifier(directory):
+            from transformers import AutoModelForSequenceClassification
+            classifier = load_pretrained(directory, AutoModelForSequenceClassification)
+            return cls.from_classifier(classifier, load_tokenizer(directory), str(directory))
+        if not (directory / f"{REWARD_HEAD}_head.safetensors").is_file():
+            raise ProximoError(f"{directory} holds no reward model: neither a sequence classifier (config.json "
+                               f"architectures ...ForSequenceClassification) nor {REWARD_HEAD}_head.safetensors; "
+                               "train one with `proximo llm rm` or TRL's RewardTrainer")
         backbone, tokenizer, _ = load_model(directory)
         return cls(backbone, tokenizer, load_head(directory, REWARD_HEAD, hidden_size(backbone)))
+
+
+def _is_classifier(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForSequenceClassification")
 
 
 def pairwise_accuracy(model: RewardModel, pairs: list[tuple[str, str, str]], batch_size: int = 512) -> float:
@@ -85,7 +170,7 @@ def sampled_pairs(model, tokenizer, task, prompts: list[str], rng, per_prompt: i
         chunk = prompts[start:start + 256]
         expanded = [p for p in chunk for _ in range(per_prompt)]
         ids, mask = encode_prompts(tokenizer, expanded)
-        rollout = generate(model, ids, mask, task.max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, temperature)
+        rollout = generate(model, ids, mask, task.max_new_tokens, tokenizer.stop_ids, tokenizer.pad_id, temperature)
         completions = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
         for i, prompt in enumerate(chunk):
             answer = task.answer(prompt)
@@ -99,9 +184,11 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
                        eval_dataset: Any = None, eval_fraction: float | None = None, **config: Any) -> dict[str, Any]:
     """Train a reward model on the task's synthetic preference pairs, or on dataset= (a preference file
     or list of rows) with eval_dataset= or eval_fraction= held out; returns the summary (held-out
-    pairwise accuracy before and after included) and saves model/ with reward_head.safetensors.
-    Without a held-out set a dataset run evaluates on its training pairs (the summary says so); at most
-    eval_pairs held-out pairs are scored. callback: as for every proximo trainer (proximo/callbacks.py)."""
+    pairwise accuracy before and after included) and saves model/ as a transformers sequence classifier
+    (num_labels 1). model: a built-in name, a causal LM folder or run directory (its trunk starts the reward
+    model) or a reward model in either form (trained on). Without a held-out set a dataset run evaluates
+    on its training pairs (the summary says so); at most eval_pairs held-out pairs are scored. callback: as
+    for every proximo trainer (proximo/callbacks.py)."""
     if dataset is None and (eval_dataset is not None or eval_fraction is not None):
         raise ProximoError("eval_dataset and eval_fraction hold out rows of a dataset; pass dataset=... too")
     if dataset is not None:
@@ -110,8 +197,16 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
     set_threads(cfg.torch_threads)
     rng = seed_everything(cfg.seed)
     task = get_task(cfg.task, cfg.digits) if dataset is None else None
-    backbone, tokenizer, _ = load_model(model, seed=cfg.seed)
-    rm = RewardModel(backbone, tokenizer)
+    policy = None  # the causal LM the pairs of pair_source "samples" come from
+    if not isinstance(model, str) and is_reward_model_dir(model):
+        if task is not None and cfg.pair_source == "samples":
+            raise ProximoError(f"pair_source samples draws from a causal LM; {model} is a reward model: give the "
+                               "policy as --init, or pair_source corrupt")
+        rm = RewardModel.load(model)  # train an existing reward model on
+    else:
+        policy, tokenizer, _ = load_model(model, seed=cfg.seed)
+        rm = RewardModel.from_causal_lm(policy, tokenizer)
+    tokenizer = rm.tokenizer
     extra: dict[str, Any] = {"model": str(model)}
     eval_rows = "held-out"
     if dataset is not None:
@@ -124,13 +219,14 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
     run = LLMRun("rm", cfg, run_dir, extra, tensorboard, verbose, total=cfg.max_steps)
     if task is not None and cfg.pair_source == "samples":
         # Labelled samples of the model being improved: the errors the policy will actually make.
-        train_pairs = sampled_pairs(backbone, tokenizer, task, task.sample_prompts(rng, cfg.train_pairs), rng,
+        train_pairs = sampled_pairs(policy, tokenizer, task, task.sample_prompts(rng, cfg.train_pairs), rng,
                                     temperature=cfg.temperature)
-        eval_pairs = sampled_pairs(backbone, tokenizer, task, task.held_out_prompts(cfg.eval_pairs), rng,
+        eval_pairs = sampled_pairs(policy, tokenizer, task, task.held_out_prompts(cfg.eval_pairs), rng,
                                    temperature=cfg.temperature)
     elif task is not None:
         train_pairs = task.preference_pairs(rng, cfg.train_pairs)
         eval_pairs = task.preference_pairs(rng, cfg.eval_pairs, held_out=True)
+    policy = None  # the pairs are made: the causal LM's weights need not stay in memory
     optimizer = make_optimizer(rm, cfg)
     # Every proximo optimizer step ends in the same tail (Precision.step -> FlatOptimizer.clip_and_step); the
     # reward model trains in float32 where it was loaded (its device and dtype fields are not wired yet).
@@ -172,4 +268,5 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
     summary = {"kind": "rm", "steps": progress.global_step, "stopped_by": stopped_by,
                "pairwise_accuracy_before": before, "pairwise_accuracy": accuracy, "final_loss": loss,
                "eval_pairs": len(eval_pairs), "eval_rows": eval_rows}
-    return run.finish(rm.backbone, tokenizer, summary, {REWARD_HEAD: rm.head})
+    model_out, heads = rm.export()
+    return run.finish(model_out, tokenizer, summary, heads)

@@ -19,6 +19,7 @@ import inspect
 import math
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -116,24 +117,42 @@ def _builtin(name: str, arg: str | None) -> Callable:
 
 
 class RewardModelReward:
-    """A trained reward model (`proximo llm rm`) as a reward function: its score of each prompt (chat
-    prompts through its tokenizer's template) and completion, in batches, without gradients."""
+    """A trained reward model (`proximo llm rm`, TRL's RewardTrainer or any transformers sequence classifier
+    with one label) as a reward function: its score of each prompt (chat prompts through its tokenizer's
+    template) and completion, in batches, without gradients. A trainer whose policy shares the reward
+    model's tokenizer hands it the sampled token ids instead (score_tokens): no decode and re-encode."""
 
     __name__ = "reward_model"
 
-    def __init__(self, model: Any, batch_size: int = 256) -> None:
+    def __init__(self, model: Any, batch_size: int = 256, source: str | None = None) -> None:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.batch_size = batch_size
+        self.source = source  # the folder it was read from, if any
+        self.autocast = nullcontext  # a trainer sets its precision's autocast (prepare_reward_models)
 
     @classmethod
     def load(cls, directory: str | Path) -> "RewardModelReward":
-        """The reward model saved in directory (a run directory of `proximo llm rm` or its model/ folder),
-        on the GPU when torch sees one."""
+        """The reward model saved in directory (a run directory of `proximo llm rm` or its model/ folder,
+        or a transformers sequence-classifier folder), on the GPU when torch sees one."""
         from proximo.llm.precision import resolve_llm_device
         from proximo.llm.reward_model import RewardModel
-        return cls(RewardModel.load(directory).to(resolve_llm_device("auto")))
+        return cls(RewardModel.load(directory).to(resolve_llm_device("auto")), source=str(directory))
+
+    def reads_tokens_of(self, tokenizer: Any) -> bool:
+        """True when tokenizer is the reward model's own (same vocabulary, specials and chat template)."""
+        from proximo.llm.tokenizer import same_tokenizer
+        return same_tokenizer(self.model.tokenizer, tokenizer)
+
+    def score_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores [B] (float32, CPU) of sequences in the reward model's own ids [B, L] with their mask."""
+        scores = []
+        with torch.inference_mode(), self.autocast():
+            for start in range(0, input_ids.shape[0], self.batch_size):
+                end = start + self.batch_size
+                scores.append(self.model.score(input_ids[start:end], attention_mask[start:end]).float().cpu())
+        return torch.cat(scores)
 
     def __call__(self, prompts: list, completions: list) -> list[float]:
         """Scores [B] of the completions of prompts."""
@@ -141,24 +160,33 @@ class RewardModelReward:
         texts = [render_prompt(p, self.model.tokenizer) for p in prompts]
         answers = [completion_text(c) for c in completions]
         scores: list[float] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             for start in range(0, len(texts), self.batch_size):
                 end = start + self.batch_size
                 scores += self.model.score_texts(texts[start:end], answers[start:end]).tolist()
         return scores
 
 
+def _put_cwd_on_path() -> None:
+    """Put the current directory on sys.path, as `python -m` has it and uvicorn or gunicorn put it (the
+    `proximo` console script starts without it). It stays there: a reward module may import its
+    neighbours when it is called."""
+    cwd = str(Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def load_reward(spec: str) -> Callable:
-    """The reward function named by spec: proximo:NAME[=ARG] (a built-in), package.module:function,
-    path/to/file.py:function, or a reward-model directory (from `proximo llm rm`)."""
+    """The reward function named by spec: proximo:NAME[=ARG] (a built-in), package.module:function (found on
+    sys.path or in the current directory), path/to/file.py:function, or a reward-model directory (from
+    `proximo llm rm`, or a transformers sequence classifier with num_labels 1 such as TRL writes)."""
     if Path(spec).is_dir():
-        from proximo.llm.models import is_model_dir
-        path = Path(spec)
-        model_dir = path if is_model_dir(path) else path / "model"
-        if not (model_dir / "reward_head.safetensors").is_file():
+        from proximo.llm.reward_model import is_reward_model_dir
+        if not is_reward_model_dir(spec):
             raise ProximoError(f"--reward {spec}: a directory works as a reward only if it holds a reward model "
-                               f"(reward_head.safetensors, from `proximo llm rm`); give module:function otherwise")
-        return RewardModelReward.load(path)
+                               f"(a transformers sequence classifier with one label, or a `proximo llm rm` run); "
+                               f"give module:function otherwise")
+        return RewardModelReward.load(spec)
     if spec.startswith("proximo:"):
         # Split at the first '=' only: a built-in's argument (a regex) may hold ':' and '='.
         name, eq, arg = spec[len("proximo:"):].partition("=")
@@ -177,12 +205,14 @@ def load_reward(spec: str) -> Callable:
             sys.modules[module_key] = module
             loader.loader.exec_module(module)
         else:
+            _put_cwd_on_path()
             module = importlib.import_module(module_name)
     except ProximoError:
         raise
     except Exception as exc:  # the user's module failed to import: say which and why, in one line
         raise ProximoError(f"--reward {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
-                           f"put it on PYTHONPATH or give a path to the .py file") from None
+                           f"run from the folder that holds it, put it on PYTHONPATH or give a path to the .py "
+                           f"file") from None
     func = getattr(module, func_name, None)
     if func is None:
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
@@ -197,9 +227,27 @@ def _reward_name(func: Callable) -> str:
     return getattr(func, "__name__", None) or type(func).__name__
 
 
+def reward_spec(source: Any) -> str | None:
+    """How to load a reward source again (for `proximo llm eval`): a spec string with its file or folder
+    made absolute, the folder a reward model was read from, or None for a Python object."""
+    if isinstance(source, RewardModelReward):
+        return None if source.source is None else str(Path(source.source).resolve())
+    if not isinstance(source, (str, Path)):
+        return None
+    spec = str(source)
+    if spec.startswith("proximo:") or Path(spec).is_dir():
+        return str(Path(spec).resolve()) if Path(spec).is_dir() else spec
+    module_name, _, func_name = spec.rpartition(":")
+    if module_name.endswith(".py") or Path(module_name).is_file():
+        return f"{Path(module_name).resolve()}:{func_name}"
+    return spec
+
+
 class RewardSet:
     """Several reward functions with weights: score(prompts, completions, columns, rows) gives the
-    weighted sum per sample (NaN where no function scored it) with per-function means."""
+    weighted sum per sample (NaN where no function scored it) with per-function means. A source is a
+    function, a spec string (see load_reward), a RewardModel or a RewardModelReward; specs records how
+    to load each one again (None for a Python object)."""
 
     def __init__(self, funcs: Callable | Sequence[Callable | str], weights: Sequence[float] | None = None) -> None:
         funcs = [funcs] if callable(funcs) or isinstance(funcs, (str, Path)) else list(funcs)
@@ -208,6 +256,8 @@ class RewardSet:
         from proximo.llm.reward_model import RewardModel
         self.funcs = [load_reward(str(f)) if isinstance(f, (str, Path)) else
                       RewardModelReward(f) if isinstance(f, RewardModel) else f for f in funcs]
+        self.specs = [reward_spec(f) if isinstance(f, (str, Path)) else reward_spec(g)
+                      for f, g in zip(funcs, self.funcs)]
         for f in self.funcs:
             if not callable(f):
                 raise ProximoError(f"a reward function must be callable as f(prompts, completions, **columns), "
@@ -221,7 +271,10 @@ class RewardSet:
         if not all(math.isfinite(w) for w in weights):
             raise ProximoError(f"reward weights must be finite numbers, got {weights}")
         self.weights = weights
-        self.names = [_reward_name(f) for f in self.funcs]
+        names = [_reward_name(f) for f in self.funcs]
+        # Two sources of one name (two reward models, say) keep apart in the per-function statistics.
+        self.names = [name if names.count(name) == 1 else f"{name}_{names[:k + 1].count(name)}"
+                      for k, name in enumerate(names)]
         self._wanted = [self._columns_wanted(f) for f in self.funcs]
 
     @staticmethod
@@ -255,18 +308,28 @@ class RewardSet:
         rewards, _ = self.score(prompts, completions, columns)
         return [None if math.isnan(r) else r for r in rewards.tolist()]
 
+    def reward_models(self) -> list[RewardModelReward]:
+        """The reward models among the sources, in order."""
+        return [f for f in self.funcs if isinstance(f, RewardModelReward)]
+
     def score(self, prompts: list, completions: list, columns: dict[str, list] | None = None,
-              rows: Sequence[int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              rows: Sequence[int] | None = None, tokens: tuple | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """(rewards [B] float with NaN where no function scored the sample, {name: mean of its scores});
-        rows [B] (optional) are the dataset rows of the samples, named in errors."""
+        rows [B] (optional) are the dataset rows of the samples, named in errors. tokens (optional):
+        (input_ids [B, L], attention_mask [B, L], tokenizer) of the sampled sequences; a reward model that
+        reads that tokenizer scores them as sampled instead of re-encoding the text."""
         columns = columns or {}
         batch = len(completions)
         total = torch.zeros(batch, dtype=torch.float64)
         scored = torch.zeros(batch, dtype=torch.bool)
         means: dict[str, float] = {}
         for k, (name, weight) in enumerate(zip(self.names, self.weights)):
+            func = self.funcs[k]
             try:
-                values = self._call(k, prompts, completions, columns)
+                if tokens is not None and isinstance(func, RewardModelReward) and func.reads_tokens_of(tokens[2]):
+                    values = func.score_tokens(tokens[0], tokens[1]).tolist()
+                else:
+                    values = self._call(k, prompts, completions, columns)
             except ProximoError:
                 raise
             except Exception as exc:  # a user's function failed: name it, the row and the error, no traceback
@@ -298,3 +361,16 @@ class RewardSet:
             means[name] = sum(got) / len(got) if got else math.nan
         rewards = torch.where(scored, total, torch.full_like(total, math.nan)).to(torch.float32)
         return rewards, means
+
+
+def score_samples(rewards: RewardSet, dataset: Any, rows: Sequence[int] | None, texts: list[str],
+                  completions: list[str], tokens: tuple | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """rewards.score of completions of prompt texts; with a dataset (a PromptDataset), the raw prompts and
+    other columns of rows go to the functions, and the completions of chat prompts as one assistant message
+    each (TRL's convention). Training and `proximo llm eval` score through this one function."""
+    if dataset is None:
+        return rewards.score(texts, completions, tokens=tokens)
+    raw = dataset.prompts(rows)
+    completions = [c if isinstance(p, str) else [{"role": "assistant", "content": c}]
+                   for p, c in zip(raw, completions)]
+    return rewards.score(raw, completions, dataset.columns(rows), rows, tokens=tokens)

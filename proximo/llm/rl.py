@@ -44,7 +44,7 @@ from proximo.llm.learners import TokenLearner, micro_batches  # noqa: F401 - mic
 from proximo.llm.lora import LoRA
 from proximo.llm.models import enable_gradient_checkpointing, load_model, position_limit
 from proximo.llm.precision import Precision, resolve_llm_device
-from proximo.llm.rewards import RewardSet
+from proximo.llm.rewards import RewardSet, score_samples
 from proximo.llm.run import (
     LLMRun, RankRun, RewardFn, decode_responses, encode_prompts, evaluate, make_optimizer, prompt_token_ids,
 )
@@ -87,6 +87,9 @@ class RLTrainer:
                  eval_fraction: float | None = None, reward_weights: list[float] | None = None,
                  sampler: Sampler | None = None) -> None:
         self.config = config
+        # Files to read again in `proximo llm eval RUN` (absolute: eval may run from elsewhere).
+        data_files = {f"{name}_file": str(Path(value).resolve()) if isinstance(value, (str, Path)) else None
+                      for name, value in (("dataset", dataset), ("eval_dataset", eval_dataset))}
         set_threads(config.torch_threads)
         # Under torchrun this process is one rank of a data-parallel run (see the module docstring).
         self.device = resolve_llm_device(config.device)
@@ -113,7 +116,10 @@ class RLTrainer:
         if self.task is None and (self.dataset is None or reward_fn is None):
             raise ProximoError("without a built-in task, pass both prompts=[...] (or dataset=...) and reward_fn=...")
         self.reward_is_task = reward_fn is None
-        self.rewards = RewardSet(self.task.reward if reward_fn is None else reward_fn, reward_weights)
+        if isinstance(reward_fn, RewardSet) and reward_weights is None:
+            self.rewards = reward_fn  # already a set (PPO-RLHF evaluating with its training reward)
+        else:
+            self.rewards = RewardSet(self.task.reward if reward_fn is None else reward_fn, reward_weights)
         self.reward_fn = self.rewards.funcs[0] if len(self.rewards.funcs) == 1 else self.rewards
         self.eval_dataset: PromptDataset | None = None
         if eval_dataset is not None and eval_fraction is not None:
@@ -128,9 +134,13 @@ class RLTrainer:
             self.eval_dataset = PromptDataset.load([{"prompt": p} for p in eval_prompts])
         elif self.task is None:
             self.eval_dataset = self.dataset  # nothing held out: evaluation reuses the training rows
+        self.eval_rows = "training" if self.task is None and self.eval_dataset is self.dataset else "held-out"
         self.precision = Precision(self.device, config.dtype)
         self.sampler: Sampler = sampler if sampler is not None else KVCacheSampler()
-        self.model, self.tokenizer, self.model_dir = load_model(model, seed=config.seed)
+        # Under LoRA every base weight stays frozen, stored in the run's dtype (cast_frozen below): read them
+        # in it at once, without a float32 copy of the whole model on the way (peft keeps its adapter float32).
+        frozen_base = self.precision.dtype if config.lora_r and self.precision.mixed else torch.float32
+        self.model, self.tokenizer, self.model_dir = load_model(model, seed=config.seed, dtype=frozen_base)
         if self.model_dir is None:
             broadcast_module_(self.model, self.world)  # built from the seed, not read: make sure it is rank 0's
         self.max_new_tokens = config.max_new_tokens or (self.task.max_new_tokens if self.task else 16)
@@ -167,9 +177,15 @@ class RLTrainer:
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         self.step_count = 0
+        # What trained and what evaluated, and how to load each again (`proximo llm eval RUN` reads them).
+        trained = getattr(self, "train_rewards", self.rewards)
         sources = {"dataset": None if self.dataset is None else self.dataset.source,
                    "eval_dataset": None if self.eval_dataset is None else self.eval_dataset.source,
-                   "rewards": self.rewards.names, "reward_weights": self.rewards.weights}
+                   "eval_fraction": eval_fraction, **data_files, "eval_rows": self.eval_rows,
+                   "rewards": trained.names, "reward_weights": trained.weights, "reward_specs": trained.specs,
+                   "eval_rewards": ([f"task:{self.task.name}"] if self.reward_is_task and self.task is not None
+                                    else self.rewards.names),
+                   "eval_reward_weights": self.rewards.weights, "eval_reward_specs": self.rewards.specs}
         if self.world.size > 1:
             sources["world"] = {"size": self.world.size, "backend": self.world.backend}
 
@@ -208,16 +224,22 @@ class RLTrainer:
         return self.task.sample_prompts(self.rng, n), None
 
     def score(self, dataset: "PromptDataset | None", rows: list[int] | None, texts: list[str],
-              completions: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Rewards [B] (NaN: no function scored the sample) and per-function means, for completions of
-        prompts texts; with a dataset, the raw prompts and other columns of rows go to the functions, and
-        the completions of chat prompts as one assistant message each."""
-        if dataset is None:
-            return self.rewards.score(texts, completions)
-        raw = dataset.prompts(rows)
-        completions = [c if isinstance(p, str) else [{"role": "assistant", "content": c}]
-                       for p, c in zip(raw, completions)]
-        return self.rewards.score(raw, completions, dataset.columns(rows), rows)
+              completions: list[str], rewards: RewardSet | None = None,
+              rollout: Rollout | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Rewards [B] (NaN: no function scored the sample) and per-function means by rewards (default
+        self.rewards), for completions of prompts texts; with a dataset, the raw prompts and other columns
+        of rows go to the functions, and the completions of chat prompts as one assistant message each.
+        rollout (the sampled rows): a reward model that shares the policy's tokenizer scores its token ids."""
+        rewards = self.rewards if rewards is None else rewards
+        tokens = None if rollout is None else (rollout.input_ids, rollout.attention_mask, self.tokenizer)
+        return score_samples(rewards, dataset, rows, texts, completions, tokens)
+
+    def prepare_reward_models(self, rewards: RewardSet) -> None:
+        """Put the reward models among rewards on the trainer's device, frozen weights in its low dtype, and
+        have them score under its autocast (as the policy's own passes run)."""
+        for scorer in rewards.reward_models():
+            self.precision.cast_frozen(scorer.model).to(self.device)
+            scorer.autocast = self.precision.autocast
 
     def needs_reference_copy(self) -> bool:
         """Whether to hold a frozen copy of the initial policy (without LoRA); subclasses say when not."""
@@ -296,7 +318,7 @@ class RLTrainer:
         ids, mask = pad_prompts(token_ids, self.tokenizer.pad_id)
         started = time.perf_counter()
         with self.precision.autocast():
-            rollout = self.sampler.generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id,
+            rollout = self.sampler.generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.stop_ids,
                                             self.tokenizer.pad_id, temperature=self.config.temperature,
                                             repeats=repeats)
         seconds = time.perf_counter() - started
@@ -413,7 +435,7 @@ class RLTrainer:
         """Completions of prompts by the current policy."""
         ids, mask = encode_prompts(self.tokenizer, prompts, self.config.max_prompt_tokens)
         with self.precision.autocast():
-            rollout = generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.eos_id,
+            rollout = generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.stop_ids,
                                self.tokenizer.pad_id, temperature=self.config.temperature, greedy=greedy)
         return decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
 

@@ -5,6 +5,7 @@ with an adaptive or fixed KL coefficient (proximo.core.kl controllers)."""
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,12 @@ from proximo.core import AdaptiveKLController, FixedKLController, masked_mean, p
 from proximo.errors import ProximoError
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.config import RLHFConfig
-from proximo.llm.data import render_prompt
 from proximo.llm.generation import response_logprobs
 from proximo.distributed import broadcast_module_
 from proximo.llm.losses import pooled_moments, pooled_whiten, rlhf_token_rewards, token_gae
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size
 from proximo.llm.reward_model import RewardModel
-from proximo.llm.rewards import completion_text
+from proximo.llm.rewards import RewardModelReward, RewardSet
 from proximo.llm.learners import TokenLearner, TokenMinibatch
 from proximo.llm.rl import RLTrainer
 from proximo.llm.run import RewardFn
@@ -78,14 +78,21 @@ class RLHFLearner(TokenLearner):
 
 
 class RLHF(RLTrainer):
-    """PPO-RLHF against a reward model: RLHF("tiny" | model_dir | run_dir, reward_model=RM_DIR,
-    prompts=[...] or dataset=FILE [eval_dataset= | eval_fraction=], **RLHFConfig fields).train(steps)
-    -> summary dict. The reward model alone drives training. Held-out evaluation uses the task's
-    exact-match reward when there is a task, else eval_reward_fn (a function, a `module:function`
-    spec or a list of them, called as reward functions are, with the dataset's other columns), else
-    the reward model's score. With a task or eval_reward_fn each step's row also has the true reward
-    of its training samples as `accuracy`, so that a rising score over a falling accuracy (reward
-    over-optimization) is visible."""
+    """PPO-RLHF: RLHF("tiny" | model_dir | run_dir, reward_model=RM_DIR and/or reward_fn=[...],
+    reward_weights=[...], prompts=[...] or dataset=FILE [eval_dataset= | eval_fraction=], **RLHFConfig
+    fields).train(steps) -> summary dict.
+
+    The training reward is the weighted sum (reward_weights, one per source, the reward model first) of
+    reward_model (a `proximo llm rm` run, a transformers sequence classifier with num_labels 1 such as
+    TRL's RewardTrainer writes, or a RewardModel) and reward_fn (functions, `module:function` specs,
+    built-ins or more reward-model folders, called as GRPO calls them). A reward model that shares the
+    policy's tokenizer scores the sampled token ids; another scores the decoded text through its own
+    tokenizer. A sample no source scores (a function's None) gets loss mask 0.
+
+    Held-out evaluation uses the task's exact-match reward when there is a task, else eval_reward_fn (a
+    function, a `module:function` spec or a list of them), else the training reward. With a task or
+    eval_reward_fn each step's row also has the true reward of its training samples as `accuracy`, so
+    that a rising score over a falling accuracy (reward over-optimization) is visible."""
 
     kind = "rlhf"
     learner_class = RLHFLearner
@@ -94,48 +101,54 @@ class RLHF(RLTrainer):
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
                  eval_reward_fn: RewardFn | str | list | None = None, run_dir: str | Path | None = None,
                  verbose: bool = False, tensorboard: bool = True, dataset: Any = None, eval_dataset: Any = None,
-                 eval_fraction: float | None = None, **config: Any) -> None:
-        if reward_model is None:
-            raise ProximoError("RLHF needs reward_model=DIR (train one with `proximo llm rm`)")
-        self.reward_model = reward_model if isinstance(reward_model, RewardModel) else RewardModel.load(reward_model)
-        self.reward_model.eval()
-        for p in self.reward_model.parameters():
-            p.requires_grad_(False)
+                 eval_fraction: float | None = None, reward_fn: RewardFn | str | list | None = None,
+                 reward_weights: list[float] | None = None, **config: Any) -> None:
+        sources: list = []
+        if reward_model is not None:
+            model_reward = reward_model if isinstance(reward_model, RewardModel) else RewardModel.load(reward_model)
+            sources.append(RewardModelReward(model_reward, source=None if isinstance(reward_model, RewardModel)
+                                             else str(reward_model)))
+        if reward_fn is not None:
+            sources += [reward_fn] if callable(reward_fn) or isinstance(reward_fn, (str, Path)) else list(reward_fn)
+        if not sources:
+            raise ProximoError("RLHF needs a reward: reward_model=DIR (train one with `proximo llm rm`) and/or "
+                               "reward_fn=... (functions, module:function specs, reward-model folders)")
+        self.train_rewards = RewardSet(sources, reward_weights)
+        models = self.train_rewards.reward_models()
+        self.reward_model: RewardModel | None = models[0].model if models else None
         if (prompts is not None or dataset is not None) and "task" not in config:
             config["task"] = ""
-        # True rewards (the task's or the user's) are measured on training samples too; the reward model's
-        # own score, the fallback, already is the `score` column.
+        # True rewards (the task's or the user's) are measured on training samples too; the training reward
+        # itself, the fallback, already is the `score` column.
         self.true_reward = bool(config.get("task", "add")) or eval_reward_fn is not None
         if eval_reward_fn is None and not config.get("task", "add"):
-            eval_reward_fn = self._score_fn
+            eval_reward_fn = self.train_rewards
         super().__init__(model, RLHFConfig(**config), eval_reward_fn, prompts, eval_prompts, run_dir, verbose,
-                         tensorboard, extra={"reward_model": str(reward_model)}, dataset=dataset,
-                         eval_dataset=eval_dataset, eval_fraction=eval_fraction)
-        if self.reward_model.tokenizer.vocab_size != self.tokenizer.vocab_size:
-            raise ProximoError("the reward model and the policy use different tokenizers; train the reward model "
-                               "from the same model family (e.g. `proximo llm rm --init` the SFT run)")
+                         tensorboard, extra={"reward_model": None if reward_model is None else str(reward_model)},
+                         dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction)
         self.value_head = ScalarHead(hidden_size(self.model))
         broadcast_module_(self.value_head, self.world)  # each rank drew its own initial head: rank 0's for all
         self.value_head.to(self.device)
         self.critic: RewardModel | None = None
-        if self.config.critic == "reward_model":
+        critic_source = next((m.model for m in models if m.reads_tokens_of(self.tokenizer)), None)
+        if self.config.critic == "reward_model" and critic_source is None:
+            raise ProximoError("critic reward_model starts the value model from a reward model that reads the "
+                               "policy's tokens, and no reward here is one (none, or another tokenizer); use "
+                               "critic head (or auto)")
+        if self.config.critic == "reward_model" or (self.config.critic == "auto" and critic_source is not None):
             # A critic that starts out knowing the reward: its early advantages are signal, not noise.
-            self.critic = copy.deepcopy(self.reward_model).to(self.device)
+            self.critic = _critic_from(critic_source).to(self.device)
             for p in self.critic.parameters():
                 p.requires_grad_(True)
-        # Copied before this: the critic trains in float32 while the frozen scorer is stored in the low dtype.
-        self.precision.cast_frozen(self.reward_model).to(self.device)
+        # Copied before this: the critic trains in float32 while the frozen scorers are stored in the low dtype.
+        self.prepare_reward_models(self.train_rewards)
+        if self.rewards is not self.train_rewards:
+            self.prepare_reward_models(self.rewards)
         cfg = self.config
         # Running (not per-batch) score statistics, from no prior (count 0): the first batch's own moments.
         self.score_stats = RunningMeanStd((), epsilon=0.0)
         self.kl_controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target) if cfg.kl_controller == "adaptive"
                               else FixedKLController(cfg.kl_coef))
-
-    def _score_fn(self, prompts: list, completions: list) -> list[float]:
-        """Reward-model scores of raw dataset prompts (strings or chat messages) and their completions."""
-        texts = [render_prompt(p, self.tokenizer) for p in prompts]
-        with torch.inference_mode(), self.precision.autocast():
-            return self.reward_model.score_texts(texts, [completion_text(c) for c in completions]).tolist()
 
     def trainable_parameters(self):
         """The policy and its critic (value head or separate value model)."""
@@ -159,6 +172,19 @@ class RLHF(RLTrainer):
             values = self._values(input_ids, attention, width)
         return logp, entropy, values
 
+    def _sequence_rewards(self, prompts: list[str], rows: list[int] | None, completions: list[str],
+                          rollout) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(rewards [B] float32 with 0 where no source scored the sample, valid [B] bool, {reward_<name>: the
+        mean over ranks of each rank's mean score of that source}) of the training reward for one rollout."""
+        rewards, means = self.score(self.dataset, rows, prompts, completions, self.train_rewards, rollout)
+        valid = ~torch.isnan(rewards)
+        stats = {}
+        for name, value in means.items():
+            scored = not math.isnan(value)
+            total, ranks = self.global_sum(value if scored else 0.0, float(scored))
+            stats[f"reward_{name}"] = total / ranks if ranks else math.nan
+        return torch.nan_to_num(rewards).to(self.device), valid.to(self.device), stats
+
     def collect(self) -> SimpleNamespace:
         """Sample one completion per prompt; score it, per-token rewards with the KL penalty, GAE."""
         cfg: RLHFConfig = self.config
@@ -172,8 +198,10 @@ class RLHF(RLTrainer):
         input_ids, attention, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
         width = rollout.prompt_ids.shape[1]
         beta = self.kl_controller.value
+        # The training reward, weighted over its sources; a sample none scored trains nothing (loss mask 0).
+        scores, valid, reward_stats = self._sequence_rewards(prompts, rows, completions, rollout)
+        mask = mask * valid[:, None].to(mask.dtype)
         with torch.inference_mode(), self.precision.autocast():
-            scores = self.reward_model.score(input_ids, attention)
             old_logp, _, old_values = self._forward(input_ids, attention, width)
             with self.reference_mode():
                 ref_logp, _, _ = response_logprobs(self.reference, input_ids, attention, width, cfg.temperature)
@@ -182,7 +210,7 @@ class RLHF(RLTrainer):
         if cfg.normalize_scores:
             # Running (not per-batch) statistics: a batch that is better on the whole still earns more.
             # over every rank's scores: the moments about the shared running mean add up over ranks
-            moments = torch.from_numpy(self.score_stats.moments(scores.detach().double().cpu()))
+            moments = torch.from_numpy(self.score_stats.moments(scores[valid].detach().double().cpu()))
             self.score_stats.update_from_moments(self.world.all_reduce_sum_(moments).numpy())
             rewards_seq = (scores - float(self.score_stats.mean)) / (float(self.score_stats.var.sqrt()) + 1e-6)
         rewards, kl_tokens = rlhf_token_rewards(rewards_seq, old_logp, ref_logp, mask, beta, cfg.kl_estimator)
@@ -192,7 +220,7 @@ class RLHF(RLTrainer):
         return SimpleNamespace(started=started, prompts=prompts, rows=rows, completions=completions, scores=scores,
                                input_ids=input_ids, attention=attention, mask=mask, width=width, old_logp=old_logp,
                                old_values=old_values, advantages=advantages, returns=returns, kl_tokens=kl_tokens,
-                               beta=beta, gen_s=gen_s)
+                               beta=beta, gen_s=gen_s, valid=valid, reward_stats=reward_stats)
 
     def learn(self, batch_data: SimpleNamespace, optimizer: FlatOptimizer) -> dict[str, float]:
         """K epochs of clipped policy and value updates on one collected batch; returns the row."""
@@ -228,7 +256,7 @@ class RLHF(RLTrainer):
         # KL per sequence (sum over its tokens), the quantity the adaptive controller targets: the same on every rank.
         sequence_kl = kl_sum / rows
         self.kl_controller.update(sequence_kl)
-        score_mean, score_var = pooled_moments(scores, None, self.global_sum)
+        score_mean, score_var = pooled_moments(scores, b.valid, self.global_sum)
         row.update({
             "score": score_mean, "reward": score_mean, "reward_std": score_var ** 0.5,
             "accuracy": true_sum / true_count if true_count else None,
@@ -236,4 +264,19 @@ class RLHF(RLTrainer):
             "response_length": tokens / rows, "learning_rate": cfg.learning_rate, "gen_tokens_per_s": gen_rate,
             "tokens_per_s": rate,
         })
+        row.update(b.reward_stats)  # each reward source's mean score
         return row
+
+
+def _critic_from(reward_model: RewardModel) -> RewardModel:
+    """A trainable copy of reward_model to serve as the value model; its head gains a zero bias when it has
+    none (a sequence classifier's score layer): values then start as the scores and can shift as a whole."""
+    critic = copy.deepcopy(reward_model)
+    linear = critic.head.linear
+    if linear.bias is None:
+        biased = torch.nn.Linear(linear.in_features, 1, device=linear.weight.device)
+        with torch.no_grad():
+            biased.weight.copy_(linear.weight.float())
+            biased.bias.zero_()
+        critic.head = ScalarHead(linear.in_features, linear=biased)
+    return critic.float()

@@ -93,7 +93,7 @@ def evaluate(model, tokenizer, prompts: list[str], reward_fn: RewardFn | None, m
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         ids, mask = encode_prompts(tokenizer, chunk, max_prompt_tokens)
-        rollout = generate(model, ids, mask, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id,
+        rollout = generate(model, ids, mask, max_new_tokens, tokenizer.stop_ids, tokenizer.pad_id,
                            temperature=temperature, greedy=greedy)
         completions = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
         rewards = call_reward(reward_fn, chunk, completions) if score is None else score(start, completions)

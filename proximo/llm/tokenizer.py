@@ -1,5 +1,8 @@
 """Tokenizers for the LLM side: a character-level one for the built-in tasks, and an adapter for
-transformers tokenizers loaded from a local directory. Both expose the same small interface."""
+transformers tokenizers loaded from a local directory (tokenizer.json, or a SentencePiece tokenizer.model
+as the Llama-2 / Mistral family ship, converted by transformers; chat templates from tokenizer_config.json
+or chat_template.jinja). Both expose the same small interface: pad/bos/eos ids, stop_ids (every token that
+ends a completion: eos, plus those generation_config.json names), encode, decode, save."""
 from __future__ import annotations
 
 import json
@@ -25,6 +28,7 @@ class CharTokenizer:
         self.specials = [self.PAD, self.BOS, self.EOS]
         self._to_id = {c: i + len(self.specials) for i, c in enumerate(chars)}
         self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+        self.stop_ids = (self.eos_id,)
 
     @property
     def vocab_size(self) -> int:
@@ -72,9 +76,12 @@ class CharTokenizer:
 
 
 class HFTokenizer:
-    """Adapter giving a transformers tokenizer the CharTokenizer interface (pad/bos/eos ids)."""
+    """Adapter giving a transformers tokenizer the CharTokenizer interface (pad/bos/eos ids). A tokenizer
+    without a pad token (Llama-2, Mistral) pads with eos: every batch carries its own mask, so the pad id
+    is never read as a token. stop_ids: eos first, then any other ids in extra_stop_ids (a model's
+    generation_config.json eos_token_id list, such as an end-of-turn token)."""
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, extra_stop_ids: tuple[int, ...] = ()) -> None:
         self.tok = tokenizer
         eos = tokenizer.eos_token_id
         if eos is None:
@@ -82,6 +89,7 @@ class HFTokenizer:
         self.eos_id = int(eos)
         self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else self.eos_id
         self.bos_id = int(tokenizer.bos_token_id) if tokenizer.bos_token_id is not None else None
+        self.stop_ids = (self.eos_id, *(i for i in dict.fromkeys(extra_stop_ids) if i != self.eos_id))
 
     @property
     def vocab_size(self) -> int:
@@ -107,10 +115,11 @@ class HFTokenizer:
         return ids
 
     def decode(self, ids: list[int]) -> str:
-        """Text of ids up to the first eos."""
+        """Text of ids up to the first stop token (eos or another of stop_ids)."""
         ids = list(ids)
-        if self.eos_id in ids:
-            ids = ids[:ids.index(self.eos_id)]
+        ends = [ids.index(i) for i in self.stop_ids if i in ids]
+        if ends:
+            ids = ids[:min(ends)]
         return self.tok.decode(ids, skip_special_tokens=True)
 
     def save(self, directory: Path) -> None:
@@ -118,14 +127,55 @@ class HFTokenizer:
         self.tok.save_pretrained(str(directory))
 
 
+def same_tokenizer(a, b) -> bool:
+    """True when a and b turn text into the same ids and back: one class, one vocabulary, the same special
+    ids and chat template (a reward model and a policy that agree can share sampled token ids)."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, CharTokenizer):
+        return a.chars == b.chars
+    return ((a.eos_id, a.bos_id, a.pad_id, a.chat_template) == (b.eos_id, b.bos_id, b.pad_id, b.chat_template)
+            and type(a.tok) is type(b.tok) and a.tok.get_vocab() == b.tok.get_vocab())
+
+
+def generation_stop_ids(directory: Path, vocab_size: int) -> tuple[int, ...]:
+    """The eos_token_id(s) of a model directory's generation_config.json (an int or a list, as Llama-3 and
+    Qwen2 write theirs; () without the file); ProximoError in one line for a value that is no token id."""
+    path = Path(directory) / "generation_config.json"
+    if not path.is_file():
+        return ()
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProximoError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
+    value = data.get("eos_token_id") if isinstance(data, dict) else None
+    ids = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in ids):
+        raise ProximoError(f"{path}: eos_token_id {value!r} is not a token id (or list of them) below the "
+                           f"vocabulary size {vocab_size}; fix it or delete the file")
+    return tuple(ids)
+
+
 def load_tokenizer(directory: Path):
-    """The tokenizer stored in a model directory: proximo's char tokenizer or a transformers one."""
+    """The tokenizer stored in a model directory: proximo's char tokenizer or a transformers one (its stop
+    tokens completed from generation_config.json)."""
     directory = Path(directory)
     if (directory / CHAR_TOKENIZER_FILE).is_file():
         return CharTokenizer.load(directory)
+    sentencepiece_only = (directory / "tokenizer.model").is_file() and not (directory / "tokenizer.json").is_file()
+    if sentencepiece_only:
+        try:
+            import sentencepiece  # noqa: F401 - transformers converts tokenizer.model with it
+        except ImportError:
+            raise ProximoError(f"{directory} has a SentencePiece tokenizer.model (and no tokenizer.json); reading "
+                               "it needs the sentencepiece package: pip install sentencepiece") from None
     from transformers import AutoTokenizer
     try:
-        return HFTokenizer(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
-    except (OSError, ValueError) as exc:
-        raise ProximoError(f"no tokenizer in {directory} ({exc}); save one there with "
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError, ImportError, RuntimeError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ProximoError(f"no tokenizer in {directory} ({detail}); save one there with "
                            f"tokenizer.save_pretrained") from None
+    return HFTokenizer(tokenizer, generation_stop_ids(directory, len(tokenizer)))

@@ -145,7 +145,8 @@ def register(subparsers) -> None:
     ev.add_argument("run_dir", help="run directory (grpo, rlhf, sft) or model directory")
     ev.add_argument("--task", default=None, help="score on a built-in task's held-out prompts (default: the run's "
                                                  "task, when it trained on one)")
-    ev.add_argument("--digits", type=int, default=None)
+    ev.add_argument("--digits", type=int, default=None, help="size of --task's problems (default: the run's, else "
+                                                             "the task's own)")
     ev.add_argument("--dataset", metavar="FILE", help="prompts to score (every row, up to --prompts) in place of "
                                                       "the run's held-out rows")
     ev.add_argument("--reward", action="append", metavar="MODULE:FUNCTION",

@@ -23,7 +23,8 @@ class Callback:
 
     @property
     def num_timesteps(self) -> int:
-        """Env steps (classic) or updates (LLM) trained so far."""
+        """The run's step counter, global_step: env steps (classic), updates (GRPO, PPO-RLHF) or optimizer
+        steps (SFT, reward model) so far."""
         return int(getattr(self.trainer, "global_step", 0))
 
     def init_callback(self, trainer: Any) -> None:
@@ -193,7 +194,7 @@ class ShowProgress(Callback):
 
 
 class CheckpointEvery(Callback):
-    """trainer.save_checkpoint() every `every` steps (env steps; updates for LLM trainers): config.save_every."""
+    """trainer.save_checkpoint() every `every` steps of the run's global_step: config.save_every."""
 
     def __init__(self, every: int) -> None:
         self.every = every

@@ -158,3 +158,21 @@ def test_an_llm_run_directory_reads_as_a_classic_one(tmp_path, capsys):
     assert "(llm grpo: tiny, 3 updates)" in out and "clip_fraction" in out
     assert main(["plot", str(run), "-o", str(tmp_path / "curve.png")]) == 0
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_two_rank_grpo_resumes_bitwise(tmp_path, capsys):
+    """Each rank's random streams are saved and restored: --nproc 2 resumed from step 2 ends as the
+    uninterrupted --nproc 2 run (the launcher bounds every rank's wait and reaps them)."""
+    from safetensors.torch import load_file
+    common = ["llm", "grpo", "--init", "tiny", "--save-every", "2", "--eval-every", "2", "--prompts-per-step", "4",
+              "--group-size", "2", "--num-eval-prompts", "4", "--max-new-tokens", "4", "--torch-threads", "1",
+              "--quiet", "--no-tensorboard", "--nproc", "2"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert main([*common, "--steps", "4", "--run-dir", str(whole)]) == 0
+    assert main([*common, "--steps", "2", "--run-dir", str(part)]) == 0
+    assert main(["llm", "grpo", "--resume", str(part), "--steps", "4", "--nproc", "2", "--quiet"]) == 0
+    a, b = (load_file(str(run / "model" / "model.safetensors")) for run in (whole, part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state = json.loads((part / "checkpoints" / "step_000000000004" / "state.json").read_text())
+    assert state["world"] == {"size": 2} and len(state["ranks"]) == 2 and state["ranks"][0] != state["ranks"][1]

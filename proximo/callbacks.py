@@ -23,7 +23,8 @@ class Callback:
 
     @property
     def num_timesteps(self) -> int:
-        """Env steps (classic) or updates (LLM) trained so far."""
+        """The run's step counter, global_step: env steps (classic), updates (GRPO, PPO-RLHF) or optimizer
+        steps (SFT, reward model) so far."""
         return int(getattr(self.trainer, "global_step", 0))
 
     def init_callback(self, trainer: Any) -> None:
@@ -145,14 +146,15 @@ def run_loop(collect: Callable[[], Any], learn: Callable[[Any], dict[str, Any]],
 
 
 class LogMetrics(Callback):
-    """Every log_every updates, the row into metrics.csv, updates.jsonl and TensorBoard."""
+    """Every log_every updates (0: none), the row into metrics.csv, updates.jsonl and TensorBoard (and the
+    tracker); a row for which always(row) is true is written whenever it comes (an LLM run's evaluation rows)."""
 
-    def __init__(self, writer: Any, every: int) -> None:
-        self.writer, self.every = writer, every
+    def __init__(self, writer: Any, every: int, always: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        self.writer, self.every, self.always = writer, every, always
 
     def on_update_end(self, row: dict[str, Any]) -> None:
         """Write the row when due."""
-        if int(row["update"]) % self.every == 0:
+        if (self.every and int(row["update"]) % self.every == 0) or (self.always is not None and self.always(row)):
             self.writer.write(row)
 
     def on_training_end(self) -> None:
@@ -172,14 +174,19 @@ class WatchHealth(Callback):
 
 
 class ShowProgress(Callback):
-    """The progress bar (or periodic lines when stderr is not a terminal)."""
+    """The progress bar (or periodic lines when stderr is not a terminal): the step count, the row's speed
+    and its headline figure (classic: env steps/s and the recent mean return; LLM runs name theirs); a
+    row without them shows the last ones seen."""
 
-    def __init__(self, progress: Any) -> None:
-        self.progress = progress
+    def __init__(self, progress: Any, speed: str = "sps", headline: str = "episode_return_mean") -> None:
+        self.progress, self.speed, self.headline = progress, speed, headline
+        self.last = (0.0, float("nan"))
 
     def on_update_end(self, row: dict[str, Any]) -> None:
-        """Show steps, speed and the recent mean return."""
-        self.progress.update(row["global_step"], row["sps"], row["episode_return_mean"])
+        """Show steps, speed and the headline figure."""
+        speed, headline = row.get(self.speed), row.get(self.headline)
+        self.last = (self.last[0] if speed is None else speed, self.last[1] if headline is None else headline)
+        self.progress.update(row["global_step"], *self.last)
 
     def on_training_end(self) -> None:
         """Stop the bar."""
@@ -187,7 +194,7 @@ class ShowProgress(Callback):
 
 
 class CheckpointEvery(Callback):
-    """trainer.save_checkpoint() every `every` steps (env steps; updates for LLM trainers): config.save_every."""
+    """trainer.save_checkpoint() every `every` steps of the run's global_step: config.save_every."""
 
     def __init__(self, every: int) -> None:
         self.every = every

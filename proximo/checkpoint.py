@@ -22,6 +22,9 @@ from proximo.errors import ProximoError
 FORMAT_VERSION = 1
 POLICY_TENSORS = "policy.safetensors"
 POLICY_META = "policy.json"
+# A training checkpoint's state (classic and LLM runs alike): checkpoints/step_N/state.{safetensors,json}.
+STATE_TENSORS = "state.safetensors"
+STATE_META = "state.json"
 
 
 class CheckpointError(ProximoError):

@@ -23,6 +23,7 @@ from typing import Any
 from proximo.diagnostics import REWARD_KEYS, DiagnosticsConfig, Episode, HealthMonitor, Panel, Rule, diagnose
 from proximo.errors import ProximoError
 from proximo.metrics import read_jsonl
+from proximo.rundir import run_kind, run_settings, run_title, step_unit
 
 RATIO_RANGE = (0.0, 2.0)  # the range of the ratio histograms proximo/ppo.py records
 # what a learning curve shows, the first one logged; rules that judge one of them mark the curve
@@ -39,18 +40,31 @@ class RunRecord:
     live_warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The training settings (a classic config.json's top level, an LLM run's "config")."""
+        return run_settings(self.config)
+
+    @property
+    def title(self) -> str:
+        """What the run trained: its env id, or `llm KIND: MODEL`."""
+        return run_title(self.config)
+
+    @property
     def total_updates(self) -> int | None:
         """Planned updates of the run, from its config (None when unknown)."""
+        settings = self.settings
         try:
-            return int(self.config["total_steps"]) // (int(self.config["num_envs"]) * int(self.config["n_steps"]))
+            if run_kind(self.config) != "classic":
+                return int(settings.get("steps") or settings["max_steps"])
+            return int(settings["total_steps"]) // (int(settings["num_envs"]) * int(settings["n_steps"]))
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
             return None
 
     @property
     def rollout_size(self) -> int | None:
-        """Samples per rollout (num_envs x n_steps), if the config says."""
+        """Samples per rollout (num_envs x n_steps), if the config says (an LLM run's samples are tokens)."""
         try:
-            return int(self.config["num_envs"]) * int(self.config["n_steps"])
+            return int(self.settings["num_envs"]) * int(self.settings["n_steps"])
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -77,8 +91,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
         with open(metrics, newline="") as handle:
             rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
     if rows and all(isinstance(row.get("update"), (int, float)) for row in rows):
-        # a run resumed from an older checkpoint logs some updates twice: the later row is the one that counts
-        rows = sorted({row["update"]: row for row in rows}.values(), key=lambda row: row["update"])
+        # a run resumed from an older checkpoint logs some updates twice: the later row is the one that counts;
+        # an LLM run's row of update 0 is its evaluation before training, not an update
+        rows = sorted({row["update"]: row for row in rows if row["update"] > 0}.values(), key=lambda row: row["update"])
     if not rows:
         raise ProximoError(f"{run_dir} has no metrics (updates.jsonl or metrics.csv with at least one update); "
                            "point doctor at a run directory written by `proximo train`")
@@ -134,7 +149,7 @@ def examine(run_dir: str | Path) -> Report:
     record = load_run(run_dir)
     try:
         # a run may hold thresholds of rules this process has not registered (a plugin's): those are ignored
-        thresholds = DiagnosticsConfig.from_object(record.config, strict=False)
+        thresholds = DiagnosticsConfig.from_object(record.settings, strict=False)
     except ProximoError as exc:
         raise ProximoError(f"{record.run_dir / 'config.json'}: {exc}") from None
     monitor = diagnose(record.rows, thresholds, record.total_updates)
@@ -157,10 +172,9 @@ def _return_key(report: Report) -> str | None:
 def text_report(report: Report) -> str:
     """The plain-text health report printed by `proximo doctor`."""
     record, history = report.record, report.monitor.history
-    env = record.config.get("env_id") or "?"
-    last = record.rows[-1]
-    lines = [f"proximo doctor: {record.run_dir} ({env}, {len(record.rows)} updates, "
-             f"{int(last.get('global_step') or 0):,} steps)"]
+    last, unit = record.rows[-1], step_unit(record.config)
+    counted = "" if unit == "updates" else f", {int(last.get('global_step') or 0):,} {unit}"
+    lines = [f"proximo doctor: {record.run_dir} ({record.title}, {len(record.rows)} updates{counted})"]
     key = _return_key(report)
     if key is not None:
         values = [v for _, v in history.values(key, 0, len(history))]
@@ -188,20 +202,23 @@ def text_report(report: Report) -> str:
         lines += ["", f"not checked (statistic not logged): {', '.join(silent)}"]
     if record.live_warnings:
         lines.append(f"warnings printed during training: {len(record.live_warnings)} (diagnostics.jsonl)")
-    unfinished = _unfinished_note(record.run_dir)
+    unfinished = _unfinished_note(record.run_dir, run_kind(record.config))
     if unfinished:
         lines += ["", unfinished]
     return "\n".join(lines)
 
 
-def _unfinished_note(run_dir: Path) -> str | None:
-    """A line for a PPO run that stopped (or is still running) before its final policy/, else None."""
+def _unfinished_note(run_dir: Path, kind: str = "classic") -> str | None:
+    """A line for a run that stopped (or is still running) before its final policy/ (model/), else None."""
     if (run_dir / "policy").is_dir() or (run_dir / "summary.json").is_file():
         return None
     # Read-only on purpose: doctor may look at a run that is still training, so no recovery renames here.
     steps = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*") if (p / "state.json").is_file())
     if not steps:
         return None
+    if kind != "classic":
+        return (f"unfinished: no final model/ (killed, or still running); newest checkpoint {steps[-1]}. `proximo llm "
+                f"eval` uses the newest checkpoint; `proximo llm {kind} --resume {run_dir}` continues the run")
     return (f"unfinished: no final policy/ (killed, or still running); newest checkpoint {steps[-1]}. `proximo eval` "
             f"and PPO.load use the newest intact checkpoint; `proximo train --resume {run_dir}` continues the run")
 
@@ -420,8 +437,8 @@ def html_report(report: Report) -> str:
         charts.append(f"<div class='panel' id='panel-{panel.metric}'>{chart}</div>")
     data = json.dumps(ratio_frames(report), separators=(",", ":")).replace("</", "<\\/")
     return Template(_template("doctor.html")).substitute(
-        run_dir=esc(str(record.run_dir)), env=esc(str(record.config.get("env_id") or "?")), updates=len(record.rows),
-        steps=f"{int(record.rows[-1].get('global_step') or 0):,}", css=_template("doctor.css"), verdict=verdict,
+        run_dir=esc(str(record.run_dir)), env=esc(record.title), updates=len(record.rows),
+        steps=f"{int(record.rows[-1].get('global_step') or 0):,} {step_unit(record.config)}", css=_template("doctor.css"), verdict=verdict,
         legend=legend, panels="".join(charts),
         missing=f"<div class='sub'>Not logged by this run: {esc(', '.join(missing))}.</div>" if missing else "",
         ratio_data=data, script=_template("doctor.js"))

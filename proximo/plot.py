@@ -10,9 +10,26 @@ from pathlib import Path
 import numpy as np
 
 from proximo.errors import ProximoError
+from proximo.rundir import CURVES, run_kind, run_title, step_unit
 
 # Fields that differ between seeds of one experiment, or only change bookkeeping.
 _NOT_GROUPING = {"seed", "eval_episodes", "save_every", "keep_checkpoints", "log_every", "torch_threads"}
+
+
+def run_curve(run_dir: Path) -> tuple[str, str]:
+    """(the column a run's learning curve shows by default, what its global_step counts): the mean episode
+    return over environment steps for a classic run; an LLM run's headline (reward, score, held-out accuracy)
+    over updates or optimizer steps."""
+    config_path = Path(run_dir) / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    keys = CURVES.get(run_kind(config), CURVES["classic"])
+    y = keys[0]
+    metrics = Path(run_dir) / "metrics.csv"
+    if len(keys) > 1 and metrics.is_file():
+        with open(metrics, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        y = next((key for key in keys if any(row.get(key) not in (None, "") for row in rows)), y)
+    return y, step_unit(config)
 
 
 def read_curve(run_dir: Path, y: str = "episode_return_mean") -> tuple[np.ndarray, np.ndarray]:
@@ -39,8 +56,8 @@ def _group_key(run_dir: Path) -> str:
 
 def _label(run_dirs: list[Path]) -> str:
     config_path = run_dirs[0] / "config.json"
-    env = json.loads(config_path.read_text()).get("env_id") if config_path.is_file() else None
-    name = env or run_dirs[0].name
+    title = run_title(json.loads(config_path.read_text())) if config_path.is_file() else "?"
+    name = title if title != "?" else run_dirs[0].name
     return f"{name} ({len(run_dirs)} seeds)" if len(run_dirs) > 1 else f"{name}: {run_dirs[0].name}"
 
 
@@ -59,8 +76,11 @@ def draw_seeds(axes, curves: list[tuple[np.ndarray, np.ndarray]], label: str, li
     return len(curves)
 
 
-def plot_runs(run_dirs: list[Path], output: Path, y: str = "episode_return_mean", title: str | None = None) -> Path:
-    """Draw y against env steps; runs sharing a config (seeds aside) become one mean line with a min-max band."""
+def plot_runs(run_dirs: list[Path], output: Path, y: str | None = None, title: str | None = None) -> Path:
+    """Draw y (None: the first run's learning curve, run_curve) against the runs' step counter; runs sharing
+    a config (seeds aside) become one mean line with a min-max band."""
+    default_y, x_label = run_curve(Path(run_dirs[0]))
+    y = y or default_y
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -72,8 +92,9 @@ def plot_runs(run_dirs: list[Path], output: Path, y: str = "episode_return_mean"
     for members in groups.values():
         draw_seeds(axes, [read_curve(member, y) for member in members], _label(members))
     if not axes.lines:
-        raise ProximoError(f"no finished episodes to plot in {', '.join(map(str, run_dirs))} (column {y!r} is empty)")
-    axes.set_xlabel("environment steps")
+        what = "no finished episodes" if y == "episode_return_mean" else "nothing"
+        raise ProximoError(f"{what} to plot in {', '.join(map(str, run_dirs))} (column {y!r} is empty)")
+    axes.set_xlabel(x_label)
     axes.set_ylabel("episode return (mean of last 100)" if y == "episode_return_mean" else y.replace("_", " "))
     axes.set_title(title or "proximo learning curve")
     axes.grid(alpha=0.3)
@@ -100,7 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories, or one `proximo sweep` directory")
     parser.add_argument("-o", "--output", type=Path,
                         help="the PNG (default curve.png; for a sweep directory DIR/curves.png)")
-    parser.add_argument("--y", default="episode_return_mean", help="metrics.csv column to draw")
+    parser.add_argument("--y", help="metrics.csv column to draw (default: the run's learning curve, "
+                                    "episode_return_mean for `proximo train`, reward or accuracy for `proximo llm`)")
     parser.add_argument("--title", help="the figure's title (default: proximo learning curve)")
     parser.set_defaults(handler=_cmd_plot)
 
@@ -112,7 +134,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     if sweeps:
         if len(args.run_dirs) > 1:
             raise ProximoError(f"{sweeps[0]} is a sweep directory: plot it alone (`proximo plot {sweeps[0]}`)")
-        path = plot_sweep(sweeps[0], args.output or sweeps[0] / "curves.png", args.y, args.title)
+        path = plot_sweep(sweeps[0], args.output or sweeps[0] / "curves.png", args.y or "episode_return_mean",
+                          args.title)
     else:
         path = plot_runs(args.run_dirs, args.output or Path("curve.png"), args.y, args.title)
     print(f"wrote {path}")

@@ -174,10 +174,11 @@ def update_statistics(losses: list[torch.Tensor], grad_norms: list[torch.Tensor]
         table = _per_minibatch_sums(chunks, 1.0 - clip_range, 1.0 + high)  # [M, 4]
         last = torch.cat(epoch_log_ratios[-1]).exp()
         hist = torch.histc(last.float(), RATIO_BINS, *RATIO_RANGE)
-        loss_table = torch.stack(losses).to(table.dtype)  # [M, 3]
-        parts = [table.flatten(), loss_table.flatten(), hist.to(table.dtype)]
+        like = dict(device=table.device, dtype=table.dtype)  # (a learner's extras may live on the host)
+        loss_table = torch.stack(losses).to(**like)  # [M, 3]
+        parts = [table.flatten(), loss_table.flatten(), hist.to(**like)]
         if extra_keys:
-            parts.append(torch.stack([torch.stack([e[k] for k in extra_keys]) for e in extras]).to(table.dtype).flatten())
+            parts.append(torch.stack([torch.stack([e[k].to(**like) for k in extra_keys]) for e in extras]).flatten())
         if pooled:
             packed = world.all_reduce_sum_(torch.cat(parts))
             sizes = [p.numel() for p in parts]

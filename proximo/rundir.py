@@ -17,6 +17,35 @@ from proximo.checkpoint import atomic_build_dir, atomic_write_json, ensure_run_d
 from proximo.metrics import MetricsWriter
 
 STEP_DIGITS = 12  # checkpoints/step_000000004096: names sort in step order
+# What a run's one step counter (global_step) counts: config.json's "step_unit" (a classic run's, written
+# before LLM runs shared this layout, has none: env steps) -> how plots and reports name it.
+STEP_UNITS = {"env_steps": "environment steps", "updates": "updates", "optimizer_steps": "optimizer steps"}
+# The learning curve of each kind of run: the first of these columns its metrics hold.
+CURVES = {"classic": ("episode_return_mean",), "grpo": ("reward",), "rlhf": ("score", "reward"),
+          "sft": ("eval_sampled_accuracy", "eval_greedy_accuracy", "eval_nll"), "rm": ("eval_sampled_accuracy",)}
+
+
+def run_kind(config: dict[str, Any]) -> str:
+    """classic for a `proximo train` run, else the LLM command that wrote config.json (grpo, rlhf, sft, rm)."""
+    kind = config.get("kind")
+    return kind if isinstance(kind, str) and isinstance(config.get("config"), dict) else "classic"
+
+
+def run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The training settings in a config.json: a classic run's are its top level, an LLM run's its "config"."""
+    return config if run_kind(config) == "classic" else config["config"]
+
+
+def run_title(config: dict[str, Any]) -> str:
+    """What a run trained: its env id, or `llm KIND: MODEL` ("?" when config.json does not say)."""
+    if run_kind(config) == "classic":
+        return str(config.get("env_id") or "?")
+    return f"llm {config['kind']}: {config.get('model', '?')}"
+
+
+def step_unit(config: dict[str, Any]) -> str:
+    """What a run's global_step counts, in words (environment steps, updates, optimizer steps)."""
+    return STEP_UNITS.get(str(config.get("step_unit", "env_steps")), "steps")
 
 
 class RunDir:

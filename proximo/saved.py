@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from proximo import __version__
-from proximo.checkpoint import (
-    POLICY_META, POLICY_TENSORS, CheckpointError, CheckpointFallbackWarning, atomic_write_dir, load_json,
-    load_tensors, recover_dir, unprefixed,
+from proximo.checkpoint import (  # noqa: F401 - STATE_META and STATE_TENSORS are imported from here too
+    POLICY_META, POLICY_TENSORS, STATE_META, STATE_TENSORS, CheckpointError, CheckpointFallbackWarning,
+    atomic_write_dir, load_json, load_tensors, recover_dir, unprefixed,
 )
 from proximo.config import PPOConfig
 from proximo.envs.make import EnvLike
@@ -21,8 +21,6 @@ from proximo.nn.policy import ActorCritic
 from proximo.rundir import RunDir
 from proximo.spaces_json import space_from_json, space_to_json
 
-STATE_TENSORS = "state.safetensors"
-STATE_META = "state.json"
 
 def build_policy(observation_space, action_space, config: PPOConfig) -> ActorCritic:
     """The actor-critic a config asks for."""

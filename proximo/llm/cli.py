@@ -38,6 +38,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, help="where to write the run (default runs/llm-<kind>-...)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue a run of this command from its newest checkpoint (or from a checkpoints/step_N "
+                             "folder), with its own command line; only --steps/--max-steps, --save-every, "
+                             "--torch-threads, --device, --nproc, --quiet and --no-tensorboard may change")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
 
@@ -49,7 +53,7 @@ def register(subparsers) -> None:
 
     sft = sub.add_parser("sft", help="supervised fine-tuning on a built-in task to a weak starting accuracy, "
                                      "or on your prompt/completion or messages dataset")
-    sft.add_argument("--model", default="tiny", help="built-in model name (tiny, tiny-llama, small) or a directory")
+    sft.add_argument("--model", help="built-in model name (tiny, tiny-llama, small) or a directory (default tiny)")
     _dataset_args(sft, "examples: 'prompt' + 'completion' columns (strings, or chat messages + a list with one "
                        "assistant message) or a 'messages' column (a chat ending in the assistant turn to learn)")
     _common(sft)
@@ -58,7 +62,7 @@ def register(subparsers) -> None:
 
     rm = sub.add_parser("rm", help="train a reward model on a task's synthetic preference pairs or your "
                                    "preference dataset")
-    rm.add_argument("--init", default="tiny", help="backbone: built-in name, model directory or run directory")
+    rm.add_argument("--init", help="backbone: built-in name, model directory or run directory (default tiny)")
     _dataset_args(rm, "preference pairs: 'prompt', 'chosen', 'rejected' columns (strings, or chat messages + lists "
                       "with one assistant message), or chosen/rejected conversations sharing their prompt")
     _common(rm)
@@ -66,7 +70,7 @@ def register(subparsers) -> None:
     rm.set_defaults(handler=cmd_rm)
 
     rlhf = sub.add_parser("rlhf", help="PPO-RLHF against a reward model and/or reward functions")
-    rlhf.add_argument("--init", required=True, help="policy: run directory (e.g. of `llm sft`) or model directory")
+    rlhf.add_argument("--init", help="policy: run directory (e.g. of `llm sft`) or model directory (required)")
     rlhf.add_argument("--reward-model", type=Path,
                       help="reward model: a run directory of `proximo llm rm` or a transformers sequence classifier "
                            "with num_labels 1 (TRL's RewardTrainer writes one); the first of the training rewards")
@@ -90,8 +94,8 @@ def register(subparsers) -> None:
 
     grpo = sub.add_parser("grpo", help="GRPO (and RLOO, REINFORCE++, Dr. GRPO, DAPO, GSPO) on a task or your "
                                        "dataset and reward functions")
-    grpo.add_argument("--init", "--model", dest="init", required=True,
-                      help="policy: run directory (e.g. of `llm sft`), model directory or built-in name")
+    grpo.add_argument("--init", "--model", dest="init",
+                      help="policy: run directory (e.g. of `llm sft`), model directory or built-in name (required)")
     grpo.add_argument("--dataset", metavar="FILE",
                       help="prompts: .jsonl/.json/.csv/.parquet or a save_to_disk folder with a 'prompt' column "
                            "(string or chat messages); other columns go to the reward functions")
@@ -224,9 +228,11 @@ def _print_eval(summary: dict[str, Any], trainer) -> None:
 def cmd_sft(args: argparse.Namespace) -> int:
     """Train from scratch (or a directory) on a task; print the held-out accuracy it stopped at."""
     _refuse_torchrun("sft")
+    args = _resumed(args, "sft")
     from proximo.llm.sft import SFT
-    trainer = SFT(_init_source(args.model), run_dir=args.run_dir, verbose=not args.quiet,
+    trainer = SFT(_init_source(args.model or "tiny"), run_dir=args.run_dir, verbose=not args.quiet,
                   tensorboard=not args.no_tensorboard, **_dataset_kwargs(args), **_overrides(args))
+    _start_or_resume(trainer, args)
     summary = trainer.train()
     print(f"run: {summary['run_dir']}")
     print(f"steps: {summary['steps']}  stop: {summary['stop_reason']}  time: {summary['wall_time_s']:.1f} s")
@@ -244,13 +250,16 @@ def cmd_sft(args: argparse.Namespace) -> int:
 def cmd_rm(args: argparse.Namespace) -> int:
     """Train a reward model; print its held-out pairwise accuracy."""
     _refuse_torchrun("rm")
-    from proximo.llm.reward_model import train_reward_model
-    init = _init_source(args.init)
+    args = _resumed(args, "rm")
+    from proximo.llm.reward_model import RewardModelTrainer
+    init = _init_source(args.init or "tiny")
     data = _dataset_kwargs(args)
     # The task of the init run applies only to task pairs, not to the user's dataset.
     overrides = {**({} if data else _run_task(init)), **_overrides(args)}
-    summary = train_reward_model(init, run_dir=args.run_dir, verbose=not args.quiet,
+    trainer = RewardModelTrainer(init, run_dir=args.run_dir, verbose=not args.quiet,
                                  tensorboard=not args.no_tensorboard, **data, **overrides)
+    _start_or_resume(trainer, args)
+    summary = trainer.train()
     print(f"run: {summary['run_dir']}")
     print(f"{summary['eval_rows']} pairwise accuracy ({summary['eval_pairs']} pairs): "
           f"{summary['pairwise_accuracy_before']:.3f} -> {summary['pairwise_accuracy']:.3f}")
@@ -259,6 +268,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_rlhf(args: argparse.Namespace) -> int:
     """PPO-RLHF from --init against --reward-model and/or --reward functions."""
+    args = _resumed(args, "rlhf")
+    if args.init is None:
+        raise ProximoError("llm rlhf needs --init MODEL (or --resume RUN_DIR)")
     init = _init_source(args.init)
     data = _dataset_kwargs(args)
     if args.reward_model is None and not args.reward:
@@ -280,6 +292,7 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
                        reward_weights=args.reward_weights, eval_reward_fn=args.eval_reward, run_dir=args.run_dir,
                        verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
                        **{**inherited, **_overrides(args)})
+    _start_or_resume(trainer, args)
     summary = _train_on_ranks(trainer)
     if summary is None:
         return 0
@@ -296,6 +309,10 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
 def cmd_grpo(args: argparse.Namespace) -> int:
     """GRPO from --init on the task's reward, or on --dataset with --reward functions (under torchrun:
     one rank of a data-parallel run; --nproc K starts K of them)."""
+    args = _resumed(args, "grpo")
+    if args.init is None:
+        raise ProximoError("llm grpo needs --init MODEL (a built-in name, model directory or run directory), or "
+                           "--resume RUN_DIR")
     init = _init_source(args.init)
     if args.nproc is not None:
         inherited = {} if args.dataset is not None else _run_task(init)
@@ -317,6 +334,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
         trainer = GRPO(init, reward_fn=args.reward, reward_weights=args.reward_weights, run_dir=args.run_dir,
                        verbose=not args.quiet, tensorboard=not args.no_tensorboard, **data,
                        **{**inherited, **_overrides(args)})
+    _start_or_resume(trainer, args)
     summary = _train_on_ranks(trainer)
     if summary is None:
         return 0
@@ -367,6 +385,81 @@ def cmd_new_model(args: argparse.Namespace) -> int:
     print(f"wrote {directory}: {args.family}, {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{tokenizer.vocab_size} tokens, chat template")
     return 0
+
+
+# What --resume may set anew: how long the run goes, how often it saves, and where and how it runs. Everything
+# else (model, data, rewards, every setting of the training math) is the run's own command line.
+RESUME_FIELDS = ("steps", "max_steps", "save_every", "torch_threads", "device")
+RESUME_FLAGS = ("quiet", "no_tensorboard", "nproc")
+_MODEL_FLAGS = {"sft": ("model",), "rm": ("init",), "rlhf": ("init", "reward_model"), "grpo": ("init",)}
+
+
+def _resumed(args: argparse.Namespace, kind: str) -> argparse.Namespace:
+    """args as they are, or for --resume RUN the run's own command line (config.json "command") with the
+    run directory, the checkpoint to load (args.resume_from) and what a resume may change; ProximoError in
+    one line for a run of another command, a changed model or data, or another setting."""
+    if getattr(args, "command_line", None) is not None:
+        return args  # already resolved (a handler re-entered by --nproc 1)
+    if args.resume is None:
+        args.command_line = [token for i, token in enumerate(args.argv) if not _nproc_token(args.argv, i)]
+        args.resume_from = None
+        return args
+    from proximo.checkpoint import load_json
+    from proximo.cli import build_parser
+    from proximo.llm.trainer import resume_checkpoint
+    folder = resume_checkpoint(args.resume)
+    run_dir = folder.parent.parent if folder != Path(args.resume) else Path(args.resume)
+    data = load_json(run_dir / "config.json")
+    if data.get("kind") != kind:
+        raise ProximoError(f"{run_dir} is a `proximo llm {data.get('kind')}` run, not `llm {kind}`; resume it with "
+                           f"`proximo llm {data.get('kind')} --resume {run_dir}`")
+    saved_argv = data.get("command")
+    if not isinstance(saved_argv, list):
+        raise ProximoError(f"{run_dir} was started from Python, not the command line; resume it there: build its "
+                           f"trainer as before with run_dir={str(run_dir)!r}, then trainer.resume({str(run_dir)!r})")
+    saved = build_parser().parse_args(saved_argv)
+    for name in _MODEL_FLAGS[kind]:
+        given, before = getattr(args, name), getattr(saved, name) or "tiny"  # (sft --model, rm --init default)
+        if given is not None and _source_key(given) != _source_key(before):
+            flag = "--" + name.replace("_", "-")
+            raise ProximoError(f"--resume continues {run_dir} from the model it was trained from ({flag} {before}); "
+                               f"leave out {flag} {given} (another model is a new run: leave out --resume)")
+    changed = sorted(key for key, value in vars(args).items() if value not in (None, False)
+                     and key not in ("resume", "argv", "handler", "command", "command_line", "llm_command", "run_dir",
+                                     *_MODEL_FLAGS[kind], *RESUME_FLAGS, *(f"cfg_{f}" for f in RESUME_FIELDS)))
+    if changed:
+        names = ", ".join("--" + key.removeprefix("cfg_").replace("_", "-") for key in changed)
+        allowed = ", ".join("--" + f.replace("_", "-") for f in (*RESUME_FIELDS, *RESUME_FLAGS))
+        raise ProximoError(f"--resume keeps the run's own command line; {names} cannot change (only {allowed} may)")
+    if args.run_dir is not None and Path(args.run_dir).resolve() != run_dir.resolve():
+        raise ProximoError(f"--resume continues {run_dir} in place; leave out --run-dir {args.run_dir}")
+    for key in (*RESUME_FLAGS, *(f"cfg_{f}" for f in RESUME_FIELDS)):
+        value = getattr(args, key, None)
+        if value not in (None, False):
+            setattr(saved, key, value)
+    saved.nproc = getattr(args, "nproc", None)
+    saved.run_dir, saved.argv, saved.command_line, saved.resume = run_dir, args.argv, saved_argv, args.resume
+    saved.resume_from = folder
+    return saved
+
+
+def _source_key(source: Any) -> str:
+    """A model source as compared by --resume: a built-in name as it is, a path made absolute."""
+    from proximo.llm.models import BUILTIN_MODELS
+    text = str(source)
+    return text if text in BUILTIN_MODELS else str(Path(text).resolve())
+
+
+def _nproc_token(argv: list[str], i: int) -> bool:
+    from proximo.cli import _is_nproc_token
+    return _is_nproc_token(argv, i)
+
+
+def _start_or_resume(trainer, args: argparse.Namespace) -> None:
+    """Record the run's command line in config.json (what --resume replays); load the checkpoint to resume."""
+    trainer.run.record(command=args.command_line)
+    if args.resume_from is not None:
+        trainer.load_training_state(args.resume_from)
 
 
 def _train_on_ranks(trainer) -> dict[str, Any] | None:

@@ -79,10 +79,8 @@ class GRPOLearner(TokenLearner):
             settings.loss_constant, settings.importance_sampling, settings.batch_tokens,
             settings.num_minibatches, counts["normalizer"])
         # The entropy bonus is a token mean over the minibatch, split the same way.
-        entropy_share = (entropy.detach() * m).sum() / counts["tokens"]
-        total = loss
-        if settings.ent_coef > 0:
-            total = loss - settings.ent_coef * (entropy * m).sum() / counts["tokens"]
+        entropy_sum = (entropy * m).sum()
+        total = loss - settings.ent_coef * entropy_sum / counts["tokens"] if settings.ent_coef > 0 else loss
         with torch.no_grad():
             if settings.importance_sampling == "sequence":
                 rows = m.sum(1) > 0
@@ -90,7 +88,8 @@ class GRPOLearner(TokenLearner):
             else:
                 log_ratio = (logp.float() - old)[m.to(torch.bool)]
         share = float(m.sum()) / counts["tokens"]  # this part's weight in token means over the minibatch
-        losses = torch.stack([loss.detach().float(), loss.new_zeros((), dtype=torch.float32), entropy_share.float()])
+        losses = torch.stack([loss.detach().float(), loss.new_zeros((), dtype=torch.float32),
+                              (entropy_sum.detach() / counts["tokens"]).float()])
         return total, log_ratio, losses, {"kl_ref": (kl_ref.float() * share).reshape(())}
 
 

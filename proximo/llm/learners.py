@@ -74,7 +74,8 @@ class TokenLearner(Learner):
         if self._all_reduce_gradient(kl, average=False, kl_limit=kl_limit):
             return StepResult(False, log_ratio)
         norm = self._clip_and_step(settings.max_grad_norm)
-        extra = {key: torch.stack([e[key] for e in extras]).sum() for key in extras[0]} if extras[0] else None
+        extra = ({key: torch.stack([e[key].to(log_ratio.device) for e in extras]).sum() for key in extras[0]}
+                 if extras[0] else None)
         return StepResult(True, log_ratio, torch.stack(shares).sum(0), norm, extra)
 
     def _clip_and_step(self, max_grad_norm: float | None) -> torch.Tensor | None:

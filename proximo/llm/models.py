@@ -9,16 +9,18 @@ weight file is present and is safetensors before transformers opens any.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from proximo.checkpoint import CheckpointError, atomic_save_tensors, load_tensors
+from proximo.checkpoint import CheckpointError, CheckpointFallbackWarning, atomic_save_tensors, load_tensors
 from proximo.errors import ProximoError
 from proximo.extras import need
 from proximo.llm.tokenizer import CharTokenizer, load_tokenizer
+from proximo.rundir import RunDir
 
 # Built-in shapes: about 0.6M (tiny), 0.6M Llama-style (tiny-llama) and 2.4M (small) parameters.
 BUILTIN_MODELS = {
@@ -74,6 +76,9 @@ def resolve_model_dir(path: str | Path) -> Path:
         return path
     if is_model_dir(path / "model"):
         return path / "model"
+    newest = _newest_checkpoint_model(path)
+    if newest is not None:
+        return newest
     raise ProximoError(f"{path} is neither a model directory (config.json + safetensors weights) nor a "
                        f"proximo run directory with a model/ folder; pass one of those or a built-in "
                        f"name ({', '.join(BUILTIN_MODELS)})")
@@ -167,6 +172,28 @@ def load_pretrained(directory: Path, auto_class, **kwargs) -> nn.Module:
     weights are the optimizer's float32 master copy, and frozen ones are cast to the run's dtype after."""
     kwargs.setdefault("dtype", torch.float32)
     weights_files(directory)
+
+
+def _newest_checkpoint_model(run_dir: Path) -> Path | None:
+    """The model folder of a run directory's newest checkpoint when the run has no model/ (it was stopped
+    before its end), said in a CheckpointFallbackWarning; None when it has none."""
+    if not (run_dir / "config.json").is_file():
+        return None
+    folders = [f for f in RunDir(run_dir, create=False).checkpoints() if is_model_dir(f)]
+    if not folders:
+        return None
+    warnings.warn(f"proximo: {run_dir} has no model/ (the run stopped before its end); using its newest "
+                  f"checkpoint, {folders[-1]}", CheckpointFallbackWarning, stacklevel=3)
+    return folders[-1]
+
+
+def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str | None = None):
+    """(model, tokenizer, model_dir or None) for a built-in name or a local directory (no downloads)."""
+    if isinstance(source, str) and source in BUILTIN_MODELS:
+        tokenizer = CharTokenizer() if tokenizer_chars is None else CharTokenizer(tokenizer_chars)
+        return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None
+    directory = resolve_model_dir(source)
+    from transformers import AutoModelForCausalLM
     quiet_transformers()
     try:
         from huggingface_hub.errors import StrictDataclassError

@@ -66,6 +66,15 @@ class Precision:
         self.skipped_steps = 0
         self.last_grad_norm: torch.Tensor | None = None  # the last step's gradient norm before clipping
 
+    def state_dict(self) -> dict:
+        """The float16 loss scale and its step counts, as a checkpoint keeps them."""
+        return {"loss_scale": self.scale, "good_steps": self.good_steps, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue with a saved loss scale."""
+        self.scale, self.good_steps = float(state["loss_scale"]), int(state["good_steps"])
+        self.skipped_steps = int(state["skipped_steps"])
+
     @property
     def mixed(self) -> bool:
         """True when passes run in a dtype other than float32."""

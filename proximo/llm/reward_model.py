@@ -9,16 +9,14 @@ other tools load it, and any such folder works as a proximo reward. proximo's ol
 reward_head.safetensors) still loads."""
 from __future__ import annotations
 
-import copy
-import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
-from proximo.callbacks import CallbackList, FunctionCallback, as_callbacks, run_loop
+from proximo.callbacks import FunctionCallback, run_loop
+from proximo.distributed import World
 from proximo.llm.config import RewardModelConfig
 from proximo.errors import ProximoError
 from proximo.llm.generation import pad_responses
@@ -33,6 +31,7 @@ from proximo.llm.run import LLMRun, encode_prompts, make_optimizer
 from proximo.llm.tokenizer import load_tokenizer
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
+from proximo.llm.trainer import Attributes, LLMTrainer, TrainedWeights, model_fingerprint
 
 REWARD_HEAD = "reward"  # proximo's older form: model/reward_head.safetensors beside a causal LM
 
@@ -189,84 +188,130 @@ def train_reward_model(model: str | Path = "tiny", run_dir: str | Path | None = 
     model) or a reward model in either form (trained on). Without a held-out set a dataset run evaluates
     on its training pairs (the summary says so); at most eval_pairs held-out pairs are scored. callback: as
     for every proximo trainer (proximo/callbacks.py)."""
-    if dataset is None and (eval_dataset is not None or eval_fraction is not None):
-        raise ProximoError("eval_dataset and eval_fraction hold out rows of a dataset; pass dataset=... too")
-    if dataset is not None:
-        config.setdefault("task", "")
-    cfg = RewardModelConfig(**config)
-    set_threads(cfg.torch_threads)
-    rng = seed_everything(cfg.seed)
-    task = get_task(cfg.task, cfg.digits) if dataset is None else None
-    policy = None  # the causal LM the pairs of pair_source "samples" come from
-    if not isinstance(model, str) and is_reward_model_dir(model):
+    trainer = RewardModelTrainer(model, run_dir, verbose, tensorboard, dataset, eval_dataset, eval_fraction, **config)
+    return trainer.train(callback)
+
+
+class RewardModelTrainer(LLMTrainer):
+    """train_reward_model's run as an object, resumable: RewardModelTrainer(model, run_dir, ...,
+    **RewardModelConfig fields).train(callback) -> summary. global_step counts optimizer steps."""
+
+    kind = "rm"
+    step_unit = "optimizer_steps"
+    headline = "accuracy"
+    speed = "sequences_per_s"
+
+    def __init__(self, model: str | Path = "tiny", run_dir: str | Path | None = None, verbose: bool = False,
+                 tensorboard: bool = True, dataset: Any = None, eval_dataset: Any = None,
+                 eval_fraction: float | None = None, **config: Any) -> None:
+        if dataset is None and (eval_dataset is not None or eval_fraction is not None):
+            raise ProximoError("eval_dataset and eval_fraction hold out rows of a dataset; pass dataset=... too")
+        if dataset is not None:
+            config.setdefault("task", "")
+        cfg = self.config = RewardModelConfig(**config)
+        set_threads(cfg.torch_threads)
+        rng = self.rng = seed_everything(cfg.seed)
+        task = get_task(cfg.task, cfg.digits) if dataset is None else None
+        policy = None  # the causal LM the pairs of pair_source "samples" come from
+        if not isinstance(model, str) and is_reward_model_dir(model):
+            if task is not None and cfg.pair_source == "samples":
+                raise ProximoError(f"pair_source samples draws from a causal LM; {model} is a reward model: give the "
+                                   "policy as --init, or pair_source corrupt")
+            rm = RewardModel.load(model)  # train an existing reward model on
+        else:
+            policy, tokenizer, _ = load_model(model, seed=cfg.seed)
+            rm = RewardModel.from_causal_lm(policy, tokenizer)
+        tokenizer = rm.tokenizer
+        self.fingerprint = model_fingerprint(rm)  # a resume checks it starts from these weights
+        self.world = World.local()  # reward models train in one process
+        self.rm = rm
+        extra: dict[str, Any] = {"model": str(model)}
+        self.eval_rows = "held-out"
+        if dataset is not None:
+            train, name, held, held_name = load_train_eval(dataset, eval_dataset, eval_fraction, cfg.seed)
+            self.train_pairs = preference_triples(train, name, tokenizer)
+            eval_pairs = self.train_pairs if held is None else preference_triples(held, held_name, tokenizer)
+            self.eval_pairs = eval_pairs[:cfg.eval_pairs]
+            self.eval_rows = "training" if held is None else "held-out"
+            extra.update(dataset=name, eval_dataset=held_name if held is not None else f"{name} (training rows)")
+        self.run = LLMRun("rm", cfg, run_dir, extra, tensorboard, verbose, total=cfg.max_steps,
+                          step_unit=self.step_unit)
         if task is not None and cfg.pair_source == "samples":
-            raise ProximoError(f"pair_source samples draws from a causal LM; {model} is a reward model: give the "
-                               "policy as --init, or pair_source corrupt")
-        rm = RewardModel.load(model)  # train an existing reward model on
-    else:
-        policy, tokenizer, _ = load_model(model, seed=cfg.seed)
-        rm = RewardModel.from_causal_lm(policy, tokenizer)
-    tokenizer = rm.tokenizer
-    extra: dict[str, Any] = {"model": str(model)}
-    eval_rows = "held-out"
-    if dataset is not None:
-        train, name, held, held_name = load_train_eval(dataset, eval_dataset, eval_fraction, cfg.seed)
-        train_pairs = preference_triples(train, name, tokenizer)
-        eval_pairs = train_pairs if held is None else preference_triples(held, held_name, tokenizer)
-        eval_pairs = eval_pairs[:cfg.eval_pairs]
-        eval_rows = "training" if held is None else "held-out"
-        extra.update(dataset=name, eval_dataset=held_name if held is not None else f"{name} (training rows)")
-    run = LLMRun("rm", cfg, run_dir, extra, tensorboard, verbose, total=cfg.max_steps)
-    if task is not None and cfg.pair_source == "samples":
-        # Labelled samples of the model being improved: the errors the policy will actually make.
-        train_pairs = sampled_pairs(policy, tokenizer, task, task.sample_prompts(rng, cfg.train_pairs), rng,
-                                    temperature=cfg.temperature)
-        eval_pairs = sampled_pairs(policy, tokenizer, task, task.held_out_prompts(cfg.eval_pairs), rng,
-                                   temperature=cfg.temperature)
-    elif task is not None:
-        train_pairs = task.preference_pairs(rng, cfg.train_pairs)
-        eval_pairs = task.preference_pairs(rng, cfg.eval_pairs, held_out=True)
-    policy = None  # the pairs are made: the causal LM's weights need not stay in memory
-    optimizer = make_optimizer(rm, cfg)
-    # Every proximo optimizer step ends in the same tail (Precision.step -> FlatOptimizer.clip_and_step); the
-    # reward model trains in float32 where it was loaded (its device and dtype fields are not wired yet).
-    precision = Precision(next(rm.parameters()).device)
-    before = pairwise_accuracy(rm, eval_pairs)
-    run.log(0, {"eval_sampled_accuracy": before}, 0.0, before)
-    started, progress = time.perf_counter(), SimpleNamespace(global_step=0, accuracy=before, loss=float("nan"))
-    rm.eval()  # dropout off, as for every proximo LM
+            # Labelled samples of the model being improved: the errors the policy will actually make.
+            self.train_pairs = sampled_pairs(policy, tokenizer, task, task.sample_prompts(rng, cfg.train_pairs), rng,
+                                             temperature=cfg.temperature)
+            self.eval_pairs = sampled_pairs(policy, tokenizer, task, task.held_out_prompts(cfg.eval_pairs), rng,
+                                            temperature=cfg.temperature)
+        elif task is not None:
+            self.train_pairs = task.preference_pairs(rng, cfg.train_pairs)
+            self.eval_pairs = task.preference_pairs(rng, cfg.eval_pairs, held_out=True)
+        # Every proximo optimizer step ends in the same tail (Precision.step -> FlatOptimizer.clip_and_step); the
+        # reward model trains in float32 where it was loaded (its device and dtype fields are not wired yet).
+        self.precision = Precision(next(rm.parameters()).device)
+        self.step_count, self.loss, self.before, self.accuracy = 0, float("nan"), None, None
 
-    def collect() -> list[tuple[str, str, str]]:
-        progress.global_step += 1
-        return [train_pairs[rng.randrange(len(train_pairs))] for _ in range(cfg.batch_size)]
+    def make_optimizer(self):
+        """AdamW over the backbone and head, in one flat buffer."""
+        return make_optimizer(self.rm, self.config)
 
-    def learn(batch: list[tuple[str, str, str]]) -> dict[str, Any]:
-        prompts = [p for p, _, _ in batch]
-        scores = rm.score_texts(prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch])
-        loss = bradley_terry_loss(scores[:cfg.batch_size], scores[cfg.batch_size:])
-        optimizer.zero_grad()
-        precision.backward(loss)
-        precision.step(optimizer, cfg.max_grad_norm)
-        progress.loss = float(loss.detach())
-        return {"global_step": progress.global_step, "update": progress.global_step, "loss": progress.loss,
-                "learning_rate": cfg.learning_rate}
+    def export(self) -> tuple[Any, Any, dict]:
+        """(model, tokenizer, heads) of a checkpoint's model folder: the reward model in transformers' form."""
+        model, heads = self.rm.export()
+        return model, self.rm.tokenizer, heads
 
-    def evaluate_when_due(row: dict[str, Any]) -> None:
-        step = progress.global_step
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
-            progress.accuracy = pairwise_accuracy(rm, eval_pairs)
-            speed = step * cfg.batch_size * 2 / (time.perf_counter() - started)
-            # The pairwise accuracy goes in the accuracy columns: it is this run's held-out metric.
-            run.log(step, {"loss": row["loss"], "accuracy": progress.accuracy,
-                           "eval_sampled_accuracy": progress.accuracy, "learning_rate": cfg.learning_rate},
-                    speed, progress.accuracy)
+    def state_parts(self) -> dict[str, Any]:
+        """The weights, optimizer and counters."""
+        return {**super().state_parts(), "reward_model": TrainedWeights(self.rm),
+                "": Attributes(self, "step_count", "loss", "before", "accuracy")}
 
-    callbacks = CallbackList([FunctionCallback(evaluate_when_due), *as_callbacks(callback)])
-    callbacks.init_callback(progress)
-    stopped_by = run_loop(collect, learn, lambda: progress.global_step >= cfg.max_steps, callbacks)
-    accuracy, loss = progress.accuracy, progress.loss
-    summary = {"kind": "rm", "steps": progress.global_step, "stopped_by": stopped_by,
-               "pairwise_accuracy_before": before, "pairwise_accuracy": accuracy, "final_loss": loss,
-               "eval_pairs": len(eval_pairs), "eval_rows": eval_rows}
-    model_out, heads = rm.export()
-    return run.finish(model_out, tokenizer, summary, heads)
+    def train(self, callback: Any = None) -> dict[str, Any]:
+        """Train to max_steps (a resumed run continues to it); save model/ and summary.json; the summary."""
+        cfg, rm = self.config, self.rm
+        optimizer, precision = self.ensure_optimizer(), self.precision
+        self.run.open(self.step_count, self.headline)
+        if self.step_count == 0:
+            self.before = self.accuracy = pairwise_accuracy(rm, self.eval_pairs)
+            self.run.log(0, {"eval_sampled_accuracy": self.before}, 0.0, self.before)
+        rm.eval()  # dropout off, as for every proximo LM
+
+        def collect() -> list[tuple[str, str, str]]:
+            self.step_count += 1
+            return [self.train_pairs[self.rng.randrange(len(self.train_pairs))] for _ in range(cfg.batch_size)]
+
+        def learn(batch: list[tuple[str, str, str]]) -> dict[str, Any]:
+            prompts = [p for p, _, _ in batch]
+            scores = rm.score_texts(prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch])
+            loss = bradley_terry_loss(scores[:cfg.batch_size], scores[cfg.batch_size:])
+            optimizer.zero_grad()
+            precision.backward(loss)
+            precision.step(optimizer, cfg.max_grad_norm)
+            self.loss = float(loss.detach())
+            elapsed = self.run.elapsed()
+            return {"global_step": self.step_count, "update": self.step_count, "time_s": round(elapsed, 3),
+                    "loss": self.loss, "learning_rate": cfg.learning_rate,
+                    "sequences_per_s": self.step_count * cfg.batch_size * 2 / max(elapsed, 1e-9)}
+
+        # Metrics rows are the evaluation steps' (every row still goes to the health monitor and progress).
+        callbacks = self.run_callbacks([FunctionCallback(self._evaluate_when_due)], callback, log_every=0,
+                                       always=lambda row: "eval_sampled_accuracy" in row)
+        try:
+            stopped_by = run_loop(collect, learn, lambda: self.step_count >= cfg.max_steps, callbacks)
+        finally:
+            self.run.close()
+        if cfg.save_every and getattr(self, "last_checkpoint_step", None) != self.step_count:
+            self.save_checkpoint()  # the final state too, so that --resume can extend the run
+        summary = {"kind": "rm", "steps": self.step_count, "step_unit": self.step_unit, "stopped_by": stopped_by,
+                   "pairwise_accuracy_before": self.before, "pairwise_accuracy": self.accuracy,
+                   "final_loss": self.loss, "eval_pairs": len(self.eval_pairs), "eval_rows": self.eval_rows}
+        if self.resumed_from is not None:
+            summary["resumed_from"] = str(self.resumed_from)
+        model, heads = rm.export()
+        return self.run.finish(model, rm.tokenizer, summary, heads)
+
+    def _evaluate_when_due(self, row: dict[str, Any]) -> None:
+        """Every eval_every steps and at max_steps: the held-out pairwise accuracy, into the row (it goes in
+        the accuracy columns: it is this run's held-out metric)."""
+        cfg = self.config
+        if (cfg.eval_every and self.step_count % cfg.eval_every == 0) or self.step_count == cfg.max_steps:
+            self.accuracy = pairwise_accuracy(self.rm, self.eval_pairs)
+            row.update(accuracy=self.accuracy, eval_sampled_accuracy=self.accuracy)

@@ -48,9 +48,10 @@ from proximo.llm.rewards import RewardSet, score_samples
 from proximo.llm.run import (
     LLMRun, RankRun, RewardFn, decode_responses, encode_prompts, evaluate, make_optimizer, prompt_token_ids,
 )
-from proximo.callbacks import Callback, CallbackList, CheckpointEvery, as_callbacks, run_loop
+from proximo.callbacks import Callback, run_loop
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
+from proximo.llm.trainer import Attributes, LLMTrainer, TrainedWeights, model_fingerprint
 
 
 def split_prompts(config, size: int) -> int:
@@ -75,8 +76,9 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-class RLTrainer:
-    """Shared machinery of the LLM RL trainers; see GRPO and RLHF."""
+class RLTrainer(LLMTrainer):
+    """Shared machinery of the LLM RL trainers; see GRPO and RLHF. global_step counts updates (one
+    rollout + update round each)."""
 
     kind = "rl"
 
@@ -143,6 +145,7 @@ class RLTrainer:
         self.model, self.tokenizer, self.model_dir = load_model(model, seed=config.seed, dtype=frozen_base)
         if self.model_dir is None:
             broadcast_module_(self.model, self.world)  # built from the seed, not read: make sure it is rank 0's
+        self.fingerprint = model_fingerprint(self.model)  # a resume checks it starts from these weights
         self.max_new_tokens = config.max_new_tokens or (self.task.max_new_tokens if self.task else 16)
         self.train_texts = self._render(self.dataset)
         if self.eval_dataset is not None:
@@ -191,13 +194,15 @@ class RLTrainer:
 
         def open_run() -> str:
             self.run = LLMRun(self.kind, config, run_dir, {"model": str(model), **sources, **(extra or {})},
-                              tensorboard, verbose, total=config.steps)
+                              tensorboard, verbose, total=config.steps, step_unit=self.step_unit)
             return str(self.run.path)
         # Rank 0 alone writes the run directory; the others learn its name (a default one holds the time).
         path = self.world.on_main(open_run)
         if not self.world.is_main:
             self.run = RankRun(Path(path))
         self.history: list[dict[str, Any]] = []
+        self.before: dict[str, float] = {}
+        self.last_evaluation: dict[str, float] = {}
 
     def _render(self, dataset: "PromptDataset | None") -> list[str] | None:
         """The prompt texts of a dataset's rows, checked to fit the model's positions with the completion."""
@@ -371,34 +376,32 @@ class RLTrainer:
         """Heads saved next to the policy (none for GRPO)."""
         return {}
 
-    def save_checkpoint(self) -> Path:
-        """checkpoints/step_<step>/: the model folder (with its heads) as it is now (rank 0 writes it)."""
-        model = self.export_model() if self.world.is_main else None
-        return self.run.checkpoint(self.step_count, model, self.tokenizer, self.heads())
+    def export(self) -> tuple[Any, Any, dict]:
+        """(model, tokenizer, heads) of a checkpoint's model folder: the policy as a plain transformers model."""
+        return self.export_model(), self.tokenizer, self.heads()
 
-    @property
-    def global_step(self) -> int:
-        """Updates trained so far (an LLM run counts steps in updates)."""
-        return self.step_count
+    def state_parts(self) -> dict[str, Any]:
+        """The trained weights (the policy or its adapter), optimizer, loss scale, counters and history."""
+        return {**super().state_parts(), "policy": TrainedWeights(self.model), "precision": self.precision,
+                "": Attributes(self, "step_count", "history", "before", "last_evaluation")}
 
     def train(self, steps: int | None = None, callback: Any = None) -> dict[str, Any]:
-        """Run steps rollout+update rounds (default config.steps), evaluating every eval_every; writes
-        model/ and summary.json and returns the summary (eval before and after included).
+        """Train until config.steps updates in all (a resumed run continues to them), or `steps` more than
+        now, evaluating every eval_every; writes model/ and summary.json and returns the summary (eval
+        before and after included).
 
         callback: as for classic PPO (proximo/callbacks.py): a function of each step's row or Callback
         objects; one returning False stops after that step."""
-        steps = self.config.steps if steps is None else steps
-        if steps < 1:
+        if steps is not None and steps < 1:
             raise ProximoError(f"steps must be at least 1, got {steps}")
-        optimizer = getattr(self, "_optimizer", None) or self.make_optimizer()
-        self._optimizer = optimizer
-        self.before = self.evaluate()
-        self.run.log(self.step_count, self.before, 0.0, self.before["eval_sampled_accuracy"])
-        self.last_evaluation = self.before
-        last = self.step_count + steps
-        save = [CheckpointEvery(self.config.save_every)] if self.config.save_every else []
-        callbacks = CallbackList([_EvaluateEvery(last), *as_callbacks(callback), _LogRow(), *save])
-        callbacks.init_callback(self)
+        last = self.config.steps if steps is None else self.step_count + steps
+        optimizer = self.ensure_optimizer()
+        self.run.open(self.step_count, self.headline)
+        if self.step_count == 0:
+            self.before = self.evaluate()
+            self.run.log(0, self.before, 0.0, self.before["eval_sampled_accuracy"])
+            self.last_evaluation = self.before
+        callbacks = self.run_callbacks([_EvaluateEvery(last)], callback, last=[_History()])
 
         def collect() -> Any:
             self.step_count += 1  # the step being taken: collect() already sees its number
@@ -407,21 +410,28 @@ class RLTrainer:
             return self.collect()
 
         def learn(batch: Any) -> dict[str, Any]:
-            return {**self.learn(batch, optimizer), "global_step": self.step_count, "update": self.step_count}
+            return {**self.learn(batch, optimizer), "global_step": self.step_count, "update": self.step_count,
+                    "time_s": round(self.run.elapsed(), 3)}
 
-        self.stopped_by = run_loop(collect, learn,
-                                   lambda: self.step_count >= last, callbacks)
+        try:
+            self.stopped_by = run_loop(collect, learn, lambda: self.step_count >= last, callbacks)
+        finally:
+            self.run.close()  # (finish() writes the summary below; a crash leaves the rows written so far)
         if self.stopped_by is not None and self.history and "eval_sampled_accuracy" not in self.history[-1]:
             self.last_evaluation = self.evaluate()  # the summary's "after" is of the final policy
+        if self.config.save_every and getattr(self, "last_checkpoint_step", None) != self.step_count:
+            self.save_checkpoint()  # the final state too, so that --resume can extend the run
         recent = self.history[-10:]
         summary = {
-            "kind": self.kind, "steps": self.step_count, "stopped_by": self.stopped_by,
+            "kind": self.kind, "steps": self.step_count, "step_unit": self.step_unit, "stopped_by": self.stopped_by,
             "before": self.before, "after": self.last_evaluation,
             "train_reward_last10": sum(r["reward"] for r in recent) / len(recent),
             "kl_ref_last10": _mean([r["kl_ref"] for r in self.history[-20:] if r.get("kl_ref") is not None][-10:]),
             "gen_tokens_per_s": sum(r["gen_tokens_per_s"] for r in self.history) / len(self.history),
             "step_tokens_per_s": sum(r["tokens_per_s"] for r in self.history) / len(self.history),
         }
+        if self.resumed_from is not None:
+            summary["resumed_from"] = str(self.resumed_from)
         if self.lora is not None:
             if self.world.is_main:
                 self.lora.save_adapter(self.run.path / "adapter")
@@ -455,11 +465,9 @@ class _EvaluateEvery(Callback):
             row.update(trainer.last_evaluation)
 
 
-class _LogRow(Callback):
-    """The row into the run's history, metrics files and progress display."""
+class _History(Callback):
+    """The row into the trainer's history (the summary's recent means; every rank keeps it)."""
 
     def on_update_end(self, row: dict[str, Any]) -> None:
-        """Log the row."""
-        trainer = self.trainer
-        trainer.history.append(row)
-        trainer.run.log(trainer.step_count, row, row.get("gen_tokens_per_s", 0.0), row.get("reward", 0.0))
+        """Keep the row."""
+        self.trainer.history.append(row)

@@ -26,6 +26,7 @@ from proximo.llm.reward_model import RewardModel
 from proximo.llm.rewards import RewardModelReward, RewardSet
 from proximo.llm.learners import TokenLearner, TokenMinibatch
 from proximo.llm.rl import RLTrainer
+from proximo.llm.trainer import TrainedWeights
 from proximo.llm.run import RewardFn
 from proximo.nn.normalize import RunningMeanStd
 from proximo.ppo import minibatch_rows, run_update
@@ -158,6 +159,12 @@ class RLHF(RLTrainer):
     def heads(self) -> dict:
         """The value head, saved as value_head.safetensors (none with a separate critic model)."""
         return {VALUE_HEAD: self.value_head} if self.critic is None else {}
+
+    def state_parts(self) -> dict:
+        """The policy's, and the critic's trained weights, the KL controller and the score normalizer too."""
+        critic = ("critic", self.critic) if self.critic is not None else ("value_head", self.value_head)
+        return {**super().state_parts(), critic[0]: TrainedWeights(critic[1]), "kl_controller": self.kl_controller,
+                "score_stats": self.score_stats}
 
     def _values(self, input_ids: torch.Tensor, attention: torch.Tensor, width: int) -> torch.Tensor:
         """Values [B, R] of the states before each response token, from the separate critic."""

@@ -9,13 +9,13 @@ from typing import Any, Callable
 import torch
 
 from proximo import __version__
-from proximo.checkpoint import atomic_build_dir
+from proximo.checkpoint import STATE_META, STATE_TENSORS, atomic_build_dir, write_files
 from proximo.diagnostics import HealthMonitor
 from proximo.errors import ProximoError
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.generation import generate, pad_prompts
 from proximo.llm.models import save_model
-from proximo.metrics import Progress
+from proximo.metrics import MetricsWriter, Progress
 from proximo.rundir import STEP_DIGITS, RunDir
 from proximo.tracking import open_tracker
 
@@ -117,38 +117,68 @@ def default_run_dir(kind: str, task: str, seed: int) -> Path:
 
 class LLMRun:
     """An LLM trainer's run directory (proximo/rundir.py, the same layout as a classic run): config.json
-    at the start, a metrics row per step, checkpoints/step_<N>/ (model folders), model/, summary.json."""
+    at the start, a metrics row per step, checkpoints/step_<N>/ (a model folder, with the training state
+    beside it), model/, summary.json. The metrics writer, progress display and health monitor open at
+    open() (a resume drops the rows logged past its checkpoint); log() writes a row outside the
+    callbacks (the evaluation before training)."""
 
     def __init__(self, kind: str, config, run_dir: str | Path | None, extra: dict[str, Any],
-                 tensorboard: bool = True, verbose: bool = False, total: int = 0) -> None:
+                 tensorboard: bool = True, verbose: bool = False, total: int = 0, step_unit: str = "updates") -> None:
         self.dir = RunDir(run_dir if run_dir is not None else default_run_dir(kind, config.task, config.seed))
         self.path = self.dir.path
-        self.dir.write_config({"kind": kind, "proximo_version": __version__, "config": config.to_dict(), **extra})
-        self.metrics = self.dir.metrics(tensorboard=tensorboard, columns=LLM_COLUMNS,
-                                       tracker=open_tracker(config, self.path))
-        self.progress = Progress(total, enabled=verbose, headline="reward", unit="tokens")
+        self.config, self.tensorboard, self.total = config, tensorboard, total
+        self.dir.write_config({"kind": kind, "proximo_version": __version__, "step_unit": step_unit,
+                               "config": config.to_dict(), **extra})
+        self._metrics: MetricsWriter | None = None
+        self.progress: Progress | None = None
         # The same health rules as classic runs; they judge whichever statistics an LLM row has
         # (reward, kl_ref, response_length, entropy, clip_fraction, ...), reward hacking included.
         self.monitor = HealthMonitor.from_config(config, total_updates=total or None)
         self.verbose = verbose
         self.start = time.perf_counter()
         self.cpu_start = time.process_time()
+        self.elapsed_before = 0.0  # training seconds of the run before a resume
+
+    def open(self, step: int = 0, headline: str = "reward") -> MetricsWriter:
+        """Open the metrics writer (rows past step dropped: a resumed run logs them again) and the progress
+        display at step (headline: the figure it shows); returns the writer."""
+        if self._metrics is None:
+            self._metrics = self.dir.metrics(tensorboard=self.tensorboard, columns=LLM_COLUMNS, from_step=step,
+                                             tracker=open_tracker(self.config, self.path))
+            self.progress = Progress(self.total, step, enabled=self.verbose, headline=headline, unit="tokens")
+        return self._metrics
+
+    @property
+    def metrics(self) -> MetricsWriter:
+        """The metrics writer (opened at step 0 if open() was not called)."""
+        return self.open()
+
+    def record(self, **fields: Any) -> None:
+        """Add fields to config.json (the command line a run was started with, for --resume)."""
+        self.dir.write_config({**self.dir.read_config(), **fields})
 
     def elapsed(self) -> float:
-        """Wall seconds since the run started."""
-        return time.perf_counter() - self.start
+        """Wall seconds the run has trained (before a resume too)."""
+        return self.elapsed_before + time.perf_counter() - self.start
 
     def log(self, step: int, row: dict[str, Any], speed: float = 0.0, headline: float = 0.0) -> None:
-        """Write one metrics row and advance the progress display."""
+        """Write one metrics row and advance the progress display (outside the callbacks, which log the
+        rows of training steps)."""
         full_row = {"global_step": step, "update": step, "time_s": round(self.elapsed(), 3), **row}
         self.metrics.write(full_row)
         if step > 0:  # step 0 is the evaluation before training, not an update
             self.monitor.observe_and_report(full_row, self.path, echo=self.verbose)
         self.progress.update(step, speed, headline)
 
-    def checkpoint(self, step: int, model, tokenizer, heads: dict | None = None, keep: int = 3) -> Path:
-        """Save checkpoints/step_<step>/ (safetensors + JSON) and drop all but the newest keep."""
-        return self.dir.save_checkpoint(step, lambda folder: save_model(model, tokenizer, folder, heads), keep)
+    def checkpoint(self, step: int, model, tokenizer, heads: dict | None = None, keep: int = 3,
+                   state: tuple[dict, dict] | None = None) -> Path:
+        """Save checkpoints/step_<step>/ (a model folder, and state = (tensors, JSON) of the training state
+        as state.safetensors + state.json) atomically, and drop all but the newest keep."""
+        def fill(folder: Path) -> None:
+            save_model(model, tokenizer, folder, heads)
+            if state is not None:
+                write_files(folder, {STATE_TENSORS: state[0], STATE_META: state[1]})
+        return self.dir.save_checkpoint(step, fill, keep)
 
     def finish(self, model, tokenizer, summary: dict[str, Any], heads: dict | None = None) -> dict[str, Any]:
         """Save the final model into model/, write summary.json, close the writers."""
@@ -156,33 +186,52 @@ class LLMRun:
         summary = {**summary, "wall_time_s": round(self.elapsed(), 2),
                    "cpu_time_s": round(time.process_time() - self.cpu_start, 2), "run_dir": str(self.path)}
         self.dir.write_summary(summary)
-        self.metrics.close()
-        self.progress.close()
+        self.close()
         return summary
+
+    def close(self) -> None:
+        """Close the metrics writer and the progress display (a run stopped by an error, too)."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self.progress.close()
+            self._metrics = None
 
 
 class RankRun:
     """What a rank other than 0 holds in place of LLMRun in a data-parallel run: the same calls, no files
     (rank 0 alone writes the run directory and prints)."""
 
+    verbose = False
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.start = time.perf_counter()
+        self.elapsed_before = 0.0
 
     def elapsed(self) -> float:
-        """Wall seconds since the run started."""
-        return time.perf_counter() - self.start
+        """Wall seconds the run has trained."""
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def open(self, step: int = 0, headline: str = "reward") -> None:
+        """Nothing: rank 0 writes the metrics."""
+
+    def record(self, **fields: Any) -> None:
+        """Nothing: rank 0 writes config.json."""
 
     def log(self, step: int, row: dict[str, Any], speed: float = 0.0, headline: float = 0.0) -> None:
         """Nothing: rank 0 writes the row."""
 
-    def checkpoint(self, step: int, model, tokenizer, heads: dict | None = None, keep: int = 3) -> Path:
+    def checkpoint(self, step: int, model, tokenizer, heads: dict | None = None, keep: int = 3,
+                   state: tuple[dict, dict] | None = None) -> Path:
         """Nothing: rank 0 saves; returns the folder it writes."""
         return self.path / "checkpoints" / f"step_{step:0{STEP_DIGITS}d}"
 
     def finish(self, model, tokenizer, summary: dict[str, Any], heads: dict | None = None) -> dict[str, Any]:
         """The summary as rank 0 completes it, without writing it."""
         return {**summary, "wall_time_s": round(self.elapsed(), 2), "run_dir": str(self.path)}
+
+    def close(self) -> None:
+        """Nothing to close."""
 
 
 def read_run(path: str | Path) -> dict[str, Any]:

@@ -3,14 +3,14 @@ that RL starts from a weak-but-nonzero policy; or on your prompt/completion (or 
 held-out token NLL and greedy exact match (proximo.llm.labeled_data reads the file)."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from proximo.callbacks import Callback, CallbackList, CheckpointEvery, as_callbacks, run_loop
+from proximo.callbacks import Callback, run_loop
 from proximo.core import masked_mean
+from proximo.distributed import World
 from proximo.errors import ProximoError
 from proximo.llm.config import SFTConfig
 from proximo.llm.labeled_data import load_train_eval, sft_examples
@@ -20,6 +20,7 @@ from proximo.llm.precision import Precision
 from proximo.llm.run import LLMRun, encode_prompts, evaluate, make_optimizer
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
+from proximo.llm.trainer import Attributes, LLMTrainer, TrainedWeights, model_fingerprint
 
 
 def sft_loss(model, tokenizer, prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, int]:
@@ -47,14 +48,19 @@ def mean_nll(model, tokenizer, examples: list[tuple[str, str]], batch_size: int 
     return total / max(count, 1)
 
 
-class SFT:
+class SFT(LLMTrainer):
     """Train a causal LM on a task's answers, SFT("tiny", task="add").train(), or on a dataset,
     SFT(model_dir, dataset="train.jsonl", eval_fraction=0.1).train() -> summary dict.
 
     With a dataset the held-out metric is the mean token NLL of the completions (eval_nll) and the
     greedy exact-match accuracy of their text (eval_greedy_accuracy); target_accuracy, when given
     explicitly, applies to that exact match (the task default of 0.4 does not). Without eval_dataset
-    or eval_fraction the training rows are evaluated (the summary says so)."""
+    or eval_fraction the training rows are evaluated (the summary says so). global_step counts optimizer
+    steps."""
+
+    kind = "sft"
+    step_unit = "optimizer_steps"
+    speed = "tokens_per_s"
 
     def __init__(self, model: str | Path = "tiny", run_dir: str | Path | None = None, verbose: bool = False,
                  tensorboard: bool = True, dataset: Any = None, eval_dataset: Any = None,
@@ -69,6 +75,14 @@ class SFT:
         set_threads(self.config.torch_threads)
         self.rng = seed_everything(self.config.seed)
         self.model, self.tokenizer, _ = load_model(model, seed=self.config.seed)
+        self.fingerprint = model_fingerprint(self.model)  # a resume checks it starts from these weights
+        self.world = World.local()  # SFT runs in one process
+        # Every proximo optimizer step ends in the same tail (Precision.step -> FlatOptimizer.clip_and_step);
+        # SFT runs in float32 where the model was loaded (its device and dtype fields are not wired yet).
+        self.precision = Precision(next(self.model.parameters()).device)
+        self.step_count, self.tokens, self.last_loss = 0, 0, float("nan")
+        self.before: dict[str, float] = {}
+        self._order: list[int] = []  # the rest of the current pass over the dataset's rows
         extra: dict[str, Any] = {"model": str(model)}
         self.task = None
         self.examples: list[tuple[str, str]] | None = None
@@ -88,9 +102,11 @@ class SFT:
             self._check_lengths(self.examples, name)
             if held is not None:
                 self._check_lengths(self.eval_examples, held_name)
-            self._order: list[int] = []
             extra.update(dataset=name, eval_dataset=held_name if held is not None else f"{name} (training rows)")
-        self.run = LLMRun("sft", self.config, run_dir, extra, tensorboard, verbose, total=self.config.max_steps)
+        # On a task the sampled accuracy decides the stop; on a dataset the greedy exact match.
+        self.headline = "eval_sampled_accuracy" if self.task is not None else "eval_greedy_accuracy"
+        self.run = LLMRun("sft", self.config, run_dir, extra, tensorboard, verbose, total=self.config.max_steps,
+                          step_unit=self.step_unit)
 
     def _check_lengths(self, examples: list[tuple[str, str]], name: str) -> None:
         """Raise naming the first row whose prompt + completion + <eos> passes the model's positions."""
@@ -136,26 +152,30 @@ class SFT:
                                                    self.max_new_tokens, greedy=True)["reward"]
         return out
 
-    @property
-    def global_step(self) -> int:
-        """Optimizer steps so far."""
-        return self.step_count
+    def make_optimizer(self):
+        """AdamW over the model, in one flat buffer."""
+        return make_optimizer(self.model, self.config)
 
-    def save_checkpoint(self) -> Path:
-        """checkpoints/step_<step>/: the model folder as it is now."""
-        return self.run.checkpoint(self.step_count, self.model, self.tokenizer)
+    def export(self) -> tuple[Any, Any, None]:
+        """(model, tokenizer, heads) of a checkpoint's model folder."""
+        return self.model, self.tokenizer, None
+
+    def state_parts(self) -> dict[str, Any]:
+        """The weights, optimizer, counters and the pass over the dataset's rows."""
+        return {**super().state_parts(), "policy": TrainedWeights(self.model),
+                "": Attributes(self, "step_count", "tokens", "last_loss", "before", "_order")}
 
     def train(self, callback: Any = None) -> dict[str, Any]:
-        """Run until the target accuracy, max_steps or max_time_s; save model/ and summary.json.
+        """Run until the target accuracy, max_steps or max_time_s (a resumed run continues to them); save
+        model/ and summary.json.
 
         callback: as for every proximo trainer (proximo/callbacks.py); False from one stops training."""
         cfg = self.config
-        optimizer = make_optimizer(self.model, cfg)
-        # Every proximo optimizer step ends in the same tail (Precision.step -> FlatOptimizer.clip_and_step);
-        # SFT runs in float32 where the model was loaded (its device and dtype fields are not wired yet).
-        precision = Precision(next(self.model.parameters()).device)
-        self.step_count, self.tokens, self.started = 0, 0, time.perf_counter()
-        self.last_loss = float("nan")
+        optimizer, precision = self.ensure_optimizer(), self.precision
+        self.run.open(self.step_count, self.headline)
+        if self.task is None and self.step_count == 0:
+            self.before = self.evaluate()
+            self.run.log(0, self.before, 0.0, self.before["eval_greedy_accuracy"])
 
         def collect() -> list[tuple[str, str]]:
             self.step_count += 1
@@ -166,31 +186,40 @@ class SFT:
         def learn(batch: list[tuple[str, str]]) -> dict[str, Any]:
             step = self.step_count
             lr = cfg.learning_rate * min(1.0, step / max(1, cfg.warmup_steps))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            optimizer.set_lr(lr)
             loss, count = sft_loss(self.model, self.tokenizer, [p for p, _ in batch], [a for _, a in batch])
             optimizer.zero_grad()
             precision.backward(loss)
             precision.step(optimizer, cfg.max_grad_norm)
             self.tokens += count
             self.last_loss = float(loss.detach())
-            return {"global_step": step, "update": step, "loss": self.last_loss, "learning_rate": lr}
+            return {"global_step": step, "update": step, "time_s": round(self.run.elapsed(), 3),
+                    "loss": self.last_loss, "learning_rate": lr}
 
-        save = [CheckpointEvery(cfg.save_every)] if cfg.save_every else []
-        callbacks = CallbackList([_EvaluateAndStop(), *as_callbacks(callback), *save])
-        callbacks.init_callback(self)
-        if self.task is None:
-            self.before = self.evaluate()
-            self.run.log(0, self.before, 0.0, self.before["eval_greedy_accuracy"])
-        stop_reason = run_loop(collect, learn, lambda: self.step_count >= cfg.max_steps, callbacks) or "max_steps"
+        # Metrics rows are the evaluation steps' (every row still goes to the health monitor and progress).
+        callbacks = self.run_callbacks([_EvaluateAndStop()], callback, log_every=0, always=_evaluated)
+        try:
+            stop_reason = run_loop(collect, learn, lambda: self.step_count >= cfg.max_steps, callbacks) or "max_steps"
+        finally:
+            self.run.close()
+        if cfg.save_every and getattr(self, "last_checkpoint_step", None) != self.step_count:
+            self.save_checkpoint()  # the final state too, so that --resume can extend the run
         step, loss = self.step_count, self.last_loss
         last_eval = self.evaluate()
-        summary = {"kind": "sft", "steps": step, "stop_reason": stop_reason, "final_loss": loss, **last_eval}
+        summary = {"kind": "sft", "steps": step, "step_unit": self.step_unit, "stop_reason": stop_reason,
+                   "final_loss": loss, **last_eval}
+        if self.resumed_from is not None:
+            summary["resumed_from"] = str(self.resumed_from)
         if self.task is None:
             summary.update(eval_nll_before=self.before["eval_nll"],
                            eval_greedy_accuracy_before=self.before["eval_greedy_accuracy"],
                            eval_rows="training" if self.eval_on_train else "held-out")
         return self.run.finish(self.model, self.tokenizer, summary)
+
+
+def _evaluated(row: dict[str, Any]) -> bool:
+    """Whether a step's row carries a held-out evaluation (those rows go to the metrics files)."""
+    return any(key.startswith("eval_") for key in row)
 
 
 class _EvaluateAndStop(Callback):
@@ -208,14 +237,11 @@ class _EvaluateAndStop(Callback):
             on_dataset = sft.task is None
             evaluation = sft.evaluate(greedy=on_dataset)
             accuracy = evaluation["eval_greedy_accuracy" if on_dataset else "eval_sampled_accuracy"]
-            speed = sft.tokens / (time.perf_counter() - sft.started)
-            row.update(tokens_per_s=speed, **evaluation)
-            sft.run.log(step, {k: v for k, v in row.items() if k not in ("global_step", "update")}, speed,
-                        accuracy)
+            row.update(tokens_per_s=sft.tokens / max(sft.run.elapsed(), 1e-9), **evaluation)
             if cfg.target_accuracy is not None and accuracy >= cfg.target_accuracy:
                 self.reason = "target_accuracy"
                 return False
-        if cfg.max_time_s is not None and time.perf_counter() - sft.started >= cfg.max_time_s:
+        if cfg.max_time_s is not None and sft.run.elapsed() >= cfg.max_time_s:
             self.reason = "max_time_s"
             return False
         return None

@@ -165,15 +165,6 @@ def is_sequence_classifier(directory: str | Path) -> bool:
     return any(name.endswith("ForSequenceClassification") for name in model_architectures(directory))
 
 
-def load_pretrained(directory: Path, auto_class, **kwargs) -> nn.Module:
-    """auto_class.from_pretrained(directory) from safetensors only (weights_files checked first), in float32
-    and eval mode; one-line ProximoError for what transformers raises on a damaged folder. float32 whatever
-    dtype the folder was saved in (published models mostly bf16, which transformers 5 would keep): trained
-    weights are the optimizer's float32 master copy, and frozen ones are cast to the run's dtype after."""
-    kwargs.setdefault("dtype", torch.float32)
-    weights_files(directory)
-
-
 def _newest_checkpoint_model(run_dir: Path) -> Path | None:
     """The model folder of a run directory's newest checkpoint when the run has no model/ (it was stopped
     before its end), said in a CheckpointFallbackWarning; None when it has none."""
@@ -187,13 +178,13 @@ def _newest_checkpoint_model(run_dir: Path) -> Path | None:
     return folders[-1]
 
 
-def load_model(source: str | Path, seed: int | None = None, tokenizer_chars: str | None = None):
-    """(model, tokenizer, model_dir or None) for a built-in name or a local directory (no downloads)."""
-    if isinstance(source, str) and source in BUILTIN_MODELS:
-        tokenizer = CharTokenizer() if tokenizer_chars is None else CharTokenizer(tokenizer_chars)
-        return build_builtin(source, tokenizer.vocab_size, seed), tokenizer, None
-    directory = resolve_model_dir(source)
-    from transformers import AutoModelForCausalLM
+def load_pretrained(directory: Path, auto_class, **kwargs) -> nn.Module:
+    """auto_class.from_pretrained(directory) from safetensors only (weights_files checked first), in float32
+    and eval mode; one-line ProximoError for what transformers raises on a damaged folder. float32 whatever
+    dtype the folder was saved in (published models mostly bf16, which transformers 5 would keep): trained
+    weights are the optimizer's float32 master copy, and frozen ones are cast to the run's dtype after."""
+    kwargs.setdefault("dtype", torch.float32)
+    weights_files(directory)
     quiet_transformers()
     try:
         from huggingface_hub.errors import StrictDataclassError

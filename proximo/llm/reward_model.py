@@ -9,6 +9,7 @@ other tools load it, and any such folder works as a proximo reward. proximo's ol
 reward_head.safetensors) still loads."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 

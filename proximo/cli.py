@@ -219,7 +219,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, world) -> int:
     from proximo.checkpoint import CheckpointError
     from proximo.config import PPOConfig
-    from proximo.train import Trainer, TrainingInterrupted
+    from proximo.multiagent import trainer_class
+    from proximo.train import TrainingInterrupted
 
     plan = world.on_main(lambda: train_plan(args))  # rank 0 alone reads the run directory
     config, run_dir = PPOConfig.from_dict(plan["config"]), Path(plan["run_dir"])
@@ -227,8 +228,9 @@ def _train(args: argparse.Namespace, world) -> int:
     if world.is_main and plan.get("preset_note"):
         print(plan["preset_note"], flush=True)  # even with --quiet: which values ran belongs with the result
     try:
-        trainer = Trainer(plan["env_id"], config, run_dir, plan["env_kwargs"], verbose=not args.quiet,
-                          tensorboard=not args.no_tensorboard, world=world)
+        trainer = trainer_class(plan["env_id"])(plan["env_id"], config, run_dir, plan["env_kwargs"],
+                                                verbose=not args.quiet, tensorboard=not args.no_tensorboard,
+                                                world=world)
     except ConfigError as exc:
         if world.is_main:
             raise
@@ -265,6 +267,8 @@ def _launch_train(args: argparse.Namespace) -> int:
     from proximo.config import PPOConfig
     from proximo.envs.make import make_single_env
     from proximo.learners.distributed import World, check_divides, launch_local, launched_by_torchrun
+    from proximo.multiagent import trainer_class
+    from proximo.train import Trainer
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
@@ -275,7 +279,8 @@ def _launch_train(args: argparse.Namespace) -> int:
     check_divides(PPOConfig.from_dict(plan["config"]).batch_size, args.nproc)
     if args.nproc == 1:
         return _train(args, World.local())
-    make_single_env(plan["env_id"], **plan["env_kwargs"]).close()  # a wrong env id: one line here, not K there
+    if trainer_class(plan["env_id"]) is Trainer:  # a wrong env id: one line here, not K there
+        make_single_env(plan["env_id"], **plan["env_kwargs"]).close()
     argv = [token for i, token in enumerate(args.argv) if not _is_nproc_token(args.argv, i)]
     if args.resume is None and args.run_dir is None:
         argv += ["--run-dir", plan["run_dir"]]  # one default name for every rank (it holds the time)

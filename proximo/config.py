@@ -22,6 +22,8 @@ ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
 ENV_BACKENDS = ("sync", "async")
 LEARNERS = ("auto", "numpy", "torch")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
+CRITICS = ("own", "state", "joint", "global")  # what a multi-agent run's critic reads (proximo/multiagent/envs.py)
+OPPONENT_SAMPLING = ("uniform", "pfsp")        # how self-play draws an older opponent (proximo/multiagent/league.py)
 
 
 @dataclass
@@ -75,6 +77,15 @@ class PPOConfig:
     rnn_layers: int = 1
     bptt_len: int = 0                      # steps per trained sequence; 0: the whole n_steps
     action_masking: str = "auto"           # auto: use the env's masks if it has any | on: require | off
+    # many agents (proximo/multiagent): PettingZoo envs (`pettingzoo:<module>` ids or factories); there num_envs
+    # counts lanes, copies x learning agents, and steps count agent steps
+    critic: str = "own"                    # own: each agent's own observation (IPPO) | state: env.state() | joint: every agent's observation | global: state, else joint (MAPPO)
+    agent_id: bool = False                 # append a one-hot agent index to each agent's observation (one shared policy, roles differ)
+    selfplay: bool = False                 # two-player games: the learner plays a league of its past snapshots
+    snapshot_every: int = 100_000          # agent steps between league snapshots (self-play)
+    opponent_latest: float = 0.5           # chance a game's opponent is the newest snapshot (self-play)
+    opponent_sampling: str = "uniform"     # uniform | pfsp: how an older opponent is drawn (self-play)
+    opponent_window: int = 0               # draw older opponents from the newest this many snapshots; 0: all
     # pixels: the Atari pipeline of ALE ids (proximo/envs/atari.py); other envs ignore these
     frame_stack: int = 4                   # frames stacked into one observation
     frame_skip: int = 4                    # emulator frames per agent step, max-pooled over the last two
@@ -164,6 +175,13 @@ class PPOConfig:
                     f"batch_size {self.batch_size} is not a whole number of {length}-step sequences (a recurrent "
                     f"policy trains on whole sequences); set batch_size to a multiple of {length}, or bptt_len "
                     f"to a divisor of both {self.batch_size} and n_steps {self.n_steps}")
+        _check_choice("critic", self.critic, CRITICS)
+        _check_choice("opponent_sampling", self.opponent_sampling, OPPONENT_SAMPLING)
+        if not 0.0 <= self.opponent_latest <= 1.0:
+            raise ConfigError(f"opponent_latest must lie in [0, 1], got {self.opponent_latest}")
+        if self.snapshot_every < 1 or self.opponent_window < 0:
+            raise ConfigError(f"snapshot_every ({self.snapshot_every}) must be at least 1 and opponent_window "
+                              f"({self.opponent_window}) not negative")
         for name in ("lr_schedule", "clip_schedule", "ent_schedule"):
             _check_choice(name, getattr(self, name), SCHEDULES)
         _check_choice("activation", self.activation, ACTIVATIONS)

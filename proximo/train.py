@@ -119,15 +119,12 @@ class Trainer:
                               f"{config.batch_size // world.size} steps per process, not a whole number of "
                               f"{length}-step sequences; make batch_size a multiple of {length * world.size}")
         self.verbose = verbose and world.is_main
-        require_env_ok(env, self.env_kwargs)  # a few random steps: stop on a broken env before training
+        self._check_env()
         seed_everything(rank_seed(config.seed, world.rank))
         set_threads(pick_threads(config))
-        # EnvGuard restarts a sub-env whose step() raises; the collector bounds how often.
-        self.envs = make_vector_env(GuardedMaker(env, {**self.env_kwargs, "pixels": pixel_options(config)}),
-                                    config.num_envs, config.env_backend)
-        self.mask_source = find_action_masks(env, self.env_kwargs, config.action_masking,
-                                             self.envs.single_action_space)
-        self.policy = build_policy(self.envs.single_observation_space, self.envs.single_action_space, config)
+        self.envs = self._make_envs()
+        self.mask_source = self._find_masks()
+        self.policy = self._build_policy()
         self.device_choice = place_policy(self.policy, config)
         self.optimizer = make_adam(self.policy, config)
         # Every rank starts from rank 0's weights (its own seed drew others) and optimizer state.
@@ -165,6 +162,34 @@ class Trainer:
         self._horizon_before_resume: int | None = None
         # Called with each update's metrics row (after it is logged): how a sweep or a tuner watches a run.
         self.on_update: Callable[[dict[str, Any]], None] | None = None
+
+    # what the env decides (proximo/multiagent/trainer.py overrides these for PettingZoo envs) ---------------
+    def _check_env(self) -> None:
+        """A few random steps: stop on a broken env before training."""
+        require_env_ok(self.env, self.env_kwargs)
+
+    def _make_envs(self):
+        """The vector env of num_envs copies; EnvGuard restarts a sub-env whose step() raises (the collector
+        bounds how often)."""
+        config = self.config
+        return make_vector_env(GuardedMaker(self.env, {**self.env_kwargs, "pixels": pixel_options(config)}),
+                               config.num_envs, config.env_backend)
+
+    def _find_masks(self) -> ActionMaskSource | None:
+        """Where the env's action masks come from, or None."""
+        return find_action_masks(self.env, self.env_kwargs, self.config.action_masking, self.envs.single_action_space)
+
+    def _build_policy(self) -> ActorCritic:
+        """The actor-critic for the vector env's spaces."""
+        return build_policy(self.envs.single_observation_space, self.envs.single_action_space, self.config)
+
+    def evaluate_episodes(self, episodes: int, seed: int) -> tuple[list[float], list[int]]:
+        """(returns, lengths) of the deterministic policy over episodes fresh episodes (whole games, true score)."""
+        config = self.config
+        return evaluate_policy(
+            self.policy, self.env, episodes, seed=seed,
+            env_kwargs={**self.env_kwargs, "pixels": pixel_options(config, training=False)},
+            action_masking=config.action_masking)
 
     # the loop -------------------------------------------------------------------------------
     @property
@@ -359,10 +384,7 @@ class Trainer:
             "world_size": world.size, "backend": world.backend, "stopped_by": self.stopped_by}
         if not world.is_main:
             return summary  # rank 0 evaluates and reports; nothing collective follows, so no one waits
-        eval_returns, eval_lengths = evaluate_policy(
-            self.policy, self.env, config.eval_episodes, seed=config.seed + 10_000,
-            env_kwargs={**self.env_kwargs, "pixels": pixel_options(config, training=False)},  # whole games, true score
-            action_masking=config.action_masking)
+        eval_returns, eval_lengths = self.evaluate_episodes(config.eval_episodes, config.seed + 10_000)
         episodes = self.collector.episodes
         summary.update({
             "eval_return_mean": float(np.mean(eval_returns)), "eval_return_std": float(np.std(eval_returns)),
@@ -439,6 +461,8 @@ class Trainer:
         if getattr(self, "_spaces_json_cache", None) is None:
             self._spaces_json_cache = {key: space_to_json(getattr(self.policy, key))
                                        for key in ("observation_space", "action_space")}
+            if self.policy.actor_dim is not None:  # a centralized critic (proximo/multiagent)
+                self._spaces_json_cache["actor_dim"] = self.policy.actor_dim
         return self._spaces_json_cache
 
     def _capture_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:

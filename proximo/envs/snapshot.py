@@ -233,7 +233,10 @@ def restore_env(env: gym.Env, snapshot: dict[str, Any]) -> None:
 
 
 def snapshot_vector_env(envs: gym.vector.VectorEnv) -> dict[str, Any] | None:
-    """The JSON state of every sub-env of a Sync/AsyncVectorEnv, or None if any cannot be saved."""
+    """The JSON state of every sub-env of a Sync/AsyncVectorEnv, or None if any cannot be saved. A vector env
+    that saves itself (proximo/multiagent/vector.py) has proximo_vector_snapshot()."""
+    if hasattr(envs, "proximo_vector_snapshot"):
+        return envs.proximo_vector_snapshot()
     if isinstance(envs, gym.vector.SyncVectorEnv):
         subs = [snapshot_env(env) for env in envs.envs]
         autoreset = envs._autoreset_envs.tolist()
@@ -247,6 +250,8 @@ def snapshot_vector_env(envs: gym.vector.VectorEnv) -> dict[str, Any] | None:
 
 def restore_vector_env(envs: gym.vector.VectorEnv, snapshot: dict[str, Any]) -> None:
     """Restore every sub-env from snapshot_vector_env()'s output (call after envs.reset())."""
+    if hasattr(envs, "proximo_vector_restore"):
+        return envs.proximo_vector_restore(snapshot)
     if snapshot.get("version") != SNAPSHOT_VERSION:
         raise CheckpointError(f"env snapshot version {snapshot.get('version')} is not {SNAPSHOT_VERSION}; "
                               "this checkpoint is from another proximo version")
@@ -265,6 +270,8 @@ def restore_vector_env(envs: gym.vector.VectorEnv, snapshot: dict[str, Any]) -> 
 
 def vector_env_obstacle(envs: gym.vector.VectorEnv) -> str | None:
     """Why the sub-envs cannot be snapshotted (first reason), or None when they can."""
+    if hasattr(envs, "proximo_vector_snapshot"):
+        return None
     if isinstance(envs, gym.vector.SyncVectorEnv):
         return why_unsnapshottable(envs.envs[0])
     return None if snapshot_vector_env(envs) is not None else "a sub-env of the async vector env"

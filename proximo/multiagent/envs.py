@@ -64,7 +64,7 @@ def _close(env: Any) -> None:
 
 
 def _import_module(name: str):
-    candidates = [name, f"pettingzoo.{name}"] + [f"pettingzoo.{family}.{name}" for family in FAMILIES]
+    candidates = [name] + [f"pettingzoo.{family}.{name}" for family in FAMILIES] + [f"pettingzoo.{name}"]
     errors = []
     for candidate in candidates:
         try:

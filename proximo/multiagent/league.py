@@ -77,7 +77,8 @@ class League:
         if built is not None:
             self._built.move_to_end(index)
             return built
-        policy = self.make_policy()
+        with torch.random.fork_rng(devices=[]):  # building initializes weights: keep the run's RNG untouched
+            policy = self.make_policy()
         if index in self.weights:
             policy.load_state_dict(self.weights[index])
         else:

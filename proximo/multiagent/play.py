@@ -1,8 +1,8 @@
 """Playing whole PettingZoo games with chosen players: a policy, a uniformly random player, or a scripted
 look-ahead player; used by the end-of-run evaluation and by `proximo eval` (win/draw/loss with intervals).
 
-The look-ahead player (two-player turn-based games whose env copies with copy.deepcopy, as PettingZoo's
-classic board games do) takes a move that wins at once if there is one, else a move after which the
+The look-ahead player (two-player turn-based games whose state is plain Python and NumPy, as PettingZoo's
+classic board games' is; see clone_env) takes a move that wins at once if there is one, else a move after which the
 opponent has no winning reply (which blocks the opponent's open threats), else any legal move; ties
 are broken at random. It beats a random connect-four player nearly always.
 """
@@ -72,6 +72,19 @@ class RandomPlayer:
         return int(legal[rng.integers(len(legal))])
 
 
+def clone_env(env: Any) -> Any:
+    """An independent copy of a PettingZoo env mid-game: each wrapper copied shallowly, the base env's
+    attributes deeply (copy.deepcopy of the whole env would rebuild a fresh, unreset env through EzPickle)."""
+    clone = object.__new__(type(env))
+    state = dict(env.__dict__)
+    if "env" in state and state["env"] is not env:
+        state["env"] = clone_env(state["env"])
+    else:
+        state = copy.deepcopy(state)
+    clone.__dict__.update(state)
+    return clone
+
+
 class LookaheadPlayer:
     """Win now, else never leave the opponent a winning reply, else any legal move (see module doc)."""
 
@@ -85,7 +98,7 @@ class LookaheadPlayer:
         legal = legal_actions(self.layout, agent, obs)
         safe = []
         for action in legal:
-            after = copy.deepcopy(env)
+            after = clone_env(env)
             after.step(int(action))
             if after.terminations.get(agent) or after.truncations.get(agent) or not after.agents:
                 if after.rewards.get(agent, 0.0) > 0:
@@ -101,7 +114,7 @@ class LookaheadPlayer:
         """True when the agent to move in env has a move that makes `agent` lose."""
         opponent = env.agent_selection
         for reply in legal_actions(self.layout, opponent, env.observe(opponent)):
-            after = copy.deepcopy(env)
+            after = clone_env(env)
             after.step(int(reply))
             if after.rewards.get(agent, 0.0) < 0:
                 return True

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned, so no later requirement pulls a CUDA build.
 	$(PIP) install -q -r requirements.txt
-	$(PIP) install -q -e ".[dev,llm,atari,video,ray,export,wandb]"
+	$(PIP) install -q -e ".[dev,llm,atari,video,ray,export,wandb,multiagent]"
 	touch $(STAMP)
 
 install: $(STAMP)

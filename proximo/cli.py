@@ -127,6 +127,9 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--video-episodes", type=int, default=1, help="how many episodes to record")
     evaluate.add_argument("--checkpoint", metavar="STEP_N", help="evaluate this checkpoint (step_N or a checkpoint "
                           "folder) instead of the final policy; without policy/ the newest intact one is used")
+    evaluate.add_argument("--against", metavar="PLAYER", help="multi-agent runs: play two-player games against "
+                          "random, lookahead (a scripted player) or another saved policy's folder; reports win / draw / "
+                          "loss with 95%% intervals (--episodes games, seats alternating)")
     evaluate.set_defaults(handler=cmd_eval)
 
     for name in COMMAND_MODULES:
@@ -307,6 +310,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
     policy, meta = load_policy(args.run_dir, checkpoint=args.checkpoint)
+    from proximo.multiagent.envs import PREFIX
+
+    if str(meta.get("env_id") or "").startswith(PREFIX):
+        from proximo.multiagent.evaluate import evaluate_run, print_evaluation
+
+        print_evaluation(evaluate_run(policy, meta, args.against, args.episodes, args.seed, not args.stochastic))
+        return 0
+    if args.against is not None:
+        raise ConfigError("--against pits players of a multi-agent game; this run's env is a gymnasium env")
     if not meta.get("env_id"):
         raise ProximoError(f"{args.run_dir} was trained on an env factory; evaluate it from Python")
     # Atari: the run's frame settings, with whole games and true rewards

@@ -138,10 +138,10 @@ def test_numpy_and_torch_learners_agree_on_a_centralized_critic():
     assert config.critic == "global"
 
 
-def test_selfplay_resume_is_bitwise_exact_with_the_opponent_pool(tmp_path):
+def test_selfplay_resume_is_bitwise_exact_with_the_opponent_pool(tmp_path, capsys):
     settings = dict(selfplay=True, num_envs=4, n_steps=16, batch_size=32, snapshot_every=64, save_every=64,
                     opponent_sampling="pfsp", opponent_latest=0.3)
-    env = "pettingzoo:tictactoe_v3"
+    env = "pettingzoo:classic.tictactoe_v3"
     whole = _trainer(env, tmp_path / "whole", total_steps=384, **settings)
     whole.train()
     first = _trainer(env, tmp_path / "split", total_steps=192, **settings)
@@ -157,6 +157,24 @@ def test_selfplay_resume_is_bitwise_exact_with_the_opponent_pool(tmp_path):
     for name in table[0]["snapshots"]:
         a = (tmp_path / "whole" / "league" / name["name"] / "policy.safetensors").read_bytes()
         assert a == (tmp_path / "split" / "league" / name["name"] / "policy.safetensors").read_bytes()
+    # proximo eval pits the run against a scripted player, or against one of its own snapshots
+    first_snapshot = tmp_path / "whole" / "league" / table[0]["snapshots"][0]["name"]
+    for against in ("lookahead", str(first_snapshot)):
+        assert main(["eval", str(tmp_path / "whole"), "--against", against, "--episodes", "4"]) == 0
+        out = capsys.readouterr().out
+        assert "4 games against" in out and "95% CI" in out
+
+
+def test_lookahead_player_beats_random_and_intervals_are_wilson():
+    from proximo.multiagent.league import wilson_interval
+    from proximo.multiagent.play import LookaheadPlayer, RandomPlayer, play_match
+    from proximo.multiagent.trainer import layout_for
+
+    maker, layout = layout_for("pettingzoo:classic.tictactoe_v3", {}, make_config(None))
+    result = play_match(maker, LookaheadPlayer(layout), RandomPlayer(layout), 20, seed=0)
+    assert result.wins >= 14 and result.losses <= 2  # 35 / 4 / 1 over 40 games with seed 0
+    low, high = wilson_interval(8, 10)
+    assert abs(low - 0.4902) < 1e-4 and abs(high - 0.9433) < 1e-4
 
 
 def test_turn_based_resume_keeps_the_open_moves(tmp_path):
@@ -211,3 +229,26 @@ def _frames_critic():
             return {a: np.zeros((8, 8, 3), np.uint8) for a in self.agents}, {a: {} for a in self.agents}
 
     _trainer(Frames, num_envs=2, n_steps=4, batch_size=8, critic="global")
+
+
+def test_one_agents_policy_exports_and_acts_as_in_training(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+    from proximo.export import export_policy
+    from proximo.multiagent.export import agent_input
+    from proximo.multiagent.play import PolicyPlayer
+    from proximo.saved import policy_metadata
+
+    trainer = _trainer("pettingzoo:mpe2.simple_spread_v3", num_envs=6, n_steps=8, batch_size=48, critic="global",
+                       agent_id=True, normalize_obs=True)
+    trainer._learn(trainer._collect())  # moved weights and observation statistics
+    meta = policy_metadata(trainer.policy, trainer.config, trainer.env, {})
+    path = export_policy(trainer.policy, tmp_path / "agent_1.onnx", "onnx", meta, agent_input(meta, "agent_1"))
+    session = ort.InferenceSession(str(path))
+    env = trainer.maker()
+    player = PolicyPlayer(trainer.policy, trainer.layout)
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        observations, _ = env.reset(seed=seed)
+        obs = observations["agent_1"]
+        exported = session.run(None, {"obs": obs[None].astype(np.float32)})[0]
+        assert int(exported[0]) == player.act(env, "agent_1", obs, rng)

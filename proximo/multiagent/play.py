@@ -17,6 +17,7 @@ import torch
 from gymnasium import spaces
 
 from proximo.envs.masks import MASK_KEY
+from proximo.errors import ProximoError
 from proximo.multiagent.envs import Layout, has_mask, is_parallel
 from proximo.nn.policy import ActorCritic
 
@@ -172,7 +173,8 @@ def play_match(make_env, first: Any, second: Any, games: int, seed: int = 0) -> 
     env = make_env()
     agents = list(env.possible_agents)
     if len(agents) != 2:
-        raise ValueError(f"a match needs a two-player game; this env has agents {agents}")
+        raise ProximoError(f"a match needs a two-player game; this env has {len(agents)} agents "
+                           f"({', '.join(agents)}): evaluate it without --against")
     rng = np.random.default_rng(seed)
     wins = draws = losses = 0
     for game in range(games):

@@ -252,3 +252,18 @@ def test_one_agents_policy_exports_and_acts_as_in_training(tmp_path):
         obs = observations["agent_1"]
         exported = session.run(None, {"obs": obs[None].astype(np.float32)})[0]
         assert int(exported[0]) == player.act(env, "agent_1", obs, rng)
+
+
+@pytest.mark.slow
+def test_connect_four_selfplay_learns_to_beat_random(tmp_path):
+    # benchmarks/selfplay_connect4.py's settings, seed 1, 40,960 learner moves; the benchmark's seeds were at
+    # 0.95 and 0.90 against random after 32,768 (benchmarks/results/selfplay-connect4.md): 0.8 leaves margin
+    from proximo.multiagent.play import PolicyPlayer, RandomPlayer, play_match
+
+    settings = dict(selfplay=True, num_envs=32, n_steps=128, batch_size=1024, n_epochs=4, learning_rate=3e-4,
+                    ent_coef=0.01, gamma=0.99, gae_lambda=0.95, net_arch=[128, 128], activation="relu",
+                    snapshot_every=30_000, total_steps=40_960, eval_episodes=10)
+    trainer = _trainer("pettingzoo:classic.connect_four_v3", tmp_path, **settings)
+    trainer.train()
+    result = play_match(trainer.maker, PolicyPlayer(trainer.policy, trainer.layout), RandomPlayer(trainer.layout), 50)
+    assert result.wins / result.games >= 0.8, result

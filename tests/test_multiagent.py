@@ -267,3 +267,19 @@ def test_connect_four_selfplay_learns_to_beat_random(tmp_path):
     trainer.train()
     result = play_match(trainer.maker, PolicyPlayer(trainer.policy, trainer.layout), RandomPlayer(trainer.layout), 50)
     assert result.wins / result.games >= 0.8, result
+
+
+def test_parallel_selfplay_resume_is_bitwise_exact(tmp_path):
+    # rock-paper-scissors has the parallel API: the opponent acts in the same step as the learner
+    settings = dict(selfplay=True, num_envs=4, n_steps=8, batch_size=32, snapshot_every=32, save_every=32)
+    env = "pettingzoo:classic.rps_v2"
+    whole = _trainer(env, tmp_path / "whole", total_steps=128, **settings)
+    whole.train()
+    first = _trainer(env, tmp_path / "split", total_steps=64, **settings)
+    first.train()
+    resumed = _trainer(env, tmp_path / "split", total_steps=128, **settings)
+    resumed.load_training_state(list_checkpoints(tmp_path / "split")[-1])
+    resumed.train()
+    for key, value in whole.policy.state_dict().items():
+        assert torch.equal(value, resumed.policy.state_dict()[key]), key
+    assert whole.league.snapshots == resumed.league.snapshots and whole.last_stats["selfplay_games"] > 0

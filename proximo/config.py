@@ -81,6 +81,7 @@ class PPOConfig:
     # counts lanes, copies x learning agents, and steps count agent steps
     critic: str = "own"                    # own: each agent's own observation (IPPO) | state: env.state() | joint: every agent's observation | global: state, else joint (MAPPO)
     agent_id: bool = False                 # append a one-hot agent index to each agent's observation (one shared policy, roles differ)
+    policy_map: str = ""                   # one policy per group: "name=agent_0,agent_1;other=adversary_*" (globs; unnamed agents form group "rest"); "": one shared policy
     selfplay: bool = False                 # two-player games: the learner plays a league of its past snapshots
     snapshot_every: int = 100_000          # agent steps between league snapshots (self-play)
     opponent_latest: float = 0.5           # chance a game's opponent is the newest snapshot (self-play)

@@ -48,7 +48,7 @@ from proximo.rollout import NonFiniteError, RewardScaler, RolloutCollector
 from proximo.rundir import RunDir
 from proximo.saved import (
     STATE_META, STATE_TENSORS, _describe_space, _load_state_strict, build_policy, env_name, find_checkpoint,
-    list_checkpoints, load_policy, read_run_config, resume_target, save_policy,
+    list_checkpoints, load_policy, policy_shape, read_run_config, resume_target, save_policy,
 )
 from proximo.runtime import seed_everything, set_threads
 from proximo.spaces_json import space_to_json
@@ -461,8 +461,7 @@ class Trainer:
         if getattr(self, "_spaces_json_cache", None) is None:
             self._spaces_json_cache = {key: space_to_json(getattr(self.policy, key))
                                        for key in ("observation_space", "action_space")}
-            if self.policy.actor_dim is not None:  # a centralized critic (proximo/multiagent)
-                self._spaces_json_cache["actor_dim"] = self.policy.actor_dim
+            self._spaces_json_cache.update(policy_shape(self.policy))  # multi-agent policies: actor_dim, groups
         return self._spaces_json_cache
 
     def _capture_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:

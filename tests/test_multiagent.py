@@ -196,6 +196,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["pettingzoo:no_such_env_v0"], "cannot import the PettingZoo env"),
         (["pettingzoo:mpe2.simple_spread_v3", "--critic", "state", "--num-envs", "4"], "not a multiple"),
         (["pettingzoo:mpe2.simple_spread_v3", "--selfplay", "true", "--num-envs", "3"], "two-player"),
+        (["pettingzoo:mpe2.simple_spread_v3", "--policy-map", "lead=agent_9", "--num-envs", "3"], "no agent of this env"),
     ]
     for argv, text in cases:
         assert main(["train", *argv, "--total-steps", "64", "--run-dir", str(tmp_path / "r"), "--quiet"]) == 2
@@ -283,3 +284,31 @@ def test_parallel_selfplay_resume_is_bitwise_exact(tmp_path):
     for key, value in whole.policy.state_dict().items():
         assert torch.equal(value, resumed.policy.state_dict()[key]), key
     assert whole.league.snapshots == resumed.league.snapshots and whole.last_stats["selfplay_games"] > 0
+
+
+def test_policy_map_gives_each_group_its_own_networks(tmp_path):
+    from proximo.saved import load_policy, save_policy
+
+    trainer = _trainer(LeaversParallel, num_envs=4, n_steps=10, batch_size=20, policy_map="first=p;second=q",
+                       normalize_obs=True)
+    policy, layout = trainer.policy, trainer.layout
+    assert layout.groups == ["first", "second"] and layout.group_of == [0, 1] and layout.id_dim == 2
+    assert trainer.learner_choice.startswith("torch")
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    trainer._learn(trainer._collect())
+    after = policy.state_dict()
+    assert not torch.equal(before["pi_net.0.weight"], after["pi_net.0.weight"])  # group 0 (p) learned
+    assert not torch.equal(before["extra.0.pi_net.0.weight"], after["extra.0.pi_net.0.weight"])  # group 1 (q)
+    # a row goes to its agent's group: q's networks move q's rows only
+    x = torch.zeros(2, layout.width)
+    x[0, layout.own_dim], x[1, layout.own_dim + 1] = 1.0, 1.0  # row 0 is p, row 1 is q
+    with torch.no_grad():
+        values = policy.value(x)
+        policy.extra[0].value_head.bias += 1.0
+        moved = policy.value(x)
+    assert moved[0] == values[0] and torch.isclose(moved[1], values[1] + 1.0)
+    save_policy(tmp_path / "policy", policy, trainer.config, LeaversParallel, {})
+    loaded, meta = load_policy(tmp_path / "policy")
+    assert meta["policy_groups"] == {"group_of_agent": [0, 1], "id_start": layout.own_dim}
+    with torch.no_grad():
+        assert torch.equal(loaded.value(policy.normalize(x)), policy.value(policy.normalize(x)))

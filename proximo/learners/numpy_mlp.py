@@ -67,6 +67,8 @@ class NumpyMLPLearner(Learner):
             return "a recurrent core (its backward through time is autograd's)"
         if policy.shared_network:
             return "the actor and critic share a trunk"
+        if getattr(policy, "routes_by_group", False):
+            return "one set of networks per agent group (proximo/nn/groups.py)"
         if policy.action_head.kind not in ("discrete", "box"):
             return f"{policy.action_head.kind} actions"
         if policy.activation not in NUMPY_ACTIVATIONS:

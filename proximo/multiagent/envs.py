@@ -159,6 +159,31 @@ def parse_agent_list(text: str, agents: list[str], what: str) -> list[str]:
     return chosen
 
 
+def parse_policy_map(text: str, agents: list[str]) -> tuple[list[str], list[int]] | None:
+    """(group names, each agent's group index) of a policy map "name=agent,glob*;other=...", agents in no group
+    forming a last group "rest"; None for an empty map or one group. ConfigError names a bad part or agent."""
+    if not text.strip():
+        return None
+    names: list[str] = []
+    group_of = [-1] * len(agents)
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        name, sep, members = part.partition("=")
+        if not sep or not name.strip() or not members.strip():
+            raise ConfigError(f"--policy-map part {part!r} is not name=agent,agent; write e.g. "
+                              "'adversaries=adversary_*;good=agent_*'")
+        for agent in parse_agent_list(members, agents, f"--policy-map group {name.strip()!r}"):
+            index = agents.index(agent)
+            if group_of[index] >= 0:
+                raise ConfigError(f"--policy-map puts {agent} in two groups ({names[group_of[index]]} and "
+                                  f"{name.strip()}); give each agent one group")
+            group_of[index] = len(names)
+        names.append(name.strip())
+    if any(g < 0 for g in group_of):
+        names.append("rest")
+        group_of = [len(names) - 1 if g < 0 else g for g in group_of]
+    return (names, group_of) if len(names) > 1 else None
+
+
 @dataclass
 class Layout:
     """How one env's agents become lanes: their observation vector, masks and the shared action space."""
@@ -174,6 +199,8 @@ class Layout:
     mask_width: int | None                # None: no masks
     agent_masks: dict[str, np.ndarray | None]  # each agent's fixed mask of its own actions (padded spaces)
     observation_spaces: dict[str, spaces.Space]
+    groups: list[str] | None = None       # policy groups' names (one policy each), None: one shared policy
+    group_of: list[int] | None = None     # each agent's group index, in agents' order
 
     @property
     def width(self) -> int:
@@ -240,12 +267,15 @@ def _shared_action_space(agents: list[str], action_spaces: dict[str, spaces.Spac
                       "proximo shares a head only between Discrete spaces (the extra actions masked off)")
 
 
-def build_layout(env: Any, critic: str = "own", agent_id: bool = False, learners: list[str] | None = None) -> Layout:
-    """The lane layout of a fresh (reset) PettingZoo env for a run's settings; ConfigError when impossible."""
+def build_layout(env: Any, critic: str = "own", agent_id: bool = False, learners: list[str] | None = None,
+                 policy_map: str = "") -> Layout:
+    """The lane layout of a fresh (reset) PettingZoo env for a run's settings; ConfigError when impossible.
+    A policy map's groups route each lane by its one-hot agent index, so they turn agent_id on."""
     if critic not in CRITICS:
         raise ConfigError(f"critic must be one of {', '.join(CRITICS)}; got {critic!r}")
     agents = list(env.possible_agents)
     learners = list(learners or agents)
+    grouping = parse_policy_map(policy_map, agents)
     observation_spaces = {a: env.observation_space(a) for a in agents}
     action_spaces = {a: env.action_space(a) for a in agents}
     own_dims = {a: own_width(observation_spaces[a]) for a in agents}
@@ -273,8 +303,9 @@ def build_layout(env: Any, critic: str = "own", agent_id: bool = False, learners
                               f"implemented) and no way to build one: {frames[0]}'s observations are frames, which "
                               "proximo does not join; use --critic own (IPPO)")
         extra_dim = sum(own_dims.values())
-    return Layout(agents, learners, own_dims, own_dim, len(agents) if agent_id else 0, resolved, extra_dim,
-                  action_space, mask_width, agent_masks, observation_spaces)
+    return Layout(agents, learners, own_dims, own_dim, len(agents) if agent_id or grouping else 0, resolved,
+                  extra_dim, action_space, mask_width, agent_masks, observation_spaces,
+                  *(grouping if grouping else (None, None)))
 
 
 def _is_frames(space: spaces.Space) -> bool:

@@ -31,7 +31,7 @@ def layout_for(env: Any, env_kwargs: dict, config) -> tuple[EnvMaker, Any]:
     maker = EnvMaker(env, dict(env_kwargs))
     probe = make_checked(maker)
     try:
-        return maker, build_layout(probe, config.critic, config.agent_id)
+        return maker, build_layout(probe, config.critic, config.agent_id, policy_map=config.policy_map)
     finally:
         probe.close()
 
@@ -55,6 +55,9 @@ class MultiAgentTrainer(Trainer):
         if config.selfplay and len(agents) != 2:
             raise ConfigError(f"self-play needs a two-player game; {self.maker.env} has {len(agents)} agents "
                               f"({', '.join(agents)}); leave out --selfplay")
+        if self.layout.groups and (config.selfplay or config.recurrent != "none"):
+            raise ConfigError("one policy per agent group (--policy-map) trains feedforward policies without "
+                              "self-play; leave out --policy-map, or --selfplay / --recurrent")
         if config.selfplay and world.size > 1:
             raise ConfigError("self-play runs in one process (its league lives there); leave out --nproc")
         lanes = 1 if config.selfplay else len(self.layout.learners)
@@ -86,8 +89,9 @@ class MultiAgentTrainer(Trainer):
 
     def _fresh_policy(self) -> ActorCritic:
         try:
-            return build_policy(self.layout.observation_space(), self.layout.action_space, self.config,
-                                self.layout.actor_dim)
+            layout = self.layout
+            groups = {"group_of_agent": layout.group_of, "id_start": layout.own_dim} if layout.groups else None
+            return build_policy(layout.observation_space(), layout.action_space, self.config, layout.actor_dim, groups)
         except ValueError as exc:
             raise ConfigError(f"critic={self.config.critic}: {exc}; set --shared-network false") from None
 

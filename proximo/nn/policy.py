@@ -367,6 +367,8 @@ class RolloutActor:
         for actor and critic (see plain_mlp_layers), Discrete or Box actions."""
         if policy.device.type != "cpu" or policy.image or policy.shared_network or policy.is_recurrent:
             return False
+        if getattr(policy, "routes_by_group", False):  # one network per agent group (proximo/nn/groups.py)
+            return False
         if policy.action_head.kind not in ("discrete", "box") or policy.activation not in NUMPY_ACTIVATIONS:
             return False
         pi, vf = plain_mlp_layers(policy, policy.pi_net), plain_mlp_layers(policy, policy.vf_net)

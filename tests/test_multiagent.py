@@ -157,6 +157,10 @@ def test_selfplay_resume_is_bitwise_exact_with_the_opponent_pool(tmp_path, capsy
     for name in table[0]["snapshots"]:
         a = (tmp_path / "whole" / "league" / name["name"] / "policy.safetensors").read_bytes()
         assert a == (tmp_path / "split" / "league" / name["name"] / "policy.safetensors").read_bytes()
+    # the learner's rating per update is plotted from updates.jsonl (metrics.csv keeps the common columns)
+    assert main(["plot", str(tmp_path / "whole"), "--y", "selfplay_rating", "-o", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").stat().st_size > 0
+    capsys.readouterr()
     # proximo eval pits the run against a scripted player, or against one of its own snapshots
     first_snapshot = tmp_path / "whole" / "league" / table[0]["snapshots"][0]["name"]
     for against in ("lookahead", str(first_snapshot)):

@@ -76,8 +76,11 @@ def evaluate_league(run_dir: Path, games_random: int, games_lookahead: int, seed
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     table = json.loads((run_dir / "league" / "league.json").read_text())
     rows = []
+    final_step = json.loads((run_dir / "summary.json").read_text())["global_step"]
     for snap in table["snapshots"] + [{"name": "final", "step": None}]:
-        key = f"{snap['name']}:{games_random}:{games_lookahead}"
+        # the final policy changes when a run is continued: its key carries the step it was saved at
+        label = f"final@{final_step}" if snap["name"] == "final" else snap["name"]
+        key = f"{label}:{games_random}:{games_lookahead}"
         if key not in done:
             folder = run_dir / "policy" if snap["name"] == "final" else run_dir / "league" / snap["name"]
             policy, meta = load_policy(folder)

@@ -8,7 +8,7 @@ CONSTRAINED := $(PIP) install -q -c requirements.txt
 CORE_STAMP := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 # Every extra the test suite and the docs build use.
-ALL_EXTRAS := dev,docs,llm,atari,video,ray,export,wandb
+ALL_EXTRAS := dev,docs,llm,atari,video,ray,export,wandb,multiagent
 SEED ?= 1
 DEMO_DIR ?= demo
 

@@ -10,6 +10,7 @@ import torch
 from proximo.config import PPOConfig, describe_preset, make_config
 from proximo.envs.make import EnvLike
 from proximo.errors import ProximoError
+from proximo.multiagent import trainer_class
 from proximo.nn.policy import ActorCritic
 from proximo.train import Trainer, load_policy, save_policy
 
@@ -48,7 +49,8 @@ class PPO:
             self.agents = [self._member(member) for member in self._population.members]
             self.summaries: list[dict[str, Any]] = []
             return
-        self._trainer: Trainer | None = Trainer(env, self.config, run_dir, self.env_kwargs, verbose=verbose)
+        self._trainer: Trainer | None = trainer_class(env, self.env_kwargs)(env, self.config, run_dir, self.env_kwargs,
+                                                                          verbose=verbose)
         self.policy: ActorCritic = self._trainer.policy
 
     def _member(self, member) -> "PPO":
@@ -78,7 +80,7 @@ class PPO:
         if self._trainer is None:
             if not isinstance(self.env, str):
                 raise ProximoError("this agent was loaded without an env; create PPO(env, ...) to train")
-            trainer = Trainer(self.env, self.config, None, self.env_kwargs, verbose=False)
+            trainer = trainer_class(self.env)(self.env, self.config, None, self.env_kwargs, verbose=False)
             trainer.policy.load_state_dict(self.policy.state_dict())
             self._trainer, self.policy = trainer, trainer.policy
         steps = total_steps if total_steps is not None else self.config.total_steps

@@ -296,6 +296,9 @@ class EvalCallback(Callback):
         env = self.eval_env if self.eval_env is not None else trainer.env
         kwargs = self.env_kwargs if self.env_kwargs is not None else trainer.env_kwargs
         seed = self.seed if self.seed is not None else config.seed + 20_000
+        if self.eval_env is None and self.env_kwargs is None and hasattr(trainer, "evaluate_episodes"):
+            returns, _ = trainer.evaluate_episodes(self.episodes or config.eval_episodes, seed)  # the run's own env
+            return float(np.mean(returns)), float(np.std(returns))
         returns, _ = evaluate_policy(trainer.policy, env, self.episodes or config.eval_episodes, seed=seed,
                                      env_kwargs={**kwargs, "pixels": pixel_options(config, training=False)},
                                      action_masking=config.action_masking)

@@ -132,6 +132,9 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--video-episodes", type=int, default=1, help="how many episodes to record (default 1)")
     evaluate.add_argument("--checkpoint", metavar="STEP_N", help="evaluate this checkpoint (step_N or a checkpoint "
                           "folder) instead of the final policy; without policy/ the newest intact one is used")
+    evaluate.add_argument("--against", metavar="PLAYER", help="multi-agent runs: play two-player games against "
+                          "random, lookahead (a scripted player) or another saved policy's folder; reports win / draw / "
+                          "loss with 95%% intervals (--episodes games, seats alternating)")
     evaluate.set_defaults(handler=cmd_eval)
 
     for name in COMMAND_MODULES:
@@ -230,7 +233,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, world) -> int:
     from proximo.checkpoint import CheckpointError
     from proximo.config import PPOConfig
-    from proximo.train import Trainer, TrainingInterrupted
+    from proximo.multiagent import trainer_class
+    from proximo.train import TrainingInterrupted
 
     plan = world.on_main(lambda: train_plan(args))  # rank 0 alone reads the run directory
     config, run_dir = PPOConfig.from_dict(plan["config"]), Path(plan["run_dir"])
@@ -238,8 +242,9 @@ def _train(args: argparse.Namespace, world) -> int:
     if world.is_main and plan.get("preset_note"):
         print(plan["preset_note"], flush=True)  # even with --quiet: which values ran belongs with the result
     try:
-        trainer = Trainer(plan["env_id"], config, run_dir, plan["env_kwargs"], verbose=not args.quiet,
-                          tensorboard=not args.no_tensorboard, world=world)
+        trainer = trainer_class(plan["env_id"])(plan["env_id"], config, run_dir, plan["env_kwargs"],
+                                                verbose=not args.quiet, tensorboard=not args.no_tensorboard,
+                                                world=world)
     except ConfigError as exc:
         if world.is_main:
             raise
@@ -352,6 +357,8 @@ def _launch_train(args: argparse.Namespace) -> int:
     from proximo.config import PPOConfig
     from proximo.envs.make import make_single_env
     from proximo.distributed import World, check_divides, launch_local, launched_by_torchrun
+    from proximo.multiagent import trainer_class
+    from proximo.train import Trainer
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
@@ -365,7 +372,8 @@ def _launch_train(args: argparse.Namespace) -> int:
         check_divides(PPOConfig.from_dict(plan["config"]).batch_size, args.nproc)
     if args.nproc == 1:
         return _train(args, World.local())
-    make_single_env(plan["env_id"], **plan["env_kwargs"]).close()  # a wrong env id: one line here, not K there
+    if trainer_class(plan["env_id"]) is Trainer:  # a wrong env id: one line here, not K there
+        make_single_env(plan["env_id"], **plan["env_kwargs"]).close()
     argv = [token for i, token in enumerate(args.argv) if not _is_nproc_token(args.argv, i)]
     if args.resume is None and args.run_dir is None:
         argv += ["--run-dir", plan["run_dir"]]  # one default name for every rank (it holds the time)
@@ -392,6 +400,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
     policy, meta = load_policy(args.run_dir, checkpoint=args.checkpoint)
+    from proximo.multiagent.envs import PREFIX
+
+    if str(meta.get("env_id") or "").startswith(PREFIX):
+        from proximo.multiagent.evaluate import evaluate_run, print_evaluation
+
+        print_evaluation(evaluate_run(policy, meta, args.against, args.episodes, args.seed, not args.stochastic))
+        return 0
+    if args.against is not None:
+        raise ConfigError("--against pits players of a multi-agent game; this run's env is a gymnasium env")
     if not meta.get("env_id"):
         raise ProximoError(f"{args.run_dir} was trained on an env factory; evaluate it from Python")
     # Atari: the run's frame settings, with whole games and true rewards

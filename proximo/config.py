@@ -51,6 +51,8 @@ def planning_processes(count: int):
 ENV_BACKENDS = ("sync", "async")
 LEARNERS = ("auto", "numpy", "torch")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
+CRITICS = ("own", "state", "joint", "global")  # what a multi-agent run's critic reads (proximo/multiagent/envs.py)
+OPPONENT_SAMPLING = ("uniform", "pfsp")        # how self-play draws an older opponent (proximo/multiagent/league.py)
 
 
 @dataclass
@@ -108,6 +110,20 @@ class PPOConfig:
     bptt_len: int = doc(0, "steps per trained sequence of a recurrent policy; 0: the whole n_steps")
     action_masking: str = doc("auto", "legal-action masks: auto uses the env's if it has any, on requires them, off "
                               "ignores them", choices=MASKING_MODES)
+    # many agents (proximo/multiagent): PettingZoo envs (`pettingzoo:<module>` ids or factories); there num_envs
+    # counts lanes, copies x learning agents, and steps count agent steps
+    critic: str = doc("own", "what each agent's critic reads: own (its own observation, IPPO), state (env.state()), "
+                      "joint (every agent's observation), global (state, else joint; MAPPO)", choices=CRITICS)
+    agent_id: bool = doc(False, "append a one-hot agent index to each agent's observation (one shared policy, "
+                         "roles differ)")
+    policy_map: str = doc("", "one policy per agent group, e.g. \"name=agent_0,agent_1;other=adversary_*\" (globs; "
+                          "unnamed agents form group rest); empty: one shared policy")
+    selfplay: bool = doc(False, "two-player games: the learner plays a league of its past snapshots")
+    snapshot_every: int = doc(100_000, "agent steps between league snapshots (self-play)")
+    opponent_latest: float = doc(0.5, "chance a game's opponent is the newest snapshot (self-play)")
+    opponent_sampling: str = doc("uniform", "how an older opponent is drawn: uniform, or pfsp (harder opponents "
+                                 "more often) (self-play)", choices=OPPONENT_SAMPLING)
+    opponent_window: int = doc(0, "draw older opponents from the newest this many snapshots; 0: all (self-play)")
     # pixels: the Atari pipeline of ALE ids (proximo/envs/atari.py); other envs ignore these
     frame_stack: int = doc(4, "Atari: frames stacked into one observation")
     frame_skip: int = doc(4, "Atari: emulator frames per agent step, max-pooled over the last two")
@@ -200,6 +216,11 @@ class PPOConfig:
                     f"batch_size {self.batch_size} is not a whole number of {length}-step sequences (a recurrent "
                     f"policy trains on whole sequences); set batch_size to a multiple of {length}, or bptt_len "
                     f"to a divisor of both {self.batch_size} and n_steps {self.n_steps}")
+        if not 0.0 <= self.opponent_latest <= 1.0:
+            raise ConfigError(f"opponent_latest must lie in [0, 1], got {self.opponent_latest}")
+        if self.snapshot_every < 1 or self.opponent_window < 0:
+            raise ConfigError(f"snapshot_every ({self.snapshot_every}) must be at least 1 and opponent_window "
+                              f"({self.opponent_window}) not negative")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if not self.net_arch or any(width < 1 for width in self.net_arch):

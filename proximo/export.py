@@ -59,6 +59,10 @@ class DeterministicPolicy(nn.Module):
             self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32))
 
+    def example(self) -> torch.Tensor:
+        """One observation in the graph's input dtype and shape (what the trace runs on)."""
+        return example_input(self.policy)
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic env actions for a batch of raw observations."""
         policy = self.policy
@@ -98,14 +102,14 @@ def example_input(policy: ActorCritic, batch: int = 1) -> torch.Tensor:
     return torch.zeros((batch, *space.shape), dtype=dtype)
 
 
-def _trace(module: DeterministicPolicy) -> torch.jit.ScriptModule:
+def _trace(module: nn.Module) -> torch.jit.ScriptModule:
     # One observation: batch-size branches in the forward pass (proximo/nn/fast.py) take their torch path,
     # and the traced graph keeps the batch dimension symbolic. check_trace would re-run with new random
     # inputs and flag float noise, so it is off; the tests compare against predict().
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit for torch.export
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return torch.jit.trace(module, (example_input(module.policy),), check_trace=False)
+        return torch.jit.trace(module, (module.example(),), check_trace=False)
 
 
 def metadata(policy: ActorCritic, meta: dict[str, Any]) -> dict[str, str]:
@@ -119,8 +123,10 @@ def metadata(policy: ActorCritic, meta: dict[str, Any]) -> dict[str, str]:
             "normalize_obs": str(policy.obs_rms is not None).lower()}
 
 
-def export_policy(policy: ActorCritic, path: str | Path, fmt: str, meta: dict[str, Any] | None = None) -> Path:
-    """Write policy's deterministic actor (with its observation normalization) to path as onnx or torchscript."""
+def export_policy(policy: ActorCritic, path: str | Path, fmt: str, meta: dict[str, Any] | None = None,
+                  wrap=None) -> Path:
+    """Write policy's deterministic actor (with its observation normalization) to path as onnx or torchscript;
+    wrap(DeterministicPolicy) -> module puts a different input in front (one agent of a multi-agent run)."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     path = Path(path)
@@ -132,6 +138,9 @@ def export_policy(policy: ActorCritic, path: str | Path, fmt: str, meta: dict[st
     policy = copy.deepcopy(policy).to("cpu").eval().requires_grad_(False)
     module = DeterministicPolicy(policy).eval()
     info = metadata(policy, meta or {})
+    if wrap is not None:
+        module = wrap(module).eval()
+        info.update(module.describe())
     with torch.no_grad():
         if fmt == "torchscript":
             _trace(module).save(str(path), _extra_files={"proximo.json": json.dumps(info)})
@@ -140,7 +149,7 @@ def export_policy(policy: ActorCritic, path: str | Path, fmt: str, meta: dict[st
     return path
 
 
-def _export_onnx(module: DeterministicPolicy, path: Path, info: dict[str, str]) -> None:
+def _export_onnx(module: nn.Module, path: Path, info: dict[str, str]) -> None:
     try:
         import onnx
     except ImportError:
@@ -149,7 +158,7 @@ def _export_onnx(module: DeterministicPolicy, path: Path, info: dict[str, str]) 
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter is deprecated
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # the exporter runs the same torch.jit.trace as _trace
-        torch.onnx.export(module, (example_input(module.policy),), str(path), dynamo=False,
+        torch.onnx.export(module, (module.example(),), str(path), dynamo=False,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     model = onnx.load(str(path))
@@ -170,7 +179,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     # a killed run without policy/ falls back to its newest intact checkpoint: one `proximo:` line says so
     policy, meta = plain_warnings(lambda _: load_policy(Path(args.run_dir), checkpoint=args.checkpoint))(args)
-    out = export_policy(policy, args.output, args.format, meta)
+    wrap = None
+    if str(meta.get("env_id") or "").startswith("pettingzoo:") or args.agent is not None:
+        from proximo.multiagent.export import agent_input
+
+        wrap = agent_input(meta, args.agent)
+    out = export_policy(policy, args.output, args.format, meta, wrap)
     source = meta.get("checkpoint") or args.run_dir
     print(f"exported {source} ({_describe(policy)}) -> {out} ({args.format})")
     return 0
@@ -191,5 +205,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="the file to write")
     parser.add_argument("--checkpoint", metavar="STEP_N",
                         help="export this checkpoint (step_N or a checkpoint folder) instead of the final policy")
+    parser.add_argument("--agent", metavar="NAME", help="multi-agent runs: the agent whose policy to export (its own "
+                        "observation in, its action out)")
     parser.set_defaults(handler=cmd_export)
 

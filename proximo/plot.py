@@ -39,7 +39,14 @@ def read_curve(run_dir: Path, y: str = "episode_return_mean") -> tuple[np.ndarra
         raise ProximoError(f"{run_dir} has no metrics.csv; is it a proximo run directory?")
     steps, values = [], []
     with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        if y not in (reader.fieldnames or []) and (Path(run_dir) / "updates.jsonl").is_file():
+            # a column metrics.csv does not keep (self-play's selfplay_rating, ...): every row is in updates.jsonl
+            from proximo.metrics import read_jsonl
+
+            rows = read_jsonl(Path(run_dir) / "updates.jsonl", corrupt="skip")
+        for row in rows:
             if row.get(y) not in (None, ""):
                 steps.append(float(row["global_step"]))
                 values.append(float(row[y]))

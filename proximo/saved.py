@@ -22,14 +22,25 @@ from proximo.rundir import RunDir
 from proximo.spaces_json import space_from_json, space_to_json
 
 
-def build_policy(observation_space, action_space, config: PPOConfig) -> ActorCritic:
-    """The actor-critic a config asks for."""
-    return ActorCritic(observation_space, action_space, net_arch=config.net_arch,
-                       activation=config.activation, shared_network=config.shared_network,
-                       ortho_init=config.ortho_init, log_std_init=config.log_std_init,
-                       normalize_obs=config.normalize_obs, clip_obs=config.clip_obs,
-                       recurrent=config.recurrent, rnn_hidden=config.rnn_hidden, rnn_layers=config.rnn_layers,
-                       mask_key=mask_key_of(observation_space, config.action_masking))
+def build_policy(observation_space, action_space, config: PPOConfig, actor_dim: int | None = None,
+                 groups: dict | None = None) -> ActorCritic:
+    """The actor-critic a config asks for; actor_dim: the actor reads only that many leading features (MAPPO);
+    groups ({"group_of_agent", "id_start"}): one set of networks per agent group (proximo/nn/groups.py)."""
+    if groups is not None:
+        from proximo.nn.groups import GroupedActorCritic
+
+        return GroupedActorCritic(observation_space, action_space, groups["group_of_agent"], groups["id_start"],
+                                  **_policy_kwargs(observation_space, config, actor_dim))
+    return ActorCritic(observation_space, action_space, **_policy_kwargs(observation_space, config, actor_dim))
+
+
+def _policy_kwargs(observation_space, config: PPOConfig, actor_dim: int | None) -> dict[str, Any]:
+    return dict(net_arch=config.net_arch,
+                activation=config.activation, shared_network=config.shared_network,
+                ortho_init=config.ortho_init, log_std_init=config.log_std_init,
+                normalize_obs=config.normalize_obs, clip_obs=config.clip_obs,
+                recurrent=config.recurrent, rnn_hidden=config.rnn_hidden, rnn_layers=config.rnn_layers,
+                mask_key=mask_key_of(observation_space, config.action_masking), actor_dim=actor_dim)
 
 
 def env_name(env: EnvLike) -> str | None:
@@ -40,9 +51,24 @@ def env_name(env: EnvLike) -> str | None:
 def policy_metadata(policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
                     env_kwargs: dict | None) -> dict[str, Any]:
     """The JSON that rebuilds a policy: format, version, env, spaces and config."""
-    return {"format_version": 1, "proximo_version": __version__, "env_id": env_name(env) if env else None,
+    meta = {"format_version": 1, "proximo_version": __version__, "env_id": env_name(env) if env else None,
             "env_kwargs": env_kwargs or {}, "observation_space": space_to_json(policy.observation_space),
             "action_space": space_to_json(policy.action_space), "config": config.to_dict()}
+    meta.update(policy_shape(policy))
+    return meta
+
+
+def policy_shape(policy: ActorCritic) -> dict[str, Any]:
+    """What rebuilds a multi-agent policy beyond its spaces and config: the actor's input width (a centralized
+    critic) and the agent groups (one policy per group); empty for a single-agent policy."""
+    from proximo.nn.groups import group_info
+
+    shape: dict[str, Any] = {}
+    if policy.actor_dim is not None:
+        shape["actor_dim"] = policy.actor_dim
+    if group_info(policy) is not None:
+        shape["policy_groups"] = group_info(policy)
+    return shape
 
 
 def save_policy(directory: Path, policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
@@ -113,7 +139,7 @@ def _policy_from_checkpoint(folder: Path) -> tuple[ActorCritic, dict[str, Any]]:
     policy = _rebuild_policy(meta, unprefixed("policy", tensors), folder / STATE_META, folder / STATE_TENSORS)
     # The keys policy.json has, plus where the weights came from.
     keys = ("format_version", "proximo_version", "env_id", "env_kwargs", "observation_space", "action_space",
-            "config", "global_step")
+            "config", "global_step", "actor_dim", "policy_groups")
     return policy, {**{key: meta[key] for key in keys if key in meta}, "checkpoint": str(folder)}
 
 
@@ -142,9 +168,10 @@ def _rebuild_policy(meta: dict[str, Any], tensors: dict[str, torch.Tensor], meta
     try:
         config = PPOConfig.from_dict(meta["config"])
         spaces = space_from_json(meta["observation_space"]), space_from_json(meta["action_space"])
+        shape = (meta.get("actor_dim"), meta.get("policy_groups"))
         with torch.device("meta"):  # shapes first, nothing allocated: a damaged file may claim 10^9 actions
-            _check_fit(build_policy(*spaces, config), tensors, tensors_path)
-        policy = build_policy(*spaces, config)
+            _check_fit(build_policy(*spaces, config, *shape), tensors, tensors_path)
+        policy = build_policy(*spaces, config, *shape)
     except KeyError as exc:
         raise CheckpointError(f"{meta_path} lacks {exc}; the file is corrupt") from exc
     except (TypeError, ValueError) as exc:  # ConfigError is a ValueError: a value the file should never hold

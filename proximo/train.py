@@ -48,7 +48,7 @@ from proximo.rollout import NonFiniteError, RewardScaler, RolloutCollector
 from proximo.rundir import RunDir
 from proximo.saved import (
     STATE_META, STATE_TENSORS, _describe_space, _load_state_strict, build_policy, env_name, find_checkpoint,
-    list_checkpoints, load_policy, read_run_config, resume_target, save_policy,
+    list_checkpoints, load_policy, policy_shape, read_run_config, resume_target, save_policy,
 )
 from proximo.runtime import seed_everything, set_threads
 from proximo.spaces_json import space_to_json
@@ -119,15 +119,12 @@ class Trainer:
                               f"{config.batch_size // world.size} steps per process, not a whole number of "
                               f"{length}-step sequences; make batch_size a multiple of {length * world.size}")
         self.verbose = verbose and world.is_main
-        require_env_ok(env, self.env_kwargs)  # a few random steps: stop on a broken env before training
+        self._check_env()
         seed_everything(rank_seed(config.seed, world.rank))
         set_threads(pick_threads(config))
-        # EnvGuard restarts a sub-env whose step() raises; the collector bounds how often.
-        self.envs = make_vector_env(GuardedMaker(env, {**self.env_kwargs, "pixels": pixel_options(config)}),
-                                    config.num_envs, config.env_backend)
-        self.mask_source = find_action_masks(env, self.env_kwargs, config.action_masking,
-                                             self.envs.single_action_space)
-        self.policy = build_policy(self.envs.single_observation_space, self.envs.single_action_space, config)
+        self.envs = self._make_envs()
+        self.mask_source = self._find_masks()
+        self.policy = self._build_policy()
         self.device_choice = place_policy(self.policy, config)
         self.optimizer = make_adam(self.policy, config)
         # Every rank starts from rank 0's weights (its own seed drew others) and optimizer state.
@@ -170,6 +167,34 @@ class Trainer:
         self._horizon_before_resume: int | None = None
         # Called with each update's metrics row (after it is logged): how a sweep or a tuner watches a run.
         self.on_update: Callable[[dict[str, Any]], None] | None = None
+
+    # what the env decides (proximo/multiagent/trainer.py overrides these for PettingZoo envs) ---------------
+    def _check_env(self) -> None:
+        """A few random steps: stop on a broken env before training."""
+        require_env_ok(self.env, self.env_kwargs)
+
+    def _make_envs(self):
+        """The vector env of num_envs copies; EnvGuard restarts a sub-env whose step() raises (the collector
+        bounds how often)."""
+        config = self.config
+        return make_vector_env(GuardedMaker(self.env, {**self.env_kwargs, "pixels": pixel_options(config)}),
+                               config.num_envs, config.env_backend)
+
+    def _find_masks(self) -> ActionMaskSource | None:
+        """Where the env's action masks come from, or None."""
+        return find_action_masks(self.env, self.env_kwargs, self.config.action_masking, self.envs.single_action_space)
+
+    def _build_policy(self) -> ActorCritic:
+        """The actor-critic for the vector env's spaces."""
+        return build_policy(self.envs.single_observation_space, self.envs.single_action_space, self.config)
+
+    def evaluate_episodes(self, episodes: int, seed: int) -> tuple[list[float], list[int]]:
+        """(returns, lengths) of the deterministic policy over episodes fresh episodes (whole games, true score)."""
+        config = self.config
+        return evaluate_policy(
+            self.policy, self.env, episodes, seed=seed,
+            env_kwargs={**self.env_kwargs, "pixels": pixel_options(config, training=False)},
+            action_masking=config.action_masking)
 
     # the loop -------------------------------------------------------------------------------
     @property
@@ -365,10 +390,7 @@ class Trainer:
             **self.summary_extra()}
         if not world.is_main:
             return summary  # rank 0 evaluates and reports; nothing collective follows, so no one waits
-        eval_returns, eval_lengths = evaluate_policy(
-            self.policy, self.env, config.eval_episodes, seed=config.seed + 10_000,
-            env_kwargs={**self.env_kwargs, "pixels": pixel_options(config, training=False)},  # whole games, true score
-            action_masking=config.action_masking)
+        eval_returns, eval_lengths = self.evaluate_episodes(config.eval_episodes, config.seed + 10_000)
         episodes = self.collector.episodes
         summary.update({
             "eval_return_mean": float(np.mean(eval_returns)), "eval_return_std": float(np.std(eval_returns)),
@@ -449,6 +471,7 @@ class Trainer:
         if getattr(self, "_spaces_json_cache", None) is None:
             self._spaces_json_cache = {key: space_to_json(getattr(self.policy, key))
                                        for key in ("observation_space", "action_space")}
+            self._spaces_json_cache.update(policy_shape(self.policy))  # multi-agent policies: actor_dim, groups
         return self._spaces_json_cache
 
     def _capture_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:

@@ -60,7 +60,7 @@ def test_loaded_agent_without_env_refuses_to_learn_with_a_clear_message(tmp_path
 
 
 def test_bad_factory_and_bad_env_argument():
-    with pytest.raises(ProximoError, match="not a gymnasium.Env"):
+    with pytest.raises(ProximoError, match="neither a gymnasium.Env nor a PettingZoo"):
         PPO(lambda: 42)
     with pytest.raises(ProximoError, match="env must be"):
         PPO(3.5)

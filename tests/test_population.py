@@ -255,3 +255,12 @@ def test_auto_takes_a_gpu_for_a_population_wide_enough(monkeypatch):
     assert device.type == "cuda" and "16 agents x 64 units batch like one 1024-unit MLP" in why
     device, why = population_device("auto", 4, 64)
     assert device.type == "cpu" and "4 agents x 64 units stay under 1024" in why
+
+
+def test_a_population_of_a_multiagent_env_is_one_line(capsys):
+    pytest.importorskip("pettingzoo", reason="the multiagent extra is not installed")
+    from proximo.cli import main
+
+    assert main(["train", "pettingzoo:classic.tictactoe_v3", "--seeds", "1-2"]) == 2
+    err = capsys.readouterr().err
+    assert "is a multi-agent (PettingZoo) env: populations batch gymnasium envs" in err and "Traceback" not in err

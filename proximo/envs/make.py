@@ -45,7 +45,8 @@ def make_single_env(env: EnvLike, render_mode: str | None = None, pixels: PixelO
     if callable(env) and not isinstance(env, str):
         made = env()
         if not isinstance(made, gym.Env):
-            raise ProximoError(f"env factory {env!r} returned {type(made).__name__}, not a gymnasium.Env")
+            raise ProximoError(f"env factory {env!r} returned {type(made).__name__}, which is neither a gymnasium.Env "
+                               "nor a PettingZoo AECEnv or ParallelEnv")
         return made
     if not isinstance(env, str):
         raise ProximoError(f"env must be a gymnasium id or a callable returning an env, got {env!r}")

@@ -237,6 +237,8 @@ def snapshot_vector_env(envs: gym.vector.VectorEnv, rows: slice | None = None) -
 
     rows: only those sub-envs of a SyncVectorEnv (one agent's envs in a population), saved as a vector
     env of their own."""
+    if hasattr(envs, "proximo_vector_snapshot"):  # a vector env that saves itself (proximo/multiagent/vector.py)
+        return envs.proximo_vector_snapshot()
     if isinstance(envs, gym.vector.SyncVectorEnv):
         rows = rows or slice(None)
         subs = [snapshot_env(env) for env in envs.envs[rows]]
@@ -252,6 +254,8 @@ def snapshot_vector_env(envs: gym.vector.VectorEnv, rows: slice | None = None) -
 def restore_vector_env(envs: gym.vector.VectorEnv, snapshot: dict[str, Any], rows: slice | None = None) -> None:
     """Restore every sub-env (or the SyncVectorEnv's sub-envs `rows`) from snapshot_vector_env()'s output
     (call after envs.reset())."""
+    if hasattr(envs, "proximo_vector_restore"):
+        return envs.proximo_vector_restore(snapshot)
     if snapshot.get("version") != SNAPSHOT_VERSION:
         raise CheckpointError(f"env snapshot version {snapshot.get('version')} is not {SNAPSHOT_VERSION}; "
                               "this checkpoint is from another proximo version")
@@ -272,6 +276,8 @@ def restore_vector_env(envs: gym.vector.VectorEnv, snapshot: dict[str, Any], row
 
 def vector_env_obstacle(envs: gym.vector.VectorEnv) -> str | None:
     """Why the sub-envs cannot be snapshotted (first reason), or None when they can."""
+    if hasattr(envs, "proximo_vector_snapshot"):
+        return None
     if isinstance(envs, gym.vector.SyncVectorEnv):
         return why_unsnapshottable(envs.envs[0])
     return None if snapshot_vector_env(envs) is not None else "a sub-env of the async vector env"

@@ -67,6 +67,8 @@ class NumpyMLPLearner(Learner):
             return "a recurrent core (its backward through time is autograd's)"
         if policy.shared_network:
             return "the actor and critic share a trunk"
+        if getattr(policy, "routes_by_group", False):
+            return "one set of networks per agent group (proximo/nn/groups.py)"
         if policy.action_head.kind not in ("discrete", "box"):
             return f"{policy.action_head.kind} actions"
         if policy.activation not in NUMPY_ACTIVATIONS:
@@ -99,7 +101,9 @@ class NumpyMLPLearner(Learner):
         """Forward, the loss terms' and distribution's NumPy gradients, MLP backward, then the shared tail."""
         x, actions = minibatch.obs.numpy(), minibatch.actions.numpy()
         old_log_probs = minibatch.old_log_probs.numpy()
-        pi_hidden = mlp_forward(self.pi.weights, self.pi.biases, x, self.activation)
+        # A centralized critic (actor_dim) reads the whole input; the actor only its first actor_dim columns.
+        x_pi = x if self.policy.actor_dim is None else x[:, :self.policy.actor_dim]
+        pi_hidden = mlp_forward(self.pi.weights, self.pi.biases, x_pi, self.activation)
         vf_hidden = mlp_forward(self.vf.weights, self.vf.biases, x, self.activation)
         head = linear(pi_hidden[-1], self.head.weights[0], self.head.biases[0])
         values = vf_hidden[-1] @ self.value_head.weights[0][0]
@@ -130,7 +134,7 @@ class NumpyMLPLearner(Learner):
         grad_values = (grad_values * settings.vf_coef)[:, None]
         grad_pi = head_backward(self.head.weights[0], self.head.grad_weights[0], self.head.grad_biases[0],
                                 pi_hidden[-1], grad_head)
-        mlp_backward(self.pi.weights, self.pi.grad_weights, self.pi.grad_biases, x, pi_hidden, grad_pi,
+        mlp_backward(self.pi.weights, self.pi.grad_weights, self.pi.grad_biases, x_pi, pi_hidden, grad_pi,
                      self.activation)
         grad_vf = head_backward(self.value_head.weights[0], self.value_head.grad_weights[0],
                                 self.value_head.grad_biases[0], vf_hidden[-1], grad_values)

@@ -60,13 +60,16 @@ class ActorCritic(nn.Module):
     A recurrent policy acts through step() with a flat state [B, state_size] (proximo/nn/recurrent.py),
     a feedforward one through act(). mask_key names a Dict observation key holding action masks,
     which the network does not see; masks [B, mask_dim] restrict every distribution to legal actions.
+    actor_dim makes the actor read only the first actor_dim features of the flat observation while the
+    critic reads all of them: a centralized critic (MAPPO) whose extra input, the global state, follows
+    each agent's own observation (proximo/multiagent/layout.py builds that vector).
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space,
                  net_arch: list[int] = (64, 64), activation: str = "tanh", shared_network: bool = False,
                  ortho_init: bool = True, log_std_init: float = 0.0, normalize_obs: bool = False,
                  clip_obs: float = 10.0, recurrent: str = "none", rnn_hidden: int = 128, rnn_layers: int = 1,
-                 mask_key: str | None = None) -> None:
+                 mask_key: str | None = None, actor_dim: int | None = None) -> None:
         super().__init__()
         self.observation_space = observation_space
         self.action_space = action_space
@@ -89,16 +92,22 @@ class ActorCritic(nn.Module):
             self.obs_shape = (in_features,)
             self.obs_dtype = torch.float32
         self.obs_rms = RunningMeanStd((in_features,)) if normalize_obs and not self.image else None
+        if actor_dim is not None and (self.image or shared_network or not 0 < actor_dim <= in_features):
+            raise ValueError(f"actor_dim {actor_dim} needs flat observations of at least that width (got "
+                             f"{in_features}{', frames' if self.image else ''}) and separate actor and critic "
+                             f"networks (shared_network is {shared_network})")
+        self.actor_dim = actor_dim
+        actor_in = actor_dim if actor_dim is not None else in_features
         self.shared_network = shared_network
         self.recurrent = recurrent
         self.pi_core: RecurrentCore | None = None
         self.vf_core: RecurrentCore | None = None
         if recurrent != "none":
-            self.pi_core = RecurrentCore(recurrent, in_features, rnn_hidden, rnn_layers)
+            self.pi_core = RecurrentCore(recurrent, actor_in, rnn_hidden, rnn_layers)
             if not shared_network:
                 self.vf_core = RecurrentCore(recurrent, in_features, rnn_hidden, rnn_layers)
-            in_features = rnn_hidden
-        self.pi_net = mlp(in_features, net_arch, activation)
+            in_features = actor_in = rnn_hidden
+        self.pi_net = mlp(actor_in, net_arch, activation)
         self.vf_net = nn.Identity() if shared_network else mlp(in_features, net_arch, activation)
         features = net_arch[-1]
         self.action_head = make_action_head(action_space, features, log_std_init)
@@ -173,9 +182,13 @@ class ActorCritic(nn.Module):
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.torso(x) if self.image else x
 
+    def _actor_in(self, features: torch.Tensor) -> torch.Tensor:
+        """The part of the (flat) features the actor reads: all of them, or the first actor_dim."""
+        return features if self.actor_dim is None else features[..., :self.actor_dim]
+
     def _latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self._features(x)
-        latent_pi = self._mlp(self.pi_net, features)
+        latent_pi = self._mlp(self.pi_net, self._actor_in(features))
         latent_vf = latent_pi if self.shared_network else self._mlp(self.vf_net, features)
         return latent_pi, latent_vf
 
@@ -184,7 +197,7 @@ class ActorCritic(nn.Module):
 
     def distribution(self, x: torch.Tensor, masks: torch.Tensor | None = None):
         """The action distribution of a feedforward policy for normalized observations x [B, *obs_shape]."""
-        return self.action_head(self._mlp(self.pi_net, self._features(x)), masks)
+        return self.action_head(self._mlp(self.pi_net, self._actor_in(self._features(x))), masks)
 
     def value(self, x: torch.Tensor, state: torch.Tensor | None = None,
               episode_starts: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,7 +278,7 @@ class ActorCritic(nn.Module):
         latent_pi = latent_vf = None
         pi_state, vf_state = state[:, :split], state[:, split:]
         if actor or self.shared_network:
-            out, pi_state = self.pi_core(features, pi_state, starts, final)
+            out, pi_state = self.pi_core(self._actor_in(features), pi_state, starts, final)
             latent_pi = self._mlp(self.pi_net, out)
             latent_vf = latent_pi if self.shared_network else None
         if critic and not self.shared_network:
@@ -344,8 +357,11 @@ class RolloutActor:
             self.weights: list[np.ndarray] = []  # [out, in], as the kernel takes them
             self.biases: list[np.ndarray] = []
             for k, (a, c) in enumerate(zip(pi, vf)):
-                # The first layer reads the same input for both nets: stack, do not block-diagonalize.
-                weight = torch.cat([a.weight, c.weight]) if k == 0 else torch.block_diag(a.weight, c.weight)
+                # The first layer reads the same input for both nets: stack, do not block-diagonalize. An
+                # actor that reads the first actor_dim inputs alone (a centralized critic) gets zero columns.
+                first = a.weight if k or a.weight.shape[1] == c.weight.shape[1] else \
+                    F.pad(a.weight, (0, c.weight.shape[1] - a.weight.shape[1]))
+                weight = torch.cat([first, c.weight]) if k == 0 else torch.block_diag(a.weight, c.weight)
                 self.weights.append(weight.contiguous().numpy())
                 self.biases.append(torch.cat([a.bias, c.bias]).numpy())
             self.out_weight = torch.block_diag(head.linear.weight, policy.value_head.weight).contiguous().numpy()
@@ -367,6 +383,8 @@ class RolloutActor:
         """True on the CPU for flat observations, separate plain tanh/relu Linear stacks of equal depth
         for actor and critic (see plain_mlp_layers), Discrete or Box actions."""
         if policy.device.type != "cpu" or policy.image or policy.shared_network or policy.is_recurrent:
+            return False
+        if getattr(policy, "routes_by_group", False):  # one network per agent group (proximo/nn/groups.py)
             return False
         if policy.action_head.kind not in ("discrete", "box") or policy.activation not in NUMPY_ACTIVATIONS:
             return False

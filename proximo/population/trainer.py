@@ -92,9 +92,21 @@ def pack_obstacle(configs: list[PPOConfig]) -> str | None:
 _SPACES: dict[str, tuple] = {}
 
 
+def multiagent_obstacle(env: EnvLike, env_kwargs: dict | None = None) -> str | None:
+    """The one line that refuses a population of a multi-agent (PettingZoo) env, or None for a gymnasium one."""
+    from proximo.multiagent import trainer_class
+
+    if trainer_class(env, env_kwargs or {}) is not Trainer:
+        return (f"{env_name(env) or 'this env'} is a multi-agent (PettingZoo) env: populations batch gymnasium "
+                "envs; train its seeds as separate runs (or a `proximo sweep`)")
+    return None
+
+
 def batchable(env_id: str, config: PPOConfig) -> str | None:
-    """Why a run of env_id with config cannot be an agent of a population, or None when it can (the policy
-    fits the batched path, on the CPU, without a stopping rule of its own)."""
+    """Why a run of env_id with config cannot be an agent of a population, or None when it can (a gymnasium
+    env, a policy that fits the batched path, no stopping rule of its own)."""
+    if multiagent_obstacle(env_id) is not None:
+        return "a multi-agent env"
     if config.stop_at_return is not None or config.stop_patience:
         return "a stopping rule of its own (stop_at_return / stop_patience)"
     if env_id not in _SPACES:
@@ -160,6 +172,9 @@ class Population:
         if obstacle is not None:
             raise ConfigError(f"these agents cannot share a population: {obstacle}")
         config = configs[0]
+        why_not = multiagent_obstacle(env, env_kwargs)
+        if why_not is not None:
+            raise ConfigError(why_not)
         if config.stop_at_return is not None or config.stop_patience:
             raise ConfigError("stop_at_return / stop_patience stop one run; a population trains every agent to "
                               "total_steps (evaluate each agent's run directory afterwards)")

@@ -131,6 +131,7 @@ def test_an_env_whose_reset_keeps_failing_stops_the_run_with_a_checkpoint(tmp_pa
 
 
 def test_sigterm_in_process_stops_after_the_update_with_a_checkpoint(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)  # the default, or a test runner's own handler
     trainer = _trainer(lambda: BrokenEnv(None), tmp_path)
     original = trainer.collector.collect
 
@@ -143,7 +144,7 @@ def test_sigterm_in_process_stops_after_the_update_with_a_checkpoint(tmp_path):
         trainer.train()
     assert stopped.value.signum == signal.SIGTERM and stopped.value.step == 96
     assert [f.name for f in list_checkpoints(tmp_path)] == ["step_000000000096"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
 
 
 def test_non_finite_parameters_stop_the_run_before_they_are_saved(tmp_path, monkeypatch):
@@ -171,6 +172,7 @@ def test_non_finite_parameters_stop_the_run_before_they_are_saved(tmp_path, monk
 
 
 def test_a_second_signal_abandons_the_update_without_saving(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
     trainer = _trainer(lambda: BrokenEnv(None), tmp_path, save_every=32)
     original = trainer.collector.collect
 
@@ -184,7 +186,7 @@ def test_a_second_signal_abandons_the_update_without_saving(tmp_path):
         trainer.train()
     assert not isinstance(stopped.value, TrainingInterrupted)
     assert [f.name for f in list_checkpoints(tmp_path)] == ["step_000000000032", "step_000000000064"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # put back as it was
 
 
 def test_stop_request_without_a_run_directory_stops_without_saving():

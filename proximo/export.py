@@ -24,11 +24,11 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from proximo import __version__
 from proximo.errors import ProximoError
 from proximo.extras import install_hint
 from proximo.nn.policy import ActorCritic
 from proximo.spaces_json import space_to_json
+from proximo.version import __version__
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "obs", "action"

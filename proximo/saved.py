@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from proximo import __version__
 from proximo.checkpoint import (  # noqa: F401 - STATE_META and STATE_TENSORS are imported from here too
     POLICY_META, POLICY_TENSORS, STATE_META, STATE_TENSORS, CheckpointError, CheckpointFallbackWarning,
     atomic_write_dir, load_json, load_tensors, recover_dir, unprefixed,
@@ -20,6 +19,7 @@ from proximo.envs.masks import mask_key_of
 from proximo.nn.policy import ActorCritic
 from proximo.rundir import RunDir
 from proximo.spaces_json import space_from_json, space_to_json
+from proximo.version import __version__
 
 
 def build_policy(observation_space, action_space, config: PPOConfig, actor_dim: int | None = None,

@@ -15,7 +15,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from proximo import __version__
 from proximo.callbacks import (
     Callback, CallbackList, CheckpointEvery, EvalCallback, FunctionCallback, LogMetrics, ShowProgress, StopAtReturn,
     WatchHealth, as_callbacks, run_loop,
@@ -54,6 +53,7 @@ from proximo.runtime import seed_everything, set_threads
 from proximo.spaces_json import space_to_json
 from proximo.state import RandomState, Together, pack_state, unpack_state
 from proximo.tracking import open_tracker
+from proximo.version import __version__
 
 # The state.json fields and state.safetensors tensors each rank keeps for itself (under "ranks" and
 # "rank.<r>."); everything else in a checkpoint is the same on every rank and saved once.

@@ -15,8 +15,8 @@ from typing import Any
 
 from proximo.core.objectives import OBJECTIVES
 from proximo.core.schedules import SCHEDULES
-from proximo.envs.masks import MASKING_MODES
 from proximo.nn.recurrent import RECURRENT_KINDS
+from proximo.nn.spaces import MASKING_MODES
 from proximo.diagnostics import DiagnosticsConfig, threshold_fields
 from proximo.errors import ConfigError
 from proximo.extras import install_hint

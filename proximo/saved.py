@@ -15,8 +15,8 @@ from proximo.checkpoint import (  # noqa: F401 - STATE_META and STATE_TENSORS ar
 )
 from proximo.config import PPOConfig
 from proximo.envs.make import EnvLike
-from proximo.envs.masks import mask_key_of
 from proximo.nn.policy import ActorCritic
+from proximo.nn.spaces import mask_key_of
 from proximo.rundir import RunDir
 from proximo.spaces_json import space_from_json, space_to_json
 from proximo.version import __version__

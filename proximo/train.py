@@ -190,11 +190,20 @@ class Trainer:
 
     def evaluate_episodes(self, episodes: int, seed: int) -> tuple[list[float], list[int]]:
         """(returns, lengths) of the deterministic policy over episodes fresh episodes (whole games, true score)."""
+        return self.evaluate_on(self.env, self.env_kwargs, episodes, seed)
+
+    def evaluate_on(self, env: EnvLike, env_kwargs: dict, episodes: int, seed: int) -> tuple[list[float], list[int]]:
+        """(returns, lengths) of the deterministic policy on env (an id or a factory) with env_kwargs, under the
+        run's evaluation pixel settings and action masking (EvalCallback's separate env goes through here)."""
         config = self.config
         return evaluate_policy(
-            self.policy, self.env, episodes, seed=seed,
-            env_kwargs={**self.env_kwargs, "pixels": pixel_options(config, training=False)},
+            self.policy, env, episodes, seed=seed,
+            env_kwargs={**env_kwargs, "pixels": pixel_options(config, training=False)},
             action_masking=config.action_masking)
+
+    def save_policy_to(self, folder: Path) -> None:
+        """Write the policy (weights, normalization statistics and policy.json) into folder, atomically."""
+        save_policy(folder, self.policy, self.config, self.env, self.env_kwargs)
 
     # the loop -------------------------------------------------------------------------------
     @property
@@ -403,7 +412,7 @@ class Trainer:
             **self.resolved(),
         })
         if self.run_dir is not None:
-            save_policy(self.run_dir / "policy", self.policy, config, self.env, self.env_kwargs)
+            self.save_policy_to(self.run_dir / "policy")
             RunDir(self.run_dir).write_summary(summary)
         return summary
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,12 +14,14 @@ from proximo.checkpoint import (  # noqa: F401 - STATE_META and STATE_TENSORS ar
     atomic_write_dir, load_json, load_tensors, recover_dir, unprefixed,
 )
 from proximo.config import PPOConfig
-from proximo.envs.make import EnvLike
 from proximo.nn.policy import ActorCritic
 from proximo.nn.spaces import mask_key_of
-from proximo.rundir import RunDir
+from proximo.rundir import RunDir, list_checkpoints  # noqa: F401 - list_checkpoints: imported from here too
 from proximo.spaces_json import space_from_json, space_to_json
 from proximo.version import __version__
+
+if TYPE_CHECKING:  # an annotation only: the files a run leaves need no env code
+    from proximo.envs.make import EnvLike
 
 
 def build_policy(observation_space, action_space, config: PPOConfig, actor_dim: int | None = None,
@@ -197,11 +199,6 @@ def _check_fit(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source
         if value.shape != expected[key].shape:
             raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, this policy needs "
                                   f"{tuple(expected[key].shape)} (a checkpoint from another env?)")
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first."""
-    return RunDir(run_dir, create=False).checkpoints(marker=STATE_META)
 
 
 def resume_target(path: Path) -> tuple[Path, Path, Path | None]:

@@ -13,7 +13,7 @@ World (proximo/distributed.py) before it is clipped and stepped, in _reduce_clip
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -21,7 +21,9 @@ from proximo.core.kl import kl_estimate
 from proximo.distributed import World
 from proximo.errors import NonFiniteError
 from proximo.learners.optimizer import FlatOptimizer
-from proximo.nn.policy import ActorCritic
+
+if TYPE_CHECKING:  # annotations only: the LLM learners subclass Learner and need no gymnasium-space policy
+    from proximo.nn.policy import ActorCritic
 
 
 @dataclass

@@ -39,7 +39,7 @@ from proximo.distributed import (
 from proximo.metrics import MetricsWriter, Progress
 from proximo.devices import resolve_device
 from proximo.errors import ConfigError
-from proximo.learners.base import choose_learner
+from proximo.learners.choose import choose_learner
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.nn.policy import ActorCritic
 from proximo.ppo import UpdateSettings, ppo_update

@@ -26,7 +26,9 @@ from torch import nn
 
 from proximo.errors import ProximoError
 from proximo.extras import install_hint
+from proximo.flags import plain_warnings
 from proximo.nn.policy import ActorCritic
+from proximo.saved import load_policy
 from proximo.spaces_json import space_to_json
 from proximo.version import __version__
 
@@ -174,9 +176,6 @@ def _suffix(fmt: str) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Load the policy of a run directory, a PPO.save folder or a checkpoint, and write it as one file."""
-    from proximo.cli import plain_warnings
-    from proximo.train import load_policy
-
     # a killed run without policy/ falls back to its newest intact checkpoint: one `proximo:` line says so
     policy, meta = plain_warnings(lambda _: load_policy(Path(args.run_dir), checkpoint=args.checkpoint))(args)
     wrap = None

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from proximo.errors import EchoedError, ProximoError
+from proximo.fielddoc import help_line
+from proximo.flags import ArgumentParser, _is_nproc_token, _parser_for
 from proximo.llm.config import GRPOConfig, RewardModelConfig, RLHFConfig, SFTConfig
 
 
@@ -20,9 +22,6 @@ FIELD_ALIASES = {"n_epochs": ("--num-iterations",), "num_minibatches": ("--steps
 
 def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
     """One --dashed-flag per config field, unset by default so the dataclass defaults apply."""
-    from proximo.cli import _parser_for
-    from proximo.fielddoc import help_line
-
     group = parser.add_argument_group(f"{config_cls.__name__} fields")
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
@@ -405,7 +404,6 @@ def _resumed(args: argparse.Namespace, kind: str) -> argparse.Namespace:
         args.resume_from = None
         return args
     from proximo.checkpoint import load_json
-    from proximo.cli import build_parser
     from proximo.llm.trainer import resume_checkpoint
     folder = resume_checkpoint(args.resume)
     run_dir = folder.parent.parent if folder != Path(args.resume) else Path(args.resume)
@@ -417,7 +415,7 @@ def _resumed(args: argparse.Namespace, kind: str) -> argparse.Namespace:
     if not isinstance(saved_argv, list):
         raise ProximoError(f"{run_dir} was started from Python, not the command line; resume it there: build its "
                            f"trainer as before with run_dir={str(run_dir)!r}, then trainer.resume({str(run_dir)!r})")
-    saved = build_parser().parse_args(saved_argv)
+    saved = _llm_parser().parse_args(saved_argv)
     for name in _MODEL_FLAGS[kind]:
         given, before = getattr(args, name), getattr(saved, name) or "tiny"  # (sft --model, rm --init default)
         if given is not None and _source_key(given) != _source_key(before):
@@ -451,8 +449,14 @@ def _source_key(source: Any) -> str:
 
 
 def _nproc_token(argv: list[str], i: int) -> bool:
-    from proximo.cli import _is_nproc_token
     return _is_nproc_token(argv, i)
+
+
+def _llm_parser() -> argparse.ArgumentParser:
+    """The parser of `proximo llm ...` command lines (what --resume replays), as the full `proximo` parser has it."""
+    parser = ArgumentParser(prog="proximo")
+    register(parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser))
+    return parser
 
 
 def _start_or_resume(trainer, args: argparse.Namespace) -> None:
@@ -488,7 +492,6 @@ def _one_voice():
 def _launch_rl(args: argparse.Namespace, kind: str, config_cls, fields: dict[str, Any], own_data: bool,
                handler) -> int:
     """`llm grpo|rlhf --nproc K`: check the split here (one line, not K), then start K ranks under torchrun."""
-    from proximo.cli import _is_nproc_token
     from proximo.distributed import launch_local, launched_by_torchrun
     from proximo.llm.rl import split_prompts
     from proximo.llm.run import default_run_dir

@@ -16,6 +16,7 @@ import numpy as np
 
 from proximo.checkpoint import atomic_write_bytes, atomic_write_json
 from proximo.errors import ConfigError
+from proximo.sweep.options import add_cluster_flags, run_options
 
 ENVS = ["HalfCheetah-v5", "Hopper-v5", "InvertedDoublePendulum-v5", "InvertedPendulum-v5", "Reacher-v5",
         "Swimmer-v5", "Walker2d-v5"]
@@ -314,7 +315,6 @@ def figure(data: dict[str, Any], path: Path) -> Path:
 
 def register_paper(subparsers: argparse._SubParsersAction) -> None:
     """Add `proximo paper table1` and `proximo paper random`."""
-    from proximo.sweep.cli import add_cluster_flags
 
     paper = subparsers.add_parser("paper", help="reproduce the PPO paper's experiments (Table 1)")
     sub = paper.add_subparsers(dest="paper_command", required=True, parser_class=type(paper))
@@ -360,7 +360,6 @@ def table1_spec(envs: list[str], steps: int, seeds: int, eval_episodes: int):
 
 def cmd_table1(args: argparse.Namespace) -> int:
     """Run (or resume) the table's sweep, then score it and write the table, the verdict and the figure."""
-    from proximo.sweep.cli import run_options
     from proximo.sweep.runner import run_sweep
 
     envs = pick_envs(args.envs)

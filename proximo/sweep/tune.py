@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from proximo.checkpoint import atomic_write_bytes, atomic_write_json
-from proximo.config import PPOConfig, field_types, make_config
+from proximo.config import PRESETS, PPOConfig, field_types, make_config
 from proximo.extras import need
 from proximo.errors import ConfigError
+from proximo.flags import add_config_flags
+from proximo.sweep.options import add_cluster_flags, base_overrides, run_options
 from proximo.sweep.spec import config_field, parse_value
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
@@ -224,9 +226,6 @@ def _short(value: Any) -> str:
 
 def register_tune(subparsers: argparse._SubParsersAction) -> None:
     """Add `proximo tune`."""
-    from proximo.cli import add_config_flags
-    from proximo.config import PRESETS
-    from proximo.sweep.cli import add_cluster_flags
 
     parser = subparsers.add_parser("tune", help="search hyperparameters (Optuna TPE on Ray Tune, ASHA early stop)")
     parser.add_argument("env_id", help="gymnasium id, e.g. CartPole-v1")
@@ -251,7 +250,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     import json
 
     from proximo.envs.make import make_single_env
-    from proximo.sweep.cli import base_overrides, run_options
 
     space = [parse_space(text) for text in args.space]
     if not 0 < args.grace <= 1:

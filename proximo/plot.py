@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from proximo.errors import ProximoError
+from proximo.metrics import read_jsonl
 from proximo.rundir import CURVES, run_kind, run_title, step_unit
 
 # Fields that differ between seeds of one experiment, or only change bookkeeping.
@@ -42,7 +43,6 @@ def read_curve(run_dir: Path, y: str = "episode_return_mean") -> tuple[np.ndarra
         rows = list(reader)
         if y not in (reader.fieldnames or []) and (Path(run_dir) / "updates.jsonl").is_file():
             # a column metrics.csv does not keep (self-play's selfplay_rating, ...): every row is in updates.jsonl
-            from proximo.metrics import read_jsonl
 
             rows = read_jsonl(Path(run_dir) / "updates.jsonl", corrupt="skip")
         for row in rows:

@@ -14,6 +14,7 @@ from proximo.checkpoint import (  # noqa: F401 - STATE_META and STATE_TENSORS ar
     atomic_write_dir, load_json, load_tensors, recover_dir, unprefixed,
 )
 from proximo.config import PPOConfig
+from proximo.nn.groups import GroupedActorCritic, group_info
 from proximo.nn.policy import ActorCritic
 from proximo.nn.spaces import mask_key_of
 from proximo.rundir import RunDir, list_checkpoints  # noqa: F401 - list_checkpoints: imported from here too
@@ -29,8 +30,6 @@ def build_policy(observation_space, action_space, config: PPOConfig, actor_dim: 
     """The actor-critic a config asks for; actor_dim: the actor reads only that many leading features (MAPPO);
     groups ({"group_of_agent", "id_start"}): one set of networks per agent group (proximo/nn/groups.py)."""
     if groups is not None:
-        from proximo.nn.groups import GroupedActorCritic
-
         return GroupedActorCritic(observation_space, action_space, groups["group_of_agent"], groups["id_start"],
                                   **_policy_kwargs(observation_space, config, actor_dim))
     return ActorCritic(observation_space, action_space, **_policy_kwargs(observation_space, config, actor_dim))
@@ -63,8 +62,6 @@ def policy_metadata(policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
 def policy_shape(policy: ActorCritic) -> dict[str, Any]:
     """What rebuilds a multi-agent policy beyond its spaces and config: the actor's input width (a centralized
     critic) and the agent groups (one policy per group); empty for a single-agent policy."""
-    from proximo.nn.groups import group_info
-
     shape: dict[str, Any] = {}
     if policy.actor_dim is not None:
         shape["actor_dim"] = policy.actor_dim

@@ -29,7 +29,7 @@ from proximo.diagnostics import HealthMonitor
 from proximo.envs.atari import pixel_options
 from proximo.envs.check import require_env_ok
 from proximo.envs.guard import EnvFaultError, GuardedMaker
-from proximo.envs.make import EnvLike, make_vector_env
+from proximo.envs.make import EnvLike, make_single_env, make_vector_env
 from proximo.envs.masks import ActionMaskSource, mask_width
 from proximo.envs.snapshot import decode_value, encode_value, vector_env_obstacle
 from proximo.evaluate import evaluate_policy
@@ -693,7 +693,6 @@ def find_action_masks(env: EnvLike, env_kwargs: dict, mode: str, action_space) -
             raise ConfigError(f"action_masking=on, but the action space is {action_space}; masking applies to "
                               "Discrete and MultiDiscrete actions: set action_masking=auto or off")
         return None
-    from proximo.envs.make import make_single_env
 
     probe = make_single_env(env, **env_kwargs)
     try:

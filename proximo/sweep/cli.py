@@ -9,6 +9,8 @@ from typing import Any
 from proximo.config import PRESETS
 from proximo.errors import ConfigError
 from proximo.flags import add_config_flags
+from proximo.sweep.results import grouped
+from proximo.sweep.spec import SweepSpec, parse_grid, parse_seeds
 from proximo.sweep.options import add_cluster_flags, base_overrides, run_options  # noqa: F401 - imported from here too
 from proximo.sweep.table1 import register_paper
 from proximo.sweep.tune import register_tune
@@ -40,8 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def sweep_spec(args: argparse.Namespace) -> Any:
     """The SweepSpec the sweep flags (and --sweep-file) describe."""
-    from proximo.sweep.spec import SweepSpec, parse_grid, parse_seeds
-
     spec = SweepSpec.from_file(args.sweep_file) if args.sweep_file else None
     envs = list(args.env_ids) or (spec.envs if spec else [])
     base = dict(spec.base) if spec else {}
@@ -59,8 +59,8 @@ def sweep_spec(args: argparse.Namespace) -> Any:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the sweep, print where its results are and the grouped summary."""
+    # here: every `proximo` command builds this parser, and the runner imports the env makers
     from proximo.sweep.runner import check_sweep_dir, run_sweep
-    from proximo.sweep.results import grouped
 
     spec = sweep_spec(args)
     sweep_dir = check_sweep_dir(args.sweep_dir)

@@ -34,6 +34,7 @@ def add_cluster_flags(parser: argparse.ArgumentParser, pack_default: str = "off"
 
 def run_options(args: argparse.Namespace, title: str) -> Any:
     """RunOptions from the cluster flags, with the command line recorded for results.md."""
+    # here: every `proximo` command builds these flags, and the runner imports the env makers
     from proximo.sweep.runner import RunOptions
 
     if args.workers is not None and args.workers < 1:

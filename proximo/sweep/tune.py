@@ -19,8 +19,10 @@ from proximo.config import PRESETS, PPOConfig, field_types, make_config
 from proximo.extras import need
 from proximo.errors import ConfigError
 from proximo.flags import add_config_flags
+from proximo.sweep.cluster import connect, import_ray
 from proximo.sweep.options import add_cluster_flags, base_overrides, run_options
 from proximo.sweep.spec import config_field, parse_value
+from proximo.sweep.trial import run_trial
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 METRIC = "train_return_last100"
@@ -89,8 +91,6 @@ def _trainable(params: dict[str, Any], fixed: dict[str, Any]) -> None:
     """One Tune trial: train a proximo run with the sampled fields and report after every update."""
     from ray import tune
 
-    from proximo.sweep.trial import run_trial
-
     config = {**fixed["config"], **params}
     config = make_config(None, **config).to_dict()  # an impossible combination fails as one ConfigError
     run_dir = Path(fixed["dir"]) / "runs" / tune.get_context().get_trial_id()
@@ -112,8 +112,6 @@ def run_tune(env_id: str, preset: str | None, base: dict[str, Any], space: list[
 
     base: the fields fixed by flags or a preset file, over the preset's values.
     """
-    from proximo.sweep.cluster import connect, import_ray
-
     import_ray()
     need("optuna", "proximo tune")
     try:
@@ -136,7 +134,7 @@ def run_tune(env_id: str, preset: str | None, base: dict[str, Any], space: list[
     if "torch_threads" not in base:
         config["torch_threads"] = options.cpus_per_trial
     if not config["save_every"]:  # a trial that Tune restores resumes from its newest checkpoint
-        from proximo.sweep.runner import periodic_save_every
+        from proximo.sweep.runner import periodic_save_every  # here: the runner imports the env makers
 
         config["save_every"] = periodic_save_every(config)
     tune_dir = Path(tune_dir).absolute()
@@ -249,7 +247,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Run the search and print the best config and where its preset file is."""
     import json
 
-    from proximo.envs.make import make_single_env
+    from proximo.envs.make import make_single_env  # here: every `proximo` command builds this parser
 
     space = [parse_space(text) for text in args.space]
     if not 0 < args.grace <= 1:

@@ -11,7 +11,7 @@ from proximo.version import __version__
 _HOME = {"PPO": "proximo.api", "PPOConfig": "proximo.config", "make_config": "proximo.config",
          "ProximoError": "proximo.errors"}
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type checkers alone: nothing is imported at run time
     from proximo.api import PPO
     from proximo.config import PPOConfig, make_config
     from proximo.errors import ProximoError

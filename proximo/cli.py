@@ -8,13 +8,19 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from proximo.config import PRESETS, PPOConfig
+from proximo.checkpoint import CheckpointError, ensure_run_dir
+from proximo.config import PRESETS, PPOConfig, describe_preset, load_preset_file, make_config, planning_processes
+from proximo.distributed import World, check_divides, init_world, launch_local, launched_by_torchrun
 from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, EchoedError, ProximoError
 from proximo.flags import (  # noqa: F401 - all of them are imported from here too
     FLAG_ALIASES, ArgumentParser, _is_nproc_token, _parser_for, add_config_flags, config_overrides, plain_warnings,
 )
 from proximo.plot import plot_runs
+from proximo.saved import load_policy, read_run_config, resume_target
 from proximo.sweep.plots import is_sweep_dir, plot_sweep
+
+# Each handler imports the code its command runs (trainers, envs, evaluation, video) inside itself: every `proximo`
+# call builds the whole parser, so one command does not load what another runs.
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
 COMMAND_MODULES: list[str] = ["proximo.envs.check", "proximo.doctor", "proximo.llm.cli", "proximo.sweep.cli",
@@ -80,10 +86,6 @@ RESUME_CHANGEABLE = ("total_steps", "save_every", "keep_checkpoints", "device", 
 
 def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     """What `train` will run, as JSON: env id and kwargs, config, run directory, and the checkpoint to resume."""
-    from proximo.checkpoint import ensure_run_dir
-    from proximo.config import describe_preset, make_config
-    from proximo.saved import read_run_config, resume_target
-
     overrides = config_overrides(args)
     preset_file = getattr(args, "preset_file", None)
     if args.resume is not None and preset_file is not None:
@@ -104,8 +106,6 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     if not args.env_id:
         raise ProximoError("train needs an env id (e.g. `proximo train CartPole-v1`) or --resume RUN_DIR")
     if preset_file is not None:
-        from proximo.config import load_preset_file
-
         overrides = {**load_preset_file(preset_file), **overrides}
     config = make_config(args.preset, args.env_id, **overrides)
     run_dir = ensure_run_dir(args.run_dir or default_run_dir(args.env_id, args.preset, config.seed), create=False)
@@ -117,8 +117,6 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, write the run directory, print the summary (under torchrun: one rank of a run)."""
     import torch
-
-    from proximo.distributed import World, init_world, launched_by_torchrun
 
     from proximo.population.trainer import is_population
 
@@ -138,8 +136,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, world) -> int:
-    from proximo.checkpoint import CheckpointError
-    from proximo.config import PPOConfig
     from proximo.multiagent import trainer_class
     from proximo.train import TrainingInterrupted
 
@@ -187,8 +183,6 @@ def _train_population(args: argparse.Namespace) -> int:
     """`train ENV --seeds LIST` (or `--resume` of a population): K agents as one batch in this process."""
     import numpy as np
 
-    from proximo.checkpoint import ensure_run_dir
-    from proximo.config import describe_preset, make_config
     from proximo.population.trainer import (
         Population, parse_seeds, population_configs, resume_population,
     )
@@ -216,8 +210,6 @@ def _train_population(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds)
         overrides = config_overrides(args)
         if getattr(args, "preset_file", None) is not None:
-            from proximo.config import load_preset_file
-
             overrides = {**load_preset_file(args.preset_file), **overrides}
         if "seed" in overrides:
             raise ConfigError("--seeds sets every agent's seed; leave out --seed")
@@ -261,9 +253,7 @@ def signal_name(signum: int) -> str:
 
 def _launch_train(args: argparse.Namespace) -> int:
     """`train --nproc K`: check the run here, then start K ranks of it under torchrun on this machine."""
-    from proximo.config import PPOConfig
     from proximo.envs.make import make_single_env
-    from proximo.distributed import World, check_divides, launch_local, launched_by_torchrun
     from proximo.multiagent import trainer_class
     from proximo.train import Trainer
 
@@ -272,8 +262,6 @@ def _launch_train(args: argparse.Namespace) -> int:
     if launched_by_torchrun():
         raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out (--nproc-per-node sets the "
                           "process count)")
-    from proximo.config import planning_processes
-
     with planning_processes(args.nproc):
         plan = train_plan(args)
         check_divides(PPOConfig.from_dict(plan["config"]).batch_size, args.nproc)
@@ -294,7 +282,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from proximo.envs.atari import pixel_options
     from proximo.evaluate import evaluate_policy
-    from proximo.saved import load_policy
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")

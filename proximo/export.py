@@ -180,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     policy, meta = plain_warnings(lambda _: load_policy(Path(args.run_dir), checkpoint=args.checkpoint))(args)
     wrap = None
     if str(meta.get("env_id") or "").startswith("pettingzoo:") or args.agent is not None:
-        from proximo.multiagent.export import agent_input
+        from proximo.multiagent.export import agent_input  # here: it loads the multi-agent trainer, few exports do
 
         wrap = agent_input(meta, args.agent)
     out = export_policy(policy, args.output, args.format, meta, wrap)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 _HOME = {"ActorCritic": "proximo.nn.policy", "RunningMeanStd": "proximo.nn.normalize",
          "make_action_head": "proximo.nn.distributions"}
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type checkers alone: nothing is imported at run time
     from proximo.nn.distributions import make_action_head
     from proximo.nn.normalize import RunningMeanStd
     from proximo.nn.policy import ActorCritic

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import torch
 
@@ -20,9 +20,6 @@ from proximo.nn.spaces import mask_key_of
 from proximo.rundir import RunDir, list_checkpoints  # noqa: F401 - list_checkpoints: imported from here too
 from proximo.spaces_json import space_from_json, space_to_json
 from proximo.version import __version__
-
-if TYPE_CHECKING:  # an annotation only: the files a run leaves need no env code
-    from proximo.envs.make import EnvLike
 
 
 def build_policy(observation_space, action_space, config: PPOConfig, actor_dim: int | None = None,
@@ -44,12 +41,12 @@ def _policy_kwargs(observation_space, config: PPOConfig, actor_dim: int | None) 
                 mask_key=mask_key_of(observation_space, config.action_masking), actor_dim=actor_dim)
 
 
-def env_name(env: EnvLike) -> str | None:
+def env_name(env: str | Callable) -> str | None:
     """The env id, or None for a factory (which cannot be saved)."""
     return env if isinstance(env, str) else None
 
 
-def policy_metadata(policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
+def policy_metadata(policy: ActorCritic, config: PPOConfig, env: str | Callable | None,
                     env_kwargs: dict | None) -> dict[str, Any]:
     """The JSON that rebuilds a policy: format, version, env, spaces and config."""
     meta = {"format_version": 1, "proximo_version": __version__, "env_id": env_name(env) if env else None,
@@ -70,7 +67,7 @@ def policy_shape(policy: ActorCritic) -> dict[str, Any]:
     return shape
 
 
-def save_policy(directory: Path, policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
+def save_policy(directory: Path, policy: ActorCritic, config: PPOConfig, env: str | Callable | None,
                 env_kwargs: dict | None = None) -> None:
     """Write policy.safetensors (weights and normalization statistics) and policy.json atomically."""
     atomic_write_dir(Path(directory), {

@@ -1,10 +1,11 @@
 """What a config field means, said once where the field is defined, and read by everything that explains it.
 
 A field is declared as `name: type = doc(default, "one-line meaning", choices=ALLOWED)`. From that one place
-come the field's `--help` line (proximo/cli.py, proximo/llm/cli.py), the error a bad choice raises
+come the field's `--help` line (proximo/flags.py, proximo/llm/cli.py), the error a bad choice raises
 (check_choices, called by each config's validate), and the configuration reference of the docs
 (reference_markdown, rendered by docs/hooks.py). A subclass that only changes a default re-declares the field
-plainly (`learning_rate: float = 1e-3`): its meaning and choices are found on the base class.
+plainly (`learning_rate: float = 1e-3`): its meaning and choices are found on the base class. check_field_types
+checks each field's value against its type, for the classic and the LLM configs alike.
 """
 from __future__ import annotations
 

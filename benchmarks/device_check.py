@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 from gymnasium import spaces  # noqa: E402
 
 from proximo.config import make_config  # noqa: E402
-from proximo.learners.base import choose_learner  # noqa: E402
+from proximo.learners.choose import choose_learner  # noqa: E402
 from proximo.ppo import UpdateSettings, ppo_update  # noqa: E402
 from proximo.rollout import RolloutBuffer  # noqa: E402
 from proximo.train import Trainer, build_policy, load_policy, make_adam, save_policy  # noqa: E402

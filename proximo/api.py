@@ -12,6 +12,7 @@ from proximo.envs.make import EnvLike
 from proximo.errors import ProximoError
 from proximo.multiagent import trainer_class
 from proximo.nn.policy import ActorCritic
+from proximo.population.trainer import Population, population_configs
 from proximo.train import Trainer, load_policy, save_policy
 
 
@@ -37,8 +38,6 @@ class PPO:
         if seeds is not None:
             # K agents, one per seed, as one batched population (proximo/population/): self.agents[k] is
             # agent k (its policy, predict, save), run_dir/s<seed> its run directory.
-            from proximo.population.trainer import Population, population_configs
-
             if "seed" in config_overrides:
                 raise ProximoError("seeds= sets every agent's seed; leave out seed=")
             self._population = Population(env, population_configs(self.config, list(seeds)), run_dir,

@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from proximo.checkpoint import atomic_write_json
+
 
 class Callback:
     """Hooks into a run, in the shape Stable-Baselines3 users know. `self.trainer` is the run's
@@ -286,22 +288,20 @@ class EvalCallback(Callback):
         return None
 
     def evaluate(self) -> tuple[float, float]:
-        """(mean, std) of the deterministic policy's true returns over the evaluation episodes."""
-        import numpy as np
+        """(mean, std) of the deterministic policy's true returns over the evaluation episodes.
 
-        from proximo.envs.atari import pixel_options
-        from proximo.evaluate import evaluate_policy
+        The trainer plays them (Trainer.evaluate_episodes on the run's own env, Trainer.evaluate_on on eval_env or
+        other env_kwargs): playing an env is the classic trainer's part, so the run skeleton imports no env code."""
+        import numpy as np
 
         trainer, config = self.trainer, self.trainer.config
         env = self.eval_env if self.eval_env is not None else trainer.env
         kwargs = self.env_kwargs if self.env_kwargs is not None else trainer.env_kwargs
         seed = self.seed if self.seed is not None else config.seed + 20_000
-        if self.eval_env is None and self.env_kwargs is None and hasattr(trainer, "evaluate_episodes"):
+        if self.eval_env is None and self.env_kwargs is None:
             returns, _ = trainer.evaluate_episodes(self.episodes or config.eval_episodes, seed)  # the run's own env
             return float(np.mean(returns)), float(np.std(returns))
-        returns, _ = evaluate_policy(trainer.policy, env, self.episodes or config.eval_episodes, seed=seed,
-                                     env_kwargs={**kwargs, "pixels": pixel_options(config, training=False)},
-                                     action_masking=config.action_masking)
+        returns, _ = trainer.evaluate_on(env, kwargs, self.episodes or config.eval_episodes, seed)
         return float(np.mean(returns)), float(np.std(returns))
 
     def save_best(self) -> None:
@@ -310,10 +310,7 @@ class EvalCallback(Callback):
         folder = self.best_model_dir or (trainer.run_dir / "best" if getattr(trainer, "writes", False) else None)
         if folder is None:
             return
-        from proximo.checkpoint import atomic_write_json
-        from proximo.saved import save_policy
-
-        save_policy(folder, trainer.policy, trainer.config, trainer.env, trainer.env_kwargs)
+        trainer.save_policy_to(folder)
         atomic_write_json(folder / "eval.json", {"global_step": self.best_step, "eval_return_mean": self.best_return})
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,101 +1,30 @@
-"""The `proximo` command line: train, eval, and the commands other modules register."""
+"""The `proximo` command line: train, eval, plot, and the commands other modules register."""
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import sys
 import time
-import typing
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from proximo.config import PRESETS, PPOConfig, field_types
-from proximo.diagnostics import RULES
+from proximo.checkpoint import CheckpointError, ensure_run_dir
+from proximo.config import PRESETS, PPOConfig, describe_preset, load_preset_file, make_config, planning_processes
+from proximo.distributed import World, check_divides, init_world, launch_local, launched_by_torchrun
 from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, EchoedError, ProximoError
-from proximo.fielddoc import help_line
+from proximo.flags import (  # noqa: F401 - all of them are imported from here too
+    FLAG_ALIASES, ArgumentParser, _is_nproc_token, _parser_for, add_config_flags, config_overrides, plain_warnings,
+)
+from proximo.plot import plot_runs
+from proximo.saved import load_policy, read_run_config, resume_target
+from proximo.sweep.plots import is_sweep_dir, plot_sweep
+
+# Each handler imports the code its command runs (trainers, envs, evaluation, video) inside itself: every `proximo`
+# call builds the whole parser, so one command does not load what another runs.
 
 # Modules that add subcommands: each defines register(subparsers) and sets `handler` defaults.
-COMMAND_MODULES: list[str] = ["proximo.plot", "proximo.envs.check", "proximo.doctor", "proximo.llm.cli",
-                              "proximo.sweep.cli", "proximo.export"]
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a usage mistake as one line and exit status 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"proximo: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _optional(parse):
-    def parse_optional(text: str):
-        return None if text.lower() in ("none", "null", "off") else parse(text)
-    parse_optional.__name__ = parse.__name__
-    return parse_optional
-
-
-def _parse_int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,64, got {text!r}") from None
-
-
-def _parser_for(hint: Any):
-    args = typing.get_args(hint)
-    if type(None) in args:
-        inner = next(a for a in args if a is not type(None))
-        return _optional(_parser_for(inner))
-    if hint is bool:
-        return _parse_bool
-    if typing.get_origin(hint) is list:
-        return _parse_int_list
-    named = {int: "int", float: "float", str: "str"}
-    parse = hint
-
-    def typed(text: str):
-        try:
-            return parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {named.get(hint, hint)}, got {text!r}") from None
-    typed.__name__ = named.get(hint, "value")
-    return typed
-
-
-# Extra spellings of config flags: `--policy lstm` reads as the policy's kind, which is what it sets.
-FLAG_ALIASES = {"recurrent": ("--policy",)}
-
-
-def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    """One --dashed-flag per PPOConfig field (default: unset, so presets apply)."""
-    group = parser.add_argument_group("config fields (override the preset)")
-    defaults = PPOConfig().flat_dict()
-    # Each help line is read from the field's definition (proximo/fielddoc.py); a threshold's says why its
-    # default is what it is (the Rule's own reason).
-    thresholds = RULES.config_class()
-    for name, hint in field_types().items():
-        if name in skip:
-            continue
-        flags = [f"--{name.replace('_', '-')}", *FLAG_ALIASES.get(name, ())]
-        owner, field_name = (thresholds, name[5:]) if name.startswith("diag_") else (PPOConfig, name)
-        group.add_argument(*flags, dest=f"cfg_{name}",
-                           type=_parser_for(hint), default=None, metavar="V",
-                           help=help_line(owner, field_name, defaults[name]))
-
-
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config fields given on the command line."""
-    return {key[4:]: value for key, value in vars(args).items() if key.startswith("cfg_") and value is not None}
+COMMAND_MODULES: list[str] = ["proximo.envs.check", "proximo.doctor", "proximo.llm.cli", "proximo.sweep.cli",
+                              "proximo.export"]
 
 
 def build_parser() -> ArgumentParser:
@@ -136,6 +65,7 @@ def build_parser() -> ArgumentParser:
                           "random, lookahead (a scripted player) or another saved policy's folder; reports win / draw / "
                           "loss with 95%% intervals (--episodes games, seats alternating)")
     evaluate.set_defaults(handler=cmd_eval)
+    register_plot(sub)
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -149,23 +79,6 @@ def default_run_dir(env_id: str, preset: str | None, seed: int) -> Path:
     return Path("runs") / f"{label}-s{seed}-{stamp}"
 
 
-def plain_warnings(command):
-    """Decorate a command so warnings whose text starts with 'proximo:' print as one stderr line each."""
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        default = warnings.showwarning
-
-        def show(message, category, filename, lineno, file=None, line=None):
-            if str(message).startswith("proximo:"):
-                print(str(message), file=sys.stderr, flush=True)
-            else:
-                default(message, category, filename, lineno, file, line)
-        with warnings.catch_warnings():
-            warnings.showwarning = show
-            return command(args)
-    return run
-
-
 # Settings that do not change the training math, so a resume may set them anew.
 RESUME_CHANGEABLE = ("total_steps", "save_every", "keep_checkpoints", "device", "eval_every", "stop_at_return",
                      "stop_patience", "track", "track_project", "track_run_name")
@@ -173,10 +86,6 @@ RESUME_CHANGEABLE = ("total_steps", "save_every", "keep_checkpoints", "device", 
 
 def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     """What `train` will run, as JSON: env id and kwargs, config, run directory, and the checkpoint to resume."""
-    from proximo.checkpoint import ensure_run_dir
-    from proximo.config import describe_preset, make_config
-    from proximo.saved import read_run_config, resume_target
-
     overrides = config_overrides(args)
     preset_file = getattr(args, "preset_file", None)
     if args.resume is not None and preset_file is not None:
@@ -197,8 +106,6 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     if not args.env_id:
         raise ProximoError("train needs an env id (e.g. `proximo train CartPole-v1`) or --resume RUN_DIR")
     if preset_file is not None:
-        from proximo.config import load_preset_file
-
         overrides = {**load_preset_file(preset_file), **overrides}
     config = make_config(args.preset, args.env_id, **overrides)
     run_dir = ensure_run_dir(args.run_dir or default_run_dir(args.env_id, args.preset, config.seed), create=False)
@@ -210,8 +117,6 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, write the run directory, print the summary (under torchrun: one rank of a run)."""
     import torch
-
-    from proximo.distributed import World, init_world, launched_by_torchrun
 
     from proximo.population.trainer import is_population
 
@@ -231,8 +136,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, world) -> int:
-    from proximo.checkpoint import CheckpointError
-    from proximo.config import PPOConfig
     from proximo.multiagent import trainer_class
     from proximo.train import TrainingInterrupted
 
@@ -280,8 +183,6 @@ def _train_population(args: argparse.Namespace) -> int:
     """`train ENV --seeds LIST` (or `--resume` of a population): K agents as one batch in this process."""
     import numpy as np
 
-    from proximo.checkpoint import ensure_run_dir
-    from proximo.config import describe_preset, make_config
     from proximo.population.trainer import (
         Population, parse_seeds, population_configs, resume_population,
     )
@@ -309,8 +210,6 @@ def _train_population(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds)
         overrides = config_overrides(args)
         if getattr(args, "preset_file", None) is not None:
-            from proximo.config import load_preset_file
-
             overrides = {**load_preset_file(args.preset_file), **overrides}
         if "seed" in overrides:
             raise ConfigError("--seeds sets every agent's seed; leave out --seed")
@@ -354,9 +253,7 @@ def signal_name(signum: int) -> str:
 
 def _launch_train(args: argparse.Namespace) -> int:
     """`train --nproc K`: check the run here, then start K ranks of it under torchrun on this machine."""
-    from proximo.config import PPOConfig
     from proximo.envs.make import make_single_env
-    from proximo.distributed import World, check_divides, launch_local, launched_by_torchrun
     from proximo.multiagent import trainer_class
     from proximo.train import Trainer
 
@@ -365,8 +262,6 @@ def _launch_train(args: argparse.Namespace) -> int:
     if launched_by_torchrun():
         raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out (--nproc-per-node sets the "
                           "process count)")
-    from proximo.config import planning_processes
-
     with planning_processes(args.nproc):
         plan = train_plan(args)
         check_divides(PPOConfig.from_dict(plan["config"]).batch_size, args.nproc)
@@ -380,14 +275,6 @@ def _launch_train(args: argparse.Namespace) -> int:
     return launch_local(args.nproc, argv, Path(plan["run_dir"]))
 
 
-def _is_nproc_token(argv: list[str], i: int) -> bool:
-    """True for --nproc K / --nproc=K (or an abbreviation argparse accepts, such as --npr) and its value."""
-    def flag(token: str) -> bool:
-        name = token.split("=", 1)[0]
-        return len(name) >= 4 and "--nproc".startswith(name)
-    return flag(argv[i]) or (i > 0 and flag(argv[i - 1]) and "=" not in argv[i - 1])
-
-
 @plain_warnings
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the policy of a run directory (or a saved policy or checkpoint folder)."""
@@ -395,7 +282,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from proximo.envs.atari import pixel_options
     from proximo.evaluate import evaluate_policy
-    from proximo.saved import load_policy
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
@@ -427,6 +313,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                                     seed=args.seed, deterministic=not args.stochastic,
                                                     env_kwargs=env_kwargs, action_masking=masking):
             print(f"video: {path} (return {episode_return:.1f})")
+    return 0
+
+
+def register_plot(subparsers: argparse._SubParsersAction) -> None:
+    """Add `proximo plot RUN_DIR [RUN_DIR ...] -o curve.png`."""
+    parser = subparsers.add_parser("plot", help="draw learning curves of runs (mean and band over seeds), or of a "
+                                                "sweep directory (a curve per setting)")
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories, or one `proximo sweep` directory")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="the PNG (default curve.png; for a sweep directory DIR/curves.png)")
+    parser.add_argument("--y", help="metrics.csv column to draw (default: the run's learning curve, "
+                                    "episode_return_mean for `proximo train`, reward or accuracy for `proximo llm`)")
+    parser.add_argument("--title", help="the figure's title (default: proximo learning curve)")
+    parser.set_defaults(handler=cmd_plot)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw the runs' curves, or a sweep directory's curve per setting."""
+    sweeps = [d for d in args.run_dirs if is_sweep_dir(d)]
+    if sweeps:
+        if len(args.run_dirs) > 1:
+            raise ProximoError(f"{sweeps[0]} is a sweep directory: plot it alone (`proximo plot {sweeps[0]}`)")
+        path = plot_sweep(sweeps[0], args.output or sweeps[0] / "curves.png", args.y or "episode_return_mean",
+                          args.title)
+    else:
+        path = plot_runs(args.run_dirs, args.output or Path("curve.png"), args.y, args.title)
+    print(f"wrote {path}")
     return 0
 
 

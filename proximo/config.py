@@ -15,12 +15,12 @@ from typing import Any
 
 from proximo.core.objectives import OBJECTIVES
 from proximo.core.schedules import SCHEDULES
-from proximo.envs.masks import MASKING_MODES
 from proximo.nn.recurrent import RECURRENT_KINDS
+from proximo.nn.spaces import MASKING_MODES
 from proximo.diagnostics import DiagnosticsConfig, threshold_fields
 from proximo.errors import ConfigError
 from proximo.extras import install_hint
-from proximo.fielddoc import check_choices, doc
+from proximo.fielddoc import check_choices, check_field_types, doc  # check_field_types: imported from here too
 from proximo.tracking import TRACKERS
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
@@ -299,38 +299,6 @@ def field_types() -> dict[str, Any]:
 def config_keys() -> set[str]:
     """The keys a config dict may hold: every field_types() name and the nested "diag"."""
     return {*field_types(), "diag"}
-
-
-_UnionType = type(int | None)
-
-
-def check_field_types(config: Any) -> None:
-    """Check every field of a config dataclass against its type hint (ints widen to float, None where
-    Optional, lists of ints), raising ConfigError that names the field; normalizes floats and lists."""
-    for name, hint in typing.get_type_hints(type(config)).items():
-        value = getattr(config, name)
-        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
-        for kind in allowed:
-            if kind is type(None) and value is None:
-                break
-            if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(config, name, float(value))
-                break
-            if kind in (int, str, bool) and type(value) is kind:
-                break
-            if isinstance(kind, type) and dataclasses.is_dataclass(value) and isinstance(value, kind):
-                break  # a nested config, which validates itself
-            if typing.get_origin(kind) is list and isinstance(value, (list, tuple)) \
-                    and all(type(v) is int for v in value):
-                setattr(config, name, list(value))
-                break
-        else:
-            names = " or ".join("None" if k is type(None) else _type_name(k) for k in allowed)
-            raise ConfigError(f"{name} must be of type {names}, got {value!r}")
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from proximo.errors import PEER_LOST_EXIT, ConfigError, DistributedError, EchoedError, ProximoError
+from proximo.rundir import list_checkpoints
 
 TIMEOUT_ENV = "PROXIMO_DIST_TIMEOUT_S"
 # How long a live rank waits inside one collective for a silent peer. A peer that dies closes its
@@ -296,7 +297,6 @@ def _report_failure(failures: dict, nproc: int, run_dir: Path | None) -> int:
            else f"exited with status {failure.exitcode} (its error is above)")
     hint = ""
     if run_dir is not None:
-        from proximo.saved import list_checkpoints
         checkpoints = list_checkpoints(run_dir)
         if checkpoints:
             hint = (f"; the last checkpoint, {checkpoints[-1]}, stays loadable (`proximo train --resume {run_dir} "

@@ -17,6 +17,10 @@ class NonFiniteError(ProximoError):
     """An observation, reward or loss became NaN or infinite."""
 
 
+class ActionMaskError(ProximoError):
+    """An env's action mask is missing, of the wrong shape, or allows no action."""
+
+
 class EchoedError(ProximoError):
     """Rank 0's error, raised on the other ranks too so that they stop with it; rank 0 alone prints it."""
 

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from proximo.envs.make import EnvLike, make_single_env
+from proximo.envs.masks import ActionMaskSource, mask_width
 from proximo.nn.policy import ActorCritic
 
 
@@ -41,8 +42,6 @@ class EpisodeActor:
     and restricts actions to the env's legal ones when it exposes masks (proximo/envs/masks.py)."""
 
     def __init__(self, policy: ActorCritic, env, action_masking: str = "auto", deterministic: bool = True) -> None:
-        from proximo.envs.masks import ActionMaskSource, mask_width
-
         self.policy, self.env, self.deterministic = policy, env, deterministic
         masked = action_masking != "off" and mask_width(env.action_space) is not None
         # detect() resets the env once; the caller resets it again, with its own seed, before each episode.

@@ -24,11 +24,13 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from proximo import __version__
 from proximo.errors import ProximoError
 from proximo.extras import install_hint
+from proximo.flags import plain_warnings
 from proximo.nn.policy import ActorCritic
+from proximo.saved import load_policy
 from proximo.spaces_json import space_to_json
+from proximo.version import __version__
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "obs", "action"
@@ -174,14 +176,11 @@ def _suffix(fmt: str) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Load the policy of a run directory, a PPO.save folder or a checkpoint, and write it as one file."""
-    from proximo.cli import plain_warnings
-    from proximo.train import load_policy
-
     # a killed run without policy/ falls back to its newest intact checkpoint: one `proximo:` line says so
     policy, meta = plain_warnings(lambda _: load_policy(Path(args.run_dir), checkpoint=args.checkpoint))(args)
     wrap = None
     if str(meta.get("env_id") or "").startswith("pettingzoo:") or args.agent is not None:
-        from proximo.multiagent.export import agent_input
+        from proximo.multiagent.export import agent_input  # here: it loads the multi-agent trainer, few exports do
 
         wrap = agent_input(meta, args.agent)
     out = export_policy(policy, args.output, args.format, meta, wrap)

@@ -1,10 +1,11 @@
 """What a config field means, said once where the field is defined, and read by everything that explains it.
 
 A field is declared as `name: type = doc(default, "one-line meaning", choices=ALLOWED)`. From that one place
-come the field's `--help` line (proximo/cli.py, proximo/llm/cli.py), the error a bad choice raises
+come the field's `--help` line (proximo/flags.py, proximo/llm/cli.py), the error a bad choice raises
 (check_choices, called by each config's validate), and the configuration reference of the docs
 (reference_markdown, rendered by docs/hooks.py). A subclass that only changes a default re-declares the field
-plainly (`learning_rate: float = 1e-3`): its meaning and choices are found on the base class.
+plainly (`learning_rate: float = 1e-3`): its meaning and choices are found on the base class. check_field_types
+checks each field's value against its type, for the classic and the LLM configs alike.
 """
 from __future__ import annotations
 
@@ -146,3 +147,35 @@ def reference_markdown(cls: type, flat: dict[str, tuple[type, str, Any]] | None 
         flag = f"`--{name.replace('_', '-')}`"
         rows.append(f"| `{name}` | {flag} | {_type_text(hint).replace('|', 'or')} | `{default!r}` | {text} |")
     return "\n".join(rows) + "\n"
+
+
+_UnionType = type(int | None)
+
+
+def check_field_types(config: Any) -> None:
+    """Check every field of a config dataclass against its type hint (ints widen to float, None where
+    Optional, lists of ints), raising ConfigError that names the field; normalizes floats and lists."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+        for kind in allowed:
+            if kind is type(None) and value is None:
+                break
+            if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(config, name, float(value))
+                break
+            if kind in (int, str, bool) and type(value) is kind:
+                break
+            if isinstance(kind, type) and dataclasses.is_dataclass(value) and isinstance(value, kind):
+                break  # a nested config, which validates itself
+            if typing.get_origin(kind) is list and isinstance(value, (list, tuple)) \
+                    and all(type(v) is int for v in value):
+                setattr(config, name, list(value))
+                break
+        else:
+            names = " or ".join("None" if k is type(None) else _type_name(k) for k in allowed)
+            raise ConfigError(f"{name} must be of type {names}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")

@@ -1,7 +1,6 @@
 """`proximo plot`: learning curves of one or several runs, mean and band over seeds of one config."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections import defaultdict
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from proximo.errors import ProximoError
+from proximo.metrics import read_jsonl
 from proximo.rundir import CURVES, run_kind, run_title, step_unit
 
 # Fields that differ between seeds of one experiment, or only change bookkeeping.
@@ -43,7 +43,6 @@ def read_curve(run_dir: Path, y: str = "episode_return_mean") -> tuple[np.ndarra
         rows = list(reader)
         if y not in (reader.fieldnames or []) and (Path(run_dir) / "updates.jsonl").is_file():
             # a column metrics.csv does not keep (self-play's selfplay_rating, ...): every row is in updates.jsonl
-            from proximo.metrics import read_jsonl
 
             rows = read_jsonl(Path(run_dir) / "updates.jsonl", corrupt="skip")
         for row in rows:
@@ -119,31 +118,3 @@ def save_figure(figure, output: str | Path) -> Path:
     figure.savefig(output)
     plt.close(figure)
     return output
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `proximo plot RUN_DIR [RUN_DIR ...] -o curve.png`."""
-    parser = subparsers.add_parser("plot", help="draw learning curves of runs (mean and band over seeds), or of a "
-                                                "sweep directory (a curve per setting)")
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories, or one `proximo sweep` directory")
-    parser.add_argument("-o", "--output", type=Path,
-                        help="the PNG (default curve.png; for a sweep directory DIR/curves.png)")
-    parser.add_argument("--y", help="metrics.csv column to draw (default: the run's learning curve, "
-                                    "episode_return_mean for `proximo train`, reward or accuracy for `proximo llm`)")
-    parser.add_argument("--title", help="the figure's title (default: proximo learning curve)")
-    parser.set_defaults(handler=_cmd_plot)
-
-
-def _cmd_plot(args: argparse.Namespace) -> int:
-    from proximo.sweep.plots import is_sweep_dir, plot_sweep
-
-    sweeps = [d for d in args.run_dirs if is_sweep_dir(d)]
-    if sweeps:
-        if len(args.run_dirs) > 1:
-            raise ProximoError(f"{sweeps[0]} is a sweep directory: plot it alone (`proximo plot {sweeps[0]}`)")
-        path = plot_sweep(sweeps[0], args.output or sweeps[0] / "curves.png", args.y or "episode_return_mean",
-                          args.title)
-    else:
-        path = plot_runs(args.run_dirs, args.output or Path("curve.png"), args.y, args.title)
-    print(f"wrote {path}")
-    return 0

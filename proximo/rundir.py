@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from proximo.checkpoint import atomic_build_dir, atomic_write_json, ensure_run_dir, load_json, recover_dir
+from proximo.checkpoint import STATE_META, atomic_build_dir, atomic_write_json, ensure_run_dir, load_json, recover_dir
 from proximo.metrics import MetricsWriter
 
 STEP_DIGITS = 12  # checkpoints/step_000000004096: names sort in step order
@@ -106,3 +106,8 @@ class RunDir:
         atomic_write_json(self.path / "summary.json",
                           {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                            for k, v in summary.items()})
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    return RunDir(run_dir, create=False).checkpoints(marker=STATE_META)

@@ -5,21 +5,21 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from proximo import __version__
 from proximo.checkpoint import (  # noqa: F401 - STATE_META and STATE_TENSORS are imported from here too
     POLICY_META, POLICY_TENSORS, STATE_META, STATE_TENSORS, CheckpointError, CheckpointFallbackWarning,
     atomic_write_dir, load_json, load_tensors, recover_dir, unprefixed,
 )
 from proximo.config import PPOConfig
-from proximo.envs.make import EnvLike
-from proximo.envs.masks import mask_key_of
+from proximo.nn.groups import GroupedActorCritic, group_info
 from proximo.nn.policy import ActorCritic
-from proximo.rundir import RunDir
+from proximo.nn.spaces import mask_key_of
+from proximo.rundir import RunDir, list_checkpoints  # noqa: F401 - list_checkpoints: imported from here too
 from proximo.spaces_json import space_from_json, space_to_json
+from proximo.version import __version__
 
 
 def build_policy(observation_space, action_space, config: PPOConfig, actor_dim: int | None = None,
@@ -27,8 +27,6 @@ def build_policy(observation_space, action_space, config: PPOConfig, actor_dim: 
     """The actor-critic a config asks for; actor_dim: the actor reads only that many leading features (MAPPO);
     groups ({"group_of_agent", "id_start"}): one set of networks per agent group (proximo/nn/groups.py)."""
     if groups is not None:
-        from proximo.nn.groups import GroupedActorCritic
-
         return GroupedActorCritic(observation_space, action_space, groups["group_of_agent"], groups["id_start"],
                                   **_policy_kwargs(observation_space, config, actor_dim))
     return ActorCritic(observation_space, action_space, **_policy_kwargs(observation_space, config, actor_dim))
@@ -43,12 +41,12 @@ def _policy_kwargs(observation_space, config: PPOConfig, actor_dim: int | None) 
                 mask_key=mask_key_of(observation_space, config.action_masking), actor_dim=actor_dim)
 
 
-def env_name(env: EnvLike) -> str | None:
+def env_name(env: str | Callable) -> str | None:
     """The env id, or None for a factory (which cannot be saved)."""
     return env if isinstance(env, str) else None
 
 
-def policy_metadata(policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
+def policy_metadata(policy: ActorCritic, config: PPOConfig, env: str | Callable | None,
                     env_kwargs: dict | None) -> dict[str, Any]:
     """The JSON that rebuilds a policy: format, version, env, spaces and config."""
     meta = {"format_version": 1, "proximo_version": __version__, "env_id": env_name(env) if env else None,
@@ -61,8 +59,6 @@ def policy_metadata(policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
 def policy_shape(policy: ActorCritic) -> dict[str, Any]:
     """What rebuilds a multi-agent policy beyond its spaces and config: the actor's input width (a centralized
     critic) and the agent groups (one policy per group); empty for a single-agent policy."""
-    from proximo.nn.groups import group_info
-
     shape: dict[str, Any] = {}
     if policy.actor_dim is not None:
         shape["actor_dim"] = policy.actor_dim
@@ -71,7 +67,7 @@ def policy_shape(policy: ActorCritic) -> dict[str, Any]:
     return shape
 
 
-def save_policy(directory: Path, policy: ActorCritic, config: PPOConfig, env: EnvLike | None,
+def save_policy(directory: Path, policy: ActorCritic, config: PPOConfig, env: str | Callable | None,
                 env_kwargs: dict | None = None) -> None:
     """Write policy.safetensors (weights and normalization statistics) and policy.json atomically."""
     atomic_write_dir(Path(directory), {
@@ -197,11 +193,6 @@ def _check_fit(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source
         if value.shape != expected[key].shape:
             raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, this policy needs "
                                   f"{tuple(expected[key].shape)} (a checkpoint from another env?)")
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first."""
-    return RunDir(run_dir, create=False).checkpoints(marker=STATE_META)
 
 
 def resume_target(path: Path) -> tuple[Path, Path, Path | None]:

@@ -16,6 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from proximo.checkpoint import load_json
+from proximo.diagnostics import RULES_BY_NAME
+from proximo.doctor import examine
 from proximo.errors import ConfigError, ProximoError
 from proximo.extras import install_hint
 
@@ -64,9 +67,6 @@ class WandbTracker:
             self.run.finish(exit_code=exit_code)
 
     def _log_findings(self) -> None:
-        from proximo.diagnostics import RULES_BY_NAME
-        from proximo.doctor import examine
-
         try:
             report = examine(self.run_dir)
         except ProximoError as exc:  # no update rows yet (a run stopped before its first), or no readable config
@@ -97,8 +97,6 @@ def open_tracker(config: Any, run_dir: Path) -> WandbTracker | None:
 def _run_config(config: Any, run_dir: Path) -> dict[str, Any]:
     # config.json, which the trainers write before they open the metrics, also holds the env id and
     # what the run's auto settings became; it is the run's record, so W&B gets that
-    from proximo.checkpoint import load_json
-
     try:
         return load_json(run_dir / "config.json")
     except ProximoError:

@@ -15,7 +15,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from proximo import __version__
 from proximo.callbacks import (
     Callback, CallbackList, CheckpointEvery, EvalCallback, FunctionCallback, LogMetrics, ShowProgress, StopAtReturn,
     WatchHealth, as_callbacks, run_loop,
@@ -30,7 +29,7 @@ from proximo.diagnostics import HealthMonitor
 from proximo.envs.atari import pixel_options
 from proximo.envs.check import require_env_ok
 from proximo.envs.guard import EnvFaultError, GuardedMaker
-from proximo.envs.make import EnvLike, make_vector_env
+from proximo.envs.make import EnvLike, make_single_env, make_vector_env
 from proximo.envs.masks import ActionMaskSource, mask_width
 from proximo.envs.snapshot import decode_value, encode_value, vector_env_obstacle
 from proximo.evaluate import evaluate_policy
@@ -40,7 +39,7 @@ from proximo.distributed import (
 from proximo.metrics import MetricsWriter, Progress
 from proximo.devices import resolve_device
 from proximo.errors import ConfigError
-from proximo.learners.base import choose_learner
+from proximo.learners.choose import choose_learner
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.nn.policy import ActorCritic
 from proximo.ppo import UpdateSettings, ppo_update
@@ -54,6 +53,7 @@ from proximo.runtime import seed_everything, set_threads
 from proximo.spaces_json import space_to_json
 from proximo.state import RandomState, Together, pack_state, unpack_state
 from proximo.tracking import open_tracker
+from proximo.version import __version__
 
 # The state.json fields and state.safetensors tensors each rank keeps for itself (under "ranks" and
 # "rank.<r>."); everything else in a checkpoint is the same on every rank and saved once.
@@ -190,11 +190,20 @@ class Trainer:
 
     def evaluate_episodes(self, episodes: int, seed: int) -> tuple[list[float], list[int]]:
         """(returns, lengths) of the deterministic policy over episodes fresh episodes (whole games, true score)."""
+        return self.evaluate_on(self.env, self.env_kwargs, episodes, seed)
+
+    def evaluate_on(self, env: EnvLike, env_kwargs: dict, episodes: int, seed: int) -> tuple[list[float], list[int]]:
+        """(returns, lengths) of the deterministic policy on env (an id or a factory) with env_kwargs, under the
+        run's evaluation pixel settings and action masking (EvalCallback's separate env goes through here)."""
         config = self.config
         return evaluate_policy(
-            self.policy, self.env, episodes, seed=seed,
-            env_kwargs={**self.env_kwargs, "pixels": pixel_options(config, training=False)},
+            self.policy, env, episodes, seed=seed,
+            env_kwargs={**env_kwargs, "pixels": pixel_options(config, training=False)},
             action_masking=config.action_masking)
+
+    def save_policy_to(self, folder: Path) -> None:
+        """Write the policy (weights, normalization statistics and policy.json) into folder, atomically."""
+        save_policy(folder, self.policy, self.config, self.env, self.env_kwargs)
 
     # the loop -------------------------------------------------------------------------------
     @property
@@ -403,7 +412,7 @@ class Trainer:
             **self.resolved(),
         })
         if self.run_dir is not None:
-            save_policy(self.run_dir / "policy", self.policy, config, self.env, self.env_kwargs)
+            self.save_policy_to(self.run_dir / "policy")
             RunDir(self.run_dir).write_summary(summary)
         return summary
 
@@ -684,7 +693,6 @@ def find_action_masks(env: EnvLike, env_kwargs: dict, mode: str, action_space) -
             raise ConfigError(f"action_masking=on, but the action space is {action_space}; masking applies to "
                               "Discrete and MultiDiscrete actions: set action_masking=auto or off")
         return None
-    from proximo.envs.make import make_single_env
 
     probe = make_single_env(env, **env_kwargs)
     try:

@@ -56,7 +56,7 @@ def _local_orders(rank: int, local_total: int) -> list[torch.Tensor]:
 
 def _update(kind: str, learner_name: str, policy, buf, batch_size: int, target_kl, orders, world=None):
     from proximo.config import make_config
-    from proximo.learners.base import learner_class
+    from proximo.learners.choose import learner_class
     from proximo.ppo import ppo_update
     from proximo.train import make_adam
     optimizer = make_adam(policy, make_config(learning_rate=1e-3 if target_kl is None else 1e-2))

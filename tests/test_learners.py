@@ -14,7 +14,8 @@ from proximo.config import make_config
 from proximo.core.objectives import (
     entropy_bonus, entropy_bonus_np, policy_loss, policy_loss_np, value_loss, value_loss_np,
 )
-from proximo.learners.base import LossSettings, Minibatch, choose_learner
+from proximo.learners.base import LossSettings, Minibatch
+from proximo.learners.choose import choose_learner
 from proximo.learners.numpy_mlp import NumpyMLPLearner
 from proximo.learners.optimizer import FlatOptimizer
 from proximo.learners.torch import TorchLearner

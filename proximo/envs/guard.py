@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import gymnasium as gym
 
+from proximo.envs.make import make_single_env
 from proximo.envs.snapshot import restore_env, snapshot_env
 from proximo.errors import ProximoError
 
@@ -88,7 +89,6 @@ class GuardedMaker:
         self.__qualname__ = getattr(env, "__qualname__", str(env))
 
     def _make_inner(self) -> gym.Env:
-        from proximo.envs.make import make_single_env
         return make_single_env(self.env, **self.kwargs)
 
     def __call__(self) -> gym.Env:

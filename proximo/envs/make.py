@@ -51,7 +51,8 @@ def make_single_env(env: EnvLike, render_mode: str | None = None, pixels: PixelO
     if not isinstance(env, str):
         raise ProximoError(f"env must be a gymnasium id or a callable returning an env, got {env!r}")
     if env.startswith("proximo/"):
-        import proximo.envs.tasks  # noqa: F401  (registers the built-in tasks)
+        # registers the built-in tasks on the first proximo/ id: importing proximo adds nothing to gymnasium's registry
+        import proximo.envs.tasks  # noqa: F401
     register_pixel_family(env)
     if env not in gym.registry:
         raise ProximoError(_unknown_env_message(env))

@@ -13,7 +13,7 @@ World (proximo/distributed.py) before it is clipped and stepped, in _reduce_clip
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -21,7 +21,9 @@ from proximo.core.kl import kl_estimate
 from proximo.distributed import World
 from proximo.errors import NonFiniteError
 from proximo.learners.optimizer import FlatOptimizer
-from proximo.nn.policy import ActorCritic
+
+if TYPE_CHECKING:  # annotations only: the LLM learners subclass Learner and need no gymnasium-space policy
+    from proximo.nn.policy import ActorCritic
 
 
 @dataclass
@@ -155,31 +157,3 @@ def non_finite_loss(total: float, policy: float, value: float, entropy: float) -
     """The error for a minibatch whose loss is NaN or infinite, naming its terms and the usual fixes."""
     return NonFiniteError(f"the loss became {total} (policy {policy}, value {value}, entropy {entropy}); "
                           "lower learning_rate or enable normalize_obs")
-
-
-def learner_class(name: str) -> type[Learner]:
-    """The Learner subclass of a backend name: numpy or torch."""
-    from proximo.learners.numpy_mlp import NumpyMLPLearner
-    from proximo.learners.torch import TorchLearner
-
-    classes = {cls.name: cls for cls in (NumpyMLPLearner, TorchLearner)}
-    return classes[name]
-
-
-def choose_learner(policy: ActorCritic, optimizer: FlatOptimizer, requested: str = "auto",
-                   world=None) -> tuple[Learner, str]:
-    """The backend for a run, once: `requested` (auto | numpy | torch) -> (learner, why it was chosen).
-
-    auto takes numpy when it supports the policy (the fastest on small CPU MLPs), else torch.
-    Raises ValueError with numpy's reason when numpy is requested but declines.
-    """
-    numpy, torch_learner = learner_class("numpy"), learner_class("torch")
-    if requested == "torch":
-        return torch_learner(policy, optimizer, world), "torch: requested (learner=torch)"
-    declined = numpy.supports(policy, optimizer)
-    if declined is None:
-        why = "requested (learner=numpy)" if requested == "numpy" else "the hand-written backward fits this CPU MLP"
-        return numpy(policy, optimizer, world), f"numpy: {why}"
-    if requested == "numpy":
-        raise ValueError(f"learner=numpy cannot train this policy: {declined}; use learner=torch or auto")
-    return torch_learner(policy, optimizer, world), f"torch: autograd (numpy declined: {declined})"

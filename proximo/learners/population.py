@@ -21,11 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from proximo.core.objectives import entropy_bonus_np, policy_loss_np, value_loss_np
+from proximo.core.objectives import (
+    entropy_bonus, entropy_bonus_np, policy_loss, policy_loss_np, value_loss, value_loss_np,
+)
 from proximo.errors import ProximoError
 from proximo.learners.base import StepResult, k3
 from proximo.nn.distributions import (
-    categorical_backward_np, categorical_np, diag_gaussian_backward_np, diag_gaussian_np,
+    CategoricalDist, DiagGaussianDist, categorical_backward_np, categorical_np, diag_gaussian_backward_np,
+    diag_gaussian_np,
 )
 from proximo.nn.numpy_mlp import head_backward, linear, mlp_backward, mlp_forward
 from proximo.nn.policy import ActorCritic, plain_mlp_layers
@@ -234,9 +237,6 @@ class TorchPopulationLearner(PopulationLearner):
 
     def step(self, minibatch, settings: AgentSettings, kl_limit: float | None = None) -> StepResult:
         """Loss, autograd backward and step of every agent still active in this update (as PopulationLearner)."""
-        from proximo.core.objectives import entropy_bonus, policy_loss, value_loss
-        from proximo.nn.distributions import CategoricalDist, DiagGaussianDist
-
         stack, active = self.stack, self.active
         device = stack.flat.device
         column = lambda values: torch.as_tensor(values, dtype=torch.float32, device=device)[:, None]  # noqa: E731

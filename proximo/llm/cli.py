@@ -9,8 +9,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from proximo.checkpoint import load_json
+from proximo.distributed import launch_local, launched_by_torchrun
 from proximo.errors import EchoedError, ProximoError
+from proximo.fielddoc import help_line
+from proximo.flags import ArgumentParser, _is_nproc_token, _parser_for
 from proximo.llm.config import GRPOConfig, RewardModelConfig, RLHFConfig, SFTConfig
+from proximo.llm.data import PromptDataset, _read_rows, render_prompt
+from proximo.llm.grpo import GRPO
+from proximo.llm.modeldir import make_model_dir, task_texts
+from proximo.llm.models import BUILTIN_MODELS, load_model
+from proximo.llm.reward_model import RewardModelTrainer
+from proximo.llm.rewards import RewardSet, score_samples
+from proximo.llm.rl import split_prompts
+from proximo.llm.rlhf import RLHF
+from proximo.llm.run import default_run_dir, evaluate
+from proximo.llm.sft import SFT
+from proximo.llm.tasks import get_task
+from proximo.llm.trainer import resume_checkpoint
 
 
 # TRL's names for the same settings: num_iterations passes over each generation batch, each split into
@@ -20,9 +36,6 @@ FIELD_ALIASES = {"n_epochs": ("--num-iterations",), "num_minibatches": ("--steps
 
 def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
     """One --dashed-flag per config field, unset by default so the dataclass defaults apply."""
-    from proximo.cli import _parser_for
-    from proximo.fielddoc import help_line
-
     group = parser.add_argument_group(f"{config_cls.__name__} fields")
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
@@ -183,7 +196,6 @@ def _dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _init_source(text: str) -> str | Path:
-    from proximo.llm.models import BUILTIN_MODELS
     return text if text in BUILTIN_MODELS else Path(text)
 
 
@@ -191,7 +203,6 @@ def _run_task(init: str | Path) -> dict[str, Any]:
     """The task/digits of the run that produced init, if it is a proximo run directory."""
     path = Path(init) / "config.json"
     if isinstance(init, Path) and path.is_file():
-        from proximo.checkpoint import load_json
         data = load_json(path)
         if "kind" in data and "config" in data:
             return {k: data["config"][k] for k in ("task", "digits") if k in data["config"]}
@@ -229,7 +240,6 @@ def cmd_sft(args: argparse.Namespace) -> int:
     """Train from scratch (or a directory) on a task; print the held-out accuracy it stopped at."""
     _refuse_torchrun("sft")
     args = _resumed(args, "sft")
-    from proximo.llm.sft import SFT
     trainer = SFT(_init_source(args.model or "tiny"), run_dir=args.run_dir, verbose=not args.quiet,
                   tensorboard=not args.no_tensorboard, **_dataset_kwargs(args), **_overrides(args))
     _start_or_resume(trainer, args)
@@ -251,7 +261,6 @@ def cmd_rm(args: argparse.Namespace) -> int:
     """Train a reward model; print its held-out pairwise accuracy."""
     _refuse_torchrun("rm")
     args = _resumed(args, "rm")
-    from proximo.llm.reward_model import RewardModelTrainer
     init = _init_source(args.init or "tiny")
     data = _dataset_kwargs(args)
     # The task of the init run applies only to task pairs, not to the user's dataset.
@@ -286,7 +295,6 @@ def cmd_rlhf(args: argparse.Namespace) -> int:
     inherited = {} if data else _run_task(init)
     if args.nproc is not None:
         return _launch_rl(args, "rlhf", RLHFConfig, {**inherited, **_overrides(args)}, bool(data), cmd_rlhf)
-    from proximo.llm.rlhf import RLHF  # after the launch: the launcher itself trains nothing
     with _one_voice():
         trainer = RLHF(init, reward_model=args.reward_model, reward_fn=args.reward,
                        reward_weights=args.reward_weights, eval_reward_fn=args.eval_reward, run_dir=args.run_dir,
@@ -318,7 +326,6 @@ def cmd_grpo(args: argparse.Namespace) -> int:
         inherited = {} if args.dataset is not None else _run_task(init)
         return _launch_rl(args, "grpo", GRPOConfig, {**inherited, **_overrides(args)},
                           args.dataset is not None or bool(args.reward), cmd_grpo)
-    from proximo.llm.grpo import GRPO  # after the launch: the launcher itself trains nothing
     if args.reward_weights is not None and not args.reward:
         raise ProximoError("--reward-weights needs --reward functions to weigh")
     if args.dataset is None and (args.eval_dataset is not None or args.eval_fraction is not None):
@@ -353,7 +360,6 @@ def _training_texts(path: Path) -> list[str]:
     if path.suffix == ".txt":
         texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
-        from proximo.llm.data import _read_rows
         texts = []
         for row in _read_rows(path):  # any columns: a messages or preference file has no 'prompt'-only shape
             for key in ("prompt", "completion", "messages", "chosen", "rejected"):
@@ -369,8 +375,6 @@ def _training_texts(path: Path) -> list[str]:
 
 def cmd_new_model(args: argparse.Namespace) -> int:
     """Write a fresh model directory (random weights, a tokenizer trained here)."""
-    from proximo.llm.modeldir import make_model_dir, task_texts
-    from proximo.llm.tasks import get_task
     for name in ("vocab_size", "hidden", "layers", "heads", "max_positions"):
         if getattr(args, name) < 1:
             raise ProximoError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -380,7 +384,6 @@ def cmd_new_model(args: argparse.Namespace) -> int:
     directory = make_model_dir(args.directory, texts, args.family, args.vocab_size, args.hidden, args.layers,
                                args.heads, args.max_positions, args.seed, tokenizer=args.tokenizer,
                                max_shard_size=args.max_shard_size)
-    from proximo.llm.models import load_model
     model, tokenizer, _ = load_model(directory)
     print(f"wrote {directory}: {args.family}, {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{tokenizer.vocab_size} tokens, chat template")
@@ -404,9 +407,6 @@ def _resumed(args: argparse.Namespace, kind: str) -> argparse.Namespace:
         args.command_line = [token for i, token in enumerate(args.argv) if not _nproc_token(args.argv, i)]
         args.resume_from = None
         return args
-    from proximo.checkpoint import load_json
-    from proximo.cli import build_parser
-    from proximo.llm.trainer import resume_checkpoint
     folder = resume_checkpoint(args.resume)
     run_dir = folder.parent.parent if folder != Path(args.resume) else Path(args.resume)
     data = load_json(run_dir / "config.json")
@@ -417,7 +417,7 @@ def _resumed(args: argparse.Namespace, kind: str) -> argparse.Namespace:
     if not isinstance(saved_argv, list):
         raise ProximoError(f"{run_dir} was started from Python, not the command line; resume it there: build its "
                            f"trainer as before with run_dir={str(run_dir)!r}, then trainer.resume({str(run_dir)!r})")
-    saved = build_parser().parse_args(saved_argv)
+    saved = _llm_parser().parse_args(saved_argv)
     for name in _MODEL_FLAGS[kind]:
         given, before = getattr(args, name), getattr(saved, name) or "tiny"  # (sft --model, rm --init default)
         if given is not None and _source_key(given) != _source_key(before):
@@ -445,14 +445,19 @@ def _resumed(args: argparse.Namespace, kind: str) -> argparse.Namespace:
 
 def _source_key(source: Any) -> str:
     """A model source as compared by --resume: a built-in name as it is, a path made absolute."""
-    from proximo.llm.models import BUILTIN_MODELS
     text = str(source)
     return text if text in BUILTIN_MODELS else str(Path(text).resolve())
 
 
 def _nproc_token(argv: list[str], i: int) -> bool:
-    from proximo.cli import _is_nproc_token
     return _is_nproc_token(argv, i)
+
+
+def _llm_parser() -> argparse.ArgumentParser:
+    """The parser of `proximo llm ...` command lines (what --resume replays), as the full `proximo` parser has it."""
+    parser = ArgumentParser(prog="proximo")
+    register(parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser))
+    return parser
 
 
 def _start_or_resume(trainer, args: argparse.Namespace) -> None:
@@ -476,7 +481,6 @@ def _train_on_ranks(trainer) -> dict[str, Any] | None:
 def _one_voice():
     """Under torchrun every rank fails the same construction check: rank 0 alone says it (the others exit
     quietly with status 2)."""
-    from proximo.distributed import launched_by_torchrun
     try:
         yield
     except ProximoError as exc:
@@ -488,11 +492,6 @@ def _one_voice():
 def _launch_rl(args: argparse.Namespace, kind: str, config_cls, fields: dict[str, Any], own_data: bool,
                handler) -> int:
     """`llm grpo|rlhf --nproc K`: check the split here (one line, not K), then start K ranks under torchrun."""
-    from proximo.cli import _is_nproc_token
-    from proximo.distributed import launch_local, launched_by_torchrun
-    from proximo.llm.rl import split_prompts
-    from proximo.llm.run import default_run_dir
-
     if args.nproc < 1:
         raise ProximoError(f"--nproc must be at least 1, got {args.nproc}")
     if launched_by_torchrun():
@@ -513,7 +512,6 @@ def _launch_rl(args: argparse.Namespace, kind: str, config_cls, fields: dict[str
 
 def _refuse_torchrun(command: str) -> None:
     """SFT and reward-model training are single-process: K ranks would be K copies writing one directory."""
-    from proximo.distributed import launched_by_torchrun
     if launched_by_torchrun():
         raise ProximoError(f"`proximo llm {command}` runs in one process; start it without torchrun (data "
                            f"parallel is wired for `llm grpo` and `llm rlhf`: --nproc K)")
@@ -522,7 +520,6 @@ def _refuse_torchrun(command: str) -> None:
 def _run_record(path: Path) -> dict[str, Any]:
     """config.json of the proximo run that path is (or whose model/ or checkpoints/step_N/ folder it is);
     {} for a plain model directory."""
-    from proximo.checkpoint import load_json
     for folder in (path, path.parent, path.parent.parent):
         config = folder / "config.json"
         if config.is_file():
@@ -534,8 +531,6 @@ def _run_record(path: Path) -> dict[str, Any]:
 
 def _eval_prompts(args: argparse.Namespace, record: dict[str, Any]):
     """(PromptDataset or None, task or None, a sentence saying which prompts) for `llm eval`."""
-    from proximo.llm.data import PromptDataset
-    from proximo.llm.tasks import get_task
     cfg = record.get("config", {})
     if args.task is not None:
         if args.dataset is not None:
@@ -569,7 +564,6 @@ def _eval_prompts(args: argparse.Namespace, record: dict[str, Any]):
 
 def _eval_rewards(args: argparse.Namespace, record: dict[str, Any], task):
     """(RewardSet, the names of its rewards as _print labels them) for `llm eval`."""
-    from proximo.llm.rewards import RewardSet
     if args.reward_weights is not None and not args.reward:
         raise ProximoError("--reward-weights needs --reward functions to weigh")
     if args.reward:
@@ -595,10 +589,6 @@ def _eval_rewards(args: argparse.Namespace, record: dict[str, Any], task):
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a policy, sampled and greedy, on the run's held-out prompts with the run's rewards (or a task,
     or --dataset with --reward); print each figure with what it is."""
-    from proximo.llm.data import render_prompt
-    from proximo.llm.models import load_model
-    from proximo.llm.rewards import score_samples
-    from proximo.llm.run import evaluate
     if args.prompts is not None and args.prompts < 1:
         raise ProximoError(f"--prompts must be at least 1, got {args.prompts}")
     path = Path(args.run_dir)

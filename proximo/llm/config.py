@@ -6,8 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from proximo.config import check_field_types
-from proximo.fielddoc import check_choices, doc
+from proximo.fielddoc import check_choices, check_field_types, doc
 from proximo.core.kl import KL_ESTIMATORS
 from proximo.errors import ConfigError
 from proximo.llm.losses import (

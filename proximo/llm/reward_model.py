@@ -20,7 +20,7 @@ from proximo.callbacks import FunctionCallback, run_loop
 from proximo.distributed import World
 from proximo.llm.config import RewardModelConfig
 from proximo.errors import ProximoError
-from proximo.llm.generation import pad_responses
+from proximo.llm.generation import generate, pad_responses
 from proximo.llm.labeled_data import load_train_eval, preference_triples
 from proximo.llm.losses import bradley_terry_loss, last_token_index
 from proximo.llm.models import (
@@ -28,7 +28,7 @@ from proximo.llm.models import (
     load_pretrained, resolve_model_dir,
 )
 from proximo.llm.precision import Precision
-from proximo.llm.run import LLMRun, encode_prompts, make_optimizer
+from proximo.llm.run import LLMRun, decode_responses, encode_prompts, make_optimizer
 from proximo.llm.tokenizer import load_tokenizer
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
@@ -163,8 +163,6 @@ def sampled_pairs(model, tokenizer, task, prompts: list[str], rng, per_prompt: i
                   temperature: float = 1.0) -> list[tuple[str, str, str]]:
     """(prompt, exact answer, one of the model's own wrong samples) per prompt; a rule-made
     corruption where all per_prompt samples were right."""
-    from proximo.llm.run import decode_responses
-    from proximo.llm.generation import generate
     pairs = []
     for start in range(0, len(prompts), 256):
         chunk = prompts[start:start + 256]

@@ -26,6 +26,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from proximo.errors import ProximoError
+from proximo.llm.data import render_prompt
+from proximo.llm.precision import resolve_llm_device
+from proximo.llm.reward_model import RewardModel, is_reward_model_dir
+from proximo.llm.tokenizer import same_tokenizer
 
 BUILTIN_REWARDS = ("exact_match", "numeric_match", "format_regex=PATTERN", "length_penalty=N")
 
@@ -136,13 +140,10 @@ class RewardModelReward:
     def load(cls, directory: str | Path) -> "RewardModelReward":
         """The reward model saved in directory (a run directory of `proximo llm rm` or its model/ folder,
         or a transformers sequence-classifier folder), on the GPU when torch sees one."""
-        from proximo.llm.precision import resolve_llm_device
-        from proximo.llm.reward_model import RewardModel
         return cls(RewardModel.load(directory).to(resolve_llm_device("auto")), source=str(directory))
 
     def reads_tokens_of(self, tokenizer: Any) -> bool:
         """True when tokenizer is the reward model's own (same vocabulary, specials and chat template)."""
-        from proximo.llm.tokenizer import same_tokenizer
         return same_tokenizer(self.model.tokenizer, tokenizer)
 
     def score_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,6 @@ class RewardModelReward:
 
     def __call__(self, prompts: list, completions: list) -> list[float]:
         """Scores [B] of the completions of prompts."""
-        from proximo.llm.data import render_prompt
         texts = [render_prompt(p, self.model.tokenizer) for p in prompts]
         answers = [completion_text(c) for c in completions]
         scores: list[float] = []
@@ -181,7 +181,6 @@ def load_reward(spec: str) -> Callable:
     sys.path or in the current directory), path/to/file.py:function, or a reward-model directory (from
     `proximo llm rm`, or a transformers sequence classifier with num_labels 1 such as TRL writes)."""
     if Path(spec).is_dir():
-        from proximo.llm.reward_model import is_reward_model_dir
         if not is_reward_model_dir(spec):
             raise ProximoError(f"--reward {spec}: a directory works as a reward only if it holds a reward model "
                                f"(a transformers sequence classifier with one label, or a `proximo llm rm` run); "
@@ -253,7 +252,6 @@ class RewardSet:
         funcs = [funcs] if callable(funcs) or isinstance(funcs, (str, Path)) else list(funcs)
         if not funcs:
             raise ProximoError("pass at least one reward function")
-        from proximo.llm.reward_model import RewardModel
         self.funcs = [load_reward(str(f)) if isinstance(f, (str, Path)) else
                       RewardModelReward(f) if isinstance(f, RewardModel) else f for f in funcs]
         self.specs = [reward_spec(f) if isinstance(f, (str, Path)) else reward_spec(g)

@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 import torch
 
-from proximo import __version__
 from proximo.checkpoint import STATE_META, STATE_TENSORS, atomic_build_dir, write_files
 from proximo.diagnostics import HealthMonitor
 from proximo.errors import ProximoError
@@ -18,6 +17,7 @@ from proximo.llm.models import save_model
 from proximo.metrics import MetricsWriter, Progress
 from proximo.rundir import STEP_DIGITS, RunDir
 from proximo.tracking import open_tracker
+from proximo.version import __version__
 
 LLM_COLUMNS = [
     "global_step", "update", "time_s", "reward", "reward_std", "accuracy", "eval_sampled_accuracy",

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from proximo import __version__
 from proximo.callbacks import (
     Callback, CallbackList, CheckpointEvery, LogMetrics, ShowProgress, WatchHealth, as_callbacks,
 )
@@ -36,6 +35,7 @@ from proximo.errors import ProximoError
 from proximo.rundir import RunDir
 from proximo.runtime import seed_everything
 from proximo.state import RandomState, Together, pack_state, unpack_state
+from proximo.version import __version__
 
 STATE_FORMAT = 1
 

@@ -14,6 +14,8 @@ from typing import Any
 
 def trainer_class(env: Any, env_kwargs: dict | None = None) -> type:
     """The Trainer class for env: MultiAgentTrainer for a PettingZoo id or factory, else proximo.train.Trainer."""
+    # Imported here: every run (api, cli, populations) asks this package face which trainer to build, and only the
+    # chosen trainer (with its envs) should load.
     from proximo.multiagent.envs import is_multiagent_env
 
     if is_multiagent_env(env, env_kwargs):

@@ -16,6 +16,8 @@ import numpy as np
 from proximo.config import PPOConfig
 from proximo.errors import ProximoError
 from proximo.multiagent.play import LookaheadPlayer, PolicyPlayer, RandomPlayer, play_episode, play_match
+from proximo.multiagent.trainer import layout_for
+from proximo.saved import load_policy
 
 SCRIPTED = ("random", "lookahead")
 
@@ -26,16 +28,12 @@ def player_for(name: str, layout, env_id: str, deterministic: bool):
         return RandomPlayer(layout)
     if name == "lookahead":
         return LookaheadPlayer(layout)
-    from proximo.saved import load_policy
-
     if not Path(name).exists():
         raise ProximoError(f"--against {name!r} is neither random, lookahead nor a saved policy folder")
     policy, meta = load_policy(Path(name))
     if meta.get("env_id") != env_id:
         raise ProximoError(f"--against {name} was trained on {meta.get('env_id')}, not {env_id}; pit policies of one "
                            "game against each other")
-    from proximo.multiagent.trainer import layout_for
-
     _, other_layout = layout_for(env_id, meta.get("env_kwargs") or {}, PPOConfig.from_dict(meta["config"]))
     return PolicyPlayer(policy, other_layout, deterministic)
 
@@ -43,8 +41,6 @@ def player_for(name: str, layout, env_id: str, deterministic: bool):
 def evaluate_run(policy, meta: dict[str, Any], against: str | None, games: int, seed: int,
                  deterministic: bool = True) -> dict[str, Any]:
     """The evaluation `proximo eval` prints, as JSON."""
-    from proximo.multiagent.trainer import layout_for
-
     env_id = meta["env_id"]
     maker, layout = layout_for(env_id, meta.get("env_kwargs") or {}, PPOConfig.from_dict(meta["config"]))
     player = PolicyPlayer(policy, layout, deterministic)

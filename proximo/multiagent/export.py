@@ -15,6 +15,7 @@ from torch import nn
 
 from proximo.config import PPOConfig
 from proximo.errors import ProximoError
+from proximo.multiagent.trainer import layout_for
 
 
 class AgentInput(nn.Module):
@@ -47,8 +48,6 @@ class AgentInput(nn.Module):
 
 def agent_input(meta: dict[str, Any], agent: str | None) -> Callable[[nn.Module], nn.Module]:
     """The wrapper that feeds agent's observation to a multi-agent run's exported policy (see the module doc)."""
-    from proximo.multiagent.trainer import layout_for
-
     if not str(meta.get("env_id") or "").startswith("pettingzoo:"):
         raise ProximoError("--agent exports one agent of a multi-agent run; this run's env is a gymnasium env")
     _, layout = layout_for(meta["env_id"], meta.get("env_kwargs") or {}, PPOConfig.from_dict(meta["config"]))

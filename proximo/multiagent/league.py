@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from proximo.checkpoint import load_tensors
 from proximo.envs.snapshot import BIT_GENERATORS
 from proximo.errors import ConfigError
 from proximo.nn.policy import ActorCritic
@@ -82,8 +83,6 @@ class League:
         if index in self.weights:
             policy.load_state_dict(self.weights[index])
         else:
-            from proximo.checkpoint import load_tensors
-
             policy.load_state_dict(load_tensors(self.folder / self.snapshots[index]["name"] / "policy.safetensors"))
         policy.eval()
         self._built[index] = policy

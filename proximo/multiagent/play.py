@@ -19,6 +19,7 @@ from gymnasium import spaces
 from proximo.envs.masks import MASK_KEY
 from proximo.errors import ProximoError
 from proximo.multiagent.envs import Layout, has_mask, is_parallel
+from proximo.multiagent.league import wilson_interval
 from proximo.nn.policy import ActorCritic
 
 
@@ -153,8 +154,6 @@ class MatchResult:
 
     def rate(self, count: int) -> tuple[float, float, float]:
         """(proportion, low, high) of count among the games."""
-        from proximo.multiagent.league import wilson_interval
-
         low, high = wilson_interval(count, self.games)
         return count / max(self.games, 1), low, high
 

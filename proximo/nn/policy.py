@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from proximo.envs.masks import mask_width, network_space
 from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, MASKED_LOGIT, make_action_head
 from proximo.nn.encoders import encode_flat, flat_dim, image_torso, is_image_space
 from proximo.nn.fast import fast_tanh
 from proximo.nn.normalize import RunningMeanStd
 from proximo.nn.numpy_mlp import NUMPY_ACTIVATIONS, linear, mlp_forward
 from proximo.nn.recurrent import RecurrentCore
+from proximo.nn.spaces import mask_width, network_space
 
 ACTIVATION_LAYERS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 # The same activations as plain functions, for the module-call-free forward pass (see ActorCritic._mlp).

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from proximo.envs.atari import GAME_KEY
 from proximo.nn.normalize import RunningMeanStd
 from proximo.rollout import EpisodeTracker, RewardScaler
 
@@ -185,8 +186,6 @@ class PopulationEpisodes(EpisodeTracker):
 
     def record_games(self, infos: dict) -> None:
         """Whole games (Atari), each to its agent."""
-        from proximo.envs.atari import GAME_KEY
-
         final = infos.get("final_info")
         if not final or GAME_KEY not in final:
             return

@@ -32,15 +32,17 @@ from proximo.core.advantages import gae
 from proximo.envs.atari import pixel_options
 from proximo.envs.check import require_env_ok
 from proximo.envs.guard import GuardedMaker
-from proximo.envs.make import EnvLike, make_vector_env
+from proximo.envs.make import EnvLike, make_single_env, make_vector_env
 from proximo.envs.snapshot import restore_vector_env, snapshot_vector_env
 from proximo.errors import ConfigError, ProximoError
+from proximo.learners.base import Minibatch
 from proximo.learners.distributed import World
 from proximo.devices import WIDE_MLP, resolve_device
 from proximo.learners.population import (
     AgentSettings, PopulationLearner, StackedAdam, TorchPopulationLearner, column_or_inf,
 )
 from proximo.metrics import Progress
+from proximo.multiagent import trainer_class
 from proximo.nn.normalize import RunningMeanStd
 from proximo.nn.policy import ActorCritic
 from proximo.population.policy import PopulationPolicy, population_support
@@ -94,8 +96,6 @@ _SPACES: dict[str, tuple] = {}
 
 def multiagent_obstacle(env: EnvLike, env_kwargs: dict | None = None) -> str | None:
     """The one line that refuses a population of a multi-agent (PettingZoo) env, or None for a gymnasium one."""
-    from proximo.multiagent import trainer_class
-
     if trainer_class(env, env_kwargs or {}) is not Trainer:
         return (f"{env_name(env) or 'this env'} is a multi-agent (PettingZoo) env: populations batch gymnasium "
                 "envs; train its seeds as separate runs (or a `proximo sweep`)")
@@ -110,8 +110,6 @@ def batchable(env_id: str, config: PPOConfig) -> str | None:
     if config.stop_at_return is not None or config.stop_patience:
         return "a stopping rule of its own (stop_at_return / stop_patience)"
     if env_id not in _SPACES:
-        from proximo.envs.make import make_single_env
-
         probe = make_single_env(env_id)
         _SPACES[env_id] = (probe.observation_space, probe.action_space)
         probe.close()
@@ -324,8 +322,6 @@ class Population:
     def _columns(self, buffer):
         """The rollout [T, K * N, ...] as per-agent columns [K, T * N, ...] in a solo run's sample order,
         with each agent's advantages by GAE with its own gamma and lambda (the solo function, per agent)."""
-        from proximo.learners.base import Minibatch
-
         t, k, n = buffer.rewards.shape[0], self.k, self.n
         advantages = torch.empty_like(buffer.rewards)
         returns = torch.empty_like(buffer.rewards)

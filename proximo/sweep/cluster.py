@@ -7,7 +7,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import proximo
 from proximo.errors import ConfigError, ProximoError
 from proximo.extras import install_hint
 
@@ -26,7 +25,7 @@ def import_ray():
 def project_path() -> str:
     """The folder holding the imported proximo package: put on every worker's PYTHONPATH, so trials run this
     checkout's code (on another machine of a cluster the folder need not exist; proximo must be installed there)."""
-    return str(Path(proximo.__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])  # proximo/sweep/cluster.py -> the folder above proximo/
 
 
 def worker_env(threads: int) -> dict[str, str]:

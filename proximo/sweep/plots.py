@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from proximo.errors import ProximoError
+from proximo.plot import draw_seeds, read_curve, save_figure
+from proximo.sweep.spec import SweepSpec
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -15,8 +17,7 @@ def is_sweep_dir(path: Path) -> bool:
 
 def sweep_groups(sweep_dir: Path) -> dict[str, dict[str, list[Path]]]:
     """env -> setting -> the run directories of its seeds, in the sweep's order."""
-    from proximo.sweep.runner import RUNS
-    from proximo.sweep.spec import SweepSpec
+    from proximo.sweep.runner import RUNS  # here, not above: the runner imports the env makers, `proximo plot` none
 
     data = json.loads((Path(sweep_dir) / "sweep.json").read_text())
     # sweep.json is written with sorted keys, which loses the order of the grid's fields that the trial folders
@@ -40,8 +41,6 @@ def plot_sweep(sweep_dir: Path, output: Path, y: str = "episode_return_mean", ti
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from proximo.plot import draw_seeds, read_curve, save_figure
 
     groups = sweep_groups(sweep_dir)
     columns = min(len(groups), 4)

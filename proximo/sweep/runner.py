@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from proximo.checkpoint import atomic_write_json, ensure_run_dir
+from proximo.config import PPOConfig
 from proximo.envs.make import make_single_env
 from proximo.errors import ConfigError, ProximoError
+from proximo.sweep.cluster import check_address, cluster_cpus, connect, import_ray
+from proximo.sweep.progress import SweepProgress
 from proximo.sweep.results import read_failures, trial_rows, write_failures, write_results
 from proximo.sweep.spec import SweepSpec, Trial
 from proximo.sweep.trial import is_finished, run_pack, run_trial
@@ -95,8 +98,7 @@ def make_packs(trials: list[Trial], spec: SweepSpec, options: RunOptions) -> tup
     """(packs, trials that run alone): trials grouped by env and everything a population must share, in sweep
     order, each group split evenly into packs of at most options.max_pack; a group of one, or a policy the
     batched path cannot train, runs alone. With pack=force a trial that would run alone is a ConfigError."""
-    from proximo.config import PPOConfig
-    from proximo.population.trainer import PER_AGENT_FIELDS, batchable
+    from proximo.population.trainer import PER_AGENT_FIELDS, batchable  # here: a sweep without --pack needs none
 
     groups: dict[tuple, list[Trial]] = {}
     alone: list[Trial] = []
@@ -146,8 +148,6 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RunOptions) -> li
     newest; a trial whose worker dies is retried options.retries times and then recorded as failed with its
     error. Ctrl-C cancels the running trials (their checkpoints stay) and raises KeyboardInterrupt.
     """
-    from proximo.sweep.cluster import check_address, import_ray
-
     sweep_dir = Path(sweep_dir)
     trials = spec.trials()  # every config validated before Ray starts
     import_ray()  # Ray missing: one line naming the extra, before anything is written
@@ -182,8 +182,6 @@ def _printer():
 
 def _run_on_ray(todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: dict[str, Path],
                 options: RunOptions, total: int, say, packs: list[Pack] | None = None) -> None:
-    from proximo.sweep.cluster import connect, import_ray
-
     owned = not import_ray().is_initialized()  # a cluster the caller already joined is theirs to shut down
     ray = connect(options.address, options.workers, options.cpus_per_trial)
     try:
@@ -199,9 +197,6 @@ def _run_on_ray(todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: d
 def _drive(ray, todo: list[Trial], spec: SweepSpec, sweep_dir: Path, run_dirs: dict[str, Path],
            options: RunOptions, total: int, say, packs: list[Pack]) -> dict[str, str]:
     """Submit the trials as Ray tasks and collect them as they finish; returns the failures."""
-    from proximo.sweep.cluster import cluster_cpus
-    from proximo.sweep.progress import SweepProgress
-
     cpus = cluster_cpus(ray)
     if options.cpus_per_trial > cpus:
         raise ConfigError(f"--cpus-per-trial {options.cpus_per_trial} is more than the cluster's {cpus} CPUs; "

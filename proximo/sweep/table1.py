@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 
 from proximo.checkpoint import atomic_write_bytes, atomic_write_json
+from proximo.doctor import examine
 from proximo.errors import ConfigError
+from proximo.sweep.options import add_cluster_flags, run_options
+from proximo.sweep.spec import SweepSpec, setting_label
 
 ENVS = ["HalfCheetah-v5", "Hopper-v5", "InvertedDoublePendulum-v5", "InvertedPendulum-v5", "Reacher-v5",
         "Swimmer-v5", "Walker2d-v5"]
@@ -158,7 +161,6 @@ def collect_raw(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]
 
 
 def _label(settings: dict[str, Any]) -> str:
-    from proximo.sweep.spec import setting_label
     return setting_label(settings)
 
 
@@ -178,8 +180,6 @@ def report(rows: list[dict[str, Any]], random: dict[str, dict[str, float]], meta
 def doctor_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, dict[str, Any]]:
     """Per setting: how many of its finished runs each health rule fired in (proximo doctor's replay of
     every run's rows), and how many runs were healthy."""
-    from proximo.doctor import examine
-
     by_label = {_label(settings): name for name, settings in SETTINGS}
     summary: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -314,7 +314,6 @@ def figure(data: dict[str, Any], path: Path) -> Path:
 
 def register_paper(subparsers: argparse._SubParsersAction) -> None:
     """Add `proximo paper table1` and `proximo paper random`."""
-    from proximo.sweep.cli import add_cluster_flags
 
     paper = subparsers.add_parser("paper", help="reproduce the PPO paper's experiments (Table 1)")
     sub = paper.add_subparsers(dest="paper_command", required=True, parser_class=type(paper))
@@ -350,8 +349,6 @@ def cmd_random(args: argparse.Namespace) -> int:
 
 def table1_spec(envs: list[str], steps: int, seeds: int, eval_episodes: int):
     """The sweep of the paper's protocol: paper-mujoco preset, the 11 settings, seeds 1..N."""
-    from proximo.sweep.spec import SweepSpec
-
     if steps < 1 or seeds < 1:
         raise ConfigError(f"--steps and --seeds must be at least 1, got {steps} and {seeds}")
     return SweepSpec(envs=envs, preset="paper-mujoco", base={"total_steps": steps, "eval_episodes": eval_episodes},
@@ -360,7 +357,7 @@ def table1_spec(envs: list[str], steps: int, seeds: int, eval_episodes: int):
 
 def cmd_table1(args: argparse.Namespace) -> int:
     """Run (or resume) the table's sweep, then score it and write the table, the verdict and the figure."""
-    from proximo.sweep.cli import run_options
+    # here: every `proximo` command builds this parser, and the runner imports the env makers
     from proximo.sweep.runner import run_sweep
 
     envs = pick_envs(args.envs)

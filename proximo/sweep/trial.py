@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from proximo.checkpoint import CheckpointError, atomic_write_json
+from proximo.config import PPOConfig
 
 TRIAL_META = "trial.json"
 TRIAL_LOG = "trial.log"
@@ -69,8 +70,7 @@ def run_trial(env_id: str, config: dict[str, Any], run_dir: str, reporter: Calla
     A finished run (summary.json) is returned as it is. Each call counts one attempt in trial.json, with the pid,
     so a sweep can tell a retried trial (its worker died) from a fresh one. reporter(row) sees every update.
     """
-    from proximo.config import PPOConfig
-    from proximo.train import Trainer, list_checkpoints
+    from proximo.train import Trainer, list_checkpoints  # here: the sweep's driver reads trials, a worker trains
 
     run_dir_path = Path(run_dir)
     if is_finished(run_dir_path):
@@ -82,10 +82,8 @@ def run_trial(env_id: str, config: dict[str, Any], run_dir: str, reporter: Calla
                                                   "status": "running", "started": time.time()})
     with output_to(run_dir_path / TRIAL_LOG), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        import proximo
-
         print(f"proximo: attempt {attempts} of {env_id} in pid {os.getpid()} (proximo from "
-              f"{Path(proximo.__file__).parent})", flush=True)
+              f"{Path(__file__).parent.parent})", flush=True)
         trainer = Trainer(env_id, PPOConfig.from_dict(config), run_dir_path, verbose=False, tensorboard=False)
         checkpoints = list_checkpoints(run_dir_path)
         resumed_from = _resume(trainer, checkpoints)
@@ -104,8 +102,7 @@ def run_pack(env_id: str, configs: list[dict[str, Any]], run_dirs: list[str], pa
     own run directory; returns their summaries. Finished packs are returned as they are; an interrupted one
     resumes from the newest step at which every member has a checkpoint (else it starts afresh). The
     population's log goes to pack_dir/pack.log."""
-    from proximo.config import PPOConfig
-    from proximo.population.trainer import Population
+    from proximo.population.trainer import Population  # here: the sweep's driver reads trials, a worker trains
 
     dirs = [Path(d) for d in run_dirs]
     if all(is_finished(d) for d in dirs):

@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from proximo.checkpoint import atomic_write_bytes, atomic_write_json
-from proximo.config import PPOConfig, field_types, make_config
+from proximo.config import PRESETS, PPOConfig, field_types, make_config
 from proximo.extras import need
 from proximo.errors import ConfigError
+from proximo.flags import add_config_flags
+from proximo.sweep.cluster import connect, import_ray
+from proximo.sweep.options import add_cluster_flags, base_overrides, run_options
 from proximo.sweep.spec import config_field, parse_value
+from proximo.sweep.trial import run_trial
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 METRIC = "train_return_last100"
@@ -87,8 +91,6 @@ def _trainable(params: dict[str, Any], fixed: dict[str, Any]) -> None:
     """One Tune trial: train a proximo run with the sampled fields and report after every update."""
     from ray import tune
 
-    from proximo.sweep.trial import run_trial
-
     config = {**fixed["config"], **params}
     config = make_config(None, **config).to_dict()  # an impossible combination fails as one ConfigError
     run_dir = Path(fixed["dir"]) / "runs" / tune.get_context().get_trial_id()
@@ -110,8 +112,6 @@ def run_tune(env_id: str, preset: str | None, base: dict[str, Any], space: list[
 
     base: the fields fixed by flags or a preset file, over the preset's values.
     """
-    from proximo.sweep.cluster import connect, import_ray
-
     import_ray()
     need("optuna", "proximo tune")
     try:
@@ -134,7 +134,7 @@ def run_tune(env_id: str, preset: str | None, base: dict[str, Any], space: list[
     if "torch_threads" not in base:
         config["torch_threads"] = options.cpus_per_trial
     if not config["save_every"]:  # a trial that Tune restores resumes from its newest checkpoint
-        from proximo.sweep.runner import periodic_save_every
+        from proximo.sweep.runner import periodic_save_every  # here: the runner imports the env makers
 
         config["save_every"] = periodic_save_every(config)
     tune_dir = Path(tune_dir).absolute()
@@ -224,9 +224,6 @@ def _short(value: Any) -> str:
 
 def register_tune(subparsers: argparse._SubParsersAction) -> None:
     """Add `proximo tune`."""
-    from proximo.cli import add_config_flags
-    from proximo.config import PRESETS
-    from proximo.sweep.cli import add_cluster_flags
 
     parser = subparsers.add_parser("tune", help="search hyperparameters (Optuna TPE on Ray Tune, ASHA early stop)")
     parser.add_argument("env_id", help="gymnasium id, e.g. CartPole-v1")
@@ -250,8 +247,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Run the search and print the best config and where its preset file is."""
     import json
 
-    from proximo.envs.make import make_single_env
-    from proximo.sweep.cli import base_overrides, run_options
+    from proximo.envs.make import make_single_env  # here: every `proximo` command builds this parser
 
     space = [parse_space(text) for text in args.space]
     if not 0 < args.grace <= 1:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from proximo.flags import (  # noqa: F401 - all of them are imported from here t
 )
 from proximo.plot import plot_runs
 from proximo.saved import load_policy, read_run_config, resume_target
+from proximo.stopping import TrainingInterrupted
 from proximo.sweep.plots import is_sweep_dir, plot_sweep
 
 # Each handler imports the code its command runs (trainers, envs, evaluation, video) inside itself: every `proximo`
@@ -137,7 +139,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, world) -> int:
     from proximo.multiagent import trainer_class
-    from proximo.train import TrainingInterrupted
 
     plan = world.on_main(lambda: train_plan(args))  # rank 0 alone reads the run directory
     config, run_dir = PPOConfig.from_dict(plan["config"]), Path(plan["run_dir"])
@@ -186,7 +187,6 @@ def _train_population(args: argparse.Namespace) -> int:
     from proximo.population.trainer import (
         Population, parse_seeds, population_configs, resume_population,
     )
-    from proximo.train import TrainingInterrupted
 
     quiet = args.quiet
     if args.resume is not None:
@@ -359,6 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProximoError as exc:
         print(f"proximo: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:  # an LLM run stopped by a signal, its checkpoint saved
+        if os.environ.get("RANK", "0") == "0":
+            print(f"proximo: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("proximo: interrupted", file=sys.stderr)
         return 130

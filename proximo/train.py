@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -52,6 +51,7 @@ from proximo.saved import (
 from proximo.runtime import seed_everything, set_threads
 from proximo.spaces_json import space_to_json
 from proximo.state import RandomState, Together, pack_state, unpack_state
+from proximo.stopping import StopSignals, TrainingInterrupted
 from proximo.tracking import open_tracker
 from proximo.version import __version__
 
@@ -61,19 +61,6 @@ RANK_FIELDS = ("envs", "episodes", "env_faults", "rng")
 # What proximo.train has always offered; the file functions now live in proximo/saved.py.
 __all__ = ["Trainer", "TrainingInterrupted", "ResumeWarning", "build_policy", "make_adam", "save_policy", "load_policy",
            "find_checkpoint", "list_checkpoints", "read_run_config", "resume_target", "find_action_masks"]
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after finishing an update and saving a checkpoint."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path | None,
-                 world_size: int = 1) -> None:
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        name = signal.Signals(signum).name
-        nproc = f" --nproc {world_size}" if world_size > 1 else ""
-        saved = (f"checkpoint saved to {checkpoint}; continue with `proximo train --resume {run_dir}{nproc}`"
-                 if checkpoint is not None else "no run directory, so nothing was saved")
-        super().__init__(f"stopped by {name} at step {step:,}; {saved}")
 
 
 class ResumeWarning(UserWarning):
@@ -159,7 +146,7 @@ class Trainer:
         self.last_stats: dict[str, Any] = {}
         # names PPO's failure modes as they happen (see proximo/diagnostics.py)
         self.monitor = HealthMonitor.from_config(config) if config.diagnostics and self.world.is_main else None
-        self._stop_signal: int | None = None  # the signal this process received
+        self._stops = StopSignals()  # the signal this process received, if any
         self.pending_stop: int | None = None  # the signal any rank received: stop after this update
         self.stopped_by: str | None = None  # what stopped the last train() call early (a callback), if anything
         self.last_checkpoint_step: int | None = None
@@ -510,31 +497,22 @@ class Trainer:
             return self._checkpoint_path()
         return self._write_state(tensors, meta, self.global_step)
 
+    @property
+    def _stop_signal(self) -> int | None:
+        """The stop signal this process received (None: none)."""
+        return self._stops.received
+
     def _catch_stop_signals(self):
-        """Route SIGINT/SIGTERM to a stop-after-this-update flag; returns the function that undoes it."""
-        self._stop_signal = None
-        if self.run_dir is None or threading.current_thread() is not threading.main_thread():
+        """Route SIGINT/SIGTERM to a stop-after-this-update request; returns the function that undoes it."""
+        self._stops.received = None
+        if self.run_dir is None:
             return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in previous:
-            signal.signal(sig, self._on_stop_signal)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return restore
-
-    def _on_stop_signal(self, signum: int, frame) -> None:
-        if self._stop_signal is not None:
-            raise KeyboardInterrupt  # a second signal: give up on this update, save nothing
-        self._stop_signal = signum
-        if self.world.is_main:  # torchrun forwards a signal to every rank: one line, not one per rank
-            print(f"\nproximo: {signal.Signals(signum).name} received; finishing this update, then saving a "
-                  "checkpoint (send it again to stop at once without saving)", file=sys.stderr, flush=True)
+        # torchrun forwards a signal to every rank: one line, not one per rank
+        return self._stops.install(announce=self.world.is_main)
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Stop after the current update with a checkpoint, as SIGINT/SIGTERM do."""
-        self._stop_signal = signum
+        self._stops.request(signum)
 
     def load_training_state(self, folder: Path) -> None:
         """Restore a checkpoint written by save_checkpoint into this trainer.

@@ -212,3 +212,39 @@ def test_grpo_holds_a_reference_copy_only_when_something_reads_it(tmp_path):
     for trainer in (with_kl, kept):
         assert trainer.reference is not None and trainer.reference is not trainer.model
         assert trainer.learn(trainer.collect(), trainer.make_optimizer())["kl_ref"] is not None
+
+
+def test_sft_and_reward_model_train_in_the_dtype_and_on_the_device_asked(tmp_path, monkeypatch):
+    """SFT and the reward model run their passes in config.dtype (autocast) on config.device, weights and Adam
+    in float32: a bfloat16 step moves the weights other than the float32 step does."""
+    from proximo.llm import SFT
+    from proximo.llm.reward_model import RewardModelTrainer
+    seen = []
+    original = Precision.autocast
+    monkeypatch.setattr(Precision, "autocast", lambda self: seen.append(self.name) or original(self))
+    rows = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(3) for b in range(3)]
+
+    def sft_weights(dtype):
+        trainer = SFT("tiny", run_dir=tmp_path / f"sft-{dtype}", dataset=rows, max_steps=2, batch_size=4,
+                      eval_every=5, num_eval_prompts=2, tensorboard=False, save_every=0, dtype=dtype, device="cpu")
+        trainer.train()
+        assert trainer.device == torch.device("cpu")
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        return torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    assert not torch.equal(sft_weights("float32"), sft_weights("bfloat16"))
+    assert seen.count("bfloat16") == 2 and seen.count("float32") == 2  # one pass per step, in the dtype asked
+
+    seen.clear()
+    rm = RewardModelTrainer("tiny", run_dir=tmp_path / "rm", max_steps=2, batch_size=4, train_pairs=16,
+                            eval_pairs=8, tensorboard=False, save_every=0, dtype="bfloat16", device="cpu")
+    rm.train()
+    assert seen == ["bfloat16", "bfloat16"] and all(p.dtype == torch.float32 for p in rm.rm.parameters())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+@pytest.mark.parametrize("command", ["sft", "rm"])
+def test_sft_and_rm_on_a_missing_gpu_are_one_line(tmp_path, capsys, command):
+    code = main(["llm", command, "--device", "cuda", "--max-steps", "1", "--run-dir", str(tmp_path / "run"),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--device cuda" in err

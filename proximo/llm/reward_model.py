@@ -27,7 +27,7 @@ from proximo.llm.models import (
     ScalarHead, forward_hidden, hidden_size, is_model_dir, is_sequence_classifier, load_head, load_model,
     load_pretrained, resolve_model_dir,
 )
-from proximo.llm.precision import Precision
+from proximo.llm.precision import Precision, resolve_llm_device
 from proximo.llm.run import LLMRun, decode_responses, encode_prompts, make_optimizer
 from proximo.llm.tokenizer import load_tokenizer
 from proximo.runtime import seed_everything, set_threads
@@ -245,8 +245,10 @@ class RewardModelTrainer(LLMTrainer):
             self.train_pairs = task.preference_pairs(rng, cfg.train_pairs)
             self.eval_pairs = task.preference_pairs(rng, cfg.eval_pairs, held_out=True)
         # Every proximo optimizer step ends in the same tail (Precision.step -> FlatOptimizer.clip_and_step); the
-        # reward model trains in float32 where it was loaded (its device and dtype fields are not wired yet).
-        self.precision = Precision(next(rm.parameters()).device)
+        # weights and Adam stay float32 on the run's device, passes run in config.dtype (autocast).
+        self.device = resolve_llm_device(cfg.device)
+        self.precision = Precision(self.device, cfg.dtype)
+        rm.to(self.device)
         self.step_count, self.loss, self.before, self.accuracy = 0, float("nan"), None, None
 
     def make_optimizer(self):
@@ -279,7 +281,8 @@ class RewardModelTrainer(LLMTrainer):
 
         def learn(batch: list[tuple[str, str, str]]) -> dict[str, Any]:
             prompts = [p for p, _, _ in batch]
-            scores = rm.score_texts(prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch])
+            with precision.autocast():
+                scores = rm.score_texts(prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch])
             loss = bradley_terry_loss(scores[:cfg.batch_size], scores[cfg.batch_size:])
             optimizer.zero_grad()
             precision.backward(loss)

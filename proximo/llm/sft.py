@@ -16,7 +16,7 @@ from proximo.llm.config import SFTConfig
 from proximo.llm.labeled_data import load_train_eval, sft_examples
 from proximo.llm.generation import pad_responses, response_logprobs
 from proximo.llm.models import load_model
-from proximo.llm.precision import Precision
+from proximo.llm.precision import Precision, resolve_llm_device
 from proximo.llm.run import LLMRun, encode_prompts, evaluate, make_optimizer
 from proximo.runtime import seed_everything, set_threads
 from proximo.llm.tasks import get_task
@@ -28,7 +28,10 @@ def sft_loss(model, tokenizer, prompts: list[str], answers: list[str]) -> tuple[
     returns (loss, number of answer tokens)."""
     ids, mask = encode_prompts(tokenizer, prompts)
     rids, rmask = pad_responses([tokenizer.encode(a) + [tokenizer.eos_id] for a in answers], tokenizer.pad_id)
-    logp, _, _ = response_logprobs(model, torch.cat([ids, rids], 1), torch.cat([mask, rmask], 1), ids.shape[1])
+    device = next(model.parameters()).device  # the batch goes where the model is
+    attention = torch.cat([mask, rmask], 1).to(device)
+    logp, _, _ = response_logprobs(model, torch.cat([ids, rids], 1).to(device), attention, ids.shape[1])
+    rmask = rmask.to(device)
     return -masked_mean(logp, rmask), int(rmask.sum())
 
 
@@ -78,8 +81,10 @@ class SFT(LLMTrainer):
         self.fingerprint = model_fingerprint(self.model)  # a resume checks it starts from these weights
         self.world = World.local()  # SFT runs in one process
         # Every proximo optimizer step ends in the same tail (Precision.step -> FlatOptimizer.clip_and_step);
-        # SFT runs in float32 where the model was loaded (its device and dtype fields are not wired yet).
-        self.precision = Precision(next(self.model.parameters()).device)
+        # the weights and Adam stay float32 on the run's device, passes run in config.dtype (autocast).
+        self.device = resolve_llm_device(self.config.device)
+        self.precision = Precision(self.device, self.config.dtype)
+        self.model.to(self.device)
         self.step_count, self.tokens, self.last_loss = 0, 0, float("nan")
         self.before: dict[str, float] = {}
         self._order: list[int] = []  # the rest of the current pass over the dataset's rows
@@ -187,7 +192,8 @@ class SFT(LLMTrainer):
             step = self.step_count
             lr = cfg.learning_rate * min(1.0, step / max(1, cfg.warmup_steps))
             optimizer.set_lr(lr)
-            loss, count = sft_loss(self.model, self.tokenizer, [p for p, _ in batch], [a for _, a in batch])
+            with precision.autocast():
+                loss, count = sft_loss(self.model, self.tokenizer, [p for p, _ in batch], [a for _, a in batch])
             optimizer.zero_grad()
             precision.backward(loss)
             precision.step(optimizer, cfg.max_grad_norm)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from proximo.errors import ProximoError
 from proximo.rundir import RunDir
 from proximo.runtime import seed_everything
 from proximo.state import RandomState, Together, pack_state, unpack_state
+from proximo.stopping import StopSignals, TrainingInterrupted
 from proximo.version import __version__
 
 STATE_FORMAT = 1
@@ -123,7 +125,15 @@ class LLMTrainer:
     speed = "gen_tokens_per_s"         # the row's speed the progress line shows
     step_count = 0
     resumed_from: Path | None = None   # the checkpoint this trainer was restored from, if any
+    last_checkpoint: Path | None = None  # the newest checkpoint folder this process wrote
     _optimizer = None
+
+    @property
+    def _stops(self) -> StopSignals:
+        """This trainer's SIGINT/SIGTERM requests (made on first use: the subclasses set up the rest)."""
+        if "_stop_signals" not in self.__dict__:
+            self._stop_signals = StopSignals()
+        return self._stop_signals
 
     @property
     def global_step(self) -> int:
@@ -182,6 +192,7 @@ class LLMTrainer:
         hooks += last or []
         if self.config.save_every:
             hooks.append(CheckpointEvery(self.config.save_every))
+        hooks.append(StopOnSignal())  # last: a stop saves after everything else has seen the step
         callbacks = CallbackList([*first, *as_callbacks(user), *hooks])
         callbacks.init_callback(self)
         self._callbacks = callbacks
@@ -223,7 +234,12 @@ class LLMTrainer:
         state = self.training_state()
         model, tokenizer, heads = self.export() if self.world.is_main else (None, None, None)
         self.last_checkpoint_step = self.step_count
-        return self.run.checkpoint(self.step_count, model, tokenizer, heads, state=state)
+        self.last_checkpoint = self.run.checkpoint(self.step_count, model, tokenizer, heads, state=state)
+        return self.last_checkpoint
+
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop after the current step with a checkpoint, as SIGINT/SIGTERM do."""
+        self._stops.request(signum)
 
     def resume(self, path: str | Path) -> Path:
         """Restore this trainer from a run directory's newest checkpoint (or a checkpoint folder); train()
@@ -274,6 +290,37 @@ class LLMTrainer:
                                   "resume from an earlier checkpoint") from exc
         self.run.elapsed_before = float(meta.get("wall_time_s", 0.0))
         self.resumed_from = folder
+
+
+class StopOnSignal(Callback):
+    """After a SIGINT/SIGTERM (on any rank): save a checkpoint once this step is done (unless one was just
+    saved) and stop with TrainingInterrupted, which names the command that continues the run. The handlers
+    live from the first step to the last, so a signal outside training keeps its usual meaning."""
+
+    def on_training_start(self) -> None:
+        """Catch the signals (rank 0 announces them: torchrun forwards a signal to every rank)."""
+        self._restore = self.trainer._stops.install(announce=self.trainer.world.is_main)
+
+    def on_update_end(self, row: dict[str, Any]) -> None:
+        """Raise TrainingInterrupted when any rank was asked to stop."""
+        trainer = self.trainer
+        signum = trainer._stops.received or 0
+        if trainer.world.size > 1:
+            # Every rank must save and stop after the same step, or the next step's collectives would hang.
+            signum = int(trainer.world.all_reduce_max_(torch.tensor([float(signum)])).item())
+        if not signum:
+            return
+        folder = (trainer.last_checkpoint if getattr(trainer, "last_checkpoint_step", None) == trainer.step_count
+                  else trainer.save_checkpoint())
+        raise TrainingInterrupted(signum, trainer.step_count, folder, trainer.run_dir, trainer.world.size,
+                                  command=f"proximo llm {trainer.kind}")
+
+    def on_training_end(self) -> None:
+        """Put the previous handlers back."""
+        restore = getattr(self, "_restore", None)
+        if restore is not None:
+            restore()
+            self._restore = None
 
 
 def _same_fingerprint(a: dict[str, Any], b: dict[str, Any]) -> bool:

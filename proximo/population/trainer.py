@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 import re
 import signal
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +50,8 @@ from proximo.rollout import NonFiniteError, RolloutCollector
 from proximo.runtime import seed_everything, set_threads
 from proximo.saved import build_policy, env_name, list_checkpoints
 from proximo.state import _numpy_rng_state, _python_rng_state
-from proximo.train import Trainer, TrainingInterrupted, find_action_masks, pick_threads
+from proximo.stopping import StopSignals, TrainingInterrupted
+from proximo.train import Trainer, find_action_masks, pick_threads
 
 # Fields that may differ between the agents of one population: numbers in the math (and the seed).
 PER_AGENT_FIELDS = ("seed", "learning_rate", "lr_schedule", "objective", "clip_range", "clip_schedule",
@@ -224,7 +223,7 @@ class Population:
         self.collector.episodes = PopulationEpisodes(self.k, self.n)
         self.members = [Member(self, k, configs[k], policies[k], tensorboard) for k in range(self.k)]
         self.global_step = 0
-        self._stop_signal: int | None = None
+        self._stops = StopSignals()
 
     def _check_memory(self, env_bytes: int, probe) -> None:
         """Refuse, in one line, a population that would not fit in memory (estimated before allocating)."""
@@ -344,26 +343,21 @@ class Population:
                          per_agent(buffer.action_masks))
 
     # stopping and resuming ------------------------------------------------------------------------
+    @property
+    def _stop_signal(self) -> int | None:
+        """The stop signal this process received (None: none)."""
+        return self._stops.received
+
     def _catch_stop_signals(self):
         """SIGINT/SIGTERM stop after the current update with every agent's checkpoint; returns the undo."""
-        self._stop_signal = None
-        if self.run_dir is None or threading.current_thread() is not threading.main_thread():
+        self._stops.received = None
+        if self.run_dir is None:
             return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def on_signal(signum: int, frame) -> None:
-            if self._stop_signal is not None:
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-            print(f"\nproximo: {signal.Signals(signum).name} received; finishing this update, then saving every "
-                  "agent's checkpoint (send it again to stop at once without saving)", file=sys.stderr, flush=True)
-        for sig in previous:
-            signal.signal(sig, on_signal)
-        return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+        return self._stops.install()
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Stop after the current update with every agent's checkpoint, as SIGINT/SIGTERM do."""
-        self._stop_signal = signum
+        self._stops.request(signum)
 
     def _stop(self) -> None:
         for member in self.members:

@@ -199,7 +199,7 @@ def text_report(report: Report) -> str:
                       f"  fix:       {rule.fix}"]
     silent = [name for name in report.rules if name not in report.applicable_rules()]
     if silent:
-        lines += ["", f"not checked (statistic not logged): {', '.join(silent)}"]
+        lines += ["", f"not checked (statistic not logged, or a rule of the other kind of run): {', '.join(silent)}"]
     if record.live_warnings:
         lines.append(f"warnings printed during training: {len(record.live_warnings)} (diagnostics.jsonl)")
     unfinished = _unfinished_note(record.run_dir, run_kind(record.config))
@@ -427,7 +427,9 @@ def html_report(report: Report) -> str:
                       f"</div>")
     history = report.monitor.history
     missing = []
-    for panel in panels(report.monitor.rules):
+    # the panels of the rules that judged this run: a classic run draws no language-model panels, and back
+    applicable = set(report.applicable_rules())
+    for panel in panels([rule for rule in report.monitor.rules if rule.name in applicable]):
         if not history.has(panel.metric):
             missing.append(panel.metric)
             continue

@@ -16,6 +16,7 @@ report are all derived from the registered rules.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -542,8 +543,9 @@ MEDIAN_SE = math.sqrt(math.pi / 2)  # standard error of a median over that of a 
 
 def _same_series(h: History, a: str, b: str, probe: int = 20) -> bool:
     """Whether two columns hold the same values (GRPO on a task logs its reward as accuracy too)."""
-    pairs = [(x, y) for x, y in zip(h.series[a], h.series[b]) if math.isfinite(x) and math.isfinite(y)][:probe]
-    return bool(pairs) and all(x == y for x, y in pairs)
+    pairs = ((x, y) for x, y in zip(h.series[a], h.series[b]) if math.isfinite(x) and math.isfinite(y))
+    probed = list(itertools.islice(pairs, probe))  # identical columns are identical from their first rows
+    return bool(probed) and all(x == y for x, y in probed)
 
 
 def overoptimization_keys(h: History) -> tuple[str, str] | None:
@@ -555,12 +557,17 @@ def overoptimization_keys(h: History) -> tuple[str, str] | None:
     return None if true is None else (proxy, true)
 
 
-def noise_level(values: list[float]) -> float:
+NOISE_WINDOWS = 5  # windows at the end of a run whose changes measure a series' noise (with its first window)
+
+
+def noise_level(*blocks: list[float]) -> float:
     """Robust standard deviation of one value of a series around its trend: 1.4826 x the median absolute
-    difference of consecutive values, over sqrt(2) (a difference holds two values' noise); NaN under 3 values."""
-    if len(values) < 3:
+    difference of consecutive values (within each block of consecutive values), over sqrt(2) (a difference
+    holds two values' noise); NaN under 2 differences."""
+    changes = [abs(b - a) for values in blocks for a, b in zip(values, values[1:])]
+    if len(changes) < 2:
         return math.nan
-    return 1.4826 * median(abs(b - a) for a, b in zip(values, values[1:])) / math.sqrt(2)
+    return 1.4826 * median(changes) / math.sqrt(2)
 
 
 def shift_z(h: History, key: str, n: int, window: int) -> tuple[float, float, float, list[tuple[int, float]]]:
@@ -570,7 +577,10 @@ def shift_z(h: History, key: str, n: int, window: int) -> tuple[float, float, fl
     if not first or not last:
         return math.nan, math.nan, math.nan, last
     before, now = median(v for _, v in first), median(v for _, v in last)
-    noise = noise_level([v for _, v in h.values(key, 0, n)])
+    # the noise of its update-to-update changes within the first window and the last NOISE_WINDOWS windows (held-out
+    # evaluations every few updates have values there too); bounded work per update on long runs
+    start = max(window, n - NOISE_WINDOWS * window)
+    noise = noise_level([v for _, v in first], [v for _, v in h.values(key, start, n)])
     error = MEDIAN_SE * noise * math.sqrt(1 / len(first) + 1 / len(last))
     if not math.isfinite(error):
         return math.nan, before, now, last

@@ -120,7 +120,8 @@ def test_noise_level_is_the_spread_of_one_value_around_its_trend():
     rng = random.Random(0)
     values = [0.01 * i + rng.gauss(0, 0.2) for i in range(4000)]
     assert noise_level(values) == pytest.approx(0.2, rel=0.05)  # the trend does not inflate it
-    assert math.isnan(noise_level([1.0, 2.0]))
+    assert noise_level(values[:2000], [v + 100 for v in values[2000:]]) == pytest.approx(0.2, rel=0.05)  # blocks
+    assert math.isnan(noise_level([1.0, 2.0])) and math.isnan(noise_level([1.0, 2.0], [3.0]))
 
 
 def test_reward_hacking_takes_the_true_reward_that_differs_from_the_trained_one():

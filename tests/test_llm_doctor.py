@@ -235,6 +235,34 @@ def test_clip_fraction_high_still_judges_language_model_rows():
     assert list(fired(rows)) == ["clip_fraction_high"]
 
 
+# recorded runs ------------------------------------------------------------------------------------
+
+def test_recorded_rlhf_over_optimization_run_names_reward_hacking():
+    report = examine(DATA / "rlhf_overopt")
+    assert list(report.episodes_by_rule()) == ["reward_hacking"]
+    # the live monitor warned during training at the update the doctor names (diagnostics.jsonl)
+    first = report.episodes[0]
+    assert [(w["rule"], w["start_update"]) for w in report.record.live_warnings] == [("reward_hacking", first.start_update)]
+    assert first.start_update == 40  # the first update with two windows of 20 that do not overlap
+    assert set(report.applicable_rules()) >= {"reward_hacking", "kl_ref_blowup", "response_length_runaway",
+                                              "response_length_collapse", "token_entropy_collapse"}
+    text = text_report(report)
+    assert "[reward_hacking]" in text and "training reward score rose" in text and "true reward accuracy fell" in text
+    page = html_report(report)
+    accuracy = page.split("id='panel-accuracy'>")[1].split("</svg>")[0]
+    assert 'data-rule="reward_hacking"' in accuracy
+    assert "id='panel-offpolicy/kl'" not in page  # a rule that does not judge this run draws nothing
+
+
+def test_recorded_healthy_grpo_run_fires_nothing(capsys):
+    report = examine(DATA / "grpo_healthy")
+    assert report.healthy, text_report(report)
+    assert set(report.applicable_rules()) >= {"reward_hacking", "response_length_runaway", "response_length_collapse",
+                                              "token_entropy_collapse", "zero_std_groups", "clip_fraction_zero"}
+    assert main(["doctor", str(DATA / "grpo_healthy")]) == 0
+    assert "healthy: none of the" in capsys.readouterr().out
+
+
 def test_each_language_model_rule_has_reasons_and_draws_statistics_the_trainers_log():
     logged = {*LLM_COLUMNS, "kl_ref_sequence", "minibatches", OFFPOLICY_KL}  # beside the CSV columns: updates.jsonl
     for name in LLM_RULES:

@@ -416,8 +416,10 @@ def html_report(report: Report) -> str:
                 f"<div><span class='k'>threshold</span>{esc(_threshold_text(rule, t))}: {esc(rule.reason())}</div>"
                 f"<div><span class='k'>fix</span>{esc(rule.fix)}</div></div>")
         verdict = "".join(findings)
+    judged = set(report.applicable_rules())  # the legend names the rules that judged this run
     legend = "".join(f"<span><svg width='12' height='10'><rect width='12' height='10' fill='{rule.color}' "
-                     f"fill-opacity='0.5'/></svg> {rule.name}</span>" for rule in report.rules.values())
+                     f"fill-opacity='0.5'/></svg> {rule.name}</span>" for rule in report.rules.values()
+                     if rule.name in judged)
     charts = []
     key = _return_key(report)
     if key is not None:
@@ -428,8 +430,7 @@ def html_report(report: Report) -> str:
     history = report.monitor.history
     missing = []
     # the panels of the rules that judged this run: a classic run draws no language-model panels, and back
-    applicable = set(report.applicable_rules())
-    for panel in panels([rule for rule in report.monitor.rules if rule.name in applicable]):
+    for panel in panels([rule for rule in report.monitor.rules if rule.name in judged]):
         if not history.has(panel.metric):
             missing.append(panel.metric)
             continue

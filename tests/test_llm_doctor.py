@@ -252,6 +252,7 @@ def test_recorded_rlhf_over_optimization_run_names_reward_hacking():
     accuracy = page.split("id='panel-accuracy'>")[1].split("</svg>")[0]
     assert 'data-rule="reward_hacking"' in accuracy
     assert "id='panel-offpolicy/kl'" not in page  # a rule that does not judge this run draws nothing
+    assert "</svg> reward_hacking</span>" in page and "</svg> explained_variance_low</span>" not in page  # legend
 
 
 def test_recorded_healthy_grpo_run_fires_nothing(capsys):

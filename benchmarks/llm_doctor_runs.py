@@ -30,7 +30,8 @@ COMMON = ["--task", "add", "--digits", "2", "--seed", "1", "--no-tensorboard", "
 # Each RL run is ~30 s of one CPU core (0.4 s a step): short enough for a shared machine, long enough for three
 # windows of 20 updates (the over-optimization rule compares the first and the last).
 STEPS = {  # name: the command after `proximo llm`
-    "sft": ["sft", "--target-accuracy", "0.5", "--max-steps", "1500", "--eval-every", "50", "--num-eval-prompts", "200"],
+    "sft": ["sft", "--target-accuracy", "0.5", "--max-steps", "1500", "--eval-every", "50",
+            "--num-eval-prompts", "200"],
     "rm": ["rm", "--init", "{sft}", "--max-steps", "100", "--eval-every", "50", "--num-eval-prompts", "200"],
     "rlhf_overopt": ["rlhf", "--init", "{sft}", "--reward-model", "{rm}", "--steps", "60", "--eval-every", "10",
                      "--kl-coef", "0.01", "--prompts-per-step", "64", "--num-eval-prompts", "100"],

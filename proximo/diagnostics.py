@@ -564,7 +564,7 @@ def noise_level(*blocks: list[float]) -> float:
     """Robust standard deviation of one value of a series around its trend: 1.4826 x the median absolute
     difference of consecutive values (within each block of consecutive values), over sqrt(2) (a difference
     holds two values' noise); NaN under 2 differences."""
-    changes = [abs(b - a) for values in blocks for a, b in zip(values, values[1:])]
+    changes = [abs(b - a) for values in blocks for a, b in itertools.pairwise(values)]
     if len(changes) < 2:
         return math.nan
     return 1.4826 * median(changes) / math.sqrt(2)

@@ -3,7 +3,6 @@ of its threshold; the classic rules they replace stay silent on language-model r
 (tests/data/llm_doctor/, see its README) the over-optimizing PPO-RLHF run is named and the healthy GRPO run is not."""
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path

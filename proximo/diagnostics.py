@@ -16,6 +16,7 @@ report are all derived from the registered rules.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -54,7 +55,8 @@ MONITOR_FIELDS: dict[str, dataclasses.Field] = {
     "warmup": threshold(10, "Updates whose statistics only set baselines: the first updates of a run are dominated "
                         "by the random initial policy and an untrained critic, so comparisons against them would "
                         "fire on every healthy run.", NON_NEGATIVE),
-    "window": threshold(20, "Updates in the baseline window (value loss, gradient norm, explained variance): long "
+    "window": threshold(20, "Updates in the baseline window (value loss, gradient norm, explained variance; the first "
+                        "and last windows of a language-model run's rewards): long "
                         "enough that its median ignores a few outliers, short enough to follow a schedule that "
                         "changes the scale over a run.", AT_LEAST_ONE),
     "recent": threshold(5, "Updates whose median is the \"current level\": 5 smooths single-minibatch noise yet "
@@ -503,6 +505,21 @@ def reward_key(h: History) -> str | None:
     return next((key for key in REWARD_KEYS if h.has(key)), None)
 
 
+def _llm(h: History) -> bool:
+    """Whether the rows are a language-model RL run's (GRPO, PPO-RLHF): they log response_length."""
+    return h.has("response_length")
+
+
+def _classic(key: str) -> Callable[[History], bool]:
+    """applies= of a classic rule whose language-model counterpart judges the same statistic."""
+    return lambda h: h.has(key) and not _llm(h)
+
+
+def _llm_logged(key: str) -> Callable[[History], bool]:
+    """applies= of a language-model rule judging `key`."""
+    return lambda h: h.has(key) and _llm(h)
+
+
 def _kl_per_response(h: History, start: int, stop: int) -> list[tuple[int, float]]:
     """KL to the reference in nats per response: kl_ref_sequence when logged, else the per-token
     kl_ref (how the LLM trainers log it) times the mean response length."""
@@ -516,44 +533,176 @@ def _kl_per_response(h: History, start: int, stop: int) -> list[tuple[int, float
     return [(update, kl * lengths[update]) for update, kl in h.values("kl_ref", start, stop) if update in lengths]
 
 
-def _reward_hacking(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+# reward over-optimization: the training reward against a true reward logged beside it
+
+PROXY_KEYS = ("score", "reward", "reward_mean")  # the reward trained on: RLHF's reward-model score first
+# a true reward beside it: the task's (or --eval-reward's) reward of the training samples, else held-out evaluation
+TRUE_KEYS = ("accuracy", "eval_sampled_accuracy", "eval_greedy_accuracy")
+MEDIAN_SE = math.sqrt(math.pi / 2)  # standard error of a median over that of a mean, for normal noise
+
+
+def _same_series(h: History, a: str, b: str, probe: int = 20) -> bool:
+    """Whether two columns hold the same values (GRPO on a task logs its reward as accuracy too)."""
+    pairs = ((x, y) for x, y in zip(h.series[a], h.series[b]) if math.isfinite(x) and math.isfinite(y))
+    probed = list(itertools.islice(pairs, probe))  # identical columns are identical from their first rows
+    return bool(probed) and all(x == y for x, y in probed)
+
+
+def overoptimization_keys(h: History) -> tuple[str, str] | None:
+    """(training reward, true reward) columns the rows log, or None when there is no distinct true reward."""
+    proxy = next((key for key in PROXY_KEYS if h.has(key)), None)
+    if proxy is None:
+        return None
+    true = next((key for key in TRUE_KEYS if h.has(key) and not _same_series(h, proxy, key)), None)
+    return None if true is None else (proxy, true)
+
+
+NOISE_WINDOWS = 5  # windows at the end of a run whose changes measure a series' noise (with its first window)
+
+
+def noise_level(*blocks: list[float]) -> float:
+    """Robust standard deviation of one value of a series around its trend: 1.4826 x the median absolute
+    difference of consecutive values (within each block of consecutive values), over sqrt(2) (a difference
+    holds two values' noise); NaN under 2 differences."""
+    changes = [abs(b - a) for values in blocks for a, b in itertools.pairwise(values)]
+    if len(changes) < 2:
+        return math.nan
+    return 1.4826 * median(changes) / math.sqrt(2)
+
+
+def shift_z(h: History, key: str, n: int, window: int) -> tuple[float, float, float, list[tuple[int, float]]]:
+    """(z, median of the first `window` updates, median of the last `window` updates, the last window's values):
+    the change of `key` between the two windows in standard errors of a difference of two medians."""
+    first, last = h.values(key, 0, window), h.values(key, n - window, n)
+    if not first or not last:
+        return math.nan, math.nan, math.nan, last
+    before, now = median(v for _, v in first), median(v for _, v in last)
+    # the noise of its update-to-update changes within the first window and the last NOISE_WINDOWS windows (held-out
+    # evaluations every few updates have values there too); bounded work per update on long runs
+    start = max(window, n - NOISE_WINDOWS * window)
+    noise = noise_level([v for _, v in first], [v for _, v in h.values(key, start, n)])
+    error = MEDIAN_SE * noise * math.sqrt(1 / len(first) + 1 / len(last))
+    if not math.isfinite(error):
+        return math.nan, before, now, last
+    change = now - before
+    z = change / error if error > 0 else math.copysign(math.inf, change) if change else 0.0
+    return z, before, now, last
+
+
+def _overoptimization(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    keys = overoptimization_keys(h)
     n = len(h)
-    key = reward_key(h)
-    if key is None or n < cfg.warmup + cfg.recent:
+    if keys is None or n < 2 * cfg.window:  # two windows that do not overlap
         return None
-    first = h.values(key, 0, cfg.recent)
+    proxy, true = keys
+    z_proxy, proxy_start, proxy_now, _ = shift_z(h, proxy, n, cfg.window)
+    z_true, true_start, true_now, true_pairs = shift_z(h, true, n, cfg.window)
+    if not (z_proxy >= cfg.overopt_z and z_true <= -cfg.overopt_z):
+        return None
+    return _evidence(h, f"{true} shift (standard errors)", z_true, -cfg.overopt_z, true_pairs,
+                     f"training reward {proxy} rose from {_fmt(proxy_start)} (median of updates 1-{cfg.window}) to "
+                     f"{_fmt(proxy_now)} ({z_proxy:+.1f} standard errors) while the true reward {true} fell from "
+                     f"{_fmt(true_start)} to {_fmt(true_now)} ({z_true:+.1f}; diag_overopt_z {cfg.overopt_z:g})")
+
+
+def _overoptimization_logged(h: History) -> bool:
+    return overoptimization_keys(h) is not None
+
+
+def _kl_ref_blowup(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    n = len(h)
+    # GRPO without a KL term measures kl_ref on a few updates only: the newest `recent` measured in a window
+    pairs = _kl_per_response(h, n - cfg.window, n)[-cfg.recent:]
+    if len(pairs) < min(cfg.recent, 3):
+        return None
+    level = median(v for _, v in pairs)
+    if not level > cfg.kl_ref_max:
+        return None
+    return _evidence(h, "median KL per response", level, cfg.kl_ref_max, pairs,
+                     f"median KL to the reference {_fmt(level)} nats per response over {_span(pairs)} > "
+                     f"diag_kl_ref_max {cfg.kl_ref_max:g}")
+
+
+def _kl_ref_logged(h: History) -> bool:
+    return h.has("kl_ref_sequence") or h.has("kl_ref")
+
+
+def _length_collapse(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "response_length"
+    n = len(h)
+    first, recent = h.values(key, 0, cfg.recent), h.values(key, n - cfg.recent, n)
+    if n < 2 * cfg.recent or len(first) < cfg.recent or len(recent) < cfg.recent:
+        return None
+    start, level = median(v for _, v in first), median(v for _, v in recent)
+    # a run whose answers are one token from the start (a one-token task) has nothing to collapse from
+    if not (level < cfg.length_min <= start):
+        return None
+    return _evidence(h, f"median {key}", level, cfg.length_min, recent,
+                     f"median {key} {_fmt(level)} tokens over {_span(recent)} < diag_length_min {cfg.length_min:g} "
+                     f"(it started at {_fmt(start)})")
+
+
+def _token_entropy_collapse(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "entropy"
+    n = len(h)
+    if ctx.total_updates and n > cfg.entropy_early * ctx.total_updates:
+        return None  # late in a run a near-deterministic policy is usually convergence on its answers
+    first, recent = h.values(key, 0, cfg.recent), h.values(key, n - cfg.recent, n)
+    if n < 2 * cfg.recent or len(first) < cfg.recent or len(recent) < cfg.recent:
+        return None
+    start, level = median(v for _, v in first), median(v for _, v in recent)
+    if not (level < cfg.token_entropy_min <= start):
+        return None
+    return _evidence(h, f"median {key}", level, cfg.token_entropy_min, recent,
+                     f"median token {key} {_fmt(level)} nats over {_span(recent)} < diag_token_entropy_min "
+                     f"{cfg.token_entropy_min:g} (it started at {_fmt(start)}) within the first "
+                     f"{cfg.entropy_early:.0%} of the run")
+
+
+OFFPOLICY_KL = "offpolicy/kl"  # KL(sampler || learner) per token of a step's samples (the off-policy correction's)
+
+
+def _offpolicy_kl(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = OFFPOLICY_KL
+    n = len(h)
     recent = h.values(key, n - cfg.recent, n)
-    reward_start, reward_now = median(v for _, v in first), median(v for _, v in recent)
-    if not reward_now > reward_start:
+    if not h.has(key) or len(recent) < cfg.recent:
         return None
-    reasons, pairs = [], list(recent)
-    value, threshold, statistic = math.nan, math.nan, ""
-    kl_pairs = _kl_per_response(h, n - cfg.recent, n)
-    if kl_pairs:
-        kl_now = median(v for _, v in kl_pairs)
-        if kl_now > cfg.kl_ref_max:
-            reasons.append(f"median KL to the reference {_fmt(kl_now)} nats per response > diag_kl_ref_max "
-                           f"{cfg.kl_ref_max}")
-            value, threshold, statistic, pairs = kl_now, cfg.kl_ref_max, "median KL per response", kl_pairs
-    if h.has("response_length"):
-        len_start = median(v for _, v in h.values("response_length", 0, cfg.recent))
-        len_pairs = h.values("response_length", n - cfg.recent, n)
-        len_now = median(v for _, v in len_pairs)
-        if len_start > 0 and abs(len_now / len_start - 1.0) > cfg.length_drift:
-            reasons.append(f"median response_length {_fmt(len_now)} drifted {len_now / len_start - 1:+.0%} "
-                           f"from {_fmt(len_start)} (limit +-{cfg.length_drift:.0%})")
-            if not statistic:
-                value, threshold, statistic, pairs = (abs(len_now / len_start - 1.0), cfg.length_drift,
-                                                      "response_length drift", len_pairs)
-    if not reasons:
+    level = median(v for _, v in recent)
+    if level > cfg.offpolicy_kl_max:
+        return _evidence(h, f"median {key}", level, cfg.offpolicy_kl_max, recent,
+                         f"median {key} {_fmt(level)} nats per token over {_span(recent)} > diag_offpolicy_kl_max "
+                         f"{cfg.offpolicy_kl_max:g}")
+    if n < cfg.window + cfg.recent:
         return None
-    return _evidence(h, statistic, value, threshold, pairs,
-                     f"{key} rose from {_fmt(reward_start)} ({_span(first)}) to {_fmt(reward_now)} "
-                     f"({_span(recent)}) while " + " and ".join(reasons))
+    early = h.values(key, 0, cfg.window)
+    base = median(v for _, v in early)
+    limit = cfg.offpolicy_kl_growth * base
+    if len(early) >= cfg.recent and level > limit and level > cfg.offpolicy_kl_floor:
+        return _evidence(h, f"median {key}", level, limit, recent,
+                         f"median {key} {_fmt(level)} over {_span(recent)} grew past {cfg.offpolicy_kl_growth:g} x its "
+                         f"median {_fmt(base)} over {_span(early)} (and above diag_offpolicy_kl_floor "
+                         f"{cfg.offpolicy_kl_floor:g})")
+    return None
 
 
-def _reward_logged(h: History) -> bool:
-    return reward_key(h) is not None
+def _no_clipping(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "clip_fraction"
+    n = len(h)
+    pairs = h.values(key, n - cfg.window, n)
+    if n < cfg.window or len(pairs) < cfg.window or any(v != 0.0 for _, v in pairs):
+        return None
+    # one optimizer step per update compares the policy with itself: its ratio is 1 by construction
+    steps = median(v for _, v in h.values("minibatches", n - cfg.window, n))
+    if math.isfinite(steps) and steps < 2:
+        return None
+    kl_pairs = h.values("approx_kl", n - cfg.window, n)
+    kl = median(v for _, v in kl_pairs)
+    if not kl < cfg.clip_zero_kl:
+        return None
+    return _evidence(h, "median approx_kl", kl, cfg.clip_zero_kl, kl_pairs,
+                     f"{key} was exactly 0 in every one of {_span(pairs)} and the policy barely moved (median "
+                     f"approx_kl {_fmt(kl)} < diag_clip_zero_kl {cfg.clip_zero_kl:g})")
 
 
 def _clip_band_ordered(cfg: DiagnosticsConfig) -> None:
@@ -587,7 +736,8 @@ RULES = RuleRegistry([
                                            "deterministic before it explored.", FRACTION),
              "entropy_early": threshold(0.25, "\"Early\": the first quarter of the planned updates; later, a low "
                                         "entropy is usually convergence.", FRACTION)},
-         panels=(Panel("entropy", "policy entropy (nats)"),)),
+         panels=(Panel("entropy", "policy entropy (nats)"),),
+         applies=_classic("entropy")),  # language-model runs: token_entropy_collapse
     Rule("value_loss_blowup", "value loss blow-up", "value_loss",
          "Normalize rewards (normalize_reward true) or clip the value loss (clip_range_vf), and check the "
          "reward scale.", "#8c564b", _growth_rule("value_loss", "value_loss_factor"),
@@ -616,7 +766,8 @@ RULES = RuleRegistry([
              "clip_low": threshold(0.001, "Median clip fraction below this: almost no sample reaches the clip band, "
                                    "the step size is too small for clipping to matter (healthy runs clip 2-20% of "
                                    "samples).", FRACTION)},
-         panels=(Panel("clip_fraction", CLIP_FRACTION_TITLE, lines=("clip_low",)),)),
+         panels=(Panel("clip_fraction", CLIP_FRACTION_TITLE, lines=("clip_low",)),),
+         applies=_classic("clip_fraction")),  # language-model runs: clip_fraction_zero
     Rule("clip_fraction_high", "clip fraction very high (learning rate too large)", "clip_fraction",
          "Lower learning_rate or n_epochs (or use larger batches) so fewer samples leave the clip band.", "#ff7f0e",
          median_check("clip_fraction", "clip_high", above=True),
@@ -644,19 +795,105 @@ RULES = RuleRegistry([
                                            "stayed within 2.5x, a diverging network grows by orders of magnitude.",
                                            POSITIVE)},
          panels=(Panel("grad_norm", "gradient norm (before clipping)", log=True),)),
-    Rule("reward_hacking", "reward hacking (reward up, policy drifting from the reference)", "reward_mean",
-         "Raise the KL penalty to the reference (kl_coef), stop earlier, or fix the reward model's weakness "
-         "(e.g. a length bias).", "#2ca02c", _reward_hacking,
+    # language-model RL (GRPO, PPO-RLHF): rows that log response_length -------------------------------
+    Rule("reward_hacking", "reward hacking / over-optimization (training reward up, true reward down)", "accuracy",
+         "The policy climbs the reward where it is wrong: raise the KL penalty to the reference (kl_coef), stop at "
+         "the true reward's peak (an earlier checkpoint), or retrain the reward model on the policy's own samples.",
+         "#2ca02c", _overoptimization,
          thresholds={
-             "kl_ref_max": threshold(10.0, "KL to the reference model (nats per response, summed over tokens) past "
-                                     "which a rising reward is more likely exploitation of the reward model than "
-                                     "better answers: e^10 is a 22000x likelihood ratio.", POSITIVE),
-             "length_drift": threshold(0.5, "Relative drift of the mean response length from its start (0.5 = "
-                                       "+-50%) that, with a rising reward, points at the policy gaming length rather "
-                                       "than content.", POSITIVE)},
-         panels=(Panel("kl_ref", "KL to the reference model", lines=("kl_ref_max",)),
-                 Panel("response_length", "response length (tokens)")),
-         applies=_reward_logged),
+             "overopt_z": threshold(3.0, "Both shifts, between the median of the first `window` updates and that of "
+                                    "the last `window`, counted in standard errors of such a difference (each "
+                                    "series' noise estimated from its own update-to-update changes, so a reward-"
+                                    "model score and an accuracy are judged on their own scales): chance alone "
+                                    "moves one series past 3 about once in 740 comparisons, and the rule needs the "
+                                    "training reward up and the true reward down at once.", POSITIVE)},
+         panels=(Panel("score", "training reward: reward-model score"),
+                 Panel("accuracy", "true reward of the training samples"),
+                 Panel("eval_sampled_accuracy", "held-out true reward (sampled)")),
+         applies=_overoptimization_logged),
+    Rule("kl_ref_blowup", "KL to the reference blowing up", "kl_ref",
+         "Raise kl_coef (or use kl_controller adaptive with a kl_target), lower learning_rate, or stop earlier: "
+         "the policy has left the region the reward model (and the reference) describe.", "#1f77b4", _kl_ref_blowup,
+         thresholds={
+             "kl_ref_max": threshold(10.0, "KL to the reference model (nats per response, summed over tokens; "
+                                     "kl_ref_sequence, else kl_ref x response_length) past which the policy's answers "
+                                     "are e^10 = 22000 times likelier under it than under the reference: a rising "
+                                     "reward there is more likely exploitation of the reward model than better "
+                                     "answers.", POSITIVE)},
+         panels=(Panel("kl_ref_sequence", "KL to the reference (nats per response)", lines=("kl_ref_max",)),
+                 Panel("kl_ref", "KL to the reference (nats per token)")),
+         applies=_kl_ref_logged),
+    Rule("response_length_runaway", "responses running into max_new_tokens", "truncated_fraction",
+         "Raise max_new_tokens if the answers need the room; else penalize length (a length term in the reward) or "
+         "mask cut completions out of the loss (GRPO's mask_truncated true).", "#8c6d31",
+         median_check("truncated_fraction", "truncated_max", above=True),
+         thresholds={
+             "truncated_max": threshold(0.5, "Median fraction of a step's completions cut at max_new_tokens without a "
+                                        "stop token: above one half, most rewards judge unfinished answers and the "
+                                        "length presses at the cap instead of settling where the answers end.",
+                                        FRACTION)},
+         panels=(Panel("truncated_fraction", "completions cut at max_new_tokens (fraction)", limits=(0.0, 1.0),
+                       lines=("truncated_max",)),)),
+    Rule("response_length_collapse", "responses collapsing to 0-1 tokens", "response_length",
+         "The reward favours empty answers (or penalizes length too hard): check the reward on short completions, "
+         "lower the length penalty, or lower learning_rate.", "#843c39", _length_collapse,
+         thresholds={
+             "length_min": threshold(1.5, "Median response length (tokens per completion, the stop token counted) "
+                                     "below this, after starting at or above it: most completions are the stop "
+                                     "token alone or one token, an empty answer.", POSITIVE)},
+         panels=(Panel("response_length", "response length (tokens)", lines=("length_min",)),),
+         applies=_llm_logged("response_length")),
+    Rule("token_entropy_collapse", "token entropy collapsing early", "entropy",
+         "Raise the sampling temperature, add an entropy bonus (ent_coef), use a higher upper clip "
+         "(clip_range_high, DAPO's clip-higher) or lower learning_rate.", "#7b4173", _token_entropy_collapse,
+         thresholds={
+             "token_entropy_min": threshold(0.05, "Median mean token entropy (nats per response token) below this, "
+                                            "having started above it, within the first diag_entropy_early of the "
+                                            "run: at 0.05 nats at least 99% of a token's probability sits on one "
+                                            "token (H = e(1 + ln 1/e) for the rest e, 0.056 at e = 0.01), so a group "
+                                            "of 8 samples of a 4-token answer repeats one answer with probability "
+                                            "0.99^32 = 0.72 or more: the policy stopped exploring.", POSITIVE)},
+         panels=(Panel("entropy", "policy entropy (nats)", lines=("token_entropy_min",)),),
+         applies=_llm_logged("entropy")),
+    Rule("offpolicy_kl", "sampler/learner mismatch growing", OFFPOLICY_KL,
+         "The sampling engine's probabilities drift from the learner's: sync weights every step, sample in the "
+         "learner's precision, or turn on the off-policy correction (truncated importance weights).", "#637939",
+         _offpolicy_kl,
+         thresholds={
+             "offpolicy_kl_max": threshold(0.01, "Median KL(sampler || learner) per token above this: an rms log-"
+                                           "ratio of sqrt(2 x 0.01) = 0.14, so the samples are as far from the "
+                                           "learner's policy as a PPO step that reaches the clip band (0.2) before "
+                                           "the update starts (a growing mismatch preceded the collapses in Liu, Li "
+                                           "et al. 2025, \"When Speed Kills Stability\").", POSITIVE),
+             "offpolicy_kl_growth": threshold(10.0, "Median over the recent updates above this multiple of its "
+                                              "median over the run's first `window` updates: an order of magnitude "
+                                              "is growth, not the noise of a per-step estimate.", POSITIVE),
+             "offpolicy_kl_floor": threshold(1e-3, "Growth counts only above this level (rms log-ratio 0.045, about "
+                                             "bf16 rounding of log-probs): a float32 sampler's 1e-9 growing to 1e-8 "
+                                             "is no mismatch.", POSITIVE)},
+         panels=(Panel(OFFPOLICY_KL, "sampler/learner KL per token (nats)", log=True,
+                       lines=("offpolicy_kl_max", "offpolicy_kl_floor")),)),
+    Rule("zero_std_groups", "groups without reward spread (no learning signal)", "zero_std_fraction",
+         "The prompts are too easy or too hard for the policy: drop all-equal groups (dynamic_sampling true), raise "
+         "group_size, pick prompts of the right difficulty, or stop a run whose reward is saturated.", "#3182bd",
+         median_check("zero_std_fraction", "zero_std_max", above=True),
+         thresholds={
+             "zero_std_max": threshold(0.5, "Median fraction of a step's groups whose rewards are all equal above "
+                                       "this: their advantages are 0, so most of the batch gives the policy "
+                                       "gradient no signal (the waste DAPO's dynamic sampling removes). A group of 8 "
+                                       "at accuracy 0.9 is all-correct with probability 0.43.", FRACTION)},
+         panels=(Panel("zero_std_fraction", "groups with zero reward spread (fraction)", limits=(0.0, 1.0),
+                       lines=("zero_std_max",)),)),
+    Rule("clip_fraction_zero", "no sample clipped and the policy not moving (no learning)", "clip_fraction",
+         "Raise learning_rate (e.g. 3x), n_epochs or num_minibatches: the updates do not change the policy.",
+         "#e6550d", _no_clipping,
+         thresholds={
+             "clip_zero_kl": threshold(1e-6, "With clip_fraction exactly 0 in every update of the last `window` "
+                                       "(and at least 2 optimizer steps per update, else the ratio is 1 by "
+                                       "construction), a median approx_kl below this (nats per token, k3 ~ half the "
+                                       "mean squared log-ratio: rms 0.0014) needs some 700 updates all pushing the "
+                                       "same way to change a token's probability e-fold.", POSITIVE)},
+         applies=_llm_logged("clip_fraction")),
 ])
 RULES_BY_NAME = RULES  # the registry looks rules up by name too; the older name stays for callers
 
@@ -708,7 +945,10 @@ class HealthMonitor:
         update = self.history.updates[-1]
         started = []
         for rule in self.rules:
-            evidence = rule.check(self.history, self.config, self.context)
+            # a rule judges only runs that log its statistics (a classic rule leaves language-model rows to
+            # its counterpart, and back)
+            evidence = (rule.check(self.history, self.config, self.context) if rule.applicable(self.history)
+                        else None)
             episode = self._open.get(rule.name)
             if evidence is not None:
                 self._quiet[rule.name] = 0

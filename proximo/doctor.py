@@ -199,7 +199,7 @@ def text_report(report: Report) -> str:
                       f"  fix:       {rule.fix}"]
     silent = [name for name in report.rules if name not in report.applicable_rules()]
     if silent:
-        lines += ["", f"not checked (statistic not logged): {', '.join(silent)}"]
+        lines += ["", f"not checked (statistic not logged, or a rule of the other kind of run): {', '.join(silent)}"]
     if record.live_warnings:
         lines.append(f"warnings printed during training: {len(record.live_warnings)} (diagnostics.jsonl)")
     unfinished = _unfinished_note(record.run_dir, run_kind(record.config))
@@ -416,8 +416,10 @@ def html_report(report: Report) -> str:
                 f"<div><span class='k'>threshold</span>{esc(_threshold_text(rule, t))}: {esc(rule.reason())}</div>"
                 f"<div><span class='k'>fix</span>{esc(rule.fix)}</div></div>")
         verdict = "".join(findings)
+    judged = set(report.applicable_rules())  # the legend names the rules that judged this run
     legend = "".join(f"<span><svg width='12' height='10'><rect width='12' height='10' fill='{rule.color}' "
-                     f"fill-opacity='0.5'/></svg> {rule.name}</span>" for rule in report.rules.values())
+                     f"fill-opacity='0.5'/></svg> {rule.name}</span>" for rule in report.rules.values()
+                     if rule.name in judged)
     charts = []
     key = _return_key(report)
     if key is not None:
@@ -427,7 +429,8 @@ def html_report(report: Report) -> str:
                       f"</div>")
     history = report.monitor.history
     missing = []
-    for panel in panels(report.monitor.rules):
+    # the panels of the rules that judged this run: a classic run draws no language-model panels, and back
+    for panel in panels([rule for rule in report.monitor.rules if rule.name in judged]):
         if not history.has(panel.metric):
             missing.append(panel.metric)
             continue

@@ -182,41 +182,33 @@ def test_infinite_value_loss_fires_at_once():
     assert result["value_loss_blowup"][0].start_update == 4
 
 
-def llm_rows(n: int = 60, hacking: bool = False, length: bool = False) -> list[dict]:
+def llm_rows(n: int = 60, hacking: bool = False) -> list[dict]:
     """Rows shaped like an RLHF run: reward, KL to the reference (per token, as proximo.llm logs it),
-    response length in tokens."""
+    response length in tokens. (More language-model rules: tests/test_llm_doctor.py.)"""
     rng = random.Random(1)
     rows = []
     for i in range(n):
         rows.append({"update": i + 1, "reward_mean": 0.1 + 0.01 * i + rng.gauss(0, 0.01),
                      "kl_ref": (0.0125 * i if hacking else 0.001 * i) + abs(rng.gauss(0, 0.0025)),
-                     "response_length": 40 * (1 + (0.03 * i if length else 0)) + rng.gauss(0, 1),
+                     "response_length": 40 + rng.gauss(0, 1),
                      "entropy": 2.0 - 0.005 * i, "clip_fraction": 0.05 + rng.gauss(0, 0.01),
                      "approx_kl": 0.01})
     return rows
 
 
-def test_reward_hacking_rule():
+def test_kl_ref_blowup_rule():
     assert fired(llm_rows(), total=60) == {}
     kl_run = fired(llm_rows(hacking=True), total=60)
-    assert list(kl_run) == ["reward_hacking"]
-    evidence = kl_run["reward_hacking"][0].evidence
+    assert list(kl_run) == ["kl_ref_blowup"]
+    evidence = kl_run["kl_ref_blowup"][0].evidence
     # 40-token responses: per-token KL ~0.7 at the end is ~28 nats per response, past the limit of 10
     assert evidence.statistic == "median KL per response" and evidence.value > 10
+    assert "KL to the reference" in evidence.detail
     # a logged per-response KL is used as it is
     per_sequence = [dict(row, kl_ref_sequence=row["kl_ref"] * 40) for row in llm_rows()]
     assert fired(per_sequence, total=60) == {}
     per_sequence[-10:] = [dict(row, kl_ref_sequence=50.0) for row in per_sequence[-10:]]
-    assert list(fired(per_sequence, total=60)) == ["reward_hacking"]
-    assert "reward_mean rose" in evidence.detail
-    drift = fired(llm_rows(length=True), total=60)
-    assert "response_length" in drift["reward_hacking"][0].evidence.detail
-    # proximo's LLM trainers log the mean reward as "reward"
-    renamed = [{("reward" if k == "reward_mean" else k): v for k, v in row.items()} for row in llm_rows(hacking=True)]
-    assert "reward rose" in fired(renamed, total=60)["reward_hacking"][0].evidence.detail
-    # reward falling: drift alone is not hacking
-    falling = with_series(llm_rows(hacking=True), "reward_mean", lambda i, v: 1.0 - 0.01 * i)
-    assert "reward_hacking" not in fired(falling, total=60)
+    assert list(fired(per_sequence, total=60)) == ["kl_ref_blowup"]
 
 
 def test_one_warning_per_episode_and_again_after_cooldown(tmp_path):

@@ -61,7 +61,7 @@ def test_doctor_reports_a_healthy_run(runs, capsys):
     assert main(["doctor", str(healthy)]) == 0
     out = capsys.readouterr().out
     assert "healthy: none of the 8 applicable rules fired" in out
-    assert "not checked (statistic not logged): reward_hacking" in out
+    assert "not checked (statistic not logged, or a rule of the other kind of run): reward_hacking" in out
     assert "verdict-healthy" in html_report(examine(healthy))
 
 
@@ -130,8 +130,8 @@ def test_doctor_keeps_the_last_row_of_an_update_logged_twice(tmp_path):
     assert [(e.rule, e.start_update) for e in report.episodes] == [("kl_spike", 21)]  # 0.3 > 5 x diag_kl_max: a spike at once
 
 
-def test_doctor_on_an_llm_run_names_reward_hacking(tmp_path, capsys):
-    # rows as proximo/llm logs them: reward, kl_ref (nats per response), response_length
+def test_doctor_on_an_llm_run_names_the_kl_blowup(tmp_path, capsys):
+    # rows as proximo/llm logs them: reward, kl_ref (nats per token), response_length
     rows = [{"update": u, "global_step": 64 * u, "reward": 0.1 + 0.01 * u, "kl_ref": 0.5 * u,
              "response_length": 20.0, "entropy": 1.5, "clip_fraction": 0.05, "approx_kl": 0.01}
             for u in range(1, 61)]
@@ -139,11 +139,12 @@ def test_doctor_on_an_llm_run_names_reward_hacking(tmp_path, capsys):
     page = tmp_path / "llm.html"
     assert main(["doctor", str(tmp_path), "--html", str(page)]) == 0
     out = capsys.readouterr().out
-    assert "[reward_hacking]" in out and "reward rose" in out and "kl_ref" in out
+    assert "[kl_ref_blowup]" in out and "KL to the reference" in out and "diag_kl_ref_max" in out
     text = page.read_text()
     assert "id='panel-kl_ref'" in text and "id='panel-response_length'" in text
     kl_panel = text.split("id='panel-kl_ref'>")[1].split("</svg>")[0]
-    assert 'data-rule="reward_hacking"' in kl_panel
+    assert 'data-rule="kl_ref_blowup"' in kl_panel
+    assert "id='panel-value_loss'" not in text  # the classic rules that do not judge this run draw nothing
     assert text.split("id='ratio-data'>")[1].startswith("[]<")  # no ratio histograms: the view says so
 
 
@@ -214,7 +215,10 @@ def test_a_rule_that_could_not_be_drawn_is_refused_when_registered():
 def test_panels_lines_and_colours_come_from_the_rules():
     drawn = {panel.metric: panel for panel in panels(list(RULES))}
     assert list(drawn) == ["approx_kl", "entropy", "value_loss", "explained_variance", "clip_fraction",
-                           "advantage_std", "grad_norm", "kl_ref", "response_length"]
+                           "advantage_std", "grad_norm", "score", "accuracy", "eval_sampled_accuracy",
+                           "kl_ref_sequence", "kl_ref", "truncated_fraction", "response_length", "offpolicy/kl",
+                           "zero_std_fraction"]
+    assert drawn["entropy"].lines == ("token_entropy_min",)  # drawn on a language-model run's entropy panel
     assert drawn["clip_fraction"].lines == ("clip_low", "clip_high")  # two rules, one panel
     assert drawn["explained_variance"].limits == (-1.0, 1.0) and drawn["approx_kl"].log
     assert all(rule.color.startswith("#") for rule in RULES)

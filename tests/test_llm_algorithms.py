@@ -225,11 +225,14 @@ def test_dynamic_sampling_drops_all_equal_groups_and_is_bounded(tmp_path):
     assert informative + stats["groups_filled"] == 4
     assert informative >= 1 and stats["groups_dropped"] >= 1   # 3 of the 4 prompts never vary
     assert stats["groups_dropped"] + informative + stats["groups_filled"] <= stats["groups_drawn"]
+    # the trained batch's groups without reward spread: the ones that filled it
+    assert stats["zero_std_fraction"] == stats["groups_filled"] / 4
     # never more than 1 + max_extra_draws rounds; a reward that never varies fills the batch at the bound
     flat = GRPO("tiny", reward_fn=lambda p, c: [1.0] * len(c), prompts=PROMPTS, run_dir=tmp_path / "flat",
                 dynamic_sampling=True, max_extra_draws=2, **FAST)
     stats = flat.collect().stats
     assert (stats["groups_drawn"], stats["groups_filled"], stats["groups_dropped"]) == (12, 4, 8)
+    assert stats["zero_std_fraction"] == 1.0
 
 
 def test_truncated_completions_get_loss_mask_zero(tmp_path):

@@ -75,6 +75,8 @@ def test_sft_then_grpo_cli_and_rlhf_end_to_end(tmp_path, capsys):
     rlhf_summary = trainer.train()
     rows, _ = _check_run_dir(tmp_path / "rlhf", "rlhf")
     assert rows[1]["score"] != "" and rows[1]["value_loss"] != ""
+    # completions cut at max_new_tokens: a fraction of the step's completions
+    assert all(0.0 <= row["truncated_fraction"] <= 1.0 for row in trainer.history)
     assert rlhf_summary["steps"] == 2
     # the first step's KL to the reference is 0: the policy is the reference when it samples
     assert trainer.history[0]["kl_ref"] == pytest.approx(0.0, abs=1e-6)
@@ -102,6 +104,16 @@ def test_grpo_python_api_with_a_custom_reward(tmp_path):
     assert trainer.history[0]["reward"] >= 0.0
     # the health rules saw the update (the evaluation row before training is not an update)
     assert trainer.run.monitor.history.updates == [1]
+
+
+def test_grpo_logs_the_fraction_of_groups_without_reward_spread(tmp_path):
+    # one reward for every completion: every group has zero spread; a distinct reward per completion: none has
+    for reward, expected in [(lambda p, c: [1.0] * len(c), 1.0), (lambda p, c: [float(i) for i in range(len(c))], 0.0)]:
+        trainer = GRPO("tiny", reward_fn=reward, prompts=["ab", "ba", "aa"], run_dir=tmp_path / str(expected),
+                       steps=1, prompts_per_step=2, group_size=2, max_new_tokens=3, num_eval_prompts=2,
+                       tensorboard=False)
+        trainer.train()
+        assert trainer.history[0]["zero_std_fraction"] == expected
 
 
 def test_reward_model_scores_and_round_trips(tmp_path):

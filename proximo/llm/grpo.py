@@ -199,8 +199,11 @@ class GRPO(RLTrainer):
         size = self.world.size
         fractions = self.global_sum(float(truncated.float().mean()), self.prompt_truncated_fraction,
                                     float((~valid).float().mean()))
+        # Groups of the trained batch whose rewards are all equal: zero advantage, no reward signal (the doctor's
+        # zero_std_groups rule reads the fraction).
+        zero_std = int((~keep_mask[chosen]).sum())
         counts = self.global_sum(sum(p.n for p in parts), int((~keep_mask).sum()) - filled if cfg.dynamic_sampling
-                                 else 0, filled)
+                                 else 0, filled, zero_std)
         stats = {
             "reward": mean if drawn else math.nan,
             "reward_std": math.sqrt(var),
@@ -210,6 +213,7 @@ class GRPO(RLTrainer):
             "groups_drawn": int(counts[0]),
             "groups_dropped": int(counts[1]),
             "groups_filled": int(counts[2]),
+            "zero_std_fraction": counts[3] / (wanted * size),
         }
         for name in parts[0].per_fn:
             values = [p.per_fn[name] for p in parts if not math.isnan(p.per_fn[name])]

@@ -20,7 +20,7 @@ from proximo.learners.optimizer import FlatOptimizer
 from proximo.llm.config import RLHFConfig
 from proximo.llm.generation import response_logprobs
 from proximo.distributed import broadcast_module_
-from proximo.llm.losses import pooled_moments, pooled_whiten, rlhf_token_rewards, token_gae
+from proximo.llm.losses import pooled_moments, pooled_whiten, rlhf_token_rewards, token_gae, truncated_rows
 from proximo.llm.models import ScalarHead, forward_hidden, hidden_size
 from proximo.llm.reward_model import RewardModel
 from proximo.llm.rewards import RewardModelReward, RewardSet
@@ -207,6 +207,8 @@ class RLHF(RLTrainer):
         beta = self.kl_controller.value
         # The training reward, weighted over its sources; a sample none scored trains nothing (loss mask 0).
         scores, valid, reward_stats = self._sequence_rewards(prompts, rows, completions, rollout)
+        # completions cut at max_new_tokens without a stop token (the doctor's response_length_runaway rule)
+        truncated = float(truncated_rows(rollout.response_ids, mask, self.tokenizer.stop_ids).sum())
         mask = mask * valid[:, None].to(mask.dtype)
         with torch.inference_mode(), self.precision.autocast():
             old_logp, _, old_values = self._forward(input_ids, attention, width)
@@ -227,7 +229,8 @@ class RLHF(RLTrainer):
         return SimpleNamespace(started=started, prompts=prompts, rows=rows, completions=completions, scores=scores,
                                input_ids=input_ids, attention=attention, mask=mask, width=width, old_logp=old_logp,
                                old_values=old_values, advantages=advantages, returns=returns, kl_tokens=kl_tokens,
-                               beta=beta, gen_s=gen_s, valid=valid, reward_stats=reward_stats)
+                               beta=beta, gen_s=gen_s, valid=valid, reward_stats=reward_stats,
+                               truncated=truncated)
 
     def learn(self, batch_data: SimpleNamespace, optimizer: FlatOptimizer) -> dict[str, float]:
         """K epochs of clipped policy and value updates on one collected batch; returns the row."""
@@ -257,9 +260,9 @@ class RLHF(RLTrainer):
             scored = true[~torch.isnan(true)]
             true_sum, true_count = float(scored.sum()), float(len(scored))
         tokens = float(mask.sum())
-        kl_sum, rows, tokens, true_sum, true_count, gen_rate, rate = self.global_sum(
+        kl_sum, rows, tokens, true_sum, true_count, gen_rate, rate, truncated = self.global_sum(
             float(kl_tokens.sum()), batch, tokens, true_sum, true_count, tokens / max(gen_s, 1e-9),
-            tokens / (time.perf_counter() - started))
+            tokens / (time.perf_counter() - started), b.truncated)
         # KL per sequence (sum over its tokens), the quantity the adaptive controller targets: the same on every rank.
         sequence_kl = kl_sum / rows
         self.kl_controller.update(sequence_kl)
@@ -268,7 +271,8 @@ class RLHF(RLTrainer):
             "score": score_mean, "reward": score_mean, "reward_std": score_var ** 0.5,
             "accuracy": true_sum / true_count if true_count else None,
             "kl_ref": kl_sum / max(tokens, 1.0), "kl_ref_sequence": sequence_kl, "kl_coef": beta,
-            "response_length": tokens / rows, "learning_rate": cfg.learning_rate, "gen_tokens_per_s": gen_rate,
+            "response_length": tokens / rows, "truncated_fraction": truncated / rows,
+            "learning_rate": cfg.learning_rate, "gen_tokens_per_s": gen_rate,
             "tokens_per_s": rate,
         })
         row.update(b.reward_stats)  # each reward source's mean score

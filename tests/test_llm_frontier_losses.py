@@ -287,3 +287,82 @@ def test_masked_tokens_carry_nothing_and_an_exact_sampler_changes_nothing():
 def test_stale_rows():
     assert stale_rows(None, 5, 1) is None and stale_rows(torch.tensor([1]), 5, None) is None
     assert torch.equal(stale_rows(torch.tensor([5, 4, 3, 2]), 5, 2), torch.tensor([False, False, False, True]))
+
+
+# --- through a real GRPO step ---------------------------------------------------------------------------
+
+FAST = dict(num_eval_prompts=2, tensorboard=False, steps=1, prompts_per_step=4, group_size=4, max_new_tokens=4,
+            eval_every=0, device="cpu")
+PROMPTS = ["ab", "ba", "aa", "bb"]
+
+
+def _length(prompts, completions):
+    return [float(len(c)) for c in completions]
+
+
+@pytest.mark.parametrize("flags", [
+    dict(surrogate="cispo", loss_aggregation="dapo"),
+    dict(surrogate="gmpo", loss_aggregation="grpo", kl_coef=0.05, kl_placement="reward"),
+    dict(surrogate="sapo", loss_aggregation="grpo", kl_coef=0.05, kl_estimator="k1", kl_ratio_weighted=True),
+    dict(kl_coef=0.05, kl_placement="reward", kl_estimator="k1"),
+    dict(importance_sampling="sequence", loss_aggregation="grpo", kl_coef=0.05, kl_placement="reward"),
+])
+def test_each_new_option_runs_a_step(tmp_path, flags):
+    from proximo.llm import GRPO
+    trainer = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path, **FAST, **flags)
+    trainer.train()
+    row = trainer.history[0]
+    assert math.isfinite(row["policy_loss"]) and math.isfinite(row["clip_fraction"])
+    # the built-in sampler's log-probs are the learner's: no mismatch to report
+    assert (row["offpolicy/kl"], row["offpolicy/abs_log_w"], row["offpolicy/clipped_frac"]) == (0.0, 0.0, 0.0)
+
+
+def test_an_outside_sampler_is_corrected_and_its_mismatch_logged(tmp_path):
+    from proximo.llm import GRPO
+    from proximo.llm.generation import KVCacheSampler
+
+    class Skewed(KVCacheSampler):
+        """An engine whose log-probs differ from the learner's by known amounts; every row's version is 3."""
+
+        exact_logprobs = False
+
+        def generate(self, *args, **kwargs):
+            rollout = super().generate(*args, **kwargs)
+            shift = torch.zeros_like(rollout.logprobs)
+            shift[0] = -2.0  # row 0: the sampler gave its tokens e^-2 of the learner's probability: w = e^2 > 3
+            rollout.logprobs = (rollout.logprobs + shift) * rollout.response_mask
+            rollout.policy_version = torch.full((rollout.response_ids.shape[0],), 3)
+            return rollout
+
+    trainer = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path, sampler=Skewed(),
+                   offpolicy_correction="sequence_mask", max_staleness=2, **FAST)
+    batch = trainer.collect()
+    assert batch.sample_weights is not None and torch.all(batch.sample_weights[0] == 0)  # row 0 dropped
+    w = batch.sample_weights[1:][batch.mask[1:].sum(1) > 0, 0]
+    assert torch.all((w - 1).abs() < 1e-3)  # the other rows: the recomputed log-probs match to float error
+    stats = batch.stats
+    tokens = float(batch.mask.sum())
+    row0 = float(batch.mask[0].sum())
+    assert stats["offpolicy/clipped_frac"] == pytest.approx(1 / int((batch.mask.sum(1) > 0).sum()))
+    assert stats["offpolicy/abs_log_w"] == pytest.approx(2.0 * row0 / tokens, rel=1e-3)
+    assert stats["offpolicy/kl"] == pytest.approx((math.exp(2.0) - 1 - 2.0) * row0 / tokens, rel=1e-3)
+    assert stats["offpolicy/stale_frac"] == 0.0  # the learner is at version 0, the rows at 3: none too old
+    trainer.step_count = 6  # now they are 3 versions behind, past max_staleness 2: out of the loss
+    stale = trainer.collect()
+    assert stale.stats["offpolicy/stale_frac"] == 1.0 and float(stale.mask.sum()) == 0.0
+
+
+def test_config_rejects_bad_frontier_values():
+    from proximo.errors import ConfigError
+    from proximo.llm import GRPOConfig
+    for bad, message in [(dict(surrogate="ppo2"), "surrogate must be one of"),
+                         (dict(surrogate="cispo", importance_sampling="sequence"), "importance_sampling token"),
+                         (dict(surrogate="gmpo", advantage_estimator="reinforce++"), "one advantage per sequence"),
+                         (dict(kl_placement="reward", advantage_estimator="reinforce++"), "already"),
+                         (dict(kl_estimator="k4"), "kl_estimator must be one of"),
+                         (dict(offpolicy_correction="clip"), "offpolicy_correction must be one of"),
+                         (dict(offpolicy_cap=0.0), "offpolicy_cap must be a positive"),
+                         (dict(sapo_tau_neg=-1.0), "sapo_tau_neg must be a positive"),
+                         (dict(max_staleness=-1), "max_staleness must not be negative")]:
+        with pytest.raises(ConfigError, match=message):
+            GRPOConfig(**bad)

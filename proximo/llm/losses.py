@@ -338,7 +338,7 @@ def _frontier_surrogate(logp, old_logp, advantages, mask, surrogate, clip_range,
     elif surrogate == "gmpo":
         if advantages.dim() != 1:
             raise ProximoError("the gmpo surrogate needs one advantage per sequence [B] (the geometric mean runs "
-                               "over a sequence); use advantage_estimator grpo or rloo and kl_placement loss")
+                               "over a sequence); use advantage_estimator grpo or rloo")
         high = clip_range if clip_range_high is None else clip_range_high
         per_sequence, _ = gmpo_sequence_loss(logp, old_logp, advantages, mask, clip_range, high)
         per_token = per_sequence[:, None].expand_as(logp)

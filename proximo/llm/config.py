@@ -220,17 +220,18 @@ class GRPOConfig(_RLConfig):
     sapo_tau_pos: float = doc(1.0, "SAPO's gate temperature where the advantage is positive (paper: 1.0)")
     sapo_tau_neg: float = doc(1.05, "SAPO's gate temperature where the advantage is not positive (paper: 1.05)")
     kl_estimator: str = doc("k3", "estimator of the KL to the reference with kl_coef > 0: k1 = log(pi/ref), "
-                            "k2 = k1^2 / 2, k3 = ref/pi - 1 + k1", choices=KL_ESTIMATORS)
+                            "k2 = k1^2 / 2, k3 = ref/pi - 1 + k1 (REINFORCE++ keeps its k1 reward)",
+                            choices=KL_ESTIMATORS)
     kl_placement: str = doc("loss", "the KL as a loss term (GRPO), or as a per-token penalty in the reward "
                             "(advantages minus kl_coef x its reward-to-go; with k1 the KL's exact gradient)",
                             choices=KL_PLACEMENTS)
     kl_ratio_weighted: bool = doc(False, "multiply the KL loss term by the ratio pi/pi_old (TRL's "
                                   "use_bias_correction_kl, on there by default): with k1 or k3 its gradient is "
                                   "then the KL's, not the reverse KL's")
-    offpolicy_correction: str = doc("sequence_mask", "weight the loss by pi_old/sampler where an outside sampler's "
-                                    "log-probs differ from the learner's: per token or sequence, capped at "
-                                    "offpolicy_cap (truncate) or dropped above it (mask); the built-in sampler's "
-                                    "weights are exactly 1", choices=OFFPOLICY_MODES)
+    offpolicy_correction: str = doc("sequence_mask", "weight the loss by pi_old/sampler for an outside sampler "
+                                    "(exact_logprobs False): per token or sequence, capped at offpolicy_cap "
+                                    "(truncate) or dropped above it (mask); the built-in sampler is the learner "
+                                    "and is not corrected", choices=OFFPOLICY_MODES)
     offpolicy_cap: float = doc(3.0, "cap C of the off-policy weights (TRL's vllm_importance_sampling_clip_max, 3.0)")
     max_staleness: int | None = doc(None, "drop from the loss the rollouts sampled more than this many policy "
                                     "versions ago (a Rollout's policy_version); none: keep all")

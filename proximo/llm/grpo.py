@@ -194,9 +194,10 @@ class GRPO(RLTrainer):
         # forward pass to ~1e-6 (tested), and skipping that pass saves a quarter of the step's compute.
         # They stay fixed for every epoch and minibatch of this generation.
         old_logp = self.old_logprobs(rollout, self.shared_prompt_groups(groups))
-        # The sampler's own log-probs against the learner's: the built-in sampler's are the old log-probs
-        # themselves (weights exactly 1: nothing to correct); an outside engine's differ.
-        sample_weights = None if old_logp is rollout.logprobs else importance_weights(
+        # An outside engine's log-probs against the learner's: the loss is weighted by their ratio. The
+        # built-in sampler is the learner itself (its float32 log-probs are the old ones; in bfloat16 the two
+        # passes differ by rounding alone): not corrected, its mismatch only reported.
+        sample_weights = None if self.sampler.exact_logprobs else importance_weights(
             old_logp, rollout.logprobs, loss_mask, cfg.offpolicy_correction, cfg.offpolicy_cap)
         offpolicy = offpolicy_statistics(old_logp, rollout.logprobs, loss_mask, cfg.offpolicy_correction,
                                          cfg.offpolicy_cap)

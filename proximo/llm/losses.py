@@ -204,7 +204,7 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, const
 
 def cispo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                      max_weight: float) -> torch.Tensor:
-    """CISPO per-token loss [B, R] (MiniMax-M1, arXiv 2506.13585, eq. 4): -sg(min(r, max_weight)) A log pi,
+    """CISPO per-token loss [B, R] (MiniMax-M1, arXiv 2506.13585): -sg(min(r, max_weight)) A log pi,
     r = exp(logp - old_logp), sg = stop-gradient; advantages broadcast against logp. The clip is on the
     importance weight only, so every token keeps the gradient w A grad log pi. The paper defines
     clip(r, 1 - eps_low, 1 + eps_high) but sets eps_low so large that no lower bound acts, and tunes
@@ -219,7 +219,8 @@ def sapo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     f(r) = sigmoid(tau (r - 1)) x 4 / tau, tau = tau_pos where A > 0, else tau_neg; r = exp(logp - old).
     The gradient is 4 sigmoid(.)(1 - sigmoid(.)) r A grad log pi: exactly A grad log pi at r = 1 and
     decaying smoothly as r leaves 1 (faster for larger tau), in place of the hard clip. The gate and its
-    defaults (tau_pos 1.0, tau_neg 1.05) as the paper states them and TRL 1.16 implements them."""
+    defaults (tau_pos 1.0, tau_neg 1.05) as Trinity-RFT's and ms-swift's docs quote the paper and TRL 1.16
+    implements them (four sources that agree; the paper's own text was not read here)."""
     ratio = torch.exp(logp - old_logp)
     tau = torch.where(advantages > 0, torch.full_like(ratio, tau_pos), torch.full_like(ratio, tau_neg))
     return -(torch.sigmoid(tau * (ratio - 1)) * 4 / tau) * advantages
@@ -227,7 +228,7 @@ def sapo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
 
 def gmpo_sequence_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                        clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """GMPO per-sequence loss [B] (arXiv 2507.20673, eq. 5) for advantages [B]: -A_i x the geometric mean
+    """GMPO per-sequence loss [B] (arXiv 2507.20673) for advantages [B]: -A_i x the geometric mean
     over the real tokens of row i of the token ratios, each clipped in log space PPO's pessimistic way:
     l_it = log r_it, c_it = clip(l_it, -clip_low, clip_high), then min(l_it, c_it) where A_i > 0 and
     max(l_it, c_it) otherwise (the paper's |max(r A, clip(r) A)| x sgn(A) written in logs); the loss is

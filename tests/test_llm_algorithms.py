@@ -288,10 +288,10 @@ def test_the_trainer_gives_dapo_the_whole_batch_token_count(tmp_path, monkeypatc
     import proximo.llm.grpo as grpo_module
     seen = []
 
-    def spy(*args):
+    def spy(*args, **options):
         seen.append((args[-3], args[-2], float(args[4].sum()), args[-1]))  # batch_tokens, minibatches, this
-        # minibatch's tokens, the normalizer
-        return grpo_token_loss(*args)
+        # minibatch's tokens, the normalizer (the surrogate and KL options come as keywords)
+        return grpo_token_loss(*args, **options)
     monkeypatch.setattr(grpo_module, "grpo_token_loss", spy)
     trainer = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path, loss_aggregation="dapo",
                    num_minibatches=2, **FAST)

@@ -8,10 +8,11 @@ from typing import Any
 
 from proximo.fielddoc import check_choices, check_field_types, doc
 from proximo.core.kl import KL_ESTIMATORS
+from proximo.core.offpolicy import OFFPOLICY_MODES
 from proximo.errors import ConfigError
 from proximo.llm.losses import (
-    ADVANTAGE_ESTIMATORS, AGGREGATION_ALIASES, IMPORTANCE_SAMPLING, LOSS_AGGREGATIONS, REWARD_SCALINGS,
-    aggregation_name, scaling_name,
+    ADVANTAGE_ESTIMATORS, AGGREGATION_ALIASES, IMPORTANCE_SAMPLING, KL_PLACEMENTS, LOSS_AGGREGATIONS,
+    REWARD_SCALINGS, SURROGATES, aggregation_name, scaling_name,
 )
 from proximo.tracking import TRACKERS
 
@@ -210,6 +211,30 @@ class GRPOConfig(_RLConfig):
                                    choices=IMPORTANCE_SAMPLING)
     seq_clip_range: float = doc(3e-4, "GSPO's lower clip on the sequence ratio (paper: 3e-4)")
     seq_clip_range_high: float = doc(4e-4, "GSPO's upper clip on the sequence ratio (paper: 4e-4)")
+    surrogate: str = doc("clip", "the per-token objective: PPO's clipped ratio (GSPO's with importance_sampling "
+                         "sequence), CISPO's capped stop-gradient weight on log pi, GMPO's geometric mean of "
+                         "log-clipped token ratios, SAPO's soft sigmoid gate", choices=SURROGATES)
+    cispo_max_weight: float = doc(5.0, "CISPO's cap on the importance weight, 1 + eps_high (TRL 1.16 recommends "
+                                  "ScaleRL's 5.0); no lower cap, as in the paper")
+    gmpo_clip_range: float = doc(0.4, "GMPO's log-space clip: token ratios kept in (e^-x, e^x) (paper: 0.4)")
+    sapo_tau_pos: float = doc(1.0, "SAPO's gate temperature where the advantage is positive (paper: 1.0)")
+    sapo_tau_neg: float = doc(1.05, "SAPO's gate temperature where the advantage is not positive (paper: 1.05)")
+    kl_estimator: str = doc("k3", "estimator of the KL to the reference with kl_coef > 0: k1 = log(pi/ref), "
+                            "k2 = k1^2 / 2, k3 = ref/pi - 1 + k1 (REINFORCE++ keeps its k1 reward)",
+                            choices=KL_ESTIMATORS)
+    kl_placement: str = doc("loss", "the KL as a loss term (GRPO), or as a per-token penalty in the reward "
+                            "(advantages minus kl_coef x its reward-to-go; with k1 the KL's exact gradient)",
+                            choices=KL_PLACEMENTS)
+    kl_ratio_weighted: bool = doc(False, "multiply the KL loss term by the ratio pi/pi_old (TRL's "
+                                  "use_bias_correction_kl, on there by default): with k1 or k3 its gradient is "
+                                  "then the KL's, not the reverse KL's")
+    offpolicy_correction: str = doc("sequence_mask", "weight the loss by pi_old/sampler for an outside sampler "
+                                    "(exact_logprobs False): per token or sequence, capped at offpolicy_cap "
+                                    "(truncate) or dropped above it (mask); the built-in sampler is the learner "
+                                    "and is not corrected", choices=OFFPOLICY_MODES)
+    offpolicy_cap: float = doc(3.0, "cap C of the off-policy weights (TRL's vllm_importance_sampling_clip_max, 3.0)")
+    max_staleness: int | None = doc(None, "drop from the loss the rollouts sampled more than this many policy "
+                                    "versions ago (a Rollout's policy_version); none: keep all")
     dynamic_sampling: bool = doc(False, "DAPO: drop groups whose rewards are all equal and draw more prompts")
     max_extra_draws: int = doc(4, "extra generation rounds per step dynamic sampling may take")
     mask_truncated: bool = doc(False, "completions cut at max_new_tokens (no <eos>) get loss mask 0 (their rewards "
@@ -232,6 +257,18 @@ class GRPOConfig(_RLConfig):
         if self.importance_sampling == "sequence" and self.advantage_estimator.startswith("reinforce++"):
             raise ConfigError("importance_sampling sequence (GSPO) needs one advantage per sequence; "
                               "use advantage_estimator grpo or rloo with it")
+        if self.surrogate != "clip" and self.importance_sampling != "token":
+            raise ConfigError(f"surrogate {self.surrogate} defines its own ratios; use it with importance_sampling "
+                              f"token (sequence is GSPO, a clip surrogate)")
+        if self.surrogate == "gmpo" and self.advantage_estimator.startswith("reinforce++"):
+            raise ConfigError("surrogate gmpo needs one advantage per sequence; use advantage_estimator grpo or rloo")
+        if self.kl_placement == "reward" and self.advantage_estimator.startswith("reinforce++"):
+            raise ConfigError("REINFORCE++ has the k1 KL in its reward already; use kl_placement loss with it")
+        for name in ("cispo_max_weight", "gmpo_clip_range", "sapo_tau_pos", "sapo_tau_neg", "offpolicy_cap"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"{name} must be a positive finite number, got {getattr(self, name)}")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise ConfigError(f"max_staleness must not be negative (or None), got {self.max_staleness}")
         for name in ("seq_clip_range", "seq_clip_range_high"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)}")

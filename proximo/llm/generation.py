@@ -24,7 +24,10 @@ class Rollout:
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor
-    logprobs: torch.Tensor          # [B, R] log-probs of the sampled tokens at the sampling temperature
+    logprobs: torch.Tensor          # [B, R] log-probs of the sampled tokens at the sampling temperature, the
+                                    # sampler's own (an outside engine's: what the off-policy correction reads)
+    policy_version: torch.Tensor | None = None  # [B] the learner version (updates done) each row's sampler
+                                                # had; None: the current one (the built-in sampler's case)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -40,7 +43,8 @@ class Rollout:
     def select(self, rows: torch.Tensor) -> "Rollout":
         """The rollout of the given row indices [K]."""
         return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.response_ids[rows],
-                       self.response_mask[rows], self.logprobs[rows])
+                       self.response_mask[rows], self.logprobs[rows],
+                       None if self.policy_version is None else self.policy_version[rows])
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -59,7 +63,18 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
                    torch.cat([left(p.prompt_mask, 0) for p in parts]),
                    torch.cat([right(p.response_ids, pad_id) for p in parts]),
                    torch.cat([right(p.response_mask, 0) for p in parts]),
-                   torch.cat([right(p.logprobs, 0.0) for p in parts]))
+                   torch.cat([right(p.logprobs, 0.0) for p in parts]),
+                   _versions(parts))
+
+
+def _versions(parts: list[Rollout]) -> torch.Tensor | None:
+    """The rows' policy versions of stacked rollouts (None when no part has them). A part without versions
+    was sampled by the current policy: its rows get the largest version, which no staleness bound drops."""
+    if all(p.policy_version is None for p in parts):
+        return None
+    now = torch.iinfo(torch.long).max
+    return torch.cat([p.policy_version.long() if p.policy_version is not None
+                      else torch.full((p.response_ids.shape[0],), now, dtype=torch.long) for p in parts])
 
 
 def pad_prompts(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,8 +185,10 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temp
 class Sampler:
     """How rollouts are generated. The built-in KVCacheSampler samples from the live policy; an outside
     engine (vLLM, say) holds its own copy of the weights, receives them in sync_weights before each
-    step's rollouts, and sets exact_logprobs False: its log-probs then serve only as a record, and the
-    trainers recompute the old policy's log-probs with their own forward pass."""
+    step's rollouts, and sets exact_logprobs False: the trainers then recompute the old policy's log-probs
+    with their own forward pass, and GRPO's off-policy correction (offpolicy_correction) weights the loss by
+    exp(learner's - sampler's) log-probs of the Rollout. A generator that runs versions behind the learner
+    sets Rollout.policy_version; GRPO's max_staleness drops rows too old."""
 
     exact_logprobs = True
 

@@ -1,8 +1,10 @@
 """GRPO and its variants: G completions per prompt, no critic. The math is proximo/llm/losses.py on
 proximo.core (the clipped objective is proximo.core.policy_loss, the function the CartPole trainer
 calls): advantages by grpo | rloo | reinforce++ | reinforce++-baseline, rewards scaled by group | batch | none, importance
-ratios per token or per sequence (GSPO), the loss aggregated by grpo | bnpo | dr_grpo | dapo, DAPO's
-dynamic sampling and overlong masking, the k3 KL to the frozen reference as a loss term."""
+ratios per token or per sequence (GSPO), the clip | cispo | gmpo | sapo surrogate, the loss aggregated by
+grpo | bnpo | dr_grpo | dapo, DAPO's dynamic sampling and overlong masking, the KL to the frozen reference
+(k1 | k2 | k3) as a loss term or a reward penalty, and the off-policy correction between an outside
+sampler and the learner (proximo.core.offpolicy)."""
 from __future__ import annotations
 
 import math
@@ -15,13 +17,14 @@ from typing import Any
 import torch
 
 from proximo.core import masked_mean
+from proximo.core.offpolicy import importance_weights, offpolicy_statistics, stale_rows
 from proximo.errors import ProximoError
 from proximo.llm.config import GRPOConfig
 from proximo.llm.generation import Sampler, concat_rollouts, response_logprobs
 from proximo.llm.learners import TokenLearner, TokenMinibatch
 from proximo.llm.losses import (
-    aggregation_name, group_advantages, grpo_token_loss, informative_groups, loss_normalizer, pooled_moments,
-    reinforce_pp_advantages, truncated_rows,
+    aggregation_name, group_advantages, grpo_token_loss, informative_groups, kl_reward_advantages, loss_normalizer,
+    pooled_moments, reinforce_pp_advantages, truncated_rows,
 )
 from proximo.llm.rl import RLTrainer
 from proximo.llm.run import RewardFn
@@ -33,9 +36,10 @@ from proximo.ppo import minibatch_rows, run_update
 class GRPOSettings:
     """The values of one GRPO update a minibatch step takes (from GRPOConfig and the collected batch)."""
 
-    clip_range: float             # lower clip eps (GSPO: seq_clip_range)
+    clip_range: float             # lower clip eps (GSPO: seq_clip_range; GMPO: gmpo_clip_range, in log space)
     clip_range_high: float | None  # upper clip eps (None: clip_range)
-    kl_coef: float                # beta of the k3 KL to the reference in the loss (0 for REINFORCE++)
+    kl_coef: float                # beta of the KL to the reference in the loss (0 for REINFORCE++ and
+                                  # kl_placement reward: the KL is in the advantages then)
     ent_coef: float               # entropy bonus, a token mean over the minibatch
     loss_aggregation: str         # grpo | bnpo | dr_grpo | dapo (proximo.llm.losses.aggregate_loss)
     loss_constant: float          # dr_grpo's normalizer
@@ -45,6 +49,12 @@ class GRPOSettings:
     micro_batch_size: int         # rows per forward/backward pass (0: the whole minibatch)
     temperature: float            # the sampling temperature the log-probs are taken at
     max_grad_norm: float | None   # clip the gradient to this norm (None: no clipping)
+    surrogate: str = "clip"       # clip | cispo | gmpo | sapo (proximo.llm.losses.grpo_token_loss)
+    cispo_max_weight: float = 5.0
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
+    kl_estimator: str = "k3"      # k1 | k2 | k3 of the KL loss term
+    kl_ratio_weighted: bool = False  # the KL loss term times pi/pi_old (TRL's use_bias_correction_kl)
 
 
 class GRPOLearner(TokenLearner):
@@ -77,7 +87,11 @@ class GRPOLearner(TokenLearner):
             logp, old, None if b.ref_logp is None else b.ref_logp[part], b.advantages[part], m,
             settings.clip_range, settings.clip_range_high, settings.kl_coef, settings.loss_aggregation,
             settings.loss_constant, settings.importance_sampling, settings.batch_tokens,
-            settings.num_minibatches, counts["normalizer"])
+            settings.num_minibatches, counts["normalizer"], surrogate=settings.surrogate,
+            cispo_max_weight=settings.cispo_max_weight, sapo_tau_pos=settings.sapo_tau_pos,
+            sapo_tau_neg=settings.sapo_tau_neg, kl_estimator=settings.kl_estimator,
+            kl_ratio_weighted=settings.kl_ratio_weighted,
+            sample_weights=None if b.sample_weights is None else b.sample_weights[part])
         # The entropy bonus is a token mean over the minibatch, split the same way.
         entropy_sum = (entropy * m).sum()
         total = loss - settings.ent_coef * entropy_sum / counts["tokens"] if settings.ent_coef > 0 else loss
@@ -168,6 +182,10 @@ class GRPO(RLTrainer):
         input_ids, attention, response_mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
         truncated = truncated_rows(rollout.response_ids, response_mask, self.tokenizer.stop_ids)
         keep_rows = valid & ~truncated if cfg.mask_truncated else valid
+        # Rows sampled too many policy versions ago leave the loss (their rewards still count in the groups).
+        stale = stale_rows(rollout.policy_version, self.step_count, cfg.max_staleness)
+        if stale is not None:
+            keep_rows = keep_rows & ~stale.to(keep_rows.device)
         loss_mask = response_mask * keep_rows[:, None].to(response_mask.dtype)
         width = rollout.prompt_ids.shape[1]
         # Rows of one group share a prompt: forward passes run it once per group (same values, tested).
@@ -176,6 +194,13 @@ class GRPO(RLTrainer):
         # forward pass to ~1e-6 (tested), and skipping that pass saves a quarter of the step's compute.
         # They stay fixed for every epoch and minibatch of this generation.
         old_logp = self.old_logprobs(rollout, self.shared_prompt_groups(groups))
+        # An outside engine's log-probs against the learner's: the loss is weighted by their ratio. The
+        # built-in sampler is the learner itself (its float32 log-probs are the old ones; in bfloat16 the two
+        # passes differ by rounding alone): not corrected, its mismatch only reported.
+        sample_weights = None if self.sampler.exact_logprobs else importance_weights(
+            old_logp, rollout.logprobs, loss_mask, cfg.offpolicy_correction, cfg.offpolicy_cap)
+        offpolicy = offpolicy_statistics(old_logp, rollout.logprobs, loss_mask, cfg.offpolicy_correction,
+                                         cfg.offpolicy_cap)
         # With kl_coef 0 the reference only feeds the kl_ref metric: measure it every few steps, not every step.
         ref_logp = None
         if self.reference is not None and (cfg.kl_coef > 0 or self.step_count % max(1, cfg.eval_every or 10) in (0, 1)):
@@ -192,6 +217,11 @@ class GRPO(RLTrainer):
         else:
             advantages = group_advantages(scores, group, cfg.scale_rewards, estimator=cfg.advantage_estimator,
                                           valid=valid, global_sum=self.global_sum)
+            if cfg.kl_placement == "reward" and cfg.kl_coef > 0:
+                # Sequence-level objectives (GSPO, GMPO) take the whole sequence's penalty in their one advantage.
+                per_token = cfg.importance_sampling == "token" and cfg.surrogate != "gmpo"
+                advantages = kl_reward_advantages(advantages, old_logp, ref_logp, loss_mask, cfg.kl_coef,
+                                                  cfg.kl_estimator, per_token)
         drawn_valid = ~torch.isnan(all_rewards)
         # The row describes the whole step: statistics over every rank's rollouts (each rank has as many rows).
         drawn = self.global_sum(float(drawn_valid.sum()))[0]
@@ -204,6 +234,7 @@ class GRPO(RLTrainer):
         zero_std = int((~keep_mask[chosen]).sum())
         counts = self.global_sum(sum(p.n for p in parts), int((~keep_mask).sum()) - filled if cfg.dynamic_sampling
                                  else 0, filled, zero_std)
+        mismatch = self.global_sum(*offpolicy, float(stale.sum()) if stale is not None else 0.0, float(len(row_idx)))
         stats = {
             "reward": mean if drawn else math.nan,
             "reward_std": math.sqrt(var),
@@ -214,6 +245,12 @@ class GRPO(RLTrainer):
             "groups_dropped": int(counts[1]),
             "groups_filled": int(counts[2]),
             "zero_std_fraction": counts[3] / (wanted * size),
+            # sampler vs learner: k3 KL(sampler || learner) and mean |log w| per real token, the fraction of
+            # tokens (sequences, in a sequence mode) whose weight passed offpolicy_cap, of rows too stale
+            "offpolicy/kl": mismatch[0] / max(mismatch[2], 1.0),
+            "offpolicy/abs_log_w": mismatch[1] / max(mismatch[2], 1.0),
+            "offpolicy/clipped_frac": mismatch[3] / max(mismatch[4], 1.0),
+            "offpolicy/stale_frac": mismatch[5] / max(mismatch[6], 1.0),
         }
         for name in parts[0].per_fn:
             values = [p.per_fn[name] for p in parts if not math.isnan(p.per_fn[name])]
@@ -222,7 +259,8 @@ class GRPO(RLTrainer):
             stats[f"reward_{name}"] = total / ranks if ranks else math.nan
         return SimpleNamespace(started=started, stats=stats, advantages=advantages, input_ids=input_ids,
                                attention=attention, mask=loss_mask, width=width, groups=groups,
-                               old_logp=old_logp, ref_logp=ref_logp, gen_s=sum(p.gen_s for p in parts),
+                               old_logp=old_logp, ref_logp=ref_logp, sample_weights=sample_weights,
+                               gen_s=sum(p.gen_s for p in parts),
                                group=group, tokens=float(response_mask.sum()), batch=len(row_idx),
                                gen_tokens=sum(float(p.rollout.response_mask.sum()) for p in parts))
 
@@ -233,17 +271,30 @@ class GRPO(RLTrainer):
         b = batch_data
         sequence = cfg.importance_sampling == "sequence"
         low, high = (cfg.seq_clip_range, cfg.seq_clip_range_high) if sequence else (cfg.clip_range, cfg.clip_range_high)
+        # The clip_fraction statistic counts ratios outside [1 - stat_low, 1 + stat_high]: where each
+        # surrogate's bound acts (CISPO: above its cap; GMPO: outside (e^-x, e^x); SAPO: nowhere, a soft gate).
+        stat_low, stat_high = low, high
+        if cfg.surrogate == "cispo":
+            stat_low, stat_high = 1.0, cfg.cispo_max_weight - 1.0
+        elif cfg.surrogate == "gmpo":
+            low = high = cfg.gmpo_clip_range
+            stat_low, stat_high = -math.expm1(-low), math.expm1(high)
+        elif cfg.surrogate == "sapo":
+            stat_low, stat_high = 1.0, math.inf
         settings = GRPOSettings(
             clip_range=low, clip_range_high=high,
-            # REINFORCE++ has the KL in its rewards already; the loss adds no second KL term.
-            kl_coef=0.0 if cfg.advantage_estimator.startswith("reinforce++") else cfg.kl_coef,
+            # REINFORCE++ has the KL in its rewards already, as has kl_placement reward: no second KL term.
+            kl_coef=0.0 if cfg.advantage_estimator.startswith("reinforce++") or cfg.kl_placement == "reward"
+            else cfg.kl_coef,
             ent_coef=cfg.ent_coef, loss_aggregation=cfg.loss_aggregation,
             loss_constant=cfg.loss_constant or float(self.max_new_tokens),
             importance_sampling=cfg.importance_sampling, num_minibatches=cfg.num_minibatches,
             # dapo divides every minibatch by the whole batch's (loss-mask) tokens, over all ranks, over the
             # minibatch count.
             batch_tokens=self.global_sum(float(b.mask.sum()))[0],
-            micro_batch_size=cfg.micro_batch_size, temperature=cfg.temperature, max_grad_norm=cfg.max_grad_norm)
+            micro_batch_size=cfg.micro_batch_size, temperature=cfg.temperature, max_grad_norm=cfg.max_grad_norm,
+            surrogate=cfg.surrogate, cispo_max_weight=cfg.cispo_max_weight, sapo_tau_pos=cfg.sapo_tau_pos,
+            sapo_tau_neg=cfg.sapo_tau_neg, kl_estimator=cfg.kl_estimator, kl_ratio_weighted=cfg.kl_ratio_weighted)
         size = b.batch // cfg.num_minibatches
 
         def minibatches(epoch: int) -> list[TokenMinibatch]:
@@ -251,7 +302,8 @@ class GRPO(RLTrainer):
             return [TokenMinibatch(b, rows) for rows in minibatch_rows(b.batch, size, b.group)]
         kl_limit = None if cfg.target_kl is None else 1.5 * cfg.target_kl
         with self.learning_passes():
-            row = run_update(self.learner_for(optimizer), settings, cfg.n_epochs, minibatches, kl_limit, low, high)
+            row = run_update(self.learner_for(optimizer), settings, cfg.n_epochs, minibatches, kl_limit, stat_low,
+                             stat_high)
         row.pop("value_loss")  # no critic
         seconds = time.perf_counter() - b.started
         # Rates add up: the ranks run at once.

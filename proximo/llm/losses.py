@@ -1,6 +1,7 @@
 """The LLM-specific pieces around proximo.core: group-relative (GRPO, RLOO) and REINFORCE++ advantages,
-the GRPO/GSPO loss and its aggregations (grpo, bnpo, dr_grpo, dapo), DAPO's group filter and overlong
-mask, per-token RLHF rewards, GAE over tokens, and the Bradley-Terry loss. Pure functions on tensors;
+the GRPO/GSPO loss, the CISPO, GMPO and SAPO surrogates, the KL to the reference in the loss or in the
+reward, the loss aggregations (grpo, bnpo, dr_grpo, dapo), DAPO's group filter and overlong mask,
+per-token RLHF rewards, GAE over tokens, and the Bradley-Terry loss. Pure functions on tensors;
 token batches are [B, L] with a mask that is 1 on real response tokens."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from proximo.core import gae, kl_estimate, masked_mean, policy_loss
+from proximo.core import PolicyLossOutput, gae, kl_estimate, masked_mean, policy_loss
 from proximo.errors import ProximoError
 
 
@@ -20,6 +21,10 @@ AGGREGATION_ALIASES = {"seq-mean": "grpo", "token-mean": "bnpo", "constant": "dr
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce++", "reinforce++-baseline")
 REWARD_SCALINGS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING = ("token", "sequence")
+# The per-token surrogate objectives grpo_token_loss computes (clip with sequence importance sampling is GSPO).
+SURROGATES = ("clip", "cispo", "gmpo", "sapo")
+# Where the KL to the reference enters: a loss term (GRPO paper) or a per-token penalty in the reward.
+KL_PLACEMENTS = ("loss", "reward")
 # Sums a list of floats over every rank of a run (RLTrainer.global_sum); None: this process alone.
 GlobalSum = Callable[..., list]
 
@@ -197,34 +202,104 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, const
     return numerator / max(float(normalizer), floor)
 
 
+def cispo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                     max_weight: float) -> torch.Tensor:
+    """CISPO per-token loss [B, R] (MiniMax-M1, arXiv 2506.13585): -sg(min(r, max_weight)) A log pi,
+    r = exp(logp - old_logp), sg = stop-gradient; advantages broadcast against logp. The clip is on the
+    importance weight only, so every token keeps the gradient w A grad log pi. The paper defines
+    clip(r, 1 - eps_low, 1 + eps_high) but sets eps_low so large that no lower bound acts, and tunes
+    only the upper one: max_weight is that upper bound 1 + eps_high (TRL's epsilon_high for cispo)."""
+    weight = torch.clamp(torch.exp(logp - old_logp), max=max_weight).detach()
+    return -weight * advantages * logp
+
+
+def sapo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                    tau_pos: float, tau_neg: float) -> torch.Tensor:
+    """SAPO per-token loss [B, R] (Qwen, arXiv 2511.20347): -f(r) A with the soft gate
+    f(r) = sigmoid(tau (r - 1)) x 4 / tau, tau = tau_pos where A > 0, else tau_neg; r = exp(logp - old).
+    The gradient is 4 sigmoid(.)(1 - sigmoid(.)) r A grad log pi: exactly A grad log pi at r = 1 and
+    decaying smoothly as r leaves 1 (faster for larger tau), in place of the hard clip. The gate and its
+    defaults (tau_pos 1.0, tau_neg 1.05) as Trinity-RFT's and ms-swift's docs quote the paper and TRL 1.16
+    implements them (four sources that agree; the paper's own text was not read here)."""
+    ratio = torch.exp(logp - old_logp)
+    tau = torch.where(advantages > 0, torch.full_like(ratio, tau_pos), torch.full_like(ratio, tau_neg))
+    return -(torch.sigmoid(tau * (ratio - 1)) * 4 / tau) * advantages
+
+
+def gmpo_sequence_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                       clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GMPO per-sequence loss [B] (arXiv 2507.20673) for advantages [B]: -A_i x the geometric mean
+    over the real tokens of row i of the token ratios, each clipped in log space PPO's pessimistic way:
+    l_it = log r_it, c_it = clip(l_it, -clip_low, clip_high), then min(l_it, c_it) where A_i > 0 and
+    max(l_it, c_it) otherwise (the paper's |max(r A, clip(r) A)| x sgn(A) written in logs); the loss is
+    -A_i exp(mean_t of those). Paper's range: (e^-0.4, e^0.4). Returns (loss [B], token log-ratios [B, R])."""
+    log_ratio = logp - old_logp
+    clamped = torch.clamp(log_ratio, min=-clip_low, max=clip_high)
+    pessimistic = torch.where(advantages[:, None] > 0, torch.minimum(log_ratio, clamped),
+                              torch.maximum(log_ratio, clamped))
+    return -torch.exp(masked_mean(pessimistic, mask, dim=1)) * advantages, log_ratio
+
+
+def _loss_output(per_token: torch.Tensor, logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor,
+                 outside: torch.Tensor) -> PolicyLossOutput:
+    """PolicyLossOutput of a surrogate that is not PPO's clip: its statistics over the real tokens."""
+    with torch.no_grad():
+        log_ratio = logp.detach() - old_logp
+        ratio = torch.exp(log_ratio)
+        return PolicyLossOutput(masked_mean(per_token, mask), per_token, masked_mean(-log_ratio, mask),
+                                masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+                                masked_mean(outside.to(ratio.dtype), mask), ratio)
+
+
 def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
                     advantages: torch.Tensor, mask: torch.Tensor, clip_range: float,
                     clip_range_high: float | None, kl_coef: float, aggregation: str,
                     constant: float | None = None, importance_sampling: str = "token",
                     batch_tokens: float | None = None, num_minibatches: int = 1,
-                    normalizer: float | None = None):
+                    normalizer: float | None = None, surrogate: str = "clip", cispo_max_weight: float = 5.0,
+                    sapo_tau_pos: float = 1.0, sapo_tau_neg: float = 1.05, kl_estimator: str = "k3",
+                    kl_ratio_weighted: bool = False, sample_weights: torch.Tensor | None = None):
     """GRPO loss (scalar) on [B, R] log-probs; returns (loss, PolicyLossOutput, mean k3 KL to the reference).
 
     advantages: [B] (one per sequence, broadcast over its tokens) or [B, R] (per token, REINFORCE++).
-    importance_sampling token:    l_it = -min(r_it A_it, clip(r_it, 1 - eps, 1 + eps_high) A_it),
+    surrogate clip, importance_sampling token:
+                                  l_it = -min(r_it A_it, clip(r_it, 1 - eps, 1 + eps_high) A_it),
                                   r_it = exp(logp_it - old_it)                            (PPO / GRPO)
-    importance_sampling sequence: l_it = -min(s_i A_i, clip(s_i, 1 - eps, 1 + eps_high) A_i) at every
+    surrogate clip, importance_sampling sequence:
+                                  l_it = -min(s_i A_i, clip(s_i, 1 - eps, 1 + eps_high) A_i) at every
                                   token of row i, s_i = exp(mean over real tokens t of (logp_it - old_it))
                                   (GSPO; advantages must be [B]; with grpo aggregation this is the
                                   paper's objective (1/B) sum_i min(...); clip ranges are the caller's)
-    then l_it += kl_coef x k3(policy || ref)_it, reduced by aggregate_loss(aggregation, ..., normalizer)."""
-    if importance_sampling == "token":
+    surrogate cispo:              cispo_token_loss (weight capped at cispo_max_weight; token ratios)
+    surrogate sapo:               sapo_token_loss (soft gate, temperatures sapo_tau_pos / sapo_tau_neg)
+    surrogate gmpo:               gmpo_sequence_loss at every token of row i (advantages [B]; clip_range and
+                                  clip_range_high are its log-space bounds; grpo aggregation gives the
+                                  paper's (1/B) sum_i)
+    then l_it += kl_coef x k(policy || ref)_it with k the kl_estimator (k1 | k2 | k3 of proximo.core.kl),
+    times the importance ratio (the token's r_it, GSPO's s_i) when kl_ratio_weighted (DeepSeek-V3.2's
+    correction, TRL's use_bias_correction_kl: E_old[r k] = E_theta[k], so its gradient is that of the
+    KL itself; the ratio carries gradient), then l_it *= sample_weights_it when given (the off-policy
+    correction's weights, proximo.core.offpolicy: 0 drops a token), reduced by aggregate_loss(aggregation,
+    ..., normalizer). The returned KL is always k3's (the kl_ref metric), whatever the penalty's estimator."""
+    if surrogate != "clip":
+        per_token, out = _frontier_surrogate(logp, old_logp, advantages, mask, surrogate, clip_range,
+                                             clip_range_high, cispo_max_weight, sapo_tau_pos, sapo_tau_neg,
+                                             importance_sampling)
+        ratio = None
+    elif importance_sampling == "token":
         adv = advantages[:, None].expand_as(logp) if advantages.dim() == 1 else advantages
         out = policy_loss(logp, old_logp, adv, "clip", clip_range, clip_range_high, mask=mask)
         per_token = out.per_sample
+        ratio = None
     elif importance_sampling == "sequence":
         if advantages.dim() != 1:
             raise ProximoError("sequence-level importance sampling (GSPO) needs one advantage per sequence [B]; "
                                "use advantage_estimator grpo or rloo")
         # exp(mean(logp) - mean(old)) is exp of the mean token log-ratio: the GSPO sequence ratio.
-        out = policy_loss(masked_mean(logp, mask, dim=1), masked_mean(old_logp, mask, dim=1), advantages, "clip",
-                          clip_range, clip_range_high, mask=mask.sum(1) > 0)
+        seq_new, seq_old = masked_mean(logp, mask, dim=1), masked_mean(old_logp, mask, dim=1)
+        out = policy_loss(seq_new, seq_old, advantages, "clip", clip_range, clip_range_high, mask=mask.sum(1) > 0)
         per_token = out.per_sample[:, None].expand_as(logp)
+        ratio = None if not kl_ratio_weighted else torch.exp(seq_new - seq_old)[:, None]
     else:
         raise ProximoError(f"importance_sampling must be one of {', '.join(IMPORTANCE_SAMPLING)}; "
                            f"got {importance_sampling!r}")
@@ -233,9 +308,66 @@ def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
         kl_tokens = kl_estimate(logp, ref_logp, "k3")
         kl_ref = masked_mean(kl_tokens.detach(), mask)
         if kl_coef > 0:
+            if kl_estimator != "k3":
+                kl_tokens = kl_estimate(logp, ref_logp, kl_estimator)
+            if kl_ratio_weighted:
+                # The ratio keeps its gradient: d(r k) = k d r + r d k, whose expectation under the old
+                # policy is the gradient of E_theta[k] (the KL when k is k1 or k3).
+                kl_tokens = kl_tokens * (torch.exp(logp - old_logp) if ratio is None else ratio)
             per_token = per_token + kl_coef * kl_tokens
+    if sample_weights is not None:
+        per_token = per_token * sample_weights
     loss = aggregate_loss(per_token, mask, aggregation, constant, batch_tokens, num_minibatches, normalizer)
     return loss, out, kl_ref
+
+
+def _frontier_surrogate(logp, old_logp, advantages, mask, surrogate, clip_range, clip_range_high, cispo_max_weight,
+                        sapo_tau_pos, sapo_tau_neg, importance_sampling):
+    """(per-token loss [B, R], PolicyLossOutput) of the cispo, sapo and gmpo surrogates; their clip
+    statistic counts the tokens where a bound acts."""
+    if importance_sampling != "token":
+        raise ProximoError(f"the {surrogate} surrogate defines its own importance ratios; use it with "
+                           f"importance_sampling token (sequence is GSPO's, for the clip surrogate)")
+    adv = advantages[:, None].expand_as(logp) if advantages.dim() == 1 else advantages
+    log_ratio = logp.detach() - old_logp
+    if surrogate == "cispo":
+        per_token = cispo_token_loss(logp, old_logp, adv, cispo_max_weight)
+        outside = torch.exp(log_ratio) > cispo_max_weight
+    elif surrogate == "sapo":
+        per_token = sapo_token_loss(logp, old_logp, adv, sapo_tau_pos, sapo_tau_neg)
+        outside = torch.zeros_like(log_ratio, dtype=torch.bool)  # a soft gate: no bound ever acts
+    elif surrogate == "gmpo":
+        if advantages.dim() != 1:
+            raise ProximoError("the gmpo surrogate needs one advantage per sequence [B] (the geometric mean runs "
+                               "over a sequence); use advantage_estimator grpo or rloo")
+        high = clip_range if clip_range_high is None else clip_range_high
+        per_sequence, _ = gmpo_sequence_loss(logp, old_logp, advantages, mask, clip_range, high)
+        per_token = per_sequence[:, None].expand_as(logp)
+        outside = ((log_ratio < -clip_range) & (adv < 0)) | ((log_ratio > high) & (adv > 0))
+    else:
+        raise ProximoError(f"surrogate must be one of {', '.join(SURROGATES)}; got {surrogate!r}")
+    return per_token, _loss_output(per_token, logp, old_logp, mask, outside)
+
+
+def kl_reward_advantages(advantages: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor,
+                         mask: torch.Tensor, kl_coef: float, estimator: str = "k1",
+                         per_token: bool = True) -> torch.Tensor:
+    """Advantages with the KL to the reference as a penalty in the reward: -kl_coef x k_t at every real
+    token (k the estimator on the rollout policy's log-probs old_logp against ref_logp, no gradient).
+    per_token: [B, R] advantages A_it = A_i - kl_coef x sum_{s >= t} k_s (the penalty's reward-to-go:
+    a token's choice changes only the KL of the tokens from it on); else [B] A_i - kl_coef x sum_t k_t
+    (one advantage per sequence, for GSPO). With k1 the policy gradient of the penalty is, in
+    expectation under the rollout policy, exactly -kl_coef x grad KL(policy || ref) (k2 or k3 in the
+    reward are biased for that gradient). advantages: [B] or [B, R] (then per_token must be True)."""
+    maskf = mask.to(old_logp.dtype)
+    penalty = kl_estimate(old_logp, ref_logp, estimator).detach() * maskf
+    if not per_token:
+        if advantages.dim() != 1:
+            raise ProximoError("a per-sequence KL penalty needs one advantage per sequence [B]")
+        return advantages - kl_coef * penalty.sum(1)
+    to_go = penalty.flip(1).cumsum(1).flip(1) * maskf
+    base = advantages[:, None] if advantages.dim() == 1 else advantages
+    return (base - kl_coef * to_go) * maskf
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ CONSTRAINED := $(PIP) install -q -c requirements.txt
 CORE_STAMP := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 # Every extra the test suite and the docs build use.
-ALL_EXTRAS := dev,docs,llm,atari,video,ray,export,wandb,multiagent
+# bench-llm: TRL, whose own loss code tests/test_llm_trl_parity.py compares against (pinned in constraints-test.txt).
+ALL_EXTRAS := dev,docs,llm,atari,video,ray,export,wandb,multiagent,bench-llm
 SEED ?= 1
 DEMO_DIR ?= demo
 
@@ -24,8 +25,8 @@ $(CORE_STAMP): pyproject.toml requirements.txt
 	touch $(CORE_STAMP)
 
 # Everything: the tests, the docs and every optional feature.
-$(STAMP): $(CORE_STAMP)
-	$(CONSTRAINED) -e ".[$(ALL_EXTRAS)]"
+$(STAMP): $(CORE_STAMP) constraints-test.txt
+	$(CONSTRAINED) -c constraints-test.txt -e ".[$(ALL_EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)

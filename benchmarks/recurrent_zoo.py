@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,7 +46,11 @@ TASKS = {
                      steps=100_000, num_envs=4, n_steps=1024, batch_size=64, gamma=0.9, gae_lambda=0.95,
                      n_epochs=10, ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, anneal=False, sde=True),
 }
-NETWORK = dict(rnn_hidden=256, net_arch=[64, 64], activation="tanh", ortho_init=True)
+NETWORK = dict(rnn_hidden=256, net_arch=[64, 64], activation="tanh", ortho_init=True)  # MlpLstmPolicy's defaults
+# Round 2's comparison (benchmarks/memory_masking.py, results/memory_recurrent.md): rl-zoo's CartPoleNoVel
+# optimization settings at 30k steps with a smaller network of its own; kept to measure its gap over more seeds.
+TASKS["cartpole-round2"] = dict(TASKS["cartpole"], steps=30_000, zoo_score="(not an rl-zoo setting)",
+                                network=dict(rnn_hidden=64, net_arch=[64], activation="relu", ortho_init=False))
 
 
 def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
@@ -53,6 +58,7 @@ def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
     from proximo import PPO
 
     h = TASKS[task]
+    network = h.get("network", NETWORK)
     schedule = "linear" if h["anneal"] else "constant"
     # A recurrent minibatch holds whole sequences: with a 64-sample minibatch (Pendulum) the sequences are
     # 64 steps long, as sb3-contrib's contiguous 64-step minibatches are (there cut at episode starts).
@@ -60,16 +66,22 @@ def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
     agent = PPO(h["env"], num_envs=h["num_envs"], n_steps=h["n_steps"], batch_size=h["batch_size"],
                 gamma=h["gamma"], gae_lambda=h["gae_lambda"], n_epochs=h["n_epochs"], ent_coef=h["ent_coef"],
                 learning_rate=h["learning_rate"], lr_schedule=schedule, clip_range=h["clip_range"],
-                clip_schedule=schedule, recurrent="lstm", rnn_hidden=NETWORK["rnn_hidden"], bptt_len=bptt,
-                net_arch=NETWORK["net_arch"], activation=NETWORK["activation"], ortho_init=NETWORK["ortho_init"],
+                clip_schedule=schedule, recurrent="lstm", rnn_hidden=network["rnn_hidden"], bptt_len=bptt,
+                net_arch=network["net_arch"], activation=network["activation"], ortho_init=network["ortho_init"],
                 seed=seed, total_steps=steps, eval_episodes=1, diagnostics=False, torch_threads=1)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     agent.learn(steps)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
 
     def act(obs, state, first):
         return agent.predict(obs, state=state, episode_start=np.array([first]))
-    return score(task, act, eval_episodes, seed) | {"sps": steps / wall, "wall_s": wall}
+    return score(task, act, eval_episodes, seed) | speed(steps, wall, cpu)
+
+
+def speed(steps: int, wall: float, cpu: float) -> dict:
+    """steps/s over learn()'s wall time, and per CPU second of this process (what sharing the machine, or
+    being paused under QUIET, does not change)."""
+    return {"sps": steps / wall, "wall_s": wall, "cpu_sps": steps / cpu, "cpu_s": cpu}
 
 
 def sb3_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
@@ -82,6 +94,7 @@ def sb3_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
 
     torch.set_num_threads(1)
     h = TASKS[task]
+    network = h.get("network", NETWORK)
     envs = make_vec_env(h["env"], n_envs=h["num_envs"], seed=seed)
 
     def linear(start):
@@ -92,15 +105,18 @@ def sb3_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
         gae_lambda=h["gae_lambda"], n_epochs=h["n_epochs"], ent_coef=h["ent_coef"],
         learning_rate=linear(h["learning_rate"]) if h["anneal"] else h["learning_rate"],
         clip_range=linear(h["clip_range"]) if h["anneal"] else h["clip_range"], seed=seed, verbose=0,
-        device="cpu", **extra)
-    start = time.perf_counter()
+        device="cpu", policy_kwargs=dict(
+            lstm_hidden_size=network["rnn_hidden"], net_arch=dict(pi=network["net_arch"], vf=network["net_arch"]),
+            activation_fn={"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[network["activation"]],
+            ortho_init=network["ortho_init"], enable_critic_lstm=True), **extra)
+    start, cpu = time.perf_counter(), time.process_time()
     model.learn(steps)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
 
     def act(obs, state, first):
         action, state = model.predict(obs[None], state=state, episode_start=np.array([first]), deterministic=True)
         return action[0], state
-    return score(task, act, eval_episodes, seed) | {"sps": steps / wall, "wall_s": wall}
+    return score(task, act, eval_episodes, seed) | speed(steps, wall, cpu)
 
 
 def score(task: str, act, episodes: int, seed: int) -> dict:
@@ -155,18 +171,45 @@ def markdown(data: dict) -> str:
         if not rows:
             continue
         sde = " (sb3-contrib with rl-zoo's gSDE; proximo plain Gaussian)" if h["sde"] else ""
-        lines += [f"## {h['zoo']}, {rows[0]['steps']:,} steps{sde}", "",
-                  "| library | seeds | eval return (mean +- std over seeds) | per seed | steps/s (mean) |",
-                  "|---|---|---|---|---|"]
+        lines += [f"## {h['zoo']} (`{task}`), {rows[0]['steps']:,} steps{sde}", "",
+                  "| library | seeds | eval return (mean +- std over seeds) | per seed | steps/s (mean) | "
+                  "steps per CPU-s (mean) |", "|---|---|---|---|---|---|"]
         for library in ("proximo", "sb3-contrib"):
             mine = sorted((r for r in rows if r["library"] == library), key=lambda r: r["seed"])
             if not mine:
                 continue
             returns = [r["eval_return_mean"] for r in mine]
             lines.append(f"| {library} | {len(mine)} | {np.mean(returns):.2f} +- {np.std(returns):.2f} | "
-                         f"{', '.join(f'{x:.1f}' for x in returns)} | {np.mean([r['sps'] for r in mine]):,.0f} |")
-        lines += [f"| rl-zoo (benchmark.md) | 1 | {h['zoo_score']} (over episodes) | | |", ""]
+                         f"{', '.join(f'{x:.1f}' for x in returns)} | {np.mean([r['sps'] for r in mine]):,.0f} | "
+                         f"{cpu_speed(mine)} |")
+        gap = welch(rows)
+        if gap:
+            lines += ["", gap]
+        if task in ("cartpole", "pendulum"):
+            lines.append(f"| rl-zoo (benchmark.md) | 1 | {h['zoo_score']} (over episodes) | | | |")
+        lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def welch(rows: list[dict]) -> str:
+    """The gap proximo - sb3-contrib of the mean returns over seeds, with Welch's t-test: how likely a gap
+    this large is between two libraries that learn equally well, given the seed-to-seed spread."""
+    from scipy import stats
+
+    ours = [r["eval_return_mean"] for r in rows if r["library"] == "proximo"]
+    theirs = [r["eval_return_mean"] for r in rows if r["library"] == "sb3-contrib"]
+    if min(len(ours), len(theirs)) < 2:
+        return ""
+    test = stats.ttest_ind(ours, theirs, equal_var=False)
+    return (f"proximo - sb3-contrib: {np.mean(ours) - np.mean(theirs):+.1f} (Welch's t = {test.statistic:.2f}, "
+            f"two-sided p = {test.pvalue:.2f}, {len(ours)} and {len(theirs)} seeds).")
+
+
+def cpu_speed(rows: list[dict]) -> str:
+    """Mean steps per CPU-second over the rows that measured it (rows imported from round 2 did not)."""
+    measured = [r["cpu_sps"] for r in rows if "cpu_sps" in r]
+    return f"{np.mean(measured):,.0f}" + (f" ({len(measured)} seeds)" if len(measured) < len(rows) else "") \
+        if measured else "-"
 
 
 def main() -> None:
@@ -178,6 +221,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the tasks' 100k (for a quick check)")
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--pause-while", type=Path, help="a file: while it exists, start nothing and pause the "
+                        "running trials (SIGSTOP/SIGCONT); steps per CPU-s are unaffected by the pause")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recurrent_zoo")
     parser.add_argument("--one", nargs=3, metavar=("LIBRARY", "TASK", "SEED"), help="run one trial, print its JSON")
     args = parser.parse_args()
@@ -194,8 +239,13 @@ def main() -> None:
             for library in args.libs.split(",")]
     plan = [p for p in plan if (p[0], p[1], p[2], args.steps or TASKS[p[1]]["steps"]) not in done]
     running: list[tuple[tuple, subprocess.Popen]] = []
+    paused = False
     while plan or running:
-        while plan and len(running) < args.jobs:
+        if args.pause_while is not None and args.pause_while.exists() != paused:
+            paused = not paused
+            for _, process in running:
+                process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+        while plan and len(running) < args.jobs and not paused:
             library, task, seed = trial = plan.pop(0)
             command = [sys.executable, __file__, "--one", library, task, str(seed),
                        "--eval-episodes", str(args.eval_episodes)] + (["--steps", str(args.steps)] if args.steps else [])

@@ -95,7 +95,7 @@ def proximo_update(sb3: dict, seed: int, epochs: int) -> dict:
 
     def stored(t: int) -> torch.Tensor:
         """sb3-contrib's stored (h, c) of actor and critic at step t as proximo's flat state [N, state_size]."""
-        part = lambda key: torch.from_numpy(data[key][t])  # noqa: E731  [layers, N, hidden]
+        part = lambda key: torch.from_numpy(data[key][t])
         return torch.cat([policy.pi_core.pack((part("hidden_states_pi"), part("cell_states_pi"))),
                           policy.vf_core.pack((part("hidden_states_vf"), part("cell_states_vf")))], 1)
     buffer = RolloutBuffer.allocate(T, N, policy, sequence_length=T)

@@ -106,7 +106,12 @@ def test_a_whole_update_of_the_same_rollout_matches_recurrent_ppo():
     # gradient and the weights after the update agree to float rounding; the cut as drawn changes them.
     pytest.importorskip("sb3_contrib")
     import proximo.envs.tasks  # noqa: F401
-    from benchmarks.recurrent_equivalence import largest_gap, proximo_update, renamed, sb3_update
+    from benchmarks.recurrent_equivalence import (
+        largest_gap,
+        proximo_update,
+        renamed,
+        sb3_update,
+    )
 
     torch.set_num_threads(1)
     reference = sb3_update(seed=2, epochs=2, cut_at_zero=True)

@@ -2,6 +2,9 @@
 
 - proximo/CartPoleNoVel-v1: CartPole-v1 showing cart position and pole angle only, so a policy must
   infer the velocities from the past: a feedforward policy cannot balance it for long.
+- proximo/PendulumNoVel-v1: Pendulum-v1 (200-step limit) showing [cos theta, sin theta] without the
+  angular velocity. rl-baselines3-zoo's PendulumNoVel-v1 (its MaskVelocityWrapper) zeroes that entry
+  instead of dropping it; the information a policy gets is the same.
 - proximo/TicTacToe-v0: tic-tac-toe as X against a uniformly random O; an occupied cell is an
   illegal move. The legal moves come by `action_masks()` (default), `info["action_mask"]` or a
   Dict observation (mask_in="method" | "info" | "observation"). An illegal move ends the game with
@@ -35,6 +38,26 @@ class HideVelocities(gym.ObservationWrapper):
 def make_cartpole_no_velocity(**kwargs) -> gym.Env:
     """CartPole-v1 (500-step limit) with the velocities hidden."""
     return HideVelocities(gym.make("CartPole-v1", **kwargs))
+
+
+class HideAngularVelocity(gym.ObservationWrapper):
+    """Pendulum's observation without the angular velocity: [cos theta, sin theta]."""
+
+    proximo_stateless_wrapper = True  # nothing to save on resume (proximo/envs/snapshot.py)
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        low, high = env.observation_space.low[:2], env.observation_space.high[:2]
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        """[cos theta, sin theta, theta_dot] -> [cos theta, sin theta]."""
+        return observation[:2].astype(np.float32)
+
+
+def make_pendulum_no_velocity(**kwargs) -> gym.Env:
+    """Pendulum-v1 (200-step limit) with the angular velocity hidden."""
+    return HideAngularVelocity(gym.make("Pendulum-v1", **kwargs))
 
 
 class TicTacToe(gym.Env):
@@ -104,6 +127,8 @@ def register() -> None:
     """Register the proximo/... ids with gymnasium (idempotent)."""
     if "proximo/CartPoleNoVel-v1" not in gym.registry:
         gym.register("proximo/CartPoleNoVel-v1", entry_point=make_cartpole_no_velocity)
+    if "proximo/PendulumNoVel-v1" not in gym.registry:
+        gym.register("proximo/PendulumNoVel-v1", entry_point=make_pendulum_no_velocity)
     if "proximo/TicTacToe-v0" not in gym.registry:
         gym.register("proximo/TicTacToe-v0", entry_point=TicTacToe)
 

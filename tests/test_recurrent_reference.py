@@ -1,0 +1,126 @@
+"""proximo's LSTM actor-critic against sb3-contrib's RecurrentPPO policy, the reference of issue 29's
+comparison: with the same weights and the same rollout (episodes starting inside the sequences, a
+carried state at the rollout's start) both give the same log-probs and values, step by step while
+acting and sequence by sequence in the update. Also the PendulumNoVel task the comparison runs on."""
+from unittest import mock
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from proximo.nn.policy import ActorCritic
+
+HIDDEN, N, T = 16, 4, 12
+
+
+def _twins():
+    """An sb3-contrib MlpLstmPolicy (critic LSTM on, tanh [8, 8]) and a proximo ActorCritic with its weights."""
+    policies = pytest.importorskip("sb3_contrib.common.recurrent.policies")
+    obs_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    reference = policies.RecurrentActorCriticPolicy(
+        obs_space, spaces.Discrete(2), lambda _: 1e-3, net_arch=dict(pi=[8, 8], vf=[8, 8]), lstm_hidden_size=HIDDEN,
+        enable_critic_lstm=True)
+    ours = ActorCritic(obs_space, spaces.Discrete(2), net_arch=[8, 8], activation="tanh", recurrent="lstm",
+                       rnn_hidden=HIDDEN)
+    pairs = [(ours.pi_core.rnn, reference.lstm_actor), (ours.vf_core.rnn, reference.lstm_critic),
+             (ours.pi_net, reference.mlp_extractor.policy_net), (ours.vf_net, reference.mlp_extractor.value_net),
+             (ours.action_head.linear, reference.action_net), (ours.value_head, reference.value_net)]
+    for mine, theirs in pairs:
+        mine.load_state_dict(theirs.state_dict())
+    return ours, reference
+
+
+def test_lstm_policy_acts_and_replays_as_sb3_contrib_does():
+    buffers = pytest.importorskip("sb3_contrib.common.recurrent.buffers")
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    torch.manual_seed(3)
+    ours, reference = _twins()
+    obs = torch.randn(T, N, 2)
+    actions = torch.randint(0, 2, (T, N))
+    starts = torch.zeros(T, N, dtype=torch.bool)
+    starts[4, 0] = starts[9, 0] = starts[1, 2] = starts[0, 3] = True  # mid-sequence starts, and one at t = 0
+    carried = [torch.randn(1, N, HIDDEN) for _ in range(4)]  # the state a previous rollout left
+    theirs = RNNStates((carried[0], carried[1]), (carried[2], carried[3]))
+    state = torch.cat([ours.pi_core.pack((carried[0], carried[1])), ours.vf_core.pack((carried[2], carried[3]))], 1)
+    rollout_state = state.clone()
+    buffer = buffers.RecurrentRolloutBuffer(T, reference.observation_space, reference.action_space, (T, 1, N, HIDDEN),
+                                            n_envs=N)
+    our_log_probs = []
+    with torch.no_grad():
+        for t in range(T):
+            begin = starts[t].float()
+            dist, _ = reference.get_distribution(obs[t], theirs.pi, begin)
+            log_prob, value = dist.log_prob(actions[t]), reference.predict_values(obs[t], theirs.vf, begin).flatten()
+            latent_pi, latent_vf, state = ours._core_latents(obs[t][None], state, starts[t][None])
+            mine = ours.action_head(latent_pi[0]).log_prob(actions[t])
+            assert torch.allclose(mine, log_prob, atol=1e-5)
+            assert torch.allclose(ours._value_of(latent_vf[0]), value, atol=1e-5)
+            our_log_probs.append(mine)
+            buffer.add(obs[t].numpy(), actions[t].numpy()[:, None], np.zeros(N), starts[t].numpy(), value, log_prob,
+                       lstm_states=theirs)
+            theirs = RNNStates(reference._process_sequence(obs[t], theirs.pi, begin, reference.lstm_actor)[1],
+                               reference._process_sequence(obs[t], theirs.vf, begin, reference.lstm_critic)[1])
+        buffer.compute_returns_and_advantage(torch.zeros(N), np.zeros(N))
+        # sb3-contrib's one minibatch of the whole rollout (its random roll fixed at 0): per env, sequences cut
+        # at every episode start, each from the state stored at its first step, padded.
+        with mock.patch("numpy.random.randint", return_value=0):
+            sample = next(buffer.get(N * T))
+        values, log_probs, _ = reference.evaluate_actions(sample.observations, sample.actions.long().flatten(),
+                                                          sample.lstm_states, sample.episode_starts)
+        kept = sample.mask > 0
+        # proximo's update: each env's T steps are one sequence from the state the rollout began with
+        x = obs.transpose(0, 1).reshape(N * T, 2)
+        mine_lp, _, mine_v = ours.evaluate(x, actions.transpose(0, 1).reshape(-1), None, rollout_state,
+                                           starts.transpose(0, 1).reshape(-1))
+    # both lay the samples out env by env, in time order; padding removed, they line up one to one
+    assert torch.equal(sample.observations[kept], x)
+    assert torch.allclose(mine_lp, log_probs[kept], atol=1e-5)
+    assert torch.allclose(mine_v, values.flatten()[kept], atol=1e-5)
+    assert torch.allclose(mine_lp, torch.stack(our_log_probs).t().reshape(-1), atol=1e-6)
+
+
+def test_pendulum_without_velocity_shows_the_angle_only():
+    import proximo.envs.tasks  # noqa: F401  (registers the ids)
+
+    env = gym.make("proximo/PendulumNoVel-v1")
+    assert env.observation_space.shape == (2,)
+    obs, _ = env.reset(seed=0)
+    for _ in range(5):
+        theta, theta_dot = env.unwrapped.state
+        assert np.allclose(obs, [np.cos(theta), np.sin(theta)], atol=1e-6)
+        obs, _, terminated, truncated, _ = env.step(np.array([1.5], dtype=np.float32))
+    assert theta_dot != 0.0  # the hidden velocity is real: the pendulum moves
+    steps = 5
+    while not (terminated or truncated):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps += 1
+    assert truncated and not terminated and steps == 200
+
+
+def test_a_whole_update_of_the_same_rollout_matches_recurrent_ppo():
+    # benchmarks/recurrent_equivalence.py: sb3-contrib collects a rollout and updates on it; proximo updates the
+    # same weights on the same rollout. With sb3-contrib's random cut of the rollout held at 0 the first step's
+    # gradient and the weights after the update agree to float rounding; the cut as drawn changes them.
+    pytest.importorskip("sb3_contrib")
+    import proximo.envs.tasks  # noqa: F401
+    from benchmarks.recurrent_equivalence import (
+        largest_gap,
+        proximo_update,
+        renamed,
+        sb3_update,
+    )
+
+    torch.set_num_threads(1)
+    reference = sb3_update(seed=2, epochs=2, cut_at_zero=True)
+    ours = proximo_update(reference, seed=2, epochs=2)
+    assert ours["state_gap"] == 0.0
+    assert reference["buffer"]["episode_starts"][1:].sum() > 0  # episodes start inside the sequences
+    for mine, theirs in zip(ours["grads"], reference["grads"], strict=True):
+        gap, scale = largest_gap(mine, renamed(theirs))
+        assert scale > 0.01 and gap < 1e-6  # the cut as drawn leaves 3e-5 to 2e-4 here
+    gap, _ = largest_gap(ours["after"], renamed(reference["after"]))
+    moved, _ = largest_gap(renamed(reference["after"]), renamed(reference["before"]))
+    assert moved > 1e-3 and gap < 1e-6

@@ -8,8 +8,9 @@ CONSTRAINED := $(PIP) install -q -c requirements.txt
 CORE_STAMP := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 # Every extra the test suite and the docs build use.
-# bench-llm: TRL, whose own loss code tests/test_llm_trl_parity.py compares against (pinned in constraints-test.txt).
-ALL_EXTRAS := dev,docs,llm,atari,video,ray,export,wandb,multiagent,bench-llm
+# bench, bench-llm: the peers whose own code the parity tests run (sb3-contrib: tests/test_recurrent_reference.py;
+# TRL: tests/test_llm_trl_parity.py), pinned in constraints-test.txt.
+ALL_EXTRAS := dev,docs,llm,atari,video,ray,export,wandb,multiagent,bench,bench-llm
 SEED ?= 1
 DEMO_DIR ?= demo
 

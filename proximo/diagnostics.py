@@ -627,16 +627,25 @@ def _kl_ref_logged(h: History) -> bool:
     return h.has("kl_ref_sequence") or h.has("kl_ref")
 
 
-def _length_collapse(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
-    key = "response_length"
+def _fell_below(h: History, key: str, floor: float, cfg: DiagnosticsConfig):
+    """(start, level, recent pairs) when the median of key over the last `recent` updates is below floor and
+    that over the first `recent` was not (a series that starts below the floor has nothing to fall from), else
+    None."""
     n = len(h)
     first, recent = h.values(key, 0, cfg.recent), h.values(key, n - cfg.recent, n)
     if n < 2 * cfg.recent or len(first) < cfg.recent or len(recent) < cfg.recent:
         return None
     start, level = median(v for _, v in first), median(v for _, v in recent)
+    return (start, level, recent) if level < floor <= start else None
+
+
+def _length_collapse(h: History, cfg: DiagnosticsConfig, ctx: Context) -> Evidence | None:
+    key = "response_length"
     # a run whose answers are one token from the start (a one-token task) has nothing to collapse from
-    if not (level < cfg.length_min <= start):
+    fell = _fell_below(h, key, cfg.length_min, cfg)
+    if fell is None:
         return None
+    start, level, recent = fell
     return _evidence(h, f"median {key}", level, cfg.length_min, recent,
                      f"median {key} {_fmt(level)} tokens over {_span(recent)} < diag_length_min {cfg.length_min:g} "
                      f"(it started at {_fmt(start)})")
@@ -647,12 +656,10 @@ def _token_entropy_collapse(h: History, cfg: DiagnosticsConfig, ctx: Context) ->
     n = len(h)
     if ctx.total_updates and n > cfg.entropy_early * ctx.total_updates:
         return None  # late in a run a near-deterministic policy is usually convergence on its answers
-    first, recent = h.values(key, 0, cfg.recent), h.values(key, n - cfg.recent, n)
-    if n < 2 * cfg.recent or len(first) < cfg.recent or len(recent) < cfg.recent:
+    fell = _fell_below(h, key, cfg.token_entropy_min, cfg)
+    if fell is None:
         return None
-    start, level = median(v for _, v in first), median(v for _, v in recent)
-    if not (level < cfg.token_entropy_min <= start):
-        return None
+    start, level, recent = fell
     return _evidence(h, f"median {key}", level, cfg.token_entropy_min, recent,
                      f"median token {key} {_fmt(level)} nats over {_span(recent)} < diag_token_entropy_min "
                      f"{cfg.token_entropy_min:g} (it started at {_fmt(start)}) within the first "

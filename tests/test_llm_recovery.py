@@ -29,14 +29,16 @@ def _checkpoints(run_dir: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("step_")) if folder.is_dir() else []
 
 
-def _kill_at(run_dir: Path, anchor: str, delay: float) -> str:
-    """Start a run, SIGKILL its process group `delay` s after the anchor (start | first checkpoint); returns
-    whether it was killed or finished first. Every wait is bounded; the process is always reaped."""
+def _kill_at(run_dir: Path, anchor: str, delay: float, checkpoints: int = 1) -> str:
+    """Start a run, SIGKILL its process group `delay` s after the anchor (start | `checkpoints` checkpoints
+    written); returns whether it was killed or finished first. Anchoring on a checkpoint count, not a clock,
+    lands the kill mid-run on a fast or a loaded machine alike. Every wait is bounded; the process is always
+    reaped."""
     proc = subprocess.Popen([sys.executable, "-m", "proximo", *GRPO, "--run-dir", str(run_dir)], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        while anchor == "first checkpoint" and not _checkpoints(run_dir) and proc.poll() is None \
+        while anchor == "checkpoints" and len(_checkpoints(run_dir)) < checkpoints and proc.poll() is None \
                 and time.monotonic() < deadline:
             time.sleep(0.005)
         end = time.monotonic() + delay
@@ -85,11 +87,14 @@ def _kill_runs(tmp_path, capsys, seed: int, count: int) -> list[str]:
     rng = random.Random(seed)
     outcomes = []
     for i in range(count):
-        anchor = "start" if i % 3 == 0 else "first checkpoint"
-        delay = rng.uniform(0.2, 6.0) if anchor == "start" else rng.uniform(0.0, 2.0)
+        anchor = "start" if i % 3 == 0 else "checkpoints"
+        # after 1..STEPS/2 checkpoints (one per step), then up to a tenth of a second: inside a step's work
+        count = rng.randint(1, STEPS // 2)
+        delay = rng.uniform(0.2, 6.0) if anchor == "start" else rng.uniform(0.0, 0.1)
         run_dir = tmp_path / f"run{i}"
-        outcome = _kill_at(run_dir, anchor, delay)
-        outcomes.append(f"{anchor} +{delay:.2f}s: {outcome}, {_check_usable(run_dir, capsys)}")
+        outcome = _kill_at(run_dir, anchor, delay, count)
+        where = f"start +{delay:.2f}s" if anchor == "start" else f"checkpoint {count} +{delay:.2f}s"
+        outcomes.append(f"{where}: {outcome}, {_check_usable(run_dir, capsys)}")
     with capsys.disabled():
         print("\n" + "\n".join(outcomes))  # what the kills hit, in the test's output
     return outcomes

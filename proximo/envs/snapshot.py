@@ -168,6 +168,17 @@ def _base_state(env: gym.Env) -> dict[str, Any]:
             "np_random_seed": getattr(env, "_np_random_seed", None)}
 
 
+def generator_from_state(state: dict[str, Any], what: str = "RNG") -> np.random.Generator:
+    """A NumPy Generator continuing from a saved bit_generator.state dict; CheckpointError naming `what` when the
+    file names a bit generator outside BIT_GENERATORS (never let a file pick an arbitrary attribute to call)."""
+    name = state.get("bit_generator")
+    if name not in BIT_GENERATORS:
+        raise CheckpointError(f"saved {what} {name!r} is not one of {sorted(BIT_GENERATORS)}")
+    bit_generator = getattr(np.random, name)()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
+
+
 def _set_base_state(env: gym.Env, state: dict[str, Any]) -> None:
     name = type(env).__name__
     if name in CLASSIC_FIELDS:
@@ -179,12 +190,7 @@ def _set_base_state(env: gym.Env, state: dict[str, Any]) -> None:
         from ale_py import ALEState
         env.ale.restoreState(ALEState(base64.b64decode(state["sim"]["ale"])))
     if state["np_random"] is not None:
-        generator_name = state["np_random"]["bit_generator"]
-        if generator_name not in BIT_GENERATORS:  # never let a file pick an arbitrary attribute to call
-            raise CheckpointError(f"saved env RNG {generator_name!r} is not one of {sorted(BIT_GENERATORS)}")
-        bit_generator = getattr(np.random, generator_name)()
-        bit_generator.state = state["np_random"]
-        env._np_random = np.random.Generator(bit_generator)
+        env._np_random = generator_from_state(state["np_random"], "env RNG")
     env._np_random_seed = state["np_random_seed"]
 
 

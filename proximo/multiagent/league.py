@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from proximo.checkpoint import load_tensors
-from proximo.envs.snapshot import BIT_GENERATORS
+from proximo.envs.snapshot import generator_from_state
 from proximo.errors import ConfigError
 from proximo.nn.policy import ActorCritic
 
@@ -181,12 +181,7 @@ class League:
         self.snapshots = [dict(s) for s in state["snapshots"]]
         self.learner = dict(state["learner"])
         self.pending = [(int(a), float(b)) for a, b in state["pending"]]
-        rng = state["rng"]
-        if rng.get("bit_generator") not in BIT_GENERATORS:
-            raise ValueError(f"saved league RNG {rng.get('bit_generator')!r} is unknown")
-        bit_generator = getattr(np.random, rng["bit_generator"])()
-        bit_generator.state = rng
-        self.rng = np.random.Generator(bit_generator)
+        self.rng = generator_from_state(state["rng"], "league RNG")
         self.weights = {}
         for key, value in state.items():
             if key.startswith("weights."):

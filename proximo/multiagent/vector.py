@@ -33,7 +33,7 @@ from gymnasium.vector.utils import batch_space
 from proximo.checkpoint import CheckpointError
 from proximo.envs.atari import GAME_KEY, GAME_SCORES
 from proximo.envs.masks import MASK_KEY
-from proximo.envs.snapshot import BIT_GENERATORS, decode_value, encode_value
+from proximo.envs.snapshot import decode_value, encode_value, generator_from_state
 from proximo.multiagent.envs import OBSERVATION_KEY, EnvMaker, Layout, env_state, is_parallel
 
 SNAPSHOT_VERSION = 1
@@ -347,12 +347,7 @@ class AgentVectorEnv(gym.vector.VectorEnv):
             raise CheckpointError(f"the saved multi-agent env state (version {snapshot.get('version')}, "
                                   f"{snapshot.get('num_envs')} lanes) does not fit this run ({self.num_envs} lanes); "
                                   "resume with the run's settings")
-        state = snapshot["rng"]
-        if state.get("bit_generator") not in BIT_GENERATORS:
-            raise CheckpointError(f"saved RNG {state.get('bit_generator')!r} is not one of {sorted(BIT_GENERATORS)}")
-        bit_generator = getattr(np.random, state["bit_generator"])()
-        bit_generator.state = state
-        self.rng = np.random.Generator(bit_generator)
+        self.rng = generator_from_state(snapshot["rng"])
         self.seeds = [int(s) for s in snapshot["seeds"]]
         self.logs = [list(log) for log in snapshot["logs"]]
         self.lane_agent = [list(agents) for agents in snapshot["lane_agent"]]

@@ -21,6 +21,10 @@ class ActionMaskError(ProximoError):
     """An env's action mask is missing, of the wrong shape, or allows no action."""
 
 
+class GenerationProcessError(ProximoError):
+    """The generator process of asynchronous generation failed, died, or answered nothing within its timeout."""
+
+
 class EchoedError(ProximoError):
     """Rank 0's error, raised on the other ranks too so that they stop with it; rank 0 alone prints it."""
 

@@ -16,7 +16,7 @@ from proximo.fielddoc import help_line
 from proximo.flags import ArgumentParser, _is_nproc_token, _parser_for
 from proximo.llm.config import GRPOConfig, RewardModelConfig, RLHFConfig, SFTConfig
 from proximo.llm.data import PromptDataset, _read_rows, render_prompt
-from proximo.llm.grpo import GRPO
+from proximo.llm.grpo import GRPO, check_async_generation
 from proximo.llm.modeldir import make_model_dir, task_texts
 from proximo.llm.models import BUILTIN_MODELS, load_model
 from proximo.llm.reward_model import RewardModelTrainer
@@ -39,10 +39,12 @@ def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
     group = parser.add_argument_group(f"{config_cls.__name__} fields")
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
+        # A bool flag alone means true (--async-generation); --flag true|false still reads as before.
+        alone = dict(nargs="?", const=True) if hints[field.name] is bool else {}
         group.add_argument(f"--{field.name.replace('_', '-')}", *FIELD_ALIASES.get(field.name, ()),
                            dest=f"cfg_{field.name}",
                            type=_parser_for(hints[field.name]), default=None, metavar="V",
-                           help=help_line(config_cls, field.name, field.default))
+                           help=help_line(config_cls, field.name, field.default), **alone)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -501,6 +503,8 @@ def _launch_rl(args: argparse.Namespace, kind: str, config_cls, fields: dict[str
         fields["task"] = ""  # as the trainers do: prompts (and rewards) of the user's, no task
     config = config_cls(**fields)
     split_prompts(config, args.nproc)
+    if getattr(config, "async_generation", False):
+        check_async_generation(config, processes=args.nproc)
     if args.nproc == 1:
         args.nproc = None
         return handler(args)

@@ -234,7 +234,13 @@ class GRPOConfig(_RLConfig):
                                     "and is not corrected", choices=OFFPOLICY_MODES)
     offpolicy_cap: float = doc(3.0, "cap C of the off-policy weights (TRL's vllm_importance_sampling_clip_max, 3.0)")
     max_staleness: int | None = doc(None, "drop from the loss the rollouts sampled more than this many policy "
-                                    "versions ago (a Rollout's policy_version); none: keep all")
+                                    "versions ago (a Rollout's policy_version); none: keep all (with "
+                                    "async_generation: 1)")
+    async_generation: bool = doc(False, "sample the next step's rollouts in a generator process (its own copy of "
+                                 "the policy, exactly one update behind) while the learner trains on this step's; "
+                                 "the lag is corrected by offpolicy_correction (CPU, one process)")
+    async_timeout_s: float = doc(900.0, "with async_generation: seconds the learner waits for the generator process "
+                                 "(its start, a batch, taking new weights) before stopping with an error")
     dynamic_sampling: bool = doc(False, "DAPO: drop groups whose rewards are all equal and draw more prompts")
     max_extra_draws: int = doc(4, "extra generation rounds per step dynamic sampling may take")
     mask_truncated: bool = doc(False, "completions cut at max_new_tokens (no <eos>) get loss mask 0 (their rewards "
@@ -269,6 +275,15 @@ class GRPOConfig(_RLConfig):
                 raise ConfigError(f"{name} must be a positive finite number, got {getattr(self, name)}")
         if self.max_staleness is not None and self.max_staleness < 0:
             raise ConfigError(f"max_staleness must not be negative (or None), got {self.max_staleness}")
+        if not (self.async_timeout_s > 0 and math.isfinite(self.async_timeout_s)):
+            raise ConfigError(f"async_timeout_s must be a positive finite number, got {self.async_timeout_s}")
+        if self.async_generation:
+            if self.max_staleness == 0:
+                raise ConfigError("async_generation samples each step's rollouts one update behind the learner, so "
+                                  "max_staleness 0 would drop every row but the first step's; use max_staleness 1 "
+                                  "(or leave async_generation off)")
+            if self.max_staleness is None:
+                self.max_staleness = 1  # the pipeline's lag is at most 1: the bound it keeps, recorded
         for name in ("seq_clip_range", "seq_clip_range_high"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)}")

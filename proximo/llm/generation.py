@@ -188,9 +188,16 @@ class Sampler:
     step's rollouts, and sets exact_logprobs False: the trainers then recompute the old policy's log-probs
     with their own forward pass, and GRPO's off-policy correction (offpolicy_correction) weights the loss by
     exp(learner's - sampler's) log-probs of the Rollout. A generator that runs versions behind the learner
-    sets Rollout.policy_version; GRPO's max_staleness drops rows too old."""
+    sets Rollout.policy_version; GRPO's max_staleness drops rows too old.
+
+    A pipelined engine (pipelined True, as proximo.llm.async_sampler.AsyncProcessSampler) is handed the next
+    step's prompts through prefetch() while the learner updates, and reads policy_version, which the trainer
+    sets before each sync_weights(): the learner version (updates done) of the weights handed over."""
 
     exact_logprobs = True
+    pipelined = False          # prefetch() starts on a later generate(): the trainer draws prompts a step ahead
+    policy_version = 0         # set by the trainer before sync_weights(): the version of the weights handed over
+    last_seconds: float | None = None  # the engine's own seconds for the last generate() (None: the call's time)
 
     def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                  eos_id: int | Sequence[int], pad_id: int, temperature: float = 1.0, repeats: int = 1) -> Rollout:
@@ -200,6 +207,14 @@ class Sampler:
 
     def sync_weights(self, model) -> None:
         """Make the engine sample from model's current weights (nothing to do for the live model)."""
+
+    def prefetch(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+                 eos_id: int | Sequence[int], pad_id: int, temperature: float = 1.0, repeats: int = 1) -> None:
+        """Start on the rollout a later generate() with the same arguments will ask for (pipelined engines;
+        nothing for the others)."""
+
+    def close(self) -> None:
+        """Release what the engine holds (a process, a server connection); generate() may start it again."""
 
 
 class KVCacheSampler(Sampler):

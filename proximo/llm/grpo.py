@@ -8,6 +8,7 @@ sampler and the learner (proximo.core.offpolicy)."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,11 @@ import torch
 
 from proximo.core import masked_mean
 from proximo.core.offpolicy import importance_weights, offpolicy_statistics, stale_rows
-from proximo.errors import ProximoError
+from proximo.errors import ConfigError, ProximoError
+from proximo.distributed import launched_by_torchrun
+from proximo.llm.async_sampler import AsyncProcessSampler
 from proximo.llm.config import GRPOConfig
+from proximo.llm.precision import resolve_llm_device
 from proximo.llm.generation import Sampler, concat_rollouts, response_logprobs
 from proximo.llm.learners import TokenLearner, TokenMinibatch
 from proximo.llm.losses import (
@@ -107,6 +111,24 @@ class GRPOLearner(TokenLearner):
         return total, log_ratio, losses, {"kl_ref": (kl_ref.float() * share).reshape(())}
 
 
+def check_async_generation(config: GRPOConfig, sampler: Sampler | None = None, processes: int | None = None) -> None:
+    """ConfigError in one line when async_generation cannot serve the run: an outside sampler, more than one
+    process (processes, else torchrun's WORLD_SIZE), or a device other than the CPU."""
+    if sampler is not None:
+        raise ConfigError(f"async_generation runs its own generator process; it cannot drive the outside sampler "
+                          f"{type(sampler).__name__} (pipeline that engine through its own Sampler.prefetch), so "
+                          "pass sampler=... or async_generation=True, not both")
+    if processes is None:
+        processes = int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
+    if processes > 1:
+        raise ConfigError(f"async_generation runs one generator beside one learner; with {processes} processes "
+                          "(--nproc / torchrun) leave async_generation off, or train in one process")
+    device = resolve_llm_device(config.device)
+    if device.type != "cpu":
+        raise ConfigError(f"async_generation shares the weights through CPU shared memory; device {config.device} "
+                          f"resolves to {device}: set device cpu, or leave async_generation off")
+
+
 class GRPO(RLTrainer):
     """GRPO on a built-in task or your own data and rewards:
     GRPO("tiny" | model_dir | run_dir, reward_fn=f or [f, "proximo:exact_match", ...], reward_weights=[...],
@@ -127,9 +149,16 @@ class GRPO(RLTrainer):
         if dataset is not None and reward_fn is None:
             raise ProximoError("a dataset needs reward functions: pass reward_fn=... (CLI: --reward module:function "
                                "or --reward proximo:exact_match)")
-        super().__init__(model, GRPOConfig(**config), reward_fn, prompts, eval_prompts, run_dir, verbose,
+        cfg = GRPOConfig(**config)
+        if cfg.async_generation:
+            check_async_generation(cfg, sampler)
+        super().__init__(model, cfg, reward_fn, prompts, eval_prompts, run_dir, verbose,
                          tensorboard, dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction,
                          reward_weights=reward_weights, sampler=sampler)
+        if cfg.async_generation:
+            # Started on the first rollout (a resume loads the weights first), with the learner's thread count.
+            self.sampler = AsyncProcessSampler(cfg.seed, cfg.torch_threads, cfg.async_timeout_s,
+                                               self.precision.dtype if self.precision.mixed else None)
         self.prepare_reward_models(self.rewards)
 
     def needs_reference_copy(self) -> bool:
@@ -138,12 +167,28 @@ class GRPO(RLTrainer):
         keep = self.config.keep_reference
         return self.config.kl_coef > 0 if keep is None else keep
 
-    def _draw_groups(self, n: int) -> SimpleNamespace:
-        """n prompts x group_size completions (rows grouped by prompt) with their rewards."""
+    def start_pipeline(self) -> None:
+        """A pipelined sampler starts on the first step's prompts (drawn now, unless a step ahead already drew
+        them) while train() evaluates the initial policy."""
+        if not self.sampler.pipelined:
+            return
+        if self._prompts_ahead is None:
+            self._prompts_ahead = self.draw_prompts(self.prompts_per_rank)
+        self.prefetch(self._prompts_ahead[0], repeats=self.config.group_size)
+
+    def _draw_groups(self, n: int, first: bool = False) -> SimpleNamespace:
+        """n prompts x group_size completions (rows grouped by prompt) with their rewards. first: the step's
+        first draw, whose prompts a pipelined sampler was handed a step ahead."""
         group = self.config.group_size
-        unique, rows = self.draw_prompts(n)
+        ahead, self._prompts_ahead = (self._prompts_ahead, None) if first else (None, self._prompts_ahead)
+        unique, rows = ahead if ahead is not None else self.draw_prompts(n)
         # Each prompt is encoded and prefilled once for its whole group (the rows come out grouped).
         rollout, completions, gen_s = self.rollout(unique, repeats=group)
+        if first and self.sampler.pipelined and (self._last_step is None or self.step_count < self._last_step):
+            # The next step's prompts go to the generator now: it samples them, one update behind, while
+            # this step scores, learns and evaluates.
+            self._prompts_ahead = self.draw_prompts(n)
+            self.prefetch(self._prompts_ahead[0], repeats=group)
         texts = [p for p in unique for _ in range(group)]
         rep_rows = None if rows is None else [r for r in rows for _ in range(group)]
         # A reward model that shares the policy's tokenizer scores the sampled ids (no decode and re-encode).
@@ -157,7 +202,7 @@ class GRPO(RLTrainer):
         cfg: GRPOConfig = self.config
         started = time.perf_counter()
         group, wanted = cfg.group_size, self.prompts_per_rank  # this rank's share of prompts_per_step
-        parts = [self._draw_groups(wanted)]
+        parts = [self._draw_groups(wanted, first=True)]
         informative = [informative_groups(torch.nan_to_num(parts[0].rewards), group, ~torch.isnan(parts[0].rewards))]
         if cfg.dynamic_sampling:
             while sum(int(k.sum()) for k in informative) < wanted and len(parts) <= cfg.max_extra_draws:
@@ -183,7 +228,7 @@ class GRPO(RLTrainer):
         truncated = truncated_rows(rollout.response_ids, response_mask, self.tokenizer.stop_ids)
         keep_rows = valid & ~truncated if cfg.mask_truncated else valid
         # Rows sampled too many policy versions ago leave the loss (their rewards still count in the groups).
-        stale = stale_rows(rollout.policy_version, self.step_count, cfg.max_staleness)
+        stale = stale_rows(rollout.policy_version, self.learner_version, cfg.max_staleness)
         if stale is not None:
             keep_rows = keep_rows & ~stale.to(keep_rows.device)
         loss_mask = response_mask * keep_rows[:, None].to(response_mask.dtype)
@@ -234,7 +279,11 @@ class GRPO(RLTrainer):
         zero_std = int((~keep_mask[chosen]).sum())
         counts = self.global_sum(sum(p.n for p in parts), int((~keep_mask).sum()) - filled if cfg.dynamic_sampling
                                  else 0, filled, zero_std)
-        mismatch = self.global_sum(*offpolicy, float(stale.sum()) if stale is not None else 0.0, float(len(row_idx)))
+        # Versions behind the learner, summed over rows (a row of the live policy, version None, is 0 behind).
+        lag = 0.0 if rollout.policy_version is None else float(
+            (self.learner_version - rollout.policy_version.double()).clamp(min=0).sum())
+        mismatch = self.global_sum(*offpolicy, float(stale.sum()) if stale is not None else 0.0, float(len(row_idx)),
+                                   lag)
         stats = {
             "reward": mean if drawn else math.nan,
             "reward_std": math.sqrt(var),
@@ -251,6 +300,7 @@ class GRPO(RLTrainer):
             "offpolicy/abs_log_w": mismatch[1] / max(mismatch[2], 1.0),
             "offpolicy/clipped_frac": mismatch[3] / max(mismatch[4], 1.0),
             "offpolicy/stale_frac": mismatch[5] / max(mismatch[6], 1.0),
+            "offpolicy/version_lag": mismatch[7] / max(mismatch[6], 1.0),  # mean updates behind, per row
         }
         for name in parts[0].per_fn:
             values = [p.per_fn[name] for p in parts if not math.isnan(p.per_fn[name])]

@@ -288,6 +288,16 @@ class RLTrainer(LLMTrainer):
         checkpointing recomputes without a KV cache)."""
         return None if self.config.gradient_checkpointing else groups
 
+    _updating = False              # between a step's collect() and the end of its learn()
+    _prompts_ahead = None          # (texts, rows) of the next step's prompts, drawn early for a pipelined sampler
+    _last_step: int | None = None  # the step train() stops at (no prefetch past it)
+
+    @property
+    def learner_version(self) -> int:
+        """The policy version of the live weights: updates applied to them (during a step's collect and
+        learn, step_count already counts the step being taken)."""
+        return self.step_count - 1 if self._updating else self.step_count
+
     def old_logprobs(self, rollout: Rollout, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probs [B, R] of the rollout's tokens under the policy that sampled them: the sampler's own when
         they match the learner's forward pass (the built-in sampler in float32, to ~1e-6), else one
@@ -315,19 +325,42 @@ class RLTrainer(LLMTrainer):
         """n training prompt texts: from the dataset's rows (with replacement) or the task's sampler."""
         return self.draw_prompts(n)[0]
 
+    def _sampler_args(self, prompts: list[str]) -> tuple[tuple, int]:
+        """(the sampler's positional arguments for prompts, how many prompts were cut to max_prompt_tokens)."""
+        token_ids, truncated = prompt_token_ids(self.tokenizer, prompts, self.config.max_prompt_tokens)
+        ids, mask = pad_prompts(token_ids, self.tokenizer.pad_id)
+        return (self.model, ids, mask, self.max_new_tokens, self.tokenizer.stop_ids, self.tokenizer.pad_id), truncated
+
     def rollout(self, prompts: list[str], repeats: int = 1) -> tuple[Rollout, list[str], float]:
         """Sample repeats completions per prompt (rows grouped by prompt); returns (rollout, completion
-        texts, generation seconds)."""
-        token_ids, truncated = prompt_token_ids(self.tokenizer, prompts, self.config.max_prompt_tokens)
+        texts, generation seconds: the engine's own where it reports them, else the call's)."""
+        args, truncated = self._sampler_args(prompts)
         self.prompt_truncated_fraction = truncated / max(len(prompts), 1)
-        ids, mask = pad_prompts(token_ids, self.tokenizer.pad_id)
         started = time.perf_counter()
+        self.sampler.last_seconds = None
         with self.precision.autocast():
-            rollout = self.sampler.generate(self.model, ids, mask, self.max_new_tokens, self.tokenizer.stop_ids,
-                                            self.tokenizer.pad_id, temperature=self.config.temperature,
-                                            repeats=repeats)
+            rollout = self.sampler.generate(*args, temperature=self.config.temperature, repeats=repeats)
         seconds = time.perf_counter() - started
+        if self.sampler.last_seconds is not None:
+            seconds = self.sampler.last_seconds  # a pipelined engine sampled while the learner did other work
         return rollout, decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask), seconds
+
+    def prefetch(self, prompts: list[str], repeats: int = 1) -> None:
+        """Hand a pipelined sampler the prompts of a later rollout() call, so it samples them meanwhile."""
+        args, _ = self._sampler_args(prompts)
+        with self.precision.autocast():
+            self.sampler.prefetch(*args, temperature=self.config.temperature, repeats=repeats)
+
+    def start_pipeline(self) -> None:
+        """Before the first step of train(): hand a pipelined sampler that step's prompts (subclasses that
+        prefetch; nothing here)."""
+
+    def load_training_state(self, folder: Path) -> None:
+        """As LLMTrainer's, after closing the sampler: a generator process holds the weights (and a batch) of
+        before the load; the next rollout starts it again from the loaded weights."""
+        self.sampler.close()
+        self._prompts_ahead = None
+        super().load_training_state(folder)
 
     def evaluate(self) -> dict[str, float]:
         """Held-out mean reward (accuracy on exact-match tasks) of sampled and greedy completions. Sharded:
@@ -397,26 +430,42 @@ class RLTrainer(LLMTrainer):
         last = self.config.steps if steps is None else self.step_count + steps
         optimizer = self.ensure_optimizer()
         self.run.open(self.step_count, self.headline)
-        if self.step_count == 0:
-            self.before = self.evaluate()
-            self.run.log(0, self.before, 0.0, self.before["eval_sampled_accuracy"])
-            self.last_evaluation = self.before
-        callbacks = self.run_callbacks([_EvaluateEvery(last)], callback, last=[_History()])
-
-        def collect() -> Any:
-            self.step_count += 1  # the step being taken: collect() already sees its number
-            optimizer.ensure_intact()  # parameters re-homed since (a load, a .to()) are views again
-            self.sampler.sync_weights(self.model)  # an outside engine samples from this step's weights
-            return self.collect()
-
-        def learn(batch: Any) -> dict[str, Any]:
-            return {**self.learn(batch, optimizer), "global_step": self.step_count, "update": self.step_count,
-                    "time_s": round(self.run.elapsed(), 3)}
-
         try:
-            self.stopped_by = run_loop(collect, learn, lambda: self.step_count >= last, callbacks)
+            if self.step_count < last:
+                # A pipelined sampler gets the first step's prompts now: it starts (a process spawn, seconds of
+                # imports) and samples them while the initial evaluation runs.
+                self.sampler.policy_version = self.learner_version
+                self.start_pipeline()
+            if self.step_count == 0:
+                self.before = self.evaluate()
+                self.run.log(0, self.before, 0.0, self.before["eval_sampled_accuracy"])
+                self.last_evaluation = self.before
+            callbacks = self.run_callbacks([_EvaluateEvery(last)], callback, last=[_History()])
+            self._last_step = last
+
+            def collect() -> Any:
+                self.step_count += 1  # the step being taken: collect() already sees its number
+                self._updating = True
+                optimizer.ensure_intact()  # parameters re-homed since (a load, a .to()) are views again
+                # An outside engine (or the generator process) samples from this step's weights from now on.
+                self.sampler.policy_version = self.learner_version
+                self.sampler.sync_weights(self.model)
+                return self.collect()
+
+            def learn(batch: Any) -> dict[str, Any]:
+                row = {**self.learn(batch, optimizer), "global_step": self.step_count, "update": self.step_count,
+                       "time_s": round(self.run.elapsed(), 3)}
+                self._updating = False
+                return row
+
+            try:
+                self.stopped_by = run_loop(collect, learn, lambda: self.step_count >= last, callbacks)
+            finally:
+                self.run.close()  # (finish() writes the summary below; a crash leaves the rows written so far)
         finally:
-            self.run.close()  # (finish() writes the summary below; a crash leaves the rows written so far)
+            self._updating = False
+            # A generator process ends with the loop, however it ended (done, an error, a signal's stop).
+            self.sampler.close()
         if self.stopped_by is not None and self.history and "eval_sampled_accuracy" not in self.history[-1]:
             self.last_evaluation = self.evaluate()  # the summary's "after" is of the final policy
         if self.config.save_every and getattr(self, "last_checkpoint_step", None) != self.step_count:

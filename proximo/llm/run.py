@@ -25,6 +25,7 @@ LLM_COLUMNS = [
     "loss", "response_length", "kl_coef", "learning_rate", "tokens_per_s", "gen_tokens_per_s", "score",
     "truncated_fraction", "skipped_fraction", "groups_drawn", "groups_dropped", "groups_filled", "eval_nll",
     "zero_std_fraction", "offpolicy/kl", "offpolicy/abs_log_w", "offpolicy/clipped_frac", "offpolicy/stale_frac",
+    "offpolicy/version_lag",
 ]
 RewardFn = Callable[[list[str], list[str]], list[float]]
 

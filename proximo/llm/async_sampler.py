@@ -39,7 +39,6 @@ import weakref
 from contextlib import nullcontext
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from proximo.errors import GenerationProcessError

@@ -15,15 +15,20 @@ one update behind). Step t (the learner at version t-1, that many updates done):
 Each request carries its own seed (from the run's seed, the version and its place among that version's
 requests), so a run with a given seed samples the same tokens whatever the timing of the two processes.
 
-Why a spawned process, not a forked one: the learner has live threads (torch's OpenMP pool, TensorBoard's
-writer, a tracker's uploader) by the time generation starts, and a fork copies their locks in whatever state
-they are; libgomp in particular can hang a child forked after the parent ran a parallel region. A spawned
-interpreter starts clean at the cost of one import of torch and transformers (seconds) per run. Spawn's rule
-applies: a script that trains with async generation guards its entry point with `if __name__ == "__main__":`.
+Why the forkserver start method, not a plain fork or spawn: by the time generation starts the learner has
+live threads (torch's OpenMP pool, TensorBoard's writer, a tracker's uploader), and a fork copies their locks
+in whatever state they are in; libgomp in particular can hang a child forked after its parent ran a parallel
+region. Spawn is safe but pays an interpreter start and the imports of torch and transformers for every
+generator (seconds; ~15 s on a loaded 2-core machine). The forkserver pays them once per learner process: a
+clean single-threaded server, started by spawn, imports this module and the model's modules, and every
+generator is a fork of it (~0.2 s). The server stays, idle, until the learner process exits. Python's rule
+for spawn-like methods applies: a script that trains with async generation guards its entry point with
+`if __name__ == "__main__":`.
 
 The generator ignores SIGINT and SIGTERM (a Ctrl-C or a scheduler's signal to the process group must let
 the learner finish its update and save, as proximo/stopping.py promises); it leaves when the learner sends
-it away, when the learner dies (parent check, and on Linux PR_SET_PDEATHSIG), or by SIGKILL from close().
+it away, when the learner dies (its parent-process check; on Linux also PR_SET_PDEATHSIG, fired when the
+forkserver, which exits with the learner, goes), or by SIGKILL from close().
 """
 from __future__ import annotations
 
@@ -90,7 +95,11 @@ class AsyncProcessSampler(Sampler):
 
     def _start(self, model) -> None:
         """Spawn the generator with a shared-memory copy of model (every weight, at policy_version)."""
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context("forkserver")
+        # The server imports this module (torch, transformers) once per learner process; each generator is then
+        # a fork of that clean, single-threaded server: no import cost per run, none of the learner's threads.
+        # The model's own modules too (transformers imports a family's code on first use, peft its layers).
+        ctx.set_forkserver_preload([__name__, *sorted({type(m).__module__ for m in model.modules()})])
         shared = copy.deepcopy(model).eval()
         for p in shared.parameters():
             p.requires_grad_(False)
@@ -252,7 +261,7 @@ def _shutdown(process, requests, results) -> None:
 
 # the generator's side -------------------------------------------------------------------------------------
 def _die_with_parent() -> None:
-    """On Linux, have the kernel SIGKILL this process when the learner's thread that started it ends."""
+    """On Linux, have the kernel SIGKILL this process when its parent (the forkserver) ends."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -432,7 +432,7 @@ class RLTrainer(LLMTrainer):
         self.run.open(self.step_count, self.headline)
         try:
             if self.step_count < last:
-                # A pipelined sampler gets the first step's prompts now: it starts (a process spawn, seconds of
+                # A pipelined sampler gets the first step's prompts now: it starts (a new process: up to seconds of
                 # imports) and samples them while the initial evaluation runs.
                 self.sampler.policy_version = self.learner_version
                 self.start_pipeline()

@@ -43,6 +43,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import llm_dataset_grpo as dataset_bench  # noqa: E402
+from common import require_counted, summary_speeds  # noqa: E402
 from proximo.llm import GRPO, SFT  # noqa: E402
 from proximo.llm.tasks import get_task  # noqa: E402
 
@@ -73,11 +74,13 @@ def loop_tokens_per_s(history: list[dict], completions_per_step: int) -> float:
     if len(history) < 2:
         raise SystemExit("tokens/s needs at least 2 GRPO steps")
     tokens = sum(row["response_length"] * completions_per_step for row in history[1:])
-    return tokens / (history[-1]["time_s"] - history[0]["time_s"])
+    return require_counted("tokens (completion tokens of steps 2..N)",
+                           tokens / (history[-1]["time_s"] - history[0]["time_s"]))
 
 
 def grpo_figures(trainer: GRPO, summary: dict, mode: str, completions_per_step: int) -> dict:
     """The measured figures of one GRPO run."""
+    summary_speeds(summary)  # a run that counted no tokens measured nothing: stop
     after = summary["after"]
     return {"mode": mode, "torch_threads": THREADS[mode], "steps": summary["steps"],
             "tokens_per_s": loop_tokens_per_s(trainer.history, completions_per_step),

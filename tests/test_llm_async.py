@@ -287,3 +287,19 @@ def test_a_stopped_async_run_resumes_and_finishes(tmp_path):
     assert [learner - versions[0] for learner, versions, _ in seen] == [0, 1, 1]
     assert [row["offpolicy/version_lag"] for row in resumed.history[-3:]] == [0.0, 1.0, 1.0]
     assert all(math.isfinite(row["policy_loss"]) for row in resumed.history)
+
+
+def test_an_error_inside_the_generator_reaches_the_learner_in_one_line(tmp_path):
+    trainer = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path, steps=1, async_generation=True,
+                   **FAST)
+    sampler = trainer.sampler
+    args, _ = trainer._sampler_args(PROMPTS[:2])
+    sampler.generate(*args, repeats=2)
+    pid = sampler.pid
+    # A request claiming weights the generator was never given: it must refuse it, not sample from others.
+    ids, mask = args[1].numpy(), args[2].numpy()
+    sampler._requests.put(("generate", 99, 7, ids, mask, 4, 2, 0, 1.0, 1, 0))
+    with pytest.raises(GenerationProcessError, match=r"^the generation process failed: RuntimeError: request 99 "
+                                                     r"was made at weights version 7 but version 0 is published$"):
+        sampler.generate(*args, repeats=2)
+    assert sampler.process is None and _gone(pid)

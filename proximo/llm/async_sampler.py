@@ -94,7 +94,8 @@ class AsyncProcessSampler(Sampler):
         return None if self.process is None else self.process.pid
 
     def _start(self, model) -> None:
-        """Spawn the generator with a shared-memory copy of model (every weight, at policy_version)."""
+        """Start the generator (a fork of the forkserver) with a shared-memory copy of model (every weight, at
+        policy_version)."""
         ctx = multiprocessing.get_context("forkserver")
         # The server imports this module (torch, transformers) once per learner process; each generator is then
         # a fork of that clean, single-threaded server: no import cost per run, none of the learner's threads.

@@ -95,9 +95,10 @@ def grpo_figures(trainer: GRPO, summary: dict, mode: str, completions_per_step: 
 def add_seed(seed: int, args, root: Path) -> list[dict]:
     """SFT warm start on `add`, then GRPO sync and async from it."""
     sft_dir = root / f"add-sft-s{seed}"
-    if not (sft_dir / "summary.json").is_file():  # deterministic per seed: reused when it is there
+    if not (sft_dir / "summary.json").is_file():  # deterministic per seed: reused when it is there (1 thread, as
+        # llm_add.py: setup, not measured)
         SFT("tiny", run_dir=sft_dir, seed=seed, task="add", digits=args.digits, target_accuracy=args.sft_target,
-            eval_every=args.sft_eval_every, max_steps=args.sft_max_steps, tensorboard=False, torch_threads=2,
+            eval_every=args.sft_eval_every, max_steps=args.sft_max_steps, tensorboard=False, torch_threads=1,
             num_eval_prompts=args.eval_prompts).train()
     rows = []
     for mode in MODES:
@@ -121,7 +122,7 @@ def dataset_seeds(args, root: Path) -> list[dict]:
     if not (warm_dir / "warm_start.json").is_file():
         warm_args = argparse.Namespace(sft_lr=1e-3, sft_max_steps=args.dataset_sft_max_steps, sft_batch=128,
                                        sft_eval_every=args.sft_eval_every, sft_target=args.dataset_sft_target)
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)  # setup, not measured: one thread, as llm_dataset_grpo.py
         dataset_bench.warm_start(0, task, read(train_path), read(eval_path)[:100], warm_args, warm_dir, "tiny")
     rows = []
     for seed in args.seeds:

@@ -18,6 +18,7 @@ import torch
 
 from proximo.core import masked_mean
 from proximo.core.offpolicy import importance_weights, offpolicy_statistics, stale_rows
+from proximo.llm.multiturn import Environment, ToolEnvironment, add_environment_rewards, load_tools
 from proximo.errors import ProximoError
 from proximo.llm.config import GRPOConfig
 from proximo.llm.generation import Sampler, concat_rollouts, response_logprobs
@@ -121,16 +122,23 @@ class GRPO(RLTrainer):
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
                  run_dir: str | Path | None = None, verbose: bool = False, tensorboard: bool = True,
                  dataset: Any = None, eval_dataset: Any = None, eval_fraction: float | None = None,
-                 reward_weights: list[float] | None = None, sampler: Sampler | None = None, **config: Any) -> None:
+                 reward_weights: list[float] | None = None, sampler: Sampler | None = None,
+                 environment: Environment | None = None, **config: Any) -> None:
         if (reward_fn is not None or dataset is not None) and "task" not in config:
             config["task"] = ""
         if dataset is not None and reward_fn is None:
             raise ProximoError("a dataset needs reward functions: pass reward_fn=... (CLI: --reward module:function "
                                "or --reward proximo:exact_match)")
+        # Tools load before the run directory is made: a bad --tools spec leaves nothing behind.
+        tools = load_tools(config["tools"]) if environment is None and config.get("tools") else None
         super().__init__(model, GRPOConfig(**config), reward_fn, prompts, eval_prompts, run_dir, verbose,
                          tensorboard, dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction,
                          reward_weights=reward_weights, sampler=sampler)
         self.prepare_reward_models(self.rewards)
+        # Several turns: the caller's environment, or the tools of config.tools answering tool calls.
+        if tools is not None:
+            environment = ToolEnvironment(tools, self.tokenizer, self.config.tool_timeout_s)
+        self.environment = environment
 
     def needs_reference_copy(self) -> bool:
         """A copy of the initial policy only when a KL term uses it, or keep_reference asks for the kl_ref
@@ -148,7 +156,10 @@ class GRPO(RLTrainer):
         rep_rows = None if rows is None else [r for r in rows for _ in range(group)]
         # A reward model that shares the policy's tokenizer scores the sampled ids (no decode and re-encode).
         rewards, per_fn = self.score(self.dataset, rep_rows, texts, completions, rollout=rollout)
-        return SimpleNamespace(rollout=rollout, rewards=rewards, per_fn=per_fn, gen_s=gen_s, n=n)
+        episodes = self.last_episodes if self.environment is not None else None
+        if episodes is not None:
+            rewards = add_environment_rewards(rewards, episodes.rewards)
+        return SimpleNamespace(rollout=rollout, rewards=rewards, per_fn=per_fn, gen_s=gen_s, n=n, episodes=episodes)
 
     def collect(self) -> SimpleNamespace:
         """prompts_per_step groups of G completions (with dynamic sampling: groups whose rewards differ,
@@ -252,6 +263,10 @@ class GRPO(RLTrainer):
             "offpolicy/clipped_frac": mismatch[3] / max(mismatch[4], 1.0),
             "offpolicy/stale_frac": mismatch[5] / max(mismatch[6], 1.0),
         }
+        if parts[0].episodes is not None:
+            # Multi-turn episodes: mean turns, tool calls and failed calls per episode over this step's draws.
+            for key in parts[0].episodes.stats():
+                stats[key] = sum(p.episodes.stats()[key] for p in parts) / len(parts)
         for name in parts[0].per_fn:
             values = [p.per_fn[name] for p in parts if not math.isnan(p.per_fn[name])]
             # the mean of each rank's mean (over its draws): ranks draw as many groups, up to dynamic sampling

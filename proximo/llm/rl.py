@@ -42,6 +42,7 @@ from proximo.llm.generation import KVCacheSampler, Rollout, Sampler, generate, p
 from proximo.llm.data import PromptDataset, render_prompt
 from proximo.llm.learners import TokenLearner, micro_batches  # noqa: F401 - micro_batches is imported from here too
 from proximo.llm.lora import LoRA
+from proximo.llm.multiturn import run_episodes
 from proximo.llm.models import enable_gradient_checkpointing, load_model, position_limit
 from proximo.llm.precision import Precision, resolve_llm_device
 from proximo.llm.rewards import RewardSet, score_samples
@@ -81,6 +82,8 @@ class RLTrainer(LLMTrainer):
     rollout + update round each)."""
 
     kind = "rl"
+    # A multi-turn environment (proximo/llm/multiturn.py) when episodes have several turns; None: one turn.
+    environment = None
 
     def __init__(self, model: str | Path, config, reward_fn: RewardFn | str | list | None = None,
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
@@ -320,6 +323,8 @@ class RLTrainer(LLMTrainer):
         texts, generation seconds)."""
         token_ids, truncated = prompt_token_ids(self.tokenizer, prompts, self.config.max_prompt_tokens)
         self.prompt_truncated_fraction = truncated / max(len(prompts), 1)
+        if self.environment is not None:
+            return self.episodes(prompts, token_ids, repeats)
         ids, mask = pad_prompts(token_ids, self.tokenizer.pad_id)
         started = time.perf_counter()
         with self.precision.autocast():
@@ -328,6 +333,26 @@ class RLTrainer(LLMTrainer):
                                             repeats=repeats)
         seconds = time.perf_counter() - started
         return rollout, decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask), seconds
+
+    def episodes(self, prompts: list[str], token_ids: list[list[int]], repeats: int = 1, greedy: bool = False,
+                 sampled: bool = True) -> tuple[Rollout, list[str], float]:
+        """repeats multi-turn episodes per prompt with self.environment (rows grouped by prompt); returns
+        (rollout, text of each episode's last policy turn, seconds) and keeps the Episodes in last_episodes.
+        Training turns go through the sampler; evaluation (sampled False) through generate(), greedy if asked."""
+        cfg = self.config
+        stops, pad = self.tokenizer.stop_ids, self.tokenizer.pad_id
+
+        def one_turn(ids: torch.Tensor, mask: torch.Tensor, times: int) -> Rollout:
+            if sampled:
+                return self.sampler.generate(self.model, ids, mask, self.max_new_tokens, stops, pad,
+                                             temperature=cfg.temperature, repeats=times)
+            return generate(self.model, ids, mask, self.max_new_tokens, stops, pad, temperature=cfg.temperature,
+                            greedy=greedy, repeats=times)
+        started = time.perf_counter()
+        with self.precision.autocast():
+            self.last_episodes = run_episodes(one_turn, self.tokenizer, self.environment, token_ids, prompts,
+                                              repeats, cfg.max_turns, self.max_new_tokens, position_limit(self.model))
+        return self.last_episodes.rollout, self.last_episodes.completions, time.perf_counter() - started
 
     def evaluate(self) -> dict[str, float]:
         """Held-out mean reward (accuracy on exact-match tasks) of sampled and greedy completions. Sharded:
@@ -350,13 +375,24 @@ class RLTrainer(LLMTrainer):
         reward_fn = None
         cap = self.config.max_prompt_tokens
         prompts = self.eval_prompts[first:last]
+
+        def episodes(greedy: bool):
+            # With an environment, held-out prompts are whole episodes too (scored on their last policy turn).
+            if self.environment is None:
+                return None
+
+            def sample(chunk: list[str], ids: torch.Tensor, mask: torch.Tensor):
+                token_ids = prompt_token_ids(self.tokenizer, chunk, cap)[0]
+                rollout, completions, _ = self.episodes(chunk, token_ids, greedy=greedy, sampled=False)
+                return rollout, completions
+            return sample
         if prompts:  # more ranks than held-out prompts leaves some with none
             with self.precision.autocast():
                 evaluate(self.model, self.tokenizer, prompts, reward_fn, self.max_new_tokens,
-                         self.config.temperature, score=score, max_prompt_tokens=cap)
+                         self.config.temperature, score=score, max_prompt_tokens=cap, sample=episodes(False))
                 slot = 2
                 evaluate(self.model, self.tokenizer, prompts, reward_fn, self.max_new_tokens,
-                         greedy=True, score=score, max_prompt_tokens=cap)
+                         greedy=True, score=score, max_prompt_tokens=cap, sample=episodes(True))
         sampled, sampled_n, greedy, greedy_n = self.global_sum(*tally)
         return {"eval_sampled_accuracy": sampled / max(sampled_n, 1), "eval_greedy_accuracy": greedy / max(greedy_n, 1)}
 

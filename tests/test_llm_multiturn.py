@@ -14,8 +14,19 @@ from proximo.llm.losses import grpo_token_loss
 from proximo.llm.modeldir import make_model_dir
 from proximo.llm.models import forward_hidden, load_model, save_model
 from proximo.llm.multiturn import (
-    Environment, Reply, Tool, ToolCall, ToolEnvironment, add_environment_rewards, call_tool, calculator,
-    load_tools, parse_tool_calls, render_reply, run_episodes, tool_schema,
+    Environment,
+    Reply,
+    Tool,
+    ToolCall,
+    ToolEnvironment,
+    add_environment_rewards,
+    calculator,
+    call_tool,
+    load_tools,
+    parse_tool_calls,
+    render_reply,
+    run_episodes,
+    tool_schema,
 )
 from proximo.llm.tokenizer import CharTokenizer
 
@@ -164,6 +175,12 @@ def test_response_mask_is_zero_exactly_on_the_environment_tokens():
     assert r.attention_mask[0].tolist() == r.prompt_mask[0].tolist() + [1] * width
     assert episodes.completions == ["45", "7"] and episodes.turns == [3, 1]
     assert episodes.rewards.tolist() == [0.5, 0.5]
+    # At max_turns the episode ends: the environment's answer to the last turn is not appended.
+    calls.clear()
+    capped = run_episodes(generate_fn, tok, ScriptedForRows({0: 2, 1: 0}), [tok.encode(p, add_bos=True)
+                          for p in prompts], prompts, repeats=1, max_turns=2, max_new_tokens=4)
+    assert capped.rollout.response_ids[0].tolist() == [4, 5, eos] + reply + [6, eos]
+    assert capped.turns == [2, 1] and capped.completions == ["3", "7"]
     # The environment's final reward adds to the reward functions' sum, and scores an unscored row.
     assert add_environment_rewards(torch.tensor([1.0, float("nan")]), episodes.rewards).tolist() == [1.5, 0.5]
 
@@ -199,7 +216,7 @@ def _tiny_episodes(seed=0):
 
 
 def test_sampled_logprobs_of_every_turn_equal_one_forward_pass_of_the_whole_episode():
-    model, tok, episodes = _tiny_episodes()
+    model, _, episodes = _tiny_episodes()
     r = episodes.rollout
     env = r.attention.bool() & ~r.response_mask.bool()
     assert env.any() and r.response_mask.any()
@@ -210,7 +227,7 @@ def test_sampled_logprobs_of_every_turn_equal_one_forward_pass_of_the_whole_epis
 
 
 def test_grpo_loss_and_its_gradient_ignore_environment_tokens():
-    model, tok, episodes = _tiny_episodes(seed=1)
+    model, _, episodes = _tiny_episodes(seed=1)
     r = episodes.rollout
     width = r.prompt_ids.shape[1]
     env = r.attention.bool() & ~r.response_mask.bool()
@@ -314,6 +331,10 @@ def test_multi_turn_grpo_runs_two_steps_through_the_cli(tool_model, tmp_path, ca
     assert summary["after"]["eval_greedy_accuracy"] == 1.0  # evaluated over whole episodes, tools included
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["config"]["tools"] == "proximo:calculator" and config["config"]["max_turns"] == 3
+    # `llm eval` of the run scores whole episodes with the run's tools too.
+    capsys.readouterr()
+    assert main(["llm", "eval", str(tmp_path / "run")]) == 0
+    assert "greedy: 1.000 (3 of 3 scored)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("spec, message", [

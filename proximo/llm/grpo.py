@@ -113,7 +113,9 @@ class GRPO(RLTrainer):
     GRPO("tiny" | model_dir | run_dir, reward_fn=f or [f, "proximo:exact_match", ...], reward_weights=[...],
     dataset=FILE | rows, eval_dataset=... | eval_fraction=F, **GRPOConfig fields).train(steps) -> summary.
     prompts=[...] (a list of strings) still works in place of dataset; sampler= an outside generation
-    engine (proximo.llm.generation.Sampler), default the built-in KV-cache sampler."""
+    engine (proximo.llm.generation.Sampler), default the built-in KV-cache sampler. environment= a
+    proximo.llm.multiturn.Environment (ToolEnvironment([f, g]) for your tool functions; or tools="module:f"
+    with max_turns) makes every rollout an episode of several turns; only the policy's tokens are trained."""
 
     kind = "grpo"
     learner_class = GRPOLearner
@@ -138,6 +140,8 @@ class GRPO(RLTrainer):
         # Several turns: the caller's environment, or the tools of config.tools answering tool calls.
         if tools is not None:
             environment = ToolEnvironment(tools, self.tokenizer, self.config.tool_timeout_s)
+        elif isinstance(environment, ToolEnvironment) and environment.tokenizer is None:
+            environment.tokenizer = self.tokenizer  # tool turns rendered by the policy's own chat template
         self.environment = environment
 
     def needs_reference_copy(self) -> bool:

@@ -30,13 +30,16 @@ import math
 import operator
 import re
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from proximo.errors import ProximoError
-from proximo.llm.generation import Rollout, pad_prompts
+from proximo.llm.generation import Rollout, generate, pad_prompts
+from proximo.llm.models import position_limit
+from proximo.llm.rewards import load_function  # the loader of --reward (the current directory on the path)
 
 TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 PLAIN_TOOL_RESPONSE = "<tool_response>{content}</tool_response>"
@@ -123,8 +126,6 @@ class Tool:
 def load_tools(spec: str | Sequence[Callable | str]) -> list[Tool]:
     """Tools from a comma-separated spec (module:function, path/to/file.py:function or proximo:calculator,
     the --tools syntax) or a list of functions and specs; ProximoError in one line for a bad one."""
-    from proximo.llm.rewards import load_function  # the loader --reward uses (current directory on the path)
-
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     tools = []
     for item in items:
@@ -332,7 +333,8 @@ def run_episodes(generate_fn: Callable[[torch.Tensor, torch.Tensor, int], Rollou
     max_turns policy turns of up to max_new_tokens tokens. generate_fn(ids [b, P], mask [b, P], repeats) ->
     Rollout samples one turn for left-padded contexts (the sampler's KV-cache generate). An episode ends when
     the environment says done, after max_turns turns, at a turn cut without a stop token, or when its next
-    turn would pass max_length positions (prompt + every turn and reply)."""
+    turn would pass max_length positions (prompt + every turn and reply). The environment's step sees every
+    turn the policy ended with a stop token, the last one included."""
     if max_turns < 1:
         raise ProximoError(f"max_turns must be at least 1, got {max_turns}")
     rows = [r for r in range(len(prompts)) for _ in range(repeats)]
@@ -367,16 +369,17 @@ def run_episodes(generate_fn: Callable[[torch.Tensor, torch.Tensor, int], Rollou
             ended = bool(written) and written[-1] in stops
             text = tokenizer.decode(written)
             last_text[e] = text
-            if not ended or turn == max_turns - 1:
-                cut += int(not ended)
+            if not ended:
+                cut += 1
                 continue
-            stop_text = _token_text(tokenizer, written[-1])
-            reply = env.step(states[e], text, stop_text)
+            # The environment sees every turn the policy ends, the last one too (a grader's final reward);
+            # what it answers after turn max_turns is not appended.
+            reply = env.step(states[e], text, _token_text(tokenizer, written[-1]))
             calls += len(reply.results)
             errors += sum(r.startswith("error:") for r in reply.results)
             if reply.reward is not None:
                 env_reward[e] = float(reply.reward)
-            if reply.done:
+            if reply.done or turn == max_turns - 1:
                 continue
             answer = tokenizer.encode(reply.text) if reply.text else []
             if max_length is not None and len(context[e]) + len(answer) + max_new_tokens > max_length:
@@ -389,6 +392,22 @@ def run_episodes(generate_fn: Callable[[torch.Tensor, torch.Tensor, int], Rollou
         alive = still
     return Episodes(_rollout(prompt_ids, rows, segments, tokenizer.pad_id), last_text, env_reward, turns,
                     calls, errors, cut)
+
+
+def episode_sampler(model, tokenizer, env: Environment, max_new_tokens: int, max_turns: int,
+                    temperature: float = 1.0, greedy: bool = False) -> Callable:
+    """The sample= of proximo.llm.run.evaluate for episodes: sample(prompts, ids [n, P], mask [n, P]) ->
+    (rollout, last policy turn texts), each turn by generate() (greedy or at temperature)."""
+    def one_turn(ids: torch.Tensor, mask: torch.Tensor, times: int) -> Rollout:
+        return generate(model, ids, mask, max_new_tokens, tokenizer.stop_ids, tokenizer.pad_id,
+                        temperature=temperature, greedy=greedy, repeats=times)
+
+    def sample(prompts: list[str], ids: torch.Tensor, mask: torch.Tensor) -> tuple[Rollout, list[str]]:
+        token_ids = [row[m.bool()].tolist() for row, m in zip(ids, mask)]  # the prompts as evaluate cut them
+        episodes = run_episodes(one_turn, tokenizer, env, token_ids, prompts, 1, max_turns, max_new_tokens,
+                                position_limit(model))
+        return episodes.rollout, episodes.completions
+    return sample
 
 
 def _token_text(tokenizer, token: int) -> str:

@@ -42,7 +42,7 @@ from proximo.llm.generation import KVCacheSampler, Rollout, Sampler, generate, p
 from proximo.llm.data import PromptDataset, render_prompt
 from proximo.llm.learners import TokenLearner, micro_batches  # noqa: F401 - micro_batches is imported from here too
 from proximo.llm.lora import LoRA
-from proximo.llm.multiturn import run_episodes
+from proximo.llm.multiturn import episode_sampler, run_episodes
 from proximo.llm.models import enable_gradient_checkpointing, load_model, position_limit
 from proximo.llm.precision import Precision, resolve_llm_device
 from proximo.llm.rewards import RewardSet, score_samples
@@ -334,20 +334,17 @@ class RLTrainer(LLMTrainer):
         seconds = time.perf_counter() - started
         return rollout, decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask), seconds
 
-    def episodes(self, prompts: list[str], token_ids: list[list[int]], repeats: int = 1, greedy: bool = False,
-                 sampled: bool = True) -> tuple[Rollout, list[str], float]:
-        """repeats multi-turn episodes per prompt with self.environment (rows grouped by prompt); returns
-        (rollout, text of each episode's last policy turn, seconds) and keeps the Episodes in last_episodes.
-        Training turns go through the sampler; evaluation (sampled False) through generate(), greedy if asked."""
+    def episodes(self, prompts: list[str], token_ids: list[list[int]], repeats: int = 1
+                 ) -> tuple[Rollout, list[str], float]:
+        """repeats multi-turn episodes per prompt with self.environment, each turn through the sampler (rows
+        grouped by prompt); returns (rollout, text of each episode's last policy turn, seconds) and keeps the
+        Episodes in last_episodes."""
         cfg = self.config
         stops, pad = self.tokenizer.stop_ids, self.tokenizer.pad_id
 
         def one_turn(ids: torch.Tensor, mask: torch.Tensor, times: int) -> Rollout:
-            if sampled:
-                return self.sampler.generate(self.model, ids, mask, self.max_new_tokens, stops, pad,
-                                             temperature=cfg.temperature, repeats=times)
-            return generate(self.model, ids, mask, self.max_new_tokens, stops, pad, temperature=cfg.temperature,
-                            greedy=greedy, repeats=times)
+            return self.sampler.generate(self.model, ids, mask, self.max_new_tokens, stops, pad,
+                                         temperature=cfg.temperature, repeats=times)
         started = time.perf_counter()
         with self.precision.autocast():
             self.last_episodes = run_episodes(one_turn, self.tokenizer, self.environment, token_ids, prompts,
@@ -378,14 +375,9 @@ class RLTrainer(LLMTrainer):
 
         def episodes(greedy: bool):
             # With an environment, held-out prompts are whole episodes too (scored on their last policy turn).
-            if self.environment is None:
-                return None
-
-            def sample(chunk: list[str], ids: torch.Tensor, mask: torch.Tensor):
-                token_ids = prompt_token_ids(self.tokenizer, chunk, cap)[0]
-                rollout, completions, _ = self.episodes(chunk, token_ids, greedy=greedy, sampled=False)
-                return rollout, completions
-            return sample
+            return None if self.environment is None else episode_sampler(
+                self.model, self.tokenizer, self.environment, self.max_new_tokens, self.config.max_turns,
+                self.config.temperature, greedy)
         if prompts:  # more ranks than held-out prompts leaves some with none
             with self.precision.autocast():
                 evaluate(self.model, self.tokenizer, prompts, reward_fn, self.max_new_tokens,

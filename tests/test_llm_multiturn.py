@@ -10,7 +10,7 @@ import torch
 from proximo.cli import main
 from proximo.errors import ProximoError
 from proximo.llm.generation import Rollout, generate, response_logprobs
-from proximo.llm.losses import grpo_token_loss
+from proximo.llm.losses import grpo_token_loss, truncated_rows
 from proximo.llm.modeldir import make_model_dir
 from proximo.llm.models import forward_hidden, load_model, save_model
 from proximo.llm.multiturn import (
@@ -175,6 +175,11 @@ def test_response_mask_is_zero_exactly_on_the_environment_tokens():
     assert r.attention_mask[0].tolist() == r.prompt_mask[0].tolist() + [1] * width
     assert episodes.completions == ["45", "7"] and episodes.turns == [3, 1]
     assert episodes.rewards.tolist() == [0.5, 0.5]
+    # Overlong masking reads the last policy turn: row 0 ended it with <eos>; cut after an ended first turn is cut.
+    assert truncated_rows(r.response_ids, r.response_mask, tok.stop_ids).tolist() == [False, False]
+    cut_last = r.response_mask.clone()
+    cut_last[0, width - 1] = 0  # as if the last turn had stopped one token short of its <eos>
+    assert truncated_rows(r.response_ids, cut_last, tok.stop_ids).tolist() == [True, False]
     # At max_turns the episode ends: the environment's answer to the last turn is not appended.
     calls.clear()
     capped = run_episodes(generate_fn, tok, ScriptedForRows({0: 2, 1: 0}), [tok.encode(p, add_bos=True)

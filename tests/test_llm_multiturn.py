@@ -342,6 +342,28 @@ def test_multi_turn_grpo_runs_two_steps_through_the_cli(tool_model, tmp_path, ca
     assert "greedy: 1.000 (3 of 3 scored)" in capsys.readouterr().out
 
 
+def test_chat_prompts_list_the_tools_where_the_template_has_a_place(tool_model, tmp_path):
+    import shutil
+    folder = tmp_path / "with_tools"
+    shutil.copytree(tool_model, folder)
+    # A template with a tools block, as Qwen2.5's and Llama-3.1's have one.
+    (folder / "chat_template.jinja").write_text(
+        "{{ bos_token }}{% if tools %}<|system|>{% for t in tools %}{{ t['function']['name'] }};{% endfor %}<|end|>"
+        "{% endif %}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    rows = [{"prompt": [{"role": "user", "content": "12x34="}], "answer": "408"}]
+    from proximo.llm import GRPO
+    with_tools = GRPO(folder, reward_fn="proximo:exact_match", dataset=rows, environment=ToolEnvironment([lookup]),
+                      tensorboard=False, run_dir=tmp_path / "a", num_eval_prompts=1)
+    assert with_tools.train_texts == ["<s><|system|>lookup;<|end|><|user|>12x34=<|end|><|assistant|>"]
+    by_spec = GRPO(folder, reward_fn="proximo:exact_match", dataset=rows, tools="proximo:calculator",
+                   tensorboard=False, run_dir=tmp_path / "b", num_eval_prompts=1)
+    assert by_spec.train_texts == ["<s><|system|>calculator;<|end|><|user|>12x34=<|end|><|assistant|>"]
+    plain = GRPO(folder, reward_fn="proximo:exact_match", dataset=rows, tensorboard=False, run_dir=tmp_path / "c",
+                 num_eval_prompts=1)
+    assert plain.train_texts == ["<s><|user|>12x34=<|end|><|assistant|>"]
+
+
 @pytest.mark.parametrize("spec, message", [
     ("nosuchmodule_xyz:f", "--tools 'nosuchmodule_xyz:f': cannot import nosuchmodule_xyz"),
     ("calculator", "--tools 'calculator' is not of the form module:function"),

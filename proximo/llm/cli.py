@@ -610,7 +610,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_new = args.max_new_tokens or (cfg.get("tools") and cfg.get("max_new_tokens")) or task.max_new_tokens
     else:
         dataset = type(data)(data.rows[:count], data.source)
-        prompts = [render_prompt(p, tokenizer) for p in dataset.prompts(range(len(dataset)))]
+        schemas = [t.schema for t in load_tools(cfg["tools"])] if cfg.get("tools") else None
+        prompts = [render_prompt(p, tokenizer, schemas) for p in dataset.prompts(range(len(dataset)))]
         max_new = args.max_new_tokens or cfg.get("max_new_tokens") or 16
     scored = [0, 0]
     slot = 0

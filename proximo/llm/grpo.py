@@ -133,6 +133,9 @@ class GRPO(RLTrainer):
                                "or --reward proximo:exact_match)")
         # Tools load before the run directory is made: a bad --tools spec leaves nothing behind.
         tools = load_tools(config["tools"]) if environment is None and config.get("tools") else None
+        if tools is not None or isinstance(environment, ToolEnvironment):
+            # read when the chat prompts are rendered (RLTrainer._render), before the environment is set
+            self.tool_schemas = [t.schema for t in tools] if tools is not None else environment.schemas
         super().__init__(model, GRPOConfig(**config), reward_fn, prompts, eval_prompts, run_dir, verbose,
                          tensorboard, dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction,
                          reward_weights=reward_weights, sampler=sampler)

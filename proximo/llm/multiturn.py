@@ -123,12 +123,15 @@ class Tool:
         self.schema = self.schema or tool_schema(self.func)
 
 
-def load_tools(spec: str | Sequence[Callable | str]) -> list[Tool]:
+def load_tools(spec: str | Sequence[Callable | str | Tool]) -> list[Tool]:
     """Tools from a comma-separated spec (module:function, path/to/file.py:function or proximo:calculator,
-    the --tools syntax) or a list of functions and specs; ProximoError in one line for a bad one."""
+    the --tools syntax) or a list of functions, specs and Tools; ProximoError in one line for a bad one."""
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     tools = []
     for item in items:
+        if isinstance(item, Tool):
+            tools.append(item)
+            continue
         if callable(item):
             tools.append(Tool(item))
             continue
@@ -283,8 +286,7 @@ class ToolEnvironment(Environment):
     """Answers each turn's tool calls with their results (role tool); a turn without a call ends the episode."""
 
     def __init__(self, tools: str | Sequence[Callable | str | Tool], tokenizer=None, timeout_s: float = 5.0) -> None:
-        tools = list(tools) if not isinstance(tools, str) else load_tools(tools)
-        self.tools = {t.name: t for t in (t if isinstance(t, Tool) else load_tools([t])[0] for t in tools)}
+        self.tools = {t.name: t for t in load_tools(tools)}
         self.tokenizer = tokenizer
         if not timeout_s > 0:
             raise ProximoError(f"the tool time limit must be positive, got {timeout_s}")

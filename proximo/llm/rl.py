@@ -84,6 +84,7 @@ class RLTrainer(LLMTrainer):
     kind = "rl"
     # A multi-turn environment (proximo/llm/multiturn.py) when episodes have several turns; None: one turn.
     environment = None
+    tool_schemas: list | None = None  # the tools' JSON schemas, given to the chat template with chat prompts
 
     def __init__(self, model: str | Path, config, reward_fn: RewardFn | str | list | None = None,
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
@@ -211,7 +212,8 @@ class RLTrainer(LLMTrainer):
         """The prompt texts of a dataset's rows, checked to fit the model's positions with the completion."""
         if dataset is None:
             return None
-        texts = [render_prompt(p, self.tokenizer) for p in dataset.prompts(range(len(dataset)))]
+        # A tools run's chat prompts list the tools' schemas where the chat template has a place for them.
+        texts = [render_prompt(p, self.tokenizer, self.tool_schemas) for p in dataset.prompts(range(len(dataset)))]
         limit = position_limit(self.model)
         cap = self.config.max_prompt_tokens
         if limit:

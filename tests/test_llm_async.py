@@ -166,6 +166,12 @@ def test_async_with_what_it_cannot_serve_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "async_generation runs one generator beside one learner" in err[0], err
     assert not (tmp_path / "b").exists()
+    # The generator samples single turns: tools over several turns are refused before anything is made.
+    code = main(["llm", "grpo", "--init", "tiny", "--async-generation", "--tools", "proximo:calculator",
+                 "--prompts-per-step", "4", "--group-size", "2", "--run-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "async_generation samples single-turn completions" in err[0], err
+    assert not (tmp_path / "c").exists()
 
 
 def test_the_generator_is_gone_after_a_reward_function_fails(tmp_path):

@@ -19,6 +19,7 @@ from proximo.llm.data import PromptDataset, _read_rows, render_prompt
 from proximo.llm.grpo import GRPO, check_async_generation
 from proximo.llm.modeldir import make_model_dir, task_texts
 from proximo.llm.models import BUILTIN_MODELS, load_model
+from proximo.llm.multiturn import ToolEnvironment, episode_sampler, load_tools
 from proximo.llm.reward_model import RewardModelTrainer
 from proximo.llm.rewards import RewardSet, score_samples
 from proximo.llm.rl import split_prompts
@@ -609,10 +610,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     max_prompt_tokens = cfg.get("max_prompt_tokens")
     if task is not None:
         prompts, dataset = task.held_out_prompts(count), None
-        max_new = args.max_new_tokens or task.max_new_tokens
+        # A tools run's turns are longer than the task's answer: its own max_new_tokens.
+        max_new = args.max_new_tokens or (cfg.get("tools") and cfg.get("max_new_tokens")) or task.max_new_tokens
     else:
         dataset = type(data)(data.rows[:count], data.source)
-        prompts = [render_prompt(p, tokenizer) for p in dataset.prompts(range(len(dataset)))]
+        schemas = [t.schema for t in load_tools(cfg["tools"])] if cfg.get("tools") else None
+        prompts = [render_prompt(p, tokenizer, schemas) for p in dataset.prompts(range(len(dataset)))]
         max_new = args.max_new_tokens or cfg.get("max_new_tokens") or 16
     scored = [0, 0]
     slot = 0
@@ -623,11 +626,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         scored[slot] += int((~values.isnan()).sum())
         return values
 
+    # A run trained with tools is scored over whole episodes with the same tools (its last turn scored).
+    env = None
+    if cfg.get("tools"):
+        env = ToolEnvironment(load_tools(cfg["tools"]), tokenizer, cfg.get("tool_timeout_s", 5.0))
+
+    def episodes(greedy: bool):
+        return None if env is None else episode_sampler(model, tokenizer, env, max_new, cfg.get("max_turns", 4),
+                                                        temperature, greedy)
     sampled = evaluate(model, tokenizer, prompts, None, max_new, temperature, score=score,
-                       max_prompt_tokens=max_prompt_tokens)
+                       max_prompt_tokens=max_prompt_tokens, sample=episodes(False))
     slot = 1
     greedy = evaluate(model, tokenizer, prompts, None, max_new, greedy=True, score=score,
-                      max_prompt_tokens=max_prompt_tokens)
+                      max_prompt_tokens=max_prompt_tokens, sample=episodes(True))
     kind = f"{record['kind']} run" if record else "model directory"
     print(f"model: {path} ({kind})")
     print(f"prompts: {len(prompts)} {which}")

@@ -248,6 +248,10 @@ class GRPOConfig(_RLConfig):
     ent_coef: float = doc(0.0, "weight of the entropy bonus")
     keep_reference: bool | None = doc(None, "hold a frozen copy of the initial policy for the kl_ref metric; none: "
                                       "only when kl_coef > 0 needs it (LoRA's reference is free)")
+    tools: str = doc("", "tools the policy may call over several turns: module:function[,module:function] (or "
+                     "proximo:calculator), called as <tool_call>{json}</tool_call>; empty: one turn, no tools")
+    max_turns: int = doc(4, "most policy turns of an episode with tools (each up to max_new_tokens tokens)")
+    tool_timeout_s: float = doc(5.0, "time limit of one tool call in seconds; past it the model is answered an error")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and the fix."""
@@ -273,6 +277,10 @@ class GRPOConfig(_RLConfig):
         for name in ("cispo_max_weight", "gmpo_clip_range", "sapo_tau_pos", "sapo_tau_neg", "offpolicy_cap"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"{name} must be a positive finite number, got {getattr(self, name)}")
+        if self.max_turns < 1:
+            raise ConfigError(f"max_turns must be at least 1, got {self.max_turns}")
+        if not (self.tool_timeout_s > 0 and math.isfinite(self.tool_timeout_s)):
+            raise ConfigError(f"tool_timeout_s must be a positive number of seconds, got {self.tool_timeout_s}")
         if self.max_staleness is not None and self.max_staleness < 0:
             raise ConfigError(f"max_staleness must not be negative (or None), got {self.max_staleness}")
         if not (self.async_timeout_s > 0 and math.isfinite(self.async_timeout_s)):

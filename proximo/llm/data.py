@@ -26,14 +26,15 @@ def render_default_chat(messages: list[dict[str, Any]]) -> str:
     return " ".join(f"{m['role']}: {m['content']}" for m in messages) + " assistant:"
 
 
-def render_prompt(prompt: str | list[dict[str, Any]], tokenizer) -> str:
+def render_prompt(prompt: str | list[dict[str, Any]], tokenizer, tools: list[dict] | None = None) -> str:
     """The text the model is given for a dataset prompt: a string as is, chat messages through the
-    tokenizer's chat template (with the generation prompt) or, lacking one, render_default_chat."""
+    tokenizer's chat template (with the generation prompt; tools, JSON schemas, passed to it for a template
+    that lists them, as Qwen2.5's and Llama-3.1's do) or, lacking one, render_default_chat."""
     if isinstance(prompt, str):
         return prompt
     apply = getattr(tokenizer, "apply_chat_template", None)
     if getattr(tokenizer, "chat_template", None) and apply is not None:
-        return apply(prompt)
+        return apply(prompt, tools=tools) if tools else apply(prompt)
     return render_default_chat(prompt)
 
 

@@ -28,6 +28,13 @@ class Rollout:
                                     # sampler's own (an outside engine's: what the off-policy correction reads)
     policy_version: torch.Tensor | None = None  # [B] the learner version (updates done) each row's sampler
                                                 # had; None: the current one (the built-in sampler's case)
+    attention: torch.Tensor | None = None   # [B, R] every real response token, the environment's too (multi-turn:
+                                            # attended to, never trained on); None: the same as response_mask
+
+    @property
+    def response_attention(self) -> torch.Tensor:
+        """Mask of real response tokens [B, R] (policy and environment); response_mask marks the policy's."""
+        return self.response_mask if self.attention is None else self.attention
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -37,14 +44,15 @@ class Rollout:
     @property
     def attention_mask(self) -> torch.Tensor:
         """Mask of real tokens in input_ids: [B, P + R]."""
-        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+        return torch.cat([self.prompt_mask, self.response_attention], dim=1)
 
 
     def select(self, rows: torch.Tensor) -> "Rollout":
         """The rollout of the given row indices [K]."""
         return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.response_ids[rows],
                        self.response_mask[rows], self.logprobs[rows],
-                       None if self.policy_version is None else self.policy_version[rows])
+                       None if self.policy_version is None else self.policy_version[rows],
+                       None if self.attention is None else self.attention[rows])
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -64,7 +72,9 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
                    torch.cat([right(p.response_ids, pad_id) for p in parts]),
                    torch.cat([right(p.response_mask, 0) for p in parts]),
                    torch.cat([right(p.logprobs, 0.0) for p in parts]),
-                   _versions(parts))
+                   _versions(parts),
+                   None if all(p.attention is None for p in parts)
+                   else torch.cat([right(p.response_attention, 0) for p in parts]))
 
 
 def _versions(parts: list[Rollout]) -> torch.Tensor | None:

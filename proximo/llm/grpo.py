@@ -22,6 +22,7 @@ from proximo.core.offpolicy import importance_weights, offpolicy_statistics, sta
 from proximo.errors import ConfigError, ProximoError
 from proximo.distributed import launched_by_torchrun
 from proximo.llm.async_sampler import AsyncProcessSampler
+from proximo.llm.multiturn import Environment, ToolEnvironment, add_environment_rewards, load_tools
 from proximo.llm.config import GRPOConfig
 from proximo.llm.precision import resolve_llm_device
 from proximo.llm.generation import Sampler, concat_rollouts, response_logprobs
@@ -111,9 +112,14 @@ class GRPOLearner(TokenLearner):
         return total, log_ratio, losses, {"kl_ref": (kl_ref.float() * share).reshape(())}
 
 
-def check_async_generation(config: GRPOConfig, sampler: Sampler | None = None, processes: int | None = None) -> None:
+def check_async_generation(config: GRPOConfig, sampler: Sampler | None = None, processes: int | None = None,
+                           multiturn: bool = False) -> None:
     """ConfigError in one line when async_generation cannot serve the run: an outside sampler, more than one
-    process (processes, else torchrun's WORLD_SIZE), or a device other than the CPU."""
+    process (processes, else torchrun's WORLD_SIZE), a device other than the CPU, or multi-turn episodes."""
+    if multiturn:
+        # The generator process samples one turn per prompt; tool and environment turns run in the learner.
+        raise ConfigError("async_generation samples single-turn completions; with tools or an environment "
+                          "(several turns) leave async_generation off")
     if sampler is not None:
         raise ConfigError(f"async_generation runs its own generator process; it cannot drive the outside sampler "
                           f"{type(sampler).__name__} (pipeline that engine through its own Sampler.prefetch), so "
@@ -134,7 +140,9 @@ class GRPO(RLTrainer):
     GRPO("tiny" | model_dir | run_dir, reward_fn=f or [f, "proximo:exact_match", ...], reward_weights=[...],
     dataset=FILE | rows, eval_dataset=... | eval_fraction=F, **GRPOConfig fields).train(steps) -> summary.
     prompts=[...] (a list of strings) still works in place of dataset; sampler= an outside generation
-    engine (proximo.llm.generation.Sampler), default the built-in KV-cache sampler."""
+    engine (proximo.llm.generation.Sampler), default the built-in KV-cache sampler. environment= a
+    proximo.llm.multiturn.Environment (ToolEnvironment([f, g]) for your tool functions; or tools="module:f"
+    with max_turns) makes every rollout an episode of several turns; only the policy's tokens are trained."""
 
     kind = "grpo"
     learner_class = GRPOLearner
@@ -143,7 +151,8 @@ class GRPO(RLTrainer):
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
                  run_dir: str | Path | None = None, verbose: bool = False, tensorboard: bool = True,
                  dataset: Any = None, eval_dataset: Any = None, eval_fraction: float | None = None,
-                 reward_weights: list[float] | None = None, sampler: Sampler | None = None, **config: Any) -> None:
+                 reward_weights: list[float] | None = None, sampler: Sampler | None = None,
+                 environment: Environment | None = None, **config: Any) -> None:
         if (reward_fn is not None or dataset is not None) and "task" not in config:
             config["task"] = ""
         if dataset is not None and reward_fn is None:
@@ -151,7 +160,12 @@ class GRPO(RLTrainer):
                                "or --reward proximo:exact_match)")
         cfg = GRPOConfig(**config)
         if cfg.async_generation:
-            check_async_generation(cfg, sampler)
+            check_async_generation(cfg, sampler, multiturn=environment is not None or bool(cfg.tools))
+        # Tools load before the run directory is made: a bad --tools spec leaves nothing behind.
+        tools = load_tools(cfg.tools) if environment is None and cfg.tools else None
+        if tools is not None or isinstance(environment, ToolEnvironment):
+            # read when the chat prompts are rendered (RLTrainer._render), before the environment is set
+            self.tool_schemas = [t.schema for t in tools] if tools is not None else environment.schemas
         super().__init__(model, cfg, reward_fn, prompts, eval_prompts, run_dir, verbose,
                          tensorboard, dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction,
                          reward_weights=reward_weights, sampler=sampler)
@@ -160,6 +174,12 @@ class GRPO(RLTrainer):
             self.sampler = AsyncProcessSampler(cfg.seed, cfg.torch_threads, cfg.async_timeout_s,
                                                self.precision.dtype if self.precision.mixed else None)
         self.prepare_reward_models(self.rewards)
+        # Several turns: the caller's environment, or the tools of config.tools answering tool calls.
+        if tools is not None:
+            environment = ToolEnvironment(tools, self.tokenizer, self.config.tool_timeout_s)
+        elif isinstance(environment, ToolEnvironment) and environment.tokenizer is None:
+            environment.tokenizer = self.tokenizer  # tool turns rendered by the policy's own chat template
+        self.environment = environment
 
     def needs_reference_copy(self) -> bool:
         """A copy of the initial policy only when a KL term uses it, or keep_reference asks for the kl_ref
@@ -193,7 +213,10 @@ class GRPO(RLTrainer):
         rep_rows = None if rows is None else [r for r in rows for _ in range(group)]
         # A reward model that shares the policy's tokenizer scores the sampled ids (no decode and re-encode).
         rewards, per_fn = self.score(self.dataset, rep_rows, texts, completions, rollout=rollout)
-        return SimpleNamespace(rollout=rollout, rewards=rewards, per_fn=per_fn, gen_s=gen_s, n=n)
+        episodes = self.last_episodes if self.environment is not None else None
+        if episodes is not None:
+            rewards = add_environment_rewards(rewards, episodes.rewards)
+        return SimpleNamespace(rollout=rollout, rewards=rewards, per_fn=per_fn, gen_s=gen_s, n=n, episodes=episodes)
 
     def collect(self) -> SimpleNamespace:
         """prompts_per_step groups of G completions (with dynamic sampling: groups whose rewards differ,
@@ -302,6 +325,10 @@ class GRPO(RLTrainer):
             "offpolicy/stale_frac": mismatch[5] / max(mismatch[6], 1.0),
             "offpolicy/version_lag": mismatch[7] / max(mismatch[6], 1.0),  # mean updates behind, per row
         }
+        if parts[0].episodes is not None:
+            # Multi-turn episodes: mean turns, tool calls and failed calls per episode over this step's draws.
+            for key in parts[0].episodes.stats():
+                stats[key] = sum(p.episodes.stats()[key] for p in parts) / len(parts)
         for name in parts[0].per_fn:
             values = [p.per_fn[name] for p in parts if not math.isnan(p.per_fn[name])]
             # the mean of each rank's mean (over its draws): ranks draw as many groups, up to dynamic sampling

@@ -141,10 +141,12 @@ def informative_groups(rewards: torch.Tensor, group_size: int, valid: torch.Tens
 
 def truncated_rows(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_id: int | Sequence[int]
                    ) -> torch.Tensor:
-    """[B] bool: rows of right-padded responses [B, R] that end without an <eos> (cut at max_new_tokens);
-    eos_id: one id or several stop ids (a tokenizer's stop_ids)."""
+    """[B] bool: rows of right-padded responses [B, R] whose last real token (response_mask 1) is no stop id
+    (cut at max_new_tokens; in a multi-turn episode, its last policy turn was cut); eos_id: one id or several
+    stop ids (a tokenizer's stop_ids). A row without tokens counts as cut."""
     stops = torch.as_tensor(eos_id, device=response_ids.device)
-    ended = (torch.isin(response_ids, stops) & response_mask.to(torch.bool)).any(dim=1)
+    final = response_ids.gather(1, last_token_index(response_mask)[:, None]).squeeze(1)
+    ended = torch.isin(final, stops) & response_mask.to(torch.bool).any(dim=1)
     return ~ended
 
 

@@ -190,15 +190,21 @@ def load_reward(spec: str) -> Callable:
         # Split at the first '=' only: a built-in's argument (a regex) may hold ':' and '='.
         name, eq, arg = spec[len("proximo:"):].partition("=")
         return _builtin(name, arg if eq else None)
+    return load_function(spec, "--reward", "module:function (or proximo:exact_match)")
+
+
+def load_function(spec: str, flag: str, form: str = "module:function") -> Callable:
+    """The function a user names as package.module:function (found on sys.path or in the current
+    directory) or path/to/file.py:function; errors name flag (--reward, --tools) in one line."""
     module_name, sep, func_name = spec.rpartition(":")
     if not sep or not module_name or not func_name:
-        raise ProximoError(f"--reward {spec!r} is not of the form module:function (or proximo:exact_match)")
+        raise ProximoError(f"{flag} {spec!r} is not of the form {form}")
     path = Path(module_name)
     try:
         if module_name.endswith(".py") or path.is_file():
             if not path.is_file():
-                raise ProximoError(f"--reward {spec!r}: no file {module_name}")
-            module_key = f"proximo_user_reward_{abs(hash(str(path.resolve())))}"
+                raise ProximoError(f"{flag} {spec!r}: no file {module_name}")
+            module_key = f"proximo_user_{abs(hash(str(path.resolve())))}"
             loader = importlib.util.spec_from_file_location(module_key, path)
             module = importlib.util.module_from_spec(loader)
             sys.modules[module_key] = module
@@ -209,16 +215,16 @@ def load_reward(spec: str) -> Callable:
     except ProximoError:
         raise
     except Exception as exc:  # the user's module failed to import: say which and why, in one line
-        raise ProximoError(f"--reward {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
+        raise ProximoError(f"{flag} {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
                            f"run from the folder that holds it, put it on PYTHONPATH or give a path to the .py "
                            f"file") from None
     func = getattr(module, func_name, None)
     if func is None:
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise ProximoError(f"--reward {spec!r}: {module_name} has no {func_name}; its functions: "
+        raise ProximoError(f"{flag} {spec!r}: {module_name} has no {func_name}; its functions: "
                            f"{', '.join(names) or 'none'}")
     if not callable(func):
-        raise ProximoError(f"--reward {spec!r}: {module_name}.{func_name} is not callable")
+        raise ProximoError(f"{flag} {spec!r}: {module_name}.{func_name} is not callable")
     return func
 
 

@@ -42,6 +42,7 @@ from proximo.llm.generation import KVCacheSampler, Rollout, Sampler, generate, p
 from proximo.llm.data import PromptDataset, render_prompt
 from proximo.llm.learners import TokenLearner, micro_batches  # noqa: F401 - micro_batches is imported from here too
 from proximo.llm.lora import LoRA
+from proximo.llm.multiturn import episode_sampler, run_episodes
 from proximo.llm.models import enable_gradient_checkpointing, load_model, position_limit
 from proximo.llm.precision import Precision, resolve_llm_device
 from proximo.llm.rewards import RewardSet, score_samples
@@ -81,6 +82,9 @@ class RLTrainer(LLMTrainer):
     rollout + update round each)."""
 
     kind = "rl"
+    # A multi-turn environment (proximo/llm/multiturn.py) when episodes have several turns; None: one turn.
+    environment = None
+    tool_schemas: list | None = None  # the tools' JSON schemas, given to the chat template with chat prompts
 
     def __init__(self, model: str | Path, config, reward_fn: RewardFn | str | list | None = None,
                  prompts: list[str] | None = None, eval_prompts: list[str] | None = None,
@@ -208,7 +212,8 @@ class RLTrainer(LLMTrainer):
         """The prompt texts of a dataset's rows, checked to fit the model's positions with the completion."""
         if dataset is None:
             return None
-        texts = [render_prompt(p, self.tokenizer) for p in dataset.prompts(range(len(dataset)))]
+        # A tools run's chat prompts list the tools' schemas where the chat template has a place for them.
+        texts = [render_prompt(p, self.tokenizer, self.tool_schemas) for p in dataset.prompts(range(len(dataset)))]
         limit = position_limit(self.model)
         cap = self.config.max_prompt_tokens
         if limit:
@@ -325,17 +330,19 @@ class RLTrainer(LLMTrainer):
         """n training prompt texts: from the dataset's rows (with replacement) or the task's sampler."""
         return self.draw_prompts(n)[0]
 
-    def _sampler_args(self, prompts: list[str]) -> tuple[tuple, int]:
-        """(the sampler's positional arguments for prompts, how many prompts were cut to max_prompt_tokens)."""
-        token_ids, truncated = prompt_token_ids(self.tokenizer, prompts, self.config.max_prompt_tokens)
+    def _sampler_args(self, token_ids: list[list[int]]) -> tuple:
+        """The sampler's positional arguments for the prompts' token ids."""
         ids, mask = pad_prompts(token_ids, self.tokenizer.pad_id)
-        return (self.model, ids, mask, self.max_new_tokens, self.tokenizer.stop_ids, self.tokenizer.pad_id), truncated
+        return (self.model, ids, mask, self.max_new_tokens, self.tokenizer.stop_ids, self.tokenizer.pad_id)
 
     def rollout(self, prompts: list[str], repeats: int = 1) -> tuple[Rollout, list[str], float]:
         """Sample repeats completions per prompt (rows grouped by prompt); returns (rollout, completion
         texts, generation seconds: the engine's own where it reports them, else the call's)."""
-        args, truncated = self._sampler_args(prompts)
+        token_ids, truncated = prompt_token_ids(self.tokenizer, prompts, self.config.max_prompt_tokens)
         self.prompt_truncated_fraction = truncated / max(len(prompts), 1)
+        if self.environment is not None:
+            return self.episodes(prompts, token_ids, repeats)
+        args = self._sampler_args(token_ids)
         started = time.perf_counter()
         self.sampler.last_seconds = None
         with self.precision.autocast():
@@ -347,7 +354,7 @@ class RLTrainer(LLMTrainer):
 
     def prefetch(self, prompts: list[str], repeats: int = 1) -> None:
         """Hand a pipelined sampler the prompts of a later rollout() call, so it samples them meanwhile."""
-        args, _ = self._sampler_args(prompts)
+        args = self._sampler_args(prompt_token_ids(self.tokenizer, prompts, self.config.max_prompt_tokens)[0])
         with self.precision.autocast():
             self.sampler.prefetch(*args, temperature=self.config.temperature, repeats=repeats)
 
@@ -361,6 +368,23 @@ class RLTrainer(LLMTrainer):
         self.sampler.close()
         self._prompts_ahead = None
         super().load_training_state(folder)
+
+    def episodes(self, prompts: list[str], token_ids: list[list[int]], repeats: int = 1
+                 ) -> tuple[Rollout, list[str], float]:
+        """repeats multi-turn episodes per prompt with self.environment, each turn through the sampler (rows
+        grouped by prompt); returns (rollout, text of each episode's last policy turn, seconds) and keeps the
+        Episodes in last_episodes."""
+        cfg = self.config
+        stops, pad = self.tokenizer.stop_ids, self.tokenizer.pad_id
+
+        def one_turn(ids: torch.Tensor, mask: torch.Tensor, times: int) -> Rollout:
+            return self.sampler.generate(self.model, ids, mask, self.max_new_tokens, stops, pad,
+                                         temperature=cfg.temperature, repeats=times)
+        started = time.perf_counter()
+        with self.precision.autocast():
+            self.last_episodes = run_episodes(one_turn, self.tokenizer, self.environment, token_ids, prompts,
+                                              repeats, cfg.max_turns, self.max_new_tokens, position_limit(self.model))
+        return self.last_episodes.rollout, self.last_episodes.completions, time.perf_counter() - started
 
     def evaluate(self) -> dict[str, float]:
         """Held-out mean reward (accuracy on exact-match tasks) of sampled and greedy completions. Sharded:
@@ -383,13 +407,19 @@ class RLTrainer(LLMTrainer):
         reward_fn = None
         cap = self.config.max_prompt_tokens
         prompts = self.eval_prompts[first:last]
+
+        def episodes(greedy: bool):
+            # With an environment, held-out prompts are whole episodes too (scored on their last policy turn).
+            return None if self.environment is None else episode_sampler(
+                self.model, self.tokenizer, self.environment, self.max_new_tokens, self.config.max_turns,
+                self.config.temperature, greedy)
         if prompts:  # more ranks than held-out prompts leaves some with none
             with self.precision.autocast():
                 evaluate(self.model, self.tokenizer, prompts, reward_fn, self.max_new_tokens,
-                         self.config.temperature, score=score, max_prompt_tokens=cap)
+                         self.config.temperature, score=score, max_prompt_tokens=cap, sample=episodes(False))
                 slot = 2
                 evaluate(self.model, self.tokenizer, prompts, reward_fn, self.max_new_tokens,
-                         greedy=True, score=score, max_prompt_tokens=cap)
+                         greedy=True, score=score, max_prompt_tokens=cap, sample=episodes(True))
         sampled, sampled_n, greedy, greedy_n = self.global_sum(*tally)
         return {"eval_sampled_accuracy": sampled / max(sampled_n, 1), "eval_greedy_accuracy": greedy / max(greedy_n, 1)}
 

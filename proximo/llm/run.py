@@ -84,20 +84,26 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch
 def evaluate(model, tokenizer, prompts: list[str], reward_fn: RewardFn | None, max_new_tokens: int,
              temperature: float = 1.0, greedy: bool = False, batch_size: int = 512,
              score: Callable[[int, list[str]], torch.Tensor] | None = None,
-             max_prompt_tokens: int | None = None) -> dict[str, float]:
+             max_prompt_tokens: int | None = None,
+             sample: Callable[[list[str], torch.Tensor, torch.Tensor], tuple[Any, list[str]]] | None = None
+             ) -> dict[str, float]:
     """Mean reward (the accuracy for exact-match tasks) and mean response length on prompts. score, when
     given, replaces reward_fn: score(start, completions) -> rewards [n] of prompts[start:start + n], NaN
     for a sample no reward function scored (left out of the mean). Prompts over max_prompt_tokens are cut
-    as in training."""
+    as in training. sample, when given, replaces one-turn generation: sample(prompts, ids [n, P], mask
+    [n, P]) -> (rollout, completions) (multi-turn episodes; the length counts the policy's tokens)."""
     was_training = model.training
     model.eval()
     total, scored, length = 0.0, 0, 0.0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         ids, mask = encode_prompts(tokenizer, chunk, max_prompt_tokens)
-        rollout = generate(model, ids, mask, max_new_tokens, tokenizer.stop_ids, tokenizer.pad_id,
-                           temperature=temperature, greedy=greedy)
-        completions = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
+        if sample is not None:
+            rollout, completions = sample(chunk, ids, mask)
+        else:
+            rollout = generate(model, ids, mask, max_new_tokens, tokenizer.stop_ids, tokenizer.pad_id,
+                               temperature=temperature, greedy=greedy)
+            completions = decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
         rewards = call_reward(reward_fn, chunk, completions) if score is None else score(start, completions)
         valid = ~torch.isnan(rewards)
         total += float(rewards[valid].sum())

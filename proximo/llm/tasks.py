@@ -3,6 +3,8 @@ synthetic preference pairs. A task's reward has the user-facing signature reward
 
 add:  "123+456=" -> "579"      (operands below 10**digits)
 sort: "sort 52813=" -> "12358"  (digits characters to sort ascending)
+mul:  "123x456=" -> "56088"    (operands of digits digits: too long to multiply in a tiny model's head;
+                                the task a calculator tool serves, proximo/llm/multiturn.py)
 
 Train and held-out prompts are disjoint: a fixed hash of each problem puts about 1 in 16 problems
 in the held-out partition, and the training sampler never draws from it.
@@ -13,7 +15,7 @@ import random
 
 from proximo.errors import ProximoError
 
-TASKS = ("add", "sort")
+TASKS = ("add", "sort", "mul")
 
 
 def _held_out(key: int) -> bool:
@@ -140,12 +142,38 @@ class SortTask(Task):
         return "".join(sorted(prompt[5:-1]))
 
 
+class MulTask(Task):
+    """Multiplication of two operands of exactly digits digits ('x' is the sign: the character tokenizer's
+    alphabet has no '*'); the answer has up to 2 * digits digits."""
+
+    name = "mul"
+
+    def __init__(self, digits: int = 3) -> None:
+        super().__init__(digits)
+        self.max_new_tokens = 2 * digits + 1
+
+    def _problem(self, rng: random.Random) -> tuple[str, int]:
+        low, high = 10 ** (self.digits - 1), 10 ** self.digits
+        a, b = rng.randrange(low, high), rng.randrange(low, high)
+        return f"{a}x{b}=", a * high + b
+
+    def answer(self, prompt: str) -> str:
+        """The product of the two operands of 'axb='."""
+        try:
+            left, right = prompt.rstrip("=").split("x")
+            return str(int(left) * int(right))
+        except ValueError:
+            raise ProximoError(f"prompt {prompt!r} is not of the form 'axb=' of the mul task") from None
+
+
 def get_task(name: str, digits: int | None = None) -> Task:
-    """The built-in task called name ('add' or 'sort'), with digits if given."""
+    """The built-in task called name ('add', 'sort' or 'mul'), with digits if given."""
     if name == "add":
         task: Task = AddTask() if digits is None else AddTask(digits)
     elif name == "sort":
         task = SortTask() if digits is None else SortTask(digits)
+    elif name == "mul":
+        task = MulTask() if digits is None else MulTask(digits)
     else:
         raise ProximoError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
     if not 1 <= task.digits <= 12:

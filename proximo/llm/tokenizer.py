@@ -101,9 +101,10 @@ class HFTokenizer:
         """The tokenizer's own chat template (None if it has none)."""
         return getattr(self.tok, "chat_template", None)
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
-        """Chat messages as prompt text through the tokenizer's template, ending with the assistant's turn."""
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """Chat messages as prompt text through the tokenizer's template, ending with the assistant's turn;
+        tools (JSON schemas) go to the template, which lists them where it has a place for them."""
+        return self.tok.apply_chat_template(messages, tools=tools or None, tokenize=False, add_generation_prompt=True)
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         """Ids of text (special tokens written in it are kept), with bos in front if asked, the tokenizer has

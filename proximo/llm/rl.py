@@ -330,10 +330,15 @@ class RLTrainer(LLMTrainer):
         """n training prompt texts: from the dataset's rows (with replacement) or the task's sampler."""
         return self.draw_prompts(n)[0]
 
-    def _sampler_args(self, token_ids: list[list[int]]) -> tuple:
+    def _padded_args(self, token_ids: list[list[int]]) -> tuple:
         """The sampler's positional arguments for the prompts' token ids."""
         ids, mask = pad_prompts(token_ids, self.tokenizer.pad_id)
         return (self.model, ids, mask, self.max_new_tokens, self.tokenizer.stop_ids, self.tokenizer.pad_id)
+
+    def _sampler_args(self, prompts: list[str]) -> tuple[tuple, int]:
+        """(the sampler's positional arguments for prompts, how many prompts were cut to max_prompt_tokens)."""
+        token_ids, truncated = prompt_token_ids(self.tokenizer, prompts, self.config.max_prompt_tokens)
+        return self._padded_args(token_ids), truncated
 
     def rollout(self, prompts: list[str], repeats: int = 1) -> tuple[Rollout, list[str], float]:
         """Sample repeats completions per prompt (rows grouped by prompt); returns (rollout, completion
@@ -342,7 +347,7 @@ class RLTrainer(LLMTrainer):
         self.prompt_truncated_fraction = truncated / max(len(prompts), 1)
         if self.environment is not None:
             return self.episodes(prompts, token_ids, repeats)
-        args = self._sampler_args(token_ids)
+        args = self._padded_args(token_ids)
         started = time.perf_counter()
         self.sampler.last_seconds = None
         with self.precision.autocast():
@@ -354,7 +359,7 @@ class RLTrainer(LLMTrainer):
 
     def prefetch(self, prompts: list[str], repeats: int = 1) -> None:
         """Hand a pipelined sampler the prompts of a later rollout() call, so it samples them meanwhile."""
-        args = self._sampler_args(prompt_token_ids(self.tokenizer, prompts, self.config.max_prompt_tokens)[0])
+        args, _ = self._sampler_args(prompts)
         with self.precision.autocast():
             self.sampler.prefetch(*args, temperature=self.config.temperature, repeats=repeats)
 

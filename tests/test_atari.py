@@ -199,8 +199,13 @@ def test_minatar_frames_and_torso():
     assert obs.dtype == np.uint8 and obs.shape == (10, 10, 4) and set(np.unique(obs)) <= {0, 255}
     agent = PPO("MinAtar/Breakout-v1", preset="minatar", num_envs=2, n_steps=8, batch_size=16)
     assert isinstance(agent.policy.torso, MinAtarCNN) and agent.policy.obs_shape == (4, 10, 10)
+    # The NumPy CNN path, chosen by auto: its learner, and rollouts through the NumPy conv actor.
+    assert agent._trainer.learner.name == "numpy" and "small CPU CNN" in agent._trainer.learner_choice
+    assert type(agent.policy.rollout_actor()).__name__ == "ConvRolloutActor"
     buffer = agent._trainer.collector.collect()
     assert buffer.obs.dtype == torch.uint8 and buffer.obs.shape == (8, 2, 4, 10, 10)
+    forced = PPO("MinAtar/Breakout-v1", preset="minatar", num_envs=2, n_steps=8, batch_size=16, learner="torch")
+    assert forced._trainer.learner.name == "torch" and forced.policy.rollout_actor() is None
 
 
 @pytest.mark.slow

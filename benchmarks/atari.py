@@ -1,6 +1,7 @@
 """Pixels, measured: MinAtar returns and Atari throughput against Stable-Baselines3, the vector envs, memory.
 
     python benchmarks/atari.py minatar --steps 150000 --seeds 1 2 3      # MinAtar Breakout + SpaceInvaders
+    python benchmarks/atari.py minatar-sps --steps 50000 --repeats 3     # MinAtar steps/s: NumPy CNN, torch, SB3
     python benchmarks/atari.py atari-sps --steps 3072 --repeats 3        # Pong + Breakout, paper-atari
     python benchmarks/atari.py vecenv --steps 400 --repeats 3            # gymnasium sync / async, envpool
     python benchmarks/atari.py memory                                    # bytes per stored transition
@@ -61,13 +62,15 @@ def _set_threads() -> None:
 # ---------------------------------------------------------------------------------------------
 # workers (each in its own interpreter, prints one JSON line)
 # ---------------------------------------------------------------------------------------------
-def worker_proximo(env_id: str, preset: str, seed: int, steps: int, eval_episodes: int) -> dict:
-    """Train proximo; returns timing, the curve (step, last-100 return) and the final evaluation."""
+def worker_proximo(env_id: str, preset: str, seed: int, steps: int, eval_episodes: int, learner: str = "auto") -> dict:
+    """Train proximo (learner: auto, or torch to force autograd and torch rollouts); returns timing, the
+    learner it ran, the curve (step, last-100 return) and the final evaluation."""
     _set_threads()
     from proximo.config import make_config
     from proximo.train import Trainer
 
-    config = make_config(preset, seed=seed, total_steps=steps, torch_threads=1, eval_episodes=max(eval_episodes, 1))
+    config = make_config(preset, seed=seed, total_steps=steps, torch_threads=1, eval_episodes=max(eval_episodes, 1),
+                         learner=learner)
     trainer = Trainer(env_id, config, run_dir=None, verbose=False, tensorboard=False)
     curve = []
     collect = trainer.collector.collect
@@ -80,7 +83,7 @@ def worker_proximo(env_id: str, preset: str, seed: int, steps: int, eval_episode
     summary = trainer.train(steps)
     curve.append((trainer.global_step, trainer.last_stats["episode_return_mean"]))
     return dict(steps=summary["global_step"], train_s=summary["wall_time_s"],
-                sps=summary["global_step"] / summary["wall_time_s"],
+                sps=summary["global_step"] / summary["wall_time_s"], learner=trainer.learner_choice,
                 eval_return=summary["eval_return_mean"] if eval_episodes else None,
                 last100=summary["train_return_last100_mean"], episodes=summary["episodes"], curve=curve)
 
@@ -341,6 +344,56 @@ def _plot_curves(runs, games, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+MINATAR_SPS_SIDES = {  # side -> (worker, its keyword arguments beyond the common ones)
+    "proximo": ("proximo", {}),                      # auto: the NumPy CNN path (learner and rollouts)
+    "proximo-torch": ("proximo", {"learner": "torch"}),  # the same run through autograd and torch rollouts
+    "sb3": ("sb3", {}),
+}
+
+
+def section_minatar_sps(args, command: str) -> None:
+    """Steps/s of proximo's NumPy CNN path, its torch path and SB3 on MinAtar, the same network and settings."""
+    sides = args.sides
+    runs = []
+    for game in args.games:
+        for repeat in range(args.repeats):
+            for side in sides:  # A B C A B C: drifts in machine load hit every side alike
+                worker, extra = MINATAR_SPS_SIDES[side]
+                result = run_worker(worker, env_id=MINATAR_GAMES[game], preset="minatar", seed=1 + repeat,
+                                    steps=args.steps, eval_episodes=0, **extra)
+                result.pop("curve")
+                runs.append(dict(game=game, repeat=repeat, side=side, **result))
+                print(f"{game} run {repeat} {side}: {result['sps']:,.0f} steps/s"
+                      + (f" ({result['learner']})" if "learner" in result else ""), flush=True)
+    rows = []
+    for game in args.games:
+        row = {"game": game, **{side: _median([r["sps"] for r in runs if r["game"] == game and r["side"] == side])
+                                for side in sides}}
+        if "sb3" in sides:
+            row.update({f"{side}_over_sb3": row[side] / row["sb3"] for side in sides if side != "sb3"})
+        if "proximo" in sides and "proximo-torch" in sides:
+            row["proximo_over_torch"] = row["proximo"] / row["proximo-torch"]
+        rows.append(row)
+    ratio_columns = [key for key in rows[0] if "_over_" in key]
+    lines = [f"# MinAtar throughput: proximo's NumPy CNN path, its torch path and SB3, `minatar`, {args.steps:,} "
+             "steps a run", "", f"`{command}`", "",
+             "Preset `minatar` on every side (8 envs x 128 steps, 4 epochs of minibatch 256; MinAtar's network: "
+             "16x3x3 conv, ReLU, 128 ReLU units shared by linear policy and value heads; SB3 through a features "
+             "extractor of the same layers). `proximo`: learner auto, which takes the NumPy CNN learner and "
+             "rollouts through the NumPy conv actor; `proximo-torch`: learner=torch (autograd update, torch "
+             f"rollouts). One torch and BLAS thread, a fresh process per run, sides alternating; {args.repeats} runs "
+             "a side, median steps/s over training time (setup and the final evaluation excluded).", "",
+             "| game | " + " | ".join(f"{side} steps/s" for side in sides) + " | "
+             + " | ".join(key.replace("_over_", " / ") for key in ratio_columns) + " |",
+             "|---" * (1 + len(sides) + len(ratio_columns)) + "|"]
+    for row in rows:
+        lines.append(f"| {row['game']} | " + " | ".join(f"{row[side]:,.0f}" for side in sides) + " | "
+                     + " | ".join(f"{row[key]:.2f}x" for key in ratio_columns) + " |")
+    lines += ["", "Per run (in run order): " + ", ".join(f"{r['game']} {r['side']} {r['sps']:,.0f}" for r in runs), ""]
+    write_results(RESULTS / f"atari-minatar-sps{args.tag}", dict(command=command, machine=machine(), steps=args.steps,
+                                                                 rows=rows, runs=runs), "\n".join(lines))
+
+
 def section_atari_sps(args, command: str) -> None:
     runs = []
     for game in args.games:
@@ -423,6 +476,12 @@ def main() -> None:
     minatar.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     minatar.add_argument("--steps", type=int, default=150_000)
     minatar.add_argument("--eval-episodes", type=int, default=5)
+    msps = sub.add_parser("minatar-sps")
+    msps.add_argument("--games", nargs="+", default=["Breakout"], choices=list(MINATAR_GAMES))
+    msps.add_argument("--sides", nargs="+", default=list(MINATAR_SPS_SIDES), choices=list(MINATAR_SPS_SIDES))
+    msps.add_argument("--steps", type=int, default=50_000)
+    msps.add_argument("--repeats", type=int, default=3)
+    msps.add_argument("--tag", default="", help="suffix for the result files (atari-minatar-sps<tag>.json/.md)")
     sps = sub.add_parser("atari-sps")
     sps.add_argument("--games", nargs="+", default=list(ATARI_GAMES), choices=list(ATARI_GAMES))
     sps.add_argument("--steps", type=int, default=3072)
@@ -433,8 +492,8 @@ def main() -> None:
     sub.add_parser("memory")
     args = parser.parse_args()
     command = "python benchmarks/atari.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    {"minatar": section_minatar, "atari-sps": section_atari_sps, "vecenv": section_vecenv,
-     "memory": section_memory}[args.section](args, command)
+    {"minatar": section_minatar, "minatar-sps": section_minatar_sps, "atari-sps": section_atari_sps,
+     "vecenv": section_vecenv, "memory": section_memory}[args.section](args, command)
 
 
 if __name__ == "__main__":

@@ -137,8 +137,8 @@ class PPOConfig:
                            choices=ENV_BACKENDS)
     device: str = doc("auto", "where the networks and the update run: auto | cpu | cuda | cuda:N | mps (auto: a GPU "
                       "only where it pays)")
-    learner: str = doc("auto", "the gradient backend (proximo/learners): numpy's hand-written MLP backward or torch "
-                       "autograd", choices=LEARNERS)
+    learner: str = doc("auto", "the gradient backend (proximo/learners): numpy's hand-written backward (MLPs, "
+                       "MinAtar's CNN; its rollouts too) or torch autograd", choices=LEARNERS)
     torch_threads: int = doc(0, "torch CPU threads; 0: proximo picks (1 for small MLPs)")
     eval_episodes: int = doc(10, "deterministic evaluation episodes at the end (and at each eval_every)")
     eval_every: int = doc(0, "env steps between evaluations on a separate env (best/ kept); 0: off")

@@ -192,6 +192,26 @@ def test_atari_resume_is_bitwise_exact_without_sticky_actions(tmp_path):
     assert list(whole.collector.episodes.returns) == list(resumed.collector.episodes.returns)
 
 
+def test_minatar_runs_on_the_numpy_cnn_path_repeat_bitwise():
+    # The NumPy conv rollout actor draws its noise from torch's RNG and the NumPy CNN learner steps the flat
+    # buffer: two runs of one seed must end with identical weights (MinAtar's env state cannot be saved, so
+    # a resume restarts its episodes; reproducibility is what this path can promise and does).
+    pytest.importorskip("minatar", reason="MinAtar needs the minatar package: pip install 'proximo[atari]'")
+    from proximo.train import Trainer
+
+    config = make_config("minatar", num_envs=2, n_steps=64, batch_size=32, n_epochs=2, eval_episodes=1, seed=5,
+                         total_steps=256)
+    runs = []
+    for _ in range(2):  # one after the other: a Trainer seeds torch's global RNG when it is built
+        runs.append(Trainer("MinAtar/Breakout-v1", config, run_dir=None, verbose=False, tensorboard=False))
+        runs[-1].train()
+    assert all(run.learner_choice.startswith("numpy") for run in runs)
+    first, second = (run.policy.state_dict() for run in runs)
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    initial = Trainer("MinAtar/Breakout-v1", config, run_dir=None, verbose=False, tensorboard=False).policy.state_dict()
+    assert not torch.equal(first["torso.conv.0.weight"], initial["torso.conv.0.weight"])  # it did train
+
+
 def test_minatar_frames_and_torso():
     pytest.importorskip("minatar", reason="MinAtar needs the minatar package: pip install 'proximo[atari]'")
     env = make_single_env("MinAtar/Breakout-v1")
@@ -199,8 +219,13 @@ def test_minatar_frames_and_torso():
     assert obs.dtype == np.uint8 and obs.shape == (10, 10, 4) and set(np.unique(obs)) <= {0, 255}
     agent = PPO("MinAtar/Breakout-v1", preset="minatar", num_envs=2, n_steps=8, batch_size=16)
     assert isinstance(agent.policy.torso, MinAtarCNN) and agent.policy.obs_shape == (4, 10, 10)
+    # The NumPy CNN path, chosen by auto: its learner, and rollouts through the NumPy conv actor.
+    assert agent._trainer.learner.name == "numpy" and "small CPU CNN" in agent._trainer.learner_choice
+    assert type(agent.policy.rollout_actor()).__name__ == "ConvRolloutActor"
     buffer = agent._trainer.collector.collect()
     assert buffer.obs.dtype == torch.uint8 and buffer.obs.shape == (8, 2, 4, 10, 10)
+    forced = PPO("MinAtar/Breakout-v1", preset="minatar", num_envs=2, n_steps=8, batch_size=16, learner="torch")
+    assert forced._trainer.learner.name == "torch" and forced.policy.rollout_actor() is None
 
 
 @pytest.mark.slow

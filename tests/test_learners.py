@@ -259,3 +259,150 @@ def test_policy_forward_runs_every_module_it_holds():
         expected_logits = policy.action_head.linear(policy.pi_net(x))
         torch.testing.assert_close(policy.distribution(x).log_probs, torch.log_softmax(expected_logits, -1))
         torch.testing.assert_close(policy.value(x), policy.value_head(policy.vf_net(x)).squeeze(-1))
+
+
+# --- the NumPy CNN learner (MinAtar's torso) against autograd --------------------------------------
+# Tolerances: the kernel alone in float64 agrees with autograd to rtol 1e-10; the learner runs in float32
+# (as torch does), where the two sides sum the same products in different orders, so every parameter's
+# gradient is held to rtol 1e-4 / atol 1e-6 (the largest difference seen is ~2e-7), as the MLP learner's.
+def _frames_space(channels: int = 4, height: int = 10, width: int = 10) -> gym.spaces.Box:
+    return gym.spaces.Box(0, 255, (height, width, channels), np.uint8)  # channel-last, as MinAtar's wrapper
+
+
+def _frames(n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    # MinAtar's frames are 0 or 255; a few other values check the division by 255 too.
+    frames = (torch.rand(n, *shape, generator=generator) < 0.2).to(torch.uint8) * 255
+    frames[0] = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+    return frames
+
+
+@pytest.mark.parametrize("height,width,channels", [(10, 10, 4), (7, 9, 6)])
+def test_conv_kernel_matches_autograd_in_float64(height, width, channels):
+    from proximo.nn.numpy_conv import conv_backward, conv_forward, patch_rows
+
+    g = torch.Generator().manual_seed(4)
+    frames = _frames(5, (channels, height, width), g)
+    weight = torch.randn(16, channels, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(16, generator=g, dtype=torch.float64, requires_grad=True)
+    features = torch.relu(torch.nn.functional.conv2d(frames.double() / 255.0, weight, bias)).flatten(1)
+    upstream = torch.randn(features.shape, generator=g, dtype=torch.float64)
+    (features * upstream).sum().backward()
+    columns = (frames.reshape(5, -1).double() / 255.0).T.contiguous().numpy()
+    patches, features_t = conv_forward(columns, patch_rows(channels, height, width, 3),
+                                       weight.detach().numpy(), bias.detach().numpy())
+    np.testing.assert_allclose(features_t.T, features.detach().numpy(), rtol=1e-12, atol=1e-14)
+    grad_weight, grad_bias = np.full((16, channels, 3, 3), np.nan), np.full(16, np.nan)
+    conv_backward(patches, features_t, np.ascontiguousarray(upstream.numpy().T), grad_weight, grad_bias)
+    np.testing.assert_allclose(grad_weight, weight.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad_bias, bias.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def _cnn_policy(kind: str, shared: bool, seed: int = 0, channels: int = 4):
+    from proximo.learners.numpy_cnn import NumpyCNNLearner
+
+    torch.manual_seed(seed)
+    action_space = gym.spaces.Discrete(5) if kind == "discrete" else gym.spaces.Box(-1, 1, (2,))
+    config = make_config("minatar") if shared else make_config("minatar", shared_network=False, net_arch=[32, 16])
+    policy = build_policy(_frames_space(channels), action_space, config)
+    with torch.no_grad():  # heads away from their near-zero init, so every gradient term matters
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert NumpyCNNLearner.supports(policy, make_adam(policy, config)) is None
+    return policy
+
+
+def _cnn_minibatch(policy, n: int = 48, seed: int = 1, masked: bool = False) -> Minibatch:
+    g = torch.Generator().manual_seed(seed)
+    x = _frames(n, policy.obs_shape, g)
+    masks = None
+    if masked:
+        masks = torch.rand(n, 5, generator=g) < 0.6
+        masks[torch.arange(n), torch.randint(0, 5, (n,), generator=g)] = True  # at least one legal action
+    with torch.no_grad():
+        actions, log_probs, values = policy.act(x, masks=masks)
+    old_log_probs = log_probs + 0.4 * torch.randn(n, generator=g)  # ratios over both clip edges
+    old_values = values + 0.5 * torch.randn(n, generator=g)
+    return Minibatch(x, actions, old_log_probs, old_values, torch.randn(n, generator=g),
+                     old_values + torch.randn(n, generator=g), action_masks=masks)
+
+
+@pytest.mark.parametrize("kind,shared,masked", [("discrete", True, False), ("discrete", True, True),
+                                                ("discrete", False, False), ("box", True, False)])
+@pytest.mark.parametrize("objective,clip_range_vf,ent_coef", [("clip", None, 0.01), ("clip", 0.2, 0.0),
+                                                              ("adaptive_kl", 0.3, 0.05)])
+def test_numpy_cnn_learner_gradient_equals_autograd_for_every_parameter(kind, shared, masked, objective,
+                                                                        clip_range_vf, ent_coef):
+    from proximo.learners.numpy_cnn import NumpyCNNLearner
+
+    policy = _cnn_policy(kind, shared)
+    minibatch = _cnn_minibatch(policy, masked=masked)
+    settings = LossSettings(objective, 0.2, clip_range_vf, 0.7, ent_coef, 0.5, max_grad_norm=None)
+    torch_policy, numpy_policy = copy.deepcopy(policy), copy.deepcopy(policy)
+    torch_result, torch_grad, torch_params = _one_step(TorchLearner, torch_policy, minibatch, settings)
+    numpy_result, numpy_grad, numpy_params = _one_step(NumpyCNNLearner, numpy_policy, minibatch, settings)
+    assert torch.isfinite(numpy_grad).all()  # every entry written (the buffer was NaN before the step)
+    names = [name for name, _ in policy.named_parameters()]
+    assert any(name.startswith("torso.conv.0.") for name in names)
+    for name, mine, theirs in zip(names, numpy_policy.parameters(), torch_policy.parameters()):
+        assert mine.grad.abs().max() > 0, name  # a gradient that could differ
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(numpy_grad, torch_grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(numpy_result.losses.float(), torch_result.losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(numpy_result.log_ratio, torch_result.log_ratio, rtol=1e-5, atol=1e-6)
+    assert float(numpy_result.grad_norm) == pytest.approx(float(torch_result.grad_norm), rel=1e-4)
+    torch.testing.assert_close(numpy_params, torch_params, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("batch_size,target_kl", [(32, None), (20, None), (32, 0.005)])
+def test_ppo_update_on_the_numpy_cnn_learner_matches_the_torch_learner(shared, batch_size, target_kl):
+    from proximo.learners.numpy_cnn import NumpyCNNLearner
+
+    results = []
+    noise, lr = (0.2, 1e-3) if target_kl is None else (0.05, 1e-2)
+    for learner_cls in (TorchLearner, NumpyCNNLearner):
+        policy = _cnn_policy("discrete", shared, seed=3)
+        optimizer = make_adam(policy, make_config(learning_rate=lr))
+        g = torch.Generator().manual_seed(5)
+        buf = RolloutBuffer.allocate(16, 4, policy)
+        assert buf.obs.dtype == torch.uint8
+        buf.obs.copy_(_frames(64, policy.obs_shape, g).view_as(buf.obs))
+        with torch.no_grad():
+            actions, log_probs, values = policy.act(buf.obs.flatten(0, 1))
+        buf.actions.copy_(actions.view_as(buf.actions))
+        buf.log_probs.copy_(log_probs.view_as(buf.log_probs) + noise * torch.randn(16, 4, generator=g))
+        buf.values.copy_(values.view_as(buf.values))
+        buf.rewards.normal_(generator=g)
+        buf.compute_advantages(0.99, 0.95)
+        settings = UpdateSettings(n_epochs=3, batch_size=batch_size, objective="clip", clip_range=0.2,
+                                  clip_range_vf=None, kl_coef=0.0, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5,
+                                  target_kl=target_kl, normalize_advantage=True)
+        stats = ppo_update(learner_cls(policy, optimizer), buf, settings, generator=torch.Generator().manual_seed(9))
+        results.append((stats, optimizer.flat.detach().clone()))
+    (stats_a, flat_a), (stats_m, flat_m) = results
+    torch.testing.assert_close(flat_m, flat_a, rtol=1e-4, atol=2e-6)
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "epochs",
+                "minibatches"):
+        assert stats_m[key] == pytest.approx(stats_a[key], rel=1e-3, abs=1e-5), key
+    if target_kl is not None:
+        assert stats_a["early_stopped"] == stats_m["early_stopped"] == 1.0 and stats_a["minibatches"] >= 1
+
+
+def test_choose_learner_takes_the_numpy_cnn_learner_for_minatar_frames_only():
+    from proximo.learners.numpy_cnn import NumpyCNNLearner
+
+    config = make_config("minatar")
+    small = build_policy(_frames_space(), gym.spaces.Discrete(3), config)
+    learner, why = choose_learner(small, make_adam(small, config))
+    assert isinstance(learner, NumpyCNNLearner) and why == "numpy: the hand-written backward fits this small CPU CNN"
+    assert small.numpy_frames  # its rollouts act through NumPy too
+    learner, why = choose_learner(small, make_adam(small, config), "torch")
+    assert learner.name == "torch" and not small.numpy_frames  # learner=torch: torch everywhere
+    atari = build_policy(_frames_space(1, 36, 36), gym.spaces.Discrete(3), make_config("paper-atari"))
+    learner, why = choose_learner(atari, make_adam(atari, config))
+    assert learner.name == "torch" and "numpy declined: the NatureCNN torso" in why and not atari.numpy_frames
+    recurrent = build_policy(_frames_space(), gym.spaces.Discrete(3), make_config("minatar", recurrent="lstm"))
+    with pytest.raises(ValueError, match="learner=numpy cannot train this policy: a recurrent core"):
+        choose_learner(recurrent, make_adam(recurrent, config), "numpy")
+    flat = build_policy(*SPACES["discrete"], make_config())
+    assert "flat observations" in NumpyCNNLearner.supports(flat, make_adam(flat, make_config()))

@@ -189,3 +189,32 @@ def test_sample_with_log_prob_agrees_with_log_prob(kind):
         actions, log_probs = dist.sample_with_log_prob()
     assert torch.allclose(log_probs, dist.log_prob(actions), atol=1e-5)
     assert np.isfinite(log_probs.numpy()).all()
+
+
+@pytest.mark.parametrize("kind,shared", [("discrete", True), ("discrete", False), ("box", True)])
+def test_conv_rollout_actor_matches_evaluate_and_value(kind, shared):
+    from proximo.nn.policy import ConvRolloutActor
+
+    torch.manual_seed(6)
+    action_space = gym.spaces.Discrete(4) if kind == "discrete" else gym.spaces.Box(-1, 1, (2,))
+    config = make_config("minatar", shared_network=shared, net_arch=[128] if shared else [32, 16])
+    policy = build_policy(gym.spaces.Box(0, 255, (10, 10, 4), np.uint8), action_space, config)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert ConvRolloutActor.supports(policy)
+    assert policy.rollout_actor() is None  # until the NumPy CNN learner trains it (choose_learner sets the flag)
+    policy.numpy_frames = True
+    actor = policy.rollout_actor()
+    assert isinstance(actor, ConvRolloutActor)
+    # channel-last env frames, as the collector holds them: a permuted (non-contiguous) view
+    frames = ((torch.rand(32, 10, 10, 4) < 0.2).to(torch.uint8) * 255).permute(0, 3, 1, 2)
+    actor.draw(1, 32)
+    actions, log_probs, values = actor(frames.numpy(), 0)
+    with torch.inference_mode():
+        reference_log_probs, _, reference_values = policy.evaluate(frames, torch.from_numpy(actions))
+    torch.testing.assert_close(torch.from_numpy(log_probs), reference_log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(values), reference_values, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # a frozen copy: later updates do not reach the actor of this rollout
+        next(policy.torso.parameters()).add_(1.0)
+    assert np.array_equal(actor(frames.numpy(), 0)[2], values)

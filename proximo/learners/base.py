@@ -4,7 +4,8 @@ The update loop (proximo/ppo.py run_update, for classic PPO, GRPO and PPO-RLHF a
 shuffling, minibatches, the target_kl stop and the statistics. A Learner owns one minibatch step: the
 forward pass, the loss, its gradient, the all-reduce across ranks, the KL gate, the norm clipping and
 the optimizer step. Backends:
-- numpy (proximo/learners/numpy_mlp.py): the hand-written MLP backward, CPU only;
+- numpy (proximo/learners/numpy_mlp.py): the hand-written MLP backward, CPU only; for MinAtar's frames
+  proximo/learners/numpy_cnn.py puts the NumPy conv kernel in front of it;
 - torch (proximo/learners/torch.py): autograd, any device and any policy;
 - the language-model learners (proximo/llm/learners.py): token losses in micro-batches under autocast.
 All run over several processes the same way: the flat gradient is all-reduced through the learner's

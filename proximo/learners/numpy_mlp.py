@@ -45,9 +45,13 @@ class NumpyMLPLearner(Learner):
 
     Works on NumPy views of the parameters and of their .grad (slices of the optimizer's flat
     buffers), so the optimizer steps what this writes; the views are rebuilt at every update.
+    The observations reach the MLPs through _features (here: as they are); a subclass with a torso
+    (proximo/learners/numpy_cnn.py) computes them there and takes their gradient in _torso_backward.
     """
 
     name = "numpy"
+    fits = "the hand-written backward fits this CPU MLP"  # why choose_learner's auto picks it
+    torso_grad = False  # whether step() forms the gradient with respect to the MLPs' input
 
     @classmethod
     def supports(cls, policy: ActorCritic, optimizer: FlatOptimizer) -> str | None:
@@ -61,19 +65,18 @@ class NumpyMLPLearner(Learner):
             return f"the policy is on {flat.device}, and this backend runs on the CPU only"
         if flat.dtype != torch.float32:
             return f"the parameters are {flat.dtype}, not float32"
-        if policy.image:
-            return "image observations need the CNN torso"
+        declined = cls._torso_declines(policy)
+        if declined is not None:
+            return declined
         if policy.is_recurrent:
             return "a recurrent core (its backward through time is autograd's)"
-        if policy.shared_network:
-            return "the actor and critic share a trunk"
         if getattr(policy, "routes_by_group", False):
             return "one set of networks per agent group (proximo/nn/groups.py)"
         if policy.action_head.kind not in ("discrete", "box"):
             return f"{policy.action_head.kind} actions"
         if policy.activation not in NUMPY_ACTIVATIONS:
             return f"activation {policy.activation!r} (it has {', '.join(NUMPY_ACTIVATIONS)})"
-        for name in ("pi_net", "vf_net"):
+        for name in ("pi_net",) if policy.shared_network else ("pi_net", "vf_net"):
             if plain_mlp_layers(policy, getattr(policy, name)) is None:
                 return f"{name} holds modules other than Linear and {policy.activation}"
         covered = {id(p) for p in policy.parameters() if p.requires_grad}
@@ -81,13 +84,23 @@ class NumpyMLPLearner(Learner):
             return "the optimizer steps parameters other than the policy's"
         return None
 
+    @classmethod
+    def _torso_declines(cls, policy: ActorCritic) -> str | None:
+        """The reason this backend declines the policy's observations and trunk layout, or None."""
+        if policy.image:
+            return "image observations need the CNN torso"
+        if policy.shared_network:
+            return "the actor and critic share a trunk"
+        return None
+
     def begin_update(self) -> None:
         """Re-home the parameters if needed and take fresh NumPy views of them and their grads."""
         super().begin_update()
         policy = self.policy
         self.activation = policy.activation
+        self.shared = policy.shared_network
         self.pi = _Net.of(plain_mlp_layers(policy, policy.pi_net))
-        self.vf = _Net.of(plain_mlp_layers(policy, policy.vf_net))
+        self.vf = None if self.shared else _Net.of(plain_mlp_layers(policy, policy.vf_net))
         head = policy.action_head
         self.kind = head.kind
         self.head = _Net.of([head.linear])
@@ -97,14 +110,21 @@ class NumpyMLPLearner(Learner):
             self.grad_log_std = head.log_std.grad.numpy()
         self.flat_grad = self.optimizer.grad
 
+    def _features(self, obs: torch.Tensor) -> np.ndarray:
+        """What the MLPs read, [B, in]: the flat observations themselves."""
+        return obs.numpy()
+
+    def _torso_backward(self, grad_features: np.ndarray) -> None:
+        """Take d(loss)/d(features) [B, in] into the torso's parameters (none here)."""
+
     def step(self, minibatch: Minibatch, settings: LossSettings, kl_limit: float | None = None) -> StepResult:
         """Forward, the loss terms' and distribution's NumPy gradients, MLP backward, then the shared tail."""
-        x, actions = minibatch.obs.numpy(), minibatch.actions.numpy()
+        x, actions = self._features(minibatch.obs), minibatch.actions.numpy()
         old_log_probs = minibatch.old_log_probs.numpy()
         # A centralized critic (actor_dim) reads the whole input; the actor only its first actor_dim columns.
         x_pi = x if self.policy.actor_dim is None else x[:, :self.policy.actor_dim]
         pi_hidden = mlp_forward(self.pi.weights, self.pi.biases, x_pi, self.activation)
-        vf_hidden = mlp_forward(self.vf.weights, self.vf.biases, x, self.activation)
+        vf_hidden = pi_hidden if self.shared else mlp_forward(self.vf.weights, self.vf.biases, x, self.activation)
         head = linear(pi_hidden[-1], self.head.weights[0], self.head.biases[0])
         values = vf_hidden[-1] @ self.value_head.weights[0][0]
         values += self.value_head.biases[0][0]
@@ -134,12 +154,19 @@ class NumpyMLPLearner(Learner):
         grad_values = (grad_values * settings.vf_coef)[:, None]
         grad_pi = head_backward(self.head.weights[0], self.head.grad_weights[0], self.head.grad_biases[0],
                                 pi_hidden[-1], grad_head)
-        mlp_backward(self.pi.weights, self.pi.grad_weights, self.pi.grad_biases, x_pi, pi_hidden, grad_pi,
-                     self.activation)
         grad_vf = head_backward(self.value_head.weights[0], self.value_head.grad_weights[0],
                                 self.value_head.grad_biases[0], vf_hidden[-1], grad_values)
-        mlp_backward(self.vf.weights, self.vf.grad_weights, self.vf.grad_biases, x, vf_hidden, grad_vf,
-                     self.activation)
+        if self.shared:  # one trunk under both heads: its top gradient is the sum of theirs
+            grad_pi += grad_vf
+        grad_x = mlp_backward(self.pi.weights, self.pi.grad_weights, self.pi.grad_biases, x_pi, pi_hidden, grad_pi,
+                              self.activation, self.torso_grad)
+        if not self.shared:
+            grad_x_vf = mlp_backward(self.vf.weights, self.vf.grad_weights, self.vf.grad_biases, x, vf_hidden,
+                                     grad_vf, self.activation, self.torso_grad)
+            if self.torso_grad:  # the torso's features feed both networks (actor_dim needs flat inputs)
+                grad_x = grad_x + grad_x_vf
+        if self.torso_grad:
+            self._torso_backward(grad_x)
         norm = self._reduce_clip_step(log_ratio, settings, kl_limit)
         if norm is None:
             return StepResult(False, log_ratio)

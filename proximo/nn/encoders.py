@@ -91,6 +91,20 @@ class MinAtarCNN(nn.Module):
         return self.conv(frames.to(torch.float32) / 255.0)
 
 
+def plain_conv(torso: nn.Module) -> nn.Conv2d | None:
+    """The Conv2d of a MinAtarCNN torso as built (one square, stride-1, unpadded conv with a bias, then ReLU
+    and Flatten): the layout proximo/nn/numpy_conv.py computes; None for any other torso."""
+    if type(torso) is not MinAtarCNN or len(torso.conv) != 3:
+        return None
+    conv, relu, flatten = torso.conv
+    if type(conv) is not nn.Conv2d or type(relu) is not nn.ReLU or type(flatten) is not nn.Flatten:
+        return None
+    plain = (conv.kernel_size[0] == conv.kernel_size[1] and conv.stride == (1, 1) and conv.padding == (0, 0)
+             and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is not None
+             and conv.padding_mode == "zeros" and flatten.start_dim == 1 and flatten.end_dim == -1)
+    return conv if plain else None
+
+
 def _flat_size(conv: nn.Module, channels: int, height: int, width: int) -> int:
     with torch.no_grad():
         return int(conv(torch.zeros(1, channels, height, width)).shape[1])

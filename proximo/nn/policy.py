@@ -10,9 +10,10 @@ from gymnasium import spaces
 from torch import nn
 
 from proximo.nn.distributions import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, MASKED_LOGIT, make_action_head
-from proximo.nn.encoders import encode_flat, flat_dim, image_torso, is_image_space
+from proximo.nn.encoders import encode_flat, flat_dim, image_torso, is_image_space, plain_conv
 from proximo.nn.fast import fast_tanh
 from proximo.nn.normalize import RunningMeanStd
+from proximo.nn.numpy_conv import conv_forward, frames_columns, patch_rows
 from proximo.nn.numpy_mlp import NUMPY_ACTIVATIONS, linear, mlp_forward
 from proximo.nn.recurrent import RecurrentCore
 from proximo.nn.spaces import mask_width, network_space
@@ -114,6 +115,9 @@ class ActorCritic(nn.Module):
         self.mask_dim = mask_width(action_space)  # None where masking does not apply
         self.value_head = nn.Linear(features, 1)
         self.activation = activation  # the configured name: backends decide by it, not by a function's name
+        # Frames only: rollouts act through ConvRolloutActor (NumPy) when True. choose_learner sets it when
+        # the NumPy CNN learner trains this policy, so learner=torch keeps rollouts and update on torch.
+        self.numpy_frames = False
         self._activation = ACTIVATION_FUNCTIONS[activation]
         self._activation_layer = ACTIVATION_LAYERS[activation]
         if ortho_init:
@@ -308,7 +312,10 @@ class ActorCritic(nn.Module):
         return actions, new_state[:, :self.actor_state_size]
 
     def rollout_actor(self) -> "RolloutActor | None":
-        """The fused NumPy actor-critic for one rollout where it supports this policy (CPU MLPs), else None."""
+        """The fused NumPy actor-critic for one rollout where it supports this policy (CPU MLPs; MinAtar's
+        CNN when numpy_frames is set), else None."""
+        if self.image:
+            return ConvRolloutActor(self) if self.numpy_frames and ConvRolloutActor.supports(self) else None
         return RolloutActor(self) if RolloutActor.supports(self) else None
 
     def final_values(self, observations, envs: np.ndarray, state: torch.Tensor | None = None) -> torch.Tensor:
@@ -338,7 +345,8 @@ class ActorCritic(nn.Module):
 class RolloutActor:
     """A frozen NumPy copy of an MLP actor-critic for one rollout: actor and critic fused into one network.
 
-    Layer k of the fused net is block_diag(actor layer k, critic layer k), the last layer stacks
+    Layer k of the fused net is block_diag(actor layer k, critic layer k) (a trunk shared by both heads,
+    as ConvRolloutActor's minatar preset has, is taken as it is), the last layer stacks
     the action head and the value head, so one step of inference is L matmuls and L-1 activations
     on [B, 2W] instead of 2L + 2 small matmuls, and in NumPy each costs ~1 us instead of torch's
     ~5 us per op. Built from the current weights; rebuild it after every update. The randomness
@@ -353,18 +361,23 @@ class RolloutActor:
         self.activation = policy.activation
         with torch.no_grad():
             pi = plain_mlp_layers(policy, policy.pi_net)
-            vf = plain_mlp_layers(policy, policy.vf_net)
             self.weights: list[np.ndarray] = []  # [out, in], as the kernel takes them
             self.biases: list[np.ndarray] = []
-            for k, (a, c) in enumerate(zip(pi, vf)):
-                # The first layer reads the same input for both nets: stack, do not block-diagonalize. An
-                # actor that reads the first actor_dim inputs alone (a centralized critic) gets zero columns.
-                first = a.weight if k or a.weight.shape[1] == c.weight.shape[1] else \
-                    F.pad(a.weight, (0, c.weight.shape[1] - a.weight.shape[1]))
-                weight = torch.cat([first, c.weight]) if k == 0 else torch.block_diag(a.weight, c.weight)
-                self.weights.append(weight.contiguous().numpy())
-                self.biases.append(torch.cat([a.bias, c.bias]).numpy())
-            self.out_weight = torch.block_diag(head.linear.weight, policy.value_head.weight).contiguous().numpy()
+            if policy.shared_network:  # one trunk (ConvRolloutActor's minatar preset): the heads read one latent
+                self.weights = [layer.weight.detach().clone().numpy() for layer in pi]
+                self.biases = [layer.bias.detach().clone().numpy() for layer in pi]
+                self.out_weight = torch.cat([head.linear.weight, policy.value_head.weight]).numpy()
+            else:
+                vf = plain_mlp_layers(policy, policy.vf_net)
+                for k, (a, c) in enumerate(zip(pi, vf)):
+                    # The first layer reads the same input for both nets: stack, do not block-diagonalize. An
+                    # actor that reads the first actor_dim inputs alone (a centralized critic) gets zero columns.
+                    first = a.weight if k or a.weight.shape[1] == c.weight.shape[1] else \
+                        F.pad(a.weight, (0, c.weight.shape[1] - a.weight.shape[1]))
+                    weight = torch.cat([first, c.weight]) if k == 0 else torch.block_diag(a.weight, c.weight)
+                    self.weights.append(weight.contiguous().numpy())
+                    self.biases.append(torch.cat([a.bias, c.bias]).numpy())
+                self.out_weight = torch.block_diag(head.linear.weight, policy.value_head.weight).contiguous().numpy()
             self.out_bias = torch.cat([head.linear.bias, policy.value_head.bias]).numpy()
             self.n_out = head.linear.out_features
             if self.kind == "box":
@@ -422,3 +435,41 @@ class RolloutActor:
             actions = np.minimum((self.noise[t][:, None] >= cdf).sum(axis=1), last)
             return actions, log_probs[np.arange(len(actions)), actions], values
         return head + self.scaled_noise[t], self.noise_log_probs[t], values
+
+
+class ConvRolloutActor(RolloutActor):
+    """RolloutActor behind MinAtar's conv torso: uint8 frames [B, C, H, W] -> the NumPy conv kernel
+    (proximo/nn/numpy_conv.py) -> the fused MLP and heads, sampled as RolloutActor samples.
+
+    Used for a policy whose update runs on the NumPy CNN learner (ActorCritic.numpy_frames), shared
+    trunk or separate MLPs. Built from the current weights; rebuild it after every update.
+    """
+
+    def __init__(self, policy: ActorCritic) -> None:
+        super().__init__(policy)
+        conv = plain_conv(policy.torso)
+        with torch.no_grad():
+            self.conv_weight = conv.weight.detach().clone().numpy()
+            self.conv_bias = conv.bias.detach().clone().numpy()
+        self.rows = patch_rows(*policy.obs_shape, conv.kernel_size[0])
+
+    def outputs(self, frames: np.ndarray) -> np.ndarray:
+        """The network's output [B, n_out + 1] (action head, then value) for uint8 frames [B, C, H, W]."""
+        _, features_t = conv_forward(frames_columns(frames), self.rows, self.conv_weight, self.conv_bias)
+        return super().outputs(features_t.T)
+
+    @staticmethod
+    def supports(policy: ActorCritic) -> bool:
+        """True on the CPU for MinAtar's conv torso (encoders.plain_conv) under a plain tanh/relu trunk
+        shared by both heads or separate stacks of equal depth, Discrete or Box actions, no recurrent core."""
+        if policy.device.type != "cpu" or not policy.image or plain_conv(policy.torso) is None:
+            return False
+        if policy.is_recurrent or getattr(policy, "routes_by_group", False):
+            return False
+        if policy.action_head.kind not in ("discrete", "box") or policy.activation not in NUMPY_ACTIVATIONS:
+            return False
+        pi = plain_mlp_layers(policy, policy.pi_net)
+        if policy.shared_network:
+            return pi is not None
+        vf = plain_mlp_layers(policy, policy.vf_net)
+        return pi is not None and vf is not None and len(pi) == len(vf)

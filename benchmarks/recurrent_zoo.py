@@ -51,6 +51,13 @@ NETWORK = dict(rnn_hidden=256, net_arch=[64, 64], activation="tanh", ortho_init=
 # optimization settings at 30k steps with a smaller network of its own; kept to measure its gap over more seeds.
 TASKS["cartpole-round2"] = dict(TASKS["cartpole"], steps=30_000, zoo_score="(not an rl-zoo setting)",
                                 network=dict(rnn_hidden=64, net_arch=[64], activation="relu", ortho_init=False))
+# Issue 29's search for the gap (results/recurrent_gap.md): rl-zoo's CartPoleNoVel setting and network cut to
+# 30k steps, proximo's LSTM initialized as sb3-contrib leaves it (PyTorch's default) or orthogonally. A task
+# with "proximo" overrides changes only proximo's side; its "baseline" names the task it is compared with.
+TASKS["cartpole-30k"] = dict(TASKS["cartpole"], steps=30_000, zoo_score="(not an rl-zoo setting)",
+                             proximo=dict(rnn_init="torch_default"))
+TASKS["cartpole-30k-ortho-lstm"] = dict(TASKS["cartpole-30k"], proximo=dict(rnn_init="orthogonal"),
+                                        baseline="cartpole-30k")
 
 
 def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
@@ -68,7 +75,8 @@ def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
                 learning_rate=h["learning_rate"], lr_schedule=schedule, clip_range=h["clip_range"],
                 clip_schedule=schedule, recurrent="lstm", rnn_hidden=network["rnn_hidden"], bptt_len=bptt,
                 net_arch=network["net_arch"], activation=network["activation"], ortho_init=network["ortho_init"],
-                seed=seed, total_steps=steps, eval_episodes=1, diagnostics=False, torch_threads=1)
+                seed=seed, total_steps=steps, eval_episodes=1, diagnostics=False, torch_threads=1,
+                **h.get("proximo", {}))
     start, cpu = time.perf_counter(), time.process_time()
     agent.learn(steps)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -185,6 +193,10 @@ def markdown(data: dict) -> str:
         gap = welch(rows)
         if gap:
             lines += ["", gap]
+        if h.get("proximo"):
+            lines += ["", f"proximo here runs with {h['proximo']}."]
+        if h.get("baseline"):
+            lines += ["", variant_gap(data["rows"], task, h["baseline"])]
         if task in ("cartpole", "pendulum"):
             lines.append(f"| rl-zoo (benchmark.md) | 1 | {h['zoo_score']} (over episodes) | | | |")
         lines.append("")
@@ -203,6 +215,21 @@ def welch(rows: list[dict]) -> str:
     test = stats.ttest_ind(ours, theirs, equal_var=False)
     return (f"proximo - sb3-contrib: {np.mean(ours) - np.mean(theirs):+.1f} (Welch's t = {test.statistic:.2f}, "
             f"two-sided p = {test.pvalue:.2f}, {len(ours)} and {len(theirs)} seeds).")
+
+
+def variant_gap(rows: list[dict], task: str, baseline: str) -> str:
+    """proximo on `task` minus proximo on `baseline` (same seeds where both ran): Welch's t and Mann-Whitney U."""
+    from scipy import stats
+
+    ours = [r["eval_return_mean"] for r in rows if r["library"] == "proximo" and r["task"] == task]
+    base = [r["eval_return_mean"] for r in rows if r["library"] == "proximo" and r["task"] == baseline]
+    if min(len(ours), len(base)) < 2:
+        return f"(fewer than 2 seeds of proximo on `{task}` or `{baseline}`: no test yet)"
+    test = stats.ttest_ind(ours, base, equal_var=False)
+    rank = stats.mannwhitneyu(ours, base, alternative="two-sided")
+    return (f"proximo `{task}` - proximo `{baseline}`: {np.mean(ours) - np.mean(base):+.1f} (Welch's t = "
+            f"{test.statistic:.2f}, two-sided p = {test.pvalue:.2f}; Mann-Whitney two-sided p = {rank.pvalue:.2f}; "
+            f"{len(ours)} and {len(base)} seeds).")
 
 
 def cpu_speed(rows: list[dict]) -> str:

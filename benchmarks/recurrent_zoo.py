@@ -18,6 +18,13 @@ mean deterministic evaluation return (--eval-episodes episodes per seed, seeds 1
 and steps/s (env steps over learn()'s wall time).
 
     python benchmarks/recurrent_zoo.py [--seeds 5] [--tasks cartpole,pendulum] [--libs proximo,sb3-contrib]
+
+Other tasks: cartpole-round2 (round 2's 30k-step setting, a smaller network), and issue 29's gap search,
+cartpole-30k and cartpole-30k-ortho-lstm (rl-zoo's CartPoleNoVel network at 30k steps, proximo's LSTM drawn
+with PyTorch's default init as sb3-contrib's is, or orthogonally):
+
+    python benchmarks/recurrent_zoo.py --seeds 8 --tasks cartpole-30k,cartpole-30k-ortho-lstm --libs proximo \
+        --jobs 1 --out benchmarks/results/recurrent_gap
 """
 from __future__ import annotations
 
@@ -51,6 +58,13 @@ NETWORK = dict(rnn_hidden=256, net_arch=[64, 64], activation="tanh", ortho_init=
 # optimization settings at 30k steps with a smaller network of its own; kept to measure its gap over more seeds.
 TASKS["cartpole-round2"] = dict(TASKS["cartpole"], steps=30_000, zoo_score="(not an rl-zoo setting)",
                                 network=dict(rnn_hidden=64, net_arch=[64], activation="relu", ortho_init=False))
+# Issue 29's search for the gap (results/recurrent_gap.md): rl-zoo's CartPoleNoVel setting and network cut to
+# 30k steps, proximo's LSTM initialized as sb3-contrib leaves it (PyTorch's default) or orthogonally. A task
+# with "proximo" overrides changes only proximo's side; its "baseline" names the task it is compared with.
+TASKS["cartpole-30k"] = dict(TASKS["cartpole"], steps=30_000, zoo_score="(not an rl-zoo setting)",
+                             proximo=dict(rnn_init="torch_default"))
+TASKS["cartpole-30k-ortho-lstm"] = dict(TASKS["cartpole-30k"], proximo=dict(rnn_init="orthogonal"),
+                                        baseline="cartpole-30k")
 
 
 def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
@@ -68,7 +82,8 @@ def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
                 learning_rate=h["learning_rate"], lr_schedule=schedule, clip_range=h["clip_range"],
                 clip_schedule=schedule, recurrent="lstm", rnn_hidden=network["rnn_hidden"], bptt_len=bptt,
                 net_arch=network["net_arch"], activation=network["activation"], ortho_init=network["ortho_init"],
-                seed=seed, total_steps=steps, eval_episodes=1, diagnostics=False, torch_threads=1)
+                seed=seed, total_steps=steps, eval_episodes=1, diagnostics=False, torch_threads=1,
+                **h.get("proximo", {}))
     start, cpu = time.perf_counter(), time.process_time()
     agent.learn(steps)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -162,12 +177,14 @@ def markdown(data: dict) -> str:
     """Per task, one row per library: mean +- std over seeds of the evaluation return, and steps/s."""
     lines = ["# Recurrent PPO at rl-zoo's settings: proximo vs sb3-contrib", "",
              "`python benchmarks/recurrent_zoo.py` (see its docstring for the settings). Every trial in its own "
-             "process with one torch thread, two trials at a time under `nice -n 19` on a 2-core machine shared "
-             "with other jobs: steps/s are indicative, compare them within a table. Return: the deterministic "
+             "process with one torch thread, on a 2-core machine shared with other jobs (round 2's and the 100k "
+             "runs: two trials at a time under `nice -n 19`; issue 29's gap search from 02:10 UTC on 2026-12-07: "
+             "one at a time under `nice -n 10`, load average 4 to 8): steps/s are indicative, compare them within "
+             "a table. Return: the deterministic "
              "evaluation return, mean over each seed's evaluation episodes, then mean +- std over seeds.", "",
              f"rl-zoo figures: {data['source']}.", ""]
     for task, h in TASKS.items():
-        rows = [r for r in data["rows"] if r["task"] == task]
+        rows = [r for r in data["rows"] if r["task"] == task and current(r)]
         if not rows:
             continue
         sde = " (sb3-contrib with rl-zoo's gSDE; proximo plain Gaussian)" if h["sde"] else ""
@@ -185,6 +202,10 @@ def markdown(data: dict) -> str:
         gap = welch(rows)
         if gap:
             lines += ["", gap]
+        if h.get("proximo"):
+            lines += ["", f"proximo here runs with {h['proximo']}."]
+        if h.get("baseline"):
+            lines += ["", variant_gap(data["rows"], task, h["baseline"])]
         if task in ("cartpole", "pendulum"):
             lines.append(f"| rl-zoo (benchmark.md) | 1 | {h['zoo_score']} (over episodes) | | | |")
         lines.append("")
@@ -192,8 +213,9 @@ def markdown(data: dict) -> str:
 
 
 def welch(rows: list[dict]) -> str:
-    """The gap proximo - sb3-contrib of the mean returns over seeds, with Welch's t-test: how likely a gap
-    this large is between two libraries that learn equally well, given the seed-to-seed spread."""
+    """The gap proximo - sb3-contrib of the mean returns over seeds, with Welch's t-test and the Mann-Whitney U
+    test (no normality assumed): how likely a gap this large is between two libraries that learn equally
+    well, given the seed-to-seed spread."""
     from scipy import stats
 
     ours = [r["eval_return_mean"] for r in rows if r["library"] == "proximo"]
@@ -201,8 +223,31 @@ def welch(rows: list[dict]) -> str:
     if min(len(ours), len(theirs)) < 2:
         return ""
     test = stats.ttest_ind(ours, theirs, equal_var=False)
+    rank = stats.mannwhitneyu(ours, theirs, alternative="two-sided")
     return (f"proximo - sb3-contrib: {np.mean(ours) - np.mean(theirs):+.1f} (Welch's t = {test.statistic:.2f}, "
-            f"two-sided p = {test.pvalue:.2f}, {len(ours)} and {len(theirs)} seeds).")
+            f"two-sided p = {test.pvalue:.2f}; Mann-Whitney two-sided p = {rank.pvalue:.2f}; {len(ours)} and "
+            f"{len(theirs)} seeds).")
+
+
+def current(row: dict) -> bool:
+    """Whether a row ran with its task's present proximo overrides (rows without the field ran with none): a
+    row from before an override changed is kept in the JSON but neither counted as done nor tabled."""
+    return row["library"] != "proximo" or row.get("proximo", {}) == TASKS[row["task"]].get("proximo", {})
+
+
+def variant_gap(rows: list[dict], task: str, baseline: str) -> str:
+    """proximo on `task` minus proximo on `baseline` (same seeds where both ran): Welch's t and Mann-Whitney U."""
+    from scipy import stats
+
+    ours = [r["eval_return_mean"] for r in rows if r["library"] == "proximo" and r["task"] == task and current(r)]
+    base = [r["eval_return_mean"] for r in rows if r["library"] == "proximo" and r["task"] == baseline and current(r)]
+    if min(len(ours), len(base)) < 2:
+        return f"(fewer than 2 seeds of proximo on `{task}` or `{baseline}`: no test yet)"
+    test = stats.ttest_ind(ours, base, equal_var=False)
+    rank = stats.mannwhitneyu(ours, base, alternative="two-sided")
+    return (f"proximo `{task}` - proximo `{baseline}`: {np.mean(ours) - np.mean(base):+.1f} (Welch's t = "
+            f"{test.statistic:.2f}, two-sided p = {test.pvalue:.2f}; Mann-Whitney two-sided p = {rank.pvalue:.2f}; "
+            f"{len(ours)} and {len(base)} seeds).")
 
 
 def cpu_speed(rows: list[dict]) -> str:
@@ -234,7 +279,7 @@ def main() -> None:
         return
     path = args.out.with_suffix(".json")
     data = load(path)
-    done = {(r["library"], r["task"], r["seed"], r["steps"]) for r in data["rows"]}
+    done = {(r["library"], r["task"], r["seed"], r["steps"]) for r in data["rows"] if current(r)}
     plan = [(library, task, seed) for task in args.tasks.split(",") for seed in range(1, args.seeds + 1)
             for library in args.libs.split(",")]
     plan = [p for p in plan if (p[0], p[1], p[2], args.steps or TASKS[p[1]]["steps"]) not in done]
@@ -262,6 +307,7 @@ def main() -> None:
                 print(f"{library} {task} seed {seed} failed:\n{err[-3000:]}", file=sys.stderr, flush=True)
                 continue
             row = {"library": library, "task": task, "seed": seed, "steps": args.steps or TASKS[task]["steps"],
+                   **({"proximo": TASKS[task].get("proximo", {})} if library == "proximo" else {}),
                    **json.loads(out.strip().splitlines()[-1])}
             data["rows"].append(row)
             save(path, data)

@@ -15,7 +15,7 @@ from typing import Any
 
 from proximo.core.objectives import OBJECTIVES
 from proximo.core.schedules import SCHEDULES
-from proximo.nn.recurrent import RECURRENT_KINDS
+from proximo.nn.recurrent import RECURRENT_KINDS, RNN_INITS
 from proximo.nn.spaces import MASKING_MODES
 from proximo.diagnostics import DiagnosticsConfig, threshold_fields
 from proximo.errors import ConfigError
@@ -107,6 +107,9 @@ class PPOConfig:
     recurrent: str = doc("none", "recurrent core of the policy (CLI: also --policy lstm|gru)", choices=RECURRENT_KINDS)
     rnn_hidden: int = doc(128, "units of the recurrent core")
     rnn_layers: int = doc(1, "stacked layers of the recurrent core")
+    rnn_init: str = doc("orthogonal", "initialization of the recurrent core under ortho_init: orthogonal weights and "
+                        "zero biases, or PyTorch's default uniform +-1/sqrt(rnn_hidden) as sb3-contrib's RecurrentPPO "
+                        "keeps (without ortho_init the core always keeps PyTorch's default)", choices=RNN_INITS)
     bptt_len: int = doc(0, "steps per trained sequence of a recurrent policy; 0: the whole n_steps")
     action_masking: str = doc("auto", "legal-action masks: auto uses the env's if it has any, on requires them, off "
                               "ignores them", choices=MASKING_MODES)

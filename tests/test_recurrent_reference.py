@@ -124,3 +124,42 @@ def test_a_whole_update_of_the_same_rollout_matches_recurrent_ppo():
     gap, _ = largest_gap(ours["after"], renamed(reference["after"]))
     moved, _ = largest_gap(renamed(reference["after"]), renamed(reference["before"]))
     assert moved > 1e-3 and gap < 1e-6
+
+
+def test_rnn_init_torch_default_draws_the_lstm_as_recurrent_ppo_does():
+    # sb3-contrib builds its LSTMs after ActorCriticPolicy's orthogonal init, so under ortho_init they keep
+    # PyTorch's uniform(+-1/sqrt(hidden)) weights and biases; rnn_init="torch_default" does the same, while
+    # "orthogonal" gives orthonormal columns and zero biases. A two-sample Kolmogorov-Smirnov test compares the
+    # entries of each LSTM tensor (256 to 16,384 draws) with the reference's.
+    stats = pytest.importorskip("scipy.stats")
+    policies = pytest.importorskip("sb3_contrib.common.recurrent.policies")
+    hidden = 64
+    obs_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    torch.manual_seed(0)
+    reference = policies.RecurrentActorCriticPolicy(obs_space, spaces.Discrete(2), lambda _: 1e-3,
+                                                    lstm_hidden_size=hidden, ortho_init=True)
+    made = {init: ActorCritic(obs_space, spaces.Discrete(2), recurrent="lstm", rnn_hidden=hidden, ortho_init=True,
+                              rnn_init=init) for init in ("torch_default", "orthogonal")}
+    bound = 1 / np.sqrt(hidden)
+    for theirs_lstm, name in ((reference.lstm_actor, "pi_core"), (reference.lstm_critic, "vf_core")):
+        theirs = dict(theirs_lstm.named_parameters())
+        for key, ref in theirs.items():
+            ref = ref.detach().flatten().numpy()
+            assert np.abs(ref).max() <= bound and ref.std() > 0.5 * bound / np.sqrt(3)  # not orthogonal, not zero
+            default = getattr(made["torch_default"], name).rnn.get_parameter(key).detach().flatten().numpy()
+            assert np.abs(default).max() <= bound
+            assert stats.ks_2samp(default, ref).pvalue > 1e-3
+            ortho = getattr(made["orthogonal"], name).rnn.get_parameter(key).detach()
+            if key.startswith("bias"):
+                assert not ortho.any()
+            else:  # tall [4 hidden, inputs] matrices with orthonormal columns
+                assert torch.allclose(ortho.t() @ ortho, torch.eye(ortho.shape[1]), atol=1e-5)
+                assert float(ortho.abs().max()) > bound  # its near-Gaussian entries pass the uniform's bound
+
+
+def test_rnn_init_is_a_checked_config_choice():
+    from proximo.config import make_config
+    from proximo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rnn_init"):
+        make_config(None, recurrent="lstm", rnn_init="xavier", bptt_len=64)

@@ -70,7 +70,7 @@ class ActorCritic(nn.Module):
                  net_arch: list[int] = (64, 64), activation: str = "tanh", shared_network: bool = False,
                  ortho_init: bool = True, log_std_init: float = 0.0, normalize_obs: bool = False,
                  clip_obs: float = 10.0, recurrent: str = "none", rnn_hidden: int = 128, rnn_layers: int = 1,
-                 mask_key: str | None = None, actor_dim: int | None = None) -> None:
+                 rnn_init: str = "orthogonal", mask_key: str | None = None, actor_dim: int | None = None) -> None:
         super().__init__()
         self.observation_space = observation_space
         self.action_space = action_space
@@ -128,7 +128,7 @@ class ActorCritic(nn.Module):
             orthogonal_init(self.value_head, 1.0)
             for core in (self.pi_core, self.vf_core):
                 if core is not None:
-                    core.orthogonal_init()
+                    core.initialize(rnn_init)
 
     # observation pipeline -------------------------------------------------------------------
     def encode(self, obs, batch: int) -> torch.Tensor:

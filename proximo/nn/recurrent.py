@@ -9,6 +9,11 @@ import torch
 from torch import nn
 
 RECURRENT_KINDS = ("none", "lstm", "gru")
+# How ortho_init treats the core: orthogonal weights and zero biases, or PyTorch's own LSTM/GRU init
+# (every weight and bias uniform in +-1/sqrt(hidden)), which sb3-contrib's RecurrentPPO keeps: its
+# policy builds the LSTMs after ActorCriticPolicy's orthogonal init has run (sb3_contrib/common/recurrent/
+# policies.py, RecurrentActorCriticPolicy.__init__).
+RNN_INITS = ("orthogonal", "torch_default")
 
 
 class RecurrentCore(nn.Module):
@@ -22,6 +27,13 @@ class RecurrentCore(nn.Module):
         self.rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(in_features, hidden, layers)
         self.parts = 2 if kind == "lstm" else 1
         self.state_size = self.parts * layers * hidden
+
+    def initialize(self, scheme: str) -> None:
+        """Apply an RNN_INITS scheme: orthogonal_init(), or keep the PyTorch default drawn at construction."""
+        if scheme == "orthogonal":
+            self.orthogonal_init()
+        elif scheme != "torch_default":
+            raise ValueError(f"recurrent init must be one of {RNN_INITS}, got {scheme!r}")
 
     def orthogonal_init(self) -> None:
         """Orthogonal weights (gain 1: the gates squash) and zero biases, as the Linear layers get with ortho_init."""

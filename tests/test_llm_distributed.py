@@ -60,13 +60,13 @@ def _fixed_share(trainer) -> None:
     keep this rank's contiguous share of its groups, so 2 ranks hold the halves of 1 process's batch."""
     draw, world = trainer._draw_groups, trainer.world
 
-    def draw_share(n: int) -> SimpleNamespace:
+    def draw_share(n: int, first: bool = False) -> SimpleNamespace:
         torch.manual_seed(FIXED_SEED)
         trainer.rng = random.Random(FIXED_SEED)
-        full = draw(n * world.size)
+        full = draw(n * world.size, first=first)
         rows = torch.arange(world.rank * n * GROUP, (world.rank + 1) * n * GROUP)
         return SimpleNamespace(rollout=full.rollout.select(rows), rewards=full.rewards[rows], per_fn=full.per_fn,
-                               gen_s=full.gen_s, n=n)
+                               gen_s=full.gen_s, n=n, episodes=None)
     trainer._draw_groups = draw_share
 
 

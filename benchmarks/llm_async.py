@@ -48,10 +48,28 @@ from proximo.llm import GRPO, SFT  # noqa: E402
 from proximo.llm.tasks import get_task  # noqa: E402
 
 RESULTS = HERE / "results"
-MODES = ("sync", "async", "sync1")
-# async: 1 learner thread + 1 generator thread. sync1 (a control): the sync run on one thread, to tell the
-# overlap's gain from the cost of a second torch thread on a model this small.
-THREADS = {"sync": 2, "async": 1, "sync1": 1}
+MODES = ("sync", "async", "async_s", "async_s2", "sync1")
+# async: 1 learner thread + 1 generator thread. async_s: the same with old_logprobs sampler (the ratio against
+# the generator's own log-probs: no recompute pass in the learner). async_s2: async_s with 2 learner threads
+# beside the 1 generator thread (the generator idles while it waits for the learner's weights, so the learner
+# may use the second core then). sync1 (a control): the sync run on one thread, to tell the overlap's gain from
+# the cost of a second torch thread on a model this small.
+THREADS = {"sync": 2, "async": 1, "async_s": 1, "async_s2": 2, "sync1": 1}
+
+
+def mode_settings(mode: str) -> dict:
+    """The GRPO settings that make a mode: its threads, async generation and where the old log-probs come from."""
+    settings = {"torch_threads": THREADS[mode], "async_generation": mode.startswith("async"),
+                "old_logprobs": "sampler" if mode.startswith("async_s") else "auto"}
+    if mode.startswith("async"):
+        settings["generator_threads"] = 1
+    return settings
+
+
+def nan_median(values) -> float:
+    """The median of the finite values (nan when none: old_logprobs sampler does not measure offpolicy/kl)."""
+    finite = [v for v in values if v == v]
+    return statistics.median(finite) if finite else float("nan")
 
 
 def warm_forkserver() -> float:
@@ -88,7 +106,7 @@ def grpo_figures(trainer: GRPO, summary: dict, mode: str, completions_per_step: 
             "sampled_after": after["eval_sampled_accuracy"], "greedy_after": after["eval_greedy_accuracy"],
             "sampled_before": summary["before"]["eval_sampled_accuracy"],
             "version_lag_mean": statistics.mean(r.get("offpolicy/version_lag", 0.0) for r in trainer.history),
-            "offpolicy_kl_median": statistics.median(r["offpolicy/kl"] for r in trainer.history),
+            "offpolicy_kl_median": nan_median(r["offpolicy/kl"] for r in trainer.history),
             "stale_frac_max": max(r["offpolicy/stale_frac"] for r in trainer.history)}
 
 
@@ -101,12 +119,11 @@ def add_seed(seed: int, args, root: Path) -> list[dict]:
             eval_every=args.sft_eval_every, max_steps=args.sft_max_steps, tensorboard=False, torch_threads=1,
             num_eval_prompts=args.eval_prompts).train()
     rows = []
-    for mode in MODES:
+    for mode in args.modes:
         trainer = GRPO(sft_dir, run_dir=root / f"add-{mode}-s{seed}", seed=seed, task="add", digits=args.digits,
                        steps=args.add_steps, learning_rate=5e-5, group_size=8, prompts_per_step=args.add_prompts,
                        num_minibatches=2, loss_aggregation="bnpo", eval_every=0,
-                       num_eval_prompts=args.eval_prompts, tensorboard=False, torch_threads=THREADS[mode],
-                       async_generation=mode == "async")
+                       num_eval_prompts=args.eval_prompts, tensorboard=False, **mode_settings(mode))
         summary = trainer.train()
         rows.append({"workload": "add", "seed": seed, **grpo_figures(trainer, summary, mode, args.add_prompts * 8)})
         print(json.dumps(rows[-1]), flush=True)
@@ -126,14 +143,13 @@ def dataset_seeds(args, root: Path) -> list[dict]:
         dataset_bench.warm_start(0, task, read(train_path), read(eval_path)[:100], warm_args, warm_dir, "tiny")
     rows = []
     for seed in args.seeds:
-        for mode in MODES:
+        for mode in args.modes:
             trainer = GRPO(warm_dir, reward_fn=f"{dataset_bench.REWARD}:correct_sum", dataset=train_path,
                            eval_dataset=eval_path, run_dir=root / f"dataset-{mode}-s{seed}", seed=seed,
                            steps=args.dataset_steps, learning_rate=1e-4, group_size=8,
                            prompts_per_step=args.dataset_prompts, num_minibatches=2, loss_aggregation="dapo",
                            scale_rewards="group", max_new_tokens=task.max_new_tokens, eval_every=0,
-                           num_eval_prompts=args.eval_prompts, tensorboard=False, torch_threads=THREADS[mode],
-                           async_generation=mode == "async")
+                           num_eval_prompts=args.eval_prompts, tensorboard=False, **mode_settings(mode))
             summary = trainer.train()
             rows.append({"workload": "dataset", "seed": seed,
                          **grpo_figures(trainer, summary, mode, args.dataset_prompts * 8)})
@@ -146,7 +162,9 @@ def to_markdown(result: dict) -> str:
     lines = ["# GRPO with generation overlapped with training (async) vs without (sync), same 2 cores", "",
              f"Machine: {result['machine']}. Command: `{result['command']}`", "",
              "sync: one process, torch_threads 2. async: torch_threads 1 = 1 thread in the learner + 1 in the "
-             "generator process (one update behind the learner). sync1: the sync run on 1 thread (a control). tokens/s: completion tokens of steps 2..N per "
+             "generator process (one update behind the learner); async_s: async with old_logprobs sampler (the "
+             "ratio against the generator's log-probs, no recompute pass). sync1: the sync run on 1 thread (a "
+             "control); async_s2: async_s with 2 learner threads beside the generator's 1. tokens/s: completion tokens of steps 2..N per "
              "wall second between the ends of step 1 and step N; wall: the whole GRPO run, evaluations included; "
              "accuracy: held-out exact match after the last step. The forkserver the generators are forked from was "
              f"started once before the runs ({result['forkserver_start_s']:.1f} s; a user's first async run in a "
@@ -166,8 +184,9 @@ def to_markdown(result: dict) -> str:
                          f"{m['sampled_after']:.3f} | {m['greedy_after']:.3f} |")
     lines.append("")
     for workload, ratio in result["async_over_sync_tokens_per_s"].items():
-        lines.append(f"{workload}: tokens/s async / sync (2 threads) = {ratio['async/sync']:.2f}x, async / sync1 "
-                     f"(1 thread) = {ratio['async/sync1']:.2f}x (ratios of seed means).")
+        for name in [m for m in ("async", "async_s", "async_s2") if f"{m}/sync" in ratio]:
+            lines.append(f"{workload}: tokens/s {name} / sync (2 threads) = {ratio[f'{name}/sync']:.2f}x, {name} / "
+                         f"sync1 (1 thread) = {ratio[f'{name}/sync1']:.2f}x (ratios of seed means).")
     lines += ["", result["trl"]]
     return "\n".join(lines) + "\n"
 
@@ -189,6 +208,8 @@ def main() -> None:
     parser.add_argument("--dataset-steps", type=int, default=200)
     parser.add_argument("--dataset-prompts", type=int, default=16)
     parser.add_argument("--eval-prompts", type=int, default=500)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                        help="the runs per seed and workload (the ratios need sync, sync1 and an async mode)")
     parser.add_argument("--root", type=Path, default=Path("runs/bench-llm-async"))
     parser.add_argument("--out", default=None, help="results file stem (default llm_async; --quick: under --root)")
     args = parser.parse_args()
@@ -209,9 +230,10 @@ def main() -> None:
         means[workload] = {mode: {key: statistics.mean(r[key] for r in runs if r["workload"] == workload
                                                        and r["mode"] == mode)
                                   for key in ("tokens_per_s", "wall_s", "sampled_after", "greedy_after")}
-                           for mode in MODES}
-        ratios[workload] = {f"async/{base}": means[workload]["async"]["tokens_per_s"]
-                            / means[workload][base]["tokens_per_s"] for base in ("sync", "sync1")}
+                           for mode in args.modes}
+        ratios[workload] = {f"{mode}/{base}": means[workload][mode]["tokens_per_s"]
+                            / means[workload][base]["tokens_per_s"] for mode in ("async", "async_s", "async_s2")
+                            for base in ("sync", "sync1") if mode in args.modes and base in args.modes}
     result = {"machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} torch "
                          "threads at the end",
               "command": "python benchmarks/llm_async.py " + shlex.join(sys.argv[1:]),

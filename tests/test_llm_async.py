@@ -309,3 +309,42 @@ def test_an_error_inside_the_generator_reaches_the_learner_in_one_line(tmp_path)
                                                      r"was made at weights version 7 but version 0 is published$"):
         sampler.generate(*args, repeats=2)
     assert sampler.process is None and _gone(pid)
+
+
+def test_old_logprobs_sampler_takes_the_ratio_against_the_generator_and_skips_the_recompute(tmp_path, monkeypatch):
+    # With one epoch of one minibatch the recomputed old policy IS the policy being trained, so the update's
+    # first (only) ratio is exactly 1 and approx_kl 0. Against the generator's log-probs (one update behind
+    # from step 2 on) the ratio is pi_{t-1}/pi_{t-2}: approx_kl > 0, and the learner runs no forward pass of
+    # its own before the update.
+    import proximo.llm.rl as rl
+    passes = []
+    inner = rl.response_logprobs
+
+    def counted(model, *args, **kwargs):
+        passes.append(torch.is_inference_mode_enabled())
+        return inner(model, *args, **kwargs)
+    monkeypatch.setattr(rl, "response_logprobs", counted)
+    runs = {}
+    for mode in ("recompute", "sampler"):
+        passes.clear()
+        trainer, _ = _async_run(tmp_path / mode, steps=3, old_logprobs=mode, num_minibatches=1, n_epochs=1)
+        runs[mode] = (trainer.history, sum(passes))
+    recompute, sampler = runs["recompute"][0], runs["sampler"][0]
+    assert runs["recompute"][1] == 3 and runs["sampler"][1] == 0  # one old-policy pass per step, or none
+    assert all(abs(row["approx_kl"]) < 1e-7 for row in recompute)
+    assert abs(sampler[0]["approx_kl"]) < 1e-6 < min(abs(row["approx_kl"]) for row in sampler[1:])
+    # the gap to the learner is not measured without the learner's pass: NaN, not a false 0
+    assert all(math.isfinite(row["offpolicy/kl"]) for row in recompute)
+    assert all(math.isnan(row["offpolicy/kl"]) and math.isnan(row["offpolicy/clipped_frac"]) for row in sampler)
+    assert [row["offpolicy/version_lag"] for row in sampler] == [0.0, 1.0, 1.0]
+
+
+def test_generator_threads_sets_the_generator_apart_from_the_learner(tmp_path):
+    trainer = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path / "a", async_generation=True,
+                   **{**FAST, "torch_threads": 2}, generator_threads=1)
+    assert trainer.sampler.threads == 1 and trainer.config.torch_threads == 2
+    trainer = GRPO("tiny", reward_fn=_length, prompts=PROMPTS, run_dir=tmp_path / "b", async_generation=True,
+                   **{**FAST, "torch_threads": 2})
+    assert trainer.sampler.threads == 2  # unset: the learner's count
+    with pytest.raises(ConfigError, match="generator_threads must be 0"):
+        GRPOConfig(generator_threads=-1).validate()

@@ -9,6 +9,8 @@ from typing import Any
 from proximo.fielddoc import check_choices, check_field_types, doc
 from proximo.core.kl import KL_ESTIMATORS
 from proximo.core.offpolicy import OFFPOLICY_MODES
+
+OLD_LOGPROBS = ("auto", "recompute", "sampler")  # where GRPO takes the old policy's log-probs from
 from proximo.errors import ConfigError
 from proximo.llm.losses import (
     ADVANTAGE_ESTIMATORS, AGGREGATION_ALIASES, IMPORTANCE_SAMPLING, KL_PLACEMENTS, LOSS_AGGREGATIONS,
@@ -233,12 +235,19 @@ class GRPOConfig(_RLConfig):
                                     "(truncate) or dropped above it (mask); the built-in sampler is the learner "
                                     "and is not corrected", choices=OFFPOLICY_MODES)
     offpolicy_cap: float = doc(3.0, "cap C of the off-policy weights (TRL's vllm_importance_sampling_clip_max, 3.0)")
+    old_logprobs: str = doc("auto", "the old policy in the ratio: recompute = the learner's forward pass before the "
+                            "update (off-policy rows then weighted by offpolicy_correction); sampler = the "
+                            "sampler's own log-probs (PPO's ratio against the policy that sampled: no extra "
+                            "pass, no correction weights, offpolicy/kl not measured); auto = sampler for the "
+                            "built-in float32 sampler (equal to ~1e-6), else recompute", choices=OLD_LOGPROBS)
     max_staleness: int | None = doc(None, "drop from the loss the rollouts sampled more than this many policy "
                                     "versions ago (a Rollout's policy_version); none: keep all (with "
                                     "async_generation: 1)")
     async_generation: bool = doc(False, "sample the next step's rollouts in a generator process (its own copy of "
                                  "the policy, exactly one update behind) while the learner trains on this step's; "
                                  "the lag is corrected by offpolicy_correction (CPU, one process)")
+    generator_threads: int | None = doc(None, "with async_generation: torch threads of the generator process; none: "
+                                        "torch_threads (the learner's count)")
     async_timeout_s: float = doc(900.0, "with async_generation: seconds the learner waits for the generator process "
                                  "(its start, a batch, taking new weights) before stopping with an error")
     dynamic_sampling: bool = doc(False, "DAPO: drop groups whose rewards are all equal and draw more prompts")
@@ -285,6 +294,8 @@ class GRPOConfig(_RLConfig):
             raise ConfigError(f"max_staleness must not be negative (or None), got {self.max_staleness}")
         if not (self.async_timeout_s > 0 and math.isfinite(self.async_timeout_s)):
             raise ConfigError(f"async_timeout_s must be a positive finite number, got {self.async_timeout_s}")
+        if self.generator_threads is not None and self.generator_threads < 0:
+            raise ConfigError(f"generator_threads must be 0 (torch's default) or more, got {self.generator_threads}")
         if self.async_generation:
             if self.max_staleness == 0:
                 raise ConfigError("async_generation samples each step's rollouts one update behind the learner, so "

@@ -170,8 +170,9 @@ class GRPO(RLTrainer):
                          tensorboard, dataset=dataset, eval_dataset=eval_dataset, eval_fraction=eval_fraction,
                          reward_weights=reward_weights, sampler=sampler)
         if cfg.async_generation:
-            # Started on the first rollout (a resume loads the weights first), with the learner's thread count.
-            self.sampler = AsyncProcessSampler(cfg.seed, cfg.torch_threads, cfg.async_timeout_s,
+            # Started on the first rollout (a resume loads the weights first).
+            threads = cfg.torch_threads if cfg.generator_threads is None else cfg.generator_threads
+            self.sampler = AsyncProcessSampler(cfg.seed, threads, cfg.async_timeout_s,
                                                self.precision.dtype if self.precision.mixed else None)
         self.prepare_reward_models(self.rewards)
         # Several turns: the caller's environment, or the tools of config.tools answering tool calls.
@@ -264,11 +265,16 @@ class GRPO(RLTrainer):
         old_logp = self.old_logprobs(rollout, self.shared_prompt_groups(groups))
         # An outside engine's log-probs against the learner's: the loss is weighted by their ratio. The
         # built-in sampler is the learner itself (its float32 log-probs are the old ones; in bfloat16 the two
-        # passes differ by rounding alone): not corrected, its mismatch only reported.
-        sample_weights = None if self.sampler.exact_logprobs else importance_weights(
+        # passes differ by rounding alone): not corrected, its mismatch only reported. With old_logprobs
+        # sampler the ratio itself is taken against the sampling policy, so there is nothing left to weight,
+        # and no learner pass to measure the gap against.
+        unmeasured = self.takes_sampler_logprobs() and not self.sampler.exact_logprobs
+        sample_weights = None if self.sampler.exact_logprobs or unmeasured else importance_weights(
             old_logp, rollout.logprobs, loss_mask, cfg.offpolicy_correction, cfg.offpolicy_cap)
         offpolicy = offpolicy_statistics(old_logp, rollout.logprobs, loss_mask, cfg.offpolicy_correction,
                                          cfg.offpolicy_cap)
+        if unmeasured:
+            offpolicy = type(offpolicy)(math.nan, math.nan, offpolicy[2], math.nan, offpolicy[4])
         # With kl_coef 0 the reference only feeds the kl_ref metric: measure it every few steps, not every step.
         ref_logp = None
         if self.reference is not None and (cfg.kl_coef > 0 or self.step_count % max(1, cfg.eval_every or 10) in (0, 1)):

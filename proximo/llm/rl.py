@@ -304,15 +304,23 @@ class RLTrainer(LLMTrainer):
         return self.step_count - 1 if self._updating else self.step_count
 
     def old_logprobs(self, rollout: Rollout, groups: torch.Tensor | None = None) -> torch.Tensor:
-        """Log-probs [B, R] of the rollout's tokens under the policy that sampled them: the sampler's own when
-        they match the learner's forward pass (the built-in sampler in float32, to ~1e-6), else one
-        forward pass of the learner (low-precision passes and outside engines differ more than that)."""
-        if self.sampler.exact_logprobs and not self.precision.mixed:
+        """Log-probs [B, R] of the rollout's tokens under the old policy of the ratio: the sampler's own when
+        they match the learner's forward pass (the built-in sampler in float32, to ~1e-6) or when the config's
+        old_logprobs says sampler, else one forward pass of the learner (low-precision passes and outside
+        engines differ more than that)."""
+        if self.takes_sampler_logprobs():
             return rollout.logprobs
         with torch.inference_mode(), self.precision.autocast():
             logp, _, _ = response_logprobs(self.model, rollout.input_ids, rollout.attention_mask,
                                            rollout.prompt_ids.shape[1], self.config.temperature, groups=groups)
         return logp.float().clone()
+
+    def takes_sampler_logprobs(self) -> bool:
+        """True when the sampler's log-probs serve as the old policy's (old_logprobs, where the config has it)."""
+        choice = getattr(self.config, "old_logprobs", "auto")
+        if choice == "auto":
+            return self.sampler.exact_logprobs and not self.precision.mixed
+        return choice == "sampler"
 
     def reference_mode(self) -> AbstractContextManager:
         """The context in which self.reference computes the reference policy (the adapter off, with LoRA)."""

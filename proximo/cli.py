@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -44,6 +45,9 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    train.add_argument("--env-kwargs", metavar="JSON", help="keyword arguments for the env, a JSON object (e.g. "
+                       "'{\"sticky_action_prob\": 0.0}' for MinAtar, '{\"max_episode_steps\": 500}'); kept with the "
+                       "run, so --resume and eval use them too")
     train.add_argument("--seeds", metavar="LIST",
                        help="train one agent per seed (1-16, 1,3,5 or 1-4,9) as one batched population in this "
                             "process; each writes its own run directory RUN_DIR/s<seed>")
@@ -86,9 +90,28 @@ RESUME_CHANGEABLE = ("total_steps", "save_every", "keep_checkpoints", "device", 
                      "stop_patience", "track", "track_project", "track_run_name")
 
 
+def env_kwargs_arg(args: argparse.Namespace) -> dict[str, Any]:
+    """--env-kwargs as a dict ({} without it); a bad value is one ConfigError line."""
+    text = getattr(args, "env_kwargs", None)
+    if text is None:
+        return {}
+    if args.resume is not None:
+        raise ConfigError("--resume keeps the run's env kwargs; leave out --env-kwargs")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--env-kwargs {text!r} is not JSON ({exc.msg}); give an object such as "
+                          "'{\"max_episode_steps\": 500}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--env-kwargs {text!r} is not a JSON object; give one such as "
+                          "'{\"max_episode_steps\": 500}'")
+    return value
+
+
 def train_plan(args: argparse.Namespace) -> dict[str, Any]:
     """What `train` will run, as JSON: env id and kwargs, config, run directory, and the checkpoint to resume."""
     overrides = config_overrides(args)
+    env_kwargs = env_kwargs_arg(args)
     preset_file = getattr(args, "preset_file", None)
     if args.resume is not None and preset_file is not None:
         raise ConfigError("--resume keeps the run's config; leave out --preset-file")
@@ -111,7 +134,7 @@ def train_plan(args: argparse.Namespace) -> dict[str, Any]:
         overrides = {**load_preset_file(preset_file), **overrides}
     config = make_config(args.preset, args.env_id, **overrides)
     run_dir = ensure_run_dir(args.run_dir or default_run_dir(args.env_id, args.preset, config.seed), create=False)
-    return {"env_id": args.env_id, "env_kwargs": {}, "config": config.to_dict(), "run_dir": str(run_dir),
+    return {"env_id": args.env_id, "env_kwargs": env_kwargs, "config": config.to_dict(), "run_dir": str(run_dir),
             "checkpoint": None, "earlier": None, "preset_note": describe_preset(args.preset, args.env_id, overrides)}
 
 
@@ -189,6 +212,7 @@ def _train_population(args: argparse.Namespace) -> int:
     )
 
     quiet = args.quiet
+    env_kwargs = env_kwargs_arg(args)
     if args.resume is not None:
         if args.seeds is not None:
             raise ConfigError("--resume keeps the population's seeds; leave out --seeds")
@@ -220,8 +244,8 @@ def _train_population(args: argparse.Namespace) -> int:
         note = describe_preset(args.preset, args.env_id, overrides)
         if note:
             print(note, flush=True)
-        population = Population(args.env_id, population_configs(config, seeds), run_dir, verbose=not quiet,
-                                tensorboard=not args.no_tensorboard)
+        population = Population(args.env_id, population_configs(config, seeds), run_dir, env_kwargs,
+                                verbose=not quiet, tensorboard=not args.no_tensorboard)
         population.open()
     total = population.configs[0].total_steps
     if not quiet:

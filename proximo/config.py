@@ -49,6 +49,7 @@ def planning_processes(count: int):
     finally:
         _PLANNED_PROCESSES.reset(token)
 ENV_BACKENDS = ("sync", "async")
+MINATAR_OBS = ("frames", "flat")  # what MinAtar envs return (proximo/envs/atari.py)
 LEARNERS = ("auto", "numpy", "torch")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 CRITICS = ("own", "state", "joint", "global")  # what a multi-agent run's critic reads (proximo/multiagent/envs.py)
@@ -135,6 +136,9 @@ class PPOConfig:
     sticky_actions: float = doc(0.0, "Atari: ALE repeat_action_probability (0: the paper's era; v5's own is 0.25)")
     episodic_life: bool = doc(True, "Atari: a lost life ends the training episode (logged returns: whole games)")
     sign_rewards: bool = doc(True, "Atari: train on sign(reward) (logged returns: the true score)")
+    minatar_obs: str = doc("frames", "MinAtar: frames = uint8 [10, 10, C] frames of 0/255 for MinAtar's conv torso; "
+                           "flat = the 100 x C cells as one 0/1 vector for an MLP (gymnax-blines' MinAtar agents)",
+                           choices=MINATAR_OBS)
     # machinery
     env_backend: str = doc("sync", "gymnasium vector env: all envs in this process, or one subprocess each",
                            choices=ENV_BACKENDS)
@@ -325,6 +329,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                     n_epochs=4, batch_size=256, gamma=0.99, gae_lambda=0.95, clip_range=0.2,
                     clip_schedule="constant", vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5,
                     net_arch=[128], activation="relu", shared_network=True, total_steps=3_000_000),
+    # gymnax-blines' PPO for MinAtar (agents/<Game>-MinAtar/ppo.yaml, the same for every game): 64 envs x 128
+    # steps, 4 epochs of 8 minibatches, Adam 5e-4 constant (its warm-up goes from 5e-4 to 5e-4) with eps 1e-5,
+    # clip 0.2 (the value too), gamma 0.999, lambda 0.95, entropy 0.01, grad norm 0.5, separate 2 x 256 ReLU
+    # MLPs for actor and critic on the flattened 0/1 frame; 10M steps. Its value term is critic_coeff 0.5 times
+    # 0.5 x the mean squared error, proximo's vf_coef multiplies the mean squared error itself: 0.25.
+    "minatar-mlp": dict(num_envs=64, n_steps=128, batch_size=1024, n_epochs=4, learning_rate=5e-4,
+                        lr_schedule="constant", adam_eps=1e-5, gamma=0.999, gae_lambda=0.95, clip_range=0.2,
+                        clip_range_vf=0.2, ent_coef=0.01, vf_coef=0.25, max_grad_norm=0.5, net_arch=[256, 256],
+                        activation="relu", shared_network=False, minatar_obs="flat", total_steps=10_000_000),
     # rl-zoo's tuned CartPole-v1 settings.
     "cartpole": dict(num_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
                      n_epochs=20, learning_rate=1e-3, lr_schedule="linear", clip_range=0.2,

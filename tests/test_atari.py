@@ -1,4 +1,5 @@
 """Pixels: the Atari pipeline's wrappers, uint8 frames into the CNN, true game scores, resume, MinAtar, bad input."""
+import json
 import sys
 
 import cv2
@@ -13,6 +14,7 @@ from proximo.envs.atari import GAME_KEY, EpisodicLife, PixelOptions
 from proximo.envs.make import make_single_env
 from proximo.nn.encoders import MinAtarCNN, NatureCNN
 from proximo.ppo import UpdateSettings, ppo_update
+from proximo.cli import main
 from tests.test_cli import _one_line_error
 
 pytest.importorskip("ale_py", reason="the Atari tests need ale-py: pip install 'proximo[atari]'")
@@ -226,6 +228,51 @@ def test_minatar_frames_and_torso():
     assert buffer.obs.dtype == torch.uint8 and buffer.obs.shape == (8, 2, 4, 10, 10)
     forced = PPO("MinAtar/Breakout-v1", preset="minatar", num_envs=2, n_steps=8, batch_size=16, learner="torch")
     assert forced._trainer.learner.name == "torch" and forced.policy.rollout_actor() is None
+
+
+def test_minatar_flat_cells_feed_a_population_of_mlps_and_env_kwargs_reach_minatar(tmp_path):
+    pytest.importorskip("minatar", reason="MinAtar needs the minatar package: pip install 'proximo[atari]'")
+    frames = make_single_env("MinAtar/Breakout-v1")
+    flat = make_single_env("MinAtar/Breakout-v1", pixels=PixelOptions(minatar_obs="flat"))
+    a, _ = frames.reset(seed=3)
+    b, _ = flat.reset(seed=3)
+    # the same cells, row-major as gymnax-blines flattens them, as 0/1 instead of 0/255
+    assert b.dtype == np.bool_ and b.shape == (400,) and np.array_equal(b, a.reshape(-1) == 255)
+    for _ in range(20):
+        a, *_ = frames.step(1)
+        b, *_ = flat.step(1)
+        assert np.array_equal(b, a.reshape(-1) == 255)
+    sticky = make_single_env("MinAtar/Breakout-v1", pixels=PixelOptions(minatar_obs="flat"), sticky_action_prob=0.0)
+    assert sticky.unwrapped.game.sticky_action_prob == 0.0 and flat.unwrapped.game.sticky_action_prob == 0.1
+    # the preset's MLPs batch as a population (one process, one batched step for the agents)
+    run = tmp_path / "pop"
+    code = main(["train", "MinAtar/Breakout-v1", "--preset", "minatar-mlp", "--seeds", "1-2", "--num-envs", "4",
+                 "--n-steps", "16", "--batch-size", "32", "--total-steps", "128", "--eval-episodes", "1", "--quiet",
+                 "--no-tensorboard", "--run-dir", str(run), "--env-kwargs", '{"sticky_action_prob": 0.0}'])
+    assert code == 0
+    summary = json.loads((run / "s1" / "summary.json").read_text())
+    assert summary["learner"].startswith("population-numpy") and summary["global_step"] == 128
+    assert json.loads((run / "population.json").read_text())["env_kwargs"] == {"sticky_action_prob": 0.0}
+    agent = PPO("MinAtar/Breakout-v1", preset="minatar-mlp", num_envs=2, n_steps=8, batch_size=16)
+    assert agent.policy.image is False and agent.policy.obs_shape == (400,)
+
+
+def test_minatar_mlp_preset_is_gymnax_blines():
+    # agents/<Game>-MinAtar/ppo.yaml of gymnax-blines (the same for all five games)
+    config = make_config("minatar-mlp", "MinAtar/Breakout-v1")
+    assert (config.num_envs, config.n_steps, config.n_epochs) == (64, 128, 4)
+    assert config.num_envs * config.n_steps // config.batch_size == 8  # n_minibatch
+    assert (config.learning_rate, config.lr_schedule, config.adam_eps) == (5e-4, "constant", 1e-5)
+    assert (config.gamma, config.gae_lambda, config.clip_range, config.clip_range_vf) == (0.999, 0.95, 0.2, 0.2)
+    assert (config.ent_coef, config.max_grad_norm, config.total_steps) == (0.01, 0.5, 10_000_000)
+    assert config.vf_coef == 0.25  # critic_coeff 0.5 x its 0.5 * MSE
+    assert (config.net_arch, config.activation, config.shared_network) == ([256, 256], "relu", False)
+    assert config.minatar_obs == "flat"
+
+
+@pytest.mark.parametrize("value,fragment", [("[1]", "is not a JSON object"), ("{bad", "is not JSON")])
+def test_bad_env_kwargs_is_one_line(capsys, value, fragment):
+    assert fragment in _one_line_error(capsys, ["train", "CartPole-v1", "--env-kwargs", value])
 
 
 @pytest.mark.slow

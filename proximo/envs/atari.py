@@ -40,7 +40,8 @@ MINATAR_MAX_STEPS = 10_000           # MinAtar registers no time limit; a policy
 
 @dataclass(frozen=True)
 class PixelOptions:
-    """How an ALE id is wrapped; the training-only parts (episodic life, sign rewards) are off for evaluation."""
+    """How an ALE id (or a MinAtar one: minatar_obs) is wrapped; the training-only parts (episodic life, sign
+    rewards) are off for evaluation."""
 
     frame_stack: int = 4
     frame_skip: int = 4
@@ -49,6 +50,7 @@ class PixelOptions:
     sticky_actions: float = 0.0      # ALE's repeat_action_probability (v5's own default is 0.25)
     episodic_life: bool = False
     sign_rewards: bool = False
+    minatar_obs: str = "frames"      # MinAtar ids: uint8 frames, or the flat 0/1 cells ("flat", for an MLP)
 
     def for_evaluation(self) -> "PixelOptions":
         """The same pipeline with whole games and true rewards."""
@@ -60,7 +62,7 @@ def pixel_options(config: Any, training: bool = True) -> PixelOptions:
     options = PixelOptions(frame_stack=config.frame_stack, frame_skip=config.frame_skip,
                            noop_max=config.noop_max, screen_size=config.screen_size,
                            sticky_actions=config.sticky_actions, episodic_life=config.episodic_life,
-                           sign_rewards=config.sign_rewards)
+                           sign_rewards=config.sign_rewards, minatar_obs=config.minatar_obs)
     return options if training else options.for_evaluation()
 
 
@@ -242,12 +244,28 @@ class MinAtarFrames(gym.ObservationWrapper):
         return np.asarray(observation, dtype=np.uint8) * np.uint8(255)
 
 
-def make_minatar(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
-    """A MinAtar id as uint8 frames, with a time limit of MINATAR_MAX_STEPS unless kwargs set max_episode_steps."""
+class MinAtarFlat(gym.ObservationWrapper):
+    """MinAtar's bool [10, 10, C] state as one bool vector [10 * 10 * C] (row-major, as gymnax-blines' MLP
+    flattens it): a flat Box, so the policy is an MLP that reads the cells as 0/1."""
+
+    proximo_stateless_wrapper = True
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = spaces.Box(0, 1, (int(np.prod(env.observation_space.shape)),), bool)
+
+    def observation(self, observation):
+        """[10, 10, C] -> [10 * 10 * C]."""
+        return np.asarray(observation, dtype=bool).reshape(-1)
+
+
+def make_minatar(env_id: str, render_mode: str | None = None, obs: str = "frames", **kwargs: Any) -> gym.Env:
+    """A MinAtar id as uint8 frames (obs "frames") or flat 0/1 cells (obs "flat"), with a time limit of
+    MINATAR_MAX_STEPS unless kwargs set max_episode_steps; other kwargs go to MinAtar (sticky_action_prob...)."""
     max_steps = kwargs.pop("max_episode_steps", MINATAR_MAX_STEPS)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     env = gym.make(env_id, **kwargs)
     if max_steps:
         env = TimeLimit(env, max_steps)
-    return MinAtarFrames(env)
+    return MinAtarFlat(env) if obs == "flat" else MinAtarFrames(env)

@@ -60,7 +60,7 @@ def make_single_env(env: EnvLike, render_mode: str | None = None, pixels: PixelO
         if is_atari_id(env):
             return make_atari(env, pixels, render_mode=render_mode, **kwargs)
         if is_minatar_id(env):
-            return make_minatar(env, render_mode=render_mode, **kwargs)
+            return make_minatar(env, render_mode=render_mode, obs=pixels.minatar_obs if pixels else "frames", **kwargs)
         if render_mode is not None:
             kwargs = {**kwargs, "render_mode": render_mode}
         return gym.make(env, **kwargs)

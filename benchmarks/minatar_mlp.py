@@ -1,0 +1,242 @@
+"""MinAtar at the budget of a published PPO result: gymnax-blines' MLP setting (preset `minatar-mlp`, 10M steps),
+five games x 3 seeds, each game's seeds one batched population, over as many sittings as it takes.
+
+    python benchmarks/minatar_mlp.py --root /path/outside/the/repo [--games Breakout,Asterix] [--jobs 2]
+    python benchmarks/minatar_mlp.py --root DIR --report-only      # the table from what is finished so far
+
+Each game is one population run, ROOT/<game> (`proximo train MinAtar/<Game>-v1 --preset minatar-mlp --seeds 1-3
+--env-kwargs ...`), checkpointed every --save-every steps. A game whose agents all wrote summary.json at the
+full budget is finished and never trained again; a game with a population.json but no finish resumes from its
+newest checkpoint (`proximo train --resume ROOT/<game>`); others start. --jobs games train at once, one process
+(one core) each. Every sitting of a game appends its wall seconds and steps to ROOT/<game>/sittings.jsonl, so
+the report sums the wall time honestly across sittings.
+
+The env is the `minatar` package (v1 ids, minimal action sets) with sticky_action_prob 0 and episodes capped at
+1,000 steps (gymnax's MinAtar has no sticky actions; its Breakout and Seaquest end at max_steps_in_episode
+1000). Freeway keeps the game's own end at 2,500 frames (a cap of 1,000 would cut every episode).
+
+Scores: after training, each agent plays --eval-episodes episodes sampling its actions (as gymnax-blines'
+evaluation samples from pi over 164 test rollouts), and the summary's last-100 training return (also sampled).
+The published figures beside them: gymnax's README (PPO MLP agents of gymnax-blines, 10M steps): Asterix 15,
+Breakout 28, Freeway 58, SpaceInvaders 131; none for Seaquest.
+
+Writes benchmarks/results/minatar-mlp.{json,md} (marked partial until all games are finished).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import machine, write_results  # noqa: E402
+
+GAMES = ("Breakout", "Asterix", "Freeway", "SpaceInvaders", "Seaquest")
+PUBLISHED = {"Asterix": 15.0, "Breakout": 28.0, "Freeway": 58.0, "SpaceInvaders": 131.0}  # gymnax README
+PRESET = "minatar-mlp"
+
+
+def env_kwargs(game: str) -> dict:
+    """The MinAtar options that match gymnax's envs (see the module docstring)."""
+    kwargs = {"sticky_action_prob": 0.0}
+    if game != "Freeway":
+        kwargs["max_episode_steps"] = 1000
+    return kwargs
+
+
+def summaries(run: Path, seeds: list[int]) -> list[dict] | None:
+    """Every agent's summary.json, or None while any is missing."""
+    out = []
+    for seed in seeds:
+        path = run / f"s{seed}" / "summary.json"
+        if not path.is_file():
+            return None
+        out.append(json.loads(path.read_text()))
+    return out
+
+
+def finished(run: Path, seeds: list[int], steps: int) -> bool:
+    """True when every agent wrote its summary at the full budget."""
+    done = summaries(run, seeds)
+    return done is not None and all(s["global_step"] >= steps for s in done)
+
+
+def train_command(game: str, run: Path, args) -> list[str]:
+    """The proximo command that starts or resumes a game's population."""
+    base = [sys.executable, "-m", "proximo", "train"]
+    if (run / "population.json").is_file():
+        return base + ["--resume", str(run), "--quiet", "--no-tensorboard"]
+    return base + [f"MinAtar/{game}-v1", "--preset", PRESET, "--seeds", f"{args.seeds[0]}-{args.seeds[-1]}",
+                   "--total-steps", str(args.steps), "--save-every", str(args.save_every), "--eval-episodes", "10",
+                   "--env-kwargs", json.dumps(env_kwargs(game)), "--run-dir", str(run), "--quiet", "--no-tensorboard"]
+
+
+def steps_done(run: Path) -> int:
+    """The population's newest checkpointed (or finished) step; 0 before any."""
+    best = 0
+    for path in run.glob("s*/checkpoints/step_*"):
+        match = re.fullmatch(r"step_(\d+)", path.name)
+        if match:
+            best = max(best, int(match.group(1)))
+    for path in run.glob("s*/summary.json"):
+        best = max(best, json.loads(path.read_text()).get("global_step", 0))
+    return best
+
+
+def train_games(games: list[str], args) -> bool:
+    """Train the unfinished games, --jobs at a time, logging each sitting's wall time; False when a SIGINT or
+    SIGTERM stopped the sitting (each game then saved its checkpoint: proximo stops after the current update)."""
+    queue = [g for g in games if not finished(args.root / g, args.seeds, args.steps)]
+    running: dict[str, tuple[subprocess.Popen, float, int]] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stop = []
+
+    def on_signal(signum, frame):  # pass the stop on once; the games checkpoint and exit 128 + signum
+        if not stop:
+            stop.append(signum)
+            for proc, _, _ in running.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while (queue and not stop) or running:
+        while queue and not stop and len(running) < args.jobs:
+            game = queue.pop(0)
+            run = args.root / game
+            run.parent.mkdir(parents=True, exist_ok=True)
+            command = train_command(game, run, args)
+            print(f"minatar_mlp: {game}: {' '.join(command[2:])}", flush=True)
+            log = open(args.root / f"{game}.log", "a")
+            running[game] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env),
+                             time.time(), steps_done(run))
+        time.sleep(5)
+        for game, (proc, started, before) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[game]
+            run = args.root / game
+            record = {"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                      "wall_s": round(time.time() - started, 1), "steps_before": before,
+                      "steps_after": steps_done(run), "exit": proc.returncode}
+            with open(run / "sittings.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"minatar_mlp: {game}: {record}", flush=True)
+            if proc.returncode != 0 and not stop:
+                raise SystemExit(f"minatar_mlp: {game} exited {proc.returncode}; see {args.root / game}.log")
+    return not stop
+
+
+def sampled_eval(run: Path, episodes: int) -> tuple[float, float]:
+    """Mean and std of `episodes` returns of the run's policy sampling its actions (cached in eval.json)."""
+    cache = run / f"eval-stochastic-{episodes}.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        return data["mean"], data["std"]
+    out = subprocess.run([sys.executable, "-m", "proximo", "eval", str(run), "--episodes", str(episodes),
+                          "--stochastic"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+    match = re.search(r"return (-?[\d.]+) \+- ([\d.]+) over", out)
+    if match is None:
+        raise SystemExit(f"minatar_mlp: could not read the evaluation of {run}: {out!r}")
+    mean, std = float(match.group(1)), float(match.group(2))
+    cache.write_text(json.dumps({"mean": mean, "std": std, "episodes": episodes}) + "\n")
+    return mean, std
+
+
+def nan_if_none(value) -> float:
+    """A summary figure as a float (nan where the run logged none, e.g. no episode finished)."""
+    return float("nan") if value is None else float(value)
+
+
+def report(games: list[str], args, command: str) -> None:
+    """The table over the finished games (partial until all five are)."""
+    rows, done = [], []
+    for game in games:
+        run = args.root / game
+        if not finished(run, args.seeds, args.steps):
+            continue
+        done.append(game)
+        sittings = [json.loads(line) for line in (run / "sittings.jsonl").read_text().splitlines()] \
+            if (run / "sittings.jsonl").is_file() else []
+        for seed, summary in zip(args.seeds, summaries(run, args.seeds)):
+            mean, std = sampled_eval(run / f"s{seed}", args.eval_episodes)
+            rows.append({"game": game, "seed": seed, "steps": summary["global_step"],
+                         "train_last100": nan_if_none(summary.get("train_return_last100_mean")), "eval_sampled": mean,
+                         "eval_sampled_std": std, "eval_deterministic": summary["eval_return_mean"],
+                         "agent_steps_per_s": summary.get("sps"),
+                         "game_wall_s": sum(s["wall_s"] for s in sittings), "sittings": len(sittings)})
+    lines = [f"# MinAtar, gymnax-blines' MLP setting (`{PRESET}`), {args.steps:,} steps, seeds "
+             f"{args.seeds[0]}-{args.seeds[-1]}", ""]
+    if len(done) < len(games):
+        lines += [f"**Partial: {len(done)} of {len(games)} games finished** ({', '.join(done) or 'none'}); "
+                  "`python benchmarks/minatar_mlp.py --root DIR` goes on from the checkpoints.", ""]
+    lines += [f"Command: `{command}`", "",
+              "Each game's seeds train as one batched population in one process (one core). Env: the `minatar` "
+              "package, sticky_action_prob 0, episodes capped at 1,000 steps except Freeway (gymnax's MinAtar: no "
+              "sticky actions). Scores: sampled-action evaluation over "
+              f"{args.eval_episodes} episodes per agent (gymnax-blines samples from pi over 164 test rollouts), "
+              "the last-100 training return (sampled), and the deterministic 10-episode evaluation at the end. "
+              "Published: gymnax README, PPO MLP agents of gymnax-blines at 10M steps.", "",
+              "| game | sampled eval (mean +- std over seeds) | last-100 train | deterministic eval | published "
+              "(gymnax) | wall h (sum of sittings) |", "|---|---|---|---|---|---|"]
+    for game in done:
+        mine = [r for r in rows if r["game"] == game]
+        evals = [r["eval_sampled"] for r in mine]
+        spread = statistics.stdev(evals) if len(evals) > 1 else 0.0
+        lines.append(f"| {game} | {statistics.mean(evals):.1f} +- {spread:.1f} | "
+                     f"{statistics.mean(r['train_last100'] for r in mine):.1f} | "
+                     f"{statistics.mean(r['eval_deterministic'] for r in mine):.1f} | "
+                     f"{PUBLISHED.get(game, '-')} | {mine[0]['game_wall_s'] / 3600:.2f} |")
+    lines += ["", "Per agent:", "", "| game | seed | sampled eval | last-100 train | deterministic eval | "
+              "agent-steps/s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['game']} | {r['seed']} | {r['eval_sampled']:.1f} +- {r['eval_sampled_std']:.1f} | "
+                     f"{r['train_last100']:.1f} | {r['eval_deterministic']:.1f} | {r['agent_steps_per_s'] or 0:,.0f} |")
+    total = sum({r["game"]: r["game_wall_s"] for r in rows}.values())
+    lines += ["", f"Summed wall time of the finished games: {total / 3600:.2f} h (--jobs games at once on 2 cores)."]
+    write_results(HERE / "results" / "minatar-mlp", {"command": command, "machine": machine(), "steps": args.steps,
+                                                      "seeds": args.seeds, "games_done": done, "rows": rows,
+                                                      "published": PUBLISHED}, "\n".join(lines) + "\n")
+    print(f"minatar_mlp: report over {len(done)} finished games written", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train what is unfinished, then write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="where the runs live (outside the repository)")
+    parser.add_argument("--games", default=",".join(GAMES), help="comma list of " + ", ".join(GAMES))
+    parser.add_argument("--seeds", default="1-3", help="first-last seed (one population per game)")
+    parser.add_argument("--steps", type=int, default=10_000_000)
+    parser.add_argument("--save-every", type=int, default=500_000)
+    parser.add_argument("--eval-episodes", type=int, default=164)
+    parser.add_argument("--jobs", type=int, default=2, help="games trained at once (one process each)")
+    parser.add_argument("--report-only", action="store_true", help="write the table from the finished games only")
+    args = parser.parse_args(argv)
+    games = [g.strip() for g in args.games.split(",") if g.strip()]
+    unknown = [g for g in games if g not in GAMES]
+    if unknown:
+        print(f"minatar_mlp: unknown game {unknown[0]!r}; choose from {', '.join(GAMES)}", file=sys.stderr)
+        return 2
+    first, _, last = args.seeds.partition("-")
+    args.seeds = list(range(int(first), int(last or first) + 1))
+    args.root = args.root.resolve()
+    # the command as run, with the machine's runs folder as DIR
+    command = (f"python benchmarks/minatar_mlp.py --root DIR --games {','.join(games)} --seeds {args.seeds[0]}-"
+               f"{args.seeds[-1]} --steps {args.steps} --eval-episodes {args.eval_episodes}")
+    if not args.report_only and not train_games(games, args):
+        print("minatar_mlp: stopped; the games saved their checkpoints and resume on the next run", flush=True)
+        return 1
+    report(games, args, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

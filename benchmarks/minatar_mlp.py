@@ -20,6 +20,9 @@ evaluation samples from pi over 164 test rollouts), and the summary's last-100 t
 The published figures beside them: gymnax's README (PPO MLP agents of gymnax-blines, 10M steps): Asterix 15,
 Breakout 28, Freeway 58, SpaceInvaders 131; none for Seaquest.
 
+The reference: `--sb3 GAME` trains Stable-Baselines3's PPO with the same settings and MLPs, one seed, in
+resumable chunks (`python benchmarks/minatar_mlp.py --root DIR --sb3 Breakout`); the report adds its row.
+
 Writes benchmarks/results/minatar-mlp.{json,md} (marked partial until all games are finished).
 """
 from __future__ import annotations
@@ -151,6 +154,75 @@ def sampled_eval(run: Path, episodes: int) -> tuple[float, float]:
     return mean, std
 
 
+SB3_SETTINGS = dict(learning_rate=5e-4, n_steps=128, batch_size=1024, n_epochs=4, gamma=0.999, gae_lambda=0.95,
+                    clip_range=0.2, clip_range_vf=0.2, ent_coef=0.01, vf_coef=0.25, max_grad_norm=0.5)
+# SB3's value loss is the plain mean squared error, as proximo's: vf_coef 0.25 is gymnax's 0.5 x 0.5 MSE there too;
+# its Adam eps is 1e-5 by default and its MLP init orthogonal, as proximo's.
+
+
+def sb3_flat_env(game: str):
+    """A thunk making proximo's flat-cell MinAtar env with the gymnax-matching options (for SB3's make_vec_env)."""
+    from proximo.envs.atari import PixelOptions
+    from proximo.envs.make import make_single_env
+    return lambda: make_single_env(f"MinAtar/{game}-v1", pixels=PixelOptions(minatar_obs="flat"), **env_kwargs(game))
+
+
+def train_sb3(game: str, seed: int, args) -> dict:
+    """Stable-Baselines3's PPO with the same settings and MLPs, in chunks of --sb3-chunk steps saved after each
+    (a new sitting loads the model and goes on; its envs restart their episodes, the only difference from one
+    uninterrupted run). Returns the finished run's figures (cached in ROOT/sb3-<game>-s<seed>/result.json)."""
+    import numpy as np
+    import torch
+    from stable_baselines3 import PPO as SB3PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from torch import nn
+
+    torch.set_num_threads(1)
+    folder = args.root / f"sb3-{game}-s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    result_path, progress_path, model_path = folder / "result.json", folder / "progress.json", folder / "model.zip"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {"steps": 0, "wall_s": 0.0,
+                                                                                      "sittings": 0}
+    venv = make_vec_env(sb3_flat_env(game), n_envs=64, seed=seed + 1000 * progress["sittings"])
+    if model_path.is_file():
+        model = SB3PPO.load(model_path, env=venv, device="cpu")
+    else:
+        model = SB3PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **SB3_SETTINGS,
+                       policy_kwargs=dict(net_arch=dict(pi=[256, 256], vf=[256, 256]), activation_fn=nn.ReLU))
+    progress["sittings"] += 1
+    last100 = float("nan")
+    while model.num_timesteps < args.steps:
+        started = time.time()
+        model.learn(total_timesteps=min(args.sb3_chunk, args.steps - model.num_timesteps), reset_num_timesteps=False)
+        if model.ep_info_buffer:
+            last100 = float(np.mean([e["r"] for e in model.ep_info_buffer]))
+        model.save(folder / "model.tmp.zip")
+        os.replace(folder / "model.tmp.zip", model_path)  # atomic: an interruption never leaves half a model
+        progress.update(steps=int(model.num_timesteps), wall_s=progress["wall_s"] + time.time() - started,
+                        last100=last100)
+        progress_path.write_text(json.dumps(progress) + "\n")
+        print(f"minatar_mlp: sb3 {game} s{seed}: {model.num_timesteps:,} steps, last-100 {last100:.2f}", flush=True)
+    env = sb3_flat_env(game)()
+    returns = []
+    for episode in range(args.eval_episodes):
+        obs, _ = env.reset(seed=10_000 + episode)
+        total, done = 0.0, False
+        while not done:
+            action, _ = model.predict(obs, deterministic=False)  # sampled, as the proximo side's evaluation
+            obs, reward, terminated, truncated, _ = env.step(int(action))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    result = {"game": game, "seed": seed, "steps": int(model.num_timesteps), "train_last100": progress["last100"],
+              "eval_sampled": float(np.mean(returns)), "eval_sampled_std": float(np.std(returns)),
+              "wall_s": progress["wall_s"], "sittings": progress["sittings"],
+              "steps_per_s": model.num_timesteps / max(progress["wall_s"], 1e-9)}
+    result_path.write_text(json.dumps(result) + "\n")
+    return result
+
+
 def nan_if_none(value) -> float:
     """A summary figure as a float (nan where the run logged none, e.g. no episode finished)."""
     return float("nan") if value is None else float(value)
@@ -200,11 +272,22 @@ def report(games: list[str], args, command: str) -> None:
     for r in rows:
         lines.append(f"| {r['game']} | {r['seed']} | {r['eval_sampled']:.1f} +- {r['eval_sampled_std']:.1f} | "
                      f"{r['train_last100']:.1f} | {r['eval_deterministic']:.1f} | {r['agent_steps_per_s'] or 0:,.0f} |")
+    sb3 = [json.loads(p.read_text()) for p in sorted(args.root.glob("sb3-*/result.json"))]
+    if sb3:
+        lines += ["", "Stable-Baselines3's PPO, the same settings and MLPs, one seed (the reference; a proximo agent "
+                  "runs as part of a 3-agent population, SB3 alone):", "",
+                  "| game | seed | steps | sampled eval | last-100 train | steps/s | wall h (sittings) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in sb3:
+            lines.append(f"| {r['game']} | {r['seed']} | {r['steps']:,} | {r['eval_sampled']:.1f} +- "
+                         f"{r['eval_sampled_std']:.1f} | {r['train_last100']:.1f} | {r['steps_per_s']:,.0f} | "
+                         f"{r['wall_s'] / 3600:.2f} ({r['sittings']}) |")
     total = sum({r["game"]: r["game_wall_s"] for r in rows}.values())
     lines += ["", f"Summed wall time of the finished games: {total / 3600:.2f} h (--jobs games at once on 2 cores)."]
     write_results(HERE / "results" / "minatar-mlp", {"command": command, "machine": machine(), "steps": args.steps,
                                                       "seeds": args.seeds, "games_done": done, "rows": rows,
-                                                      "published": PUBLISHED}, "\n".join(lines) + "\n")
+                                                      "published": PUBLISHED, "sb3": sb3},
+                  "\n".join(lines) + "\n")
     print(f"minatar_mlp: report over {len(done)} finished games written", flush=True)
 
 
@@ -219,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=164)
     parser.add_argument("--jobs", type=int, default=2, help="games trained at once (one process each)")
     parser.add_argument("--report-only", action="store_true", help="write the table from the finished games only")
+    parser.add_argument("--sb3", metavar="GAME", help="instead: train SB3's PPO on GAME (seed --sb3-seed) to --steps, "
+                        "in resumable chunks, then write the report")
+    parser.add_argument("--sb3-seed", type=int, default=1)
+    parser.add_argument("--sb3-chunk", type=int, default=491_520, help="SB3 steps between saves (60 rollouts)")
     args = parser.parse_args(argv)
     games = [g.strip() for g in args.games.split(",") if g.strip()]
     unknown = [g for g in games if g not in GAMES]
@@ -231,7 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     # the command as run, with the machine's runs folder as DIR
     command = (f"python benchmarks/minatar_mlp.py --root DIR --games {','.join(games)} --seeds {args.seeds[0]}-"
                f"{args.seeds[-1]} --steps {args.steps} --eval-episodes {args.eval_episodes}")
-    if not args.report_only and not train_games(games, args):
+    if args.sb3 is not None:
+        if args.sb3 not in GAMES:
+            print(f"minatar_mlp: unknown game {args.sb3!r}; choose from {', '.join(GAMES)}", file=sys.stderr)
+            return 2
+        print(json.dumps(train_sb3(args.sb3, args.sb3_seed, args)), flush=True)
+    elif not args.report_only and not train_games(games, args):
         print("minatar_mlp: stopped; the games saved their checkpoints and resume on the next run", flush=True)
         return 1
     report(games, args, command)

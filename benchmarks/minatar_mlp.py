@@ -196,11 +196,12 @@ def train_sb3(game: str, seed: int, args) -> dict:
     while model.num_timesteps < args.steps:
         started = time.time()
         model.learn(total_timesteps=min(args.sb3_chunk, args.steps - model.num_timesteps), reset_num_timesteps=False)
+        learned = time.time()  # the training loop's seconds, the save outside (as proximo's sps)
         if model.ep_info_buffer:
             last100 = float(np.mean([e["r"] for e in model.ep_info_buffer]))
         model.save(folder / "model.tmp.zip")
         os.replace(folder / "model.tmp.zip", model_path)  # atomic: an interruption never leaves half a model
-        progress.update(steps=int(model.num_timesteps), wall_s=progress["wall_s"] + time.time() - started,
+        progress.update(steps=int(model.num_timesteps), wall_s=progress["wall_s"] + learned - started,
                         last100=last100)
         progress_path.write_text(json.dumps(progress) + "\n")
         print(f"minatar_mlp: sb3 {game} s{seed}: {model.num_timesteps:,} steps, last-100 {last100:.2f}", flush=True)
@@ -221,6 +222,53 @@ def train_sb3(game: str, seed: int, args) -> dict:
               "steps_per_s": model.num_timesteps / max(progress["wall_s"], 1e-9)}
     result_path.write_text(json.dumps(result) + "\n")
     return result
+
+
+def speed(args) -> None:
+    """Steps/s of the same setting side by side, sides alternating per repeat: proximo alone (the NumPy learner
+    auto picks), proximo's 3-seed population (agent-steps/s), and SB3 alone; --speed-steps steps each, fresh
+    processes, training loop only (start-up and evaluation outside). Writes benchmarks/results/minatar-mlp-sps."""
+    import tempfile
+    game, steps = args.games.split(",")[0], args.speed_steps
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = []
+    for repeat in range(args.speed):
+        with tempfile.TemporaryDirectory() as tmp:
+            for side in ("proximo", "population", "sb3"):
+                if side == "sb3":
+                    out = subprocess.run([sys.executable, __file__, "--root", tmp, "--sb3", game, "--steps",
+                                          str(steps), "--sb3-chunk", str(steps), "--eval-episodes", "1"],
+                                         capture_output=True, text=True, check=True, env=env).stdout
+                    rate = json.loads(out.splitlines()[-2])["steps_per_s"]  # the line before the report's
+                else:
+                    run = Path(tmp) / side
+                    command = [sys.executable, "-m", "proximo", "train", f"MinAtar/{game}-v1", "--preset", PRESET,
+                               "--total-steps", str(steps), "--eval-episodes", "1", "--quiet", "--no-tensorboard",
+                               "--run-dir", str(run), "--env-kwargs", json.dumps(env_kwargs(game))]
+                    if side == "population":
+                        command += ["--seeds", "1-3"]
+                    subprocess.run(command, check=True, env=env, capture_output=True)
+                    summary = json.loads((run / ("s1" if side == "population" else ".") / "summary.json").read_text())
+                    rate = summary["sps"] * (3 if side == "population" else 1)
+                rows.append({"repeat": repeat + 1, "side": side, "steps_per_s": rate})
+                print(json.dumps(rows[-1]), flush=True)
+    median = {side: statistics.median(r["steps_per_s"] for r in rows if r["side"] == side)
+              for side in ("proximo", "population", "sb3")}
+    lines = [f"# MinAtar {game}, `{PRESET}` (gymnax-blines' MLP setting): steps/s, proximo vs SB3", "",
+             f"Command: `python benchmarks/minatar_mlp.py --root DIR --games {game} --speed {args.speed} "
+             f"--speed-steps {steps}`", "",
+             f"{steps:,} steps per run, one thread, fresh process per run, sides alternating; training loop only. "
+             "population: seeds 1-3 as one batched population, agent-steps/s summed over its 3 agents.", "",
+             "| repeat | proximo | proximo population (3 agents) | SB3 |", "|---|---|---|---|"]
+    for repeat in range(args.speed):
+        cell = {r["side"]: r["steps_per_s"] for r in rows if r["repeat"] == repeat + 1}
+        lines.append(f"| {repeat + 1} | {cell['proximo']:,.0f} | {cell['population']:,.0f} | {cell['sb3']:,.0f} |")
+    lines += ["", f"Medians: proximo {median['proximo']:,.0f}, population {median['population']:,.0f}, SB3 "
+              f"{median['sb3']:,.0f}; proximo / SB3 = {median['proximo'] / median['sb3']:.2f}x, population / SB3 = "
+              f"{median['population'] / median['sb3']:.2f}x."]
+    write_results(HERE / "results" / "minatar-mlp-sps", {"game": game, "steps": steps, "rows": rows,
+                                                          "median": median, "machine": machine()},
+                  "\n".join(lines) + "\n")
 
 
 def nan_if_none(value) -> float:
@@ -305,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sb3", metavar="GAME", help="instead: train SB3's PPO on GAME (seed --sb3-seed) to --steps, "
                         "in resumable chunks, then write the report")
     parser.add_argument("--sb3-seed", type=int, default=1)
+    parser.add_argument("--speed", type=int, metavar="REPEATS", help="instead: time proximo, its population and SB3 "
+                        "side by side on the first of --games, REPEATS alternating rounds")
+    parser.add_argument("--speed-steps", type=int, default=196_608)
     parser.add_argument("--sb3-chunk", type=int, default=491_520, help="SB3 steps between saves (60 rollouts)")
     args = parser.parse_args(argv)
     games = [g.strip() for g in args.games.split(",") if g.strip()]
@@ -318,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     # the command as run, with the machine's runs folder as DIR
     command = (f"python benchmarks/minatar_mlp.py --root DIR --games {','.join(games)} --seeds {args.seeds[0]}-"
                f"{args.seeds[-1]} --steps {args.steps} --eval-episodes {args.eval_episodes}")
+    if args.speed:
+        speed(args)
+        return 0
     if args.sb3 is not None:
         if args.sb3 not in GAMES:
             print(f"minatar_mlp: unknown game {args.sb3!r}; choose from {', '.join(GAMES)}", file=sys.stderr)

@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,16 @@ def write_results(stem: Path, data: dict, markdown: str) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown)
+
+
+def comma_choices(text: str, known, prog: str) -> list[str]:
+    """The names of a comma list, each one of known; an unknown one is one line on stderr and exit status 2."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        print(f"{prog}: unknown name {unknown[0]!r}; choose from {', '.join(known)}", file=sys.stderr)
+        raise SystemExit(2)
+    return names
 
 
 def require_counted(what: str, value: float) -> float:

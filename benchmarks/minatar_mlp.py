@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, write_results  # noqa: E402
+from common import comma_choices, machine, write_results  # noqa: E402
 
 GAMES = ("Breakout", "Asterix", "Freeway", "SpaceInvaders", "Seaquest")
 PUBLISHED = {"Asterix": 15.0, "Breakout": 28.0, "Freeway": 58.0, "SpaceInvaders": 131.0}  # gymnax README
@@ -358,11 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-steps", type=int, default=196_608)
     parser.add_argument("--sb3-chunk", type=int, default=491_520, help="SB3 steps between saves (60 rollouts)")
     args = parser.parse_args(argv)
-    games = [g.strip() for g in args.games.split(",") if g.strip()]
-    unknown = [g for g in games if g not in GAMES]
-    if unknown:
-        print(f"minatar_mlp: unknown game {unknown[0]!r}; choose from {', '.join(GAMES)}", file=sys.stderr)
-        return 2
+    games = comma_choices(args.games, GAMES, "minatar_mlp")
     first, _, last = args.seeds.partition("-")
     args.seeds = list(range(int(first), int(last or first) + 1))
     args.root = args.root.resolve()
@@ -373,9 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         speed(args)
         return 0
     if args.sb3 is not None:
-        if args.sb3 not in GAMES:
-            print(f"minatar_mlp: unknown game {args.sb3!r}; choose from {', '.join(GAMES)}", file=sys.stderr)
-            return 2
+        comma_choices(args.sb3, GAMES, "minatar_mlp")
         print(json.dumps(train_sb3(args.sb3, args.sb3_seed, args)), flush=True)
     elif not args.report_only and not train_games(games, args):
         print("minatar_mlp: stopped; the games saved their checkpoints and resume on the next run", flush=True)

@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import comma_choices  # noqa: E402
+
 KEPT = HERE / "results" / "table1-1M-runs" / "runs"
 REPORT = HERE / "results" / "table1-1M"
 ENV_KEYS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5",
@@ -78,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-dir", type=Path, required=True, help="the sweep folder (outside the repository)")
     parser.add_argument("--envs", default=",".join(ENV_KEYS), help="comma list of " + ", ".join(ENV_KEYS))
     args = parser.parse_args(argv)
-    wanted = [e.strip() for e in args.envs.split(",") if e.strip()]
-    unknown = [e for e in wanted if e not in ENV_KEYS]
-    if unknown:
-        print(f"table1_full: unknown env {unknown[0]!r}; choose from {', '.join(ENV_KEYS)}", file=sys.stderr)
-        return 2
+    wanted = comma_choices(args.envs, list(ENV_KEYS), "table1_full")
     for env in wanted:
         env_id, env_dir = ENV_KEYS[env], args.sweep_dir / env
         runs = env_dir / "runs"

@@ -16,6 +16,7 @@ env. Runs with 2 Ray workers under the caller's nice level.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -65,6 +66,27 @@ def keep(runs: Path, env_id: str) -> int:
     return kept
 
 
+SITTINGS = KEPT.parent / "sittings.jsonl"  # one line per env per sitting: the honest sum of wall time
+
+
+def log_sitting(env: str, started: float, wall_s: float, code: int, kept: int) -> None:
+    """Append one sitting of an env (its start, wall seconds, exit status, finished trials after it)."""
+    record = {"env": env, "start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+              "wall_s": round(wall_s, 1), "exit": code, "finished_trials": kept}
+    with open(SITTINGS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def sitting_hours() -> dict[str, float]:
+    """Summed wall hours per env over every sitting logged in SITTINGS."""
+    hours: dict[str, float] = {}
+    if SITTINGS.is_file():
+        for line in SITTINGS.read_text().splitlines():
+            record = json.loads(line)
+            hours[record["env"]] = hours.get(record["env"], 0.0) + record["wall_s"] / 3600
+    return hours
+
+
 def table1(envs: list[str], sweep_dir: Path, output: Path | None) -> int:
     """`proximo paper table1` at the paper's protocol over envs; its exit status."""
     command = [sys.executable, "-m", "proximo", "paper", "table1", "--steps", "1000000", "--seeds", "3",
@@ -92,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"table1_full: {env_id}: {copied} finished trials copied from the repository into {runs}", flush=True)
         started = time.time()
         code = table1([env], env_dir, None)
-        print(f"table1_full: {env_id} exit {code}, {time.time() - started:.0f} s wall this sitting; "
-              f"{keep(runs, env_id)} finished trials kept in {KEPT}", flush=True)
+        wall, kept = time.time() - started, keep(runs, env_id)
+        log_sitting(env, started, wall, code, kept)
+        print(f"table1_full: {env_id} exit {code}, {wall:.0f} s wall this sitting; {kept} finished trials kept in "
+              f"{KEPT}", flush=True)
         if code != 0:
             return code
     done = [env for env in ENV_KEYS if len(finished(KEPT, ENV_KEYS[env])) >= TRIALS_PER_ENV]
@@ -112,11 +136,15 @@ def mark_partial(report: Path, done: list[str]) -> None:
     """Say under the report's title that it covers only some of the paper's envs, and how to go on."""
     title, rest = report.read_text().split("\n", 1)
     names = ", ".join(ENV_KEYS[env] for env in done)
+    hours = sitting_hours()
+    walls = "; ".join(f"{ENV_KEYS[env]} {hours[env]:.2f} h" for env in done if env in hours)
     note = (f"\n**Partial: {len(done)} of the paper's {len(ENV_KEYS)} envs so far** ({names}; "
             f"{len(done) * TRIALS_PER_ENV} of {len(ENV_KEYS) * TRIALS_PER_ENV} runs). Every finished trial's files "
             "are kept in `benchmarks/results/table1-1M-runs/runs/`; `python benchmarks/table1_full.py --sweep-dir "
             "DIR` goes on from them without rerunning any. The command below made this report from those "
-            "trials.\n")
+            "trials."
+            + (f" Wall time on 2 cores, summed over sittings (benchmarks/results/table1-1M-runs/sittings.jsonl): "
+               f"{walls}; {sum(hours[e] for e in done if e in hours):.2f} h in all." if walls else "") + "\n")
     report.write_text(title + "\n" + note + rest)
 
 

@@ -237,9 +237,10 @@ def speed(args) -> None:
             for side in ("proximo", "population", "sb3"):
                 if side == "sb3":
                     out = subprocess.run([sys.executable, __file__, "--root", tmp, "--sb3", game, "--steps",
-                                          str(steps), "--sb3-chunk", str(steps), "--eval-episodes", "1"],
+                                          str(steps), "--sb3-chunk", str(steps), "--eval-episodes", "1",
+                                          "--no-report"],
                                          capture_output=True, text=True, check=True, env=env).stdout
-                    rate = json.loads(out.splitlines()[-2])["steps_per_s"]  # the line before the report's
+                    rate = json.loads(out.splitlines()[-1])["steps_per_s"]
                 else:
                     run = Path(tmp) / side
                     command = [sys.executable, "-m", "proximo", "train", f"MinAtar/{game}-v1", "--preset", PRESET,
@@ -356,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=int, metavar="REPEATS", help="instead: time proximo, its population and SB3 "
                         "side by side on the first of --games, REPEATS alternating rounds")
     parser.add_argument("--speed-steps", type=int, default=196_608)
+    parser.add_argument("--no-report", action="store_true", help="leave benchmarks/results alone (--speed's runs)")
     parser.add_argument("--sb3-chunk", type=int, default=491_520, help="SB3 steps between saves (60 rollouts)")
     args = parser.parse_args(argv)
     games = comma_choices(args.games, GAMES, "minatar_mlp")
@@ -374,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.report_only and not train_games(games, args):
         print("minatar_mlp: stopped; the games saved their checkpoints and resume on the next run", flush=True)
         return 1
-    report(games, args, command)
+    if not args.no_report:
+        report(games, args, command)
     return 0
 
 

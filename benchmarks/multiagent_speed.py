@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--rllib-python", required=True)
     parser.add_argument("--steps", type=int, default=48_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--conditions", default="not stated (pass --conditions: quiet machine, or what else ran)",
+                        help="what else the machine ran, written under the table (a ratio taken beside other jobs is "
+                             "provisional)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/multiagent-speed"))
     args = parser.parse_args()
     pairs = []
@@ -60,11 +63,12 @@ def main() -> None:
         pairs.append({"proximo": mine, "rllib": peer, "ratio": mine / peer})
         print(pairs[-1], flush=True)
     ratio = float(np.median([p["ratio"] for p in pairs]))
-    data = {"env": ENV, "steps": args.steps, "pairs": pairs, "median_ratio": ratio, "machine": machine()}
+    data = {"env": ENV, "steps": args.steps, "pairs": pairs, "median_ratio": ratio, "machine": machine(),
+            "conditions": args.conditions}
     lines = [f"# Agent steps/s on MPE simple_spread: proximo vs RLlib PPO ({args.repeats} alternating pairs of "
              f"{args.steps:,} agent steps)", "", "| repeat | proximo | RLlib | ratio |", "|---|---|---|---|"]
     lines += [f"| {i + 1} | {p['proximo']:,.0f} | {p['rllib']:,.0f} | {p['ratio']:.2f}x |" for i, p in enumerate(pairs)]
-    lines += ["", f"Median ratio: {ratio:.2f}x. Provisional: taken on a shared 2-core machine under other jobs' load.",
+    lines += ["", f"Median ratio: {ratio:.2f}x. Conditions: {args.conditions}",
               "", f"Machine: {data['machine']}"]
     write_results(args.results, data, "\n".join(lines) + "\n")
 

@@ -3,7 +3,11 @@
 Each (method, seed) is one proximo run directory under --out; a finished run (summary.json) is kept, an
 unfinished one resumes from its last checkpoint, so the script can be stopped and started again.
 
-    nice -n 10 python benchmarks/multiagent_mpe.py --seeds 1 2 3 --steps 1200000
+    nice -n 10 python benchmarks/multiagent_mpe.py --seeds 1 2 3 --steps 12000000 --copies 128 --jobs 2
+
+--backend batched (the default) steps the copies with proximo's NumPy twin of simple_spread
+(proximo/envs/mpe_spread.py, equal to mpe2's step to the bit in tests/test_mpe_batched.py); --backend sync
+steps mpe2 itself, about a tenth of the speed. Either way the evaluation plays mpe2.
 
 Returns: proximo logs each agent's episode return (mpe2's reward with local_ratio 0.5: half the
 global distance term, half the agent's own collisions). The MAPPO repository's simple_spread
@@ -18,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +44,8 @@ REFERENCE = ("MAPPO, marlbenchmark/on-policy default script (N=3, 25 steps, 128 
              "issues #49 and #112 of that repository")
 
 
-def run_one(out: Path, method: str, seed: int, steps: int) -> dict:
-    """Train (or resume, or read back) one run; returns its summary plus the converted returns."""
+def run_one(out: Path, method: str, seed: int, steps: int, backend: str = "batched", copies: int = 32) -> dict:
+    """Train (or resume, or read back) one run; returns its summary (this call's seconds in this_call_s)."""
     from proximo.config import PPOConfig
     from proximo.multiagent.trainer import MultiAgentTrainer
     from proximo.saved import list_checkpoints
@@ -49,7 +54,10 @@ def run_one(out: Path, method: str, seed: int, steps: int) -> dict:
     summary_path = run_dir / "summary.json"
     if summary_path.is_file() and json.loads(summary_path.read_text()).get("global_step", 0) >= steps:
         return json.loads(summary_path.read_text())
-    config = PPOConfig.from_dict({**SETTINGS, **METHODS[method], "seed": seed, "total_steps": steps})
+    lanes = copies * AGENTS
+    config = PPOConfig.from_dict({**SETTINGS, **METHODS[method], "seed": seed, "total_steps": steps,
+                                  "env_backend": backend, "num_envs": lanes, "batch_size": lanes * SETTINGS["n_steps"],
+                                  "save_every": lanes * SETTINGS["n_steps"] * max(1, steps // (lanes * 25 * 20))})
     trainer = MultiAgentTrainer(ENV, config, run_dir, verbose=False, tensorboard=False)
     checkpoints = list_checkpoints(run_dir) if run_dir.exists() else []
     if checkpoints:
@@ -57,7 +65,25 @@ def run_one(out: Path, method: str, seed: int, steps: int) -> dict:
     started = time.perf_counter()
     summary = trainer.train(steps)
     summary["this_call_s"] = time.perf_counter() - started
+    with open(run_dir / "sittings.jsonl", "a") as f:  # every call's wall time: the honest sum over sittings
+        f.write(json.dumps({"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - summary["this_call_s"])),
+                            "wall_s": round(summary["this_call_s"], 1), "global_step": summary["global_step"]}) + "\n")
     return summary
+
+
+def sitting_seconds(run_dir: Path) -> float:
+    """Wall seconds summed over every call that trained this run."""
+    path = run_dir / "sittings.jsonl"
+    return sum(json.loads(line)["wall_s"] for line in path.read_text().splitlines()) if path.is_file() else 0.0
+
+
+def _run_and_eval(out: Path, method: str, seed: int, steps: int, backend: str, copies: int, episodes: int) -> dict:
+    """One run trained (or resumed) and evaluated on mpe2: its table row."""
+    summary = run_one(out, method, seed, steps, backend, copies)
+    evaluation = team_eval(out / f"{method}-s{seed}", episodes, seed)
+    return {"method": method, "seed": seed, "global_step": summary["global_step"],
+            "wall_time_s": sitting_seconds(out / f"{method}-s{seed}"), "sps": summary["sps"],
+            "train_agent_return_last100": summary["train_return_last100_mean"], **evaluation}
 
 
 def team_eval(run_dir: Path, episodes: int, seed: int) -> dict:
@@ -87,19 +113,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_200_000, help="agent steps per run (3 per env step)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per run")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-mpe"))
+    parser.add_argument("--backend", choices=("batched", "sync"), default="batched",
+                        help="batched: proximo's NumPy twin of simple_spread; sync: mpe2 itself")
+    parser.add_argument("--copies", type=int, default=32, help="copies of the game (the official script: 128)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
+    parser.add_argument("--out", type=Path, default=None, help="run folders (default runs/bench-mpe-BACKEND-COPIES)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/multiagent-mpe"))
     args = parser.parse_args()
+    out = args.out or Path(f"runs/bench-mpe-{args.backend}-{args.copies}")
+    jobs = [(out, method, seed, args.steps, args.backend, args.copies, args.episodes)
+            for method in args.methods for seed in args.seeds]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        done = list(pool.map(_run_and_eval, *zip(*jobs)))
     rows = {}
-    for method in args.methods:
-        for seed in args.seeds:
-            summary = run_one(args.out, method, seed, args.steps)
-            evaluation = team_eval(args.out / f"{method}-s{seed}", args.episodes, seed)
-            rows[f"{method}-s{seed}"] = {"method": method, "seed": seed, "global_step": summary["global_step"],
-                                         "wall_time_s": summary["wall_time_s"], "sps": summary["sps"],
-                                         "train_agent_return_last100": summary["train_return_last100_mean"],
-                                         **evaluation}
-            print(method, seed, rows[f"{method}-s{seed}"], flush=True)
+    for row in done:
+        rows[f"{row['method']}-s{row['seed']}"] = row
+        print(row["method"], row["seed"], row, flush=True)
     table = {}
     for method in args.methods:
         picked = [r for r in rows.values() if r["method"] == method]
@@ -107,13 +136,19 @@ def main() -> None:
                          for key in ("agent_return", "team_return", "onpolicy_scale", "train_agent_return_last100",
                                      "sps")}
     data = {"env": ENV, "settings": SETTINGS, "methods": METHODS, "steps": args.steps, "seeds": args.seeds,
+            "backend": args.backend, "copies": args.copies, "jobs": args.jobs,
+            "wall_time_s_total": sum(r["wall_time_s"] for r in rows.values()),
             "runs": rows, "table": table, "reference": REFERENCE, "machine": machine()}
     lines = [f"# MPE simple_spread (mpe2), IPPO and MAPPO, {len(args.seeds)} seeds x {args.steps:,} agent steps "
              f"({args.steps // AGENTS:,} env steps)", "",
              f"Cut-down: {args.steps // AGENTS:,} env steps per run against the official 20M (about "
-             f"{args.steps / AGENTS / 20e6:.1%}); 32 copies, not 128 threads; feedforward policy, not the recurrent "
-             "default; mpe2 1.x, not the repository's own MPE. Deterministic evaluation over "
-             f"{args.episodes} episodes per run; mean +- std over seeds.", "",
+             f"{args.steps / AGENTS / 20e6:.1%}); {args.copies} copies"
+             + (" (the official 128 threads)" if args.copies == 128 else ", not 128 threads")
+             + "; feedforward policy, not the recurrent default; mpe2 1.x, not the repository's own MPE. Trained on "
+             + ("proximo's NumPy twin of mpe2's simple_spread (`--env-backend batched`)" if args.backend == "batched"
+                else "mpe2 itself") + f", {args.jobs} run(s) at a time on 2 cores; evaluated on mpe2, deterministic, "
+             f"{args.episodes} episodes per run; mean +- std over seeds. Wall time summed over every sitting of "
+             f"every run: {data['wall_time_s_total'] / 3600:.2f} h.", "",
              "| method | agent return | team return | on-policy scale | train agent return (last 100) | agent steps/s |",
              "|---|---|---|---|---|---|"]
     for method, cols in table.items():

@@ -1,6 +1,9 @@
 """Agent steps per second on MPE simple_spread: proximo (IPPO settings of benchmarks/multiagent_mpe.py) against
 RLlib PPO (benchmarks/peer_rllib_mpe.py, its own virtual environment), alternating, in one run.
 
+proximo runs twice per repeat: stepping mpe2 itself (`--env-backend sync`, the same env RLlib steps) and
+stepping its NumPy twin of simple_spread (`--env-backend batched`, proximo/envs/mpe_spread.py).
+
     nice -n 10 python benchmarks/multiagent_speed.py --rllib-python /tmp/rllib-venv/bin/python --steps 48000 --repeats 3
 
 Each repeat trains proximo, then RLlib, for --steps agent steps from scratch (start-up excluded on both
@@ -23,13 +26,13 @@ from benchmarks.common import machine, write_results  # noqa: E402
 from benchmarks.multiagent_mpe import ENV, METHODS, SETTINGS  # noqa: E402
 
 
-def proximo_sps(steps: int, seed: int) -> float:
-    """proximo's agent steps per second over one training of `steps` agent steps."""
+def proximo_sps(steps: int, seed: int, backend: str = "sync") -> float:
+    """proximo's agent steps per second over one training of `steps` agent steps on backend (sync | batched)."""
     from proximo.config import PPOConfig
     from proximo.multiagent.trainer import MultiAgentTrainer
 
     config = PPOConfig.from_dict({**SETTINGS, **METHODS["ippo"], "seed": seed, "total_steps": steps, "save_every": 0,
-                                  "eval_episodes": 1})
+                                  "eval_episodes": 1, "env_backend": backend})
     trainer = MultiAgentTrainer(ENV, config, None, verbose=False, tensorboard=False)
     started = time.perf_counter()
     trainer.train(steps)
@@ -59,17 +62,27 @@ def main() -> None:
     pairs = []
     for repeat in range(args.repeats):
         mine = proximo_sps(args.steps, repeat + 1)
+        twin = proximo_sps(args.steps, repeat + 1, "batched")
         peer = rllib_sps(args.rllib_python, args.steps, repeat + 1)
-        pairs.append({"proximo": mine, "rllib": peer, "ratio": mine / peer})
+        pairs.append({"proximo": mine, "proximo_batched": twin, "rllib": peer, "ratio": mine / peer,
+                      "ratio_batched": twin / peer})
         print(pairs[-1], flush=True)
     ratio = float(np.median([p["ratio"] for p in pairs]))
-    data = {"env": ENV, "steps": args.steps, "pairs": pairs, "median_ratio": ratio, "machine": machine(),
-            "conditions": args.conditions}
-    lines = [f"# Agent steps/s on MPE simple_spread: proximo vs RLlib PPO ({args.repeats} alternating pairs of "
-             f"{args.steps:,} agent steps)", "", "| repeat | proximo | RLlib | ratio |", "|---|---|---|---|"]
-    lines += [f"| {i + 1} | {p['proximo']:,.0f} | {p['rllib']:,.0f} | {p['ratio']:.2f}x |" for i, p in enumerate(pairs)]
-    lines += ["", f"Median ratio: {ratio:.2f}x. Conditions: {args.conditions}",
-              "", f"Machine: {data['machine']}"]
+    ratio_batched = float(np.median([p["ratio_batched"] for p in pairs]))
+    data = {"env": ENV, "steps": args.steps, "pairs": pairs, "median_ratio": ratio,
+            "median_ratio_batched": ratio_batched, "machine": machine(), "conditions": args.conditions}
+    lines = [f"# Agent steps/s on MPE simple_spread: proximo vs RLlib PPO ({args.repeats} alternating rounds of "
+             f"{args.steps:,} agent steps)", "",
+             "Command: `python benchmarks/multiagent_speed.py --rllib-python PYTHON --steps "
+             f"{args.steps} --repeats {args.repeats}`", "",
+             "proximo on mpe2 steps the same env as RLlib; proximo on its twin steps proximo's NumPy simple_spread "
+             "(`--env-backend batched`, equal to mpe2's step in tests/test_mpe_batched.py).", "",
+             "| repeat | proximo on mpe2 | proximo on its twin | RLlib | mpe2 ratio | twin ratio |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {i + 1} | {p['proximo']:,.0f} | {p['proximo_batched']:,.0f} | {p['rllib']:,.0f} | "
+              f"{p['ratio']:.2f}x | {p['ratio_batched']:.2f}x |" for i, p in enumerate(pairs)]
+    lines += ["", f"Median ratios: {ratio:.2f}x on mpe2, {ratio_batched:.2f}x on the twin. Conditions: "
+              f"{args.conditions}", "", f"Machine: {data['machine']}"]
     write_results(args.results, data, "\n".join(lines) + "\n")
 
 

@@ -48,7 +48,7 @@ def planning_processes(count: int):
         yield
     finally:
         _PLANNED_PROCESSES.reset(token)
-ENV_BACKENDS = ("sync", "async")
+ENV_BACKENDS = ("sync", "async", "batched")
 MINATAR_OBS = ("frames", "flat")  # what MinAtar envs return (proximo/envs/atari.py)
 LEARNERS = ("auto", "numpy", "torch")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
@@ -140,7 +140,8 @@ class PPOConfig:
                            "flat = the 100 x C cells as one 0/1 vector for an MLP (gymnax-blines' MinAtar agents)",
                            choices=MINATAR_OBS)
     # machinery
-    env_backend: str = doc("sync", "gymnasium vector env: all envs in this process, or one subprocess each",
+    env_backend: str = doc("sync", "how the envs step: sync (all in this process), async (one subprocess each), "
+                           "batched (a NumPy twin stepping every copy at once: mpe2's simple_spread_v3)",
                            choices=ENV_BACKENDS)
     device: str = doc("auto", "where the networks and the update run: auto | cpu | cuda | cuda:N | mps (auto: a GPU "
                       "only where it pays)")

@@ -9,7 +9,7 @@ import gymnasium as gym
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from proximo.envs.atari import PixelOptions, is_atari_id, is_minatar_id, make_atari, make_minatar, register_pixel_family
-from proximo.errors import ProximoError
+from proximo.errors import ConfigError, ProximoError
 
 EnvFactory = Callable[[], gym.Env]
 EnvLike = Union[str, EnvFactory]
@@ -76,6 +76,9 @@ def make_vector_env(env: EnvLike, num_envs: int, backend: str = "sync", **kwargs
     SAME_STEP means a step that ends an episode already returns the next episode's first
     observation, with the final one in info["final_obs"]; no step mixes two episodes.
     """
+    if backend == "batched":
+        raise ConfigError(f"env_backend batched steps a multi-agent env's NumPy twin (mpe2's simple_spread_v3); "
+                          f"{env!r} is a gymnasium env: use --env-backend sync or async")
     make_one = _Maker(env, kwargs)
     make_one().close()  # fail here, in the caller's process, with a clear message
     fns = [make_one] * num_envs

@@ -16,6 +16,7 @@ import numpy as np
 
 from proximo.envs.masks import ActionMaskSource
 from proximo.errors import ConfigError
+from proximo.multiagent.batched import BatchedAgentVectorEnv, twin_maker
 from proximo.multiagent.credit import OpenMoves, own_moves
 from proximo.multiagent.envs import EnvMaker, build_layout, is_parallel, make_checked
 from proximo.multiagent.league import League
@@ -51,7 +52,11 @@ class MultiAgentTrainer(Trainer):
         probe = make_checked(self.maker)
         self.parallel_api = is_parallel(probe)
         agents = list(probe.possible_agents)
-        probe.close()
+        lanes = 1 if config.selfplay else len(self.layout.learners)
+        try:  # with env_backend batched, the NumPy twin's builder (refusing an env that has none)
+            self.twin = twin_maker(probe) if config.env_backend == "batched" else None
+        finally:
+            probe.close()
         if config.selfplay and len(agents) != 2:
             raise ConfigError(f"self-play needs a two-player game; {self.maker.env} has {len(agents)} agents "
                               f"({', '.join(agents)}); leave out --selfplay")
@@ -60,7 +65,6 @@ class MultiAgentTrainer(Trainer):
                               "self-play; leave out --policy-map, or --selfplay / --recurrent")
         if config.selfplay and world.size > 1:
             raise ConfigError("self-play runs in one process (its league lives there); leave out --nproc")
-        lanes = 1 if config.selfplay else len(self.layout.learners)
         if config.num_envs % lanes:
             raise ConfigError(f"num_envs counts lanes, {lanes} per copy of this env (its learning agents); "
                               f"{config.num_envs} is not a multiple: use {lanes * max(1, config.num_envs // lanes)}")
@@ -72,13 +76,16 @@ class MultiAgentTrainer(Trainer):
                               "train a feedforward policy (--recurrent none)")
         self.copies = config.num_envs // lanes
 
-    def _make_envs(self) -> AgentVectorEnv:
-        """The lanes of num_envs / lanes copies; in self-play, the league the other seat plays from."""
+    def _make_envs(self) -> AgentVectorEnv | BatchedAgentVectorEnv:
+        """The lanes of num_envs / lanes copies (stepped by the env's NumPy twin with env_backend batched); in
+        self-play, the league the other seat plays from."""
         self.league = None
         if self.config.selfplay:
             config = self.config
             self.league = League(self._fresh_policy, config.opponent_latest, config.opponent_sampling,
                                  config.opponent_window, self._league_dir, self._save_snapshot, seed=config.seed)
+        if self.twin is not None:
+            return BatchedAgentVectorEnv(self.twin(self.copies), self.layout)
         return AgentVectorEnv(self.maker, self.copies, self.layout, self.league)
 
     def _find_masks(self) -> ActionMaskSource | None:

@@ -343,9 +343,11 @@ class AgentVectorEnv(gym.vector.VectorEnv):
 
     def proximo_vector_restore(self, snapshot: dict[str, Any]) -> None:
         """Put every copy back where proximo_vector_snapshot() was taken (reset with its seed, replay)."""
-        if snapshot.get("version") != SNAPSHOT_VERSION or snapshot.get("num_envs") != self.num_envs:
+        if (snapshot.get("version") != SNAPSHOT_VERSION or snapshot.get("num_envs") != self.num_envs
+                or snapshot.get("backend", "sync") != "sync"):
             raise CheckpointError(f"the saved multi-agent env state (version {snapshot.get('version')}, "
-                                  f"{snapshot.get('num_envs')} lanes) does not fit this run ({self.num_envs} lanes); "
+                                  f"{snapshot.get('backend', 'sync')} backend, {snapshot.get('num_envs')} lanes) does "
+                                  f"not fit this run (sync, {self.num_envs} lanes); "
                                   "resume with the run's settings")
         self.rng = generator_from_state(snapshot["rng"])
         self.seeds = [int(s) for s in snapshot["seeds"]]

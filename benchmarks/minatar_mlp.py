@@ -1,8 +1,11 @@
 """MinAtar at the budget of a published PPO result: gymnax-blines' MLP setting (preset `minatar-mlp`, 10M steps),
-five games x 3 seeds, each game's seeds one batched population, over as many sittings as it takes.
+five games x 3 seeds, each game's seeds one batched population, over as many sittings as it takes; and the same
+PPO with MinAtar's own CNN (`--setting cnn`, preset `minatar-cnn`), each seed a solo run (the CNN does not batch
+as a population).
 
     python benchmarks/minatar_mlp.py --root /path/outside/the/repo [--games Breakout,Asterix] [--jobs 2]
     python benchmarks/minatar_mlp.py --root DIR --report-only      # the table from what is finished so far
+    python benchmarks/minatar_mlp.py --root OTHER_DIR --setting cnn --games Breakout,SpaceInvaders
 
 Each game is one population run, ROOT/<game> (`proximo train MinAtar/<Game>-v1 --preset minatar-mlp --seeds 1-3
 --env-kwargs ...`), checkpointed every --save-every steps. A game whose agents all wrote summary.json at the
@@ -23,7 +26,10 @@ Breakout 28, Freeway 58, SpaceInvaders 131; none for Seaquest.
 The reference: `--sb3 GAME` trains Stable-Baselines3's PPO with the same settings and MLPs, one seed, in
 resumable chunks (`python benchmarks/minatar_mlp.py --root DIR --sb3 Breakout`); the report adds its row.
 
-Writes benchmarks/results/minatar-mlp.{json,md} (marked partial until all games are finished).
+With --setting cnn every (game, seed) is one solo run, ROOT/<game>/s<seed> (`proximo train ... --preset
+minatar-cnn --seed S`, resumed with `--resume`), --jobs of them at once. A ROOT holds one setting (ROOT/setting.json).
+
+Writes benchmarks/results/minatar-{mlp,cnn}.{json,md} (marked partial until all games are finished).
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ from common import comma_choices, machine, write_results  # noqa: E402
 GAMES = ("Breakout", "Asterix", "Freeway", "SpaceInvaders", "Seaquest")
 PUBLISHED = {"Asterix": 15.0, "Breakout": 28.0, "Freeway": 58.0, "SpaceInvaders": 131.0}  # gymnax README
 PRESET = "minatar-mlp"
+PRESETS = {"mlp": "minatar-mlp", "cnn": "minatar-cnn"}
 
 
 def env_kwargs(game: str) -> dict:
@@ -72,37 +79,67 @@ def finished(run: Path, seeds: list[int], steps: int) -> bool:
     return done is not None and all(s["global_step"] >= steps for s in done)
 
 
-def train_command(game: str, run: Path, args) -> list[str]:
-    """The proximo command that starts or resumes a game's population."""
+def units(games: list[str], args) -> list[tuple[str, int | None]]:
+    """What trains as one process: a game's population (seed None) with mlp, a (game, seed) solo run with cnn."""
+    if args.setting == "mlp":
+        return [(game, None) for game in games]
+    return [(game, seed) for game in games for seed in args.seeds]
+
+
+def unit_run(unit: tuple[str, int | None], args) -> Path:
+    """The unit's run directory: ROOT/<game> (a population) or ROOT/<game>/s<seed> (a solo run)."""
+    game, seed = unit
+    return args.root / game if seed is None else args.root / game / f"s{seed}"
+
+
+def unit_finished(unit: tuple[str, int | None], args) -> bool:
+    """True when the unit's agents all wrote their summaries at the full budget."""
+    game, seed = unit
+    return finished(args.root / game, args.seeds if seed is None else [seed], args.steps)
+
+
+def train_command(unit: tuple[str, int | None], args) -> list[str]:
+    """The proximo command that starts or resumes a unit (a game's population, or one seed's solo run)."""
+    game, seed = unit
+    run = unit_run(unit, args)
     base = [sys.executable, "-m", "proximo", "train"]
-    if (run / "population.json").is_file():
+    start = [f"MinAtar/{game}-v1", "--preset", PRESETS[args.setting], "--total-steps", str(args.steps),
+             "--save-every", str(args.save_every), "--eval-episodes", "10", "--env-kwargs", json.dumps(env_kwargs(game)),
+             "--run-dir", str(run), "--quiet", "--no-tensorboard"]
+    if seed is None:
+        if (run / "population.json").is_file():
+            return base + ["--resume", str(run), "--quiet", "--no-tensorboard"]
+        return base + start + ["--seeds", f"{args.seeds[0]}-{args.seeds[-1]}"]
+    if any(run.glob("checkpoints/step_*")):
         return base + ["--resume", str(run), "--quiet", "--no-tensorboard"]
-    return base + [f"MinAtar/{game}-v1", "--preset", PRESET, "--seeds", f"{args.seeds[0]}-{args.seeds[-1]}",
-                   "--total-steps", str(args.steps), "--save-every", str(args.save_every), "--eval-episodes", "10",
-                   "--env-kwargs", json.dumps(env_kwargs(game)), "--run-dir", str(run), "--quiet", "--no-tensorboard"]
+    if run.exists():  # stopped before its first checkpoint: kept aside, started again
+        run.rename(run.with_name(f"{run.name}.unfinished-{int(time.time())}"))
+    return base + start + ["--seed", str(seed)]
 
 
-def steps_done(run: Path) -> int:
-    """The population's newest checkpointed (or finished) step; 0 before any."""
+def steps_done(run: Path, solo: bool = False) -> int:
+    """The population's (or with solo, the run's) newest checkpointed or finished step; 0 before any."""
     best = 0
-    for path in run.glob("s*/checkpoints/step_*"):
+    prefix = "" if solo else "s*/"
+    for path in run.glob(f"{prefix}checkpoints/step_*"):
         match = re.fullmatch(r"step_(\d+)", path.name)
         if match:
             best = max(best, int(match.group(1)))
-    for path in run.glob("s*/summary.json"):
+    for path in run.glob(f"{prefix}summary.json"):
         best = max(best, json.loads(path.read_text()).get("global_step", 0))
     return best
 
 
 def train_games(games: list[str], args) -> bool:
-    """Train the unfinished games, --jobs at a time, logging each sitting's wall time; False when a SIGINT or
-    SIGTERM stopped the sitting (each game then saved its checkpoint: proximo stops after the current update)."""
-    queue = [g for g in games if not finished(args.root / g, args.seeds, args.steps)]
-    running: dict[str, tuple[subprocess.Popen, float, int]] = {}
+    """Train the unfinished units, --jobs at a time, logging each sitting's wall time in ROOT/<game>/sittings.jsonl;
+    False when a SIGINT or SIGTERM stopped the sitting (each unit then saved its checkpoint: proximo stops after
+    the current update)."""
+    queue = [u for u in units(games, args) if not unit_finished(u, args)]
+    running: dict[tuple, tuple[subprocess.Popen, float, int]] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     stop = []
 
-    def on_signal(signum, frame):  # pass the stop on once; the games checkpoint and exit 128 + signum
+    def on_signal(signum, frame):  # pass the stop on once; the units checkpoint and exit 128 + signum
         if not stop:
             stop.append(signum)
             for proc, _, _ in running.values():
@@ -112,28 +149,31 @@ def train_games(games: list[str], args) -> bool:
     signal.signal(signal.SIGINT, on_signal)
     while (queue and not stop) or running:
         while queue and not stop and len(running) < args.jobs:
-            game = queue.pop(0)
-            run = args.root / game
+            unit = queue.pop(0)
+            run = unit_run(unit, args)
             run.parent.mkdir(parents=True, exist_ok=True)
-            command = train_command(game, run, args)
-            print(f"minatar_mlp: {game}: {' '.join(command[2:])}", flush=True)
-            log = open(args.root / f"{game}.log", "a")
-            running[game] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env),
-                             time.time(), steps_done(run))
+            command = train_command(unit, args)
+            name = unit[0] if unit[1] is None else f"{unit[0]}-s{unit[1]}"
+            print(f"minatar_mlp: {name}: {' '.join(command[2:])}", flush=True)
+            log = open(args.root / f"{name}.log", "a")
+            running[unit] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env),
+                             time.time(), steps_done(run, unit[1] is not None))
         time.sleep(5)
-        for game, (proc, started, before) in list(running.items()):
+        for unit, (proc, started, before) in list(running.items()):
             if proc.poll() is None:
                 continue
-            del running[game]
-            run = args.root / game
+            del running[unit]
+            game, seed = unit
             record = {"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                       "wall_s": round(time.time() - started, 1), "steps_before": before,
-                      "steps_after": steps_done(run), "exit": proc.returncode}
-            with open(run / "sittings.jsonl", "a") as f:
+                      "steps_after": steps_done(unit_run(unit, args), seed is not None), "exit": proc.returncode}
+            if seed is not None:
+                record["seed"] = seed
+            with open(args.root / game / "sittings.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            print(f"minatar_mlp: {game}: {record}", flush=True)
+            print(f"minatar_mlp: {unit}: {record}", flush=True)
             if proc.returncode != 0 and not stop:
-                raise SystemExit(f"minatar_mlp: {game} exited {proc.returncode}; see {args.root / game}.log")
+                raise SystemExit(f"minatar_mlp: {unit} exited {proc.returncode}; see its log in {args.root}")
     return not stop
 
 
@@ -294,20 +334,24 @@ def report(games: list[str], args, command: str) -> None:
                          "eval_sampled_std": std, "eval_deterministic": summary["eval_return_mean"],
                          "agent_steps_per_s": summary.get("sps"),
                          "game_wall_s": sum(s["wall_s"] for s in sittings), "sittings": len(sittings)})
-    lines = [f"# MinAtar, gymnax-blines' MLP setting (`{PRESET}`), {args.steps:,} steps, seeds "
+    preset = PRESETS[args.setting]
+    setting = "MLP setting" if args.setting == "mlp" else "PPO settings with MinAtar's CNN"
+    lines = [f"# MinAtar, gymnax-blines' {setting} (`{preset}`), {args.steps:,} steps, seeds "
              f"{args.seeds[0]}-{args.seeds[-1]}", ""]
     if len(done) < len(games):
         lines += [f"**Partial: {len(done)} of {len(games)} games finished** ({', '.join(done) or 'none'}); "
                   "`python benchmarks/minatar_mlp.py --root DIR` goes on from the checkpoints.", ""]
     lines += [f"Command: `{command}`", "",
-              "Each game's seeds train as one batched population in one process (one core). Env: the `minatar` "
+              ("Each game's seeds train as one batched population in one process (one core). " if args.setting == "mlp"
+               else "Each seed trains as a solo run in its own process (one core). ")
+              + "Env: the `minatar` "
               "package, sticky_action_prob 0, episodes capped at 1,000 steps except Freeway (gymnax's MinAtar: no "
               "sticky actions). Scores: sampled-action evaluation over "
               f"{args.eval_episodes} episodes per agent (gymnax-blines samples from pi over 164 test rollouts), "
               "the last-100 training return (sampled), and the deterministic 10-episode evaluation at the end. "
               "Published: gymnax README, PPO MLP agents of gymnax-blines at 10M steps.", "",
               "| game | sampled eval (mean +- std over seeds) | last-100 train | deterministic eval | published "
-              "(gymnax) | wall h (sum of sittings) |", "|---|---|---|---|---|---|"]
+              "(gymnax) | core h (sum of sittings) |", "|---|---|---|---|---|---|"]
     for game in done:
         mine = [r for r in rows if r["game"] == game]
         evals = [r["eval_sampled"] for r in mine]
@@ -332,8 +376,9 @@ def report(games: list[str], args, command: str) -> None:
                          f"{r['eval_sampled_std']:.1f} | {r['train_last100']:.1f} | {r['steps_per_s']:,.0f} | "
                          f"{r['wall_s'] / 3600:.2f} ({r['sittings']}) |")
     total = sum({r["game"]: r["game_wall_s"] for r in rows}.values())
-    lines += ["", f"Summed wall time of the finished games: {total / 3600:.2f} h (--jobs games at once on 2 cores)."]
-    write_results(HERE / "results" / "minatar-mlp", {"command": command, "machine": machine(), "steps": args.steps,
+    lines += ["", f"Core-hours of the finished games, summed over every sitting of every process (one process, one "
+              f"core): {total / 3600:.2f} h; --jobs processes ran at once on 2 cores."]
+    write_results(HERE / "results" / f"minatar-{args.setting}", {"setting": args.setting, "preset": preset, "command": command, "machine": machine(), "steps": args.steps,
                                                       "seeds": args.seeds, "games_done": done, "rows": rows,
                                                       "published": PUBLISHED, "sb3": sb3},
                   "\n".join(lines) + "\n")
@@ -349,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10_000_000)
     parser.add_argument("--save-every", type=int, default=500_000)
     parser.add_argument("--eval-episodes", type=int, default=164)
+    parser.add_argument("--setting", choices=tuple(PRESETS), default="mlp",
+                        help="mlp: gymnax-blines' MLPs, seeds batched (minatar-mlp); cnn: MinAtar's CNN, solo runs "
+                        "(minatar-cnn)")
     parser.add_argument("--jobs", type=int, default=2, help="games trained at once (one process each)")
     parser.add_argument("--report-only", action="store_true", help="write the table from the finished games only")
     parser.add_argument("--sb3", metavar="GAME", help="instead: train SB3's PPO on GAME (seed --sb3-seed) to --steps, "
@@ -366,7 +414,18 @@ def main(argv: list[str] | None = None) -> int:
     args.root = args.root.resolve()
     # the command as run, with the machine's runs folder as DIR
     command = (f"python benchmarks/minatar_mlp.py --root DIR --games {','.join(games)} --seeds {args.seeds[0]}-"
-               f"{args.seeds[-1]} --steps {args.steps} --eval-episodes {args.eval_episodes}")
+               f"{args.seeds[-1]} --steps {args.steps} --eval-episodes {args.eval_episodes}"
+               + (" --setting cnn" if args.setting == "cnn" else ""))
+    marker = args.root / "setting.json"
+    if marker.is_file() and json.loads(marker.read_text())["setting"] != args.setting:
+        print(f"minatar_mlp: {args.root} holds the {json.loads(marker.read_text())['setting']} setting's runs; give "
+              f"--setting that, or another --root for {args.setting}", file=sys.stderr)
+        return 2
+    if (args.speed or args.sb3) and args.setting != "mlp":
+        print("minatar_mlp: --speed and --sb3 measure the mlp setting; leave out --setting cnn", file=sys.stderr)
+        return 2
+    args.root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"setting": args.setting}) + "\n")
     if args.speed:
         speed(args)
         return 0

@@ -339,6 +339,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                         lr_schedule="constant", adam_eps=1e-5, gamma=0.999, gae_lambda=0.95, clip_range=0.2,
                         clip_range_vf=0.2, ent_coef=0.01, vf_coef=0.25, max_grad_norm=0.5, net_arch=[256, 256],
                         activation="relu", shared_network=False, minatar_obs="flat", total_steps=10_000_000),
+    # The same gymnax-blines PPO settings with MinAtar's own network (the `minatar` preset's: one 16x3x3 conv over
+    # the uint8 frames, 128 ReLU units, one trunk for actor and critic) instead of the MLPs: issue 29's CNN setting.
+    "minatar-cnn": dict(num_envs=64, n_steps=128, batch_size=1024, n_epochs=4, learning_rate=5e-4,
+                        lr_schedule="constant", adam_eps=1e-5, gamma=0.999, gae_lambda=0.95, clip_range=0.2,
+                        clip_range_vf=0.2, ent_coef=0.01, vf_coef=0.25, max_grad_norm=0.5, net_arch=[128],
+                        activation="relu", shared_network=True, minatar_obs="frames", total_steps=10_000_000),
     # rl-zoo's tuned CartPole-v1 settings.
     "cartpole": dict(num_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
                      n_epochs=20, learning_rate=1e-3, lr_schedule="linear", clip_range=0.2,

@@ -1,4 +1,5 @@
 """Pixels: the Atari pipeline's wrappers, uint8 frames into the CNN, true game scores, resume, MinAtar, bad input."""
+import dataclasses
 import json
 import sys
 
@@ -268,6 +269,16 @@ def test_minatar_mlp_preset_is_gymnax_blines():
     assert config.vf_coef == 0.25  # critic_coeff 0.5 x its 0.5 * MSE
     assert (config.net_arch, config.activation, config.shared_network) == ([256, 256], "relu", False)
     assert config.minatar_obs == "flat"
+
+
+def test_minatar_cnn_preset_is_the_same_ppo_with_minatars_network():
+    mlp, cnn = make_config("minatar-mlp", "MinAtar/Breakout-v1"), make_config("minatar-cnn", "MinAtar/Breakout-v1")
+    network = ("net_arch", "shared_network", "minatar_obs")
+    differ = {f.name for f in dataclasses.fields(mlp) if getattr(mlp, f.name) != getattr(cnn, f.name)}
+    assert differ == set(network)
+    assert (cnn.net_arch, cnn.shared_network, cnn.minatar_obs) == ([128], True, "frames")
+    agent = PPO("MinAtar/Breakout-v1", preset="minatar-cnn", num_envs=2, n_steps=8, batch_size=16)
+    assert agent.policy.image is True  # MinAtar's conv torso on the uint8 frames
 
 
 @pytest.mark.parametrize("value,fragment", [("[1]", "is not a JSON object"), ("{bad", "is not JSON")])

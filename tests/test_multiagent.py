@@ -316,3 +316,34 @@ def test_policy_map_gives_each_group_its_own_networks(tmp_path):
     assert meta["policy_groups"] == {"group_of_agent": [0, 1], "id_start": layout.own_dim}
     with torch.no_grad():
         assert torch.equal(loaded.value(policy.normalize(x)), policy.value(policy.normalize(x)))
+
+
+def test_a_recurrent_policy_plays_whole_games_with_each_agents_own_state(tmp_path):
+    # end-of-run evaluation and `proximo eval` play mpe2 itself: a recurrent actor carries one state per agent
+    from proximo.multiagent.play import PolicyPlayer, play_episode
+    trainer = _trainer("pettingzoo:mpe2.simple_spread_v3", tmp_path, num_envs=6, n_steps=25, batch_size=150,
+                       total_steps=300, recurrent="lstm", critic="global", eval_episodes=2)
+    summary = trainer.train()
+    assert np.isfinite(summary["eval_return_mean"])
+    policy, layout = trainer.policy, trainer.layout
+    env = trainer.maker()
+    player, rng = PolicyPlayer(policy, layout), np.random.default_rng(0)
+    totals = play_episode(env, {a: player for a in env.possible_agents}, 5, rng)
+    # the same episode replayed by hand: the three agents as one batch through actor_step from zero states
+    observations, _ = env.reset(seed=5)
+    agents, state = list(env.possible_agents), policy.initial_state(3)[:, :policy.actor_state_size]
+    x = np.zeros((3, layout.width), dtype=np.float32)
+    replay, first = dict.fromkeys(agents, 0.0), True
+    while env.agents:
+        for i, agent in enumerate(agents):
+            layout.lane_vector(agent, observations[agent], None, x[i])
+        with torch.inference_mode():
+            actions, state = policy.actor_step(policy.prepare_encoded(torch.from_numpy(x)), state,
+                                               torch.tensor([first] * 3), None, True)
+        first = False
+        observations, rewards, _, _, _ = env.step({a: int(actions[i]) for i, a in enumerate(agents)})
+        for agent, reward in rewards.items():
+            replay[agent] += float(reward)
+    assert replay == totals and set(player.states) == set(agents)
+    player.begin_episode()
+    assert player.states == {}

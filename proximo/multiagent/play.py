@@ -39,10 +39,15 @@ class PolicyPlayer:
     def __init__(self, policy: ActorCritic, layout: Layout, deterministic: bool = True) -> None:
         self.policy, self.layout, self.deterministic = policy, layout, deterministic
         self.vector = np.zeros((1, layout.width), dtype=np.float32)
+        self.states: dict[str, torch.Tensor] = {}  # a recurrent actor's state per agent it plays this episode
+
+    def begin_episode(self) -> None:
+        """Forget every agent's recurrent state: the next observations begin an episode."""
+        self.states = {}
 
     def act(self, env: Any, agent: str, obs: Any, rng: np.random.Generator) -> Any:
         """The policy's action for agent's observation (the critic's extra input left at zero: the actor
-        does not read it)."""
+        does not read it); a recurrent actor carries each agent's own state through the episode."""
         self.layout.lane_vector(agent, obs, None, self.vector[0])
         masks = None
         if self.layout.mask_width is not None:
@@ -50,10 +55,15 @@ class PolicyPlayer:
         policy = self.policy
         with torch.inference_mode():
             x = policy.prepare_encoded(torch.from_numpy(self.vector))
+            masks = None if masks is None else masks.to(policy.device)
             if policy.is_recurrent:
-                raise NotImplementedError("recurrent policies play through the vector env")
-            actions, _, _ = policy.act(x, deterministic=self.deterministic,
-                                       masks=None if masks is None else masks.to(policy.device))
+                state = self.states.get(agent)
+                starts = torch.tensor([state is None], device=policy.device)
+                if state is None:
+                    state = policy.initial_state(1)[:, :policy.actor_state_size]
+                actions, self.states[agent] = policy.actor_step(x, state, starts, masks, self.deterministic)
+            else:
+                actions, _, _ = policy.act(x, deterministic=self.deterministic, masks=masks)
         action = policy.to_env_actions(actions)[0]
         return int(action) if isinstance(self.layout.action_space, spaces.Discrete) else action
 
@@ -127,6 +137,9 @@ def play_episode(env: Any, players: dict[str, Any], seed: int, rng: np.random.Ge
     """One whole episode of env (reset with seed), each agent acting through players[agent]; returns each
     agent's total reward."""
     totals = {agent: 0.0 for agent in env.possible_agents}
+    for player in {id(p): p for p in players.values()}.values():
+        if hasattr(player, "begin_episode"):
+            player.begin_episode()
     if is_parallel(env):
         observations, _ = env.reset(seed=seed)
         while env.agents:

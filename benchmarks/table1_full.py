@@ -126,26 +126,34 @@ def main(argv: list[str] | None = None) -> int:
         report_dir = args.sweep_dir / ("report-" + "-".join(done))
         seed_sweep(report_dir / "runs", [ENV_KEYS[env] for env in done])
         code = table1(done, report_dir, REPORT)
-        if code == 0 and len(done) < len(ENV_KEYS):
-            mark_partial(REPORT.with_suffix(".md"), done)
+        if code == 0:
+            mark_report(REPORT.with_suffix(".md"), done, report_dir)
         return code
     return 0
 
 
-def mark_partial(report: Path, done: list[str]) -> None:
-    """Say under the report's title that it covers only some of the paper's envs, and how to go on."""
+def mark_report(report: Path, done: list[str], sweep_dir: Path) -> None:
+    """Say under the report's title how many of the paper's envs it covers (how to go on while some are
+    missing) and the wall time summed over every sitting."""
     title, rest = report.read_text().split("\n", 1)
     names = ", ".join(ENV_KEYS[env] for env in done)
     hours = sitting_hours()
     walls = "; ".join(f"{ENV_KEYS[env]} {hours[env]:.2f} h" for env in done if env in hours)
-    note = (f"\n**Partial: {len(done)} of the paper's {len(ENV_KEYS)} envs so far** ({names}; "
-            f"{len(done) * TRIALS_PER_ENV} of {len(ENV_KEYS) * TRIALS_PER_ENV} runs). Every finished trial's files "
-            "are kept in `benchmarks/results/table1-1M-runs/runs/`; `python benchmarks/table1_full.py --sweep-dir "
-            "DIR` goes on from them without rerunning any. The command below made this report from those "
-            "trials."
-            + (f" Wall time on 2 cores, summed over sittings (benchmarks/results/table1-1M-runs/sittings.jsonl): "
-               f"{walls}; {sum(hours[e] for e in done if e in hours):.2f} h in all." if walls else "") + "\n")
-    report.write_text(title + "\n" + note + rest)
+    wall_line = (f" Wall time on 2 cores, summed over sittings (benchmarks/results/table1-1M-runs/sittings.jsonl): "
+                 f"{walls}; {sum(hours[e] for e in done if e in hours):.2f} h in all." if walls else "")
+    if len(done) < len(ENV_KEYS):
+        note = (f"\n**Partial: {len(done)} of the paper's {len(ENV_KEYS)} envs so far** ({names}; "
+                f"{len(done) * TRIALS_PER_ENV} of {len(ENV_KEYS) * TRIALS_PER_ENV} runs). Every finished trial's "
+                "files are kept in `benchmarks/results/table1-1M-runs/runs/`; `python benchmarks/table1_full.py "
+                "--sweep-dir DIR` goes on from them without rerunning any. The command below made this report from "
+                "those trials.")
+    else:
+        note = (f"\n**All {len(ENV_KEYS)} of the paper's envs, {len(ENV_KEYS) * TRIALS_PER_ENV} runs of 1M steps**, "
+                "trained over several sittings by `python benchmarks/table1_full.py --sweep-dir DIR` (no finished "
+                "trial was ever rerun). Every trial's files are kept in `benchmarks/results/table1-1M-runs/runs/`; "
+                "the command below made this report from them.")
+    rest = rest.replace(str(sweep_dir), "DIR")  # no machine's paths in the report
+    report.write_text(title + "\n" + note + wall_line + "\n" + rest)
 
 
 if __name__ == "__main__":

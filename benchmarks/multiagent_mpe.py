@@ -77,9 +77,13 @@ def sitting_seconds(run_dir: Path) -> float:
     return sum(json.loads(line)["wall_s"] for line in path.read_text().splitlines()) if path.is_file() else 0.0
 
 
-def _run_and_eval(out: Path, method: str, seed: int, steps: int, backend: str, copies: int, episodes: int) -> dict:
-    """One run trained (or resumed) and evaluated on mpe2: its table row."""
+def _run_and_eval(out: Path, method: str, seed: int, steps: int, backend: str, copies: int,
+                  episodes: int) -> dict | None:
+    """One run trained (or resumed) and evaluated on mpe2: its table row; None when a signal stopped it short
+    (it checkpointed, and the next call resumes it)."""
     summary = run_one(out, method, seed, steps, backend, copies)
+    if summary["global_step"] < steps:
+        return None
     evaluation = team_eval(out / f"{method}-s{seed}", episodes, seed)
     return {"method": method, "seed": seed, "global_step": summary["global_step"],
             "wall_time_s": sitting_seconds(out / f"{method}-s{seed}"), "sps": summary["sps"],
@@ -125,6 +129,10 @@ def main() -> None:
             for method in args.methods for seed in args.seeds]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         done = list(pool.map(_run_and_eval, *zip(*jobs)))
+    if any(row is None for row in done):
+        print("multiagent_mpe: stopped before every run finished; they resume from their checkpoints next time",
+              flush=True)
+        sys.exit(1)
     rows = {}
     for row in done:
         rows[f"{row['method']}-s{row['seed']}"] = row

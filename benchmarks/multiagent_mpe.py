@@ -62,12 +62,15 @@ def run_one(out: Path, method: str, seed: int, steps: int, backend: str = "batch
     checkpoints = list_checkpoints(run_dir) if run_dir.exists() else []
     if checkpoints:
         trainer.load_training_state(checkpoints[-1])
-    started = time.perf_counter()
-    summary = trainer.train(steps)
-    summary["this_call_s"] = time.perf_counter() - started
-    with open(run_dir / "sittings.jsonl", "a") as f:  # every call's wall time: the honest sum over sittings
-        f.write(json.dumps({"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - summary["this_call_s"])),
-                            "wall_s": round(summary["this_call_s"], 1), "global_step": summary["global_step"]}) + "\n")
+    started, began = time.perf_counter(), time.time()
+    try:
+        summary = trainer.train(steps)
+        summary["this_call_s"] = time.perf_counter() - started
+    finally:  # every call's wall time, a SIGTERM-stopped one too (it checkpointed): the honest sum over sittings
+        with open(run_dir / "sittings.jsonl", "a") as f:
+            f.write(json.dumps({"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)),
+                                "wall_s": round(time.perf_counter() - started, 1),
+                                "global_step": trainer.global_step}) + "\n")
     return summary
 
 

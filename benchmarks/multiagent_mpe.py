@@ -150,10 +150,14 @@ def main() -> None:
             "backend": args.backend, "copies": args.copies, "jobs": args.jobs,
             "wall_time_s_total": sum(r["wall_time_s"] for r in rows.values()),
             "runs": rows, "table": table, "reference": REFERENCE, "machine": machine()}
-    lines = [f"# MPE simple_spread (mpe2), IPPO and MAPPO, {len(args.seeds)} seeds x {args.steps:,} agent steps "
+    names = " and ".join(m.upper() for m in args.methods)
+    budget = (f"The official budget: {args.steps // AGENTS:,} env steps per run, as the MAPPO scripts' 20M"
+              if args.steps // AGENTS >= 20_000_000 else
+              f"Cut-down: {args.steps // AGENTS:,} env steps per run against the official 20M (about "
+              f"{args.steps / AGENTS / 20e6:.1%})")
+    lines = [f"# MPE simple_spread (mpe2), {names}, {len(args.seeds)} seeds x {args.steps:,} agent steps "
              f"({args.steps // AGENTS:,} env steps)", "",
-             f"Cut-down: {args.steps // AGENTS:,} env steps per run against the official 20M (about "
-             f"{args.steps / AGENTS / 20e6:.1%}); {args.copies} copies"
+             f"{budget}; {args.copies} copies"
              + (" (the official 128 threads)" if args.copies == 128 else ", not 128 threads")
              + "; feedforward policy, not the recurrent default; mpe2 1.x, not the repository's own MPE. Trained on "
              + ("proximo's NumPy twin of mpe2's simple_spread (`--env-backend batched`)" if args.backend == "batched"

@@ -157,6 +157,9 @@ def main() -> None:
               f"{args.steps / AGENTS / 20e6:.1%})")
     lines = [f"# MPE simple_spread (mpe2), {names}, {len(args.seeds)} seeds x {args.steps:,} agent steps "
              f"({args.steps // AGENTS:,} env steps)", "",
+             f"Command: `python benchmarks/multiagent_mpe.py --methods {' '.join(args.methods)} --seeds "
+             f"{' '.join(map(str, args.seeds))} --steps {args.steps} --backend {args.backend} --copies {args.copies} "
+             f"--jobs {args.jobs}`", "",
              f"{budget}; {args.copies} copies"
              + (" (the official 128 threads)" if args.copies == 128 else ", not 128 threads")
              + "; feedforward policy, not the recurrent default; mpe2 1.x, not the repository's own MPE. Trained on "

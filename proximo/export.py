@@ -185,7 +185,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         wrap = agent_input(meta, args.agent)
     out = export_policy(policy, args.output, args.format, meta, wrap)
     source = meta.get("checkpoint") or args.run_dir
-    print(f"exported {source} ({_describe(policy)}) -> {out} ({args.format})")
+    described = _describe(policy)
+    if wrap is not None:  # one agent's file takes its own observation, not the lane vector the policy reads
+        agent = wrap(policy)
+        described = f"{agent.agent}'s obs ({agent.own},) -> {type(policy.action_space).__name__} actions"
+    print(f"exported {source} ({described}) -> {out} ({args.format})")
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -84,7 +85,12 @@ def _run_and_eval(out: Path, method: str, seed: int, steps: int, backend: str, c
                   episodes: int) -> dict | None:
     """One run trained (or resumed) and evaluated on mpe2: its table row; None when a signal stopped it short
     (it checkpointed, and the next call resumes it)."""
-    summary = run_one(out, method, seed, steps, backend, copies)
+    try:
+        summary = run_one(out, method, seed, steps, backend, copies)
+    except KeyboardInterrupt:
+        # SIGTERM or SIGINT: the run checkpointed and logged its sitting. A pool worker that caught this would
+        # take the next run; leaving the process ends the pool instead, and the parent exits.
+        os._exit(1)
     if summary["global_step"] < steps:
         return None
     evaluation = team_eval(out / f"{method}-s{seed}", episodes, seed)

@@ -56,9 +56,10 @@ def run_one(out: Path, method: str, seed: int, steps: int, backend: str = "batch
     if summary_path.is_file() and json.loads(summary_path.read_text()).get("global_step", 0) >= steps:
         return json.loads(summary_path.read_text())
     lanes = copies * AGENTS
+    rollout = lanes * SETTINGS["n_steps"]  # agent steps per update
     config = PPOConfig.from_dict({**SETTINGS, **METHODS[method], "seed": seed, "total_steps": steps,
-                                  "env_backend": backend, "num_envs": lanes, "batch_size": lanes * SETTINGS["n_steps"],
-                                  "save_every": lanes * SETTINGS["n_steps"] * max(1, steps // (lanes * 25 * 20))})
+                                  "env_backend": backend, "num_envs": lanes, "batch_size": rollout,
+                                  "save_every": rollout * max(1, steps // (rollout * 20))})  # about 20 checkpoints
     trainer = MultiAgentTrainer(ENV, config, run_dir, verbose=False, tensorboard=False)
     checkpoints = list_checkpoints(run_dir) if run_dir.exists() else []
     if checkpoints:

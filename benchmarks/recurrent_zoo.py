@@ -25,6 +25,14 @@ with PyTorch's default init as sb3-contrib's is, or orthogonally):
 
     python benchmarks/recurrent_zoo.py --seeds 8 --tasks cartpole-30k,cartpole-30k-ortho-lstm --libs proximo \
         --jobs 1 --out benchmarks/results/recurrent_gap
+
+The agents whose scores benchmark.md lists were not trained with the yml's settings alone: their model cards
+(sb3/ppo_lstm-CartPoleNoVel-v1 and sb3/ppo_lstm-PendulumNoVel-v1 on the Hugging Face hub, section
+Hyperparameters) add observation normalization (VecNormalize, norm_obs True, norm_reward False) and a smaller
+network (LSTM 64, ReLU, [64] for each head, ortho_init False, a critic LSTM of its own). cartpole-zoo-agent and
+pendulum-zoo-agent are those settings, for both libraries:
+
+    python benchmarks/recurrent_zoo.py --seeds 5 --tasks cartpole-zoo-agent,pendulum-zoo-agent --jobs 2
 """
 from __future__ import annotations
 
@@ -65,6 +73,12 @@ TASKS["cartpole-30k"] = dict(TASKS["cartpole"], steps=30_000, zoo_score="(not an
                              proximo=dict(rnn_init="torch_default"))
 TASKS["cartpole-30k-ortho-lstm"] = dict(TASKS["cartpole-30k"], proximo=dict(rnn_init="orthogonal"),
                                         baseline="cartpole-30k")
+# The settings of the agents benchmark.md scores, from their hub model cards (see the module doc): the yml's, plus
+# observation normalization and this network.
+ZOO_AGENT_NETWORK = dict(rnn_hidden=64, net_arch=[64], activation="relu", ortho_init=False)
+for _task in ("cartpole", "pendulum"):
+    TASKS[f"{_task}-zoo-agent"] = dict(TASKS[_task], network=ZOO_AGENT_NETWORK, normalize_obs=True, zoo_row=True)
+TASKS["cartpole"]["zoo_row"] = TASKS["pendulum"]["zoo_row"] = True
 
 
 def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
@@ -82,8 +96,8 @@ def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
                 learning_rate=h["learning_rate"], lr_schedule=schedule, clip_range=h["clip_range"],
                 clip_schedule=schedule, recurrent="lstm", rnn_hidden=network["rnn_hidden"], bptt_len=bptt,
                 net_arch=network["net_arch"], activation=network["activation"], ortho_init=network["ortho_init"],
-                seed=seed, total_steps=steps, eval_episodes=1, diagnostics=False, torch_threads=1,
-                **h.get("proximo", {}))
+                normalize_obs=h.get("normalize_obs", False), seed=seed, total_steps=steps, eval_episodes=1,
+                diagnostics=False, torch_threads=1, **h.get("proximo", {}))
     start, cpu = time.perf_counter(), time.process_time()
     agent.learn(steps)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -104,6 +118,7 @@ def sb3_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
     import torch
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
 
     import proximo.envs.tasks  # noqa: F401  (registers the proximo/... ids)
 
@@ -111,6 +126,8 @@ def sb3_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
     h = TASKS[task]
     network = h.get("network", NETWORK)
     envs = make_vec_env(h["env"], n_envs=h["num_envs"], seed=seed)
+    if h.get("normalize_obs"):  # as rl-zoo's `normalize` with norm_reward False
+        envs = VecNormalize(envs, norm_obs=True, norm_reward=False, gamma=h["gamma"])
 
     def linear(start):
         return lambda progress: progress * start
@@ -129,6 +146,8 @@ def sb3_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
 
     def act(obs, state, first):
+        if h.get("normalize_obs"):  # the training statistics, frozen (normalize_obs reads them, updates nothing)
+            obs = envs.normalize_obs(obs)
         action, state = model.predict(obs[None], state=state, episode_start=np.array([first]), deterministic=True)
         return action[0], state
     return score(task, act, eval_episodes, seed) | speed(steps, wall, cpu)
@@ -199,6 +218,8 @@ def markdown(data: dict) -> str:
             lines.append(f"| {library} | {len(mine)} | {np.mean(returns):.2f} +- {np.std(returns):.2f} | "
                          f"{', '.join(f'{x:.1f}' for x in returns)} | {np.mean([r['sps'] for r in mine]):,.0f} | "
                          f"{cpu_speed(mine)} |")
+        if h.get("zoo_row"):
+            lines.append(f"| rl-zoo (benchmark.md) | 1 | {h['zoo_score']} (over episodes) | | | |")
         gap = welch(rows)
         if gap:
             lines += ["", gap]
@@ -206,8 +227,9 @@ def markdown(data: dict) -> str:
             lines += ["", f"proximo here runs with {h['proximo']}."]
         if h.get("baseline"):
             lines += ["", variant_gap(data["rows"], task, h["baseline"])]
-        if task in ("cartpole", "pendulum"):
-            lines.append(f"| rl-zoo (benchmark.md) | 1 | {h['zoo_score']} (over episodes) | | | |")
+        if h.get("normalize_obs"):
+            lines += ["", "Settings of the agent benchmark.md scores (its hub model card): the yml's, observations "
+                      f"normalized by running statistics (rewards not), network {h['network']}."]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -279,6 +301,7 @@ def main() -> None:
         return
     path = args.out.with_suffix(".json")
     data = load(path)
+    data["settings"] = {**data.get("settings", {}), **TASKS}  # tasks added since the file began
     done = {(r["library"], r["task"], r["seed"], r["steps"]) for r in data["rows"] if current(r)}
     plan = [(library, task, seed) for task in args.tasks.split(",") for seed in range(1, args.seeds + 1)
             for library in args.libs.split(",")]

@@ -49,8 +49,10 @@ class SpreadBatch:
         self.vel = np.zeros((copies, n, 2))
         self.landmarks = np.zeros((copies, n, 2))
         self.steps = np.zeros(copies, dtype=np.int64)
-        # pair (i, j) of agents, each agent's others in ascending order: mpe2 adds the contact forces so
-        self.others = [[j for j in range(n) if j != i] for i in range(n)]
+        self.others = [[j for j in range(n) if j != i] for i in range(n)]  # each agent's others, ascending
+        # the agent pairs (i < j) in mpe2's order: it adds each pair's force to i and its negation to j, so each
+        # agent's contact forces arrive in ascending order of the other agent, which float sums depend on
+        self.pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
 
     def reset(self, rows: np.ndarray, rng: np.random.Generator) -> None:
         """New episodes in copies rows [R] (ints): agents then landmarks drawn as mpe2's reset_world draws them."""
@@ -63,9 +65,10 @@ class SpreadBatch:
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Move every copy by actions [C, N] (ints 0..4); (rewards [C, N] float64, truncated [C] bool)."""
         force = MOVES[np.asarray(actions, dtype=np.int64)] * SENSITIVITY
-        for i in range(self.n):
-            for j in self.others[i]:
-                force[:, i] = self._contact(self.pos[:, i] - self.pos[:, j]) + force[:, i]
+        for i, j in self.pairs:
+            push = self._contact(self.pos[:, i] - self.pos[:, j])  # on i; -push on j, to the bit (delta negated)
+            force[:, i] = push + force[:, i]
+            force[:, j] = -push + force[:, j]
         self.pos += self.vel * DT
         self.vel = self.vel * (1 - DAMPING)
         self.vel += force * DT  # force / mass with mass 1

@@ -198,7 +198,8 @@ def markdown(data: dict) -> str:
              "`python benchmarks/recurrent_zoo.py` (see its docstring for the settings). Every trial in its own "
              "process with one torch thread, on a 2-core machine shared with other jobs (round 2's and the 100k "
              "runs: two trials at a time under `nice -n 19`; issue 29's gap search from 02:10 UTC on 2026-12-07: "
-             "one at a time under `nice -n 10`, load average 4 to 8): steps/s are indicative, compare them within "
+             "one at a time under `nice -n 10`, load average 4 to 8; the zoo-agent tasks from 15:59 UTC on 2026-12-07: two "
+             "at a time under `nice -n 5`, no other measurement running): steps/s are indicative, compare them within "
              "a table. Return: the deterministic "
              "evaluation return, mean over each seed's evaluation episodes, then mean +- std over seeds.", "",
              f"rl-zoo figures: {data['source']}.", ""]

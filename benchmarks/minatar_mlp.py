@@ -3,13 +3,15 @@ five games x 3 seeds, each game's seeds one batched population, over as many sit
 PPO with MinAtar's own CNN (`--setting cnn`, preset `minatar-cnn`), each seed a solo run (the CNN does not batch
 as a population).
 
-    python benchmarks/minatar_mlp.py --root /path/outside/the/repo [--games Breakout,Asterix] [--jobs 2]
+    python benchmarks/minatar_mlp.py [--root DIR] [--games Breakout,Asterix] [--jobs 2]
     python benchmarks/minatar_mlp.py --root DIR --report-only      # the table from what is finished so far
     python benchmarks/minatar_mlp.py --root OTHER_DIR --setting cnn --games Breakout,SpaceInvaders
 
 Each game is one population run, ROOT/<game> (`proximo train MinAtar/<Game>-v1 --preset minatar-mlp --seeds 1-3
 --env-kwargs ...`), checkpointed every --save-every steps. A game whose agents all wrote summary.json at the
-full budget is finished and never trained again; a game with a population.json but no finish resumes from its
+full budget is finished and never trained again (ROOT defaults to benchmarks/results/minatar-runs/<setting>, in the
+repository, where each unit keeps only its newest checkpoint: a sitting on a fresh machine goes on from what an earlier
+one committed); a game with a population.json but no finish resumes from its
 newest checkpoint (`proximo train --resume ROOT/<game>`); others start. --jobs games train at once, one process
 (one core) each. Every sitting of a game appends its wall seconds and steps to ROOT/<game>/sittings.jsonl, so
 the report sums the wall time honestly across sittings.
@@ -104,7 +106,8 @@ def train_command(unit: tuple[str, int | None], args) -> list[str]:
     run = unit_run(unit, args)
     base = [sys.executable, "-m", "proximo", "train"]
     start = [f"MinAtar/{game}-v1", "--preset", PRESETS[args.setting], "--total-steps", str(args.steps),
-             "--save-every", str(args.save_every), "--eval-episodes", "10", "--env-kwargs", json.dumps(env_kwargs(game)),
+             "--save-every", str(args.save_every), "--keep-checkpoints", "1", "--eval-episodes", "10",
+             "--env-kwargs", json.dumps(env_kwargs(game)),
              "--run-dir", str(run), "--quiet", "--no-tensorboard"]
     if seed is None:
         if (run / "population.json").is_file():
@@ -388,7 +391,8 @@ def report(games: list[str], args, command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Train what is unfinished, then write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, required=True, help="where the runs live (outside the repository)")
+    parser.add_argument("--root", type=Path, help="where the runs live; default benchmarks/results/minatar-runs/"
+                        "<setting>, kept in the repository so that a later sitting on a fresh machine resumes them")
     parser.add_argument("--games", default=",".join(GAMES), help="comma list of " + ", ".join(GAMES))
     parser.add_argument("--seeds", default="1-3", help="first-last seed (one population per game)")
     parser.add_argument("--steps", type=int, default=10_000_000)
@@ -411,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     games = comma_choices(args.games, GAMES, "minatar_mlp")
     first, _, last = args.seeds.partition("-")
     args.seeds = list(range(int(first), int(last or first) + 1))
-    args.root = args.root.resolve()
+    args.root = (args.root or HERE / "results" / "minatar-runs" / args.setting).resolve()
     # the command as run, with the machine's runs folder as DIR
     command = (f"python benchmarks/minatar_mlp.py --root DIR --games {','.join(games)} --seeds {args.seeds[0]}-"
                f"{args.seeds[-1]} --steps {args.steps} --eval-episodes {args.eval_episodes}"

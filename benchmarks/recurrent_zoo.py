@@ -5,8 +5,9 @@ Two tasks, 100k steps each as in rl-zoo's hyperparams/ppo_lstm.yml (commit 038ab
   annealed linearly from 1e-3 and 0.2, no entropy bonus; the default MlpLstmPolicy (LSTM 256 for the
   actor and another for the critic, then [64, 64] tanh MLPs, orthogonal init).
 - PendulumNoVel-v1: 4 envs x 1024 steps, batch 64 (PPO's default), 10 epochs, gamma 0.9, lambda 0.95,
-  lr 1e-3, clip 0.2; rl-zoo adds gSDE (use_sde, sde_sample_freq 4), which proximo does not have: proximo
-  samples plain Gaussian actions (log std 0 at the start), sb3-contrib runs with rl-zoo's gSDE.
+  lr 1e-3, clip 0.2, and gSDE (use_sde, sde_sample_freq 4) for both libraries (log std 0 at the start, SB3's
+  default). Until proximo had gSDE its side sampled plain Gaussian actions; those rows stay in the JSON without
+  the `proximo` field and are no longer tabled (see current()).
 proximo trains on proximo/CartPoleNoVel-v1 and proximo/PendulumNoVel-v1 (proximo/envs/tasks.py); so does
 sb3-contrib, through the same gymnasium ids. rl-zoo's figures (benchmark.md of rl-baselines3-zoo: 500.000
 +- 0.000 and -217.933 +- 140.094) are one trained agent's mean +- std over evaluation episodes, not over seeds.
@@ -59,7 +60,8 @@ TASKS = {
                      n_epochs=20, ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, anneal=True, sde=False),
     "pendulum": dict(env="proximo/PendulumNoVel-v1", zoo="PendulumNoVel-v1", zoo_score="-217.93 +- 140.09",
                      steps=100_000, num_envs=4, n_steps=1024, batch_size=64, gamma=0.9, gae_lambda=0.95,
-                     n_epochs=10, ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, anneal=False, sde=True),
+                     n_epochs=10, ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, anneal=False, sde=True,
+                     proximo=dict(use_sde=True, sde_sample_freq=4)),
 }
 NETWORK = dict(rnn_hidden=256, net_arch=[64, 64], activation="tanh", ortho_init=True)  # MlpLstmPolicy's defaults
 # Round 2's comparison (benchmarks/memory_masking.py, results/memory_recurrent.md): rl-zoo's CartPoleNoVel
@@ -207,7 +209,7 @@ def markdown(data: dict) -> str:
         rows = [r for r in data["rows"] if r["task"] == task and current(r)]
         if not rows:
             continue
-        sde = " (sb3-contrib with rl-zoo's gSDE; proximo plain Gaussian)" if h["sde"] else ""
+        sde = " (both with rl-zoo's gSDE, a new matrix every 4 steps)" if h["sde"] else ""
         lines += [f"## {h['zoo']} (`{task}`), {rows[0]['steps']:,} steps{sde}", "",
                   "| library | seeds | eval return (mean +- std over seeds) | per seed | steps/s (mean) | "
                   "steps per CPU-s (mean) |", "|---|---|---|---|---|---|"]

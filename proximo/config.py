@@ -103,7 +103,11 @@ class PPOConfig:
     activation: str = doc("tanh", "activation of the hidden layers", choices=ACTIVATIONS)
     shared_network: bool = doc(False, "one trunk for actor and critic instead of two networks")
     ortho_init: bool = doc(True, "orthogonal initialization (gain sqrt 2 hidden, 0.01 policy head, 1 value head)")
-    log_std_init: float = doc(0.0, "initial log standard deviation of Gaussian (Box) actions")
+    log_std_init: float = doc(0.0, "initial log standard deviation of Gaussian (Box) actions (with use_sde: of each "
+                              "exploration-matrix entry)")
+    use_sde: bool = doc(False, "generalized state-dependent exploration (gSDE) for Box actions: the noise is the "
+                        "policy's latent times a random matrix held for sde_sample_freq steps (proximo/nn/distributions.py)")
+    sde_sample_freq: int = doc(0, "steps between gSDE's matrix draws; 0: once per rollout (SB3's -1)")
     # memory (proximo/nn/recurrent.py) and legal actions (proximo/envs/masks.py)
     recurrent: str = doc("none", "recurrent core of the policy (CLI: also --policy lstm|gru)", choices=RECURRENT_KINDS)
     rnn_hidden: int = doc(128, "units of the recurrent core")
@@ -213,6 +217,9 @@ class PPOConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.bptt_len < 0:
             raise ConfigError(f"bptt_len must be 0 (whole rollouts) or positive, got {self.bptt_len}")
+        if self.sde_sample_freq < 0:
+            raise ConfigError(f"sde_sample_freq must be 0 (one gSDE draw per rollout) or positive, got "
+                              f"{self.sde_sample_freq}")
         if self.recurrent != "none":
             length = self.sequence_length
             if self.n_steps % length:

@@ -188,8 +188,9 @@ class RolloutCollector:
     def __init__(self, envs, policy: ActorCritic, n_steps: int, gamma: float,
                  normalize_obs: bool, reward_scaler: RewardScaler | None, seed: int,
                  world: World | None = None, mask_source: ActionMaskSource | None = None,
-                 sequence_length: int = 1) -> None:
+                 sequence_length: int = 1, sde_sample_freq: int = 0) -> None:
         self.envs, self.policy = envs, policy
+        self.sde_sample_freq = sde_sample_freq  # gSDE: steps between exploration-matrix draws; 0: once per rollout
         self.num_envs = envs.num_envs
         self.n_steps = n_steps
         self.gamma = gamma
@@ -309,8 +310,11 @@ class RolloutCollector:
             truncated_host = np.zeros(buf.truncated.shape, dtype=bool)
         if self.obs_rms is not None and self.pending_obs_moments is None:  # first rollout, or just resumed
             self.pending_obs_moments = self._shared_moments(self.next_obs.numpy(), None)[0]
+        sde = policy.action_head.sde
         with torch.inference_mode():
             for t in range(self.n_steps):
+                if sde and (t == 0 or (self.sde_sample_freq and t % self.sde_sample_freq == 0)):
+                    policy.reset_noise(n)  # gSDE: new matrices at each rollout's start and every freq steps
                 if self.obs_rms is not None:
                     self.obs_rms.update_from_moments(self.pending_obs_moments)
                 masks = self.next_masks

@@ -38,7 +38,8 @@ def _policy_kwargs(observation_space, config: PPOConfig, actor_dim: int | None) 
                 ortho_init=config.ortho_init, log_std_init=config.log_std_init,
                 normalize_obs=config.normalize_obs, clip_obs=config.clip_obs,
                 recurrent=config.recurrent, rnn_hidden=config.rnn_hidden, rnn_layers=config.rnn_layers,
-                rnn_init=config.rnn_init, mask_key=mask_key_of(observation_space, config.action_masking), actor_dim=actor_dim)
+                rnn_init=config.rnn_init, mask_key=mask_key_of(observation_space, config.action_masking), actor_dim=actor_dim,
+                use_sde=config.use_sde)
 
 
 def env_name(env: str | Callable) -> str | None:

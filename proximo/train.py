@@ -126,7 +126,7 @@ class Trainer:
         self.collector = RolloutCollector(self.envs, self.policy, config.n_steps, config.gamma,
                                           config.normalize_obs, self.reward_scaler,
                                           rank_seed(config.seed, world.rank), world, self.mask_source,
-                                          config.sequence_length)
+                                          config.sequence_length, config.sde_sample_freq)
         self._init_run_state(config, run_dir, tensorboard)
 
     def _init_run_state(self, config: PPOConfig, run_dir: str | Path | None, tensorboard: bool) -> None:

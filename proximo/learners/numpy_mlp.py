@@ -74,6 +74,8 @@ class NumpyMLPLearner(Learner):
             return "one set of networks per agent group (proximo/nn/groups.py)"
         if policy.action_head.kind not in ("discrete", "box"):
             return f"{policy.action_head.kind} actions"
+        if policy.action_head.sde:
+            return "gSDE exploration (use_sde: its std depends on the latent, autograd's)"
         if policy.activation not in NUMPY_ACTIVATIONS:
             return f"activation {policy.activation!r} (it has {', '.join(NUMPY_ACTIVATIONS)})"
         for name in ("pi_net",) if policy.shared_network else ("pi_net", "vf_net"):

@@ -84,6 +84,50 @@ class DiagGaussianDist:
         return (0.5 + _HALF_LOG_2PI + self.log_std).sum(-1)
 
 
+class StateDependentGaussianDist:
+    """Generalized state-dependent exploration (gSDE; Raffin et al. 2022, "Smooth Exploration for Robotic
+    Reinforcement Learning"): the action noise is a linear function of the policy's latent features,
+    noise = latent [B, F] @ E with an exploration matrix E [F, d] held for several steps, so the same state
+    gets the same noise until E is drawn again. Each E[j, k] ~ N(0, std[j, k]^2), std = exp(log_std [F, d]),
+    so given the state the action is Gaussian with variance sum_j latent_j^2 std[j, k]^2 (+ 1e-6, which
+    keeps it positive where the latent is all zero): log_prob and entropy are that Gaussian's. The latent
+    enters the variance and the noise detached (the features are learned for the mean alone, as in the paper's
+    default). exploration [M, F, d]: one matrix per env when M equals the batch, else the first for all rows."""
+
+    EPSILON = 1e-6
+
+    def __init__(self, mean: torch.Tensor, latent: torch.Tensor, log_std: torch.Tensor,
+                 exploration: torch.Tensor) -> None:
+        self.mean = mean
+        self.latent = latent.detach()
+        std = torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX).exp()
+        self.std = torch.sqrt(self.latent.square() @ std.square() + self.EPSILON)
+        self.exploration = exploration
+
+    def noise(self) -> torch.Tensor:
+        """latent @ E [B, d] with the held matrices (reset_noise() on the head draws them)."""
+        if self.exploration.shape[0] == self.latent.shape[0]:
+            return torch.bmm(self.latent.unsqueeze(1), self.exploration).squeeze(1)
+        return self.latent @ self.exploration[0]
+
+    def sample(self) -> torch.Tensor:
+        return self.mean + self.noise()
+
+    def sample_with_log_prob(self) -> tuple[torch.Tensor, torch.Tensor]:
+        actions = self.sample()
+        return actions, self.log_prob(actions)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - self.mean) / self.std
+        return (-0.5 * z.square() - self.std.log() - _HALF_LOG_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (0.5 + _HALF_LOG_2PI + self.std.log()).sum(-1)
+
+
 # NumPy twins of the two distributions above, with their backward passes, for the NumPy learner
 # (proximo/learners/numpy_mlp.py); tests/test_learners.py checks them against autograd of the torch ones.
 def categorical_np(logits: np.ndarray, actions: np.ndarray, mask: np.ndarray | None = None
@@ -206,14 +250,19 @@ class BernoulliDist:
 class ActionHead(nn.Module):
     """Maps features [B, F] to a distribution over one action space."""
 
-    def __init__(self, space: spaces.Space, features: int, log_std_init: float = 0.0) -> None:
+    def __init__(self, space: spaces.Space, features: int, log_std_init: float = 0.0, sde: bool = False) -> None:
         super().__init__()
         self.space = space
+        self.sde = sde
+        self.exploration: torch.Tensor | None = None  # gSDE's held matrices [M, F, d]; not saved (redrawn)
+        if sde and not isinstance(space, spaces.Box):
+            raise ProximoError(f"use_sde (gSDE) explores Box actions; this action space is {space}: turn use_sde off")
         if isinstance(space, spaces.Discrete):
             self.kind, out = "discrete", int(space.n)
         elif isinstance(space, spaces.Box):
             self.kind, out = "box", int(np.prod(space.shape))
-            self.log_std = nn.Parameter(torch.full((out,), float(log_std_init)))
+            # gSDE: one log-std per (latent feature, action) pair, the paper's full_std
+            self.log_std = nn.Parameter(torch.full((features, out) if sde else (out,), float(log_std_init)))
         elif isinstance(space, spaces.MultiDiscrete):
             self.kind, self.nvec = "multidiscrete", [int(n) for n in np.asarray(space.nvec).ravel()]
             out = sum(self.nvec)
@@ -236,8 +285,22 @@ class ActionHead(nn.Module):
             raise ProximoError(f"action masks apply to Discrete and MultiDiscrete actions, not {self.space}; "
                                "turn masking off (action_masking=off)")
         if self.kind == "box":
+            if self.sde:
+                if self.exploration is None:  # a policy that has not collected yet (a loaded one): one matrix
+                    self.reset_noise(1)
+                return StateDependentGaussianDist(out, features, self.log_std, self.exploration)
             return DiagGaussianDist(out, self.log_std)
         return BernoulliDist(out)
+
+    def reset_noise(self, num_envs: int, generator: torch.Generator | None = None) -> None:
+        """gSDE: draw num_envs new exploration matrices [num_envs, F, d], E[j, k] ~ N(0, exp(log_std[j, k])^2),
+        from torch's RNG (or generator); a no-op for other heads."""
+        if not self.sde:
+            return
+        with torch.no_grad():
+            std = torch.clamp(self.log_std, LOG_STD_MIN, LOG_STD_MAX).exp()
+            noise = torch.randn((num_envs, *std.shape), generator=generator, device=std.device, dtype=std.dtype)
+            self.exploration = noise * std
 
 
     def action_shape(self) -> tuple[int, ...]:
@@ -253,6 +316,7 @@ class ActionHead(nn.Module):
         return torch.int64 if self.kind in ("discrete", "multidiscrete") else torch.float32
 
 
-def make_action_head(space: spaces.Space, features: int, log_std_init: float = 0.0) -> ActionHead:
-    """An ActionHead for space, or a ProximoError naming an unsupported space."""
-    return ActionHead(space, features, log_std_init)
+def make_action_head(space: spaces.Space, features: int, log_std_init: float = 0.0, sde: bool = False
+                     ) -> ActionHead:
+    """An ActionHead for space (sde: gSDE exploration, Box only), or a ProximoError naming an unsupported space."""
+    return ActionHead(space, features, log_std_init, sde)

@@ -27,6 +27,8 @@ class GroupedActorCritic(ActorCritic):
                  id_start: int, **kwargs) -> None:
         if kwargs.get("recurrent", "none") != "none":
             raise ValueError("one policy per agent group supports feedforward policies only (recurrent=none)")
+        if kwargs.get("use_sde", False):
+            raise ValueError("one policy per agent group explores with plain Gaussian noise; turn use_sde off")
         super().__init__(observation_space, action_space, **kwargs)
         count = max(group_of_agent) + 1
         if sorted(set(group_of_agent)) != list(range(count)):

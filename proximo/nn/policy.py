@@ -70,7 +70,8 @@ class ActorCritic(nn.Module):
                  net_arch: list[int] = (64, 64), activation: str = "tanh", shared_network: bool = False,
                  ortho_init: bool = True, log_std_init: float = 0.0, normalize_obs: bool = False,
                  clip_obs: float = 10.0, recurrent: str = "none", rnn_hidden: int = 128, rnn_layers: int = 1,
-                 rnn_init: str = "orthogonal", mask_key: str | None = None, actor_dim: int | None = None) -> None:
+                 rnn_init: str = "orthogonal", mask_key: str | None = None, actor_dim: int | None = None,
+                 use_sde: bool = False) -> None:
         super().__init__()
         self.observation_space = observation_space
         self.action_space = action_space
@@ -111,7 +112,7 @@ class ActorCritic(nn.Module):
         self.pi_net = mlp(actor_in, net_arch, activation)
         self.vf_net = nn.Identity() if shared_network else mlp(in_features, net_arch, activation)
         features = net_arch[-1]
-        self.action_head = make_action_head(action_space, features, log_std_init)
+        self.action_head = make_action_head(action_space, features, log_std_init, use_sde)
         self.mask_dim = mask_width(action_space)  # None where masking does not apply
         self.value_head = nn.Linear(features, 1)
         self.activation = activation  # the configured name: backends decide by it, not by a function's name
@@ -311,6 +312,10 @@ class ActorCritic(nn.Module):
         actions, _ = self._sample(self.action_head(latent_pi[0], masks), deterministic)
         return actions, new_state[:, :self.actor_state_size]
 
+    def reset_noise(self, num_envs: int) -> None:
+        """gSDE (use_sde): draw new exploration matrices, one per env, from torch's RNG; a no-op otherwise."""
+        self.action_head.reset_noise(num_envs)
+
     def rollout_actor(self) -> "RolloutActor | None":
         """The fused NumPy actor-critic for one rollout where it supports this policy (CPU MLPs; MinAtar's
         CNN when numpy_frames is set), else None."""
@@ -401,6 +406,8 @@ class RolloutActor:
             return False
         if policy.action_head.kind not in ("discrete", "box") or policy.activation not in NUMPY_ACTIVATIONS:
             return False
+        if policy.action_head.sde:  # gSDE's noise depends on the latent: torch acts
+            return False
         pi, vf = plain_mlp_layers(policy, policy.pi_net), plain_mlp_layers(policy, policy.vf_net)
         return pi is not None and vf is not None and len(pi) == len(vf)
 
@@ -467,6 +474,8 @@ class ConvRolloutActor(RolloutActor):
         if policy.is_recurrent or getattr(policy, "routes_by_group", False):
             return False
         if policy.action_head.kind not in ("discrete", "box") or policy.activation not in NUMPY_ACTIVATIONS:
+            return False
+        if policy.action_head.sde:  # gSDE's noise depends on the latent: torch acts
             return False
         pi = plain_mlp_layers(policy, policy.pi_net)
         if policy.shared_network:

@@ -31,6 +31,8 @@ def population_support(policy: ActorCritic) -> str | None:
         return "a recurrent core"
     if policy.shared_network:
         return "a shared actor-critic trunk"
+    if policy.action_head.sde:
+        return "gSDE exploration (use_sde)"
     if policy.activation not in NUMPY_ACTIVATIONS:
         return f"the {policy.activation} activation (the batched path has {', '.join(NUMPY_ACTIVATIONS)})"
     return f"{policy.action_head.kind} actions (the batched path has Discrete and Box)"

@@ -1,7 +1,6 @@
 """gSDE (use_sde): the state-dependent Gaussian's math, its held noise, the collector's redraws, the backends
 that decline it, exact resume, and bad input."""
 import math
-import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -11,7 +10,8 @@ import torch
 from proximo.config import ConfigError, make_config
 from proximo.nn.distributions import ActionHead, StateDependentGaussianDist
 from proximo.nn.policy import ActorCritic
-from proximo.train import ResumeWarning, Trainer, list_checkpoints
+from proximo.train import Trainer
+from tests.test_resume import _assert_same_state, _one_go_vs_resumed
 
 BOX = gym.spaces.Box(-1.0, 1.0, (3,))
 
@@ -125,22 +125,13 @@ def test_backends_that_cannot_run_gsde_decline_with_the_reason(tmp_path):
 
 
 def test_gsde_resume_is_bitwise_exact(tmp_path):
+    # The matrices are redrawn from torch's RNG at each rollout's start, so a checkpoint (taken between rollouts)
+    # carries everything gSDE needs; a stop mid-episode with a matrix every 8 steps.
     config = make_config(None, num_envs=2, n_steps=64, batch_size=32, n_epochs=2, eval_episodes=1, seed=5,
                          use_sde=True, sde_sample_freq=8, log_std_init=-1.0)
-    n = 2 * config.rollout_size
-    whole = Trainer("Pendulum-v1", config.replace(total_steps=2 * n), tmp_path / "whole", verbose=False,
-                    tensorboard=False)
-    whole.train()
-    Trainer("Pendulum-v1", config.replace(total_steps=n), tmp_path / "split", verbose=False, tensorboard=False).train()
-    resumed = Trainer("Pendulum-v1", config.replace(total_steps=2 * n), tmp_path / "split", verbose=False,
-                      tensorboard=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ResumeWarning)
-        resumed.load_training_state(list_checkpoints(tmp_path / "split")[-1])
-    resumed.train()
-    mine, theirs = whole.policy.state_dict(), resumed.policy.state_dict()
-    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
-    assert mine["action_head.log_std"].shape == (64, 1)
+    whole, resumed = _one_go_vs_resumed("Pendulum-v1", config, tmp_path, updates=2)
+    _assert_same_state(whole, resumed)
+    assert whole.policy.action_head.log_std.shape == (64, 1)
 
 
 def test_bad_gsde_settings_are_one_clear_error():

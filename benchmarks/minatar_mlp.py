@@ -10,8 +10,8 @@ as a population).
 Each game is one population run, ROOT/<game> (`proximo train MinAtar/<Game>-v1 --preset minatar-mlp --seeds 1-3
 --env-kwargs ...`), checkpointed every --save-every steps. A game whose agents all wrote summary.json at the
 full budget is finished and never trained again (ROOT defaults to benchmarks/results/minatar-runs/<setting>, in the
-repository, where each unit keeps only its newest checkpoint: a sitting on a fresh machine goes on from what an earlier
-one committed); a game with a population.json but no finish resumes from its
+repository, where each unit keeps only its newest checkpoint, and a finished game none, its agents' policy/ folders
+being all the evaluation needs: a sitting on a fresh machine goes on from what an earlier one committed); a game with a population.json but no finish resumes from its
 newest checkpoint (`proximo train --resume ROOT/<game>`); others start. --jobs games train at once, one process
 (one core) each. Every sitting of a game appends its wall seconds and steps to ROOT/<game>/sittings.jsonl, so
 the report sums the wall time honestly across sittings.
@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -328,6 +329,8 @@ def report(games: list[str], args, command: str) -> None:
         if not finished(run, args.seeds, args.steps):
             continue
         done.append(game)
+        for seed in args.seeds:  # a finished agent never resumes: its policy/ folder is all eval needs
+            shutil.rmtree(run / f"s{seed}" / "checkpoints", ignore_errors=True)
         sittings = [json.loads(line) for line in (run / "sittings.jsonl").read_text().splitlines()] \
             if (run / "sittings.jsonl").is_file() else []
         for seed, summary in zip(args.seeds, summaries(run, args.seeds)):

@@ -383,7 +383,8 @@ def report(games: list[str], args, command: str) -> None:
                          f"{r['wall_s'] / 3600:.2f} ({r['sittings']}) |")
     total = sum({r["game"]: r["game_wall_s"] for r in rows}.values())
     lines += ["", f"Core-hours of the finished games, summed over every sitting of every process (one process, one "
-              f"core): {total / 3600:.2f} h; --jobs processes ran at once on 2 cores."]
+              f"core): {total / 3600:.2f} h; --jobs processes ran at once on 2 cores. These are wall hours: where other jobs "
+              "shared the cores (see each agent's agent-steps/s against a quiet process's) they overstate the CPU time."]
     write_results(HERE / "results" / f"minatar-{args.setting}", {"setting": args.setting, "preset": preset, "command": command, "machine": machine(), "steps": args.steps,
                                                       "seeds": args.seeds, "games_done": done, "rows": rows,
                                                       "published": PUBLISHED, "sb3": sb3},

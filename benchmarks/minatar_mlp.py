@@ -31,7 +31,8 @@ resumable chunks (`python benchmarks/minatar_mlp.py --root DIR --sb3 Breakout`);
 With --setting cnn every (game, seed) is one solo run, ROOT/<game>/s<seed> (`proximo train ... --preset
 minatar-cnn --seed S`, resumed with `--resume`), --jobs of them at once. A ROOT holds one setting (ROOT/setting.json).
 
-Writes benchmarks/results/minatar-{mlp,cnn}.{json,md} (marked partial until all games are finished).
+Writes benchmarks/results/minatar-{mlp,cnn}.{json,md} (marked partial until all games are finished) and each
+finished game's learning curves, benchmarks/results/minatar-{mlp,cnn}-<game>.png.
 """
 from __future__ import annotations
 
@@ -331,6 +332,11 @@ def report(games: list[str], args, command: str) -> None:
         done.append(game)
         for seed in args.seeds:  # a finished agent never resumes: its policy/ folder is all eval needs
             shutil.rmtree(run / f"s{seed}" / "checkpoints", ignore_errors=True)
+        curve = HERE / "results" / f"minatar-{args.setting}-{game.lower()}.png"
+        if not curve.is_file():  # the learning curves, mean and spread over the seeds (`proximo plot`)
+            subprocess.run([sys.executable, "-m", "proximo", "plot", *(str(run / f"s{seed}") for seed in args.seeds),
+                            "-o", str(curve), "--title", f"MinAtar {game}, {PRESETS[args.setting]}, seeds "
+                            f"{args.seeds[0]}-{args.seeds[-1]}"], check=True, capture_output=True)
         sittings = [json.loads(line) for line in (run / "sittings.jsonl").read_text().splitlines()] \
             if (run / "sittings.jsonl").is_file() else []
         for seed, summary in zip(args.seeds, summaries(run, args.seeds)):
@@ -366,7 +372,8 @@ def report(games: list[str], args, command: str) -> None:
                      f"{statistics.mean(r['train_last100'] for r in mine):.1f} | "
                      f"{statistics.mean(r['eval_deterministic'] for r in mine):.1f} | "
                      f"{PUBLISHED.get(game, '-')} | {mine[0]['game_wall_s'] / 3600:.2f} |")
-    lines += ["", "Per agent:", "", "| game | seed | sampled eval | last-100 train | deterministic eval | "
+    lines += ["", "Learning curves: " + ", ".join(f"[{g}](minatar-{args.setting}-{g.lower()}.png)" for g in done) + ".",
+              "", "Per agent:", "", "| game | seed | sampled eval | last-100 train | deterministic eval | "
               "agent-steps/s |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['game']} | {r['seed']} | {r['eval_sampled']:.1f} +- {r['eval_sampled_std']:.1f} | "

@@ -84,6 +84,12 @@ class DiagGaussianDist:
         return (0.5 + _HALF_LOG_2PI + self.log_std).sum(-1)
 
 
+def entry_std(log_std: torch.Tensor) -> torch.Tensor:
+    """gSDE: the exploration-matrix entries' std [F, d] from their log-std, clamped as the diagonal Gaussian's
+    (what the matrix draws and the action variance both read)."""
+    return torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX).exp()
+
+
 class StateDependentGaussianDist:
     """Generalized state-dependent exploration (gSDE; Raffin et al. 2022, "Smooth Exploration for Robotic
     Reinforcement Learning"): the action noise is a linear function of the policy's latent features,
@@ -100,8 +106,7 @@ class StateDependentGaussianDist:
                  exploration: torch.Tensor) -> None:
         self.mean = mean
         self.latent = latent.detach()
-        std = torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX).exp()
-        self.std = torch.sqrt(self.latent.square() @ std.square() + self.EPSILON)
+        self.std = torch.sqrt(self.latent.square() @ entry_std(log_std).square() + self.EPSILON)
         self.exploration = exploration
 
     def noise(self) -> torch.Tensor:
@@ -298,7 +303,7 @@ class ActionHead(nn.Module):
         if not self.sde:
             return
         with torch.no_grad():
-            std = torch.clamp(self.log_std, LOG_STD_MIN, LOG_STD_MAX).exp()
+            std = entry_std(self.log_std)
             noise = torch.randn((num_envs, *std.shape), generator=generator, device=std.device, dtype=std.dtype)
             self.exploration = noise * std
 

@@ -201,7 +201,8 @@ def markdown(data: dict) -> str:
              "process with one torch thread, on a 2-core machine shared with other jobs (round 2's and the 100k "
              "runs: two trials at a time under `nice -n 19`; issue 29's gap search from 02:10 UTC on 2026-12-07: "
              "one at a time under `nice -n 10`, load average 4 to 8; the zoo-agent tasks from 15:59 UTC on 2026-12-07: two "
-             "at a time under `nice -n 5`, no other measurement running): steps/s are indicative, compare them within "
+             "at a time under `nice -n 5`, no other measurement running; the gSDE PendulumNoVel rows from 18:07 UTC on "
+             "2026-12-07: beside two MinAtar training processes, up to five processes on the two cores): steps/s are indicative, compare them within "
              "a table. Return: the deterministic "
              "evaluation return, mean over each seed's evaluation episodes, then mean +- std over seeds.", "",
              f"rl-zoo figures: {data['source']}.", ""]

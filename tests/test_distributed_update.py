@@ -2,6 +2,7 @@
 rollout with the same minibatches (2 gloo processes on 127.0.0.1, both backends, with the KL gate)."""
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import socket
@@ -90,6 +91,9 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
         # showed once under the full suite (pytorch/pytorch#179291 describes the mechanism). proximo's CLI
         # closes its world the same way.
         world.close()
+    if Path("/proc/self/task").is_dir():  # Linux: the names of this process's threads once the group is closed
+        names = [(Path("/proc/self/task") / task / "comm").read_text().strip() for task in os.listdir("/proc/self/task")]
+        (Path(out_dir) / f"rank{rank}-threads.json").write_text(json.dumps(names))
 
 
 def _single_process_order(epoch: int, batch_size: int) -> torch.Tensor:
@@ -126,6 +130,13 @@ def test_two_rank_update_equals_the_single_process_update(tmp_path):
             if process.is_alive():
                 process.kill()
                 process.join(timeout=10)
+    for rank in range(RANKS):
+        threads = tmp_path / f"rank{rank}-threads.json"
+        if threads.exists():
+            # A gloo or store thread left after World.close() means something still holds the group: it can free a
+            # tensor while the interpreter shuts down and abort the rank (proximo/distributed.py, init_world).
+            left = [name for name in json.loads(threads.read_text()) if "gloo" in name or "tcpstore" in name]
+            assert not left, f"rank {rank}: the process group outlived World.close(), threads {left}"
     for index, (learner_name, batch_size, target_kl) in enumerate(CASES):
         for kind in ("discrete", "box"):
             policy, whole = _setup(kind, target_kl)

@@ -88,8 +88,9 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
     finally:
         # Leave the group before the interpreter shuts down: a gloo group still alive at exit can abort the
         # process (SIGABRT) while its worker threads release tensors, the flaky [0, -6] exit codes this test
-        # showed once under the full suite (pytorch/pytorch#179291 describes the mechanism). proximo's CLI
-        # closes its world the same way.
+        # showed under the full suite (pytorch/pytorch#179291 describes the mechanism). proximo's CLI closes its
+        # world the same way; closing ends the group only because init_world keeps torch._dynamo from holding it,
+        # which the thread names written below check.
         world.close()
     if Path("/proc/self/task").is_dir():  # Linux: the names of this process's threads once the group is closed
         names = [(Path("/proc/self/task") / task / "comm").read_text().strip() for task in os.listdir("/proc/self/task")]

@@ -81,6 +81,13 @@ ZOO_AGENT_NETWORK = dict(rnn_hidden=64, net_arch=[64], activation="relu", ortho_
 for _task in ("cartpole", "pendulum"):
     TASKS[f"{_task}-zoo-agent"] = dict(TASKS[_task], network=ZOO_AGENT_NETWORK, normalize_obs=True, zoo_row=True)
 TASKS["cartpole"]["zoo_row"] = TASKS["pendulum"]["zoo_row"] = True
+# Issue 29's PendulumNoVel gap: the one difference left between the two updates is how a rollout is cut into
+# 64-step minibatches. sb3-contrib rolls the env-major rollout by a random offset each epoch and visits the
+# minibatches in that order; proximo cuts windows at multiples of 64 and shuffles them. This task runs
+# sb3-contrib with proximo's cut (offset 0, the same minibatches visited in a random order) and compares it with
+# sb3-contrib's own cut on pendulum-zoo-agent.
+TASKS["pendulum-zoo-agent-sb3-aligned"] = dict(TASKS["pendulum-zoo-agent"], sb3_windows="aligned", zoo_row=False,
+                                               baseline="pendulum-zoo-agent", variant_library="sb3-contrib")
 
 
 def proximo_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
@@ -134,6 +141,8 @@ def sb3_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
     def linear(start):
         return lambda progress: progress * start
     extra = dict(use_sde=True, sde_sample_freq=4) if h["sde"] else {}
+    if h.get("sb3_windows") == "aligned":
+        align_sb3_minibatches()
     model = RecurrentPPO(
         "MlpLstmPolicy", envs, n_steps=h["n_steps"], batch_size=h["batch_size"], gamma=h["gamma"],
         gae_lambda=h["gae_lambda"], n_epochs=h["n_epochs"], ent_coef=h["ent_coef"],
@@ -153,6 +162,26 @@ def sb3_trial(task: str, seed: int, steps: int, eval_episodes: int) -> dict:
         action, state = model.predict(obs[None], state=state, episode_start=np.array([first]), deterministic=True)
         return action[0], state
     return score(task, act, eval_episodes, seed) | speed(steps, wall, cpu)
+
+
+def align_sb3_minibatches() -> None:
+    """Make sb3-contrib's recurrent buffer (in this trial's process) cut its rollout as proximo does: minibatches
+    at multiples of batch_size in the env-major order (its random split pinned at 0), visited in a random order
+    drawn from NumPy's global RNG, which sb3-contrib seeds."""
+    from sb3_contrib.common.recurrent import buffers
+
+    cut = buffers.RecurrentRolloutBuffer.get
+
+    def aligned(self, batch_size=None):
+        draw = np.random.randint
+        np.random.randint = lambda *args, **kwargs: 0  # the split index: the only randint get() draws
+        try:
+            minibatches = list(cut(self, batch_size))
+        finally:
+            np.random.randint = draw
+        for index in np.random.permutation(len(minibatches)):
+            yield minibatches[index]
+    buffers.RecurrentRolloutBuffer.get = aligned
 
 
 def score(task: str, act, episodes: int, seed: int) -> dict:
@@ -202,7 +231,8 @@ def markdown(data: dict) -> str:
              "runs: two trials at a time under `nice -n 19`; issue 29's gap search from 02:10 UTC on 2026-12-07: "
              "one at a time under `nice -n 10`, load average 4 to 8; the zoo-agent tasks from 15:59 UTC on 2026-12-07: two "
              "at a time under `nice -n 5`, no other measurement running; the gSDE PendulumNoVel rows from 18:07 UTC on "
-             "2026-12-07: beside two MinAtar training processes, up to five processes on the two cores): steps/s are indicative, compare them within "
+             "2026-12-07 (proximo seeds 11-20 from 21:00 UTC) and the sb3-aligned rows from 22:00 UTC: beside two MinAtar training "
+             "processes, up to five processes on the two cores): steps/s are indicative, compare them within "
              "a table. Return: the deterministic "
              "evaluation return, mean over each seed's evaluation episodes, then mean +- std over seeds.", "",
              f"rl-zoo figures: {data['source']}.", ""]
@@ -230,7 +260,7 @@ def markdown(data: dict) -> str:
         if h.get("proximo"):
             lines += ["", f"proximo here runs with {h['proximo']}."]
         if h.get("baseline"):
-            lines += ["", variant_gap(data["rows"], task, h["baseline"])]
+            lines += ["", variant_gap(data["rows"], task, h["baseline"], h.get("variant_library", "proximo"))]
         if h.get("normalize_obs"):
             lines += ["", "Settings of the agent benchmark.md scores (its hub model card): the yml's, observations "
                       f"normalized by running statistics (rewards not), network {h['network']}."]
@@ -261,17 +291,18 @@ def current(row: dict) -> bool:
     return row["library"] != "proximo" or row.get("proximo", {}) == TASKS[row["task"]].get("proximo", {})
 
 
-def variant_gap(rows: list[dict], task: str, baseline: str) -> str:
-    """proximo on `task` minus proximo on `baseline` (same seeds where both ran): Welch's t and Mann-Whitney U."""
+def variant_gap(rows: list[dict], task: str, baseline: str, library: str = "proximo") -> str:
+    """library on `task` minus library on `baseline` (same seeds where both ran): Welch's t and Mann-Whitney U."""
     from scipy import stats
 
-    ours = [r["eval_return_mean"] for r in rows if r["library"] == "proximo" and r["task"] == task and current(r)]
-    base = [r["eval_return_mean"] for r in rows if r["library"] == "proximo" and r["task"] == baseline and current(r)]
+    def returns(name: str) -> list[float]:
+        return [r["eval_return_mean"] for r in rows if r["library"] == library and r["task"] == name and current(r)]
+    ours, base = returns(task), returns(baseline)
     if min(len(ours), len(base)) < 2:
-        return f"(fewer than 2 seeds of proximo on `{task}` or `{baseline}`: no test yet)"
+        return f"(fewer than 2 seeds of {library} on `{task}` or `{baseline}`: no test yet)"
     test = stats.ttest_ind(ours, base, equal_var=False)
     rank = stats.mannwhitneyu(ours, base, alternative="two-sided")
-    return (f"proximo `{task}` - proximo `{baseline}`: {np.mean(ours) - np.mean(base):+.1f} (Welch's t = "
+    return (f"{library} `{task}` - {library} `{baseline}`: {np.mean(ours) - np.mean(base):+.1f} (Welch's t = "
             f"{test.statistic:.2f}, two-sided p = {test.pvalue:.2f}; Mann-Whitney two-sided p = {rank.pvalue:.2f}; "
             f"{len(ours)} and {len(base)} seeds).")
 

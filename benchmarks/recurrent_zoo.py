@@ -257,7 +257,7 @@ def markdown(data: dict) -> str:
         gap = welch(rows)
         if gap:
             lines += ["", gap]
-        if h.get("proximo"):
+        if h.get("proximo") and any(r["library"] == "proximo" for r in rows):
             lines += ["", f"proximo here runs with {h['proximo']}."]
         if h.get("baseline"):
             lines += ["", variant_gap(data["rows"], task, h["baseline"], h.get("variant_library", "proximo"))]

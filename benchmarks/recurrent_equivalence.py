@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 N, T, HIDDEN = 8, 32, 64
 # sb3-contrib's module names for the parts of proximo's ActorCritic
-PARTS = {"action_head.log_std": "log_std", "pi_core.rnn": "lstm_actor", "vf_core.rnn": "lstm_critic", "pi_net": "mlp_extractor.policy_net",
-         "vf_net": "mlp_extractor.value_net", "action_head.linear": "action_net", "value_head": "value_net"}
+PARTS = {"action_head.log_std": "log_std", "pi_core.rnn": "lstm_actor", "vf_core.rnn": "lstm_critic",
+         "pi_net": "mlp_extractor.policy_net", "vf_net": "mlp_extractor.value_net", "action_head.linear": "action_net",
+         "value_head": "value_net"}
 # The rollouts compared: rl-zoo's CartPoleNoVel optimization settings, or PendulumNoVel's with gSDE.
 TASKS = {"cartpole": dict(env="proximo/CartPoleNoVel-v1", gamma=0.98, gae_lambda=0.8, sde=False),
          "pendulum-sde": dict(env="proximo/PendulumNoVel-v1", gamma=0.9, gae_lambda=0.95, sde=True)}

@@ -272,17 +272,11 @@ def welch(rows: list[dict]) -> str:
     """The gap proximo - sb3-contrib of the mean returns over seeds, with Welch's t-test and the Mann-Whitney U
     test (no normality assumed): how likely a gap this large is between two libraries that learn equally
     well, given the seed-to-seed spread."""
-    from scipy import stats
-
     ours = [r["eval_return_mean"] for r in rows if r["library"] == "proximo"]
     theirs = [r["eval_return_mean"] for r in rows if r["library"] == "sb3-contrib"]
     if min(len(ours), len(theirs)) < 2:
         return ""
-    test = stats.ttest_ind(ours, theirs, equal_var=False)
-    rank = stats.mannwhitneyu(ours, theirs, alternative="two-sided")
-    return (f"proximo - sb3-contrib: {np.mean(ours) - np.mean(theirs):+.1f} (Welch's t = {test.statistic:.2f}, "
-            f"two-sided p = {test.pvalue:.2f}; Mann-Whitney two-sided p = {rank.pvalue:.2f}; {len(ours)} and "
-            f"{len(theirs)} seeds).")
+    return f"proximo - sb3-contrib: {two_tests(ours, theirs)}."
 
 
 def current(row: dict) -> bool:
@@ -293,18 +287,22 @@ def current(row: dict) -> bool:
 
 def variant_gap(rows: list[dict], task: str, baseline: str, library: str = "proximo") -> str:
     """library on `task` minus library on `baseline` (same seeds where both ran): Welch's t and Mann-Whitney U."""
-    from scipy import stats
-
     def returns(name: str) -> list[float]:
         return [r["eval_return_mean"] for r in rows if r["library"] == library and r["task"] == name and current(r)]
     ours, base = returns(task), returns(baseline)
     if min(len(ours), len(base)) < 2:
         return f"(fewer than 2 seeds of {library} on `{task}` or `{baseline}`: no test yet)"
-    test = stats.ttest_ind(ours, base, equal_var=False)
-    rank = stats.mannwhitneyu(ours, base, alternative="two-sided")
-    return (f"{library} `{task}` - {library} `{baseline}`: {np.mean(ours) - np.mean(base):+.1f} (Welch's t = "
-            f"{test.statistic:.2f}, two-sided p = {test.pvalue:.2f}; Mann-Whitney two-sided p = {rank.pvalue:.2f}; "
-            f"{len(ours)} and {len(base)} seeds).")
+    return f"{library} `{task}` - {library} `{baseline}`: {two_tests(ours, base)}."
+
+
+def two_tests(ours: list[float], theirs: list[float]) -> str:
+    """The gap of the means, with Welch's t-test and the Mann-Whitney U test (both two-sided), as one phrase."""
+    from scipy import stats
+
+    test = stats.ttest_ind(ours, theirs, equal_var=False)
+    rank = stats.mannwhitneyu(ours, theirs, alternative="two-sided")
+    return (f"{np.mean(ours) - np.mean(theirs):+.1f} (Welch's t = {test.statistic:.2f}, two-sided p = {test.pvalue:.2f}; "
+            f"Mann-Whitney two-sided p = {rank.pvalue:.2f}; {len(ours)} and {len(theirs)} seeds)")
 
 
 def cpu_speed(rows: list[dict]) -> str:

@@ -131,6 +131,65 @@ def test_a_whole_update_of_the_same_rollout_matches_recurrent_ppo(task):
     assert moved > 1e-3 and gap < 1e-6
 
 
+def test_gsde_rollout_collection_matches_recurrent_ppo():
+    # benchmarks/recurrent_equivalence.py --collect: rl-zoo's PendulumNoVel agent setting (4 envs, gSDE redrawn
+    # every 4 steps, observations normalized as VecNormalize does, gamma 0.9). With sb3-contrib's weights, env
+    # seeds and exploration matrices, proximo's collector gathers the same 256-step rollout; each env's 200-step
+    # episode is truncated inside it, so the bootstrap of a truncation (sb3-contrib: in the reward; proximo: in
+    # the next value) is compared through the advantages. Float rounding grows along an episode (the pendulum
+    # amplifies it) to <= 8e-5 in the observations and 1.1e-3 in the advantages (entries up to ~70, seed 1);
+    # dropping the truncation bootstrap moves the advantages by 1.2e-2 (the untrained values are small), a
+    # wrong matrix or a stale normalizer moves actions and observations by far more.
+    pytest.importorskip("sb3_contrib")
+    import proximo.envs.tasks  # noqa: F401
+    from benchmarks.recurrent_equivalence import (
+        COLLECT_FIELDS,
+        COLLECT_T,
+        proximo_collect,
+        sb3_collect,
+    )
+
+    torch.set_num_threads(1)
+    assert COLLECT_T > 200
+    reference = sb3_collect(seed=1, rollouts=2)
+    ours = proximo_collect(reference, seed=1, rollouts=2)
+    limits = {"observations": 1e-3, "actions": 1e-3, "log_probs": 1e-3, "values": 1e-5, "advantages": 5e-3,
+              "returns": 5e-3}
+    for theirs, mine in zip(reference["buffers"], ours, strict=True):
+        for name in COLLECT_FIELDS:
+            assert np.abs(theirs[name]).max() > 0.01  # untrained values are ~0.03, the rest ~1 and up
+            assert np.abs(mine[name].reshape(theirs[name].shape) - theirs[name]).max() < limits[name], name
+
+
+def test_a_windowed_gsde_update_matches_recurrent_ppo():
+    # benchmarks/recurrent_equivalence.py --windows: the update cut into 64-step windows (rl-zoo's batch 64 on
+    # PendulumNoVel, an episode start inside one window per env), sb3-contrib visiting its windows at multiples
+    # of 64 in the same orders as proximo: every optimizer step's gradient and the weights after agree to float
+    # rounding (measured: <= 1e-7 over 10 epochs).
+    pytest.importorskip("sb3_contrib")
+    import proximo.envs.tasks  # noqa: F401
+    from benchmarks.recurrent_equivalence import (
+        WINDOW,
+        WINDOWS_T,
+        largest_gap,
+        proximo_update,
+        renamed,
+        sb3_update,
+    )
+
+    torch.set_num_threads(1)
+    shape = dict(n_envs=4, n_steps=WINDOWS_T, batch=WINDOW)
+    orders = [np.random.default_rng(7 + epoch).permutation(4 * WINDOWS_T // WINDOW) for epoch in range(2)]
+    reference = sb3_update(2, 2, True, "pendulum-sde", orders=orders, **shape)
+    ours = proximo_update(reference, 2, 2, "pendulum-sde", orders=orders, **shape)
+    assert len(ours["grads"]) == len(reference["grads"]) == 2 * 4 * WINDOWS_T // WINDOW
+    for mine, theirs in zip(ours["grads"], reference["grads"], strict=True):
+        assert largest_gap(mine, renamed(theirs))[0] < 1e-6
+    gap, _ = largest_gap(ours["after"], renamed(reference["after"]))
+    moved, _ = largest_gap(renamed(reference["after"]), renamed(reference["before"]))
+    assert moved > 1e-2 and gap < 1e-5
+
+
 def test_rnn_init_torch_default_draws_the_lstm_as_recurrent_ppo_does():
     # sb3-contrib builds its LSTMs after ActorCriticPolicy's orthogonal init, so under ortho_init they keep
     # PyTorch's uniform(+-1/sqrt(hidden)) weights and biases; rnn_init="torch_default" does the same, while

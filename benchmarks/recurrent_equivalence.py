@@ -191,21 +191,41 @@ COLLECT_T = 256  # steps per compared rollout: one 200-step PendulumNoVel episod
 COLLECT_FIELDS = ("observations", "actions", "log_probs", "values", "advantages", "returns")
 
 
-def sb3_collect(seed: int, rollouts: int) -> dict:
-    """sb3-contrib's rollouts on the pendulum-zoo-agent setting with no update between them: its weights, the
-    buffer of each rollout and the exploration matrices [N, F, d] it acted with at every step."""
+ZOO_AGENT = dict(num_envs=4, batch_size=64, n_epochs=10, learning_rate=1e-3, clip_range=0.2)  # rl-zoo's PendulumNoVel
+
+
+def sb3_zoo_agent(seed: int, n_steps: int):
+    """sb3-contrib's RecurrentPPO on the pendulum-zoo-agent setting (recurrent_zoo.py): VecNormalize on the
+    observations, gSDE redrawn every 4 steps, LSTM 64 with [64] ReLU heads; returns (model, its VecNormalize)."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
     h = TASKS["pendulum-sde"]
-    envs = VecNormalize(make_vec_env(h["env"], n_envs=4, seed=seed), norm_obs=True, norm_reward=False,
-                        gamma=h["gamma"])
-    model = RecurrentPPO("MlpLstmPolicy", envs, n_steps=COLLECT_T, batch_size=64, gamma=h["gamma"],
-                         gae_lambda=h["gae_lambda"], n_epochs=10, ent_coef=0.0, learning_rate=1e-3, clip_range=0.2,
-                         seed=seed, verbose=0, device="cpu", use_sde=True, sde_sample_freq=4,
+    envs = VecNormalize(make_vec_env(h["env"], n_envs=ZOO_AGENT["num_envs"], seed=seed), norm_obs=True,
+                        norm_reward=False, gamma=h["gamma"])
+    model = RecurrentPPO("MlpLstmPolicy", envs, n_steps=n_steps, batch_size=ZOO_AGENT["batch_size"],
+                         gamma=h["gamma"], gae_lambda=h["gae_lambda"], n_epochs=ZOO_AGENT["n_epochs"], ent_coef=0.0,
+                         learning_rate=ZOO_AGENT["learning_rate"], clip_range=ZOO_AGENT["clip_range"], seed=seed,
+                         verbose=0, device="cpu", use_sde=True, sde_sample_freq=4,
                          policy_kwargs=dict(ortho_init=False, activation_fn=torch.nn.ReLU, lstm_hidden_size=HIDDEN,
                                             enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64])))
+    return model, envs
+
+
+def proximo_zoo_agent(seed: int, n_steps: int) -> dict:
+    """proximo's settings for the same setting (PPO / make_config keywords; 64-step sequences)."""
+    h = TASKS["pendulum-sde"]
+    return dict(ZOO_AGENT, n_steps=n_steps, gamma=h["gamma"], gae_lambda=h["gae_lambda"], recurrent="lstm",
+                rnn_hidden=HIDDEN, bptt_len=64, net_arch=[64], activation="relu", ortho_init=False,
+                normalize_obs=True, use_sde=True, sde_sample_freq=4, seed=seed, eval_episodes=1, diagnostics=False,
+                torch_threads=1)
+
+
+def sb3_collect(seed: int, rollouts: int) -> dict:
+    """sb3-contrib's rollouts on the pendulum-zoo-agent setting with no update between them: its weights, the
+    buffer of each rollout and the exploration matrices [N, F, d] it acted with at every step."""
+    model, _ = sb3_zoo_agent(seed, COLLECT_T)
     found: dict = {"weights": copy.deepcopy(model.policy.state_dict()), "buffers": [], "matrices": []}
     forward = model.policy.forward
 
@@ -227,11 +247,7 @@ def proximo_collect(sb3: dict, seed: int, rollouts: int) -> list[dict]:
     from proximo.train import Trainer
 
     h = TASKS["pendulum-sde"]
-    config = make_config(None, num_envs=4, n_steps=COLLECT_T, batch_size=64, gamma=h["gamma"],
-                         gae_lambda=h["gae_lambda"], n_epochs=10, learning_rate=1e-3, clip_range=0.2,
-                         recurrent="lstm", rnn_hidden=HIDDEN, bptt_len=64, net_arch=[64], activation="relu",
-                         ortho_init=False, normalize_obs=True, use_sde=True, sde_sample_freq=4, seed=seed,
-                         eval_episodes=1, diagnostics=False, torch_threads=1)
+    config = make_config(None, **proximo_zoo_agent(seed, COLLECT_T))
     trainer = Trainer(h["env"], config, None, {}, verbose=False, tensorboard=False)
     policy = trainer.policy
     with torch.no_grad():
@@ -260,18 +276,7 @@ def sb3_lockstep(seed: int, updates: int, perturb: float = 0.0) -> dict:
     multiples of 64 and visited in a recorded random order, 10 epochs) for `updates` updates: its initial
     weights, the exploration matrices of every collection step, each epoch's order and the weights after each
     update. perturb: add N(0, perturb^2) noise to every initial weight (float rounding's size: 1e-7)."""
-    from sb3_contrib import RecurrentPPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    h = TASKS["pendulum-sde"]
-    envs = VecNormalize(make_vec_env(h["env"], n_envs=4, seed=seed), norm_obs=True, norm_reward=False,
-                        gamma=h["gamma"])
-    model = RecurrentPPO("MlpLstmPolicy", envs, n_steps=1024, batch_size=64, gamma=h["gamma"],
-                         gae_lambda=h["gae_lambda"], n_epochs=10, ent_coef=0.0, learning_rate=1e-3, clip_range=0.2,
-                         seed=seed, verbose=0, device="cpu", use_sde=True, sde_sample_freq=4,
-                         policy_kwargs=dict(ortho_init=False, activation_fn=torch.nn.ReLU, lstm_hidden_size=HIDDEN,
-                                            enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64])))
+    model, _ = sb3_zoo_agent(seed, 1024)
     if perturb:
         noise = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -314,11 +319,7 @@ def proximo_lockstep(sb3: dict, seed: int) -> list[tuple[float, float, float]]:
     from proximo.train import Trainer
 
     h = TASKS["pendulum-sde"]
-    config = make_config(None, num_envs=4, n_steps=1024, batch_size=64, gamma=h["gamma"], gae_lambda=h["gae_lambda"],
-                         n_epochs=10, learning_rate=1e-3, clip_range=0.2, recurrent="lstm", rnn_hidden=HIDDEN,
-                         bptt_len=64, net_arch=[64], activation="relu", ortho_init=False, normalize_obs=True,
-                         use_sde=True, sde_sample_freq=4, seed=seed, eval_episodes=1, diagnostics=False,
-                         torch_threads=1)
+    config = make_config(None, **proximo_zoo_agent(seed, 1024))
     trainer = Trainer(h["env"], config, None, {}, verbose=False, tensorboard=False)
     policy = trainer.policy
     with torch.no_grad():
@@ -353,28 +354,13 @@ def init_and_eval(seed: int) -> tuple[float, float, float, float]:
     proximo against itself with seed + 1, the scale of seed noise; proximo's and sb3-contrib's mean evaluation
     return over 5 episodes of recurrent_zoo's score() once sb3-contrib holds the weights and the observation
     statistics of a proximo agent trained for 3 updates)."""
-    from sb3_contrib import RecurrentPPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
     from proximo import PPO
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from recurrent_zoo import score
 
     h = TASKS["pendulum-sde"]
-
-    def proximo_agent(s: int):
-        return PPO(h["env"], num_envs=4, n_steps=1024, batch_size=64, gamma=h["gamma"], gae_lambda=h["gae_lambda"],
-                   n_epochs=10, learning_rate=1e-3, recurrent="lstm", rnn_hidden=HIDDEN, bptt_len=64, net_arch=[64],
-                   activation="relu", ortho_init=False, normalize_obs=True, use_sde=True, sde_sample_freq=4, seed=s,
-                   total_steps=3 * 4096, eval_episodes=1, diagnostics=False, torch_threads=1)
-    envs = VecNormalize(make_vec_env(h["env"], n_envs=4, seed=seed), norm_obs=True, norm_reward=False,
-                        gamma=h["gamma"])
-    model = RecurrentPPO("MlpLstmPolicy", envs, n_steps=1024, batch_size=64, use_sde=True, sde_sample_freq=4,
-                         seed=seed, device="cpu", policy_kwargs=dict(
-                             ortho_init=False, activation_fn=torch.nn.ReLU, lstm_hidden_size=HIDDEN,
-                             enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64])))
-    agent, other = proximo_agent(seed), proximo_agent(seed + 1)
+    model, envs = sb3_zoo_agent(seed, 1024)
+    agent, other = (PPO(h["env"], total_steps=3 * 4096, **proximo_zoo_agent(s, 1024)) for s in (seed, seed + 1))
 
     def std_gap(a: dict, b: dict) -> float:
         return max(abs(float(a[k].std()) - float(b[k].std())) / float(b[k].std()) for k in b if b[k].numel() > 1
@@ -435,8 +421,8 @@ def main() -> None:
         for seed in range(1, args.seeds + 1):
             sb3 = sb3_lockstep(seed, args.updates)
             nudged = sb3_lockstep(seed, args.updates, perturb=1e-7)
-            for u, (ours, theirs, other, before) in enumerate(zip(proximo_lockstep(sb3, seed), sb3["after"],
-                                                                   nudged["after"], [sb3["weights"]] + sb3["after"])):
+            for u, (ours, theirs, other) in enumerate(zip(proximo_lockstep(sb3, seed), sb3["after"],
+                                                           nudged["after"])):
                 gap, moved, reward = ours
                 twin = largest_gap(renamed(other), renamed(theirs))[0]
                 print(f"seed {seed} update {u + 1}: proximo vs sb3-contrib, parameters differ by at most {gap:.1e}; "

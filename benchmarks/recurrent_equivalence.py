@@ -354,9 +354,8 @@ def init_and_eval(seed: int) -> tuple[float, float, float, float]:
     proximo against itself with seed + 1, the scale of seed noise; proximo's and sb3-contrib's mean evaluation
     return over 5 episodes of recurrent_zoo's score() once sb3-contrib holds the weights and the observation
     statistics of a proximo agent trained for 3 updates)."""
+    from benchmarks.recurrent_zoo import score
     from proximo import PPO
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from recurrent_zoo import score
 
     h = TASKS["pendulum-sde"]
     model, envs = sb3_zoo_agent(seed, 1024)

@@ -48,7 +48,7 @@ from proximo.saved import (
     STATE_META, STATE_TENSORS, _describe_space, _load_state_strict, build_policy, env_name, find_checkpoint,
     list_checkpoints, load_policy, policy_shape, read_run_config, resume_target, save_policy,
 )
-from proximo.runtime import seed_everything, set_threads
+from proximo.runtime import keep_freed_memory, seed_everything, set_threads
 from proximo.spaces_json import space_to_json
 from proximo.state import RandomState, Together, pack_state, unpack_state
 from proximo.stopping import StopSignals, TrainingInterrupted
@@ -109,6 +109,7 @@ class Trainer:
         self._check_env()
         seed_everything(rank_seed(config.seed, world.rank))
         set_threads(pick_threads(config))
+        keep_freed_memory()
         self.envs = self._make_envs()
         self.mask_source = self._find_masks()
         self.policy = self._build_policy()

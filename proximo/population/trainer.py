@@ -47,7 +47,7 @@ from proximo.population.policy import PopulationPolicy, population_support
 from proximo.population.stack import PopulationEpisodes, PopulationRewardScaler, StackedParameters
 from proximo.ppo import population_update
 from proximo.rollout import NonFiniteError, RolloutCollector
-from proximo.runtime import seed_everything, set_threads
+from proximo.runtime import keep_freed_memory, seed_everything, set_threads
 from proximo.saved import build_policy, env_name, list_checkpoints
 from proximo.state import _numpy_rng_state, _python_rng_state
 from proximo.stopping import StopSignals, TrainingInterrupted
@@ -182,6 +182,7 @@ class Population:
         self.names = names or member_names(configs)
         require_env_ok(env, self.env_kwargs)
         set_threads(pick_threads(config))
+        keep_freed_memory()
         before = _rss_bytes()
         maker = GuardedMaker(env, {**self.env_kwargs, "pixels": pixel_options(config)})
         probe = make_vector_env(maker, 1, "sync")

@@ -322,6 +322,12 @@ def nan_if_none(value) -> float:
     return float("nan") if value is None else float(value)
 
 
+def logged_steps(agent: Path) -> int:
+    """The global_step of an agent's last metrics.csv row (0 without one)."""
+    rows = (agent / "metrics.csv").read_text().splitlines() if (agent / "metrics.csv").is_file() else []
+    return int(rows[-1].split(",", 1)[0]) if len(rows) > 1 else 0
+
+
 def report(games: list[str], args, command: str) -> None:
     """The table over the finished games (partial until all five are)."""
     rows, done = [], []
@@ -372,8 +378,14 @@ def report(games: list[str], args, command: str) -> None:
                      f"{statistics.mean(r['train_last100'] for r in mine):.1f} | "
                      f"{statistics.mean(r['eval_deterministic'] for r in mine):.1f} | "
                      f"{PUBLISHED.get(game, '-')} | {mine[0]['game_wall_s'] / 3600:.2f} |")
-    lines += ["", "Learning curves: " + ", ".join(f"[{g}](minatar-{args.setting}-{g.lower()}.png)" for g in done) + ".",
-              "", "Per agent:", "", "| game | seed | sampled eval | last-100 train | deterministic eval | "
+    lines += ["", "Learning curves: " + ", ".join(f"[{g}](minatar-{args.setting}-{g.lower()}.png)" for g in done) + "."]
+    for game in done:  # a game whose logs stop short of its training says so, with its NOTE.md if it has one
+        logged = min(logged_steps(args.root / game / f"s{seed}") for seed in args.seeds)
+        if logged < args.steps:
+            note = args.root / game / "NOTE.md"
+            lines += ["", f"{game}'s curve stops at {logged:,} of its {args.steps:,} steps: its agents' metrics.csv "
+                      "holds no later row." + (" " + note.read_text().strip() if note.is_file() else "")]
+    lines += ["", "Per agent:", "", "| game | seed | sampled eval | last-100 train | deterministic eval | "
               "agent-steps/s |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['game']} | {r['seed']} | {r['eval_sampled']:.1f} +- {r['eval_sampled_std']:.1f} | "

@@ -41,7 +41,8 @@ def test_keep_freed_memory_stops_the_page_faults_of_large_temporaries():
     applied, kept = _churn("keep")
     if applied != "True":
         pytest.skip("this Linux's C library is not glibc (keep_freed_memory returned False)")
-    assert plain > 10_000  # measured 24,000 on this machine
+    if plain < 10_000:  # measured 24,000 here under glibc's defaults
+        pytest.skip(f"this process's allocator keeps freed memory already ({plain} faults without the call)")
     assert kept < plain // 20  # measured 0
 
 

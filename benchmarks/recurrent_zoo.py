@@ -232,7 +232,9 @@ def markdown(data: dict) -> str:
              "one at a time under `nice -n 10`, load average 4 to 8; the zoo-agent tasks from 15:59 UTC on 2026-12-07: two "
              "at a time under `nice -n 5`, no other measurement running; the gSDE PendulumNoVel rows from 18:07 UTC on "
              "2026-12-07 (proximo seeds 11-20 from 21:00 UTC) and the sb3-aligned rows from 22:00 UTC: beside two MinAtar training "
-             "processes, up to five processes on the two cores): steps/s are indicative, compare them within "
+             "processes, up to five processes on the two cores; sb3-contrib's seeds 11-20 of pendulum-zoo-agent from 01:32 UTC "
+             "on 2026-12-08: two at a time under `nice -n 5`, no other measurement running): steps/s are indicative, "
+             "compare them within "
              "a table. Return: the deterministic "
              "evaluation return, mean over each seed's evaluation episodes, then mean +- std over seeds.", "",
              f"rl-zoo figures: {data['source']}.", ""]

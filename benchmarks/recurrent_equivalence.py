@@ -127,12 +127,22 @@ def sb3_update(seed: int, epochs: int, cut_at_zero: bool, task: str = "cartpole"
     return found
 
 
+def sb3_settings(epochs: int, batch: int):
+    """proximo's UpdateSettings for RecurrentPPO's defaults (clip 0.2, no value clip, vf 0.5, grad norm 0.5,
+    advantages normalized per minibatch, no entropy bonus) with `epochs` passes of `batch`-sample minibatches."""
+    from proximo.ppo import UpdateSettings
+
+    return UpdateSettings(objective="clip", clip_range=0.2, clip_range_vf=None, kl_coef=1.0, ent_coef=0.0,
+                          vf_coef=0.5, max_grad_norm=0.5, n_epochs=epochs, batch_size=batch, target_kl=None,
+                          normalize_advantage=True)
+
+
 def proximo_update(sb3: dict, seed: int, epochs: int, task: str = "cartpole", n_envs: int = N, n_steps: int = T,
                    batch: int | None = None, orders: list | None = None) -> dict:
     """proximo's update of sb3-contrib's rollout from its weights; the state check, first gradient, weights after.
     With batch and orders (see sb3_update) its minibatches are batch-step sequences visited in those orders."""
     from proximo.config import make_config
-    from proximo.ppo import UpdateSettings, ppo_update
+    from proximo.ppo import ppo_update
     from proximo.rollout import RolloutBuffer
     from proximo.train import Trainer
 
@@ -177,9 +187,7 @@ def proximo_update(sb3: dict, seed: int, epochs: int, task: str = "cartpole", n_
         grads.append({name: p.grad.clone() for name, p in policy.named_parameters()})
         return optimizer_step(*args, **kwargs)
     trainer.optimizer.optimizer.step = step
-    settings = UpdateSettings(objective="clip", clip_range=0.2, clip_range_vf=None, kl_coef=1.0, ent_coef=0.0,
-                              vf_coef=0.5, max_grad_norm=0.5, n_epochs=epochs, batch_size=batch, target_kl=None,
-                              normalize_advantage=True)
+    settings = sb3_settings(epochs, batch)
     epochs_left = iter(orders or [])
     ppo_update(trainer.learner, buffer, settings, shuffle=lambda n: torch.as_tensor(next(epochs_left)))
     return {"state_gap": state_gap, "grads": grads,
@@ -315,7 +323,7 @@ def proximo_lockstep(sb3: dict, seed: int) -> list[tuple[float, float, float]]:
     visiting its minibatch orders; per update (largest parameter gap to sb3-contrib, how far sb3-contrib's
     update moved them, proximo's mean reward in the rollout)."""
     from proximo.config import make_config
-    from proximo.ppo import UpdateSettings, ppo_update
+    from proximo.ppo import ppo_update
     from proximo.train import Trainer
 
     h = TASKS["pendulum-sde"]
@@ -331,9 +339,7 @@ def proximo_lockstep(sb3: dict, seed: int) -> list[tuple[float, float, float]]:
         policy.action_head.exploration = next(matrices)
         return step(*args, **kwargs)
     policy.step = step_with_sb3_matrices
-    settings = UpdateSettings(objective="clip", clip_range=0.2, clip_range_vf=None, kl_coef=1.0, ent_coef=0.0,
-                              vf_coef=0.5, max_grad_norm=0.5, n_epochs=10, batch_size=64, target_kl=None,
-                              normalize_advantage=True)
+    settings = sb3_settings(ZOO_AGENT["n_epochs"], ZOO_AGENT["batch_size"])
     rows, before = [], renamed(sb3["weights"])
     trainer.optimizer.set_lr(1e-3)
     for after in sb3["after"]:
